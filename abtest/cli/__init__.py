@@ -1,0 +1,66 @@
+"""The `abtest` command: a thin click layer over the library.
+
+Each command group lives in its own module (run, report, server, model). Only this package
+prints errors or exits: library code raises `AbtestError`s, mapped here to the exit codes of
+docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, AbtestError
+from .model import model
+from .report import report
+from .run import run
+from .server import server
+
+EPILOG = """\b
+Examples:
+  abtest server install                 # build llama-server (cached in ~/.cache/abtest)
+  abtest model synth tiny.gguf --preset tiny-moe
+  abtest run --model tiny-moe --runs 3  # baseline vs --cpu-moe, evidence/*.jsonl
+  abtest report evidence/*.jsonl        # mean ± σ, deltas, significance
+
+Exit codes: 0 ok, 1 regression found, 2 usage error, 3 missing binary or model,
+4 partial run, 130 interrupted (docs/cli.md).
+"""
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="abtest")
+def cli() -> None:
+    """abtest: is this inference-server configuration better than that one, on this box?
+
+    Launches llama-server arms (e.g. all weights on the GPU vs MoE experts in system RAM),
+    streams the same prompts through each, timestamps every token, samples VRAM, and writes
+    evidence that `abtest report` turns into a decision.
+    """
+
+
+cli.add_command(run)
+cli.add_command(report)
+cli.add_command(server)
+cli.add_command(model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the click group, map AbtestError to one line on stderr and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="abtest", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("abtest: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("abtest: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except AbtestError as exc:
+        click.echo(f"abtest: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)

@@ -1,0 +1,152 @@
+"""Evidence files: one JSON object per line, appended and flushed per record, read tolerantly.
+
+The file is opened (and its directory checked) before any server is launched, so a bad path fails
+early, and every record is flushed as it is written, so a crash loses at most the requests in
+flight. The reader never raises on a truncated last line or an unknown record: it reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import EvidenceError
+from .records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, VramSample, from_dict, to_dict
+
+# Refuse to start a run with less free space than this in the evidence directory.
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+class EvidenceWriter:
+    """Append-only JSONL writer; one line per record, flushed (and fsynced) immediately."""
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        check_writable(self.path.parent)
+        try:
+            self._fh: IO[str] = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise EvidenceError(f"cannot open evidence file {self.path}: {exc.strerror} — pick another --out") from exc
+
+    def write(self, record: Any) -> None:
+        line = json.dumps(to_dict(record), separators=(",", ":"), ensure_ascii=False)
+        try:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+            if self._fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise EvidenceError(
+                f"writing evidence to {self.path} failed ({exc.strerror}); records up to here are kept"
+            ) from exc
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> EvidenceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_writable(directory: Path) -> None:
+    """Fail fast (before launching anything) if evidence cannot be written to `directory`."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvidenceError(
+            f"evidence directory {directory} cannot be created ({exc.strerror}) — pass --out DIR that you can write"
+        ) from exc
+    probe = directory / f".abtest-write-probe-{os.getpid()}"
+    try:
+        with open(probe, "w") as fh:
+            fh.write("x")
+        probe.unlink()
+    except OSError as exc:
+        raise EvidenceError(
+            f"evidence directory {directory} is not writable ({exc.strerror}) — pass --out DIR that you can write"
+        ) from exc
+    free = shutil.disk_usage(directory).free
+    if free < MIN_FREE_BYTES:
+        raise EvidenceError(
+            f"evidence directory {directory} has only {free // 1024} KiB free — free some space or pass --out DIR"
+        )
+
+
+@dataclass
+class Evidence:
+    """Everything one evidence file holds, grouped by kind, in file order."""
+
+    path: Path
+    manifest: RunManifest | None = None
+    arm_starts: list[ArmStart] = field(default_factory=list)
+    requests: list[RequestRecord] = field(default_factory=list)
+    memory: list[VramSample] = field(default_factory=list)
+    arm_ends: list[ArmEnd] = field(default_factory=list)
+    run_end: RunEnd | None = None
+    problems: list[str] = field(default_factory=list)  # truncated lines, unknown kinds, ...
+
+    @property
+    def partial(self) -> bool:
+        """A run without its run-end record was interrupted or crashed."""
+        return self.run_end is None
+
+    def arms(self) -> list[str]:
+        names = [a.arm for a in self.arm_starts] + [a.arm for a in self.arm_ends]
+        return list(dict.fromkeys(names))
+
+
+def read_evidence(path: Path) -> Evidence:
+    """Read one evidence file. Bad lines are skipped and named in `problems`, never fatal."""
+    path = Path(path)
+    ev = Evidence(path=path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise EvidenceError(f"cannot read evidence file {path}: {exc.strerror}") from exc
+    lines = text.split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            record = from_dict(obj)
+        except json.JSONDecodeError:
+            last = lineno == len(lines) or all(not rest.strip() for rest in lines[lineno:])
+            ev.problems.append(f"{path.name}:{lineno}: {'truncated last line' if last else 'malformed line'} skipped")
+            continue
+        except (ValueError, TypeError) as exc:
+            ev.problems.append(f"{path.name}:{lineno}: {exc}; skipped")
+            continue
+        _add(ev, record)
+    if ev.manifest is None:
+        ev.problems.append(f"{path.name}: no run_start record")
+    return ev
+
+
+def _add(ev: Evidence, record: Any) -> None:
+    if isinstance(record, RunManifest):
+        ev.manifest = record
+    elif isinstance(record, ArmStart):
+        ev.arm_starts.append(record)
+    elif isinstance(record, RequestRecord):
+        ev.requests.append(record)
+    elif isinstance(record, VramSample):
+        ev.memory.append(record)
+    elif isinstance(record, ArmEnd):
+        ev.arm_ends.append(record)
+    elif isinstance(record, RunEnd):
+        ev.run_end = record
+
+
+def read_many(paths: Iterable[Path]) -> list[Evidence]:
+    return [read_evidence(Path(p)) for p in paths]
