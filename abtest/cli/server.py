@@ -1,10 +1,236 @@
-"""`abtest server` (placeholder until its module is written)."""
+"""`abtest server`: build, find and describe the llama-server binary (abtest.provision does the work).
+
+Progress and summaries go to stderr; the one thing a script wants (the binary's path) goes to stdout,
+so `SERVER=$(abtest server install --if-missing --cpu)` works.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import provision
+from ..provision import BuildEvent, ServerBinary
+
+err = Console(stderr=True, highlight=False)
 
 
 @click.group()
 def server() -> None:
-    """Not yet written."""
+    """Build, find and describe llama-server (cached per machine in $ABTEST_CACHE or ~/.cache/abtest)."""
+
+
+@server.command("install")
+@click.option(
+    "--cuda/--cpu",
+    "cuda",
+    default=None,
+    help="Backend. Default: CUDA when nvcc is found (PATH or /usr/local/cuda/bin), else CPU.",
+)
+@click.option(
+    "--cuda-arch",
+    metavar="ARCH",
+    help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 for H100. Default: native (needs a visible GPU).",
+)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs. Default: all cores.")
+@click.option(
+    "--source",
+    type=click.Path(exists=True, path_type=Path),
+    help="Build from a local llama.cpp directory or .tar.gz (scripts/make-llama-tarball.sh) instead of "
+    f"downloading llama-cpp-python=={provision.LLAMA_CPP_PYTHON_VERSION}'s sdist.",
+)
+@click.option(
+    "--if-missing",
+    is_flag=True,
+    help="Do nothing (print the path) when the cache already holds a build of this version and backend.",
+)
+@click.option("--force", is_flag=True, help="Rebuild even when this exact build is cached.")
+@click.option(
+    "--keep-build-dir", is_flag=True, help="Keep <cache>/work/<build id>/ (sources, objects) after."
+)
+def install_cmd(
+    cuda: bool | None,
+    cuda_arch: str | None,
+    jobs: int | None,
+    source: Path | None,
+    if_missing: bool,
+    force: bool,
+    keep_build_dir: bool,
+) -> None:
+    """Build llama-server and llama-bench from pinned llama.cpp source into the cache; print the path.
+
+    \b
+    Examples:
+      abtest server install --cpu -j 2
+      abtest server install --cuda --cuda-arch 90
+      abtest server install --source llama.cpp-0.3.36.tgz   # air-gapped box
+      abtest server install --if-missing --cpu               # CI: build once per machine
+    """
+    backend = None if cuda is None else ("cuda" if cuda else "cpu")
+    t0 = time.perf_counter_ns()
+    with _ProgressView() as view:
+        binary = provision.install(
+            backend=backend,
+            jobs=jobs,
+            source=source,
+            cuda_arch=cuda_arch,
+            if_missing=if_missing,
+            force=force,
+            keep_build_dir=keep_build_dir,
+            progress=view.on_event,
+        )
+    total_s = (time.perf_counter_ns() - t0) / 1e9
+    info = binary.build_info
+    if view.built:
+        build_s = f", cmake {_dur(info.build_seconds)}" if info else ""
+        err.print(f"built {binary.build_id} in {_dur(total_s)} total{build_s} ({binary.backend})")
+    else:
+        err.print(f"using cached build {binary.build_id} ({binary.backend})")
+    click.echo(str(binary.path))
+
+
+@server.command("info")
+@click.option(
+    "--server-bin",
+    type=click.Path(path_type=Path),
+    help="Describe this binary instead of discovering one.",
+)
+@click.option(
+    "--backend", type=click.Choice(provision.BACKENDS), help="Only consider cache builds of this backend."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> None:
+    """Which llama-server a run would use, its --version, backend and where it was found.
+
+    Order: --server-bin, $ABTEST_LLAMA_SERVER, llama-server on PATH, the cache (newest build,
+    preferring CUDA when nvcc is found).
+    """
+    binary = provision.find_server(server_bin, backend=backend)
+    if as_json:
+        click.echo(json.dumps(_binary_dict(binary), indent=2))
+        return
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("path", str(binary.path))
+    t.add_row("found via", binary.found_via)
+    t.add_row("build id", binary.build_id)
+    t.add_row(
+        "backend", binary.backend + ("" if binary.build_info else " (guessed from --version/--list-devices)")
+    )
+    t.add_row("llama-bench", str(binary.bench_path) if binary.bench_path else "not beside it")
+    t.add_row("--version", binary.version_text)
+    bi = binary.build_info
+    if bi is not None:
+        t.add_row("source", f"{bi.source} (sha256 {bi.sha256[:16]}…)")
+        t.add_row("built", f"{bi.built_at} on {bi.host} in {_dur(bi.build_seconds)} with -j {bi.jobs}")
+        t.add_row("cmake flags", " ".join(bi.cmake_flags))
+        native = "on" if bi.ggml_native else "off"
+        arch = f", CUDA arch {bi.cuda_arch}" if bi.cuda_arch else ""
+        t.add_row("GGML_NATIVE", native + arch)
+    Console(highlight=False).print(t)
+
+
+@server.command("list")
+def list_cmd() -> None:
+    """The builds in the cache, newest first."""
+    builds = provision.list_builds()
+    root = provision.builds_dir()
+    if not builds:
+        err.print(f"no builds in {root}; run: abtest server install")
+        return
+    t = Table(title=str(root), title_justify="left")
+    for col in ("build id", "backend", "built at", "build time", "source"):
+        t.add_column(col)
+    for b in builds:
+        t.add_row(b.build_id, b.backend, b.built_at, _dur(b.build_seconds), b.source)
+    Console(highlight=False).print(t)
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def _binary_dict(b: ServerBinary) -> dict[str, Any]:
+    return {
+        "path": str(b.path),
+        "found_via": b.found_via,
+        "build_id": b.build_id,
+        "backend": b.backend,
+        "bench_path": str(b.bench_path) if b.bench_path else None,
+        "version_text": b.version_text,
+        "build_info": b.build_info.to_dict() if b.build_info else None,
+    }
+
+
+def _dur(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+class _ProgressView:
+    """Renders `BuildEvent`s: a rich bar on a terminal, plain phase lines and every 10 % elsewhere (CI logs)."""
+
+    def __init__(self) -> None:
+        self.live = err.is_terminal
+        self.built = False
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._phase = ""
+        self._last_decile = -1
+
+    def __enter__(self) -> _ProgressView:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                TextColumn("[dim]{task.fields[line]}"),
+                console=err,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("preparing", total=100, line="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_event(self, e: BuildEvent) -> None:
+        if e.phase in ("configure", "build"):
+            self.built = True
+        new_phase = e.phase != self._phase
+        self._phase = e.phase
+        if self._progress is not None and self._task is not None:
+            fields: dict[str, Any] = {"description": f"{e.phase:<9}", "line": _short(e.message)}
+            if e.percent is not None:
+                fields["completed"] = e.percent
+            self._progress.update(self._task, **fields)
+            return
+        if e.phase == "build" and e.percent is not None:
+            decile = e.percent // 10
+            if decile > self._last_decile:
+                self._last_decile = decile
+                err.print(f"build {e.percent:3d}%  {_short(e.message)}")
+            return
+        if new_phase:
+            err.print(f"{e.phase}: {_short(e.message)}")
+
+
+def _short(line: str, width: int = 60) -> str:
+    line = line.strip()
+    # "[ 45%] Building CXX object tools/server/CMakeFiles/...dir/server.cpp.o" -> keep the file name.
+    if "Building" in line and "/" in line:
+        line = line.split("]", 1)[-1].strip().split(" object ")[-1].rsplit("/", 1)[-1]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+__all__ = ["server"]
