@@ -1,0 +1,223 @@
+"""`RunConfig` and `ArmSpec`: what to measure, validated before anything is launched.
+
+Arms come from three places, in this order of precedence: ``--arm NAME="ARGS"`` flags, an
+``--arms-file`` profile (servers/*.toml), and the defaults for a MoE model (``baseline``:
+``-ngl 99``; ``cpu-moe``: ``-ngl 99 --cpu-moe``). A name ``ncmoe<N>`` with no args is the
+ready-made arm ``-ngl 99 --n-cpu-moe N``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_ARMS: dict[str, tuple[str, ...]] = {
+    "baseline": ("-ngl", "99"),
+    "cpu-moe": ("-ngl", "99", "--cpu-moe"),
+}
+_NCMOE = re.compile(r"^ncmoe(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+LLAMA_LISTEN = ("--host", "{host}", "--port", "{port}")
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One configuration to measure."""
+
+    name: str
+    args: tuple[str, ...]
+    model: str | None = None  # overrides the run's --model for this arm
+    server_bin: str | None = None  # overrides the run's server binary for this arm
+    kind: str = "llama-server"
+    listen_args: tuple[str, ...] = LLAMA_LISTEN
+    model_args: tuple[str, ...] = ("-m", "{model}")
+    pin: bool = True  # add llama-server's pinning flags where the arm does not set them
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    arms: tuple[ArmSpec, ...]
+    runs: int = 3
+    warmup: int = 2
+    max_tokens: int = 128
+    concurrency: int = 1
+    rate: float | None = None  # requests/s, open loop; None = closed loop at `concurrency`
+    arrivals: str = "uniform"  # "uniform" | "poisson"
+    schedule: str = "sequential"  # "sequential" | "interleaved"
+    endpoint: str = "completion"  # "completion" | "chat"
+    prompts_path: str | None = None
+    buckets: tuple[str, ...] = ()
+    seed: int = 42
+    temperature: float = 0.0
+    ctx_size: int | None = None  # None: longest prompt + max_tokens, rounded up
+    parallel: int | None = None  # -np; None: the concurrency
+    threads: int | None = None  # -t; None: os.cpu_count()
+    flash_attn: str = "on"
+    out_dir: str = "evidence"
+    models_dir: str | None = None
+    server_bin: str | None = None
+    health_timeout_s: float = 600.0
+    stall_timeout_s: float = 60.0
+    request_timeout_s: float = 600.0
+    sample_interval_s: float = 0.1
+    verbose_log: bool = True  # -lv 4: buffer sizes and the exit memory table in the log
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_arm(text: str) -> ArmSpec:
+    """``NAME="ARGS"`` (shell-style quoting inside ARGS) or a bare ready-made name."""
+    name, sep, args = text.partition("=")
+    name = name.strip()
+    if not _NAME.match(name or "-"):
+        raise ConfigError(f"--arm {text!r}: expected NAME=\"ARGS\", e.g. --arm ncmoe12=\"-ngl 99 --n-cpu-moe 12\"")
+    if not sep:
+        return ready_made_arm(name)
+    try:
+        argv = tuple(shlex.split(args))
+    except ValueError as exc:
+        raise ConfigError(f"--arm {text!r}: cannot split ARGS ({exc}) — check the quotes") from exc
+    return ArmSpec(name=name, args=argv)
+
+
+def ready_made_arm(name: str) -> ArmSpec:
+    if name in DEFAULT_ARMS:
+        return ArmSpec(name=name, args=DEFAULT_ARMS[name])
+    m = _NCMOE.match(name)
+    if m:
+        return ArmSpec(name=name, args=("-ngl", "99", "--n-cpu-moe", m.group(1)))
+    raise ConfigError(
+        f"--arm {name!r}: unknown ready-made arm; use baseline, cpu-moe, ncmoe<N>, or NAME=\"ARGS\""
+    )
+
+
+def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
+    """Arms from a servers/*.toml profile."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--arms-file {p}: cannot read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--arms-file {p}: not valid TOML ({exc})") from exc
+    kind = str(data.get("kind", "llama-server"))
+    listen = tuple(data.get("listen_args", LLAMA_LISTEN))
+    model_args = tuple(data.get("model_args", ("-m", "{model}")))
+    pin = bool(data.get("pin", kind == "llama-server"))
+    arms_table = data.get("arms")
+    if not isinstance(arms_table, dict) or not arms_table:
+        raise ConfigError(f"--arms-file {p}: no [arms.NAME] tables — see servers/llama-server.toml")
+    arms = []
+    for name, body in arms_table.items():
+        if not isinstance(body, dict) or not isinstance(body.get("args", []), list):
+            raise ConfigError(f"--arms-file {p}: [arms.{name}] needs args = [\"...\", ...]")
+        arms.append(
+            ArmSpec(
+                name=name,
+                args=tuple(str(a) for a in body.get("args", [])),
+                model=body.get("model"),
+                server_bin=body.get("server_bin"),
+                kind=kind,
+                listen_args=listen,
+                model_args=model_args,
+                pin=pin,
+            )
+        )
+    return arms
+
+
+def resolve_arms(arm_flags: list[str], arms_file: str | None) -> tuple[ArmSpec, ...]:
+    arms: list[ArmSpec] = []
+    if arms_file:
+        arms.extend(load_arms_file(arms_file))
+    flag_arms = [parse_arm(a) for a in arm_flags]
+    for arm in flag_arms:
+        arms = [a for a in arms if a.name != arm.name] + [arm]
+    if not arms:
+        arms = [ArmSpec(name=n, args=a) for n, a in DEFAULT_ARMS.items()]
+    names = [a.name for a in arms]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"arm names must be unique; repeated: {', '.join(sorted(dupes))}")
+    return tuple(arms)
+
+
+def has_flag(args: tuple[str, ...] | list[str], *names: str) -> bool:
+    """Whether an argv sets any of the given flags (as `--flag v` or `--flag=v`)."""
+    return any(a in names or a.split("=", 1)[0] in names for a in args)
+
+
+def final_argv(
+    arm: ArmSpec,
+    cfg: RunConfig,
+    server_bin: str,
+    model_path: str,
+    ctx_size: int,
+    supports_fit: bool,
+) -> list[str]:
+    """The exact argv an arm's server starts with (host/port added by the launcher)."""
+    argv = [server_bin, *(a.format(model=model_path) for a in arm.model_args), *arm.args]
+    if not arm.pin:
+        return argv
+    pinned: list[str] = []
+    if not has_flag(arm.args, "-ngl", "--gpu-layers", "--n-gpu-layers"):
+        pinned += ["-ngl", "99"]
+    if supports_fit and not has_flag(arm.args, "--fit", "-fit"):
+        pinned += ["--fit", "off"]
+    if not has_flag(arm.args, "-c", "--ctx-size"):
+        pinned += ["-c", str(ctx_size)]
+    if not has_flag(arm.args, "-np", "--parallel"):
+        pinned += ["-np", str(cfg.parallel or cfg.concurrency)]
+    if not has_flag(arm.args, "-t", "--threads"):
+        pinned += ["-t", str(cfg.threads or os.cpu_count() or 1)]
+    if not has_flag(arm.args, "-fa", "--flash-attn"):
+        pinned += ["-fa", cfg.flash_attn]
+    if cfg.verbose_log and not has_flag(arm.args, "-lv", "--verbosity", "--log-verbosity"):
+        pinned += ["-lv", "4"]
+    return argv + pinned
+
+
+def auto_ctx_size(longest_prompt_tokens: int, max_tokens: int, parallel: int) -> int:
+    """Context for the longest prompt plus max_tokens per slot, +64 slack, rounded up to 256."""
+    per_slot = longest_prompt_tokens + max_tokens + 64
+    total = per_slot * max(parallel, 1)
+    return -(-total // 256) * 256
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    if cfg.runs <= 0:
+        raise ConfigError(f"--runs must be >= 1, got {cfg.runs}")
+    if cfg.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
+    if cfg.max_tokens < 2:
+        raise ConfigError(f"--max-tokens must be >= 2 (decode rate needs two tokens), got {cfg.max_tokens}")
+    if cfg.concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {cfg.concurrency}")
+    if cfg.rate is not None and cfg.rate <= 0:
+        raise ConfigError(f"--rate must be > 0 requests/s, got {cfg.rate}")
+    if cfg.schedule not in ("sequential", "interleaved"):
+        raise ConfigError(f"--schedule must be sequential or interleaved, got {cfg.schedule!r}")
+    if cfg.endpoint not in ("completion", "chat"):
+        raise ConfigError(f"--endpoint must be completion or chat, got {cfg.endpoint!r}")
+    if not cfg.arms:
+        raise ConfigError("no arms to run")
+    return cfg
+
+
+def with_overrides(cfg: RunConfig, **kw: Any) -> RunConfig:
+    return replace(cfg, **kw)

@@ -1,0 +1,236 @@
+"""GPU and host memory of one server process, sampled every 100 ms; "no GPU" is data, not a crash.
+
+NVML (nvidia-ml-py, imported as ``pynvml``) gives the process's *own* GPU memory
+(``nvmlDeviceGetComputeRunningProcesses``: per-PID ``usedGpuMemory``, which equals what
+``nvidia-smi --query-compute-apps`` prints), the device total used, SM clock, temperature and
+power. Host memory comes from ``/proc/PID/status``: ``RssAnon`` and ``RssFile`` apart, because the
+model is mmapped, so experts kept in system RAM show up as file-backed pages.
+
+Inside a container without ``--pid=host`` NVML reports host PIDs, which never match ours; then the
+per-PID figure is None and `GpuInfo.pid_note` says why (the device total is still recorded).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .records import VramSample
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    available: bool
+    reason: str | None  # why there is no GPU data, when unavailable
+    driver: str | None = None
+    cuda_driver_version: int | None = None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    pid_note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Nvml:
+    """A thin, failure-tolerant wrapper: every query returns None instead of raising."""
+
+    def __init__(self) -> None:
+        self.ok = False
+        self.reason: str | None = None
+        self._nv: Any = None
+        self.handles: list[Any] = []
+        try:
+            import pynvml  # type: ignore[import-untyped]
+
+            pynvml.nvmlInit()
+            self._nv = pynvml
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.ok = bool(self.handles)
+            if not self.ok:
+                self.reason = "NVML found no GPU"
+        except ImportError:
+            self.reason = "nvidia-ml-py (pynvml) is not installed"
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            self.reason = f"NVML unavailable: {exc}"
+
+    def info(self) -> GpuInfo:
+        if not self.ok:
+            return GpuInfo(available=False, reason=self.reason)
+        nv = self._nv
+        devices = []
+        for i, h in enumerate(self.handles):
+            mem = _try(lambda h=h: nv.nvmlDeviceGetMemoryInfo(h))
+            devices.append(
+                {
+                    "index": i,
+                    "name": _str(_try(lambda h=h: nv.nvmlDeviceGetName(h))),
+                    "uuid": _str(_try(lambda h=h: nv.nvmlDeviceGetUUID(h))),
+                    "memory_total_mib": round(mem.total / MIB, 1) if mem else None,
+                    "memory_used_mib": round(mem.used / MIB, 1) if mem else None,
+                    "power_limit_w": _div(_try(lambda h=h: nv.nvmlDeviceGetEnforcedPowerLimit(h)), 1000),
+                    "max_sm_clock_mhz": _try(lambda h=h: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
+                }
+            )
+        return GpuInfo(
+            available=True,
+            reason=None,
+            driver=_str(_try(lambda: nv.nvmlSystemGetDriverVersion())),
+            cuda_driver_version=_try(lambda: nv.nvmlSystemGetCudaDriverVersion()),
+            devices=devices,
+            pid_note=_pid_namespace_note(),
+        )
+
+    def pid_memory_mib(self, pid: int) -> float | None:
+        """The process's own GPU memory summed over devices; None if NVML does not list it."""
+        if not self.ok:
+            return None
+        nv = self._nv
+        total = 0
+        found = False
+        for h in self.handles:
+            for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                procs = _try(lambda h=h, g=getter: getattr(nv, g)(h)) or []
+                for p in procs:
+                    if p.pid == pid and p.usedGpuMemory is not None:
+                        total += p.usedGpuMemory
+                        found = True
+        return round(total / MIB, 1) if found else None
+
+    def device_sample(self, index: int = 0) -> dict[str, Any]:
+        if not self.ok or index >= len(self.handles):
+            return {}
+        nv = self._nv
+        h = self.handles[index]
+        mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+        return {
+            "device_used_mib": round(mem.used / MIB, 1) if mem else None,
+            "sm_clock_mhz": _try(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+            "temperature_c": _try(lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+            "power_w": _div(_try(lambda: nv.nvmlDeviceGetPowerUsage(h)), 1000),
+        }
+
+
+def _try(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def _str(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _div(v: Any, d: float) -> float | None:
+    return None if v is None else round(v / d, 2)
+
+
+def _pid_namespace_note() -> str | None:
+    """NVML lists host PIDs; inside a PID namespace ours differ (NVIDIA/nvidia-docker#1483)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("NSpid:") and len(line.split()) > 2:
+                    return "running in a PID namespace: NVML per-process memory may not match (use --pid=host)"
+    except OSError:
+        pass
+    return None
+
+
+def host_memory_mib(pid: int) -> tuple[float | None, float | None]:
+    """(RssAnon, RssFile) of a process in MiB from /proc; (None, None) where unavailable."""
+    anon = file_ = None
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    anon = round(int(line.split()[1]) / 1024, 1)
+                elif line.startswith("RssFile:"):
+                    file_ = round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return anon, file_
+
+
+class VramSampler:
+    """Samples one PID every `interval_s` on a thread; hands each `VramSample` to `sink`."""
+
+    def __init__(
+        self, nvml: Nvml, arm: str, pid: int, t0_ns: int, sink: Callable[[VramSample], None], interval_s: float = 0.1
+    ) -> None:
+        self.nvml = nvml
+        self.arm = arm
+        self.pid = pid
+        self.t0_ns = t0_ns
+        self.sink = sink
+        self.interval_s = interval_s
+        self.samples: list[VramSample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"vram-{arm}", daemon=True)
+
+    def sample(self) -> VramSample:
+        dev = self.nvml.device_sample(0)
+        anon, file_ = host_memory_mib(self.pid)
+        s = VramSample(
+            arm=self.arm,
+            t_ms=round((time.perf_counter_ns() - self.t0_ns) / 1e6, 1),
+            pid_vram_mib=self.nvml.pid_memory_mib(self.pid),
+            device_used_mib=dev.get("device_used_mib"),
+            sm_clock_mhz=dev.get("sm_clock_mhz"),
+            temperature_c=dev.get("temperature_c"),
+            power_w=dev.get("power_w"),
+            host_rss_anon_mib=anon,
+            host_rss_file_mib=file_,
+        )
+        self.samples.append(s)
+        return s
+
+    def _loop(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            self.sink(self.sample())
+            next_t += self.interval_s
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def start(self) -> VramSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def summarize(samples: list[VramSample], after_load: VramSample | None) -> dict[str, Any]:
+    """after_load, steady (median over the arm's measured period) and peak, per field."""
+    fields = ("pid_vram_mib", "device_used_mib", "host_rss_anon_mib", "host_rss_file_mib")
+    out: dict[str, Any] = {"after_load": asdict(after_load) if after_load else None, "n_samples": len(samples)}
+    peak: dict[str, float | None] = {}
+    steady: dict[str, float | None] = {}
+    for f in fields:
+        vals = sorted(v for v in (getattr(s, f) for s in samples) if v is not None)
+        peak[f] = vals[-1] if vals else None
+        steady[f] = vals[len(vals) // 2] if vals else None
+    out["peak"] = peak
+    out["steady"] = steady
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine

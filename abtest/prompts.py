@@ -1,0 +1,123 @@
+"""Bucketed prompts, cut to an exact token count for each model with the arm's own server.
+
+A prompt file is JSONL, one object per line: ``{"id": str, "bucket": str, "text": str,
+"target_tokens": int | null}``. With ``target_tokens`` set, the text is repeated as needed and cut
+so that the server's own ``/tokenize`` (with special tokens, as the server will count the prompt)
+says exactly that many tokens, or the nearest it can reach; ``null`` keeps the text as written
+(the seed-004 prompts). The count actually reached is recorded per arm, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .errors import ConfigError
+
+DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "default.jsonl"
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    id: str
+    bucket: str
+    text: str
+    target_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A prompt as sent to one server: its text and the token count that server reports."""
+
+    case: PromptCase
+    text: str
+    n_tokens: int
+
+
+def load_prompts(path: Path | None = None, buckets: list[str] | None = None) -> list[PromptCase]:
+    """Read a prompt JSONL; a bad line is a ConfigError quoting it."""
+    path = Path(path) if path else DEFAULT_PROMPTS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read prompt file {path}: {exc.strerror} — check --prompts") from exc
+    cases: list[PromptCase] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            case = PromptCase(
+                id=str(obj["id"]),
+                bucket=str(obj.get("bucket", "default")),
+                text=str(obj["text"]),
+                target_tokens=None if obj.get("target_tokens") is None else int(obj["target_tokens"]),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{path}:{lineno}: not a prompt ({type(exc).__name__}: {exc}); each line needs "
+                '{"id": ..., "text": ..., "bucket": ..., "target_tokens": N|null} — fix --prompts'
+            ) from exc
+        if case.id in seen:
+            raise ConfigError(f"{path}:{lineno}: duplicate prompt id {case.id!r} — ids must be unique")
+        if case.target_tokens is not None and case.target_tokens < 1:
+            raise ConfigError(f"{path}:{lineno}: target_tokens must be >= 1, got {case.target_tokens}")
+        seen.add(case.id)
+        cases.append(case)
+    if buckets:
+        cases = [c for c in cases if c.bucket in buckets]
+    if not cases:
+        wanted = f" in buckets {buckets}" if buckets else ""
+        raise ConfigError(f"no prompts{wanted} in {path} — check --prompts / --buckets")
+    return cases
+
+
+def _tokenize(client: httpx.Client, base_url: str, text: str) -> list[int]:
+    resp = client.post(base_url + "/tokenize", json={"content": text, "add_special": True})
+    resp.raise_for_status()
+    return [t if isinstance(t, int) else int(t["id"]) for t in resp.json()["tokens"]]
+
+
+def _detokenize(client: httpx.Client, base_url: str, tokens: list[int]) -> str:
+    resp = client.post(base_url + "/detokenize", json={"tokens": tokens})
+    resp.raise_for_status()
+    return str(resp.json()["content"])
+
+
+def fit_prompts(cases: list[PromptCase], base_url: str, timeout_s: float = 60.0) -> list[FittedPrompt]:
+    """Cut every case to its target with this server's tokenizer and count it exactly."""
+    fitted: list[FittedPrompt] = []
+    with httpx.Client(timeout=timeout_s) as client:
+        n_special = len(_tokenize(client, base_url, ""))  # BOS etc. that the server adds
+        for case in cases:
+            if case.target_tokens is None:
+                fitted.append(FittedPrompt(case, case.text, len(_tokenize(client, base_url, case.text))))
+                continue
+            fitted.append(_fit_one(client, base_url, case, case.target_tokens, n_special))
+    return fitted
+
+
+def _fit_one(client: httpx.Client, base_url: str, case: PromptCase, target: int, n_special: int) -> FittedPrompt:
+    source = case.text
+    part = 2
+    while len(_tokenize(client, base_url, source)) < target + 8:
+        source += f"\n\nPart {part}. " + case.text
+        part += 1
+    body = _tokenize(client, base_url, source)[n_special:]
+    want = max(target - n_special, 1)
+    best: FittedPrompt | None = None
+    # Detokenize-then-retokenize can merge across the cut; step the cut until the count is exact.
+    for _ in range(8):
+        text = _detokenize(client, base_url, body[:want])
+        n = len(_tokenize(client, base_url, text))
+        if best is None or abs(n - target) < abs(best.n_tokens - target):
+            best = FittedPrompt(case, text, n)
+        if n == target:
+            break
+        want = max(1, want + (target - n))
+    assert best is not None
+    return best

@@ -1,0 +1,254 @@
+"""`ServerProcess`: one inference server on a free loopback port, in its own process group.
+
+Lifecycle: choose a free port -> spawn (argv list, never a shell; output to a log file beside the
+evidence) -> poll ``/health`` (503 while the model loads is normal; 200 is ready) -> measure ->
+stop: SIGTERM to the process group, wait (llama-server takes a few seconds to exit), then SIGKILL
+the group. Every live server is also registered so that an interrupted run stops them all: no
+orphan processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .errors import LaunchError
+
+# Log lines that mean "the port was taken between choosing and binding": retry on another port.
+_BIND_FAILURES = ("couldn't bind", "could not bind", "address already in use", "failed to bind")
+
+_live: set[ServerProcess] = set()
+_live_lock = threading.Lock()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (another process may still take it before we bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, n: int = 8) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to start: argv without host/port (they are added per attempt), where to log."""
+
+    name: str
+    argv: tuple[str, ...]
+    log_path: Path
+    host: str = "127.0.0.1"
+    health_timeout_s: float = 600.0
+    stop_timeout_s: float = 15.0
+    env: tuple[tuple[str, str], ...] = ()
+    # How this server kind is told where to listen; {host} and {port} are filled per attempt.
+    listen_args: tuple[str, ...] = ("--host", "{host}", "--port", "{port}")
+
+
+class ServerProcess:
+    """A running server. Use `start()`; always `stop()` (or use it as a context manager)."""
+
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.spec = spec
+        self.port = 0
+        self.argv: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.t_spawn_ns = 0
+        self.ready_ms: float | None = None
+        self.exit_code: int | None = None
+        self.stop_ms: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.spec.host}:{self.port}"
+
+    def start(self, attempts: int = 3) -> ServerProcess:
+        """Spawn and wait for health; retry on another port if the chosen one was taken."""
+        for attempt in range(1, attempts + 1):
+            self._spawn()
+            try:
+                self._wait_healthy()
+                return self
+            except LaunchError as exc:
+                self.stop()
+                if attempt < attempts and _bind_failed(self.spec.log_path):
+                    continue
+                raise exc
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
+        self.port = free_port(self.spec.host)
+        listen = [a.format(host=self.spec.host, port=self.port) for a in self.spec.listen_args]
+        self.argv = [*self.spec.argv, *listen]
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.spec.log_path, "ab")
+        log.write(f"# abtest: starting {self.argv!r}\n".encode())
+        log.flush()
+        env = {**os.environ, **dict(self.spec.env)}
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: stop() can signal the whole group
+                env=env,
+            )
+        except OSError as exc:
+            raise LaunchError(
+                f"arm '{self.spec.name}': cannot execute {self.argv[0]} ({exc.strerror}) — check --server-bin"
+            ) from exc
+        finally:
+            log.close()
+        self.t_spawn_ns = time.perf_counter_ns()
+        self.exit_code = None
+        with _live_lock:
+            _live.add(self)
+
+    def _wait_healthy(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.spec.health_timeout_s
+        url = self.base_url + "/health"
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    self.exit_code = code
+                    raise LaunchError(self._explain(f"exited (code {code}) before /health was ready"))
+                try:
+                    if client.get(url).status_code == 200:
+                        self.ready_ms = (time.perf_counter_ns() - self.t_spawn_ns) / 1e6
+                        return
+                except httpx.HTTPError:
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise LaunchError(
+                        self._explain(
+                            f"did not become healthy within {self.spec.health_timeout_s:g} s (--health-timeout)"
+                        )
+                    )
+                time.sleep(0.1)
+
+    def _explain(self, what: str) -> str:
+        tail = log_tail(self.spec.log_path, 4)
+        last = " | ".join(tail[-3:]) if tail else "(empty log)"
+        return (
+            f"server for arm '{self.spec.name}' on port {self.port} {what}; last log lines: {last} "
+            f"— see {self.spec.log_path}; check the model path, the arm's flags and free memory"
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        """SIGTERM the process group, wait up to stop_timeout_s, then SIGKILL it. Idempotent."""
+        proc = self.proc
+        if proc is None:
+            return self.exit_code
+        t0 = time.perf_counter_ns()
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.spec.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            self.stop_ms = (time.perf_counter_ns() - t0) / 1e6
+        # Children that outlived the leader (none expected for llama-server) go too.
+        _signal_group(proc.pid, signal.SIGKILL)
+        self.exit_code = proc.returncode
+        with _live_lock:
+            _live.discard(self)
+        return self.exit_code
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _bind_failed(log_path: Path) -> bool:
+    text = " ".join(log_tail(log_path, 20)).lower()
+    return any(marker in text for marker in _BIND_FAILURES)
+
+
+def stop_all() -> None:
+    """Stop every server this process started (atexit and signal handlers call this)."""
+    with _live_lock:
+        servers = list(_live)
+    for srv in servers:
+        srv.stop()
+
+
+atexit.register(stop_all)
+
+
+def version_text(binary: str | os.PathLike[str], timeout_s: float = 20.0) -> str:
+    """What `BINARY --version` prints (llama-server prints it on stderr)."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    text = (out.stdout + out.stderr).strip()
+    lines = [ln for ln in text.splitlines() if "version" in ln.lower()]
+    return (lines[0] if lines else text.splitlines()[0] if text else "unknown").strip()
+
+
+def help_text(binary: str | os.PathLike[str], timeout_s: float = 20.0) -> str:
+    try:
+        out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout + out.stderr
+
+
+def supports_flag(help_output: str, flag: str) -> bool:
+    """Whether `flag` appears as an option in a --help text (e.g. --fit only in newer builds)."""
+    return any(tok.strip(",") == flag for line in help_output.splitlines() for tok in line.split())
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def wait_gone(pids: Sequence[int], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(process_group_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
