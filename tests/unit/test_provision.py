@@ -1,0 +1,513 @@
+"""abtest.provision without a compiler: fake executables, a fake cmake, a tmp cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from abtest import provision
+from abtest.cli.server import server as server_group
+from abtest.errors import BinaryNotFound, ConfigError, ProvisionError
+from abtest.provision import BuildEvent, BuildInfo
+
+VERSION_OUT = "version: 0.5.0-dev (build 0, commit unknown)\nbuilt with GNU 12.2.0 for Linux x86_64"
+
+
+def _exe(path: Path, body: str = f"echo '{VERSION_OUT}' >&2", mode: int = 0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(mode)
+    return path
+
+
+def _cached_build(root: Path, build_id: str, backend: str, built_at: str) -> Path:
+    d = root / "llama-server" / build_id
+    server = _exe(d / "bin" / "llama-server")
+    _exe(d / "bin" / "llama-bench", "echo bench")
+    _info(build_id=build_id, backend=backend, built_at=built_at).write(d / "build.json")
+    return server
+
+
+def _info(**over: object) -> BuildInfo:
+    base: dict[str, object] = dict(
+        build_id="0.3.36-0123456789ab-cpu",
+        version="0.3.36",
+        sha256="0123456789ab" + "0" * 52,
+        source="pypi:llama-cpp-python==0.3.36",
+        backend="cpu",
+        cmake_flags=("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF"),
+        ggml_native=True,
+        cuda_arch=None,
+        jobs=2,
+        build_seconds=412.5,
+        built_at="2025-01-01T00:00:00+00:00",
+        host="box",
+    )
+    base.update(over)
+    return BuildInfo(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """An isolated world: empty PATH dir, empty cache, no $ABTEST_LLAMA_SERVER, no /usr/local/cuda."""
+    path_dir = tmp_path / "pathbin"
+    path_dir.mkdir()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PATH", str(path_dir))
+    monkeypatch.setenv("ABTEST_CACHE", str(cache))
+    monkeypatch.delenv("ABTEST_LLAMA_SERVER", raising=False)
+    monkeypatch.setattr(provision, "CUDA_DEFAULT_DIRS", ())
+    return {"path": path_dir, "cache": cache, "tmp": tmp_path}
+
+
+# ----------------------------------------------------------------------------------- discovery order
+
+
+def test_discovery_order_flag_env_path_cache(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    flag = _exe(env["tmp"] / "flag" / "llama-server")
+    via_env = _exe(env["tmp"] / "envdir" / "llama-server")
+    on_path = _exe(env["path"] / "llama-server")
+    cached = _cached_build(env["cache"], "0.3.36-0123456789ab-cpu", "cpu", "2025-01-01T00:00:00+00:00")
+    monkeypatch.setenv("ABTEST_LLAMA_SERVER", str(via_env))
+
+    b = provision.find_server(str(flag))
+    assert (b.path, b.found_via) == (flag.resolve(), "--server-bin")
+
+    b = provision.find_server()
+    assert (b.path, b.found_via) == (via_env.resolve(), "$ABTEST_LLAMA_SERVER")
+
+    monkeypatch.delenv("ABTEST_LLAMA_SERVER")
+    b = provision.find_server()
+    assert (b.path, b.found_via) == (on_path.resolve(), "PATH")
+
+    on_path.unlink()
+    b = provision.find_server()
+    assert (b.path, b.found_via) == (cached, "cache")
+    assert b.build_id == "0.3.36-0123456789ab-cpu"
+    assert b.backend == "cpu"
+    assert b.bench_path == cached.parent / "llama-bench"
+    assert b.build_info is not None and b.build_info.jobs == 2
+    assert b.version_text.startswith("version: 0.5.0-dev")
+
+
+def test_explicit_path_that_is_wrong_does_not_fall_through(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _exe(env["path"] / "llama-server")
+    with pytest.raises(BinaryNotFound, match="--server-bin .* does not exist"):
+        provision.find_server(str(env["tmp"] / "nope" / "llama-server"))
+    monkeypatch.setenv("ABTEST_LLAMA_SERVER", str(env["tmp"] / "missing"))
+    with pytest.raises(BinaryNotFound, match=r"\$ABTEST_LLAMA_SERVER"):
+        provision.find_server()
+
+
+def test_server_bin_may_name_a_directory(env: dict[str, Path]) -> None:
+    exe = _exe(env["tmp"] / "d" / "llama-server")
+    assert provision.find_server(str(exe.parent)).path == exe.resolve()
+
+
+def test_nothing_found_lists_where_it_looked(env: dict[str, Path]) -> None:
+    with pytest.raises(BinaryNotFound) as ei:
+        provision.find_server()
+    msg = str(ei.value)
+    assert "$ABTEST_LLAMA_SERVER" in msg and "PATH" in msg and str(env["cache"]) in msg
+    assert msg.endswith("run: abtest server install")
+    assert "\n" not in msg
+
+
+def test_not_executable_names_the_fix(env: dict[str, Path]) -> None:
+    exe = _exe(env["tmp"] / "llama-server", mode=0o644)
+    with pytest.raises(BinaryNotFound, match=r"not executable; run: chmod \+x .*llama-server"):
+        provision.find_server(str(exe))
+
+
+def test_cached_binary_that_lost_its_x_bit(env: dict[str, Path]) -> None:
+    server = _cached_build(env["cache"], "0.3.36-0123456789ab-cpu", "cpu", "2025-01-01T00:00:00+00:00")
+    server.chmod(0o644)
+    with pytest.raises(BinaryNotFound, match="found via cache.*chmod"):
+        provision.find_server()
+
+
+def test_version_that_fails_is_binary_not_found(env: dict[str, Path]) -> None:
+    exe = _exe(
+        env["tmp"] / "llama-server", "echo 'error while loading shared libraries: libcuda.so.1' >&2; exit 127"
+    )
+    with pytest.raises(BinaryNotFound, match="exited 127 .*libcuda"):
+        provision.find_server(str(exe))
+
+
+def test_cache_prefers_the_default_backend(env: dict[str, Path]) -> None:
+    _cached_build(env["cache"], "0.3.36-aaaaaaaaaaaa-cuda", "cuda", "2025-01-01T00:00:00+00:00")
+    _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00")
+    # No nvcc: cpu preferred (and it is also the newest).
+    assert provision.find_server().build_id == "0.3.36-bbbbbbbbbbbb-cpu"
+    # nvcc on PATH: the older cuda build wins over the newer cpu one.
+    _exe(env["path"] / "nvcc", "echo nvcc")
+    assert provision.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cuda"
+    # An explicit backend filters.
+    assert provision.find_server(backend="cpu").build_id == "0.3.36-bbbbbbbbbbbb-cpu"
+
+
+def test_cache_falls_back_to_another_backend_but_not_when_asked(env: dict[str, Path]) -> None:
+    _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00")
+    _exe(env["path"] / "nvcc", "echo nvcc")
+    assert provision.find_server().backend == "cpu"
+    with pytest.raises(BinaryNotFound, match="no build with backend cuda"):
+        provision.find_server(backend="cuda")
+
+
+def test_half_written_cache_entries_are_skipped(env: dict[str, Path]) -> None:
+    good = _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-01-01T00:00:00+00:00")
+    broken = env["cache"] / "llama-server" / "0.3.36-cccccccccccc-cpu"
+    _exe(broken / "bin" / "llama-server")
+    (broken / "build.json").write_text("{not json")
+    (env["cache"] / "llama-server" / "0.3.36-dddddddddddd-cpu.tmp123").mkdir()
+    assert [b.build_id for b in provision.list_builds()] == ["0.3.36-bbbbbbbbbbbb-cpu"]
+    assert provision.find_server().path == good
+
+
+def test_backend_guessed_from_version_output(env: dict[str, Path]) -> None:
+    cuda = _exe(
+        env["tmp"] / "c" / "llama-server",
+        "echo 'ggml_cuda_init: found 1 CUDA devices:' >&2; echo 'version: 0.5.0-dev (build 0, commit unknown)' >&2",
+    )
+    b = provision.find_server(str(cuda))
+    assert b.backend == "cuda" and b.build_info is None
+    assert b.build_id.startswith("file-") and len(b.build_id) == len("file-") + 12
+    cpu = _exe(env["tmp"] / "p" / "llama-server")
+    assert provision.find_server(str(cpu)).backend == "cpu"
+    listed = _exe(
+        env["tmp"] / "l" / "llama-server",
+        'if [ "$1" = --list-devices ]; then echo "Available devices:"; echo "  Vulkan0: Some GPU"; '
+        f"else echo '{VERSION_OUT}' >&2; fi",
+    )
+    assert provision.find_server(str(listed)).backend == "vulkan"
+
+
+# --------------------------------------------------------------------------------- cache key, build.json
+
+
+def test_build_id_for() -> None:
+    sha = "abcdef0123456789" + "0" * 48
+    assert provision.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu"
+    assert provision.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda"
+    assert provision.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90"
+    assert provision.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90"
+    with pytest.raises(ConfigError):
+        provision.build_id_for("0.3.36", sha, "tpu")
+
+
+def test_source_sha256_of_file(tmp_path: Path) -> None:
+    import hashlib
+
+    f = tmp_path / "src.tar.gz"
+    f.write_bytes(b"hello" * 1000)
+    assert provision.source_sha256(f) == hashlib.sha256(b"hello" * 1000).hexdigest()
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_source_sha256_of_directory(tmp_path: Path) -> None:
+    files = {"CMakeLists.txt": "x", "ggml/a.c": "a", "tools/server/s.cpp": "s"}
+    a = _tree(tmp_path / "a", files)
+    b = _tree(tmp_path / "b", dict(reversed(list(files.items()))))  # creation order does not matter
+    assert provision.source_sha256(a) == provision.source_sha256(b)
+    # .git and a cmake build directory are ignored.
+    _tree(a, {".git/HEAD": "ref", "build/CMakeCache.txt": "cache", "build/obj.o": "o"})
+    assert provision.source_sha256(a) == provision.source_sha256(b)
+    # Content and names both count.
+    (b / "ggml" / "a.c").write_text("A")
+    assert provision.source_sha256(a) != provision.source_sha256(b)
+    (b / "ggml" / "a.c").write_text("a")
+    (b / "ggml" / "a.c").rename(b / "ggml" / "b.c")
+    assert provision.source_sha256(a) != provision.source_sha256(b)
+
+
+def test_build_info_round_trip(tmp_path: Path) -> None:
+    info = _info(
+        backend="cuda", cuda_arch="90", cmake_flags=("-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90")
+    )
+    assert BuildInfo.from_dict(info.to_dict()) == info
+    p = tmp_path / "build.json"
+    info.write(p)
+    assert BuildInfo.read(p) == info
+    assert '"cmake_flags": [' in p.read_text()
+
+
+def test_build_info_unreadable(tmp_path: Path) -> None:
+    p = tmp_path / "build.json"
+    p.write_text("[]")
+    with pytest.raises(ProvisionError, match="unreadable.*abtest server install"):
+        BuildInfo.read(p)
+
+
+# ------------------------------------------------------------------------------------------ toolchain
+
+
+def _which(available: set[str]):  # type: ignore[no-untyped-def]
+    def which(name: str, *a: object, **k: object) -> str | None:
+        return f"/usr/bin/{name}" if name in available else None
+
+    return which
+
+
+def test_missing_cmake(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", _which({"c++", "make"}))
+    with pytest.raises(ProvisionError) as ei:
+        provision.check_toolchain("cpu")
+    msg = str(ei.value)
+    assert "cmake not found" in msg and "apt-get install cmake" in msg and "pip install cmake" in msg
+    assert "\n" not in msg
+
+
+def test_missing_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", _which({"cmake", "make"}))
+    with pytest.raises(ProvisionError, match=r"C\+\+ compiler.*apt-get install build-essential"):
+        provision.check_toolchain("cpu")
+
+
+def test_missing_make_and_ninja(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", _which({"cmake", "g++"}))
+    with pytest.raises(ProvisionError, match="build-essential"):
+        provision.check_toolchain("cpu")
+
+
+def test_ninja_only_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", _which({"cmake", "g++", "ninja"}))
+    assert provision.check_toolchain("cpu")["ninja"] == "/usr/bin/ninja"
+    assert provision.cmake_flags("cpu", ninja=True)[:2] == ["-G", "Ninja"]
+
+
+def test_cuda_without_nvcc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", _which({"cmake", "c++", "make"}))
+    monkeypatch.setattr(provision, "CUDA_DEFAULT_DIRS", ())
+    assert provision.default_backend() == "cpu"
+    with pytest.raises(ProvisionError, match="nvcc.*--cpu"):
+        provision.check_toolchain("cuda")
+
+
+def test_nvcc_found_in_usr_local_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", _which(set()))
+    nvcc = _exe(tmp_path / "cuda" / "bin" / "nvcc")
+    monkeypatch.setattr(provision, "CUDA_DEFAULT_DIRS", (nvcc.parent,))
+    assert provision.find_nvcc() == nvcc
+    assert provision.default_backend() == "cuda"
+
+
+def test_cmake_flags() -> None:
+    cpu = provision.cmake_flags("cpu")
+    assert "-DBUILD_SHARED_LIBS=OFF" in cpu and "-DLLAMA_BUILD_UI=OFF" in cpu and "-DLLAMA_OPENSSL=OFF" in cpu
+    assert not any("CURL" in f or "CUDA" in f for f in cpu)
+    cuda = provision.cmake_flags("cuda", cuda_arch="90", nvcc="/usr/local/cuda/bin/nvcc")
+    assert "-DGGML_CUDA=ON" in cuda and "-DCMAKE_CUDA_ARCHITECTURES=90" in cuda
+    assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc" in cuda
+
+
+@pytest.mark.parametrize(
+    ("line", "pct"),
+    [
+        ("[ 45%] Building CXX object common/CMakeFiles/llama-common.dir/arg.cpp.o", 45),
+        ("[  0%] Generating build details from Git", 0),
+        ("[100%] Built target llama-server", 100),
+        ("[12/48] Building CXX object ggml/src/ggml.c.o", 25),
+        ("[48/48] Linking CXX executable bin/llama-server", 100),
+        ("-- Configuring done", None),
+        ("/tmp/x.cpp:1:2: warning: [45%] not a progress line", None),
+        ("", None),
+    ],
+)
+def test_parse_progress_line(line: str, pct: int | None) -> None:
+    assert provision.parse_progress_line(line) == pct
+
+
+# --------------------------------------------------------------------------- install with a fake cmake
+
+FAKE_CMAKE = r"""#!/bin/sh
+# configure: cmake -S src -B build FLAGS...   build: cmake --build build --target ... -j N
+if [ "$1" = "-S" ]; then
+  [ -f "$2/CMakeLists.txt" ] || { echo "CMake Error: The source directory does not contain CMakeLists.txt" ; exit 1; }
+  mkdir -p "$4" && echo "-- Configuring done" && echo "$@" > "$4/configure-args"
+  exit 0
+fi
+if [ "$1" = "--build" ]; then
+  [ -n "$FAKE_CMAKE_FAIL" ] && { echo "/src/ggml.c:1:1: error: boom"; exit 2; }
+  mkdir -p "$2/bin"
+  echo "[ 10%] Building C object ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o"
+  echo "[ 50%] Building CXX object tools/server/CMakeFiles/llama-server.dir/server.cpp.o"
+  printf '#!/bin/sh\necho "version: 0.5.0-dev (build 0, commit unknown)" >&2\n' > "$2/bin/llama-server"
+  printf '#!/bin/sh\necho bench\n' > "$2/bin/llama-bench"
+  chmod +x "$2/bin/llama-server" "$2/bin/llama-bench"
+  echo "[100%] Built target llama-server"
+  exit 0
+fi
+exit 3
+"""
+
+
+@pytest.fixture
+def fake_toolchain(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    for tool in ("c++", "make"):
+        os.symlink("/bin/true", env["path"] / tool)
+    _exe(env["path"] / "cmake", FAKE_CMAKE.split("\n", 1)[1])
+    # The fake cmake itself needs mkdir/printf/chmod.
+    monkeypatch.setenv("PATH", f"{env['path']}:/usr/bin:/bin")
+    return env
+
+
+def _llama_src(root: Path) -> Path:
+    return _tree(
+        root, {"CMakeLists.txt": "project(llama)", "ggml/CMakeLists.txt": "", "tools/server/server.cpp": ""}
+    )
+
+
+def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) -> None:
+    src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
+    (src / provision.VERSION_MARKER).write_text("llama-cpp-python 0.3.36\n")
+    events: list[BuildEvent] = []
+    b = provision.install(backend="cpu", jobs=3, source=src, progress=events.append)
+    sha = provision.source_sha256(src)
+    assert b.build_id == f"0.3.36-{sha[:12]}-cpu"
+    assert b.found_via == "cache" and b.backend == "cpu"
+    assert b.path == fake_toolchain["cache"] / "llama-server" / b.build_id / "bin" / "llama-server"
+    assert b.bench_path == b.path.parent / "llama-bench"
+    info = b.build_info
+    assert info is not None
+    assert (info.version, info.sha256, info.source, info.jobs) == ("0.3.36", sha, str(src), 3)
+    assert "-DBUILD_SHARED_LIBS=OFF" in info.cmake_flags and info.ggml_native
+    assert info.build_seconds >= 0 and info.built_at
+    assert [e.percent for e in events if e.phase == "build" and e.percent is not None] == [
+        0,
+        10,
+        50,
+        100,
+    ]
+    assert not (fake_toolchain["cache"] / "work").exists() or not any(
+        (fake_toolchain["cache"] / "work").iterdir()
+    )
+    log = fake_toolchain["cache"] / "logs" / f"{b.build_id}.log"
+    assert "Built target llama-server" in log.read_text()
+
+    events.clear()
+    again = provision.install(backend="cpu", source=src, progress=events.append)
+    assert again.build_id == b.build_id and [e.phase for e in events][-1] == "cached"
+    # And discovery now finds it.
+    assert provision.find_server().build_id == b.build_id
+
+
+def test_install_from_tarball_uses_its_marker(fake_toolchain: dict[str, Path]) -> None:
+    src = _llama_src(fake_toolchain["tmp"] / "stage" / "llama.cpp")
+    (src / provision.VERSION_MARKER).write_text("llama-cpp-python 0.3.36\n")
+    tgz = fake_toolchain["tmp"] / "llama-src.tgz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(src, arcname="llama.cpp")
+    b = provision.install(backend="cpu", jobs=1, source=tgz)
+    assert b.build_id == f"0.3.36-{provision.source_sha256(tgz)[:12]}-cpu"
+
+
+def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]) -> None:
+    root = fake_toolchain["tmp"] / "sd" / "llama_cpp_python-0.3.36"
+    _llama_src(root / "vendor" / "llama.cpp")
+    (root / "llama_cpp" / "__init__.py").parent.mkdir(parents=True)
+    (root / "llama_cpp" / "__init__.py").write_text("")
+    sdist = fake_toolchain["cache"] / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
+    sdist.parent.mkdir(parents=True)
+    with tarfile.open(sdist, "w:gz") as tf:
+        tf.add(root, arcname="llama_cpp_python-0.3.36")
+    # The sdist is cached, so no pip call happens (PATH has no network tools anyway).
+    b = provision.install(backend="cpu", jobs=1, keep_build_dir=True)
+    assert b.build_id == f"0.3.36-{provision.source_sha256(sdist)[:12]}-cpu"
+    assert b.build_info is not None and b.build_info.source == "pypi:llama-cpp-python==0.3.36"
+    work = next((fake_toolchain["cache"] / "work").iterdir())
+    args = (work / "build" / "configure-args").read_text()
+    assert "/vendor/llama.cpp" in args and "-DLLAMA_BUILD_EXAMPLES=OFF" in args
+    assert not (work / "src" / "llama_cpp_python-0.3.36" / "llama_cpp").exists()
+
+
+def test_if_missing_needs_no_download(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = _cached_build(
+        fake_toolchain["cache"], "0.3.36-0123456789ab-cpu", "cpu", "2025-01-01T00:00:00+00:00"
+    )
+
+    def no_network(*a: object, **k: object) -> Path:
+        raise AssertionError("--if-missing must not download")
+
+    monkeypatch.setattr(provision, "_ensure_sdist", no_network)
+    assert provision.install(backend="cpu", if_missing=True).path == cached
+    with pytest.raises(AssertionError):
+        provision.install(backend="cpu", if_missing=True, force=True)
+
+
+def test_build_failure_names_the_error_and_log(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CMAKE_FAIL", "1")
+    src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
+    with pytest.raises(
+        ProvisionError, match=r"cmake build failed \(exit 2\): .*error: boom; full log: .*\.log"
+    ):
+        provision.install(backend="cpu", jobs=1, source=src)
+    assert provision.list_builds() == []
+
+
+def test_source_that_is_not_llama_cpp(fake_toolchain: dict[str, Path]) -> None:
+    d = fake_toolchain["tmp"] / "other"
+    _tree(d, {"README": "x"})
+    with pytest.raises(ConfigError, match="no llama.cpp source"):
+        provision.install(backend="cpu", source=d)
+
+
+def test_native_cuda_without_gpu_asks_for_arch(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _exe(fake_toolchain["path"] / "nvcc", "echo nvcc")
+    monkeypatch.setattr(provision, "_gpu_visible", lambda: False)
+    with pytest.raises(ProvisionError, match="--cuda-arch 90"):
+        provision.install(backend="cuda", source=fake_toolchain["tmp"])
+    with pytest.raises(ConfigError, match="--cuda-arch only applies"):
+        provision.install(backend="cpu", cuda_arch="90")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_info_and_install(fake_toolchain: dict[str, Path]) -> None:
+    runner = CliRunner()
+    src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
+    res = runner.invoke(server_group, ["install", "--cpu", "-j", "1", "--source", str(src)])
+    assert res.exit_code == 0, res.output
+    path = res.stdout.strip().splitlines()[-1]
+    assert path.endswith("/bin/llama-server") and Path(path).is_file()
+    assert "built 0.3.36-" not in res.stdout  # summaries go to stderr
+
+    res = runner.invoke(server_group, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"found_via": "cache"' in res.stdout and "local-" in res.stdout
+
+    res = runner.invoke(server_group, ["install", "--if-missing", "--cpu", "--source", str(src)])
+    assert res.exit_code == 0 and res.stdout.strip().splitlines()[-1] == path
+
+
+def test_cli_info_table(env: dict[str, Path]) -> None:
+    exe = _exe(env["tmp"] / "x" / "llama-server")
+    res = CliRunner().invoke(server_group, ["info", "--server-bin", str(exe)])
+    assert res.exit_code == 0, res.output
+    assert "--server-bin" in res.stdout and "0.5.0-dev" in res.stdout and "not beside it" in res.stdout
+
+
+def test_module_surface() -> None:
+    for name in provision.__all__:
+        assert hasattr(provision, name), name
+    assert provision.LLAMA_CPP_PYTHON_VERSION == "0.3.36"
