@@ -1,0 +1,363 @@
+"""Reading GGUF metadata: architecture, expert counts, parameters, and where the bytes are.
+
+`read_model_info` gives a `ModelInfo` (used to label evidence and to predict VRAM for
+`--n-cpu-moe N`); `check_gguf` is the cheap sanity check run before any launch.
+
+Only the header is read (key/values and tensor infos, a few MB even for a 200k-token vocab),
+never the tensor data. We parse the header here rather than through `gguf.GGUFReader`: the
+reader builds numpy views for every element of every array, which costs ~3.5 s for a 50k-token
+vocabulary and ~4x that for gpt-oss's 201k; this walk takes a fraction of a second. Type sizes
+and names still come from the `gguf` package's constants.
+
+Format (GGUF v2/v3, little-endian): magic "GGUF", u32 version, u64 n_tensors, u64 n_kv; n_kv
+key/values (string key, u32 type, value); n_tensors infos (string name, u32 n_dims, u64 ne[n_dims],
+u32 ggml type, u64 offset relative to the data section); padding to `general.alignment` (32);
+then the tensor data.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from .errors import ConfigError, ModelNotFound
+
+GGUF_MAGIC = b"GGUF"
+# Tensors llama.cpp's --cpu-moe / --n-cpu-moe keep in system RAM (common/common.h LLM_FFN_EXPS_REGEX).
+EXPERT_TENSOR_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+# Arrays longer than this are counted, not decoded (vocabularies, merges, scores).
+_DECODE_ARRAY_MAX = 4096
+
+_SCALAR = {  # GGUFValueType -> struct format
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+
+class _Truncated(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """A long array value, counted rather than decoded."""
+
+    item_type: int
+    count: int
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ggml order: ne0 (row length) first
+    ggml_type: int
+    offset: int  # relative to the data section
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for x in self.shape:
+            n *= x
+        return n
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    version: int
+    kv: dict[str, Any]
+    tensors: tuple[TensorInfo, ...]
+    data_offset: int
+    file_size_bytes: int
+
+    @property
+    def data_end(self) -> int:
+        """Where the last tensor's data ends: the file must be at least this long."""
+        return self.data_offset + max((t.offset + t.nbytes for t in self.tensors), default=0)
+
+
+class _Cursor:
+    """Reads little-endian values from a buffer, raising _Truncated past its end."""
+
+    def __init__(self, buf: Any) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.size = len(buf)
+
+    def unpack(self, fmt: str) -> Any:
+        n = struct.calcsize(fmt)
+        if self.pos + n > self.size:
+            raise _Truncated
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return v
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if self.pos + n > self.size:
+            raise _Truncated
+        s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="replace")
+        self.pos += n
+        return s
+
+    def skip_string(self) -> None:
+        n = self.unpack("<Q")
+        if self.pos + n > self.size:
+            raise _Truncated
+        self.pos += n
+
+    def value(self, vtype: int) -> Any:
+        if vtype in _SCALAR:
+            return self.unpack(_SCALAR[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            item_type = self.unpack("<I")
+            count = self.unpack("<Q")
+            if count <= _DECODE_ARRAY_MAX:
+                return [self.value(item_type) for _ in range(count)]
+            if item_type == _STRING:
+                for _ in range(count):
+                    self.skip_string()
+            elif item_type in _SCALAR:
+                n = struct.calcsize(_SCALAR[item_type]) * count
+                if self.pos + n > self.size:
+                    raise _Truncated
+                self.pos += n
+            else:  # arrays of arrays: walk them
+                for _ in range(count):
+                    self.value(item_type)
+            return ArrayInfo(item_type, count)
+        raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+def _tensor_nbytes(name: str, shape: tuple[int, ...], ggml_type: int, path: Path) -> int:
+    try:
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"{path}: tensor {name!r} has ggml type {ggml_type}, unknown to the installed gguf package; "
+            "upgrade it (pip install -U gguf)"
+        ) from None
+    n = 1
+    for x in shape:
+        n *= x
+    return n // block * type_size
+
+
+def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
+    """Parse the GGUF header (metadata and tensor infos) of `path` without touching tensor data.
+
+    Raises ModelNotFound if the file is missing, ConfigError if it is not a GGUF file or is cut
+    short inside its header. Does not check the data section; `check_gguf` does.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise ModelNotFound(f"model file {p} not found; check the path, or run `abtest model list` for names") from None
+    if p.is_dir():
+        raise ConfigError(f"{p} is a directory, not a GGUF file; give the .gguf file inside it")
+    with open(p, "rb") as f:
+        magic = f.read(4)
+        if magic != GGUF_MAGIC:
+            if len(magic) < 4:
+                raise ConfigError(f"{p}: truncated ({size} bytes, no GGUF header); re-download or re-create the file")
+            raise ConfigError(f"{p}: not a GGUF file (bad magic {magic!r}); check the path or re-download the model")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                return _parse(mm, p, size)
+            except _Truncated:
+                raise ConfigError(
+                    f"{p}: truncated (the file ends inside its GGUF header, {size} bytes); "
+                    "the download or write was interrupted: re-download or re-create it"
+                ) from None
+
+
+def _parse(buf: Any, path: Path, size: int) -> GGUFHeader:
+    c = _Cursor(buf)
+    c.pos = 4
+    version = c.unpack("<I")
+    if version not in (2, 3):
+        raise ConfigError(f"{path}: GGUF version {version} is not supported (2 or 3 expected); re-convert the model")
+    n_tensors = c.unpack("<Q")
+    n_kv = c.unpack("<Q")
+    kv: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = c.string()
+        vtype = c.unpack("<I")
+        try:
+            kv[key] = c.value(vtype)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: corrupt GGUF metadata at key {key!r} ({exc}); re-download the model") from None
+    tensors = []
+    for _ in range(n_tensors):
+        name = c.string()
+        n_dims = c.unpack("<I")
+        shape = tuple(c.unpack("<Q") for _ in range(n_dims))
+        ggml_type = c.unpack("<I")
+        offset = c.unpack("<Q")
+        tensors.append(TensorInfo(name, shape, ggml_type, offset, _tensor_nbytes(name, shape, ggml_type, path)))
+    alignment = kv.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    data_offset = c.pos + (-c.pos % alignment)
+    return GGUFHeader(version, kv, tuple(tensors), data_offset, size)
+
+
+def check_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
+    """Fail early, with one line naming the fix, if `path` is missing, not GGUF, or truncated.
+
+    Truncated means shorter than the data offset plus the furthest tensor's extent (an
+    interrupted download), which llama-server would otherwise report only after a slow start.
+    """
+    h = read_header(path)
+    if h.file_size_bytes < h.data_end:
+        raise ConfigError(
+            f"{path}: truncated ({h.file_size_bytes} bytes, its tensors need {h.data_end}); "
+            "the download or write was interrupted: re-download or re-create it"
+        )
+    return h
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a GGUF file holds, from its header. Bytes are tensor data sizes, without padding."""
+
+    path: str
+    name: str | None  # general.name
+    arch: str  # general.architecture, e.g. "qwen3moe"
+    quant: str  # the ggml type holding the most bytes, e.g. "Q4_0"
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int  # dense FFN width (0 if absent)
+    n_expert: int  # 0 for a dense model
+    n_expert_used: int
+    n_ff_exp: int  # expert FFN width (0 if absent)
+    n_vocab: int
+    context_length: int
+    total_params: int
+    expert_params: int  # in tensors --n-cpu-moe moves to system RAM
+    active_params: int  # per token: non-expert + n_expert_used / n_expert of expert params
+    file_size_bytes: int
+    tensor_bytes: int
+    nonlayer_bytes: int  # embeddings, output head, final norm
+    layer_expert_bytes: tuple[int, ...]  # per layer: routed-expert tensors
+    layer_other_bytes: tuple[int, ...]  # per layer: attention, norms, router, shared experts
+    synth_preset: str | None  # abtest.synth.preset when abtest wrote the file
+
+    def gpu_weight_bytes(self, n_cpu_moe: int = 0) -> int:
+        """Weight bytes left on the GPU with `-ngl 999 --n-cpu-moe N`: all but the experts of layers 0..N-1."""
+        n = max(0, min(n_cpu_moe, self.n_layer))
+        return self.tensor_bytes - sum(self.layer_expert_bytes[:n])
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["layer_expert_bytes"] = list(self.layer_expert_bytes)
+        d["layer_other_bytes"] = list(self.layer_other_bytes)
+        return d
+
+
+def _int(v: Any, default: int = 0) -> int:
+    """A scalar, or the max of a per-layer array (some archs vary heads/experts per layer)."""
+    if v is None:
+        return default
+    if isinstance(v, list):
+        return int(max(v)) if v else default
+    if isinstance(v, ArrayInfo):
+        return default
+    return int(v)
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, ArrayInfo):
+        return v.count
+    if isinstance(v, list):
+        return len(v)
+    return 0
+
+
+def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """Read a GGUF's architecture, sizes and per-layer byte split (checks truncation first)."""
+    h = check_gguf(path)
+    kv = h.kv
+    arch = kv.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ConfigError(f"{path}: GGUF has no general.architecture; it is not a model file (a LoRA or vocab-only file?)")
+
+    def a(key: str, default: int = 0) -> int:
+        return _int(kv.get(f"{arch}.{key}"), default)
+
+    n_layer = a("block_count")
+    n_embd = a("embedding_length")
+    n_head = a("attention.head_count")
+    n_head_kv = a("attention.head_count_kv", n_head)
+    head_dim = a("attention.key_length", n_embd // n_head if n_head else 0)
+    n_expert = a("expert_count")
+    n_expert_used = a("expert_used_count")
+
+    tok_embd = next((t for t in h.tensors if t.name == "token_embd.weight"), None)
+    n_vocab = _count(kv.get("tokenizer.ggml.tokens")) or a("vocab_size") or (tok_embd.shape[1] if tok_embd else 0)
+
+    layer_expert = [0] * n_layer
+    layer_other = [0] * n_layer
+    nonlayer = 0
+    total = expert = 0
+    by_type: dict[int, int] = {}
+    for t in h.tensors:
+        n = t.n_elements
+        total += n
+        by_type[t.ggml_type] = by_type.get(t.ggml_type, 0) + t.nbytes
+        is_expert = EXPERT_TENSOR_RE.search(t.name) is not None
+        if is_expert:
+            expert += n
+        m = _LAYER_RE.match(t.name)
+        if m and int(m.group(1)) < n_layer:
+            (layer_expert if is_expert else layer_other)[int(m.group(1))] += t.nbytes
+        else:  # includes nextn/MTP layers past block_count: not touched by --n-cpu-moe
+            nonlayer += t.nbytes
+    active = total - expert + (expert * n_expert_used // n_expert if n_expert else 0)
+    main_type = max(by_type, key=lambda k: by_type[k]) if by_type else 0
+    try:
+        quant = gguf.GGMLQuantizationType(main_type).name
+    except ValueError:
+        quant = f"type{main_type}"
+    preset = kv.get("abtest.synth.preset")
+    name = kv.get("general.name")
+    return ModelInfo(
+        path=str(path),
+        name=name if isinstance(name, str) else None,
+        arch=arch,
+        quant=quant,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_ff=a("feed_forward_length"),
+        n_expert=n_expert,
+        n_expert_used=n_expert_used,
+        n_ff_exp=a("expert_feed_forward_length"),
+        n_vocab=n_vocab,
+        context_length=a("context_length"),
+        total_params=total,
+        expert_params=expert,
+        active_params=active,
+        file_size_bytes=h.file_size_bytes,
+        tensor_bytes=sum(t.nbytes for t in h.tensors),
+        nonlayer_bytes=nonlayer,
+        layer_expert_bytes=tuple(layer_expert),
+        layer_other_bytes=tuple(layer_other),
+        synth_preset=preset if isinstance(preset, str) else None,
+    )

@@ -1,0 +1,511 @@
+"""Random-weight GGUF files with the real tensor shapes and metadata of known architectures.
+
+A synthetic model costs the same memory and compute as the model it imitates, so it is a fair
+stand-in for speed and VRAM measurements; its text is noise. The file is a pure function of
+(preset, qtype, seed, SYNTH_VERSION): every random number comes from numpy *bit generators*
+(``PCG64.random_raw``), whose streams numpy guarantees stable across versions and machines, and
+all float maths is IEEE float32 rounded once to float16. Same inputs, same bytes, same SHA256.
+
+Quantised blocks are generated directly, never quantised from floats (fast, and no NaN/Inf can
+come out of random bytes):
+
+    Q4_0 block (18 bytes): fp16 d, 16 bytes of nibbles q;  w = (q - 8) * d
+    Q8_0 block (34 bytes): fp16 d, 32 int8 q;              w = q * d
+
+q is uniform random, so std(q - 8) = sqrt(21.5) and std(int8) = sqrt(5461.5); d is chosen so the
+weights of a row have std ~ 1/sqrt(fan_in) (activations keep their scale through a layer), with a
+random sign (the -0.5 mean of q - 8 would otherwise be a bias shared by every row) and a +-25 %
+magnitude jitter. |d| is far inside fp16's normal range, so every scale is finite and non-zero.
+
+Data is written tensor by tensor in chunks of `CHUNK_BLOCKS` blocks: peak memory is a few tens of
+MB whatever the preset (the 17 GB qwen3-30b-a3b-like included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .errors import ConfigError
+from .gguf_meta import EXPERT_TENSOR_RE
+
+# Bump when the bytes a given (preset, qtype, seed) produce change; it is stored in the file.
+SYNTH_VERSION = 1
+
+# Blocks generated per chunk: 2**20 Q4_0 blocks = 18 MiB of output, ~40 MiB of scratch.
+CHUNK_BLOCKS = 1 << 20
+# F32 values generated per chunk.
+CHUNK_F32 = 1 << 22
+
+QTYPES = ("q4_0", "q8_0")
+ALIGNMENT = 32  # GGUF default data alignment (gguf.GGUF_DEFAULT_ALIGNMENT)
+
+# GGML type ids and (elements per block, bytes per block), as in ggml.h / gguf-py constants.
+GGML_F32 = 0
+GGML_Q4_0 = 2
+GGML_Q8_0 = 8
+_BLOCK = {GGML_F32: (1, 4), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34)}
+_QTYPE_ID = {"q4_0": GGML_Q4_0, "q8_0": GGML_Q8_0}
+_FILE_TYPE = {"q4_0": 2, "q8_0": 7}  # llama_ftype: LLAMA_FTYPE_MOSTLY_Q4_0 / _Q8_0
+# std of the integer part of a weight with uniform random q: sqrt(E[(q-8)^2]) and sqrt(E[q^2]).
+_Q_STD = {GGML_Q4_0: math.sqrt(21.5), GGML_Q8_0: math.sqrt(5461.5)}
+
+# Token types (llama_token_type): NORMAL and CONTROL.
+_TOKEN_NORMAL = 1
+_TOKEN_CONTROL = 3
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The shape of one synthetic architecture. n_expert == 0 means a dense model."""
+
+    name: str
+    arch: str  # llama.cpp architecture name: "qwen3moe" or "gpt2"
+    imitates: str  # what it has the shapes of, for `abtest model list`
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int  # dense FFN width (gpt2), or the nominal value llama.cpp reads (qwen3moe)
+    n_expert: int
+    n_expert_used: int
+    n_ff_exp: int
+    n_vocab: int
+    context_length: int
+    rope_freq_base: float
+    tokenizer_pre: str
+    tied_embeddings: bool
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="tiny-moe", arch="qwen3moe", imitates="a few-MB MoE for tests (6 layers, 8 experts)",
+            n_layer=6, n_embd=128, n_head=4, n_head_kv=2, head_dim=32, n_ff=512,
+            n_expert=8, n_expert_used=2, n_ff_exp=256, n_vocab=4096, context_length=4096,
+            rope_freq_base=1_000_000.0, tokenizer_pre="qwen2", tied_embeddings=False,
+        ),
+        Preset(
+            # gpt-oss-20b's shapes (24 layers, d 2880, 64x64 heads, 8 KV, 32 experts top-4,
+            # o200k-sized vocab) in the qwen3moe graph: no attention sinks, no sliding window, no
+            # biases, no MXFP4 -- same memory and matmul sizes, a simpler graph.
+            name="gpt-oss-20b-like", arch="qwen3moe", imitates="gpt-oss-20b (shapes only)",
+            n_layer=24, n_embd=2880, n_head=64, n_head_kv=8, head_dim=64, n_ff=2880,
+            n_expert=32, n_expert_used=4, n_ff_exp=2880, n_vocab=201_088, context_length=131_072,
+            rope_freq_base=150_000.0, tokenizer_pre="qwen2", tied_embeddings=False,
+        ),
+        Preset(
+            name="qwen3-30b-a3b-like", arch="qwen3moe", imitates="Qwen3-30B-A3B (shapes only)",
+            n_layer=48, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_ff=6144,
+            n_expert=128, n_expert_used=8, n_ff_exp=768, n_vocab=151_936, context_length=40_960,
+            rope_freq_base=1_000_000.0, tokenizer_pre="qwen2", tied_embeddings=False,
+        ),
+        Preset(
+            # GPT-2 small, in llama.cpp's gpt2 graph: 124,439,808 parameters with tied embeddings.
+            name="dense-small", arch="gpt2", imitates="GPT-2 small (124M, dense)",
+            n_layer=12, n_embd=768, n_head=12, n_head_kv=12, head_dim=64, n_ff=3072,
+            n_expert=0, n_expert_used=0, n_ff_exp=0, n_vocab=50_257, context_length=1024,
+            rope_freq_base=10_000.0, tokenizer_pre="gpt-2", tied_embeddings=True,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a plan. shape is in ggml order (ne0 = row length first), as llama.cpp prints it."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int  # GGML_F32, GGML_Q4_0 or GGML_Q8_0
+    fill: str  # "quant" (random blocks), "ones" (near-1 norm weights), "uniform" (F32, std ~ 1/sqrt(ne0)), "small"
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        per_block, block_bytes = _BLOCK[self.ggml_type]
+        return self.n_elements // per_block * block_bytes
+
+    @property
+    def is_expert(self) -> bool:
+        return EXPERT_TENSOR_RE.search(self.name) is not None
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """What `write_synth` wrote."""
+
+    path: Path
+    preset: str
+    qtype: str
+    seed: int
+    size_bytes: int
+    sha256: str
+    n_tensors: int
+    elapsed_s: float
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown synth preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def _check_qtype(qtype: str) -> int:
+    if qtype not in _QTYPE_ID:
+        raise ConfigError(f"unknown qtype {qtype!r}; choose one of: {', '.join(QTYPES)}")
+    return _QTYPE_ID[qtype]
+
+
+def tensor_plan(preset: str | Preset, qtype: str = "q4_0") -> list[TensorSpec]:
+    """Every tensor of the preset, in file order: (name, ggml shape, type). Writes nothing."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    q = _check_qtype(qtype)
+    d, v = p.n_embd, p.n_vocab
+    specs: list[TensorSpec] = []
+
+    def add(name: str, shape: tuple[int, ...], ggml_type: int, fill: str) -> None:
+        specs.append(TensorSpec(name, shape, ggml_type, fill))
+
+    add("token_embd.weight", (d, v), q, "quant")
+    if p.arch == "gpt2":
+        add("position_embd.weight", (d, p.context_length), GGML_F32, "uniform")
+    add("output_norm.weight", (d,), GGML_F32, "ones")
+    if p.arch == "gpt2":
+        add("output_norm.bias", (d,), GGML_F32, "small")
+    if not p.tied_embeddings:
+        add("output.weight", (d, v), q, "quant")
+
+    q_dim, kv_dim = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+    for i in range(p.n_layer):
+        b = f"blk.{i}."
+        if p.arch == "qwen3moe":
+            add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+            add(b + "attn_q.weight", (d, q_dim), q, "quant")
+            add(b + "attn_k.weight", (d, kv_dim), q, "quant")
+            add(b + "attn_v.weight", (d, kv_dim), q, "quant")
+            add(b + "attn_output.weight", (q_dim, d), q, "quant")
+            add(b + "attn_q_norm.weight", (p.head_dim,), GGML_F32, "ones")
+            add(b + "attn_k_norm.weight", (p.head_dim,), GGML_F32, "ones")
+            add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
+            add(b + "ffn_gate_inp.weight", (d, p.n_expert), GGML_F32, "uniform")
+            add(b + "ffn_gate_exps.weight", (d, p.n_ff_exp, p.n_expert), q, "quant")
+            add(b + "ffn_down_exps.weight", (p.n_ff_exp, d, p.n_expert), q, "quant")
+            add(b + "ffn_up_exps.weight", (d, p.n_ff_exp, p.n_expert), q, "quant")
+        elif p.arch == "gpt2":
+            add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+            add(b + "attn_norm.bias", (d,), GGML_F32, "small")
+            add(b + "attn_qkv.weight", (d, q_dim + 2 * kv_dim), q, "quant")
+            add(b + "attn_qkv.bias", (q_dim + 2 * kv_dim,), GGML_F32, "small")
+            add(b + "attn_output.weight", (q_dim, d), q, "quant")
+            add(b + "attn_output.bias", (d,), GGML_F32, "small")
+            add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
+            add(b + "ffn_norm.bias", (d,), GGML_F32, "small")
+            add(b + "ffn_up.weight", (d, p.n_ff), q, "quant")
+            add(b + "ffn_up.bias", (p.n_ff,), GGML_F32, "small")
+            add(b + "ffn_down.weight", (p.n_ff, d), q, "quant")
+            add(b + "ffn_down.bias", (d,), GGML_F32, "small")
+        else:  # pragma: no cover - presets are defined above
+            raise ConfigError(f"preset {p.name!r} has unsupported arch {p.arch!r}")
+    return specs
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """Sizes computed from a plan, without writing anything."""
+
+    total_params: int
+    expert_params: int
+    active_params: int  # non-expert + n_expert_used / n_expert of the expert params
+    tensor_bytes: int  # sum of tensor data, without alignment padding
+
+
+def summarize_plan(preset: str | Preset, qtype: str = "q4_0") -> PlanSummary:
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    specs = tensor_plan(p, qtype)
+    total = sum(s.n_elements for s in specs)
+    expert = sum(s.n_elements for s in specs if s.is_expert)
+    active = total - expert + (expert * p.n_expert_used // p.n_expert if p.n_expert else 0)
+    return PlanSummary(total, expert, active, sum(s.nbytes for s in specs))
+
+
+# --- vocabulary -------------------------------------------------------------------------------
+
+
+def bytes_to_unicode() -> list[str]:
+    """GPT-2's byte-level alphabet: the character for byte b, in GPT-2's vocabulary order.
+
+    Printable bytes map to themselves; the rest to U+0100 onwards (space -> 'Ġ', newline -> 'Ċ').
+    Returned in GPT-2 token-id order: printable bytes first, then the remapped ones.
+    """
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@dataclass(frozen=True)
+class Vocab:
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    eos_id: int
+
+
+def build_vocab(n_vocab: int) -> Vocab:
+    """A byte-level BPE vocabulary of exactly n_vocab tokens that llama.cpp's "gpt2" tokenizer accepts.
+
+    Tokens 0..255 are the byte alphabet; each merged token k is an earlier token followed by one
+    byte character (mostly lowercase letters or 'Ġ'), so lengths grow like log(k) rather than k;
+    the merge list holds "A B" for each in order; the last tokens are `SPECIAL_TOKENS` (CONTROL).
+    Texts are unique (llama.cpp asserts it). Depends only on n_vocab.
+    """
+    base = bytes_to_unicode()
+    n_merges = n_vocab - len(base) - len(SPECIAL_TOKENS)
+    if n_merges < 0:
+        raise ConfigError(f"n_vocab {n_vocab} is too small; it must be at least {len(base) + len(SPECIAL_TOKENS)}")
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġ"]
+    bitgen = np.random.PCG64(np.random.SeedSequence([0x70CAB, n_vocab]))
+    tokens = list(base)
+    seen = set(tokens)
+    merges: list[str] = []
+    # Draw in batches of raw 64-bit numbers (stable stream); retry on duplicate texts.
+    raw: Iterator[int] = iter(())
+    while len(merges) < n_merges:
+        try:
+            r = next(raw)
+        except StopIteration:
+            raw = iter(bitgen.random_raw(max(1024, 2 * (n_merges - len(merges)))).tolist())
+            continue
+        left = tokens[(r & 0xFFFFFFFF) % len(tokens)]
+        pick = (r >> 32) & 0xFFFF
+        right = letters[pick % len(letters)] if (r >> 48) % 4 else base[pick % 256]
+        text = left + right
+        if text in seen:
+            continue
+        seen.add(text)
+        tokens.append(text)
+        merges.append(f"{left} {right}")
+    tokens.extend(SPECIAL_TOKENS)
+    types = [_TOKEN_NORMAL] * (n_vocab - len(SPECIAL_TOKENS)) + [_TOKEN_CONTROL] * len(SPECIAL_TOKENS)
+    return Vocab(tokens=tokens, token_types=types, merges=merges, eos_id=n_vocab - len(SPECIAL_TOKENS))
+
+
+# --- random data ------------------------------------------------------------------------------
+
+
+def _tensor_bitgens(seed: int, name: str) -> tuple[np.random.PCG64, np.random.PCG64]:
+    """Two independent streams per tensor (payload, scales), keyed by the seed and the tensor name."""
+    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, zlib.crc32(name.encode())])
+    a, b = ss.spawn(2)
+    return np.random.PCG64(a), np.random.PCG64(b)
+
+
+def _raw_bytes(bitgen: np.random.PCG64, n: int) -> np.ndarray:
+    return bitgen.random_raw((n + 7) // 8).view(np.uint8)[:n]
+
+
+def _unit_f32(bitgen: np.random.PCG64, n: int) -> np.ndarray:
+    """n float32 values uniform in [0, 1), exact (24-bit integers times 2**-24)."""
+    u = bitgen.random_raw((n + 1) // 2).view(np.uint32)[:n] >> np.uint32(8)
+    return u.astype(np.float32) * np.float32(2.0**-24)
+
+
+def scale_for(spec: TensorSpec) -> float:
+    """|d| at the centre of its jitter: weights of a row get std ~ 1/sqrt(fan_in), fan_in = ne0."""
+    return 1.0 / (math.sqrt(spec.shape[0]) * _Q_STD[spec.ggml_type])
+
+
+def _quant_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    per_block, block_bytes = _BLOCK[spec.ggml_type]
+    qbytes = block_bytes - 2
+    n_blocks = spec.n_elements // per_block
+    d_base = np.float32(scale_for(spec))
+    payload, scales = _tensor_bitgens(seed, spec.name)
+    for start in range(0, n_blocks, CHUNK_BLOCKS):
+        m = min(CHUNK_BLOCKS, n_blocks - start)
+        u = scales.random_raw((m + 3) // 4).view(np.uint16)[:m]
+        # magnitude in [0.75, 1.25) * d_base; sign from the low bit.
+        mag = d_base * (np.float32(0.75) + u.astype(np.float32) * np.float32(0.5 / 65536))
+        d = np.where((u & 1).astype(bool), -mag, mag).astype(np.float16)
+        out = np.empty((m, block_bytes), dtype=np.uint8)
+        out[:, :2] = d.view(np.uint8).reshape(m, 2)
+        out[:, 2:] = _raw_bytes(payload, m * qbytes).reshape(m, qbytes)
+        yield out
+
+
+def _f32_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    payload, _ = _tensor_bitgens(seed, spec.name)
+    n = spec.n_elements
+    # uniform on [-a, a] has std a/sqrt(3)
+    if spec.fill == "ones":
+        lo, width = 0.95, 0.1
+    elif spec.fill == "small":
+        lo, width = -0.02, 0.04
+    else:
+        a = math.sqrt(3.0 / spec.shape[0])
+        lo, width = -a, 2 * a
+    for start in range(0, n, CHUNK_F32):
+        m = min(CHUNK_F32, n - start)
+        yield np.float32(lo) + _unit_f32(payload, m) * np.float32(width)
+
+
+def tensor_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    """The tensor's bytes, in order, as arrays of at most a few tens of MB."""
+    if spec.fill == "quant":
+        return _quant_chunks(spec, seed)
+    return _f32_chunks(spec, seed)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def synth_file_name(preset: str, qtype: str = "q4_0", seed: int = 0) -> str:
+    """The file name the catalog caches a synthetic model under."""
+    return f"{preset}-{qtype}-seed{seed}.gguf"
+
+
+def _add_metadata(writer: object, p: Preset, qtype: str, seed: int, vocab: Vocab) -> None:
+    import gguf
+
+    w: gguf.GGUFWriter = writer  # type: ignore[assignment]
+    w.add_string("general.type", "model")
+    w.add_name(f"abtest synth {p.name}")
+    w.add_description(
+        f"Random weights with the shapes of {p.imitates}; output is noise. "
+        f"abtest synth v{SYNTH_VERSION}, preset {p.name}, qtype {qtype}, seed {seed}."
+    )
+    w.add_string("abtest.synth.preset", p.name)
+    w.add_uint32("abtest.synth.version", SYNTH_VERSION)
+    w.add_uint64("abtest.synth.seed", seed)
+    w.add_context_length(p.context_length)
+    w.add_embedding_length(p.n_embd)
+    w.add_block_count(p.n_layer)
+    w.add_feed_forward_length(p.n_ff)
+    w.add_head_count(p.n_head)
+    w.add_head_count_kv(p.n_head_kv)
+    if p.arch == "gpt2":
+        w.add_layer_norm_eps(1e-5)
+    else:
+        w.add_key_length(p.head_dim)
+        w.add_value_length(p.head_dim)
+        w.add_rope_freq_base(p.rope_freq_base)
+        w.add_layer_norm_rms_eps(1e-6)
+    if p.n_expert:
+        w.add_expert_count(p.n_expert)
+        w.add_expert_used_count(p.n_expert_used)
+        w.add_expert_feed_forward_length(p.n_ff_exp)
+    w.add_file_type(_FILE_TYPE[qtype])
+    w.add_quantization_version(2)  # GGML_QNT_VERSION
+    w.add_vocab_size(p.n_vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(p.tokenizer_pre)
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.token_types)
+    w.add_token_merges(vocab.merges)
+    w.add_bos_token_id(vocab.eos_id)
+    w.add_eos_token_id(vocab.eos_id)
+    w.add_pad_token_id(vocab.eos_id)
+    w.add_add_bos_token(False)
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGNMENT
+
+
+def write_synth(
+    out: str | os.PathLike[str],
+    preset: str,
+    qtype: str = "q4_0",
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthResult:
+    """Write the preset's random-weight GGUF to `out` (atomically: a temp file, then rename).
+
+    progress(bytes_written, bytes_total) is called after each chunk. Returns the size and the
+    SHA256, computed while writing (no second read).
+    """
+    import gguf
+
+    p = get_preset(preset)
+    _check_qtype(qtype)
+    if seed < 0 or seed >= 2**64:
+        raise ConfigError(f"seed {seed} out of range; use 0 <= seed < 2**64")
+    specs = tensor_plan(p, qtype)
+    vocab = build_vocab(p.n_vocab)
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name, e.g. {path / synth_file_name(preset, qtype, seed)}")
+    if not path.parent.exists():
+        raise ConfigError(f"directory {path.parent} does not exist; create it first (mkdir -p {path.parent})")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    t0 = time.perf_counter_ns()
+
+    writer = gguf.GGUFWriter(tmp, p.arch)
+    try:
+        _add_metadata(writer, p, qtype, seed, vocab)
+        for s in specs:
+            # numpy order is the reverse of ggml order; dtype float32 + raw_dtype keeps the shape as given.
+            writer.add_tensor_info(
+                s.name, tuple(reversed(s.shape)), np.dtype(np.float32), s.nbytes, raw_dtype=gguf.GGMLQuantizationType(s.ggml_type)
+            )
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        assert writer.fout is not None
+        fout: BinaryIO = writer.fout[0]
+        fout.flush()
+        header_len = fout.tell()
+        hasher = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            hasher.update(f.read(header_len))
+
+        def put(b: bytes | memoryview) -> None:
+            fout.write(b)
+            hasher.update(b)
+
+        put(b"\0" * _pad(header_len))
+        total = header_len + _pad(header_len) + sum(s.nbytes + _pad(s.nbytes) for s in specs)
+        done = header_len + _pad(header_len)
+        for s in specs:
+            for chunk in tensor_chunks(s, seed):
+                mv = memoryview(np.ascontiguousarray(chunk)).cast("B")
+                put(mv)
+                done += mv.nbytes
+                if progress is not None:
+                    progress(done, total)
+            put(b"\0" * _pad(s.nbytes))
+            done += _pad(s.nbytes)
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    if progress is not None:
+        progress(total, total)
+    return SynthResult(
+        path=path, preset=p.name, qtype=qtype, seed=seed, size_bytes=path.stat().st_size,
+        sha256=hasher.hexdigest(), n_tensors=len(specs), elapsed_s=(time.perf_counter_ns() - t0) / 1e9,
+    )
