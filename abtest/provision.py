@@ -121,6 +121,7 @@ class BuildInfo:
     cmake_flags: tuple[str, ...]  # the configure flags, exactly as passed
     ggml_native: bool  # -march=native (and CUDA arch "native" unless cuda_arch is set)
     cuda_arch: str | None  # CMAKE_CUDA_ARCHITECTURES when given, e.g. "90"
+    llama_cpp_commit: str | None  # the vendored llama.cpp's git commit (full hash) when known
     jobs: int  # cmake --build -j
     build_seconds: float  # configure + build, wall time
     built_at: str  # ISO 8601 UTC, a label only
@@ -143,6 +144,7 @@ class BuildInfo:
             cmake_flags=tuple(str(f) for f in d.get("cmake_flags", ())),
             ggml_native=bool(d.get("ggml_native", True)),
             cuda_arch=None if d.get("cuda_arch") is None else str(d["cuda_arch"]),
+            llama_cpp_commit=None if d.get("llama_cpp_commit") is None else str(d["llama_cpp_commit"]),
             jobs=int(d.get("jobs", 0)),
             build_seconds=float(d.get("build_seconds", 0.0)),
             built_at=str(d.get("built_at", "")),
@@ -580,6 +582,11 @@ def install(
             emit(BuildEvent("extract", f"extracting {archive.name}"))
             llama_src = _extract(archive, work / "src")
         flags = cmake_flags(backend, cuda_arch=cuda_arch, nvcc=tools.get("nvcc"), ninja="ninja" in tools)
+        commit, git_checkout = _llama_commit(llama_src)
+        if commit and not git_checkout:
+            # No usable git metadata: cmake would stamp "build 0, commit unknown". Stamp the commit the
+            # sdist (or the tarball's marker) records instead, with the same build number either way.
+            flags += [f"-DLLAMA_BUILD_COMMIT={commit[:7]}", "-DLLAMA_BUILD_NUMBER=0"]
         build_dir = work / "build"
         t0 = time.perf_counter_ns()
         with log_path.open("w") as log:
@@ -615,6 +622,7 @@ def install(
             cmake_flags=tuple(flags),
             ggml_native=not any(f.startswith("-DGGML_NATIVE=OFF") for f in flags),
             cuda_arch=cuda_arch,
+            llama_cpp_commit=commit,
             jobs=jobs,
             build_seconds=round(build_seconds, 1),
             built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -655,7 +663,12 @@ def _ensure_sdist(root: Path, emit: ProgressCallback) -> Path:
 
 
 _SDIST_NAME = re.compile(r"llama[_-]cpp[_-]python-(\d+(?:\.\d+)+)")
-VERSION_MARKER = ".abtest-source"  # written by scripts/make-llama-tarball.sh: "llama-cpp-python 0.3.36"
+# Written by scripts/make-llama-tarball.sh at the tarball's llama.cpp root, e.g.
+#   llama-cpp-python 0.3.36
+#   llama.cpp commit 0c1e57098bba43ac29e6e3b677cdceebdd22334f
+VERSION_MARKER = ".abtest-source"
+_SDIST_HEAD = ".git/modules/vendor/llama.cpp/HEAD"  # the sdist ships its submodule's git dir
+_HEX = re.compile(r"\b([0-9a-f]{40})\b")
 
 
 def _version_of_source(path: Path) -> str:
@@ -697,8 +710,13 @@ def _extract(archive: Path, dest: Path) -> Path:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
             # An sdist carries the Python package too; only its vendored llama.cpp is needed.
+            # Its .git/modules/vendor/llama.cpp/HEAD says which llama.cpp commit is vendored.
             vendored = [
-                m for m in members if "/vendor/llama.cpp/" in m.name or m.name.endswith("/vendor/llama.cpp")
+                m
+                for m in members
+                if "/vendor/llama.cpp/" in m.name
+                or m.name.endswith("/vendor/llama.cpp")
+                or m.name.endswith("/" + _SDIST_HEAD)
             ]
             tf.extractall(dest, members=vendored or members, filter="data")
     except (tarfile.TarError, OSError) as exc:
@@ -706,6 +724,36 @@ def _extract(archive: Path, dest: Path) -> Path:
             f"could not extract {archive} ({exc}); re-download it or make a new tarball"
         ) from exc
     return _locate_llama_source(dest)
+
+
+def _llama_commit(llama_src: Path) -> tuple[str | None, bool]:
+    """(the llama.cpp commit of a source tree or None, whether it is a git checkout cmake can read).
+
+    From the marker file of a tarball, else from `.git` (a gitlink file "gitdir: ..." in an
+    sdist, whose target holds only HEAD after extraction, or a real checkout's .git directory).
+    """
+    marker = llama_src / VERSION_MARKER
+    if marker.is_file():
+        m = _HEX.search(marker.read_text())
+        if m:
+            return m.group(1), False
+    dot_git = llama_src / ".git"
+    if dot_git.is_file():
+        text = dot_git.read_text().strip()
+        git_dir = (llama_src / text.removeprefix("gitdir:").strip()) if text.startswith("gitdir:") else None
+    elif dot_git.is_dir():
+        git_dir = dot_git
+    else:
+        return None, False
+    if git_dir is None or not (git_dir / "HEAD").is_file():
+        return None, False
+    head = (git_dir / "HEAD").read_text().strip()
+    if head.startswith("ref:"):
+        ref = git_dir / head[4:].strip()
+        head = ref.read_text().strip() if ref.is_file() else ""
+    m = _HEX.fullmatch(head) if head else None
+    checkout = (git_dir / "objects").is_dir() and any((git_dir / "objects").iterdir())
+    return (m.group(1) if m else None), checkout
 
 
 def _locate_llama_source(root: Path) -> Path:

@@ -15,6 +15,7 @@ from abtest.cli.server import server as server_group
 from abtest.errors import BinaryNotFound, ConfigError, ProvisionError
 from abtest.provision import BuildEvent, BuildInfo
 
+COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 VERSION_OUT = "version: 0.5.0-dev (build 0, commit unknown)\nbuilt with GNU 12.2.0 for Linux x86_64"
 
 
@@ -43,6 +44,7 @@ def _info(**over: object) -> BuildInfo:
         cmake_flags=("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF"),
         ggml_native=True,
         cuda_arch=None,
+        llama_cpp_commit="0c1e57098bba43ac29e6e3b677cdceebdd22334f",
         jobs=2,
         build_seconds=412.5,
         built_at="2025-01-01T00:00:00+00:00",
@@ -407,17 +409,28 @@ def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) ->
 
 def test_install_from_tarball_uses_its_marker(fake_toolchain: dict[str, Path]) -> None:
     src = _llama_src(fake_toolchain["tmp"] / "stage" / "llama.cpp")
-    (src / provision.VERSION_MARKER).write_text("llama-cpp-python 0.3.36\n")
+    (src / provision.VERSION_MARKER).write_text(f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\n")
     tgz = fake_toolchain["tmp"] / "llama-src.tgz"
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(src, arcname="llama.cpp")
     b = provision.install(backend="cpu", jobs=1, source=tgz)
     assert b.build_id == f"0.3.36-{provision.source_sha256(tgz)[:12]}-cpu"
+    assert b.build_info is not None and b.build_info.llama_cpp_commit == COMMIT
+    assert "-DLLAMA_BUILD_COMMIT=0c1e570" in b.build_info.cmake_flags
+
+
+def test_git_checkout_is_left_to_cmake(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "llama.cpp", {".git/HEAD": "ref: refs/heads/master\n", ".git/objects/ab/cd": "x"})
+    _tree(src, {".git/refs/heads/master": COMMIT + "\n"})
+    assert provision._llama_commit(src) == (COMMIT, True)
+    assert provision._llama_commit(tmp_path) == (None, False)
 
 
 def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]) -> None:
     root = fake_toolchain["tmp"] / "sd" / "llama_cpp_python-0.3.36"
     _llama_src(root / "vendor" / "llama.cpp")
+    (root / "vendor" / "llama.cpp" / ".git").write_text("gitdir: ../../.git/modules/vendor/llama.cpp\n")
+    _tree(root, {".git/modules/vendor/llama.cpp/HEAD": COMMIT + "\n", ".git/objects/pack/big.pack": "x"})
     (root / "llama_cpp" / "__init__.py").parent.mkdir(parents=True)
     (root / "llama_cpp" / "__init__.py").write_text("")
     sdist = fake_toolchain["cache"] / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
@@ -431,7 +444,11 @@ def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]
     work = next((fake_toolchain["cache"] / "work").iterdir())
     args = (work / "build" / "configure-args").read_text()
     assert "/vendor/llama.cpp" in args and "-DLLAMA_BUILD_EXAMPLES=OFF" in args
-    assert not (work / "src" / "llama_cpp_python-0.3.36" / "llama_cpp").exists()
+    # The vendored commit is stamped into the binary, since git cannot read the partial .git.
+    assert "-DLLAMA_BUILD_COMMIT=0c1e570 -DLLAMA_BUILD_NUMBER=0" in args
+    assert b.build_info.llama_cpp_commit == COMMIT
+    extracted = work / "src" / "llama_cpp_python-0.3.36"
+    assert not (extracted / "llama_cpp").exists() and not (extracted / ".git" / "objects").exists()
 
 
 def test_if_missing_needs_no_download(
