@@ -7,6 +7,7 @@ flight. The reader never raises on a truncated last line or an unknown record: i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import EvidenceError
-from .records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, VramSample, from_dict, to_dict
+from .records import (
+    ArmEnd,
+    ArmStart,
+    RequestRecord,
+    RunEnd,
+    RunManifest,
+    TokenIds,
+    VramSample,
+    from_dict,
+    to_dict,
+)
 
 # Refuse to start a run with less free space than this in the evidence directory.
 MIN_FREE_BYTES = 16 * 1024 * 1024
@@ -146,6 +157,12 @@ def _add(ev: Evidence, record: Any) -> None:
         ev.arm_ends.append(record)
     elif isinstance(record, RunEnd):
         ev.run_end = record
+    elif isinstance(record, TokenIds):
+        # Fold late ids into their request (written after the timed runs).
+        for i, req in enumerate(ev.requests):
+            if req.arm == record.arm and req.seq == record.seq:
+                ev.requests[i] = dataclasses.replace(req, token_ids=list(record.token_ids))
+                break
 
 
 def read_many(paths: Iterable[Path]) -> list[Evidence]:

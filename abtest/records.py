@@ -104,6 +104,18 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class TokenIds:
+    """Generated token ids for a request whose streamed ids were incomplete (an event carried
+    several tokens but only the last id), from one extra non-streamed request after the timed runs.
+    The reader folds them into the matching RequestRecord (arm, seq)."""
+
+    arm: str
+    seq: int
+    token_ids: list[int]
+    source: str
+
+
+@dataclass(frozen=True)
 class VramSample:
     """One sample of the server process's memory. None where the platform cannot say."""
 
@@ -151,6 +163,7 @@ KINDS: dict[str, type] = {
     "arm_start": ArmStart,
     "request": RequestRecord,
     "memory": VramSample,
+    "token_ids": TokenIds,
     "arm_end": ArmEnd,
     "run_end": RunEnd,
 }

@@ -220,8 +220,17 @@ async def stream_request(
                 error = "stream closed before the end event ([DONE] or stop) — server died or cut the stream"
 
     try:
-        await asyncio.wait_for(exchange(), limits.request_timeout_s)
-    except asyncio.TimeoutError:
+        for attempt in (1, 2):
+            try:
+                await asyncio.wait_for(exchange(), limits.request_timeout_s)
+                break
+            except (httpx.RemoteProtocolError, httpx.ConnectError):
+                # llama-server closes the connection after a streamed response; a pooled connection
+                # can be closed under us before the server read a byte of the request. Retry once,
+                # only when nothing at all came back (no status, no event), with a fresh timeline.
+                if attempt == 2 or status != 0 or tracker.chunk_times:
+                    raise
+                tracker = _Tracker(req.endpoint)
         error = f"request timed out after {limits.request_timeout_s:g} s (--request-timeout)"
     except httpx.ReadTimeout:
         error = f"stream stalled: no data for {limits.stall_timeout_s:g} s (--stall-timeout)"

@@ -1,10 +1,185 @@
-"""`abtest run` (placeholder)."""
+"""`abtest run`: launch the arms, stream the prompts, write evidence."""
 
 from __future__ import annotations
 
+import signal
+import sys
+from types import FrameType
+
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..config import RunConfig, resolve_arms
+from ..errors import EXIT_PARTIAL, ConfigError
+from ..records import RequestRecord
+
+EPILOG = """\b
+Examples:
+  abtest run --model tiny-moe --runs 3
+  abtest run --model gpt-oss-20b --runs 5 --arm ncmoe12 --arm cpu-moe
+  abtest run --model ./m.gguf --arm a="-ngl 99" --arm b="-ngl 99 --n-cpu-moe 8"
+  abtest run --model m.gguf --arms-file servers/llama-server.toml --buckets tok128,tok1024
+  abtest run --model m.gguf --concurrency 8 --rate 4 --arrivals poisson
+
+\b
+Default arms: baseline (-ngl 99) and cpu-moe (-ngl 99 --cpu-moe); ncmoe<N> is
+-ngl 99 --n-cpu-moe N. Every arm gets the same pinned -ngl, --fit off, -c, -np,
+-t and -fa unless it sets them. Evidence: OUT/<timestamp>-<model>.jsonl plus one
+server log per arm; read it with `abtest report`.
+"""
 
 
-@click.command()
-def run() -> None:
-    """Not yet written."""
+class RichProgress:
+    """Live display: arm, bucket, run i/N, last decode tok/s."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("[bold]{task.fields[arm]}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def arm_begin(self, arm: str, total: int) -> None:
+        self.tasks[arm] = self.bar.add_task(arm, total=total, arm=arm, detail="warming up")
+        self.failed[arm] = 0
+
+    def request_done(self, r: RequestRecord) -> None:
+        task = self.tasks.get(r.arm)
+        if task is None:
+            return
+        if not r.ok:
+            self.failed[r.arm] += 1
+        rate = ""
+        if r.ok and r.ttft_ms is not None and r.e2e_ms and r.completion_tokens > 1 and r.e2e_ms > r.ttft_ms:
+            rate = f"{(r.completion_tokens - 1) / ((r.e2e_ms - r.ttft_ms) / 1000):.1f} tok/s"
+        what = "warm-up" if r.warmup else f"run {r.run_index + 1}"
+        fails = f" [red]{self.failed[r.arm]} failed[/]" if self.failed[r.arm] else ""
+        self.bar.update(task, advance=1, detail=f"{r.bucket} {what} {rate}{fails}")
+
+    def arm_end(self, arm: str, ok: bool, message: str) -> None:
+        style = "green" if ok else "red"
+        self.console.print(f"[{style}]{arm}[/]: {message}")
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[dim]{message}[/]")
+
+
+class QuietProgress(RichProgress):
+    def __init__(self) -> None:
+        pass
+
+    def __enter__(self) -> QuietProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def arm_begin(self, arm: str, total: int) -> None:
+        pass
+
+    def request_done(self, r: RequestRecord) -> None:
+        pass
+
+    def arm_end(self, arm: str, ok: bool, message: str) -> None:
+        if not ok:
+            click.echo(f"abtest: arm {arm} failed: {message}", err=True)
+
+    def note(self, message: str) -> None:
+        pass
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be >= 1, got {value}")
+    return value
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command(epilog=EPILOG)
+@click.option("--model", "-m", required=True, help="Model name (see `abtest model list`) or path to a GGUF file.")
+@click.option("--arm", "arm_flags", multiple=True, metavar='NAME="ARGS"',
+              help='An arm: NAME="server args" or a ready-made name (baseline, cpu-moe, ncmoe<N>). Repeatable.')
+@click.option("--arms-file", type=click.Path(dir_okay=False), help="Arm profile TOML (see servers/).")
+@click.option("--runs", default=3, show_default=True, callback=_positive, help="Repetitions of every prompt per arm.")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Warm-up requests per arm (recorded, flagged, left out of statistics).")
+@click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
+              help="Tokens generated per request (ignore_eos: every arm generates exactly this many).")
+@click.option("--concurrency", default=1, show_default=True, callback=_positive, help="Requests in flight at once.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Open-loop load: requests/s sent on a fixed schedule (not waiting for responses).")
+@click.option("--arrivals", type=click.Choice(["uniform", "poisson"]), default="uniform", show_default=True)
+@click.option("--schedule", type=click.Choice(["sequential", "interleaved"]), default="sequential", show_default=True,
+              help="sequential: one server up at a time; interleaved: all up, requests alternate A B B A.")
+@click.option("--endpoint", type=click.Choice(["completion", "chat"]), default="completion", show_default=True)
+@click.option("--prompts", type=click.Path(dir_okay=False), help="Prompt JSONL (default: prompts/default.jsonl).")
+@click.option("--buckets", default="", help="Comma-separated buckets to run (default: all), e.g. tok128,seed004.")
+@click.option("--seed", default=42, show_default=True, help="Sampling seed sent with every request.")
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--ctx-size", type=click.IntRange(min=64), default=None,
+              help="Server context (-c). Default: longest prompt + max tokens, per slot.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Server threads (-t). Default: all cores.")
+@click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
+@click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Where model names are looked up first.")
+@click.option("--out", "out_dir", default="evidence", show_default=True, type=click.Path(file_okay=False),
+              help="Evidence directory.")
+@click.option("--health-timeout", default=600.0, show_default=True, help="Seconds to wait for /health to answer 200.")
+@click.option("--stall-timeout", default=60.0, show_default=True, help="Seconds without data mid-stream = failed.")
+@click.option("--request-timeout", default=600.0, show_default=True, help="Seconds for a whole request.")
+@click.option("--quiet", "-q", is_flag=True, help="No live display (for cron); errors still go to stderr.")
+def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, warmup: int, max_tokens: int,
+        concurrency: int, rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
+        buckets: str, seed: int, temperature: float, ctx_size: int | None, threads: int | None, flash_attn: str,
+        server_bin: str | None, models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
+        request_timeout: float, quiet: bool) -> None:
+    """Measure arms of an inference server on the same prompts; write evidence JSONL."""
+    from ..runner import Runner
+
+    try:
+        arms = resolve_arms(list(arm_flags), arms_file)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if schedule == "interleaved" and (concurrency > 1 or rate):
+        raise click.UsageError("--schedule interleaved runs one request at a time: drop --concurrency/--rate")
+    cfg = RunConfig(
+        model=model, arms=arms, runs=runs, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency,
+        rate=rate, arrivals=arrivals, schedule=schedule, endpoint=endpoint, prompts_path=prompts,
+        buckets=tuple(b for b in buckets.split(",") if b), seed=seed, temperature=temperature, ctx_size=ctx_size,
+        threads=threads, flash_attn=flash_attn, out_dir=out_dir, models_dir=models_dir, server_bin=server_bin,
+        health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout,
+    )
+    console = Console(stderr=True)
+    display = QuietProgress() if quiet else RichProgress(console)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        with display:
+            result = Runner(cfg, display, argv=["abtest", *sys.argv[1:]]).execute()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(str(result.evidence_path))
+    if not quiet:
+        console.print(
+            f"{result.n_requests} requests, {result.n_failed} failed, {result.duration_s:.1f} s; "
+            f"report: abtest report {result.evidence_path}"
+        )
+    if result.arms_failed or result.n_failed:
+        sys.exit(EXIT_PARTIAL)

@@ -1,0 +1,490 @@
+"""Orchestration of `abtest run`: arms in order, warm-up, repetitions, load, evidence as it happens.
+
+    resolve binary + models (refuse bad input before launching anything)
+    open evidence file, write the manifest
+    for each arm (sequential) or all arms at once (interleaved):
+        launch -> healthy -> memory after load -> cut prompts with this server's /tokenize
+        -> arm_start -> warm-up (flagged) -> measured requests (+ memory samples every 100 ms)
+        -> ids for requests whose streamed ids were incomplete -> stop -> arm_end
+    run_end
+
+A failed arm or request is recorded and the run goes on. An interrupt (Ctrl-C, SIGTERM) stops every
+server, keeps every record already flushed, and leaves the file without run_end (a partial run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from . import __version__
+from .config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
+from .errors import LaunchError
+from .evidence import EvidenceWriter, check_writable
+from .gpu import Nvml, VramSampler, cpu_model, summarize
+from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
+from .records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds
+from .server import LaunchSpec, ServerProcess, help_text, log_tail, supports_flag
+from .serverlog import parse_memory_breakdown
+from .stream import StreamLimits, StreamRequest, fetch_token_ids, stream_request
+
+
+class Progress(Protocol):
+    """What the runner tells a display; the CLI implements it with rich, --quiet with nothing."""
+
+    def arm_begin(self, arm: str, total: int) -> None: ...
+    def request_done(self, record: RequestRecord) -> None: ...
+    def arm_end(self, arm: str, ok: bool, message: str) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class NullProgress:
+    def arm_begin(self, arm: str, total: int) -> None:
+        pass
+
+    def request_done(self, record: RequestRecord) -> None:
+        pass
+
+    def arm_end(self, arm: str, ok: bool, message: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ResolvedArm:
+    """An arm with its binary and model found, hashed and checked."""
+
+    spec: ArmSpec
+    server: dict[str, Any]  # {"path", "version_text", "build_id", "backend", "found_via"}
+    model: dict[str, Any]  # ModelRef + ModelInfo as a dict
+
+
+@dataclass(frozen=True)
+class RunResult:
+    evidence_path: Path
+    n_requests: int
+    n_failed: int
+    arms_failed: list[str]
+    duration_s: float
+
+
+# ------------------------------------------------------------------------------ preparation
+
+
+def host_info() -> dict[str, Any]:
+    mem_kib = None
+    try:
+        with open("/proc/meminfo") as fh:
+            mem_kib = int(fh.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "hostname": socket.gethostname(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "mem_total_mib": round(mem_kib / 1024) if mem_kib else None,
+    }
+
+
+def resolve_server(server_bin: str | None) -> dict[str, Any]:
+    from .provision import find_server
+
+    sb = find_server(server_bin)
+    return {
+        "path": str(sb.path),
+        "version_text": sb.version_text,
+        "build_id": sb.build_id,
+        "backend": sb.backend,
+        "found_via": sb.found_via,
+    }
+
+
+def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
+    from .catalog import resolve_model as catalog_resolve
+    from .catalog import sha256_file
+    from .gguf_meta import check_gguf, read_model_info
+
+    ref = catalog_resolve(name, models_dir=models_dir)
+    path = Path(ref.path)
+    check_gguf(path)
+    note(f"hashing {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
+    sha = sha256_file(path)
+    info = read_model_info(path)
+    return {
+        "name": ref.name,
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "sha256": sha,
+        **{k: v for k, v in asdict(info).items() if not isinstance(v, (list, dict))},
+    }
+
+
+def resolve_arms(cfg: RunConfig, note: Callable[[str], None]) -> list[ResolvedArm]:
+    servers: dict[str | None, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    out = []
+    for arm in cfg.arms:
+        bin_key = arm.server_bin or cfg.server_bin
+        if bin_key not in servers:
+            if arm.kind == "llama-server":
+                servers[bin_key] = resolve_server(bin_key)
+            else:
+                servers[bin_key] = {"path": bin_key or arm.kind, "version_text": "unknown", "build_id": "unknown",
+                                    "backend": "unknown", "found_via": "--arms-file"}
+        model_key = arm.model or cfg.model
+        if model_key not in models:
+            models[model_key] = resolve_model(model_key, cfg.models_dir, note)
+        out.append(ResolvedArm(arm, servers[bin_key], models[model_key]))
+    return out
+
+
+def longest_prompt_estimate(cases: Sequence[PromptCase]) -> int:
+    """Upper bound of prompt tokens before any server is up: the target, or the UTF-8 bytes + 8
+    for untargeted text (a byte-level BPE never needs more tokens than bytes, plus specials)."""
+    return max(c.target_tokens + 8 if c.target_tokens else len(c.text.encode()) + 8 for c in cases)
+
+
+def evidence_path(cfg: RunConfig, model_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(model_name).stem)
+    return Path(cfg.out_dir) / f"{stamp}-{safe}.jsonl"
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, progress: Progress | None = None, argv: Sequence[str] = ()) -> None:
+        self.cfg = validate(cfg)
+        self.progress = progress or NullProgress()
+        self.argv = list(argv)
+        self.nvml = Nvml()
+        self._lock = threading.Lock()
+        self.writer: EvidenceWriter | None = None
+        self.n_requests = 0
+        self.n_failed = 0
+        self.arms_failed: list[str] = []
+        self._prompt_text: dict[str, dict[str, str]] = {}  # arm -> prompt id -> text as sent
+
+    def write(self, record: Any) -> None:
+        assert self.writer is not None
+        with self._lock:  # the sampler thread writes too
+            self.writer.write(record)
+
+    def execute(self) -> RunResult:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        check_writable(Path(cfg.out_dir))  # fail fast, before launching anything
+        cases = load_prompts(Path(cfg.prompts_path) if cfg.prompts_path else None, list(cfg.buckets) or None)
+        arms = resolve_arms(cfg, self.progress.note)
+        path = evidence_path(cfg, cfg.model)
+        self.writer = EvidenceWriter(path)
+        try:
+            self.write(
+                RunManifest(
+                    run_id=path.stem,
+                    abtest_version=__version__,
+                    started_at=_now(),
+                    argv=self.argv,
+                    host=host_info(),
+                    gpu=self.nvml.info().as_dict(),
+                    models=list({a.model["sha256"]: a.model for a in arms}.values()),
+                    config={**cfg.as_dict(), "arms": [asdict(a.spec) for a in arms]},
+                )
+            )
+            ctx = cfg.ctx_size or auto_ctx_size(
+                longest_prompt_estimate(cases), cfg.max_tokens, cfg.parallel or cfg.concurrency
+            )
+            if cfg.schedule == "interleaved":
+                self._interleaved(arms, cases, ctx, path)
+            else:
+                for arm in arms:
+                    self._sequential_arm(arm, cases, ctx, path)
+            self.write(
+                RunEnd(
+                    finished_at=_now(),
+                    duration_s=round(time.perf_counter() - t0, 3),
+                    n_requests=self.n_requests,
+                    n_failed=self.n_failed,
+                    arms_failed=self.arms_failed,
+                )
+            )
+        finally:
+            self.writer.close()
+        return RunResult(path, self.n_requests, self.n_failed, self.arms_failed, time.perf_counter() - t0)
+
+    # -- one arm -----------------------------------------------------------------------------
+    def _launch(self, arm: ResolvedArm, ctx: int, evidence: Path) -> ServerProcess:
+        cfg = self.cfg
+        binary = arm.server["path"]
+        fit = arm.spec.kind == "llama-server" and supports_flag(help_text(binary), "--fit")
+        argv = final_argv(arm.spec, cfg, binary, arm.model["path"], ctx, fit)
+        log_path = evidence.with_name(f"{evidence.stem}.{arm.spec.name}.log")
+        spec = LaunchSpec(
+            name=arm.spec.name,
+            argv=tuple(argv),
+            log_path=log_path,
+            health_timeout_s=cfg.health_timeout_s,
+            listen_args=arm.spec.listen_args,
+        )
+        return ServerProcess(spec).start()
+
+    def _arm_up(
+        self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path
+    ) -> tuple[ServerProcess, VramSampler, list[FittedPrompt]] | None:
+        name = arm.spec.name
+        try:
+            srv = self._launch(arm, ctx, evidence)
+        except LaunchError as exc:
+            self._arm_failed(name, str(exc), evidence.with_name(f"{evidence.stem}.{name}.log"))
+            return None
+        sampler = VramSampler(self.nvml, name, srv.pid, srv.t_spawn_ns, self.write, self.cfg.sample_interval_s)
+        after_load = sampler.sample()
+        try:
+            fitted = fit_prompts(cases, srv.base_url)
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            srv.stop()
+            self._arm_failed(name, f"cutting prompts with /tokenize failed on arm '{name}': {exc}", srv.spec.log_path)
+            return None
+        self._prompt_text[name] = {f.case.id: f.text for f in fitted}
+        self.write(after_load)
+        self.write(
+            ArmStart(
+                arm=name,
+                model_path=arm.model["path"],
+                model_sha256=arm.model["sha256"],
+                server_bin=arm.server["path"],
+                server_build={k: arm.server[k] for k in ("version_text", "build_id", "backend", "found_via")},
+                argv=srv.argv,
+                port=srv.port,
+                pid=srv.pid,
+                ready_ms=round(srv.ready_ms or 0.0, 1),
+                started_at=_now(),
+                log_path=str(srv.spec.log_path),
+                prompt_tokens={f.case.id: f.n_tokens for f in fitted},
+                memory_after_load=asdict(after_load),
+            )
+        )
+        sampler.start()
+        return srv, sampler, fitted
+
+    def _arm_down(self, name: str, srv: ServerProcess, sampler: VramSampler, records: list[RequestRecord]) -> None:
+        sampler.stop()
+        after_load = sampler.samples[0] if sampler.samples else None
+        code = srv.stop()
+        try:
+            log_text = srv.spec.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            log_text = ""
+        measured = [r for r in records if not r.warmup]
+        failed = [r for r in measured if not r.ok]
+        self.write(
+            ArmEnd(
+                arm=name,
+                status="ok",
+                error=None,
+                exit_code=code,
+                stop_ms=round(srv.stop_ms, 1) if srv.stop_ms is not None else None,
+                n_requests=len(measured),
+                n_failed=len(failed),
+                memory=summarize(sampler.samples[1:] or sampler.samples, after_load),
+                breakdown=parse_memory_breakdown(log_text),
+                log_path=str(srv.spec.log_path),
+                log_tail=log_tail(srv.spec.log_path, 5),
+            )
+        )
+        self.progress.arm_end(name, True, f"{len(measured) - len(failed)}/{len(measured)} ok")
+
+    def _arm_failed(self, name: str, message: str, log_path: Path) -> None:
+        self.arms_failed.append(name)
+        self.write(
+            ArmEnd(
+                arm=name, status="failed", error=message, exit_code=None, stop_ms=None, n_requests=0, n_failed=0,
+                memory={}, breakdown={}, log_path=str(log_path), log_tail=log_tail(log_path, 8),
+            )
+        )
+        self.progress.arm_end(name, False, message)
+
+    def _plan(self, arm: str, fitted: list[FittedPrompt]) -> list[tuple[StreamRequest, FittedPrompt]]:
+        """Warm-up requests first (flagged), then runs x prompts, in a stable order."""
+        cfg = self.cfg
+        plan: list[tuple[StreamRequest, FittedPrompt]] = []
+        seq = 0
+
+        def req(f: FittedPrompt, run_index: int, warm: bool) -> StreamRequest:
+            return StreamRequest(
+                arm=arm, bucket=f.case.bucket, prompt_id=f.case.id, prompt=f.text, run_index=run_index, seq=seq,
+                warmup=warm, endpoint=cfg.endpoint, concurrency=cfg.concurrency, max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature, seed=cfg.seed,
+            )
+
+        for i in range(cfg.warmup):
+            f = fitted[i % len(fitted)]
+            plan.append((req(f, -1, True), f))
+            seq += 1
+        for run_index in range(cfg.runs):
+            for f in fitted:
+                plan.append((req(f, run_index, False), f))
+                seq += 1
+        return plan
+
+    def _limits(self) -> StreamLimits:
+        return StreamLimits(stall_timeout_s=self.cfg.stall_timeout_s, request_timeout_s=self.cfg.request_timeout_s)
+
+    def _record(self, rec: RequestRecord, records: list[RequestRecord]) -> None:
+        records.append(rec)
+        self.write(rec)
+        if not rec.warmup:
+            self.n_requests += 1
+            self.n_failed += 0 if rec.ok else 1
+        self.progress.request_done(rec)
+
+    def _sequential_arm(self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path) -> None:
+        up = self._arm_up(arm, cases, ctx, evidence)
+        if up is None:
+            return
+        srv, sampler, fitted = up
+        records: list[RequestRecord] = []
+        try:
+            plan = self._plan(arm.spec.name, fitted)
+            self.progress.arm_begin(arm.spec.name, len(plan))
+            asyncio.run(self._drive(srv.base_url, plan, records))
+            asyncio.run(self._backfill_ids(srv.base_url, records))
+        finally:
+            self._arm_down(arm.spec.name, srv, sampler, records)
+
+    async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord]) -> None:
+        cfg = self.cfg
+        limits = self._limits()
+        warm = [p for p in plan if p[0].warmup]
+        timed = [p for p in plan if not p[0].warmup]
+        pool = httpx.Limits(max_connections=cfg.concurrency + 4, max_keepalive_connections=cfg.concurrency + 4)
+        async with httpx.AsyncClient(limits=pool, timeout=None) as client:
+            for r, _ in warm:  # warm-up one at a time: it also opens a kept-alive connection
+                self._record(await stream_request(client, base_url, r, limits), records)
+            await self._open_connections(client, base_url, cfg.concurrency)
+            if cfg.rate:
+                await self._open_loop(client, base_url, [r for r, _ in timed], limits, records)
+            else:
+                await self._closed_loop(client, base_url, [r for r, _ in timed], limits, records)
+
+    async def _open_connections(self, client: httpx.AsyncClient, base_url: str, n: int) -> None:
+        """Open n keep-alive connections before timing, so TTFT never includes connection setup."""
+        if n > 1:
+            await asyncio.gather(*(client.get(base_url + "/health") for _ in range(n)), return_exceptions=True)
+
+    async def _closed_loop(self, client: httpx.AsyncClient, base_url: str, reqs: list[StreamRequest],
+                           limits: StreamLimits, records: list[RequestRecord]) -> None:
+        queue: asyncio.Queue[StreamRequest] = asyncio.Queue()
+        for r in reqs:
+            queue.put_nowait(r)
+
+        async def worker() -> None:
+            while not queue.empty():
+                r = queue.get_nowait()
+                self._record(await stream_request(client, base_url, r, limits), records)
+
+        await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
+
+    async def _open_loop(self, client: httpx.AsyncClient, base_url: str, reqs: list[StreamRequest],
+                         limits: StreamLimits, records: list[RequestRecord]) -> None:
+        """Send on a schedule of absolute times: a slow response never delays later sends."""
+        times = arrival_times(len(reqs), self.cfg.rate or 1.0, self.cfg.arrivals, self.cfg.seed)
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+
+        async def send_at(at: float, r: StreamRequest) -> None:
+            await asyncio.sleep(max(0.0, start + at - loop.time()))
+            self._record(await stream_request(client, base_url, r, limits), records)
+
+        await asyncio.gather(*(send_at(t, r) for t, r in zip(times, reqs, strict=True)))
+
+    async def _backfill_ids(self, base_url: str, records: list[RequestRecord]) -> None:
+        """For requests whose streamed ids were incomplete (multi-token events), one extra
+        non-streamed request with return_tokens, after the timed runs, supplies the ids."""
+        if self.cfg.endpoint != "completion":
+            return
+        missing = [r for r in records if r.ok and r.token_ids is None and not r.warmup]
+        if not missing:
+            return
+        async with httpx.AsyncClient(timeout=None) as client:
+            for r in missing:
+                req = StreamRequest(
+                    arm=r.arm, bucket=r.bucket, prompt_id=r.prompt_id, prompt=self._prompt_text[r.arm][r.prompt_id],
+                    run_index=r.run_index, seq=r.seq, warmup=False, max_tokens=self.cfg.max_tokens,
+                    temperature=self.cfg.temperature, seed=self.cfg.seed,
+                )
+                ids = await fetch_token_ids(client, base_url, req, self.cfg.request_timeout_s)
+                if ids is not None:
+                    self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=ids, source="non-streamed return_tokens"))
+
+    # -- interleaved ---------------------------------------------------------------------------
+    def _interleaved(self, arms: list[ResolvedArm], cases: list[PromptCase], ctx: int, evidence: Path) -> None:
+        """All arms up at once; each (run, prompt) goes to every arm, order alternating A B, B A."""
+        ups = []
+        for arm in arms:
+            up = self._arm_up(arm, cases, ctx, evidence)
+            if up is not None:
+                ups.append((arm, *up))
+        records: dict[str, list[RequestRecord]] = {a.spec.name: [] for a, *_ in ups}
+        try:
+            plans = {a.spec.name: self._plan(a.spec.name, fitted) for a, _, _, fitted in ups}
+            for a, *_ in ups:
+                self.progress.arm_begin(a.spec.name, len(plans[a.spec.name]))
+            urls = {a.spec.name: srv.base_url for a, srv, _, _ in ups}
+            asyncio.run(self._drive_interleaved(urls, plans, records))
+            for a, srv, _, _ in ups:
+                asyncio.run(self._backfill_ids(srv.base_url, records[a.spec.name]))
+        finally:
+            for a, srv, sampler, _ in ups:
+                self._arm_down(a.spec.name, srv, sampler, records[a.spec.name])
+
+    async def _drive_interleaved(self, urls: dict[str, str], plans: dict[str, list[tuple[StreamRequest, FittedPrompt]]],
+                                 records: dict[str, list[RequestRecord]]) -> None:
+        limits = self._limits()
+        names = list(plans)
+        n = max((len(p) for p in plans.values()), default=0)
+        async with httpx.AsyncClient(timeout=None) as client:
+            for i in range(n):
+                order = names if i % 2 == 0 else names[::-1]
+                for name in order:
+                    if i < len(plans[name]):
+                        r = plans[name][i][0]
+                        self._record(await stream_request(client, urls[name], r, limits), records[name])
+
+
+def arrival_times(n: int, rate: float, arrivals: str, seed: int) -> list[float]:
+    """Send offsets in seconds: evenly spaced at 1/rate, or a Poisson process (exponential gaps)."""
+    if arrivals == "poisson":
+        rng = random.Random(seed)
+        t, out = 0.0, []
+        for _ in range(n):
+            out.append(t)
+            t += rng.expovariate(rate)
+        return out
+    return [i / rate for i in range(n)]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run(cfg: RunConfig, progress: Progress | None = None, argv: Sequence[str] = ()) -> RunResult:
+    return Runner(cfg, progress, argv).execute()
+
