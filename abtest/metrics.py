@@ -54,7 +54,7 @@ def itl_ms(r: RequestRecord) -> list[float]:
     """Inter-token latency per token: each gap between token-carrying events divided by the tokens
     that event carried (an event with 3 tokens after 30 ms gives three 10 ms values)."""
     out: list[float] = []
-    for prev, cur in zip(r.events, r.events[1:]):
+    for prev, cur in zip(r.events, r.events[1:], strict=False):
         gap = (cur.t_ns - prev.t_ns) / 1e6
         out.extend([gap / cur.n_tokens] * cur.n_tokens)
     return out
@@ -63,7 +63,7 @@ def itl_ms(r: RequestRecord) -> list[float]:
 def inter_chunk_ms(r: RequestRecord) -> list[float]:
     """Raw gaps between consecutive SSE data events, token-carrying or not (AIPerf's ICL)."""
     t = r.chunk_times_ns
-    return [(b - a) / 1e6 for a, b in zip(t, t[1:])]
+    return [(b - a) / 1e6 for a, b in zip(t, t[1:], strict=False)]
 
 
 def server_decode_tps(r: RequestRecord) -> float | None:

@@ -36,7 +36,7 @@ from .evidence import EvidenceWriter, check_writable
 from .gpu import Nvml, VramSampler, cpu_model, summarize
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
 from .records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds
-from .server import LaunchSpec, ServerProcess, help_text, log_tail, supports_flag
+from .server import LaunchSpec, ServerProcess, help_text, log_tail, raise_client_priority, supports_flag
 from .serverlog import parse_memory_breakdown
 from .stream import StreamLimits, StreamRequest, fetch_token_ids, stream_request
 
@@ -175,6 +175,7 @@ class Runner:
         self.progress = progress or NullProgress()
         self.argv = list(argv)
         self.nvml = Nvml()
+        self.client_nice = raise_client_priority()
         self._lock = threading.Lock()
         self.writer: EvidenceWriter | None = None
         self.n_requests = 0
@@ -202,7 +203,7 @@ class Runner:
                     abtest_version=__version__,
                     started_at=_now(),
                     argv=self.argv,
-                    host=host_info(),
+                    host={**host_info(), "client_nice": self.client_nice},
                     gpu=self.nvml.info().as_dict(),
                     models=list({a.model["sha256"]: a.model for a in arms}.values()),
                     config={**cfg.as_dict(), "arms": [asdict(a.spec) for a in arms]},

@@ -231,6 +231,7 @@ async def stream_request(
                 if attempt == 2 or status != 0 or tracker.chunk_times:
                     raise
                 tracker = _Tracker(req.endpoint)
+    except asyncio.TimeoutError:
         error = f"request timed out after {limits.request_timeout_s:g} s (--request-timeout)"
     except httpx.ReadTimeout:
         error = f"stream stalled: no data for {limits.stall_timeout_s:g} s (--stall-timeout)"

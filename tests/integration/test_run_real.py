@@ -1,0 +1,105 @@
+"""`abtest run` against the real llama-server on the tiny MoE model (CPU).
+
+The acceptance check of the run: for every request, the tokens the client counted from the events
+equal the server's own timings.predicted_n, and the client's decode rate over the same request
+agrees with the server's predicted_per_second within 10 % (consistency within one request, not a
+speed target).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+
+from abtest.config import RunConfig, resolve_arms
+from abtest.evidence import read_evidence
+from abtest.metrics import decode_tps, server_decode_tps
+from abtest.runner import Runner
+from abtest.server import process_group_alive
+
+pytestmark = pytest.mark.integration
+
+MAX_TOKENS = 96
+
+
+@pytest.fixture(scope="module")
+def evidence(tmp_path_factory: pytest.TempPathFactory, llama_server: Path, tiny_moe: Path):
+    out = tmp_path_factory.mktemp("evidence")
+    cfg = RunConfig(
+        model=str(tiny_moe),
+        arms=resolve_arms([], None),
+        runs=2,
+        warmup=1,
+        max_tokens=MAX_TOKENS,
+        buckets=("seed004", "tok128"),
+        out_dir=str(out),
+        server_bin=str(llama_server),
+        threads=1,
+    )
+    result = Runner(cfg, argv=["pytest"]).execute()
+    assert result.arms_failed == []
+    return read_evidence(result.evidence_path)
+
+
+def test_evidence_is_complete(evidence) -> None:
+    assert evidence.problems == []
+    assert not evidence.partial
+    assert [a.arm for a in evidence.arm_starts] == ["baseline", "cpu-moe"]
+    assert [a.status for a in evidence.arm_ends] == ["ok", "ok"]
+    m = evidence.manifest
+    assert m is not None and len(m.models[0]["sha256"]) == 64
+    assert m.gpu["available"] is False and m.gpu["reason"]  # no GPU here: said, not crashed
+    for start in evidence.arm_starts:
+        assert "--fit" in start.argv and "-ngl" in start.argv and "-c" in start.argv
+        assert start.argv[-4:-1] == ["--host", "127.0.0.1", "--port"]
+        assert start.ready_ms > 0
+        assert start.prompt_tokens["tok128-systems"] == 128
+    assert "--cpu-moe" in evidence.arm_starts[1].argv
+    # 8 prompts x 2 runs measured per arm, 1 warm-up each
+    measured = [r for r in evidence.requests if not r.warmup]
+    assert len(measured) == 2 * 8 * 2
+    assert sum(r.warmup for r in evidence.requests) == 2
+    assert len(evidence.memory) > 0
+
+
+def test_client_token_count_equals_server_predicted_n(evidence) -> None:
+    for r in evidence.requests:
+        assert r.ok, r.error
+        assert r.completion_tokens == r.server_predicted_n == MAX_TOKENS, r
+        assert r.cache_n == 0  # cache_prompt false held: no KV-cache hits between repetitions
+        if not r.warmup:  # measured requests carry ids (streamed, or backfilled after the runs)
+            assert r.token_ids is not None and len(r.token_ids) == MAX_TOKENS
+
+
+def test_prompt_tokens_match_tokenize(evidence) -> None:
+    counted = {(a.arm, pid): n for a in evidence.arm_starts for pid, n in a.prompt_tokens.items()}
+    for r in evidence.requests:
+        assert r.prompt_tokens == counted[(r.arm, r.prompt_id)]
+
+
+def test_client_decode_rate_agrees_with_server(evidence) -> None:
+    ratios = []
+    for r in evidence.requests:
+        if r.warmup:
+            continue
+        ours, theirs = decode_tps(r), server_decode_tps(r)
+        assert ours and theirs
+        ratios.append(ours / theirs)
+        assert abs(ours / theirs - 1) <= 0.10, (r.arm, r.prompt_id, ours, theirs)
+    assert 0.97 < statistics.median(ratios) < 1.03
+
+
+def test_ttft_is_after_headers_and_before_end(evidence) -> None:
+    for r in evidence.requests:
+        assert r.ttft_ms is not None and r.e2e_ms is not None
+        assert 0 < r.ttft_ms <= r.e2e_ms
+        assert r.headers_ms is not None and r.headers_ms <= r.ttft_ms + 1e-6
+
+
+def test_no_server_left_running(evidence) -> None:
+    for start in evidence.arm_starts:
+        assert not process_group_alive(start.pid)
+        assert not os.path.exists(f"/proc/{start.pid}")
