@@ -1,0 +1,378 @@
+"""Statistics for the report: summaries, tests, intervals, outliers, and the per-request metrics.
+
+Pure functions over numbers (and, for the metrics, over `RequestRecord`s): nothing here reads files,
+prints or keeps state. Every random draw takes an explicit seed so a report is reproducible.
+
+Per-request metrics (the definitions docs/report.md uses; warm-up and failed requests are left out
+by the caller):
+
+* TTFT ms            = ``ttft_ms`` (send -> first token-carrying event)
+* end-to-end ms      = ``e2e_ms``  (send -> end of stream)
+* decode tok/s       = (completion_tokens - 1) / ((e2e_ms - ttft_ms) / 1000)
+* TPOT ms            = (e2e_ms - ttft_ms) / (completion_tokens - 1)
+* ITL ms, per token  = for each token event after the first: (gap to the previous token event) /
+                       (n_tokens of that event), repeated n_tokens times so each token counts once.
+
+Intervals: the delta between two arms is a ratio of means, ``mean(other) / mean(base) - 1``. Its 95 %
+interval is a studentized (bootstrap-t) interval on the log ratio, chosen over the plain percentile
+bootstrap and BCa because it had the coverage closest to 95 % at the small N a benchmark has
+(docs/report.md has the numbers; tests/unit/test_stats.py re-measures them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as _st
+
+from .records import RequestRecord
+
+# One seed for every bootstrap in a report: the same evidence gives the same intervals.
+DEFAULT_SEED = 20240917
+DEFAULT_RESAMPLES = 2000
+
+# Iglewicz & Hoaglin (1993), "How to Detect and Handle Outliers": a modified Z-score above 3.5 in
+# absolute value marks a potential outlier. 0.6745 is the 0.75 quantile of the standard normal,
+# which makes MAD/0.6745 a consistent estimator of sigma.
+MODIFIED_Z_THRESHOLD = 3.5
+_MAD_SCALE = 0.6745
+
+Method = Literal["studentized", "percentile", "bca", "welch-log"]
+
+
+def _clean(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    a = np.asarray(values, dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries
+
+
+@dataclass(frozen=True)
+class Summary:
+    """mean ± σ (sample standard deviation, ddof=1), median, p95 and range of one sample."""
+
+    n: int
+    mean: float
+    std: float
+    median: float
+    p95: float
+    min: float
+    max: float
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation σ/mean (nan when undefined)."""
+        if self.n < 2 or not self.mean:
+            return math.nan
+        return abs(self.std / self.mean)
+
+
+def summarize(values: Sequence[float] | np.ndarray) -> Summary:
+    """Summary of the finite values (NaN and inf dropped); nan fields for an empty sample."""
+    a = _clean(values)
+    if a.size == 0:
+        nan = math.nan
+        return Summary(0, nan, nan, nan, nan, nan, nan)
+    std = float(np.std(a, ddof=1)) if a.size > 1 else math.nan
+    return Summary(
+        n=int(a.size),
+        mean=float(np.mean(a)),
+        std=std,
+        median=float(np.median(a)),
+        p95=percentile(a, 95),
+        min=float(np.min(a)),
+        max=float(np.max(a)),
+    )
+
+
+def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
+    """The q-th percentile with linear interpolation between order statistics (numpy's default)."""
+    a = _clean(values)
+    return float(np.percentile(a, q)) if a.size else math.nan
+
+
+# --------------------------------------------------------------------------------------------------
+# Tests
+
+
+@dataclass(frozen=True)
+class TestResult:
+    statistic: float
+    p_value: float
+    test: str
+
+    __test__ = False  # not a pytest class
+
+
+def welch_t(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alternative: str = "two-sided") -> TestResult:
+    """Welch's unequal-variance t-test of mean(a) vs mean(b); p is nan with fewer than 2 values a side."""
+    x, y = _clean(a), _clean(b)
+    if x.size < 2 or y.size < 2:
+        return TestResult(math.nan, math.nan, "welch")
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        # Two constant samples: equal means are no evidence of a difference, unequal ones are total.
+        return TestResult(math.nan, 1.0 if x[0] == y[0] else 0.0, "welch")
+    res = _st.ttest_ind(x, y, equal_var=False, alternative=alternative)
+    return TestResult(float(res.statistic), float(res.pvalue), "welch")
+
+
+def mann_whitney(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alternative: str = "two-sided"
+) -> TestResult:
+    """Mann-Whitney U test (scipy's automatic exact/asymptotic choice); for latency distributions."""
+    x, y = _clean(a), _clean(b)
+    if x.size < 1 or y.size < 1:
+        return TestResult(math.nan, math.nan, "mann-whitney")
+    res = _st.mannwhitneyu(x, y, alternative=alternative)
+    return TestResult(float(res.statistic), float(res.pvalue), "mann-whitney")
+
+
+# --------------------------------------------------------------------------------------------------
+# Outliers
+
+
+def modified_z_scores(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Iglewicz & Hoaglin's modified Z-score, 0.6745 (x - median) / MAD, for every value.
+
+    When the MAD is 0 (over half the values equal) the mean absolute deviation scaled by 1.253314
+    stands in, as IBM's SPSS and the original text suggest; all zeros if that is 0 too.
+    """
+    a = np.asarray(values, dtype=float).ravel()
+    if a.size == 0:
+        return a
+    med = np.median(a)
+    mad = np.median(np.abs(a - med))
+    if mad > 0:
+        return _MAD_SCALE * (a - med) / mad
+    meanad = np.mean(np.abs(a - med))
+    if meanad > 0:
+        return (a - med) / (1.253314 * meanad)
+    return np.zeros_like(a)
+
+
+def is_outlier(values: Sequence[float] | np.ndarray, index: int, threshold: float = MODIFIED_Z_THRESHOLD) -> bool:
+    """Whether values[index] has |modified Z| above `threshold` (needs at least 5 values to say yes)."""
+    a = np.asarray(values, dtype=float).ravel()
+    if a.size < 5:
+        return False
+    return bool(abs(modified_z_scores(a)[index]) > threshold)
+
+
+# --------------------------------------------------------------------------------------------------
+# Intervals for a relative difference of means
+
+
+@dataclass(frozen=True)
+class RatioCI:
+    """The relative difference mean(other)/mean(base) - 1 with its interval (all as fractions)."""
+
+    delta: float
+    low: float
+    high: float
+    confidence: float
+    method: str
+    resamples: int
+    seed: int | None
+
+    def covers(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+def ratio_ci(
+    base: Sequence[float] | np.ndarray,
+    other: Sequence[float] | np.ndarray,
+    *,
+    confidence: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    method: Method = "studentized",
+) -> RatioCI:
+    """Interval for mean(other)/mean(base) - 1, e.g. -0.89 for "89 % fewer tokens/s".
+
+    Each arm is resampled on its own (the arms are independent samples). nan when either side has
+    fewer than 2 finite values or a mean that is not positive (a log ratio needs positive means).
+    """
+    x, y = _clean(base), _clean(other)
+    nan = math.nan
+    if x.size < 2 or y.size < 2 or np.mean(x) <= 0 or np.mean(y) <= 0:
+        delta = float(np.mean(y) / np.mean(x) - 1) if x.size and y.size and np.mean(x) > 0 else nan
+        return RatioCI(delta, nan, nan, confidence, method, resamples, seed)
+    d, lo, hi = ratio_ci_batch(
+        x[None, :], y[None, :], confidence=confidence, resamples=resamples, rng=np.random.default_rng(seed), method=method
+    )
+    return RatioCI(float(d[0]), float(lo[0]), float(hi[0]), confidence, method, resamples, seed)
+
+
+def _log_ratio_and_se(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log(mean b / mean a) and its delta-method standard error, along the last axis."""
+    ma, mb = a.mean(axis=-1), b.mean(axis=-1)
+    va, vb = a.var(axis=-1, ddof=1), b.var(axis=-1, ddof=1)
+    na, nb = a.shape[-1], b.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = np.log(mb / ma)
+        se = np.sqrt(va / (na * ma**2) + vb / (nb * mb**2))
+    return theta, se
+
+
+def ratio_ci_batch(
+    base: np.ndarray,
+    other: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+    rng: np.random.Generator,
+    method: Method = "studentized",
+    chunk: int = 64,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised intervals for many experiments at once: base (E, n), other (E, m) -> (delta, low, high).
+
+    Methods:
+      * "studentized": bootstrap-t on θ = log(mean other / mean base), each resample studentized by
+        its own delta-method standard error; interval θ̂ - t*(1-α/2)·se, θ̂ - t*(α/2)·se.
+      * "percentile": the α/2 and 1-α/2 quantiles of the resampled ratio.
+      * "bca": bias-corrected and accelerated percentile interval (Efron 1987), acceleration from
+        the jackknife over both samples.
+      * "welch-log": no resampling; θ̂ ± t(ν)·se with Welch-Satterthwaite ν on the log scale.
+    """
+    base = np.asarray(base, dtype=float)
+    other = np.asarray(other, dtype=float)
+    alpha = 1.0 - confidence
+    theta, se = _log_ratio_and_se(base, other)
+    delta = np.expm1(theta)
+    if method == "welch-log":
+        na, nb = base.shape[-1], other.shape[-1]
+        ma, mb = base.mean(axis=-1), other.mean(axis=-1)
+        ua = base.var(axis=-1, ddof=1) / (na * ma**2)
+        ub = other.var(axis=-1, ddof=1) / (nb * mb**2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nu = (ua + ub) ** 2 / (ua**2 / (na - 1) + ub**2 / (nb - 1))
+        tq = _st.t.ppf(1 - alpha / 2, np.where(np.isfinite(nu), nu, na + nb - 2))
+        return delta, np.expm1(theta - tq * se), np.expm1(theta + tq * se)
+
+    n_exp = base.shape[0]
+    lo = np.empty(n_exp)
+    hi = np.empty(n_exp)
+    for start in range(0, n_exp, chunk):
+        sl = slice(start, min(start + chunk, n_exp))
+        a, b = base[sl], other[sl]
+        e = a.shape[0]
+        ia = rng.integers(0, a.shape[1], size=(e, resamples, a.shape[1]))
+        ib = rng.integers(0, b.shape[1], size=(e, resamples, b.shape[1]))
+        ra = np.take_along_axis(a[:, None, :], ia, axis=2)
+        rb = np.take_along_axis(b[:, None, :], ib, axis=2)
+        if method == "studentized":
+            th_star, se_star = _log_ratio_and_se(ra, rb)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t_star = (th_star - theta[sl, None]) / se_star
+            # A resample of identical values has se 0: its t is ±inf or nan; inf ranks correctly,
+            # nan is dropped by nanquantile.
+            t_star = np.where(np.isnan(t_star), np.nan, t_star)
+            q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=1)
+            lo[sl] = np.expm1(theta[sl] - q_hi * se[sl])
+            hi[sl] = np.expm1(theta[sl] - q_lo * se[sl])
+        else:
+            th_star = np.log(rb.mean(axis=2) / ra.mean(axis=2))
+            if method == "percentile":
+                q_lo, q_hi = np.quantile(th_star, [alpha / 2, 1 - alpha / 2], axis=1)
+            elif method == "bca":
+                q_lo, q_hi = _bca_bounds(a, b, theta[sl], th_star, alpha)
+            else:
+                raise ValueError(f"unknown interval method {method!r}")
+            lo[sl] = np.expm1(q_lo)
+            hi[sl] = np.expm1(q_hi)
+    return delta, lo, hi
+
+
+def _bca_bounds(a: np.ndarray, b: np.ndarray, theta: np.ndarray, th_star: np.ndarray, alpha: float):
+    """BCa quantiles of th_star (E, B) for θ = log(mean b / mean a)."""
+    e, n_b = th_star.shape
+    prop = (th_star < theta[:, None]).mean(axis=1)
+    prop = np.clip(prop, 1.0 / (n_b + 1), 1 - 1.0 / (n_b + 1))
+    z0 = _st.norm.ppf(prop)
+    # Jackknife: leave one out of a (b whole), then one out of b (a whole).
+    na, nb = a.shape[1], b.shape[1]
+    sa, sb = a.sum(axis=1), b.sum(axis=1)
+    ma, mb = sa / na, sb / nb
+    jack_a = np.log(mb[:, None] / ((sa[:, None] - a) / (na - 1)))
+    jack_b = np.log(((sb[:, None] - b) / (nb - 1)) / ma[:, None])
+    jack = np.concatenate([jack_a, jack_b], axis=1)
+    d = jack.mean(axis=1, keepdims=True) - jack
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = (d**3).sum(axis=1) / (6.0 * ((d**2).sum(axis=1)) ** 1.5)
+    acc = np.nan_to_num(acc)
+    out = []
+    for z in (_st.norm.ppf(alpha / 2), _st.norm.ppf(1 - alpha / 2)):
+        adj = _st.norm.cdf(z0 + (z0 + z) / (1 - acc * (z0 + z)))
+        out.append(np.array([np.quantile(th_star[i], adj[i]) for i in range(e)]))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning and prediction
+
+
+def required_n(cv: float, delta: float, *, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Requests per arm for a two-sided test at `alpha` to detect a relative change `delta` with
+    `power`, given a coefficient of variation `cv` (normal approximation, equal n)."""
+    if not (cv > 0) or not delta:
+        return 0
+    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
+    return int(math.ceil(2 * (z * cv / abs(delta)) ** 2))
+
+
+def prediction_bound(values: Sequence[float] | np.ndarray, *, alpha: float, upper: bool) -> float:
+    """One-sided (1-α) prediction bound for one new observation from the same normal population
+    as `values`: mean ± t(1-α, n-1) · s · sqrt(1 + 1/n). nan with fewer than 2 values."""
+    a = _clean(values)
+    if a.size < 2:
+        return math.nan
+    s = float(np.std(a, ddof=1))
+    half = float(_st.t.ppf(1 - alpha, a.size - 1)) * s * math.sqrt(1 + 1 / a.size)
+    return float(np.mean(a)) + (half if upper else -half)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-request metrics (formulas in the module docstring)
+
+
+def ttft_ms(r: RequestRecord) -> float:
+    """Send -> first token-carrying event, ms."""
+    return float(r.ttft_ms) if r.ttft_ms is not None else math.nan
+
+
+def e2e_ms(r: RequestRecord) -> float:
+    """Send -> end of stream, ms."""
+    return float(r.e2e_ms) if r.e2e_ms is not None else math.nan
+
+
+def decode_tps(r: RequestRecord) -> float:
+    """(completion_tokens - 1) / ((e2e_ms - ttft_ms) / 1000): tokens after the first over the time after it."""
+    if r.ttft_ms is None or r.e2e_ms is None or r.completion_tokens < 2:
+        return math.nan
+    dt = (r.e2e_ms - r.ttft_ms) / 1000.0
+    return (r.completion_tokens - 1) / dt if dt > 0 else math.nan
+
+
+def tpot_ms(r: RequestRecord) -> float:
+    """(e2e_ms - ttft_ms) / (completion_tokens - 1): time per output token after the first."""
+    if r.ttft_ms is None or r.e2e_ms is None or r.completion_tokens < 2:
+        return math.nan
+    return (r.e2e_ms - r.ttft_ms) / (r.completion_tokens - 1)
+
+
+def itl_ms(r: RequestRecord) -> np.ndarray:
+    """Per-token inter-token latency, ms: each event after the first contributes its gap to the
+    previous event divided by its n_tokens, once per token it carried."""
+    ev = r.events
+    if len(ev) < 2:
+        return np.empty(0)
+    t = np.array([e.t_ns for e in ev], dtype=float)
+    n = np.array([max(e.n_tokens, 1) for e in ev], dtype=int)
+    per = np.diff(t) / 1e6 / n[1:]
+    return np.repeat(per, n[1:])
