@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from abtest.config import (
+    ArmSpec,
+    RunConfig,
+    auto_ctx_size,
+    final_argv,
+    load_arms_file,
+    parse_arm,
+    resolve_arms,
+    validate,
+)
+from abtest.errors import ConfigError
+
+
+def test_parse_arm_with_args_is_an_argv_list() -> None:
+    arm = parse_arm('ncmoe12="-ngl 99 --n-cpu-moe 12"'.replace('"', ""))
+    assert arm == ArmSpec(name="ncmoe12", args=("-ngl", "99", "--n-cpu-moe", "12"))
+    quoted = parse_arm("x=-ngl 99 --override-tensor 'a b=CPU'")
+    assert quoted.args == ("-ngl", "99", "--override-tensor", "a b=CPU")
+
+
+@pytest.mark.parametrize("name,args", [("baseline", ("-ngl", "99")), ("cpu-moe", ("-ngl", "99", "--cpu-moe")),
+                                       ("ncmoe7", ("-ngl", "99", "--n-cpu-moe", "7"))])
+def test_ready_made_arms(name: str, args: tuple[str, ...]) -> None:
+    assert parse_arm(name).args == args
+
+
+@pytest.mark.parametrize("bad", ["=oops", "no spaces allowed=1 '", "weird", "a b=1"])
+def test_malformed_arm_is_a_config_error_quoting_it(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--arm"):
+        parse_arm(bad)
+
+
+def test_default_arms_and_flag_override() -> None:
+    assert [a.name for a in resolve_arms([], None)] == ["baseline", "cpu-moe"]
+    arms = resolve_arms(["baseline=-ngl 50"], "servers/llama-server.toml")
+    assert [a.name for a in arms] == ["cpu-moe", "baseline"]
+    assert arms[1].args == ("-ngl", "50")
+
+
+def test_arms_files_shipped_parse() -> None:
+    assert [a.name for a in load_arms_file("servers/llama-server.toml")] == ["baseline", "cpu-moe"]
+    shimmy = load_arms_file("servers/shimmy.toml")
+    assert shimmy[1].args == ("serve", "--cpu-moe") and shimmy[0].pin is False
+    assert shimmy[0].listen_args == ("--bind", "{host}:{port}")
+
+
+def test_final_argv_pins_what_the_arm_leaves_open() -> None:
+    cfg = RunConfig(model="m", arms=(), concurrency=4, threads=3, flash_attn="on")
+    arm = ArmSpec("cpu-moe", ("-ngl", "99", "--cpu-moe"))
+    argv = final_argv(arm, cfg, "/bin/llama-server", "/m.gguf", 2048, supports_fit=True)
+    assert argv[:4] == ["/bin/llama-server", "-m", "/m.gguf", "-ngl"]
+    assert argv.count("-ngl") == 1
+    for flag, value in [("--fit", "off"), ("-c", "2048"), ("-np", "4"), ("-t", "3"), ("-fa", "on")]:
+        assert argv[argv.index(flag) + 1] == value
+    # An arm that sets a flag keeps its own value; --fit is left out where the binary lacks it.
+    own = final_argv(ArmSpec("a", ("-c", "999", "--threads=8")), cfg, "s", "m", 2048, supports_fit=False)
+    assert "--fit" not in own and own.count("-c") == 1 and "-t" not in own
+
+
+def test_auto_ctx_size_covers_longest_prompt_plus_generation_per_slot() -> None:
+    assert auto_ctx_size(3072, 128, 1) == 3328
+    assert auto_ctx_size(100, 128, 4) % 256 == 0 and auto_ctx_size(100, 128, 4) >= 4 * 228
+
+
+@pytest.mark.parametrize("field,value", [("runs", 0), ("concurrency", 0), ("max_tokens", 1), ("rate", -1.0),
+                                         ("schedule", "random"), ("endpoint", "x")])
+def test_validate_refuses_bad_values(field: str, value: object) -> None:
+    cfg = RunConfig(model="m", arms=(ArmSpec("a", ()),), **{field: value})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        validate(cfg)
