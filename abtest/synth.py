@@ -499,6 +499,13 @@ def write_synth(
             done += _pad(s.nbytes)
         writer.close()
         os.replace(tmp, path)
+    except OSError as exc:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        need = sum(s.nbytes for s in specs) / 1e9
+        raise ConfigError(
+            f"writing {path} failed ({exc.strerror or exc}); it needs {need:.2f} GB free: free space or choose another OUT"
+        ) from None
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)

@@ -1,10 +1,204 @@
-"""`abtest model` (placeholder until its module is written)."""
+"""`abtest model`: list known models, synthesise random-weight GGUFs, hash and describe files.
+
+Progress bars and summaries go to stderr; what a script wants goes to stdout: `synth` and `hash`
+print `<sha256>  <path>` (the sha256sum format), `info --json` and `list --json` print JSON.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from .. import catalog, synth
+from ..catalog import ProgressFn
+from ..errors import ConfigError
+from ..gguf_meta import ModelInfo, read_model_info
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
 
 
 @click.group()
 def model() -> None:
-    """Not yet written."""
+    """Known models, synthetic random-weight models, SHA256s and GGUF metadata."""
+
+
+@contextmanager
+def _bytes_progress(description: str) -> Iterator[ProgressFn | None]:
+    """A rich bar of bytes done / total on stderr (terminals only); yields the callback the library accepts."""
+    if not err.is_terminal:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=err, transient=True,
+    )
+    task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+@model.command("list", epilog="""\b
+Examples:
+  abtest model list
+  abtest model list --json | jq '.[].name'
+  ABTEST_MODELS=/data/gguf abtest model list   # also shows which are present there
+""")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Also look here for the files (column 'local').")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def list_cmd(models_dir: str | None, as_json: bool) -> None:
+    """Models abtest knows by name: file, quantisation, size, published SHA256, where to get it."""
+    rows = []
+    for e in catalog.catalog_entries():
+        local = next((d / e.file_name for _, d in catalog.search_dirs(models_dir) if (d / e.file_name).is_file()), None)
+        rows.append((e, local))
+    if as_json:
+        click.echo(json.dumps([
+            {
+                "name": e.name, "file_name": e.file_name, "quant": e.quant, "approx_size_gb": e.approx_size_gb,
+                "description": e.description, "hf_repo": e.hf_repo, "synth_preset": e.synth_preset,
+                "sha256": e.sha256, "sha256_source": e.sha256_source, "local_path": str(local) if local else None,
+                "fetch": e.fetch_command(catalog.cache_models_dir()),
+            }
+            for e, local in rows
+        ], indent=2))
+        return
+    t = Table(title_justify="left", title="known models (a name resolves in --models-dir, $ABTEST_MODELS, then "
+              f"{catalog.cache_models_dir()})")
+    for col in ("name", "file", "quant", "size", "published sha256", "get it from", "local"):
+        t.add_column(col, overflow="fold")
+    for e, local in rows:
+        t.add_row(
+            e.name, e.file_name, e.quant, f"~{_gb(e.approx_size_gb * 1e9)}", e.sha256 or "",
+            e.source if e.synth_preset is None else "synthesised on first use", "yes" if local else "",
+        )
+    out.print(t)
+
+
+@model.command("synth", epilog="""\b
+Examples:
+  abtest model synth tiny.gguf --preset tiny-moe
+  abtest model synth /data/gguf --preset gpt-oss-20b-like           # writes /data/gguf/gpt-oss-20b-like-q4_0-seed0.gguf
+  abtest model synth q.gguf --preset qwen3-30b-a3b-like --qtype q8_0 --seed 7
+Same preset, qtype and seed -> byte-identical file (same SHA256 on every machine).
+""")
+@click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--preset", required=True, type=click.Choice(list(synth.PRESETS)), help="Architecture to imitate.")
+@click.option("--qtype", type=click.Choice(list(synth.QTYPES)), default="q4_0", show_default=True,
+              help="Type of the weight matrices (norms and router stay F32).")
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def synth_cmd(out_path: Path, preset: str, qtype: str, seed: int, force: bool) -> None:
+    """Write a random-weight GGUF with the real shapes and metadata of a model; print `<sha256>  <path>`.
+
+    Real memory and compute, noise as text: a stand-in for speed and VRAM measurements. Written
+    tensor by tensor (peak memory well under 2 GB for any preset). OUT may be a directory.
+    """
+    if out_path.is_dir():
+        out_path = out_path / synth.synth_file_name(preset, qtype, seed)
+    if out_path.exists() and not force:
+        raise ConfigError(f"{out_path} exists; pass --force to overwrite it")
+    plan = synth.summarize_plan(preset, qtype)
+    err.print(f"writing {preset} ({qtype}, seed {seed}): {_params(plan.total_params)} params, "
+              f"~{_gb(plan.tensor_bytes)} -> {out_path}")
+    with _bytes_progress(f"synth {preset}") as progress:
+        res = synth.write_synth(out_path, preset, qtype, seed, progress=progress)
+    catalog.remember_sha256(res.path, res.sha256)
+    mbps = res.size_bytes / 1e6 / res.elapsed_s if res.elapsed_s > 0 else 0.0
+    err.print(f"wrote {_gb(res.size_bytes)} in {res.elapsed_s:.1f}s ({mbps:.0f} MB/s), {res.n_tensors} tensors")
+    click.echo(f"{res.sha256}  {res.path}")
+
+
+@model.command("hash", epilog="""\b
+Examples:
+  abtest model hash ~/.cache/abtest/models/gpt-oss-20b-mxfp4.gguf
+  abtest model hash model.gguf --rehash    # ignore the cache, read the file again
+""")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--rehash", is_flag=True, help="Read the file even if its digest is cached.")
+def hash_cmd(path: Path, rehash: bool) -> None:
+    """Print the file's SHA256 as `<sha256>  <path>`.
+
+    Digests are cached by (device, inode, size, mtime) in <cache>/sha256-cache.json, so checking
+    an unchanged 12 GB file again costs nothing.
+    """
+    cached = None if rehash else catalog.cached_sha256(path)
+    if cached:
+        digest = cached
+    else:
+        with _bytes_progress(f"sha256 {path.name}") as progress:
+            digest = catalog.sha256_file(path, rehash=True, progress=progress)
+    click.echo(f"{digest}  {path}")
+
+
+@model.command("info", epilog="""\b
+Examples:
+  abtest model info model.gguf
+  abtest model info tiny-moe --n-cpu-moe 3      # weight bytes left on the GPU with --n-cpu-moe 3
+  abtest model info model.gguf --json
+""")
+@click.argument("path_or_name")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Where a model name is looked up first.")
+@click.option("--n-cpu-moe", type=click.IntRange(min=0), help="Also show the weight bytes left on the GPU with this --n-cpu-moe.")
+@click.option("--json", "as_json", is_flag=True, help="Print ModelInfo as one JSON object.")
+def info_cmd(path_or_name: str, models_dir: str | None, n_cpu_moe: int | None, as_json: bool) -> None:
+    """Architecture, experts, parameters (total and active per token) and bytes per layer of a GGUF."""
+    with _bytes_progress("synth") as progress:
+        ref = catalog.resolve_model(path_or_name, models_dir, progress=progress)
+    info = read_model_info(ref.path)
+    if as_json:
+        d = info.to_dict()
+        if n_cpu_moe is not None:
+            d["gpu_weight_bytes"] = info.gpu_weight_bytes(n_cpu_moe)
+        click.echo(json.dumps(d, indent=2))
+        return
+    _print_info(info, n_cpu_moe)
+
+
+def _print_info(i: ModelInfo, n_cpu_moe: int | None) -> None:
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("path", i.path)
+    t.add_row("name", (i.name or "") + (f"  [dim](abtest synth preset {i.synth_preset})" if i.synth_preset else ""))
+    t.add_row("arch", f"{i.arch}, mostly {i.quant}")
+    t.add_row("layers", str(i.n_layer))
+    t.add_row("d_model", str(i.n_embd))
+    t.add_row("heads", f"{i.n_head} (KV {i.n_head_kv}), head_dim {i.head_dim}")
+    if i.n_expert:
+        t.add_row("experts", f"{i.n_expert}, {i.n_expert_used} used per token, expert FFN {i.n_ff_exp}")
+    else:
+        t.add_row("FFN", f"{i.n_ff} (dense)")
+    t.add_row("vocab", f"{i.n_vocab:,}")
+    t.add_row("context", f"{i.context_length:,}")
+    t.add_row("params", f"{_params(i.total_params)} total, {_params(i.active_params)} active per token")
+    t.add_row("file", f"{_gb(i.file_size_bytes)} ({i.file_size_bytes:,} bytes)")
+    exp = sum(i.layer_expert_bytes)
+    other = sum(i.layer_other_bytes)
+    t.add_row("tensor bytes", f"{_gb(i.tensor_bytes)}: experts {_gb(exp)}, other layer tensors {_gb(other)}, "
+              f"outside layers {_gb(i.nonlayer_bytes)}")
+    if i.n_layer:
+        t.add_row("per layer", f"experts {_gb(max(i.layer_expert_bytes))}, other {_gb(max(i.layer_other_bytes))} (max over layers)")
+    if n_cpu_moe is not None:
+        t.add_row(f"--n-cpu-moe {n_cpu_moe}", f"{_gb(i.gpu_weight_bytes(n_cpu_moe))} of weights stay on the GPU "
+                  "(plus KV cache and compute buffers)")
+    out.print(t)

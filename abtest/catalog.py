@@ -1,0 +1,310 @@
+"""Model names -> GGUF files: what each is, where to get it, where we look, and its SHA256.
+
+Resolution order for a *name* (`resolve_model`): ``--models-dir``, then ``$ABTEST_MODELS``, then
+the cache (``$ABTEST_CACHE`` or ``~/.cache/abtest``, subdirectory ``models/``). A *path* is used as
+is. Synthetic presets (``tiny-moe``, ``dense-small``, ``*-like``) that are nowhere to be found are
+written into the cache on first use (seed 0, Q4_0; deterministic, so every machine gets the same
+bytes). Anything else that is missing raises ModelNotFound with the exact command to fetch it.
+
+SHA256s: `sha256_file` streams the file in 1 MiB chunks and caches the digest by
+(st_dev, st_ino, size, mtime_ns) in ``<cache>/sha256-cache.json``, so re-checking a 12 GB file
+costs a stat. A catalog entry carries a *published* SHA256 only where we can cite where it was
+published; otherwise it is None (never guessed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import synth
+from .errors import ConfigError, ModelNotFound
+
+ENV_CACHE = "ABTEST_CACHE"
+ENV_MODELS = "ABTEST_MODELS"
+HASH_CHUNK_BYTES = 1 << 20  # 1 MiB: measured as fast as 4 MiB (benchmarks/hash_speed.py)
+HASH_CACHE_FILE = "sha256-cache.json"
+HASH_CACHE_MAX_ENTRIES = 2000
+
+ProgressFn = Callable[[int, int], None]  # (bytes_done, bytes_total)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model abtest knows by name."""
+
+    name: str
+    file_name: str  # the GGUF file looked up in the model directories
+    quant: str
+    approx_size_gb: float  # decimal GB, as the download pages show them
+    description: str
+    hf_repo: str | None = None  # Hugging Face repository to download from
+    synth_preset: str | None = None  # written by `abtest model synth` instead of downloaded
+    sha256: str | None = None  # published SHA256, only with sha256_source
+    sha256_source: str | None = None  # where sha256 was published
+
+    def fetch_command(self, models_dir: Path) -> str:
+        """The one command that puts this model where `resolve_model` looks."""
+        if self.synth_preset:
+            return f"abtest model synth {models_dir / self.file_name} --preset {self.synth_preset}"
+        return f"huggingface-cli download {self.hf_repo} {self.file_name} --local-dir {models_dir}"
+
+    @property
+    def source(self) -> str:
+        return f"abtest model synth --preset {self.synth_preset}" if self.synth_preset else f"hf.co/{self.hf_repo}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model file.
+
+    sha256 is the file's digest when known without reading it (hash-cache hit, or just
+    synthesised); otherwise None -- call `sha256_file(path)` (cached after the first read).
+    expected_sha256 is the published digest to compare against, when the catalog has one.
+    """
+
+    name: str
+    path: Path
+    size_bytes: int
+    sha256: str | None
+    expected_sha256: str | None = None
+    found_via: str = "path"  # "path", "--models-dir", "$ABTEST_MODELS", "cache", "synthesised"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "path": str(self.path), "size_bytes": self.size_bytes, "sha256": self.sha256,
+            "expected_sha256": self.expected_sha256, "found_via": self.found_via,
+        }
+
+
+def _synth_entry(preset: str) -> CatalogEntry:
+    p = synth.PRESETS[preset]
+    size = synth.summarize_plan(p, "q4_0").tensor_bytes
+    return CatalogEntry(
+        name=preset, file_name=synth.synth_file_name(preset, "q4_0", 0), quant="Q4_0",
+        approx_size_gb=round(size / 1e9, 3), description=f"synthetic, random weights: {p.imitates}",
+        synth_preset=preset,
+    )
+
+
+# Download entries: repository and file names as listed on their Hugging Face pages; sizes are
+# approximate (the pages' numbers); no SHA256 is given because none is cited here (Hugging Face
+# shows each file's LFS SHA256 on its page: copy it into a local note if you want it checked).
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e
+    for e in (
+        CatalogEntry(
+            name="gpt-oss-20b", file_name="gpt-oss-20b-mxfp4.gguf", quant="MXFP4", approx_size_gb=12.1,
+            description="OpenAI gpt-oss-20b: 21B params, 3.6B active, 24 layers, 32 experts top-4",
+            hf_repo="ggml-org/gpt-oss-20b-GGUF",
+        ),
+        CatalogEntry(
+            name="qwen3-30b-a3b", file_name="Qwen3-30B-A3B-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=18.6,
+            description="Qwen3-30B-A3B: 30.5B params, 3.3B active, 48 layers, 128 experts top-8",
+            hf_repo="Qwen/Qwen3-30B-A3B-GGUF",
+        ),
+        CatalogEntry(
+            name="phi-3.5-moe", file_name="Phi-3.5-MoE-instruct-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=25.3,
+            description="Phi-3.5-MoE-instruct: 41.9B params, 6.6B active, 32 layers, 16 experts top-2",
+            hf_repo="bartowski/Phi-3.5-MoE-instruct-GGUF",
+        ),
+        CatalogEntry(
+            name="deepseek-v2-lite", file_name="DeepSeek-V2-Lite-Chat-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=10.4,
+            description="DeepSeek-V2-Lite-Chat: 15.7B params, 2.4B active, 27 layers, 64 experts top-6 + 2 shared",
+            hf_repo="bartowski/DeepSeek-V2-Lite-Chat-GGUF",
+        ),
+        *(_synth_entry(name) for name in synth.PRESETS),
+    )
+}
+
+
+def catalog_entries() -> list[CatalogEntry]:
+    return list(CATALOG.values())
+
+
+def get_entry(name: str) -> CatalogEntry:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ModelNotFound(
+            f"unknown model name {name!r}; known: {', '.join(CATALOG)} (see `abtest model list`), or give a path to a .gguf file"
+        ) from None
+
+
+def cache_root() -> Path:
+    """`$ABTEST_CACHE`, else `~/.cache/abtest` (the same rule as provision.cache_root)."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "abtest"
+
+
+def cache_models_dir() -> Path:
+    return cache_root() / "models"
+
+
+def search_dirs(models_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
+    """Where a name is looked up, in order, each with the label shown in errors."""
+    dirs: list[tuple[str, Path]] = []
+    if models_dir:
+        dirs.append(("--models-dir", Path(models_dir).expanduser()))
+    env = os.environ.get(ENV_MODELS)
+    if env:
+        dirs.append(("$ABTEST_MODELS", Path(env).expanduser()))
+    dirs.append(("cache", cache_models_dir()))
+    return dirs
+
+
+def _looks_like_path(s: str) -> bool:
+    return os.sep in s or "/" in s or s.endswith(".gguf") or s.startswith("~")
+
+
+def resolve_model(
+    name_or_path: str,
+    models_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> ModelRef:
+    """A model name or a GGUF path -> ModelRef. Synthesises missing synthetic presets (may take minutes
+    for the big ones; progress(bytes_done, bytes_total) reports it). Prints nothing."""
+    if _looks_like_path(name_or_path) or (name_or_path not in CATALOG and Path(name_or_path).is_file()):
+        p = Path(name_or_path).expanduser()
+        if not p.is_file():
+            raise ModelNotFound(
+                f"model file {p} not found; check the path, or use a name from `abtest model list`"
+            )
+        st = p.stat()
+        known = next((e for e in CATALOG.values() if e.file_name == p.name), None)
+        return ModelRef(
+            name=known.name if known else p.stem, path=p.resolve(), size_bytes=st.st_size,
+            sha256=cached_sha256(p), expected_sha256=known.sha256 if known else None, found_via="path",
+        )
+
+    entry = get_entry(name_or_path)
+    dirs = search_dirs(models_dir)
+    for label, d in dirs:
+        p = d / entry.file_name
+        if p.is_file():
+            return ModelRef(
+                name=entry.name, path=p.resolve(), size_bytes=p.stat().st_size, sha256=cached_sha256(p),
+                expected_sha256=entry.sha256, found_via=label,
+            )
+    if entry.synth_preset:
+        dest = cache_models_dir()
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the model cache {dest} ({exc.strerror}); set $ABTEST_CACHE to a writable directory") from None
+        res = synth.write_synth(dest / entry.file_name, entry.synth_preset, "q4_0", 0, progress=progress)
+        remember_sha256(res.path, res.sha256)
+        return ModelRef(
+            name=entry.name, path=res.path.resolve(), size_bytes=res.size_bytes, sha256=res.sha256,
+            expected_sha256=entry.sha256, found_via="synthesised",
+        )
+    looked = ", ".join(str(d / entry.file_name) for _, d in dirs)
+    raise ModelNotFound(
+        f"model {entry.name!r} not found (looked in: {looked}); fetch it with: {entry.fetch_command(cache_models_dir())}"
+    )
+
+
+def verify_sha256(ref: ModelRef, rehash: bool = False) -> str:
+    """Hash the file (cached) and compare with the published digest, if any. Returns the digest."""
+    digest = sha256_file(ref.path, rehash=rehash)
+    if ref.expected_sha256 and digest != ref.expected_sha256:
+        raise ConfigError(
+            f"{ref.path}: SHA256 {digest[:16]}… differs from the published {ref.expected_sha256[:16]}…; "
+            "the file is corrupt or a different build: re-download it"
+        )
+    return digest
+
+
+# --- SHA256 with a stat-keyed cache -------------------------------------------------------------
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _cache_path() -> Path:
+    return cache_root() / HASH_CACHE_FILE
+
+
+def _load_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_path().read_text())
+        if isinstance(data, dict) and isinstance(data.get("entries"), dict):
+            return data
+    except (OSError, ValueError):
+        pass  # a missing or corrupt cache is an empty one
+    return {"version": 1, "entries": {}}
+
+
+def _save_cache(data: dict[str, Any]) -> None:
+    entries = data["entries"]
+    if len(entries) > HASH_CACHE_MAX_ENTRIES:  # drop the oldest
+        for k in sorted(entries, key=lambda k: entries[k].get("hashed_at", 0))[: len(entries) - HASH_CACHE_MAX_ENTRIES]:
+            del entries[k]
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation; failing to write it must not fail a run
+
+
+def cached_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The cached digest of `path` if its (dev, inode, size, mtime_ns) is unchanged; never reads the file."""
+    p = Path(path)
+    try:
+        key = _stat_key(p)
+    except OSError:
+        return None
+    hit = _load_cache()["entries"].get(key)
+    return hit["sha256"] if hit else None
+
+
+def remember_sha256(path: str | os.PathLike[str], digest: str) -> None:
+    """Record a digest computed elsewhere (e.g. while synthesising) for the file as it is now."""
+    p = Path(path)
+    data = _load_cache()
+    data["entries"][_stat_key(p)] = {"sha256": digest, "path": str(p.resolve()), "hashed_at": time.time()}
+    _save_cache(data)
+
+
+def hash_stream(path: str | os.PathLike[str], progress: ProgressFn | None = None, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
+    """SHA256 of a file, read in `chunk_bytes` chunks into one reused buffer (no cache)."""
+    p = Path(path)
+    total = p.stat().st_size
+    h = hashlib.sha256()
+    buf = bytearray(chunk_bytes)
+    mv = memoryview(buf)
+    done = 0
+    with open(p, "rb", buffering=0) as f:
+        while n := f.readinto(buf):  # type: ignore[attr-defined]
+            h.update(mv[:n])
+            done += n
+            if progress is not None:
+                progress(done, total)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str], rehash: bool = False, progress: ProgressFn | None = None) -> str:
+    """SHA256 hex digest of `path`, from the cache unless the file changed or rehash=True."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelNotFound(f"{p} not found (or not a file); check the path")
+    if not rehash:
+        hit = cached_sha256(p)
+        if hit:
+            return hit
+    key_before = _stat_key(p)
+    digest = hash_stream(p, progress=progress)
+    if _stat_key(p) == key_before:  # don't cache a digest of a file that changed while we read it
+        remember_sha256(p, digest)
+    return digest
