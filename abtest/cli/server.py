@@ -19,7 +19,9 @@ from rich.table import Table
 from .. import provision
 from ..provision import BuildEvent, ServerBinary
 
-err = Console(stderr=True, highlight=False)
+# markup=False: cmake lines and --version text contain "[...]" that rich must not read as markup.
+err = Console(stderr=True, highlight=False, markup=False)
+out = Console(highlight=False, markup=False)
 
 
 @click.group()
@@ -135,7 +137,7 @@ def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> Non
         native = "on" if bi.ggml_native else "off"
         arch = f", CUDA arch {bi.cuda_arch}" if bi.cuda_arch else ""
         t.add_row("GGML_NATIVE", native + arch)
-    Console(highlight=False).print(t)
+    out.print(t)
 
 
 @server.command("list")
@@ -151,7 +153,7 @@ def list_cmd() -> None:
         t.add_column(col)
     for b in builds:
         t.add_row(b.build_id, b.backend, b.built_at, _dur(b.build_seconds), b.source)
-    Console(highlight=False).print(t)
+    out.print(t)
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -188,11 +190,11 @@ class _ProgressView:
     def __enter__(self) -> _ProgressView:
         if self.live:
             self._progress = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 TextColumn("{task.percentage:>3.0f}%"),
                 TimeElapsedColumn(),
-                TextColumn("[dim]{task.fields[line]}"),
+                TextColumn("{task.fields[line]}", style="dim", markup=False),
                 console=err,
                 transient=False,
             )
