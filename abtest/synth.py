@@ -490,7 +490,7 @@ def write_synth(
         done = header_len + _pad(header_len)
         for s in specs:
             for chunk in tensor_chunks(s, seed):
-                mv = memoryview(np.ascontiguousarray(chunk)).cast("B")
+                mv = memoryview(np.ascontiguousarray(chunk)).cast("B")  # type: ignore[arg-type]
                 put(mv)
                 done += mv.nbytes
                 if progress is not None:

@@ -57,7 +57,7 @@ def test_progress_reports_bytes_up_to_the_file_size(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     res = synth.write_synth(tmp_path / "p.gguf", "tiny-moe", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (res.size_bytes, res.size_bytes)
-    assert all(d1 <= d2 for (d1, _), (d2, _) in zip(seen, seen[1:]))
+    assert all(d1 <= d2 for (d1, _), (d2, _) in zip(seen, seen[1:], strict=False))
 
 
 def test_no_temp_file_left_and_bad_out_dir_is_a_config_error(tiny: synth.SynthResult, tmp_path: Path) -> None:

@@ -1,0 +1,158 @@
+"""abtest.catalog: name resolution order, synth-on-first-use, cached SHA256; `abtest model` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from abtest import catalog, synth
+from abtest.cli import cli
+from abtest.errors import ModelNotFound
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ABTEST_CACHE", str(cache))
+    monkeypatch.delenv("ABTEST_MODELS", raising=False)
+    return cache
+
+
+def _fake_model(d: Path, name: str, content: bytes = b"GGUF fake") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / catalog.CATALOG[name].file_name
+    p.write_bytes(content)
+    return p
+
+
+def test_catalog_lists_the_known_names_and_cites_every_hash() -> None:
+    names = set(catalog.CATALOG)
+    assert {"gpt-oss-20b", "qwen3-30b-a3b", "phi-3.5-moe", "deepseek-v2-lite", "tiny-moe"} <= names
+    assert {"gpt-oss-20b-like", "qwen3-30b-a3b-like", "dense-small"} <= names
+    for e in catalog.catalog_entries():
+        assert (e.sha256 is None) == (e.sha256_source is None), e.name  # no uncited hashes
+        assert e.hf_repo or e.synth_preset, e.name
+
+
+def test_a_path_is_used_as_is(tmp_path: Path) -> None:
+    p = tmp_path / "m.gguf"
+    p.write_bytes(b"GGUF")
+    ref = catalog.resolve_model(str(p))
+    assert ref.path == p.resolve() and ref.size_bytes == 4 and ref.found_via == "path" and ref.name == "m"
+    with pytest.raises(ModelNotFound, match="not found; check the path"):
+        catalog.resolve_model(str(tmp_path / "absent.gguf"))
+
+
+def test_name_resolution_order(tmp_path: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cached = _fake_model(isolated_cache / "models", "gpt-oss-20b")
+    assert catalog.resolve_model("gpt-oss-20b").path == cached.resolve()
+    env_dir = tmp_path / "env"
+    monkeypatch.setenv("ABTEST_MODELS", str(env_dir))
+    from_env = _fake_model(env_dir, "gpt-oss-20b")
+    ref = catalog.resolve_model("gpt-oss-20b")
+    assert ref.path == from_env.resolve() and ref.found_via == "$ABTEST_MODELS"
+    flag = _fake_model(tmp_path / "flag", "gpt-oss-20b")
+    ref = catalog.resolve_model("gpt-oss-20b", models_dir=tmp_path / "flag")
+    assert ref.path == flag.resolve() and ref.found_via == "--models-dir"
+
+
+def test_missing_download_names_where_it_looked_and_how_to_fetch(tmp_path: Path, isolated_cache: Path) -> None:
+    with pytest.raises(ModelNotFound) as e:
+        catalog.resolve_model("gpt-oss-20b", models_dir=tmp_path / "mine")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(tmp_path / "mine" / "gpt-oss-20b-mxfp4.gguf") in msg
+    assert str(isolated_cache / "models" / "gpt-oss-20b-mxfp4.gguf") in msg
+    assert f"huggingface-cli download ggml-org/gpt-oss-20b-GGUF gpt-oss-20b-mxfp4.gguf --local-dir {isolated_cache / 'models'}" in msg
+
+
+def test_unknown_name_lists_known_ones() -> None:
+    with pytest.raises(ModelNotFound, match="unknown model name 'llama-9000'.*tiny-moe"):
+        catalog.resolve_model("llama-9000")
+
+
+def test_tiny_moe_is_synthesised_into_the_cache_once(isolated_cache: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    ref = catalog.resolve_model("tiny-moe", progress=lambda d, t: calls.append((d, t)))
+    assert ref.found_via == "synthesised" and calls
+    assert ref.path == (isolated_cache / "models" / "tiny-moe-q4_0-seed0.gguf").resolve()
+    assert ref.sha256 == hashlib.sha256(ref.path.read_bytes()).hexdigest()
+    again = catalog.resolve_model("tiny-moe", progress=lambda d, t: pytest.fail("synthesised twice"))
+    assert again.found_via == "cache" and again.sha256 == ref.sha256  # digest known from the hash cache
+
+
+def test_sha256_file_streams_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "blob.bin"
+    data = os.urandom(3 * catalog.HASH_CHUNK_BYTES + 12345)
+    p.write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    seen: list[int] = []
+    assert catalog.sha256_file(p, progress=lambda d, t: seen.append(d)) == want
+    assert seen[-1] == len(data) and len(seen) == 4
+
+    def boom(*a: object, **k: object) -> str:
+        raise AssertionError("read the file despite a cache hit")
+
+    monkeypatch.setattr(catalog, "hash_stream", boom)
+    assert catalog.sha256_file(p) == want  # cache hit: no read
+    with pytest.raises(AssertionError, match="despite"):
+        catalog.sha256_file(p, rehash=True)  # --rehash forces a read
+
+
+def test_rehash_and_changed_files_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "blob.bin"
+    p.write_bytes(b"one")
+    assert catalog.sha256_file(p) == hashlib.sha256(b"one").hexdigest()
+    reads: list[Path] = []
+    real = catalog.hash_stream
+    monkeypatch.setattr(catalog, "hash_stream", lambda path, **k: reads.append(Path(path)) or real(path, **k))
+    p.write_bytes(b"two")  # new size and mtime: a new key
+    os.utime(p, ns=(1, 1))
+    assert catalog.sha256_file(p) == hashlib.sha256(b"two").hexdigest()
+    assert catalog.sha256_file(p, rehash=True) == hashlib.sha256(b"two").hexdigest()
+    assert len(reads) == 2
+
+
+def test_corrupt_hash_cache_is_ignored(tmp_path: Path, isolated_cache: Path) -> None:
+    isolated_cache.mkdir(parents=True)
+    (isolated_cache / catalog.HASH_CACHE_FILE).write_text("{not json")
+    p = tmp_path / "x"
+    p.write_bytes(b"x")
+    assert catalog.sha256_file(p) == hashlib.sha256(b"x").hexdigest()
+    assert json.loads((isolated_cache / catalog.HASH_CACHE_FILE).read_text())["entries"]
+
+
+def test_sha256_file_missing_is_model_not_found(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound):
+        catalog.sha256_file(tmp_path / "nope")
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_synth_hash_info_list(tmp_path: Path) -> None:
+    r = CliRunner()
+    res = r.invoke(cli, ["model", "synth", str(tmp_path), "--preset", "tiny-moe"])
+    assert res.exit_code == 0, res.output
+    out_file = tmp_path / synth.synth_file_name("tiny-moe")
+    digest = hashlib.sha256(out_file.read_bytes()).hexdigest()
+    assert f"{digest}  {out_file}" in res.output
+    res = r.invoke(cli, ["model", "hash", str(out_file), "--rehash"])
+    assert res.exit_code == 0 and res.output.strip() == f"{digest}  {out_file}"
+    res = r.invoke(cli, ["model", "info", str(out_file), "--json", "--n-cpu-moe", "2"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["n_expert"] == 8 and info["gpu_weight_bytes"] < info["tensor_bytes"]
+    res = r.invoke(cli, ["model", "list", "--json"])
+    assert {e["name"] for e in json.loads(res.output)} == set(catalog.CATALOG)
+
+
+@pytest.mark.parametrize("sub", ["list", "synth", "hash", "info"])
+def test_every_subcommand_help_has_an_example(sub: str) -> None:
+    res = CliRunner().invoke(cli, ["model", sub, "--help"])
+    assert res.exit_code == 0 and "Examples:" in res.output and f"abtest model {sub}" in res.output
