@@ -1,0 +1,105 @@
+"""Synthetic GGUFs load in the real llama-server and generate varied (noise) tokens.
+
+Needs a llama-server binary: $ABTEST_LLAMA_SERVER, else /tmp/lbuild/bin/llama-server. Without
+one this fails (never skips): build one with `abtest server install --cpu`.
+Self-contained on purpose (stdlib HTTP, own process handling): it tests synth, not abtest.server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from abtest import synth
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_SERVER = Path("/tmp/lbuild/bin/llama-server")
+HEALTH_TIMEOUT_S = 120.0
+
+
+def _server_bin() -> Path:
+    env = os.environ.get("ABTEST_LLAMA_SERVER")
+    if env:
+        p = Path(env)
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            pytest.fail(f"$ABTEST_LLAMA_SERVER={env} is not an executable file")
+        return p
+    if DEFAULT_SERVER.is_file():
+        return DEFAULT_SERVER
+    pytest.fail(
+        f"no llama-server: set $ABTEST_LLAMA_SERVER or build one at {DEFAULT_SERVER} "
+        "(abtest server install --cpu)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code  # 503 while loading
+    except OSError:
+        return None  # not listening yet
+
+
+def _post_json(url: str, body: dict[str, object], timeout: float = 120) -> dict[str, object]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["tiny-moe", "dense-small"])
+def test_synthetic_model_generates_varied_tokens(preset: str, tmp_path: Path) -> None:
+    server = _server_bin()
+    model = synth.write_synth(tmp_path / f"{preset}.gguf", preset).path
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "512", "-ngl", "0", "-t", "2"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group, killed below
+        )
+        try:
+            deadline = time.monotonic() + HEALTH_TIMEOUT_S
+            while _get_status(f"{base}/health") != 200:
+                if proc.poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    pytest.fail(f"llama-server exited with {proc.returncode} loading {preset}:\n{tail}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"llama-server not healthy after {HEALTH_TIMEOUT_S}s; log: {log_path}")
+                time.sleep(0.2)
+            res = _post_json(f"{base}/completion", {
+                "prompt": "hello", "n_predict": 16, "temperature": 0, "ignore_eos": True,
+                "cache_prompt": False, "return_tokens": True,
+            })
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert res["tokens_predicted"] == 16
+    tokens = res["tokens"]
+    assert isinstance(tokens, list) and len(tokens) == 16
+    assert len(set(tokens)) > 1, f"all 16 tokens identical ({tokens[0]}): scales or model numerically degenerate"
+    assert all(0 <= t < synth.PRESETS[preset].n_vocab for t in tokens)
