@@ -580,7 +580,7 @@ def build_report(
         if b is None:
             continue
         comparisons += _compare(g, b, bucket_stats, seed=seed, resamples=resamples)
-    memory = [_memory_row(g) for g in groups]
+    memory = [memory_row(g) for g in groups]
     equivalence = [_equivalence(g, b) for g, b in pairs if b is not None]
     cost = _cost_rows(groups, memory, gpu_hour_cost)
     findings += _findings(groups, bucket_stats, comparisons)
@@ -684,7 +684,7 @@ def _nanmax(values: Iterable[float | None]) -> float:
     return max(a) if a else math.nan
 
 
-def _memory_row(g: ArmGroup) -> MemoryRow:
+def memory_row(g: ArmGroup) -> MemoryRow:
     after, peak, dev, anon, filem, series = [], [], [], [], [], []
     n_samples = 0
     breakdown: dict[str, Any] = {}
@@ -779,19 +779,37 @@ def _equivalence(g: ArmGroup, b: ArmGroup) -> Equivalence:
     return Equivalence(g.label, b.label, pairs, identical, "+".join(sorted(used)) or "-", greedy, divs)
 
 
+def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals (seconds in, seconds out)."""
+    total = 0.0
+    cur_start = cur_end = None
+    for a, b in sorted(intervals):
+        if cur_end is None or a > cur_end:
+            if cur_end is not None and cur_start is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = a, b
+        else:
+            cur_end = max(cur_end, b)
+    if cur_end is not None and cur_start is not None:
+        total += cur_end - cur_start
+    return total
+
+
 def aggregate_tokens_per_s(g: ArmGroup, concurrency: int) -> float:
-    """Completion tokens of the measured ok requests over the wall span of all measured requests
-    (first send to last end), summed per file: the throughput a client saw at this concurrency."""
+    """Completion tokens of the measured ok requests over the time at least one measured request
+    of this arm was in flight (union of send -> end intervals, per file).
+
+    At concurrency 1 this is tokens over the sum of end-to-end times, prefill included; at
+    concurrency N it is the server's aggregate output rate; with an interleaved schedule the other
+    arm's turns are not counted against this one.
+    """
     tokens = 0
-    span_s = 0.0
+    busy = 0.0
     for run in g.runs:
-        reqs = [r for r in run.measured if r.concurrency == concurrency]
-        ends = [r.t_send_ns + r.e2e_ms * 1e6 for r in reqs if r.e2e_ms is not None]
-        if not reqs or not ends:
-            continue
-        span_s += (max(ends) - min(r.t_send_ns for r in reqs)) / 1e9
+        reqs = [r for r in run.measured if r.concurrency == concurrency and r.e2e_ms is not None]
+        busy += busy_seconds((r.t_send_ns / 1e9, r.t_send_ns / 1e9 + (r.e2e_ms or 0.0) / 1e3) for r in reqs)
         tokens += sum(r.completion_tokens for r in reqs if r.ok)
-    return tokens / span_s if span_s > 0 else math.nan
+    return tokens / busy if busy > 0 else math.nan
 
 
 def _num_or_none(v: Any) -> float | None:
@@ -1223,7 +1241,7 @@ def sections(report: Report) -> list[Section]:
     headers.append("Cost/1M tokens")
     cost_sec = Section("Cost", paragraphs=[
         f"Tokens/sec is the aggregate output throughput at the concurrency measured (completion tokens over "
-        f"the wall time of the measured requests, prefill included); First Token is the median TTFT; VRAM "
+        f"the time the arm had requests in flight, prefill included); First Token is the median TTFT; VRAM "
         f"is the peak of the server process in decimal GB; cost at ${report.gpu_hour_cost:.2f} per GPU-hour."],
         tables=[Table("", headers, rows, right=set(range(1, len(headers))))])
     if report.cost:

@@ -219,12 +219,14 @@ def _vram_dict(arm: Arm, t_ms: float, vram: float | None, clock: int, temp: int)
 
 def _breakdown(arm: Arm) -> dict:
     gpu_model = (arm.vram_mib or 0.0) - 700.0
+    # the shape abtest.serverlog.parse_memory_breakdown returns
     return {
-        "offloaded_layers": "25/25",
         "buffers": {
             "CUDA0": {"model_mib": max(gpu_model, 0.0), "kv_mib": 192.0, "compute_mib": 398.0},
             "CPU_Mapped": {"model_mib": 11223.6 - max(gpu_model, 0.0)},
         },
+        "offloaded_layers": 25,
+        "total_layers": 25,
     }
 
 

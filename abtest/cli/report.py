@@ -1,10 +1,119 @@
-"""`abtest report` (placeholder until its module is written)."""
+"""`abtest report`: evidence files in, tables, verdict and plots out; `--history` for the nightly gate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+from rich.console import Console
+
+from .. import history as hist
+from .. import report as rep
+from ..errors import ConfigError
+
+EPILOG = """\b
+Examples:
+  abtest report evidence/run-2026-11-20.jsonl
+  abtest report evidence/ --baseline baseline --format markdown > report.md
+  abtest report evidence/*.jsonl --out out/ --gpu-hour-cost 2.10
+  abtest report --history evidence/nightly --format markdown --out out/trends
+
+\b
+With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; the last night is
+gated against the median of the nights before it and the command exits 1 on a regression.
+"""
+
+FORMATS = ["terminal", "markdown", "csv", "json"]
 
 
-@click.group()
-def report() -> None:
-    """Not yet written."""
+@click.command(epilog=EPILOG)
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--history", "history_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Nightly mode: a directory of YYYY-MM-DD/ evidence folders; exits 1 on a regression.")
+@click.option("--baseline", metavar="NAME",
+              help="Arm the others are compared with (default: an arm named baseline, else the config's first).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="terminal", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write report.md, report.json, report.csv and PNG plots to this directory.")
+@click.option("--gpu-hour-cost", type=click.FloatRange(min=0), default=rep.DEFAULT_GPU_HOUR_COST, show_default=True,
+              help="USD per GPU-hour for the cost columns.")
+@click.option("--allow-mixed-models", is_flag=True,
+              help="Show files whose model SHA256 differs for one model name side by side instead of refusing.")
+@click.option("--decode-threshold", type=click.FloatRange(min=0), default=hist.Thresholds.decode_pct,
+              show_default=True, help="History: % decode tok/s drop that counts as a regression.")
+@click.option("--ttft-threshold", type=click.FloatRange(min=0), default=hist.Thresholds.ttft_pct,
+              show_default=True, help="History: % TTFT rise that counts as a regression.")
+@click.option("--vram-threshold", type=click.FloatRange(min=0), default=hist.Thresholds.vram_pct,
+              show_default=True, help="History: % VRAM rise that counts (together with --vram-floor-mib).")
+@click.option("--vram-floor-mib", type=click.FloatRange(min=0), default=hist.Thresholds.vram_mib,
+              show_default=True, help="History: VRAM rise in MiB that must also be exceeded.")
+@click.option("--alpha", type=click.FloatRange(min=0, max=0.5, min_open=True), default=hist.Thresholds.alpha,
+              show_default=True, help="History: one-sided significance level of the gate's tests.")
+@click.option("--window", type=click.IntRange(min=2), default=hist.Thresholds.window, show_default=True,
+              help="History: trailing nights in the reference median.")
+@click.option("--min-nights", type=click.IntRange(min=2), default=hist.Thresholds.min_nights, show_default=True,
+              help="History: fewer trailing nights than this give no verdict.")
+def report(
+    files: tuple[Path, ...],
+    history_dir: Path | None,
+    baseline: str | None,
+    fmt: str,
+    out_dir: Path | None,
+    gpu_hour_cost: float,
+    allow_mixed_models: bool,
+    decode_threshold: float,
+    ttft_threshold: float,
+    vram_threshold: float,
+    vram_floor_mib: float,
+    alpha: float,
+    window: int,
+    min_nights: int,
+) -> None:
+    """Turn evidence files into tables, a verdict and plots (or gate tonight with --history).
+
+    FILES are evidence JSONL files or directories of them. Per bucket and arm: mean ± σ, median
+    and p95 of TTFT, ITL, decode tok/s and end-to-end time; deltas against the baseline with 95 %
+    confidence intervals and p-values; VRAM and host memory; output equivalence; cost per 1M tokens.
+    """
+    out = Console(highlight=False, soft_wrap=False)
+    if history_dir is not None:
+        if files:
+            raise click.UsageError("pass evidence FILES or --history DIR, not both")
+        th = hist.Thresholds(decode_pct=decode_threshold, ttft_pct=ttft_threshold, vram_pct=vram_threshold,
+                             vram_mib=vram_floor_mib, alpha=alpha, window=window, min_nights=min_nights)
+        result = hist.evaluate_history(hist.load_history(history_dir), th)
+        if out_dir is not None:
+            from .. import plots
+
+            _write(out_dir / "history.md", hist.history_markdown(result))
+            _write(out_dir / "history.json", hist.render_history(result, "json"))
+            plots.write_history_plots(result, out_dir)
+        if fmt == "terminal":
+            out.print(hist.history_terminal(result))
+        else:
+            click.echo(hist.render_history(result, fmt), nl=False)
+        hist.raise_for_regressions(result)
+        return
+    if not files:
+        raise click.UsageError("no evidence given: pass FILES (e.g. evidence/*.jsonl) or --history DIR")
+    data = rep.build_report(rep.load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
+                            allow_mixed_models=allow_mixed_models)
+    if out_dir is not None:
+        from .. import plots
+
+        _write(out_dir / "report.md", rep.render_markdown(data))
+        _write(out_dir / "report.json", rep.render(data, "json"))
+        _write(out_dir / "report.csv", rep.render_csv(data))
+        plots.write_report_plots(data, out_dir)
+    if fmt == "terminal":
+        out.print(rep.terminal_renderable(data))
+    else:
+        click.echo(rep.render(data, fmt), nl=False)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror}) — pass another --out") from exc

@@ -1,0 +1,541 @@
+"""`abtest report --history DIR`: tonight against the trailing nights, and a regression gate.
+
+DIR holds one sub-directory per night, named YYYY-MM-DD, of evidence files. Per arm and metric:
+
+* nightly value   — decode tok/s and TTFT: the median over that night's measured requests;
+                    VRAM: the peak of the server process (MiB).
+* reference       — the median of the nightly values of the last `window` nights before tonight
+                    (7 by default; at least `min_nights` are needed, else no verdict).
+* regression      — a change in the bad direction that is BOTH beyond the threshold AND
+                    statistically significant (see `gate_samples`, `gate_values`).
+
+Why both tests: requests of one night share that night's conditions (thermal state, background
+load, a driver's mood), so nights differ by more than request noise explains. A request-level test
+alone (tonight's requests vs the window's) would flag such ordinary night-to-night moves; a
+prediction bound from the trailing *nightly* values measures exactly that spread; and the
+threshold keeps the alarm to changes large enough to matter. docs/report.md has the measured
+false-alarm and detection rates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, stats
+from .errors import ConfigError, RegressionFound
+from .evidence import read_evidence
+from .report import ArmRun, arm_runs, build_id, fmt_num, fmt_pct, gpu_label, group_runs, memory_row
+
+NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What counts as a regression (all settable from the CLI)."""
+
+    decode_pct: float = 5.0  # decode tok/s down by more than this %
+    ttft_pct: float = 5.0  # TTFT up by more than this %
+    vram_pct: float = 2.0  # VRAM up by more than this % ...
+    vram_mib: float = 64.0  # ... and by more than this many MiB
+    alpha: float = 0.01  # one-sided significance level of each test
+    window: int = 7  # trailing nights in the reference
+    min_nights: int = 3  # fewer trailing nights than this: no verdict
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("decode_tps", "decode", "tok/s", True),
+    MetricSpec("ttft_ms", "TTFT", "ms", False),
+    MetricSpec("vram_peak_mib", "VRAM peak", "MiB", False),
+)
+_SPEC = {m.key: m for m in METRICS}
+
+
+# --------------------------------------------------------------------------------------------------
+# The gate (pure; the 200-seed tests call these directly)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    value: float  # tonight's nightly value
+    reference: float  # median of the trailing nightly values
+    change: float  # value / reference - 1
+    p_value: float  # request-level one-sided Mann-Whitney (nan for single-valued metrics)
+    bound: float  # one-sided (1-α) prediction bound from the trailing nightly values
+    beyond_threshold: bool
+    significant: bool
+    regression: bool
+    improvement: bool
+
+
+def gate_samples(
+    tonight: Sequence[float] | np.ndarray,
+    window: Sequence[Sequence[float] | np.ndarray],
+    *,
+    higher_is_better: bool,
+    threshold_pct: float,
+    alpha: float = 0.01,
+) -> GateResult:
+    """Gate a per-request metric: tonight's requests against the trailing nights' requests.
+
+    Regression when all three hold, in the bad direction:
+      1. the median moved beyond `threshold_pct` % from the median of the nightly medians;
+      2. a one-sided Mann-Whitney test of tonight's requests vs the pooled window's has p < α;
+      3. tonight's median lies beyond the one-sided (1-α) prediction bound of the nightly medians
+         (mean ± t·s·sqrt(1 + 1/n)), which carries the night-to-night spread.
+    An improvement is the mirror image (reported, never an alarm).
+    """
+    t = np.asarray(tonight, dtype=float)
+    t = t[np.isfinite(t)]
+    nights = [np.asarray(w, dtype=float) for w in window]
+    nights = [w[np.isfinite(w)] for w in nights]
+    nights = [w for w in nights if w.size]
+    meds = np.array([np.median(w) for w in nights])
+    if t.size == 0 or meds.size == 0:
+        nan = math.nan
+        return GateResult(nan, nan, nan, nan, nan, False, False, False, False)
+    value = float(np.median(t))
+    ref = float(np.median(meds))
+    change = value / ref - 1 if ref else math.nan
+    pooled = np.concatenate(nights)
+    thr = threshold_pct / 100.0
+    # bad direction first
+    bad_alt, good_alt = ("less", "greater") if higher_is_better else ("greater", "less")
+    p_bad = stats.mann_whitney(t, pooled, alternative=bad_alt).p_value
+    lo = stats.prediction_bound(meds, alpha=alpha, upper=False)
+    hi = stats.prediction_bound(meds, alpha=alpha, upper=True)
+    if higher_is_better:
+        beyond_bad, beyond_good = change < -thr, change > thr
+        out_bad, out_good = value < lo, value > hi
+        bound = lo
+    else:
+        beyond_bad, beyond_good = change > thr, change < -thr
+        out_bad, out_good = value > hi, value < lo
+        bound = hi
+    sig_bad = bool(p_bad < alpha and out_bad)
+    # the improvement test only where it can matter (it costs a second rank test)
+    sig_good = bool(beyond_good and out_good and stats.mann_whitney(t, pooled, alternative=good_alt).p_value < alpha)
+    return GateResult(
+        value=value, reference=ref, change=change, p_value=p_bad, bound=bound,
+        beyond_threshold=bool(beyond_bad), significant=sig_bad,
+        regression=bool(beyond_bad and sig_bad), improvement=bool(beyond_good and sig_good),
+    )
+
+
+def gate_values(
+    tonight: float,
+    window: Sequence[float],
+    *,
+    threshold_pct: float,
+    floor_abs: float = 0.0,
+    alpha: float = 0.01,
+) -> GateResult:
+    """Gate a once-per-night metric where up is bad (peak VRAM).
+
+    Regression when tonight is above the median of the window by more than `threshold_pct` % AND
+    by more than `floor_abs` (VRAM barely varies, so a relative threshold alone would fire on a few
+    MiB), AND above the one-sided (1-α) prediction bound of the window (which is the window's value
+    itself when VRAM never moved).
+    """
+    w = np.asarray([v for v in window if v is not None and math.isfinite(v)], dtype=float)
+    if tonight is None or not math.isfinite(tonight) or w.size == 0:
+        nan = math.nan
+        return GateResult(nan, nan, nan, nan, nan, False, False, False, False)
+    ref = float(np.median(w))
+    change = tonight / ref - 1 if ref else math.nan
+    diff = tonight - ref
+    thr = threshold_pct / 100.0
+    hi = stats.prediction_bound(w, alpha=alpha, upper=True)
+    lo = stats.prediction_bound(w, alpha=alpha, upper=False)
+    if not math.isfinite(hi):  # a single trailing value
+        hi = lo = ref
+    beyond_bad = bool(change > thr and diff > floor_abs)
+    beyond_good = bool(change < -thr and -diff > floor_abs)
+    sig_bad, sig_good = bool(tonight > hi), bool(tonight < lo)
+    return GateResult(
+        value=float(tonight), reference=ref, change=change, p_value=math.nan, bound=hi,
+        beyond_threshold=beyond_bad, significant=sig_bad,
+        regression=beyond_bad and sig_bad, improvement=beyond_good and sig_good,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Nights on disk
+
+
+@dataclass
+class NightArm:
+    """One arm on one night: the per-request samples and provenance the gate needs."""
+
+    night: str
+    arm: str
+    decode_tps: np.ndarray
+    ttft_ms: np.ndarray
+    vram_peak_mib: float
+    n_failed: int
+    provenance: dict[str, str]
+
+    def samples(self, metric: str) -> np.ndarray:
+        return np.asarray(getattr(self, metric), dtype=float)
+
+    def value(self, metric: str) -> float:
+        if metric == "vram_peak_mib":
+            return self.vram_peak_mib
+        a = self.samples(metric)
+        a = a[np.isfinite(a)]
+        return float(np.median(a)) if a.size else math.nan
+
+
+@dataclass
+class Night:
+    night: str
+    files: list[Path]
+    arms: dict[str, NightArm]
+    problems: list[str] = field(default_factory=list)
+
+
+PROVENANCE_FIELDS = ("model_sha256", "server_build", "driver", "gpu")
+
+
+def _provenance(runs: Sequence[ArmRun]) -> dict[str, str]:
+    def joined(values: Sequence[str]) -> str:
+        return " + ".join(dict.fromkeys(v for v in values if v)) or "?"
+
+    manifests = [r.evidence.manifest for r in runs if r.evidence.manifest]
+    return {
+        "model_sha256": joined([r.identity.model_sha256[:12] for r in runs]),
+        "server_build": joined([build_id(r.start.server_build) for r in runs if r.start]),
+        "driver": joined([str((m.gpu or {}).get("driver") or "") for m in manifests]),
+        "gpu": joined([gpu_label(m.gpu).split(" · driver")[0] for m in manifests]),
+    }
+
+
+def night_from_files(night: str, files: Sequence[Path]) -> Night:
+    """One night's evidence reduced to per-arm samples (files of one arm are pooled)."""
+    evidences = [read_evidence(f) for f in files]
+    problems = [p for ev in evidences for p in ev.problems]
+    problems += [f"{ev.path.name}: partial run (no run_end)" for ev in evidences if ev.partial and ev.manifest]
+    runs = [r for ev in evidences for r in arm_runs(ev)]
+    arms: dict[str, NightArm] = {}
+    for name in dict.fromkeys(r.arm for r in runs):
+        mine = [r for r in runs if r.arm == name]
+        measured = [q for r in mine for q in r.measured]
+        ok = [q for q in measured if q.ok]
+        groups, _ = group_runs(mine)
+        peaks = [memory_row(g).vram_peak_mib for g in groups]
+        peaks = [p for p in peaks if math.isfinite(p)]
+        arms[name] = NightArm(
+            night=night, arm=name,
+            decode_tps=np.array([stats.decode_tps(q) for q in ok], dtype=float),
+            ttft_ms=np.array([stats.ttft_ms(q) for q in ok], dtype=float),
+            vram_peak_mib=max(peaks) if peaks else math.nan,
+            n_failed=len(measured) - len(ok),
+            provenance=_provenance(mine),
+        )
+    return Night(night=night, files=list(files), arms=arms, problems=problems)
+
+
+def load_history(directory: Path | str) -> list[Night]:
+    """Every YYYY-MM-DD sub-directory with evidence files, oldest first."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ConfigError(f"--history {d} is not a directory — pass the folder holding YYYY-MM-DD/ nights")
+    nights = []
+    for sub in sorted(p for p in d.iterdir() if p.is_dir() and NIGHT_DIR.match(p.name)):
+        files = sorted(sub.glob("*.jsonl"))
+        if files:
+            nights.append(night_from_files(sub.name, files))
+    if not nights:
+        raise ConfigError(f"--history {d} holds no YYYY-MM-DD/ sub-directories with *.jsonl evidence files")
+    return nights
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True)
+class ProvenanceChange:
+    night: str
+    arm: str
+    field: str
+    old: str
+    new: str
+
+    def __str__(self) -> str:
+        names = {"model_sha256": "model SHA256", "server_build": "server build", "driver": "driver", "gpu": "GPU"}
+        return f"{names.get(self.field, self.field)} {self.old} → {self.new} ({self.night})"
+
+
+@dataclass
+class Check:
+    """One metric of one arm tonight."""
+
+    arm: str
+    metric: str
+    night: str
+    status: str  # "regression", "improvement", "ok" or "insufficient history"
+    gate: GateResult | None
+    window_nights: list[str]
+    threshold: str
+    causes: list[ProvenanceChange] = field(default_factory=list)
+
+    @property
+    def regression(self) -> bool:
+        return self.status == "regression"
+
+    @property
+    def reference(self) -> float:
+        return self.gate.reference if self.gate else math.nan
+
+
+@dataclass
+class Series:
+    arm: str
+    metric: str
+    nights: list[str]
+    values: np.ndarray
+
+
+@dataclass
+class HistoryResult:
+    tonight: str
+    nights: list[str]
+    thresholds: Thresholds
+    checks: list[Check]
+    changes: list[ProvenanceChange]
+    series: list[Series]
+    metrics: list[str]
+    notes: list[str]
+    abtest_version: str = __version__
+
+    @property
+    def regressions(self) -> list[Check]:
+        return [c for c in self.checks if c.regression]
+
+
+def provenance_changes(nights: Sequence[Night]) -> list[ProvenanceChange]:
+    """Every change of model SHA256, server build, driver or GPU between consecutive nights of an arm."""
+    out = []
+    last: dict[str, dict[str, str]] = {}
+    for n in nights:
+        for arm, na in n.arms.items():
+            prev = last.get(arm)
+            if prev is not None:
+                for f in PROVENANCE_FIELDS:
+                    if prev.get(f) != na.provenance.get(f):
+                        out.append(ProvenanceChange(n.night, arm, f, prev.get(f, "?"), na.provenance.get(f, "?")))
+            last[arm] = na.provenance
+    return out
+
+
+def _threshold_text(metric: str, th: Thresholds) -> str:
+    if metric == "decode_tps":
+        return f"−{th.decode_pct:g} %"
+    if metric == "ttft_ms":
+        return f"+{th.ttft_pct:g} %"
+    return f"+{th.vram_pct:g} % and +{th.vram_mib:g} MiB"
+
+
+def check_night(
+    tonight: NightArm, window: Sequence[NightArm], metric: str, th: Thresholds
+) -> tuple[str, GateResult | None]:
+    """Gate one metric of one arm; ("insufficient history", None) with too few trailing nights."""
+    spec = _SPEC[metric]
+    if len(window) < th.min_nights:
+        return "insufficient history", None
+    if metric == "vram_peak_mib":
+        g = gate_values(tonight.vram_peak_mib, [w.vram_peak_mib for w in window],
+                        threshold_pct=th.vram_pct, floor_abs=th.vram_mib, alpha=th.alpha)
+    else:
+        g = gate_samples(tonight.samples(metric), [w.samples(metric) for w in window],
+                         higher_is_better=spec.higher_is_better,
+                         threshold_pct=th.decode_pct if metric == "decode_tps" else th.ttft_pct, alpha=th.alpha)
+    if not math.isfinite(g.value):
+        return "no data", g
+    return ("regression" if g.regression else "improvement" if g.improvement else "ok"), g
+
+
+def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = None) -> HistoryResult:
+    """Tonight (the last night) against the trailing window, per arm and metric."""
+    th = thresholds or Thresholds()
+    if not nights:
+        raise ConfigError("no nights to evaluate")
+    tonight = nights[-1]
+    changes = provenance_changes(nights)
+    checks: list[Check] = []
+    notes = [f"{tonight.night}: {p}" for p in tonight.problems]
+    arms = list(dict.fromkeys(a for n in nights for a in n.arms))
+    for arm in arms:
+        if arm not in tonight.arms:
+            notes.append(f"{arm}: no evidence tonight ({tonight.night}); last seen "
+                         f"{max(n.night for n in nights if arm in n.arms)}")
+            continue
+        past = [n.arms[arm] for n in nights[:-1] if arm in n.arms][-th.window:]
+        window_nights = [w.night for w in past]
+        if tonight.arms[arm].n_failed:
+            notes.append(f"{arm}: {tonight.arms[arm].n_failed} requests failed tonight")
+        for spec in METRICS:
+            status, g = check_night(tonight.arms[arm], past, spec.key, th)
+            c = Check(arm, spec.key, tonight.night, status, g, window_nights, _threshold_text(spec.key, th))
+            if c.regression:
+                since = window_nights[0] if window_nights else ""
+                c.causes = sorted((ch for ch in changes if ch.arm == arm and since < ch.night <= tonight.night),
+                                  key=lambda ch: ch.night, reverse=True)
+            checks.append(c)
+    series = []
+    night_names = [n.night for n in nights]
+    for arm in arms:
+        for spec in METRICS:
+            vals = np.array([n.arms[arm].value(spec.key) if arm in n.arms else math.nan for n in nights])
+            series.append(Series(arm, spec.key, night_names, vals))
+    return HistoryResult(tonight=tonight.night, nights=night_names, thresholds=th, checks=checks, changes=changes,
+                         series=series, metrics=[m.key for m in METRICS], notes=notes)
+
+
+def raise_for_regressions(result: HistoryResult) -> None:
+    """RegressionFound (exit 1) when tonight regressed; the message is the one-line summary."""
+    regs = result.regressions
+    if regs:
+        raise RegressionFound(f"{len(regs)} regression{'s' if len(regs) != 1 else ''} on {result.tonight}: "
+                              + "; ".join(_one_line(c) for c in regs))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _p(p: float) -> str:
+    if not math.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _one_line(c: Check) -> str:
+    spec = _SPEC[c.metric]
+    g = c.gate
+    assert g is not None
+    text = (f"{c.arm} {spec.label} {fmt_num(g.value)} {spec.unit} vs {fmt_num(g.reference)} "
+            f"({fmt_pct(g.change)}; threshold {c.threshold}")
+    text += f", p {_p(g.p_value)})" if math.isfinite(g.p_value) else ")"
+    if c.causes:
+        text += " — likely cause: " + ", ".join(str(ch) for ch in c.causes)
+    return text
+
+
+def _rows(result: HistoryResult) -> list[list[str]]:
+    rows = []
+    for c in result.checks:
+        spec = _SPEC[c.metric]
+        g = c.gate
+        if g is None:
+            rows.append([c.arm, f"{spec.label} {spec.unit}", "—", "—", "—", "—", c.status])
+            continue
+        rows.append([c.arm, f"{spec.label} {spec.unit}", fmt_num(g.value), fmt_num(g.reference), fmt_pct(g.change),
+                     _p(g.p_value), c.status])
+    return rows
+
+
+HEADERS = ["arm", "metric", "tonight", "trailing median", "change", "p", "status"]
+
+
+def history_markdown(result: HistoryResult) -> str:
+    """A short Markdown summary, fit for a chat notification."""
+    regs = result.regressions
+    n_window = max((len(c.window_nights) for c in result.checks), default=0)
+    head = (f"**abtest nightly {result.tonight}: "
+            + (f"{len(regs)} regression{'s' if len(regs) != 1 else ''}**" if regs else "no regression**")
+            + f" (vs the median of the last {n_window} nights)")
+    lines = [head, ""]
+    for c in regs:
+        lines.append(f"- ❌ {_one_line(c)}")
+    for c in result.checks:
+        if c.status == "improvement":
+            lines.append(f"- ✅ {_one_line(c)}")
+    if not regs:
+        lines.append(f"- thresholds: decode {_threshold_text('decode_tps', result.thresholds)}, TTFT "
+                     f"{_threshold_text('ttft_ms', result.thresholds)}, VRAM {_threshold_text('vram_peak_mib', result.thresholds)}")
+    tonight_changes = [ch for ch in result.changes if ch.night == result.tonight]
+    if tonight_changes and not regs:
+        lines.append("- changed tonight: " + ", ".join(f"{ch.arm}: {ch}" for ch in tonight_changes))
+    for n in result.notes:
+        lines.append(f"- note: {n}")
+    lines += ["", "| " + " | ".join(HEADERS) + " |", "|---|---|---:|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
+    lines += ["", f"_abtest {result.abtest_version} · α = {result.thresholds.alpha:g} · window "
+                  f"{result.thresholds.window} nights_"]
+    return "\n".join(lines) + "\n"
+
+
+def history_terminal(result: HistoryResult) -> Any:
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    md = history_markdown(result).split("\n\n| ")[0]
+    t = Table(box=box.SIMPLE_HEAD)
+    for i, h in enumerate(HEADERS):
+        t.add_column(h, justify="right" if 2 <= i <= 5 else "left")
+    for r in _rows(result):
+        style = {"regression": "bold red", "improvement": "green"}.get(r[-1], "")
+        t.add_row(*r, style=style)
+    return Group(Text(md.replace("**", "")), t)
+
+
+def history_json(result: HistoryResult) -> dict[str, Any]:
+    def num(v: float) -> float | None:
+        return float(v) if v is not None and math.isfinite(v) else None
+
+    return {
+        "abtest_version": result.abtest_version,
+        "tonight": result.tonight,
+        "nights": result.nights,
+        "thresholds": vars(result.thresholds),
+        "regressions": len(result.regressions),
+        "checks": [
+            {"arm": c.arm, "metric": c.metric, "status": c.status, "window_nights": c.window_nights,
+             "threshold": c.threshold, "causes": [vars(ch) for ch in c.causes],
+             **({k: (num(v) if isinstance(v, float) else v) for k, v in vars(c.gate).items()} if c.gate else {})}
+            for c in result.checks
+        ],
+        "provenance_changes": [vars(ch) for ch in result.changes],
+        "series": [{"arm": s.arm, "metric": s.metric, "values": [num(v) for v in s.values]} for s in result.series],
+        "notes": result.notes,
+    }
+
+
+def render_history(result: HistoryResult, fmt: str) -> str:
+    if fmt == "markdown":
+        return history_markdown(result)
+    if fmt == "json":
+        return json.dumps(history_json(result), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["night", "arm", "metric", "tonight", "reference", "change", "p_value", "status", "causes"])
+        for c in result.checks:
+            g = c.gate
+            w.writerow([c.night, c.arm, c.metric, g.value if g else "", g.reference if g else "",
+                        g.change if g else "", g.p_value if g and math.isfinite(g.p_value) else "", c.status,
+                        "; ".join(str(ch) for ch in c.causes)])
+        return buf.getvalue()
+    raise ConfigError(f"unknown report format {fmt!r}; choose terminal, markdown, csv or json")

@@ -1,0 +1,178 @@
+"""PNG figures for `abtest report --out DIR`, drawn from a built `Report` (or `HistoryResult`) only.
+
+Figures are drawn on matplotlib's Agg canvas through `matplotlib.figure.Figure`, never through
+pyplot, so importing this module changes no global backend and no window ever opens.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .history import HistoryResult
+    from .report import Report
+
+DPI = 110
+
+
+def _out_dir(out: Path | str) -> Path:
+    d = Path(out)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create --out directory {d} ({exc.strerror}) — pass a directory you can write") from exc
+    return d
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    try:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror}) — pass another --out") from exc
+    return path
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def write_report_plots(report: Report, out: Path | str) -> list[Path]:
+    """Distributions of TTFT and decode tok/s per bucket and arm, VRAM over time per arm, and the
+    memory breakdown per arm. Returns the files written."""
+    d = _out_dir(out)
+    paths = [
+        _distribution(report, "ttft_ms", "TTFT (ms)", d / "ttft_ms.png"),
+        _distribution(report, "decode_tps", "decode (tok/s)", d / "decode_tps.png"),
+        _vram_over_time(report, d / "vram_over_time.png"),
+        _memory_breakdown(report, d / "memory_breakdown.png"),
+    ]
+    return [p for p in paths if p is not None]
+
+
+def _distribution(report: Report, key: str, ylabel: str, path: Path) -> Path | None:
+    buckets = [b for b in dict.fromkeys(s.bucket for s in report.buckets) if not b.startswith("all")]
+    buckets = buckets or list(dict.fromkeys(s.bucket for s in report.buckets))
+    if not buckets:
+        return None
+    fig = Figure(figsize=(max(4.0, 3.2 * len(buckets)), 4.2))
+    axes = fig.subplots(1, len(buckets), squeeze=False)[0]
+    rng = np.random.default_rng(0)  # jitter only
+    for ax, bucket in zip(axes, buckets, strict=True):
+        rows = [s for s in report.buckets if s.bucket == bucket]
+        data = [s.samples[key][np.isfinite(s.samples[key])] for s in rows]
+        labels = [s.group for s in rows]
+        present = [(lab, v) for lab, v in zip(labels, data, strict=True) if v.size]
+        if not present:
+            ax.set_title(f"{bucket} (no data)")
+            continue
+        ax.boxplot([v for _, v in present], showfliers=False, widths=0.5)
+        for i, (_, v) in enumerate(present, 1):
+            ax.plot(i + rng.uniform(-0.12, 0.12, v.size), v, "o", ms=3, alpha=0.6)
+        ax.set_xticks(range(1, len(present) + 1), [lab for lab, _ in present], rotation=15)
+        meds = [float(np.median(v)) for _, v in present]
+        if min(meds) > 0 and max(meds) / min(meds) > 20:
+            ax.set_yscale("log")
+        ax.set_title(bucket)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{ylabel} per request, by bucket and arm")
+    return _save(fig, path)
+
+
+def _vram_over_time(report: Report, path: Path) -> Path | None:
+    if not any(len(t) for m in report.memory for t, _ in m.series):
+        return None
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    for m in report.memory:
+        for i, (t, v) in enumerate(m.series):
+            if not t:
+                continue
+            label = m.group if len(m.series) == 1 else f"{m.group} #{i + 1}"
+            ax.plot(np.asarray(t) / 1000.0, np.asarray(v) / 1024.0, label=label, lw=1.2)
+    ax.set_xlabel("seconds since the server was spawned")
+    ax.set_ylabel("VRAM of the server process (GiB)")
+    ax.set_title("VRAM over time per arm")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _memory_breakdown(report: Report, path: Path) -> Path | None:
+    """Stacked bars of llama-server's buffers (model / KV / compute / output) per device and arm;
+    falls back to VRAM and host RSS when no arm has a parsed breakdown."""
+    rows: list[tuple[str, dict[str, float]]] = []
+    for m in report.memory:
+        buffers = m.breakdown.get("buffers") if isinstance(m.breakdown, dict) else None
+        if isinstance(buffers, dict) and buffers:
+            for dev, kinds in buffers.items():
+                if isinstance(kinds, dict):
+                    rows.append((f"{m.group} · {dev}", {k: float(v) for k, v in kinds.items()
+                                                        if isinstance(v, (int, float))}))
+    if not rows:
+        for m in report.memory:
+            vals = {"VRAM peak": m.vram_peak_mib, "RSS anon": m.rss_anon_peak_mib, "RSS file": m.rss_file_peak_mib}
+            rows.append((m.group, {k: v for k, v in vals.items() if math.isfinite(v)}))
+    if not any(r for _, r in rows):
+        return None
+    kinds = list(dict.fromkeys(k for _, r in rows for k in r))
+    fig = Figure(figsize=(7.5, 0.6 * len(rows) + 1.8))
+    ax = fig.subplots()
+    left = np.zeros(len(rows))
+    for k in kinds:
+        vals = np.array([r.get(k, 0.0) for _, r in rows]) / 1024.0
+        ax.barh(range(len(rows)), vals, left=left, label=k.removesuffix("_mib"))
+        left += vals
+    ax.set_yticks(range(len(rows)), [lab for lab, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("GiB")
+    ax.set_title("memory breakdown per arm (llama-server buffers)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def write_history_plots(result: HistoryResult, out: Path | str) -> list[Path]:
+    """One trend plot per metric: nightly value per arm, the trailing-window reference, regressions
+    marked."""
+    d = _out_dir(out)
+    paths = []
+    for metric in result.metrics:
+        series = [s for s in result.series if s.metric == metric]
+        if not any(np.isfinite(s.values).any() for s in series):
+            continue
+        fig = Figure(figsize=(8.0, 4.0))
+        ax = fig.subplots()
+        for s in series:
+            x = np.arange(len(s.nights))
+            (line,) = ax.plot(x, s.values, "o-", ms=3, lw=1.2, label=s.arm)
+            check = next((c for c in result.checks if c.arm == s.arm and c.metric == metric), None)
+            if check is not None and math.isfinite(check.reference):
+                ax.axhline(check.reference, color=line.get_color(), ls=":", lw=1)
+                if check.regression:
+                    ax.plot([x[-1]], [s.values[-1]], "x", ms=12, mew=2.5, color="red")
+        nights = series[0].nights if series else []
+        step = max(1, len(nights) // 10)
+        ax.set_xticks(range(0, len(nights), step), [nights[i][5:] for i in range(0, len(nights), step)], rotation=30)
+        ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
+        ax.set_title(f"{_METRIC_LABEL.get(metric, metric)} per night (dotted: trailing median; ✕ regression)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        paths.append(_save(fig, d / f"trend_{_safe(metric)}.png"))
+    return paths
+
+
+_METRIC_LABEL: dict[str, Any] = {
+    "decode_tps": "decode tok/s (nightly median)",
+    "ttft_ms": "TTFT ms (nightly median)",
+    "vram_peak_mib": "peak VRAM MiB",
+}
