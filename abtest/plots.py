@@ -129,9 +129,9 @@ def _memory_breakdown(report: Report, path: Path) -> Path | None:
     ax = fig.subplots()
     left = np.zeros(len(rows))
     for k in kinds:
-        vals = np.array([r.get(k, 0.0) for _, r in rows]) / 1024.0
-        ax.barh(range(len(rows)), vals, left=left, label=k.removesuffix("_mib"))
-        left += vals
+        gib = np.array([r.get(k, 0.0) for _, r in rows]) / 1024.0
+        ax.barh(range(len(rows)), gib, left=left, label=k.removesuffix("_mib"))
+        left += gib
     ax.set_yticks(range(len(rows)), [lab for lab, _ in rows])
     ax.invert_yaxis()
     ax.set_xlabel("GiB")
