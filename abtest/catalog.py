@@ -83,13 +83,27 @@ class ModelRef:
         }
 
 
+# SHA256 of each synthetic preset as the catalog caches it (q4_0, seed 0), for synth.SYNTH_VERSION 1,
+# as published in docs/models.md (measured there; tiny-moe and dense-small are re-checked by the unit
+# tests). A different digest on another machine means different bytes: the A/B is not comparable.
+SYNTH_SHA256 = {
+    "tiny-moe": "c68a6d8e4382612c3f7165f335069f7b95deed7099a0ed8418a1ea2010a943d4",
+    "dense-small": "0dbf7cb18153203edb740213ae995579a7554d0f366b7eae5b4902f71df4f92c",
+    "gpt-oss-20b-like": "d6916e50278f2f70de4d43638d9021aec2268d7c74a45e37bbd7508c7b690e10",
+    "qwen3-30b-a3b-like": "c74f15bd5b58d1456c6e3ee2d8d9292edda724817559de717b14dc1c804a4029",
+}
+SYNTH_SHA256_VERSION = 1
+
+
 def _synth_entry(preset: str) -> CatalogEntry:
     p = synth.PRESETS[preset]
     size = synth.summarize_plan(p, "q4_0").tensor_bytes
+    digest = SYNTH_SHA256.get(preset) if synth.SYNTH_VERSION == SYNTH_SHA256_VERSION else None
     return CatalogEntry(
         name=preset, file_name=synth.synth_file_name(preset, "q4_0", 0), quant="Q4_0",
         approx_size_gb=round(size / 1e9, 3), description=f"synthetic, random weights: {p.imitates}",
-        synth_preset=preset,
+        synth_preset=preset, sha256=digest,
+        sha256_source=f"docs/models.md (abtest synth v{SYNTH_SHA256_VERSION})" if digest else None,
     )
 
 

@@ -95,7 +95,7 @@ def list_cmd(models_dir: str | None, as_json: bool) -> None:
         t.add_column(col, overflow="fold")
     for e, local in rows:
         t.add_row(
-            e.name, e.file_name, e.quant, f"~{_gb(e.approx_size_gb * 1e9)}", e.sha256 or "",
+            e.name, e.file_name, e.quant, f"~{_gb(e.approx_size_gb * 1e9)}", (e.sha256[:16] + "…") if e.sha256 else "",
             e.source if e.synth_preset is None else "synthesised on first use", "yes" if local else "",
         )
     out.print(t)

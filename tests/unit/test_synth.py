@@ -34,9 +34,13 @@ def test_same_inputs_give_identical_bytes(tiny: synth.SynthResult, tmp_path: Pat
     assert (tmp_path / "again.gguf").read_bytes() == tiny.path.read_bytes()
 
 
-def test_sha256_is_pinned_across_machines(tiny: synth.SynthResult) -> None:
+def test_sha256_is_pinned_across_machines(tiny: synth.SynthResult, tmp_path: Path) -> None:
+    from abtest.catalog import CATALOG
+
     assert synth.SYNTH_VERSION == 1
-    assert tiny.sha256 == TINY_MOE_Q4_0_SEED0_SHA256
+    assert tiny.sha256 == TINY_MOE_Q4_0_SEED0_SHA256 == CATALOG["tiny-moe"].sha256
+    dense = synth.write_synth(tmp_path / "dense.gguf", "dense-small")
+    assert dense.sha256 == CATALOG["dense-small"].sha256
 
 
 def test_returned_sha256_and_size_match_the_file(tiny: synth.SynthResult) -> None:
