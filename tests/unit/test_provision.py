@@ -417,20 +417,29 @@ def test_install_from_tarball_uses_its_marker(fake_toolchain: dict[str, Path]) -
     assert b.build_id == f"0.3.36-{provision.source_sha256(tgz)[:12]}-cpu"
     assert b.build_info is not None and b.build_info.llama_cpp_commit == COMMIT
     assert "-DLLAMA_BUILD_COMMIT=0c1e570" in b.build_info.cmake_flags
+    assert "-DLLAMA_BUILD_NUMBER=0" in b.build_info.cmake_flags  # the marker gives no build number
+    (src / provision.VERSION_MARKER).write_text(
+        f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\nllama.cpp build 1\n"
+    )
+    assert provision._llama_commit(src) == (COMMIT, 1, False)
 
 
 def test_git_checkout_is_left_to_cmake(tmp_path: Path) -> None:
     src = _tree(tmp_path / "llama.cpp", {".git/HEAD": "ref: refs/heads/master\n", ".git/objects/ab/cd": "x"})
     _tree(src, {".git/refs/heads/master": COMMIT + "\n"})
-    assert provision._llama_commit(src) == (COMMIT, True)
-    assert provision._llama_commit(tmp_path) == (None, False)
+    assert provision._llama_commit(src) == (COMMIT, None, True)
+    assert provision._llama_commit(tmp_path) == (None, None, False)
 
 
 def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]) -> None:
     root = fake_toolchain["tmp"] / "sd" / "llama_cpp_python-0.3.36"
     _llama_src(root / "vendor" / "llama.cpp")
     (root / "vendor" / "llama.cpp" / ".git").write_text("gitdir: ../../.git/modules/vendor/llama.cpp\n")
-    _tree(root, {".git/modules/vendor/llama.cpp/HEAD": COMMIT + "\n", ".git/objects/pack/big.pack": "x"})
+    git = ".git/modules/vendor/llama.cpp/"
+    _tree(
+        root,
+        {git + "HEAD": COMMIT + "\n", git + "shallow": COMMIT + "\n", git + "objects/pack/big.pack": "x"},
+    )
     (root / "llama_cpp" / "__init__.py").parent.mkdir(parents=True)
     (root / "llama_cpp" / "__init__.py").write_text("")
     sdist = fake_toolchain["cache"] / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
@@ -445,10 +454,11 @@ def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]
     args = (work / "build" / "configure-args").read_text()
     assert "/vendor/llama.cpp" in args and "-DLLAMA_BUILD_EXAMPLES=OFF" in args
     # The vendored commit is stamped into the binary, since git cannot read the partial .git.
-    assert "-DLLAMA_BUILD_COMMIT=0c1e570 -DLLAMA_BUILD_NUMBER=0" in args
+    assert "-DLLAMA_BUILD_COMMIT=0c1e570 -DLLAMA_BUILD_NUMBER=1" in args
     assert b.build_info.llama_cpp_commit == COMMIT
     extracted = work / "src" / "llama_cpp_python-0.3.36"
-    assert not (extracted / "llama_cpp").exists() and not (extracted / ".git" / "objects").exists()
+    assert not (extracted / "llama_cpp").exists()
+    assert not (extracted / git / "objects").exists() and (extracted / git / "shallow").is_file()
 
 
 def test_if_missing_needs_no_download(
