@@ -1,0 +1,428 @@
+"""abtest.report on fabricated evidence: numbers, pooling, warnings, verdict, formats, plots, CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from helpers_evidence import SHA_B, Arm, default_arms, fabricate, read_lines, write_lines
+from rich.console import Console
+from scipy import stats as st
+
+from abtest import report as R
+from abtest import stats
+from abtest.cli import main
+from abtest.errors import ConfigError
+from abtest.evidence import read_evidence
+from abtest.report import ReportWarning as W
+
+
+def build(paths, **kw):
+    return R.build_report(R.load_evidence(paths), **kw)
+
+
+def kinds(report):
+    return {w.kind for w in report.warnings}
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    path = fabricate(tmp_path_factory.mktemp("ev") / "run.jsonl", seed=1)
+    return path, build([path])
+
+
+# ---------------------------------------------------------------------------------------- numbers
+
+
+def test_bucket_summaries_match_numpy_on_the_raw_records(one):
+    path, rep = one
+    ev = read_evidence(path)
+    for arm in ("baseline", "cpu-moe"):
+        for bucket in ("short", "long"):
+            reqs = [r for r in ev.requests if r.arm == arm and r.bucket == bucket and not r.warmup and r.ok]
+            row = next(s for s in rep.buckets if s.group == arm and s.bucket == bucket)
+            assert row.n == len(reqs) == 12 and row.n_failed == 0
+            decode = np.array([(r.completion_tokens - 1) / ((r.e2e_ms - r.ttft_ms) / 1000) for r in reqs])
+            ttft = np.array([r.ttft_ms for r in reqs])
+            e2e = np.array([r.e2e_ms for r in reqs])
+            itl = np.concatenate([np.diff([e.t_ns for e in r.events]) / 1e6 for r in reqs])
+            for key, ref in (("decode_tps", decode), ("ttft_ms", ttft), ("e2e_ms", e2e), ("itl_ms", itl)):
+                s = row.summaries[key]
+                assert s.mean == pytest.approx(ref.mean())
+                assert s.std == pytest.approx(ref.std(ddof=1))
+                assert s.median == pytest.approx(np.median(ref))
+                assert s.p95 == pytest.approx(np.percentile(ref, 95))
+
+
+def test_warmup_requests_are_left_out(one):
+    path, rep = one
+    ev = read_evidence(path)
+    assert any(r.warmup for r in ev.requests)
+    assert next(s for s in rep.buckets if s.group == "baseline" and s.bucket == "all").n == 24
+
+
+def test_comparisons_use_ratio_of_means_welch_and_mann_whitney(one):
+    _, rep = one
+    by = {(s.group, s.bucket): s for s in rep.buckets}
+    for c in rep.comparisons:
+        x, y = by[(c.baseline, c.bucket)].samples[c.metric], by[(c.group, c.bucket)].samples[c.metric]
+        assert c.ci.delta == pytest.approx(y.mean() / x.mean() - 1)
+        assert c.ci.low <= c.ci.delta <= c.ci.high
+        if c.metric == "decode_tps":
+            assert c.test == "welch"
+            assert c.p_value == pytest.approx(st.ttest_ind(x, y, equal_var=False).pvalue)
+        else:
+            assert c.test == "mann-whitney"
+            assert c.p_value == pytest.approx(st.mannwhitneyu(x, y).pvalue)
+    decode = next(c for c in rep.comparisons if c.metric == "decode_tps" and c.bucket == "all")
+    assert decode.ci.delta == pytest.approx(9.0 / 80.0 - 1, abs=0.01)
+    assert decode.significant and not decode.better
+
+
+def test_verdict_names_vram_decode_and_output_equivalence(one):
+    _, rep = one
+    (v,) = rep.verdict
+    assert v.startswith("cpu-moe (vs baseline) saves 10.1 GiB VRAM (−86 %)")
+    assert "costs −89 % decode tok/s (p < 0.001)" in v
+    assert "outputs identical on 24/24 greedy requests" in v
+
+
+def test_memory_rows(one):
+    _, rep = one
+    mem = {m.group: m for m in rep.memory}
+    assert mem["baseline"].vram_after_load_mib == pytest.approx(11800.0)
+    assert mem["baseline"].vram_peak_mib == pytest.approx(12000.0)
+    assert mem["cpu-moe"].vram_peak_mib == pytest.approx(1650.0)
+    assert mem["cpu-moe"].rss_file_peak_mib == pytest.approx(1200.0)
+    assert mem["cpu-moe"].breakdown["buffers"]["CPU_Mapped"]["model_mib"] > 10000
+
+
+def test_cost_rows_follow_the_seed_formulas(one):
+    path, rep = one
+    ev = read_evidence(path)
+    row = next(c for c in rep.cost if c.group == "baseline")
+    reqs = [r for r in ev.requests if r.arm == "baseline" and not r.warmup]
+    tps = sum(r.completion_tokens for r in reqs) / (sum(r.e2e_ms for r in reqs) / 1000)  # sequential: no overlap
+    assert row.tokens_per_s == pytest.approx(tps)
+    assert row.cost_per_1m == pytest.approx(3.50 / (tps * 3600) * 1e6)
+    assert row.tokens_per_day == pytest.approx(tps * 86400)
+    assert row.gpu_hours_per_1b == pytest.approx(1e9 / tps / 3600)
+    assert row.vram_gb == pytest.approx(12000.0 * 2**20 / 1e9)
+    assert row.first_token_ms == pytest.approx(np.median([r.ttft_ms for r in reqs]))
+    assert (row.total_params, row.active_params, row.n_expert, row.n_expert_used) == (20.9e9, 3.6e9, 32, 4)
+
+
+def test_cost_with_other_price_and_absent_params(tmp_path):
+    path = fabricate(tmp_path / "r.jsonl", model_params={})
+    rep = build([path], gpu_hour_cost=1.75)
+    row = rep.cost[0]
+    assert row.total_params is None and row.n_expert is None
+    assert row.cost_per_1m == pytest.approx(1.75 / (row.tokens_per_s * 3600) * 1e6)
+    md = R.render_markdown(rep)
+    assert "Experts" not in md and "| — | — |" in md
+
+
+def test_busy_seconds_is_the_union_of_intervals():
+    assert R.busy_seconds([(0, 2), (1, 3), (5, 6)]) == 4
+    assert R.busy_seconds([]) == 0
+
+
+def test_a_clean_run_has_no_warnings(one):
+    _, rep = one
+    assert rep.warnings == []
+
+
+# ---------------------------------------------------------------------------------------- pooling
+
+
+def test_files_that_differ_only_in_port_are_pooled(tmp_path):
+    a = fabricate(tmp_path / "a.jsonl", seed=1, port_base=18080)
+    b = fabricate(tmp_path / "b.jsonl", seed=2, port_base=19090)
+    rep = build([a, b])
+    assert rep.groups == ["baseline", "cpu-moe"]
+    assert next(s for s in rep.buckets if s.group == "baseline" and s.bucket == "all").n == 48
+    assert any("pooled 2 files" in n for n in rep.notes)
+
+
+def test_directories_are_globbed(tmp_path):
+    fabricate(tmp_path / "a.jsonl", seed=1)
+    fabricate(tmp_path / "b.jsonl", seed=2)
+    assert R.expand_paths([tmp_path]) == [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    with pytest.raises(ConfigError):
+        R.expand_paths([tmp_path / "missing.jsonl"])
+
+
+def test_normalize_argv_masks_port_model_and_log_file():
+    x = R.normalize_argv(["/a/llama-server", "-m", "/x.gguf", "--port", "1", "--log-file=/t/1.log", "-ngl", "99"])
+    y = R.normalize_argv(["/b/llama-server", "--model", "/y.gguf", "--port=2", "--log-file", "/t/2.log", "-ngl", "99"])
+    assert x[0] == y[0] == "llama-server"
+    assert x[-2:] == ("-ngl", "99") and "1" not in x and "2" not in y
+    assert R.normalize_argv(["s", "-ngl", "99", "--cpu-moe"]) != R.normalize_argv(["s", "-ngl", "99"])
+
+
+@pytest.mark.parametrize(
+    "kw,what",
+    [
+        ({"host": "bench-02"}, "host"),
+        ({"driver": "560.1"}, "GPU/driver"),
+        ({"server_build_id": "b6100"}, "server build"),
+        ({"arms": [Arm("baseline", ["-ngl", "99", "-c", "8192"]), Arm("cpu-moe", ["-ngl", "99", "--cpu-moe"])]},
+         "server argv"),
+    ],
+)
+def test_files_that_differ_are_shown_side_by_side(tmp_path, kw, what):
+    a = fabricate(tmp_path / "a.jsonl", seed=1, arms=default_arms())
+    b = fabricate(tmp_path / "b.jsonl", seed=2, **kw)
+    rep = build([a, b])
+    assert "baseline [a]" in rep.groups and "baseline [b]" in rep.groups
+    assert any(what in n and "side by side" in n for n in rep.notes)
+    pairs = {(c.group, c.baseline) for c in rep.comparisons}
+    if what == "server argv":  # only the baseline's argv differs: cpu-moe is pooled over both files
+        assert pairs == {("cpu-moe", "baseline [a]")}
+    else:  # each arm is compared with the baseline of its own file
+        assert pairs == {("cpu-moe [a]", "baseline [a]"), ("cpu-moe [b]", "baseline [b]")}
+
+
+def test_mixed_model_sha256_is_refused_unless_allowed(tmp_path):
+    a = fabricate(tmp_path / "a.jsonl", seed=1)
+    b = fabricate(tmp_path / "b.jsonl", seed=2, model_sha256=SHA_B)
+    with pytest.raises(ConfigError, match="--allow-mixed-models"):
+        build([a, b])
+    rep = build([a, b], allow_mixed_models=True)
+    assert len(rep.groups) == 4
+    assert any("model SHA256" in n for n in rep.notes)
+
+
+# ---------------------------------------------------------------------------------------- baseline
+
+
+def test_baseline_flag_and_defaults(tmp_path):
+    path = fabricate(tmp_path / "r.jsonl")
+    assert build([path], baseline="cpu-moe").baseline == "cpu-moe"
+    with pytest.raises(ConfigError, match="not an arm"):
+        build([path], baseline="nope")
+    # without an arm called baseline, the config's first arm is the baseline
+    arms = [Arm("offload", ["-ngl", "99", "--cpu-moe"], decode_tps=9.0), Arm("gpu", ["-ngl", "99"])]
+    p2 = fabricate(tmp_path / "r2.jsonl", arms=arms)
+    assert build([p2]).baseline == "offload"
+
+
+# ---------------------------------------------------------------------------------------- robustness
+
+
+def test_truncated_last_line_is_reported_not_fatal(tmp_path):
+    path = fabricate(tmp_path / "r.jsonl", truncate_last_line=True)
+    rep = build([path])
+    assert W.BAD_LINES in kinds(rep) and W.PARTIAL_RUN in kinds(rep)
+    assert any("truncated last line" in w.text for w in rep.warnings)
+
+
+def test_partial_run_and_failed_arm_and_failed_requests(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"], failed_requests=3), Arm("cpu-moe", ["-ngl", "99", "--cpu-moe"], failed=True)]
+    path = fabricate(tmp_path / "r.jsonl", arms=arms, partial=True)
+    rep = build([path])
+    k = kinds(rep)
+    assert {W.PARTIAL_RUN, W.ARM_FAILED, W.FAILED_REQUESTS} <= k
+    assert rep.failed_requests == {"baseline": 3, "cpu-moe": 0}
+    assert any(v.startswith("cpu-moe failed") for v in rep.verdict)
+    base_all = next(s for s in rep.buckets if s.group == "baseline" and s.bucket == "all")
+    assert (base_all.n, base_all.n_failed) == (24, 3)
+    failed = next(w for w in rep.warnings if w.kind is W.FAILED_REQUESTS)
+    assert "3 of 24" in failed.text and "HTTP 500" in failed.text
+
+
+def test_failed_requests_are_counted_in_the_verdict(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["-ngl", "99", "--cpu-moe"], decode_tps=9.0,
+                                                   failed_requests=2)]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms)])
+    assert "2 of 24 measured requests failed" in rep.verdict[0]
+
+
+# ---------------------------------------------------------------------------------------- equivalence
+
+
+def test_divergent_outputs_report_rate_and_first_position(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], decode_tps=9.0, diverge_at=17, diverge_every=2)]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms)])
+    (e,) = rep.equivalence
+    assert e.compared_by == "token_ids" and e.greedy is True
+    assert e.pairs == 24 and e.identical == 12
+    assert {d.position for d in e.divergences} == {17}
+    assert "outputs identical on 12/24 greedy requests (earliest divergence at token 17" in rep.verdict[0]
+
+
+def test_equivalence_falls_back_to_text(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], diverge_at=3)]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms, with_token_ids=False, temperature=0.8)])
+    (e,) = rep.equivalence
+    assert e.compared_by == "text" and e.greedy is False and e.identical == 0
+    assert all(d.position > 0 for d in e.divergences)
+
+
+def test_first_divergence():
+    assert R.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert R.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert R.first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+# ---------------------------------------------------------------------------------------- warnings
+
+
+def test_warning_few_samples_and_unresolved_claim(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"], decode_cv=0.06), Arm("other", ["-ngl", "98"], decode_cv=0.06)]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms, runs=1, prompts_per_bucket=3, seed=4)])
+    k = kinds(rep)
+    assert W.FEW_SAMPLES in k and W.UNRESOLVED in k
+    unresolved = next(w for w in rep.warnings if w.kind is W.UNRESOLVED)
+    assert "--runs" in unresolved.text and "requests per arm" in unresolved.text
+
+
+def test_warning_high_cv(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"], decode_cv=0.3), Arm("cpu-moe", ["--cpu-moe"], decode_tps=9.0)]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms)])
+    hi = [w for w in rep.warnings if w.kind is W.HIGH_CV]
+    assert hi and all(w.subject.startswith("baseline") for w in hi)
+
+
+def test_warning_first_measured_request_outlier(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"], first_request_factor=3.0), Arm("cpu-moe", ["--cpu-moe"])]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms)])
+    w = next(w for w in rep.warnings if w.kind is W.FIRST_OUTLIER)
+    assert w.subject == "baseline" and "--warmup" in w.text and "modified Z" in w.text
+
+
+def test_warning_clocks_and_temperature_moved(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"], clock_mhz=(1980, 1600), temperature_c=(48, 80)),
+            Arm("cpu-moe", ["--cpu-moe"])]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms)])
+    k = {(w.kind, w.subject) for w in rep.warnings}
+    assert (W.CLOCKS_MOVED, "baseline") in k and (W.TEMPERATURE_MOVED, "baseline") in k
+    # idle clocks and the cold GPU while the model loaded are not counted as movement
+    assert not any(w.subject == "cpu-moe" for w in rep.warnings)
+
+
+def test_every_warning_names_its_fix():
+    for w in W:
+        if w not in (W.BAD_LINES, W.PARTIAL_RUN, W.ARM_FAILED, W.FAILED_REQUESTS):
+            assert "--" in w.value or "nvidia-smi" in w.value or "cache_prompt" in w.value, w
+
+
+def test_prompt_cache_hits_are_flagged(tmp_path):
+    path = fabricate(tmp_path / "r.jsonl")
+    objs = read_lines(path)
+    for o in objs:
+        if o["kind"] == "request":
+            o["cache_n"] = 12
+    write_lines(path, objs)
+    assert W.PROMPT_CACHE in kinds(build([path]))
+
+
+# ---------------------------------------------------------------------------------------- formats
+
+
+def test_markdown_has_every_section_and_provenance(one):
+    _, rep = one
+    md = R.render_markdown(rep)
+    for title in ("## Verdict", "## Latency and throughput per bucket", "## Memory", "## Output equivalence",
+                  "## Cost", "## Provenance", "throughput projection", "memory breakdown"):
+        assert title in md
+    for needle in ("aaaaaaaaaaaa", "b6000", "driver 550.54.15", "NVIDIA H100 80GB HBM3", "2026-11-20", "abtest 0.1.0",
+                   "| Model | Tokens/sec | First Token (ms) | VRAM (GB) | Total Params | Active Params",
+                   "Cost/1M tokens", "Tokens/day", "GPU-hours per 1B tokens", "$3.50"):
+        assert needle in md, needle
+
+
+def test_csv_is_tidy_and_carries_provenance(one):
+    _, rep = one
+    rows = list(csv.DictReader(io.StringIO(R.render_csv(rep))))
+    assert list(rows[0]) == R.CSV_COLUMNS
+    prov = {(r["arm"], r["stat"]): r["value"] for r in rows if r["section"] == "provenance"}
+    assert prov[("baseline", "model_sha256")] == "a" * 64
+    assert prov[("baseline", "server_build")] == "b6000"
+    mean = next(r for r in rows if r["section"] == "metric" and r["arm"] == "baseline" and r["bucket"] == "short"
+                and r["metric"] == "decode_tps" and r["stat"] == "mean")
+    summ = next(s for s in rep.buckets if s.group == "baseline" and s.bucket == "short").summaries["decode_tps"]
+    assert float(mean["value"]) == pytest.approx(summ.mean)
+
+
+def test_json_is_strict_and_complete(one):
+    _, rep = one
+    text = R.render(rep, "json")
+    d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert d["baseline"] == "baseline"
+    assert d["provenance"][0]["model_sha256"] == "a" * 64
+    assert {c["metric"] for c in d["comparisons"]} == {m.key for m in R.METRICS}
+    assert d["equivalence"][0]["exact_match_rate"] == 1.0
+    assert d["settings"]["bootstrap_seed"] == stats.DEFAULT_SEED
+
+
+def test_terminal_renders(one):
+    _, rep = one
+    con = Console(width=200, record=True, file=io.StringIO())
+    con.print(R.terminal_renderable(rep))
+    text = con.export_text()
+    assert "Verdict" in text and "saves 10.1 GiB VRAM" in text and "aaaaaaaaaaaa" in text
+
+
+def test_report_is_reproducible(one):
+    path, rep = one
+    assert R.render_markdown(build([path])) == R.render_markdown(rep)
+
+
+def test_unknown_format():
+    with pytest.raises(ConfigError):
+        R.render(None, "xml")  # type: ignore[arg-type]
+
+
+def test_fmt_helpers():
+    assert R.fmt_pct(-0.8612) == "−86 %" and R.fmt_pct(0.012) == "+1.2 %" and R.fmt_pct(math.nan) == "—"
+    assert R.fmt_params(20.9e9) == "20.9B" and R.fmt_params(None) == "—"
+    assert R.fmt_num(11800.2) == "11,800" and R.fmt_num(-1.5) == "−1.50"
+
+
+# ---------------------------------------------------------------------------------------- plots and CLI
+
+
+def test_plots_are_pngs(one, tmp_path):
+    from abtest import plots
+
+    _, rep = one
+    paths = plots.write_report_plots(rep, tmp_path / "plots")
+    assert {p.name for p in paths} == {"ttft_ms.png", "decode_tps.png", "vram_over_time.png", "memory_breakdown.png"}
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_cli_formats_and_out_dir(one, tmp_path, capsys):
+    path, _ = one
+    code, out, _ = run_cli(["report", str(path), "--format", "markdown", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0 and out.startswith("# abtest report")
+    assert {p.name for p in (tmp_path / "o").iterdir()} >= {"report.md", "report.json", "report.csv", "ttft_ms.png"}
+    code, out, _ = run_cli(["report", str(path.parent), "--format", "json", "--gpu-hour-cost", "2"], capsys)
+    assert code == 0 and json.loads(out)["settings"]["gpu_hour_cost"] == 2.0
+    code, out, _ = run_cli(["report", str(path)], capsys)
+    assert code == 0 and "Verdict" in out
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    a = fabricate(tmp_path / "a.jsonl", seed=1)
+    b = fabricate(tmp_path / "b.jsonl", seed=2, model_sha256=SHA_B)
+    code, _, err = run_cli(["report", str(a), str(b)], capsys)
+    assert code == 2 and "--allow-mixed-models" in err
+    code, _, _ = run_cli(["report", str(a), str(b), "--allow-mixed-models", "--format", "csv"], capsys)
+    assert code == 0
+    code, _, err = run_cli(["report"], capsys)
+    assert code == 2 and "no evidence given" in err
+    code, _, err = run_cli(["report", str(a), "--baseline", "nope"], capsys)
+    assert code == 2 and "not an arm" in err
