@@ -720,7 +720,9 @@ def _extract(archive: Path, dest: Path) -> Path:
                 or m.name.endswith("/vendor/llama.cpp")
                 or m.name.endswith((f"/{_SDIST_GIT}/HEAD", f"/{_SDIST_GIT}/shallow"))
             ]
-            tf.extractall(dest, members=vendored or members, filter="data")
+            # filter="data" (refuse links out of dest, absolute paths) exists from 3.10.12/3.11.4 on.
+            safe: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(dest, members=vendored or members, **safe)
     except (tarfile.TarError, OSError) as exc:
         raise ProvisionError(
             f"could not extract {archive} ({exc}); re-download it or make a new tarball"
