@@ -2,8 +2,8 @@
 
 DIR holds one sub-directory per night, named YYYY-MM-DD, of evidence files. Per arm and metric:
 
-* nightly value   — decode tok/s and TTFT: the median over that night's measured requests;
-                    VRAM: the peak of the server process (MiB).
+* nightly value   — decode tok/s and TTFT: the mean over buckets of the median of that night's
+                    measured requests in the bucket; VRAM: the peak of the server process (MiB).
 * reference       — the median of the nightly values of the last `window` nights before tonight
                     (7 by default; at least `min_nights` are needed, else no verdict).
 * regression      — a change in the bad direction that is BOTH beyond the threshold AND
@@ -90,26 +90,34 @@ def gate_samples(
     higher_is_better: bool,
     threshold_pct: float,
     alpha: float = 0.01,
+    nightly: tuple[float, Sequence[float]] | None = None,
 ) -> GateResult:
     """Gate a per-request metric: tonight's requests against the trailing nights' requests.
 
-    Regression when all three hold, in the bad direction:
-      1. the median moved beyond `threshold_pct` % from the median of the nightly medians;
+    Each night is summarised by one nightly value: the median of its requests, or the values given
+    in `nightly` = (tonight's, [each window night's]) (the history uses the mean of per-bucket
+    medians, which does not wobble with a mix of short and long prompts). Regression when all
+    three hold, in the bad direction:
+      1. tonight's value moved beyond `threshold_pct` % from the median of the window's values;
       2. a one-sided Mann-Whitney test of tonight's requests vs the pooled window's has p < α;
-      3. tonight's median lies beyond the one-sided (1-α) prediction bound of the nightly medians
+      3. tonight's value lies beyond the one-sided (1-α) prediction bound of the window's values
          (mean ± t·s·sqrt(1 + 1/n)), which carries the night-to-night spread.
     An improvement is the mirror image (reported, never an alarm).
     """
     t = np.asarray(tonight, dtype=float)
     t = t[np.isfinite(t)]
-    nights = [np.asarray(w, dtype=float) for w in window]
-    nights = [w[np.isfinite(w)] for w in nights]
-    nights = [w for w in nights if w.size]
-    meds = np.array([np.median(w) for w in nights])
-    if t.size == 0 or meds.size == 0:
+    arrays = [np.asarray(w, dtype=float) for w in window]
+    keep = [i for i, w in enumerate(arrays) if np.isfinite(w).any()]
+    nights = [arrays[i][np.isfinite(arrays[i])] for i in keep]
+    if nightly is None:
+        meds = np.array([np.median(w) for w in nights])
+        value = float(np.median(t)) if t.size else math.nan
+    else:
+        meds = np.array([nightly[1][i] for i in keep], dtype=float)
+        value = float(nightly[0])
+    if t.size == 0 or meds.size == 0 or not math.isfinite(value):
         nan = math.nan
         return GateResult(nan, nan, nan, nan, nan, False, False, False, False)
-    value = float(np.median(t))
     ref = float(np.median(meds))
     change = value / ref - 1 if ref else math.nan
     pooled = np.concatenate(nights)
@@ -184,21 +192,32 @@ class NightArm:
 
     night: str
     arm: str
-    decode_tps: np.ndarray
+    decode_tps: np.ndarray  # per measured ok request
     ttft_ms: np.ndarray
     vram_peak_mib: float
-    n_failed: int
-    provenance: dict[str, str]
+    n_failed: int = 0
+    provenance: dict[str, str] = field(default_factory=dict)
+    strata: np.ndarray | None = None  # per request: its bucket (and concurrency); None = one stratum
 
     def samples(self, metric: str) -> np.ndarray:
         return np.asarray(getattr(self, metric), dtype=float)
 
     def value(self, metric: str) -> float:
+        """The nightly value: the mean over buckets of each bucket's median (VRAM: the peak).
+
+        Averaging per-bucket medians keeps the value steady when buckets differ a lot (TTFT of a
+        32-token and a 2k-token prompt), where one median over the mix would jump between modes.
+        """
         if metric == "vram_peak_mib":
             return self.vram_peak_mib
         a = self.samples(metric)
-        a = a[np.isfinite(a)]
-        return float(np.median(a)) if a.size else math.nan
+        ok = np.isfinite(a)
+        if not ok.any():
+            return math.nan
+        if self.strata is None:
+            return float(np.median(a[ok]))
+        labels = np.asarray(self.strata)[ok]
+        return float(np.mean([np.median(a[ok][labels == s]) for s in dict.fromkeys(labels.tolist())]))
 
 
 @dataclass
@@ -246,6 +265,7 @@ def night_from_files(night: str, files: Sequence[Path]) -> Night:
             vram_peak_mib=max(peaks) if peaks else math.nan,
             n_failed=len(measured) - len(ok),
             provenance=_provenance(mine),
+            strata=np.array([f"{q.bucket}|c{q.concurrency}" for q in ok]),
         )
     return Night(night=night, files=list(files), arms=arms, problems=problems)
 
@@ -365,7 +385,8 @@ def check_night(
     else:
         g = gate_samples(tonight.samples(metric), [w.samples(metric) for w in window],
                          higher_is_better=spec.higher_is_better,
-                         threshold_pct=th.decode_pct if metric == "decode_tps" else th.ttft_pct, alpha=th.alpha)
+                         threshold_pct=th.decode_pct if metric == "decode_tps" else th.ttft_pct, alpha=th.alpha,
+                         nightly=(tonight.value(metric), [w.value(metric) for w in window]))
     if not math.isfinite(g.value):
         return "no data", g
     return ("regression" if g.regression else "improvement" if g.improvement else "ok"), g
