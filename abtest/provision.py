@@ -24,11 +24,14 @@ The library never prints: progress goes to a callback as `BuildEvent`s, errors a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -568,71 +571,89 @@ def install(
     sha = source_sha256(archive)
     build_id = build_id_for(version, sha, backend, cuda_arch)
     dest = builds_dir(root) / build_id
-    if (dest / BUILD_JSON).is_file() and (dest / "bin" / SERVER_NAME).is_file() and not force:
-        emit(BuildEvent("cached", f"cached build {build_id} found; nothing to do (--force rebuilds)"))
-        return _describe(dest / "bin" / SERVER_NAME, "cache")
+    # One build per id at a time (parallel CI jobs calling install): the second waits, then finds it cached.
+    with _exclusive(root / "locks" / f"{build_id}.lock", emit):
+        if (dest / BUILD_JSON).is_file() and (dest / "bin" / SERVER_NAME).is_file() and not force:
+            emit(BuildEvent("cached", f"cached build {build_id} found; nothing to do (--force rebuilds)"))
+            return _describe(dest / "bin" / SERVER_NAME, "cache")
 
-    work = root / "work" / f"{build_id}.{os.getpid()}"
-    log_path = root / "logs" / f"{build_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if archive.is_dir():
-            llama_src = _locate_llama_source(archive)
-        else:
-            emit(BuildEvent("extract", f"extracting {archive.name}"))
-            llama_src = _extract(archive, work / "src")
-        flags = cmake_flags(backend, cuda_arch=cuda_arch, nvcc=tools.get("nvcc"), ninja="ninja" in tools)
-        commit, number, git_checkout = _llama_commit(llama_src)
-        if commit and not git_checkout:
-            # Without git objects cmake would stamp "build 0, commit unknown". Stamp what llama.cpp's
-            # cmake stamps from the full sdist instead, so every route to the same source says the same.
-            flags += [f"-DLLAMA_BUILD_COMMIT={commit[:7]}", f"-DLLAMA_BUILD_NUMBER={number or 0}"]
-        build_dir = work / "build"
-        t0 = time.perf_counter_ns()
-        with log_path.open("w") as log:
-            log.write(f"# abtest build {build_id} from {label}\n")
-            emit(BuildEvent("configure", "configuring with cmake"))
-            _run_logged(
-                [tools["cmake"], "-S", str(llama_src), "-B", str(build_dir), *flags],
-                log,
-                log_path,
-                "configure",
-                emit,
+        work = root / "work" / f"{build_id}.{os.getpid()}"
+        log_path = root / "logs" / f"{build_id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if archive.is_dir():
+                llama_src = _locate_llama_source(archive)
+            else:
+                emit(BuildEvent("extract", f"extracting {archive.name}"))
+                llama_src = _extract(archive, work / "src")
+            flags = cmake_flags(backend, cuda_arch=cuda_arch, nvcc=tools.get("nvcc"), ninja="ninja" in tools)
+            commit, number, git_checkout = _llama_commit(llama_src)
+            if commit and not git_checkout:
+                # Without git objects cmake would stamp "build 0, commit unknown". Stamp what llama.cpp's
+                # cmake stamps from the full sdist instead, so every route to the same source says the same.
+                flags += [f"-DLLAMA_BUILD_COMMIT={commit[:7]}", f"-DLLAMA_BUILD_NUMBER={number or 0}"]
+            build_dir = work / "build"
+            t0 = time.perf_counter_ns()
+            with log_path.open("w") as log:
+                log.write(f"# abtest build {build_id} from {label}\n")
+                emit(BuildEvent("configure", "configuring with cmake"))
+                _run_logged(
+                    [tools["cmake"], "-S", str(llama_src), "-B", str(build_dir), *flags],
+                    log,
+                    log_path,
+                    "configure",
+                    emit,
+                )
+                emit(BuildEvent("build", f"building {SERVER_NAME} and {BENCH_NAME} with -j {jobs}", 0))
+                build_cmd = [
+                    tools["cmake"],
+                    "--build",
+                    str(build_dir),
+                    "--target",
+                    SERVER_NAME,
+                    BENCH_NAME,
+                    "-j",
+                    str(jobs),
+                ]
+                _run_logged(build_cmd, log, log_path, "build", emit)
+            build_seconds = (time.perf_counter_ns() - t0) / 1e9
+            emit(BuildEvent("install", f"installing into {dest}", 100))
+            info = BuildInfo(
+                build_id=build_id,
+                version=version,
+                sha256=sha,
+                source=label,
+                backend=backend,
+                cmake_flags=tuple(flags),
+                ggml_native=not any(f.startswith("-DGGML_NATIVE=OFF") for f in flags),
+                cuda_arch=cuda_arch,
+                llama_cpp_commit=commit,
+                jobs=jobs,
+                build_seconds=round(build_seconds, 1),
+                built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                host=os.uname().nodename,
             )
-            emit(BuildEvent("build", f"building {SERVER_NAME} and {BENCH_NAME} with -j {jobs}", 0))
-            build_cmd = [
-                tools["cmake"],
-                "--build",
-                str(build_dir),
-                "--target",
-                SERVER_NAME,
-                BENCH_NAME,
-                "-j",
-                str(jobs),
-            ]
-            _run_logged(build_cmd, log, log_path, "build", emit)
-        build_seconds = (time.perf_counter_ns() - t0) / 1e9
-        emit(BuildEvent("install", f"installing into {dest}", 100))
-        info = BuildInfo(
-            build_id=build_id,
-            version=version,
-            sha256=sha,
-            source=label,
-            backend=backend,
-            cmake_flags=tuple(flags),
-            ggml_native=not any(f.startswith("-DGGML_NATIVE=OFF") for f in flags),
-            cuda_arch=cuda_arch,
-            llama_cpp_commit=commit,
-            jobs=jobs,
-            build_seconds=round(build_seconds, 1),
-            built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            host=os.uname().nodename,
-        )
-        _install_binaries(build_dir / "bin", dest, info, log_path)
-    finally:
-        if not keep_build_dir:
-            shutil.rmtree(work, ignore_errors=True)
+            _install_binaries(build_dir / "bin", dest, info, log_path)
+        finally:
+            if not keep_build_dir:
+                shutil.rmtree(work, ignore_errors=True)
     return _describe(dest / "bin" / SERVER_NAME, "cache")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, emit: ProgressCallback) -> Iterator[None]:
+    """An exclusive flock on lock_path for the duration; says so when it has to wait."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            emit(BuildEvent("wait", f"another abtest is building {lock_path.stem}; waiting for it"))
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _ensure_sdist(root: Path, emit: ProgressCallback) -> Path:
@@ -789,7 +810,12 @@ def _run_logged(cmd: Sequence[str], log: Any, log_path: Path, step: str, emit: P
     tail: list[str] = []
     errors: list[str] = []
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its own process group, so make and the compilers can be stopped together
     )
     assert proc.stdout is not None
     try:
@@ -808,16 +834,25 @@ def _run_logged(cmd: Sequence[str], log: Any, log_path: Path, step: str, emit: P
                 emit(BuildEvent(step, line))
         rc = proc.wait()
     except BaseException:
-        # Ctrl-C or a failing callback: don't leave compilers running after we return.
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        # Ctrl-C or a failing callback: don't leave make and the compilers running after we return.
+        _stop_group(proc)
         raise
     if rc != 0:
         why = errors[0] if errors else (tail[-1] if tail else "no output")
         raise ProvisionError(f"cmake {step} failed (exit {rc}): {why[:300]}; full log: {log_path}")
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _install_binaries(bin_dir: Path, dest: Path, info: BuildInfo, log_path: Path) -> None:

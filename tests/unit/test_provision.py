@@ -538,3 +538,34 @@ def test_module_surface() -> None:
     for name in provision.__all__:
         assert hasattr(provision, name), name
     assert provision.LLAMA_CPP_PYTHON_VERSION == "0.3.36"
+
+
+def test_a_second_install_waits_for_the_first(fake_toolchain: dict[str, Path]) -> None:
+    import fcntl
+    import threading
+
+    src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
+    build_id = provision.build_id_for("local", provision.source_sha256(src), "cpu")
+    lock = fake_toolchain["cache"] / "locks" / f"{build_id}.lock"
+    lock.parent.mkdir(parents=True)
+    events: list[BuildEvent] = []
+    waiting = threading.Event()
+
+    def on_event(e: BuildEvent) -> None:
+        events.append(e)
+        if e.phase == "wait":
+            waiting.set()
+
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t = threading.Thread(
+            target=provision.install, kwargs=dict(backend="cpu", source=src, progress=on_event)
+        )
+        t.start()
+        assert waiting.wait(10), [e.phase for e in events]
+        assert not any(e.phase == "configure" for e in events)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(20)
+    assert not t.is_alive()
+    assert [e.phase for e in events].count("configure") >= 1
+    assert provision.find_server().build_id == build_id
