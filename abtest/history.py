@@ -314,6 +314,7 @@ class Check:
     window_nights: list[str]
     threshold: str
     causes: list[ProvenanceChange] = field(default_factory=list)
+    detail: str = ""  # for checks without a gate (an arm with no successful request)
 
     @property
     def regression(self) -> bool:
@@ -409,15 +410,23 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
             continue
         past = [n.arms[arm] for n in nights[:-1] if arm in n.arms][-th.window:]
         window_nights = [w.night for w in past]
-        if tonight.arms[arm].n_failed:
-            notes.append(f"{arm}: {tonight.arms[arm].n_failed} requests failed tonight")
+        na = tonight.arms[arm]
+        since = window_nights[0] if window_nights else ""
+        causes = sorted((ch for ch in changes if ch.arm == arm and since < ch.night <= tonight.night),
+                        key=lambda ch: ch.night, reverse=True)
+        if na.n_failed:
+            notes.append(f"{arm}: {na.n_failed} requests failed tonight")
+        if na.decode_tps.size == 0 and na.ttft_ms.size == 0 and any(w.ttft_ms.size for w in past):
+            # an arm that worked before and has no successful request tonight is the loudest regression
+            checks.append(Check(arm, "requests", tonight.night, "regression", None, window_nights,
+                                "a successful request", causes,
+                                detail=f"no successful request tonight ({na.n_failed} failed)"))
+            continue
         for spec in METRICS:
-            status, g = check_night(tonight.arms[arm], past, spec.key, th)
+            status, g = check_night(na, past, spec.key, th)
             c = Check(arm, spec.key, tonight.night, status, g, window_nights, _threshold_text(spec.key, th))
             if c.regression:
-                since = window_nights[0] if window_nights else ""
-                c.causes = sorted((ch for ch in changes if ch.arm == arm and since < ch.night <= tonight.night),
-                                  key=lambda ch: ch.night, reverse=True)
+                c.causes = causes
             checks.append(c)
     series = []
     night_names = [n.night for n in nights]
@@ -448,12 +457,14 @@ def _p(p: float) -> str:
 
 
 def _one_line(c: Check) -> str:
-    spec = _SPEC[c.metric]
     g = c.gate
-    assert g is not None
-    text = (f"{c.arm} {spec.label} {fmt_num(g.value)} {spec.unit} vs {fmt_num(g.reference)} "
-            f"({fmt_pct(g.change)}; threshold {c.threshold}")
-    text += f", p {_p(g.p_value)})" if math.isfinite(g.p_value) else ")"
+    if g is None:
+        text = f"{c.arm}: {c.detail or c.status}"
+    else:
+        spec = _SPEC[c.metric]
+        text = (f"{c.arm} {spec.label} {fmt_num(g.value)} {spec.unit} vs {fmt_num(g.reference)} "
+                f"({fmt_pct(g.change)}; threshold {c.threshold}")
+        text += f", p {_p(g.p_value)})" if math.isfinite(g.p_value) else ")"
     if c.causes:
         text += " — likely cause: " + ", ".join(str(ch) for ch in c.causes)
     return text
@@ -462,13 +473,14 @@ def _one_line(c: Check) -> str:
 def _rows(result: HistoryResult) -> list[list[str]]:
     rows = []
     for c in result.checks:
-        spec = _SPEC[c.metric]
         g = c.gate
+        spec = _SPEC.get(c.metric)
+        name = f"{spec.label} {spec.unit}" if spec else c.metric
         if g is None:
-            rows.append([c.arm, f"{spec.label} {spec.unit}", "—", "—", "—", "—", c.status])
+            rows.append([c.arm, name, "—", "—", "—", "—", c.detail or c.status])
             continue
-        rows.append([c.arm, f"{spec.label} {spec.unit}", fmt_num(g.value), fmt_num(g.reference), fmt_pct(g.change),
-                     _p(g.p_value), c.status])
+        rows.append([c.arm, name, fmt_num(g.value), fmt_num(g.reference), fmt_pct(g.change), _p(g.p_value),
+                     c.status])
     return rows
 
 

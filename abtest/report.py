@@ -417,7 +417,10 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        return (self.p_value < ALPHA) and not self.ci.covers(0.0) if math.isfinite(self.ci.low) else False
+        """p < ALPHA and the 95 % interval excludes 0."""
+        if not math.isfinite(self.ci.low):
+            return False
+        return self.p_value < ALPHA and not self.ci.covers(0.0)
 
     @property
     def better(self) -> bool:

@@ -77,6 +77,18 @@ def test_ttft_rise_is_a_regression():
     assert [c.metric for c in regs] == ["ttft_ms"]
 
 
+def test_an_arm_with_no_successful_request_tonight_is_a_regression():
+    nights = simulate(2, nights=10)
+    nights[-1].arms["cpu-moe"] = H.NightArm(nights[-1].night, "cpu-moe", np.empty(0), np.empty(0), math.nan,
+                                            n_failed=24)
+    result = H.evaluate_history(nights)
+    (reg,) = result.regressions
+    assert reg.metric == "requests" and "no successful request tonight (24 failed)" in H.history_markdown(result)
+    from rich.console import Console
+
+    Console(file=__import__("io").StringIO()).print(H.history_terminal(result))
+
+
 def test_too_little_history_gives_no_verdict():
     checks = H.evaluate_history(simulate(1, nights=3, drop=0.5)).checks
     assert {c.status for c in checks} == {"insufficient history"}
