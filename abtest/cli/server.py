@@ -150,7 +150,7 @@ def list_cmd() -> None:
         return
     t = Table(title=str(root), title_justify="left")
     for col in ("build id", "backend", "built at", "build time", "source"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for b in builds:
         t.add_row(b.build_id, b.backend, b.built_at, _dur(b.build_seconds), b.source)
     out.print(t)
