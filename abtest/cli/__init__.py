@@ -17,6 +17,7 @@ from .model import model
 from .report import report
 from .run import run
 from .server import server
+from .sweep import sweep
 
 EPILOG = """\b
 Examples:
@@ -45,6 +46,7 @@ cli.add_command(run)
 cli.add_command(report)
 cli.add_command(server)
 cli.add_command(model)
+cli.add_command(sweep)
 
 
 def main(argv: list[str] | None = None) -> None:

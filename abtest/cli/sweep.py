@@ -1,0 +1,123 @@
+"""`abtest sweep`: one arm per --n-cpu-moe N, predicted before launch, measured, advised."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+from rich.console import Console
+
+from ..config import RunConfig
+from ..errors import EXIT_PARTIAL, ConfigError
+from .run import QuietProgress, RichProgress, _sigterm_as_interrupt
+
+EPILOG = """\b
+Examples:
+  abtest sweep --model gpt-oss-20b --vram-budget 9GiB            # auto: ends, then bisect
+  abtest sweep --model m.gguf --ncmoe 0,8,16,24 --runs 5
+  abtest sweep --model m.gguf --vram-budget 12GiB --quiet --out out/sweep
+  abtest sweep --report out/sweep/20250101T000000-m.jsonl        # re-make the report only
+
+\b
+Each setting N runs as arm ncmoe<N> (-ngl 99 --n-cpu-moe N; -c, -np, -t, -fa,
+--fit off pinned as in `abtest run`) into one evidence file. Before anything is
+launched, every setting's VRAM is predicted from the GGUF's tensor sizes and
+written into the manifest; a setting predicted over the free VRAM (less
+--margin) is skipped, never launched. At the end: the advice line and a
+Markdown table on stdout, OUT/sweep-report.md and OUT/sweep-vram-speed.png.
+"""
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from ..vram import parse_size_mib
+
+    try:
+        return parse_size_mib(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command(epilog=EPILOG)
+@click.option("--model", "-m", help="Model name (see `abtest model list`) or path to a MoE GGUF file.")
+@click.option("--vram-budget", callback=_size, default=None, metavar="SIZE",
+              help="GPU memory the server may use, e.g. 9GiB, 12000MiB. Default: the free VRAM at start.")
+@click.option("--ncmoe", default="auto", show_default=True, metavar="auto|N,N,...",
+              help="Settings to run: a list (0,8,16,24; ranges 0-24:4; 'all' = every layer) or auto.")
+@click.option("--margin", callback=_size, default="512MiB", show_default=True, metavar="SIZE",
+              help="Skip a setting predicted within this much of the free VRAM.")
+@click.option("--cuda-overhead", type=click.FloatRange(min=0), default=None, metavar="MIB",
+              help="Per-process CUDA memory beyond llama.cpp's buffers (default: abtest.vram.CUDA_OVERHEAD_MIB).")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(min=1), help="Repetitions of every prompt.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Warm-up requests per setting.")
+@click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
+              help="Tokens generated per request.")
+@click.option("--prompts", type=click.Path(dir_okay=False), help="Prompt JSONL (default: prompts/default.jsonl).")
+@click.option("--buckets", default="", help="Comma-separated buckets to run (default: all), e.g. seed004,tok128.")
+@click.option("--seed", default=42, show_default=True, help="Sampling seed sent with every request.")
+@click.option("--ctx-size", type=click.IntRange(min=64), default=None,
+              help="Server context (-c). Default: longest prompt + max tokens.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Server threads (-t). Default: all cores but one.")
+@click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
+@click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="Where model names are looked up first.")
+@click.option("--out", "out_dir", default="evidence", show_default=True, type=click.Path(file_okay=False),
+              help="Evidence directory; the report files go here too.")
+@click.option("--health-timeout", default=600.0, show_default=True, help="Seconds to wait for /health to answer 200.")
+@click.option("--stall-timeout", default=60.0, show_default=True, help="Seconds without data mid-stream = failed.")
+@click.option("--request-timeout", default=600.0, show_default=True, help="Seconds for a whole request.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Only re-make the report from this sweep evidence file (nothing is launched).")
+@click.option("--quiet", "-q", is_flag=True, help="No live display; errors still go to stderr.")
+def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: float, cuda_overhead: float | None,
+          runs: int, warmup: int, max_tokens: int, prompts: str | None, buckets: str, seed: int, ctx_size: int | None,
+          threads: int | None, flash_attn: str, server_bin: str | None, models_dir: str | None, out_dir: str,
+          health_timeout: float, stall_timeout: float, request_timeout: float, report_path: str | None,
+          quiet: bool) -> None:
+    """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
+    from pathlib import Path
+
+    from ..sweep_report import render_markdown, report_from_file, write_outputs
+
+    if report_path:
+        rep = report_from_file(report_path)
+        md, png = write_outputs(rep, Path(report_path).parent)
+        click.echo(render_markdown(rep), nl=False)
+        return
+    if not model:
+        raise click.UsageError("--model is required (or --report FILE to re-make a report)")
+
+    from ..sweep import SweepRunner, parse_ncmoe
+    from ..vram import CUDA_OVERHEAD_MIB
+
+    try:
+        parse_ncmoe(ncmoe, 10**6)  # syntax only here; the model's layer count is checked once it is read
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ncmoe") from exc
+    cfg = RunConfig(
+        model=model, arms=(), runs=runs, warmup=warmup, max_tokens=max_tokens, prompts_path=prompts,
+        buckets=tuple(b for b in buckets.split(",") if b), seed=seed, ctx_size=ctx_size, threads=threads,
+        flash_attn=flash_attn, out_dir=out_dir, models_dir=models_dir, server_bin=server_bin,
+        health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout,
+    )
+    console = Console(stderr=True)
+    display = QuietProgress() if quiet else RichProgress(console)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        with display:
+            runner = SweepRunner(cfg, ncmoe, vram_budget, margin if margin is not None else 512.0,
+                                 CUDA_OVERHEAD_MIB if cuda_overhead is None else cuda_overhead, display,
+                                 argv=["abtest", *sys.argv[1:]])
+            result = runner.execute()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rep = report_from_file(result.evidence_path)
+    md, png = write_outputs(rep, out_dir)
+    click.echo(str(result.evidence_path))
+    click.echo(render_markdown(rep), nl=False)
+    if not quiet:
+        console.print(f"report: {md}" + (f", plot: {png}" if png else ""))
+    if result.arms_failed or result.n_failed:
+        sys.exit(EXIT_PARTIAL)

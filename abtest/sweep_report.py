@@ -1,0 +1,553 @@
+"""The sweep report: VRAM vs speed per ``--n-cpu-moe N``, the frontier, one line of advice.
+
+Reads evidence only: the JSONL a sweep wrote (predictions in the manifest's
+``config.extra["sweep"]``, measurements in ``arm_end`` and the request records) and, when it lies
+beside it, the ``.sweep.json`` search trail. It never imports the server, stream, runner or GPU
+modules (tests/unit/test_sweep.py walks the imports), so it can be re-made anywhere.
+
+Numbers, per setting:
+
+* VRAM: measured = per-PID NVML peak over the arm (``arm_end.memory.peak.pid_vram_mib``; the
+  steady value is the median sample); predicted = `vram.predict` as written before launch;
+  error = measured - predicted.
+* decode tok/s = `metrics.decode_tps` per request (tokens after the first over first->last token
+  arrival); mean ± σ and a 95 % t-interval of the mean (computed here: `stats` has no one-sample
+  interval); × reference = mean ratio to the all-experts-on-CPU setting, with `stats.ratio_ci`.
+* TTFT ms = `metrics.ttft_ms`, per prompt bucket.
+* Bytes per decoded token: from GPU memory, every GPU weight a token touches (all non-expert GPU
+  tensors, n_expert_used / n_expert of each GPU layer's experts) plus the KV cache up to the mean
+  depth (prompt + half the output); from host memory, the same fraction of the CPU layers'
+  experts. Effective bandwidth = bytes per token × decode tok/s: what each side would have to
+  sustain if it had the whole token time. The slope of time per token against host bytes per
+  token, across settings, gives the marginal cost of host-resident experts.
+* Prefill: a prompt micro-batch of >= 32 tokens makes the GPU copy the host-resident experts it
+  uses over PCIe; bytes copied / TTFT is the PCIe rate the prompt implies (a lower bound).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .evidence import Evidence, read_evidence
+from .metrics import decode_tps, ttft_ms
+from .records import ArmEnd, RequestRecord
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+SIDECAR_SUFFIX = ".sweep.json"
+CONFIDENCE = 0.95
+
+
+def _arm_n(name: str) -> int | None:
+    return int(name[5:]) if name.startswith("ncmoe") and name[5:].isdigit() else None
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """mean ± σ of a sample with the t-interval of its mean."""
+
+    n: int
+    mean: float
+    std: float
+    low: float
+    high: float
+
+
+def mean_ci(values: list[float], confidence: float = CONFIDENCE) -> MeanCI:
+    from scipy import stats as st
+
+    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if a.size == 0:
+        return MeanCI(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(a.mean())
+    if a.size < 2:
+        return MeanCI(1, mean, math.nan, math.nan, math.nan)
+    sd = float(a.std(ddof=1))
+    half = float(st.t.ppf(0.5 + confidence / 2, a.size - 1)) * sd / math.sqrt(a.size)
+    return MeanCI(int(a.size), mean, sd, mean - half, mean + half)
+
+
+@dataclass
+class SettingRow:
+    n: int
+    arm: str
+    status: str  # "measured" | "failed" | "skipped" | "not run"
+    reason: str
+    predicted: dict[str, Any]  # VramPrediction as a dict
+    vram_peak_mib: float | None
+    vram_steady_mib: float | None
+    vram_basis: str  # "nvml per-PID" | "device used delta" | "predicted"
+    buffers: dict[str, dict[str, float]]  # from the server log, per buffer name
+    decode: MeanCI
+    ttft: dict[str, MeanCI]  # per bucket
+    prompt_tokens: dict[str, float]  # per bucket, mean
+    depth_tokens: float  # mean context depth during decode
+    speedup: stats.RatioCI | None = None  # vs the reference setting
+    on_frontier: bool = False
+    gpu_bytes_per_token: float = math.nan
+    host_bytes_per_token: float = math.nan
+    pcie_bytes_prefill: float = math.nan  # for the longest bucket's prompt
+
+    @property
+    def vram_mib(self) -> float | None:
+        """The figure the budget is judged on: measured peak, else the prediction."""
+        if self.vram_peak_mib is not None:
+            return self.vram_peak_mib
+        return self.predicted.get("total_mib") if self.status != "skipped" else None
+
+    @property
+    def error_mib(self) -> float | None:
+        if self.vram_peak_mib is None or not self.predicted:
+            return None
+        return self.vram_peak_mib - float(self.predicted["total_mib"])
+
+    @property
+    def gpu_bw(self) -> float:
+        return self.gpu_bytes_per_token * self.decode.mean
+
+    @property
+    def host_bw(self) -> float:
+        return self.host_bytes_per_token * self.decode.mean
+
+
+@dataclass
+class SweepReport:
+    evidence_path: Path
+    model: str
+    backend: str
+    n_layer: int
+    n_ctx: int
+    budget_mib: float | None
+    free_mib: float | None
+    overhead_mib: float
+    rows: list[SettingRow]
+    reference: int | None  # the setting speedups are relative to
+    best: int | None
+    advice: str
+    long_bucket: str | None
+    explanation: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    trail: list[dict[str, Any]] = field(default_factory=list)
+    cpu_build: dict[str, float] = field(default_factory=dict)  # vram.cpu_buffers as predicted
+
+    def row(self, n: int) -> SettingRow | None:
+        return next((r for r in self.rows if r.n == n), None)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def read_sidecar(evidence_path: Path) -> dict[str, Any] | None:
+    p = Path(evidence_path)
+    side = p.with_name(p.stem + SIDECAR_SUFFIX)
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _buffers(end: ArmEnd | None) -> dict[str, dict[str, float]]:
+    if end is None:
+        return {}
+    b = (end.breakdown or {}).get("buffers") or {}
+    return {k: dict(v) for k, v in b.items() if isinstance(v, dict)}
+
+
+def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> SweepReport:
+    """Everything the sweep report shows, from one evidence file (and its trail, if given)."""
+    from .errors import EvidenceError
+
+    if ev.manifest is None:
+        raise EvidenceError(f"{ev.path}: no run_start record; not a complete evidence file")
+    sweep = (ev.manifest.config.get("extra") or {}).get("sweep")
+    if not isinstance(sweep, dict):
+        raise EvidenceError(f"{ev.path}: not a sweep (no config.extra.sweep in the manifest); use `abtest report`")
+    layout = sweep.get("layout", {})
+    n_layer = int(layout.get("n_layer", 0))
+    preds: dict[int, dict[str, Any]] = {int(k): v for k, v in sweep.get("predictions", {}).items()}
+    backend = str(sweep.get("backend", "unknown"))
+    trail = list((sidecar or {}).get("trail", []))
+    trail_by_n = {int(t["n"]): t for t in trail if "n" in t}
+    ends = {e.arm: e for e in ev.arm_ends}
+    started = {s.arm for s in ev.arm_starts}
+    reqs: dict[str, list[RequestRecord]] = {}
+    for r in ev.requests:
+        if not r.warmup and r.ok:
+            reqs.setdefault(r.arm, []).append(r)
+    buckets = sorted({r.bucket for rs in reqs.values() for r in rs})
+    mean_prompt = {
+        b: float(np.mean([r.prompt_tokens or 0 for rs in reqs.values() for r in rs if r.bucket == b])) for b in buckets
+    }
+    long_bucket = max(buckets, key=lambda b: mean_prompt[b]) if buckets else None
+
+    ran = sorted({n for a in set(ends) | started if (n := _arm_n(a)) is not None})
+    listed = [int(n) for n in sweep.get("settings", [])] if sweep.get("mode") == "list" else []
+    shown = sorted(set(ran) | set(listed) | {n for n, t in trail_by_n.items() if t.get("status") == "skipped"})
+    skipped_start = {int(k): v for k, v in (sweep.get("skipped_at_start") or {}).items()}
+
+    rows: list[SettingRow] = []
+    for n in shown:
+        arm = f"ncmoe{n}"
+        end = ends.get(arm)
+        rs = reqs.get(arm, [])
+        t = trail_by_n.get(n, {})
+        if end is not None and end.status == "ok" and rs:
+            status, reason = "measured", ""
+        elif end is not None:
+            status, reason = "failed", end.error or f"{end.n_failed} of {end.n_requests} requests failed"
+        elif t.get("status") == "skipped" or n in skipped_start:
+            status, reason = "skipped", t.get("reason") or skipped_start.get(n, "")
+        else:
+            status, reason = "not run", "interrupted before this setting"
+        peak = steady = None
+        basis = "predicted"
+        if end is not None and end.memory:
+            pk = (end.memory.get("peak") or {}).get("pid_vram_mib")
+            sd = (end.memory.get("steady") or {}).get("pid_vram_mib")
+            if pk is not None:
+                peak, steady, basis = float(pk), (float(sd) if sd is not None else None), "nvml per-PID"
+            elif t.get("vram_mib") is not None:
+                peak, basis = float(t["vram_mib"]), "device used delta"
+        depth = float(np.mean([(r.prompt_tokens or 0) + r.completion_tokens / 2 for r in rs])) if rs else math.nan
+        row = SettingRow(
+            n=n, arm=arm, status=status, reason=reason, predicted=preds.get(n, {}), vram_peak_mib=peak,
+            vram_steady_mib=steady, vram_basis=basis, buffers=_buffers(end),
+            decode=mean_ci([v for v in (decode_tps(r) for r in rs) if v is not None]),
+            ttft={b: mean_ci([v for r in rs if r.bucket == b and (v := ttft_ms(r)) is not None]) for b in buckets},
+            prompt_tokens={b: float(np.mean([r.prompt_tokens or 0 for r in rs if r.bucket == b]))
+                           for b in buckets if any(r.bucket == b for r in rs)},
+            depth_tokens=depth,
+        )
+        _traffic(row, backend, long_bucket)
+        rows.append(row)
+
+    measured = [r for r in rows if r.status == "measured" and r.decode.n > 0]
+    reference = max((r.n for r in measured), default=None)
+    if reference is not None:
+        ref_vals = _rates(reqs.get(f"ncmoe{reference}", []))
+        for row in measured:
+            row.speedup = stats.ratio_ci(ref_vals, _rates(reqs.get(row.arm, [])))
+    _mark_frontier(measured)
+
+    budget = sweep.get("budget_mib")
+    budget = float(budget) if budget is not None else None
+    best = pick_best(rows, budget)
+    rep = SweepReport(
+        evidence_path=ev.path, model=str(layout.get("name", sweep.get("model_path", "?"))), backend=backend,
+        n_layer=n_layer, n_ctx=int((sweep.get("ctx") or {}).get("n_ctx", 0)), budget_mib=budget,
+        free_mib=sweep.get("free_mib"), overhead_mib=float(sweep.get("overhead_mib", math.nan)), rows=rows,
+        reference=reference, best=best, advice="", long_bucket=long_bucket, trail=trail,
+        cpu_build=dict(sweep.get("cpu_build") or {}),
+    )
+    rep.advice = advice_line(rep)
+    rep.explanation = explain(rep)
+    rep.notes = _notes(rep, ev)
+    return rep
+
+
+def _rates(rs: list[RequestRecord]) -> list[float]:
+    return [v for v in (decode_tps(r) for r in rs) if v is not None]
+
+
+def _traffic(row: SettingRow, backend: str, long_bucket: str | None) -> None:
+    p = row.predicted
+    if not p:
+        return
+    kv = float(p.get("kv_read_per_token_per_cell", 0)) * (row.depth_tokens if math.isfinite(row.depth_tokens) else 0)
+    gpu = float(p.get("gpu_read_per_token", 0)) + kv
+    host = float(p.get("host_read_per_token", 0))
+    if backend == "cpu":  # a CPU build: every byte comes from host memory, nothing crosses PCIe
+        row.gpu_bytes_per_token, row.host_bytes_per_token, row.pcie_bytes_prefill = 0.0, gpu + host, 0.0
+        return
+    row.gpu_bytes_per_token, row.host_bytes_per_token = gpu, host
+    if long_bucket and long_bucket in row.prompt_tokens:
+        ptoks = row.prompt_tokens[long_bucket]
+        ub = max(int(p.get("n_ubatch", 512)), 1)
+        row.pcie_bytes_prefill = float(p.get("pcie_bytes_per_ubatch", 0)) * math.ceil(ptoks / ub) if ptoks >= 32 else 0.0
+
+
+def _mark_frontier(rows: list[SettingRow]) -> None:
+    """Pareto frontier: no other setting uses no more VRAM and decodes faster."""
+    pts = [(r, r.vram_mib, r.decode.mean) for r in rows if r.vram_mib is not None and math.isfinite(r.decode.mean)]
+    for r, v, s in pts:
+        r.on_frontier = not any((v2 <= v and s2 > s) or (v2 < v and s2 >= s) for r2, v2, s2 in pts if r2 is not r)
+
+
+def pick_best(rows: list[SettingRow], budget_mib: float | None) -> int | None:
+    """The fastest measured setting whose VRAM (measured peak, else predicted) is under budget."""
+    ok = [r for r in rows if r.status == "measured" and math.isfinite(r.decode.mean) and r.vram_mib is not None
+          and (budget_mib is None or r.vram_mib <= budget_mib)]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r.decode.mean, -r.n)).n
+
+
+# ----------------------------------------------------------------------------- words
+
+
+def fmt_gib(mib: float | None, digits: int = 2) -> str:
+    if mib is None or not math.isfinite(mib):
+        return "—"
+    return f"{mib / 1024:.{digits}f}"
+
+
+def budget_label(mib: float) -> str:
+    g = mib / 1024
+    return f"{g:.0f} GiB" if abs(g - round(g)) < 0.005 else f"{g:.2f} GiB"
+
+
+def flag_of(n: int, n_layer: int) -> str:
+    if n == 0:
+        return "--n-cpu-moe 0"
+    if n >= n_layer:
+        return "--cpu-moe"
+    return f"--n-cpu-moe {n}"
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return f"{v:.{digits}f}" if v is not None and math.isfinite(v) else "—"
+
+
+def advice_line(rep: SweepReport) -> str:
+    """'with 9 GiB, use `--n-cpu-moe N`: X GiB, Y ± σ tok/s (Z× the speed of --cpu-moe)'."""
+    head = f"with {budget_label(rep.budget_mib)}" if rep.budget_mib is not None else "with no VRAM budget (no GPU seen)"
+    if rep.best is None:
+        measured = [r for r in rep.rows if r.vram_mib is not None and r.status == "measured"]
+        if not measured:
+            return f"{head}: no setting was measured; see the notes"
+        least = min(measured, key=lambda r: r.vram_mib or math.inf)
+        return (f"{head}, no setting fits: the smallest, `{flag_of(least.n, rep.n_layer)}`, "
+                f"needs {fmt_gib(least.vram_mib, 1)} GiB")
+    row = rep.row(rep.best)
+    assert row is not None
+    vram = f"{fmt_gib(row.vram_mib, 1)} GiB" + ("" if row.vram_peak_mib is not None else " predicted")
+    speed = f"{_fmt(row.decode.mean)} ± {_fmt(row.decode.std)} tok/s"
+    ref = ""
+    if row.speedup is not None and rep.reference is not None and math.isfinite(row.speedup.delta):
+        ref = f" ({1 + row.speedup.delta:.1f}× the speed of {flag_of(rep.reference, rep.n_layer)})"
+    return f"{head}, use `{flag_of(row.n, rep.n_layer)}`: {vram}, {speed}{ref}"
+
+
+def explain(rep: SweepReport) -> list[str]:
+    """What limits decode and prefill, in a few sentences from the numbers."""
+    out: list[str] = []
+    rows = [r for r in rep.rows if r.status == "measured" and math.isfinite(r.decode.mean) and r.decode.mean > 0]
+    if rep.backend == "cpu":
+        out.append("CPU build: every weight is read from host memory and nothing crosses PCIe, so the "
+                   "setting only moves where llama.cpp *would* put experts; speeds should not differ "
+                   "beyond noise, and the GPU/PCIe columns do not apply.")
+    if len(rows) >= 2 and rep.backend != "cpu":
+        x = np.array([r.host_bytes_per_token for r in rows])
+        y = np.array([1.0 / r.decode.mean for r in rows])
+        if np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            if slope > 0:
+                out.append(
+                    f"decode: each GiB of experts a token reads from host memory adds {slope * GIB * 1e3:.1f} ms per "
+                    f"token, i.e. the CPU side streams experts at ~{1 / slope / 1e9:.1f} GB/s effective (host memory "
+                    f"bandwidth and CPU matmul speed together); with no experts on the CPU a token takes "
+                    f"{intercept * 1e3:.1f} ms."
+                )
+        top = min(rows, key=lambda r: r.n)
+        if math.isfinite(top.gpu_bw):
+            out.append(f"at --n-cpu-moe {top.n} the GPU side reads {top.gpu_bytes_per_token / MIB:.0f} MiB per token "
+                       f"= {top.gpu_bw / 1e9:.0f} GB/s effective (the rest of the token time is launch/sync overhead "
+                       f"and, with experts on the CPU, the CPU's share).")
+    if rep.long_bucket and rep.backend != "cpu":
+        for r in rows:
+            t = r.ttft.get(rep.long_bucket)
+            if t is None or not math.isfinite(t.mean) or not math.isfinite(r.pcie_bytes_prefill):
+                continue
+            if r.pcie_bytes_prefill > 0:
+                out.append(
+                    f"prefill ({rep.long_bucket}, {r.prompt_tokens.get(rep.long_bucket, 0):.0f} tokens) at "
+                    f"{flag_of(r.n, rep.n_layer)}: {r.pcie_bytes_prefill / GIB:.2f} GiB of experts cross PCIe, so "
+                    f"TTFT {t.mean:.0f} ms implies >= {r.pcie_bytes_prefill / (t.mean / 1e3) / 1e9:.1f} GB/s "
+                    f"of host-to-GPU copy."
+                )
+    return out
+
+
+def _notes(rep: SweepReport, ev: Evidence) -> list[str]:
+    notes = list(ev.problems)
+    if ev.partial:
+        notes.append("partial evidence: the sweep was interrupted (no run_end)")
+    if all(r.vram_peak_mib is None for r in rep.rows):
+        why = (ev.manifest.gpu.get("reason") if ev.manifest else None) or "no per-process GPU memory"
+        notes.append(f"no measured VRAM ({why}): VRAM columns and the advice use the prediction")
+    errs = [r.error_mib for r in rep.rows if r.error_mib is not None]
+    if errs:
+        notes.append(f"prediction error (measured - predicted): mean {np.mean(errs):+.0f} MiB, "
+                     f"max |err| {max(abs(e) for e in errs):.0f} MiB over {len(errs)} settings; "
+                     f"CUDA overhead constant {rep.overhead_mib:.0f} MiB (--cuda-overhead)")
+    for r in rep.rows:
+        if r.status in ("failed", "skipped", "not run"):
+            notes.append(f"{r.arm}: {r.status}" + (f" — {r.reason}" if r.reason else ""))
+    return notes
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _md(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in esc]
+    return "\n".join(lines)
+
+
+def main_table(rep: SweepReport) -> str:
+    ref = flag_of(rep.reference, rep.n_layer) if rep.reference is not None else "ref"
+    tt = f"TTFT ms ({rep.long_bucket})" if rep.long_bucket else "TTFT ms"
+    headers = ["N", "flag", "VRAM pred GiB", "VRAM meas GiB", "err MiB", "decode tok/s", "95% CI", f"× {ref}", tt,
+               "GPU MiB/tok", "host MiB/tok", "GPU GB/s", "host GB/s", "frontier"]
+    rows = []
+    for r in rep.rows:
+        d = r.decode
+        sp = r.speedup
+        t = r.ttft.get(rep.long_bucket) if rep.long_bucket else None
+        meas = fmt_gib(r.vram_peak_mib) if r.vram_peak_mib is not None else ("—" if r.status == "measured" else r.status)
+        rows.append([
+            str(r.n) + (" ←" if r.n == rep.best else ""),
+            f"`{flag_of(r.n, rep.n_layer)}`",
+            fmt_gib(r.predicted.get("total_mib")),
+            meas,
+            _fmt(r.error_mib, 0) if r.error_mib is not None else "—",
+            f"{_fmt(d.mean)} ± {_fmt(d.std)}" if d.n else "—",
+            f"{_fmt(d.low)} – {_fmt(d.high)}" if d.n > 1 else "—",
+            (f"{1 + sp.delta:.2f} ({1 + sp.low:.2f}–{1 + sp.high:.2f})" if sp is not None and math.isfinite(sp.low)
+             else f"{1 + sp.delta:.2f}" if sp is not None and math.isfinite(sp.delta) else "—"),
+            f"{_fmt(t.mean, 0)} ± {_fmt(t.std, 0)}" if t is not None and t.n else "—",
+            _fmt(r.gpu_bytes_per_token / MIB, 0),
+            _fmt(r.host_bytes_per_token / MIB, 0),
+            _fmt(r.gpu_bw / 1e9, 1) if r.decode.n else "—",
+            _fmt(r.host_bw / 1e9, 1) if r.decode.n else "—",
+            "★" if r.on_frontier else "",
+        ])
+    return _md(headers, rows, set(range(2, 13)))
+
+
+def buffers_table(rep: SweepReport) -> str:
+    """Predicted buffers beside what llama-server printed (-lv 4)."""
+    headers = ["N", "device", "model pred", "model log", "KV pred", "KV log", "compute pred", "compute log"]
+    rows = []
+    for r in rep.rows:
+        if not r.buffers or not r.predicted:
+            continue
+        p = r.predicted
+        gpu = next((k for k in r.buffers if k.startswith("CUDA") and not k.endswith("_Host")), None)
+        if gpu is not None:
+            b = r.buffers[gpu]
+            rows.append([str(r.n), gpu, _fmt(p["weights_mib"]), _fmt(b.get("model_mib", math.nan)), _fmt(p["kv_mib"]),
+                         _fmt(b.get("kv_mib", math.nan)), _fmt(p["compute_mib"]), _fmt(b.get("compute_mib", math.nan))])
+        elif "CPU" in r.buffers and rep.backend == "cpu":
+            # A CPU build holds everything in host buffers: compare with vram.cpu_buffers.
+            cb, pc = r.buffers, rep.cpu_build
+            model_log = sum(cb.get(k, {}).get("model_mib", 0.0) for k in cb if k.startswith("CPU"))
+            model_pred = pc.get("model_mapped_mib", math.nan) + pc.get("model_repack_mib", math.nan)
+            rows.append([str(r.n), "CPU (all)", _fmt(model_pred, 2), _fmt(model_log, 2), _fmt(pc.get("kv_mib", math.nan), 2),
+                         _fmt(cb["CPU"].get("kv_mib", math.nan), 2), _fmt(pc.get("compute_mib", math.nan), 2),
+                         _fmt(cb["CPU"].get("compute_mib", math.nan), 2)])
+    if not rows:
+        return ""
+    return _md(headers, rows, set(range(2, 8)))
+
+
+def render_markdown(rep: SweepReport) -> str:
+    parts = [f"# abtest sweep: {rep.model}", ""]
+    bits = [f"backend {rep.backend}", f"{rep.n_layer} layers", f"-c {rep.n_ctx}"]
+    if rep.budget_mib is not None:
+        bits.append(f"budget {budget_label(rep.budget_mib)}")
+    if rep.free_mib is not None:
+        bits.append(f"free at start {fmt_gib(rep.free_mib)} GiB")
+    parts += [f"_{', '.join(bits)}; evidence {rep.evidence_path.name}_", "", f"**{rep.advice}**", "", main_table(rep), ""]
+    parts.append("VRAM meas = per-PID NVML peak; decode = mean ± σ over requests, 95 % t-interval of the mean; "
+                 "× = ratio of mean decode rates with a studentized bootstrap interval; MiB/tok = weight (+KV) bytes "
+                 "each decoded token reads; GB/s = that × decode tok/s; ★ = on the VRAM/speed frontier; ← = advice.")
+    if rep.explanation:
+        parts += ["", "## What limits speed", ""] + [f"- {e}" for e in rep.explanation]
+    if len(rep.rows) and any(len(r.ttft) > 1 for r in rep.rows):
+        bks = sorted({b for r in rep.rows for b in r.ttft})
+        rows = [[str(r.n)] + [f"{_fmt(r.ttft[b].mean, 0)} ± {_fmt(r.ttft[b].std, 0)}" if b in r.ttft and r.ttft[b].n
+                              else "—" for b in bks] for r in rep.rows]
+        parts += ["", "## TTFT ms per bucket", "", _md(["N"] + bks, rows, set(range(1, len(bks) + 1)))]
+    bt = buffers_table(rep)
+    if bt:
+        parts += ["", "## Predicted buffers vs the server log (MiB)", "", bt]
+    if rep.trail:
+        steps = []
+        for t in rep.trail:
+            what = t.get("status", "?")
+            v = t.get("vram_mib")
+            steps.append(f"{t.get('arm')} {what}" + (f" {v / 1024:.2f} GiB" if isinstance(v, (int, float)) else ""))
+        parts += ["", "## Search order", "", " → ".join(steps)]
+    if rep.notes:
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in rep.notes]
+    return "\n".join(parts) + "\n"
+
+
+def write_plot(rep: SweepReport, path: Path) -> Path | None:
+    """decode tok/s and TTFT against VRAM, one point per setting, 95 % intervals, frontier, budget."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in rep.rows if r.vram_mib is not None and r.decode.n]
+    if not rows:
+        return None
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    for ax, get, label in (
+        (ax1, lambda r: r.decode, "decode (tok/s)"),
+        (ax2, lambda r: r.ttft.get(rep.long_bucket or "", MeanCI(0, math.nan, math.nan, math.nan, math.nan)),
+         f"TTFT ms ({rep.long_bucket})"),
+    ):
+        for r in rows:
+            c = get(r)
+            if not c.n:
+                continue
+            x = (r.vram_mib or 0) / 1024
+            err = None
+            if math.isfinite(c.low):
+                err = [[c.mean - c.low], [c.high - c.mean]]
+            filled = r.vram_peak_mib is not None
+            ax.errorbar([x], [c.mean], yerr=err, fmt="o", color="C0" if r.on_frontier else "C7",
+                        mfc=None if filled else "none", capsize=3)
+            ax.annotate(f"{r.n}", (x, c.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if ax is ax1:
+            fr = sorted((r for r in rows if r.on_frontier), key=lambda r: r.vram_mib or 0)
+            if len(fr) > 1:
+                ax.plot([(r.vram_mib or 0) / 1024 for r in fr], [r.decode.mean for r in fr], "-", color="C0", alpha=0.5)
+        if rep.budget_mib is not None:
+            ax.axvline(rep.budget_mib / 1024, color="C3", ls="--", lw=1, label=f"budget {budget_label(rep.budget_mib)}")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_xlabel("VRAM GiB (per-PID peak; hollow = predicted)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{rep.model}: --n-cpu-moe N (labels), -c {rep.n_ctx}", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def report_from_file(path: Path | str) -> SweepReport:
+    p = Path(path)
+    return build_sweep_report(read_evidence(p), read_sidecar(p))
+
+
+def write_outputs(rep: SweepReport, out_dir: Path | str) -> tuple[Path, Path | None]:
+    """OUT/sweep-report.md and OUT/sweep-vram-speed.png."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    md = d / "sweep-report.md"
+    md.write_text(render_markdown(rep), encoding="utf-8")
+    png = write_plot(rep, d / "sweep-vram-speed.png")
+    return md, png

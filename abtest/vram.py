@@ -1,0 +1,552 @@
+"""VRAM prediction for ``llama-server -ngl 99 --n-cpu-moe N``, from a GGUF's tensor sizes alone.
+
+A setting's GPU memory, as NVML counts it for the server's PID, is predicted as
+
+    total = weights on the GPU + KV cache + compute buffer + CUDA overhead
+
+and each term is a pure function of the tensor list, a few hyper-parameters and the context
+(docs/sweep.md shows the arithmetic on gpt-oss-20b-like). Placement, as llama.cpp does it with
+``-ngl 99`` (src/llama-model.cpp, common/arg.cpp of the vendored llama.cpp):
+
+* ``token_embd.weight`` stays in host memory: the input layer is always on the CPU (its one op
+  is a get_rows, cheap anywhere).
+* ``output.weight`` and ``output_norm`` go to the GPU (the output layer counts as layer n_layer,
+  offloaded when -ngl > n_layer). A model with tied embeddings and no ``output.weight`` gets a
+  GPU copy of ``token_embd`` for its output matmul.
+* ``--n-cpu-moe N`` keeps the routed-expert tensors (``blk.i.ffn_{up,gate,down,gate_up}_exps``,
+  `EXPERT_TENSOR_RE`) of layers 0..N-1 in host memory; every other layer tensor goes to the GPU.
+
+Buffers, checked against what the CPU build of llama-server prints with ``-lv 4``
+(tests/unit/test_vram.py holds those figures):
+
+* KV cache: ``n_layer * n_ctx * n_head_kv * (head_dim_k + head_dim_v) * 2 bytes`` (f16 K and V);
+  n_ctx rounded up to 256 (per sequence, times -np, when the cache is not unified).
+* Compute buffer: the peak of ggml-alloc over the worst-case prompt graph of one micro-batch of
+  T = min(n_ubatch, n_ctx) tokens. For a MoE layer (qwen3moe graph) it is, exactly to 0.01 MiB on
+  seven shapes (tiny-moe with n_ff_exp, n_expert_used, n_embd, n_head, n_vocab, n_expert varied,
+  and gpt-oss-20b-like with 2 layers)::
+
+      T * 4 bytes * (3 * n_ff_exp * n_expert_used + 3 * n_embd + n_head * head_dim)
+      + n_kv * T * 2 bytes        (the f16 KQ mask, with flash attention)
+
+  i.e. three f32 expert activations (gate, up, their GLU product), three residual-width
+  activations and the attention output. For a dense layer (gpt2 graph) ``T * 4 * (n_ff + 4 *
+  n_embd)``. The logits are not in it: this llama-server reserves one output row
+  (``n_outputs_max = 1``), so the n_vocab * n_ubatch * 4 logits of older versions are gone.
+  Without flash attention the f32 KQ matrix and mask, ``n_kv * T * (4 * n_head + 4)``, are added
+  (an upper bound: the CPU build prints 6-10 % less for tiny-moe).
+* On the GPU, when some experts stay in host memory, a prompt batch of >= 32 tokens is computed
+  on the GPU anyway ("op offload"): ggml's scheduler copies the CPU-resident expert tensor into
+  the GPU compute buffer, one tensor per split, so the GPU compute buffer grows by the largest
+  such tensor, less one expert activation and one residual activation that are not alive while
+  the copy is (calibrated on the only CUDA figure we have: 210 MiB for gpt-oss-20b-like
+  ``--cpu-moe`` at -c 4096, predicted 210.6).
+* CUDA overhead (`CUDA_OVERHEAD_MIB`): what NVML counts for the PID beyond llama.cpp's own
+  buffers -- the CUDA context and its kernels, cuBLAS handles, the CUDA memory pool that
+  matmuls take scratch from, CUDA graphs. A constant, to be calibrated on the GPU: see its
+  comment for the reference points it was set from.
+
+Host side (not VRAM, reported to explain speeds): the CPU-resident expert tensors and
+token_embd; per decoded token the CPU reads n_expert_used / n_expert of each CPU layer's expert
+bytes, the GPU the same fraction of its layers' expert bytes plus every other GPU tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from .gguf_meta import EXPERT_TENSOR_RE
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+# ---------------------------------------------------------------------------------- constants
+
+# Per-process GPU memory NVML counts beyond the model, KV and compute buffers that llama.cpp
+# prints: CUDA context (~300-500 MiB on an H100), cuBLAS handles and workspace, the CUDA pool
+# (matmul scratch, grows to the largest prompt batch), CUDA graphs. Set from the per-PID NVML
+# figures seen on an H100 with gpt-oss-20b-like Q4_0 at -c 4096, -fa on (docs/sweep.md):
+#   --cpu-moe    ~1.7 GiB  (buffers 1063 MiB -> implies ~680 MiB)
+#   ncmoe12      ~6.8 GiB  (buffers 6188 MiB -> ~775 MiB)
+#   -ngl 99      ~11.8 GiB (buffers 11198 MiB -> ~885 MiB)
+# 768 is the middle of those; it over-predicts --cpu-moe by ~90 MiB and under-predicts the
+# all-GPU arm by ~120 MiB. Recalibrate with `abtest sweep` on the GPU (the report prints the
+# error of every setting) and override with --cuda-overhead.
+CUDA_OVERHEAD_MIB = 768.0
+
+# ggml-cuda offloads an op whose weights sit in host memory to the GPU when its batch has at
+# least this many tokens (ggml-cuda.cu, op_offload_min_batch_size; env GGML_OP_OFFLOAD_MIN_BATCH).
+OP_OFFLOAD_MIN_BATCH = 32
+
+# llama.cpp defaults (common/common.h): -b 2048, -ub 512; the context is padded to 256 cells.
+DEFAULT_N_BATCH = 2048
+DEFAULT_N_UBATCH = 512
+CTX_PAD = 256
+# CUDA: quantized rows are padded to a multiple of 512 elements (MATRIX_ROW_PADDING), one row's
+# worth per tensor, and tensors are aligned to 128 bytes.
+CUDA_ROW_PADDING = 512
+CUDA_ALIGNMENT = 128
+# Small compute-graph inputs (positions, ids, output ids), seen as +0.01 MiB on every shape.
+GRAPH_INPUTS_BYTES = 10 * 1024
+
+# ggml type ids and (elements per block, bytes per block) for the types we size here; anything
+# else falls back to the gguf package's table.
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0 = 0, 1, 2, 8
+# Types this CPU build repacks into interleaved layouts (CPU_REPACK buffer) on x86 with AVX2:
+# seen for Q4_0, not for Q8_0. ggml's source also repacks Q4_K and IQ4_NL (not checked here).
+CPU_REPACK_TYPES = frozenset({GGML_Q4_0})
+_KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+             "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}
+
+
+class TensorLike(Protocol):
+    """What a tensor needs for sizing: gguf_meta.TensorInfo and synth.TensorSpec both fit."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def ggml_type(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]  # ggml order, ne0 first
+    ggml_type: int
+    nbytes: int
+
+
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """The hyper-parameters and tensors that decide where memory goes."""
+
+    name: str
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_ff: int  # dense FFN width
+    n_expert: int  # 0 for a dense model
+    n_expert_used: int
+    n_ff_exp: int
+    n_vocab: int
+    tensors: tuple[Tensor, ...] = field(repr=False)
+
+    # -- tensor classes ------------------------------------------------------------------------
+    def layer_of(self, t: Tensor) -> int | None:
+        m = _LAYER.match(t.name)
+        if m and int(m.group(1)) < self.n_layer:
+            return int(m.group(1))
+        return None
+
+    @staticmethod
+    def is_expert(t: Tensor) -> bool:
+        return EXPERT_TENSOR_RE.search(t.name) is not None
+
+    def layer_expert_bytes(self) -> list[int]:
+        out = [0] * self.n_layer
+        for t in self.tensors:
+            i = self.layer_of(t)
+            if i is not None and self.is_expert(t):
+                out[i] += t.nbytes
+        return out
+
+    def has_output(self) -> bool:
+        return any(t.name == "output.weight" for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def expert_fraction(self) -> float:
+        """Share of each layer's expert bytes a token reads: n_expert_used / n_expert."""
+        return self.n_expert_used / self.n_expert if self.n_expert else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "tensors"}
+        d["tensor_bytes"] = self.tensor_bytes
+        d["layer_expert_bytes"] = self.layer_expert_bytes()
+        return d
+
+
+def _tensors(ts: Iterable[TensorLike]) -> tuple[Tensor, ...]:
+    return tuple(Tensor(t.name, tuple(int(x) for x in t.shape), int(t.ggml_type), int(t.nbytes)) for t in ts)
+
+
+def layout_from_gguf(path: str | os.PathLike[str]) -> ModelLayout:
+    """Read a GGUF header (no tensor data) into a ModelLayout."""
+    from .errors import ConfigError
+    from .gguf_meta import ArrayInfo, read_header
+
+    h = read_header(path)
+    kv = h.kv
+    arch = kv.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ConfigError(f"{path}: GGUF has no general.architecture; it is not a model file")
+
+    def a(key: str, default: int = 0) -> int:
+        v = kv.get(f"{arch}.{key}")
+        if isinstance(v, list):  # per-layer arrays (some archs vary heads per layer): the largest
+            return int(max(v)) if v else default
+        return int(v) if isinstance(v, (int, float)) else default
+
+    n_embd, n_head = a("embedding_length"), a("attention.head_count")
+    head_k = a("attention.key_length", n_embd // n_head if n_head else 0)
+    tok = next((t for t in h.tensors if t.name == "token_embd.weight"), None)
+    tokens = kv.get("tokenizer.ggml.tokens")
+    n_vocab = tokens.count if isinstance(tokens, ArrayInfo) else len(tokens) if isinstance(tokens, list) else 0
+    n_vocab = n_vocab or a("vocab_size") or (tok.shape[1] if tok is not None else 0)
+    name = kv.get("general.name")
+    return ModelLayout(
+        name=name if isinstance(name, str) else os.path.basename(str(path)),
+        arch=arch,
+        n_layer=a("block_count"),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=a("attention.head_count_kv", n_head),
+        head_dim_k=head_k,
+        head_dim_v=a("attention.value_length", head_k),
+        n_ff=a("feed_forward_length"),
+        n_expert=a("expert_count"),
+        n_expert_used=a("expert_used_count"),
+        n_ff_exp=a("expert_feed_forward_length"),
+        n_vocab=int(n_vocab),
+        tensors=_tensors(h.tensors),
+    )
+
+
+def layout_from_preset(preset: str, qtype: str = "q4_0") -> ModelLayout:
+    """The layout of a synth preset, from `synth.tensor_plan` (writes nothing)."""
+    from . import synth
+
+    p = synth.get_preset(preset)
+    return ModelLayout(
+        name=f"{p.name} ({qtype})", arch=p.arch, n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head,
+        n_head_kv=p.n_head_kv, head_dim_k=p.head_dim, head_dim_v=p.head_dim, n_ff=p.n_ff,
+        n_expert=p.n_expert, n_expert_used=p.n_expert_used, n_ff_exp=p.n_ff_exp, n_vocab=p.n_vocab,
+        tensors=_tensors(synth.tensor_plan(p, qtype)),
+    )
+
+
+# ---------------------------------------------------------------------------------- placement
+
+
+def _row_bytes(t: Tensor, n_elements: int) -> int:
+    if t.ggml_type == GGML_F32:
+        return 4 * n_elements
+    if t.ggml_type == GGML_F16:
+        return 2 * n_elements
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.ggml_type)]
+    return n_elements // block * size
+
+
+def cuda_alloc_bytes(t: Tensor) -> int:
+    """Bytes a tensor takes in a CUDA buffer: one row of padding to 512 elements for quantized
+    types (ggml_backend_cuda_buffer_type_get_alloc_size), rounded up to the 128-byte alignment."""
+    size = t.nbytes
+    if t.ggml_type not in (GGML_F32, GGML_F16) and t.shape and t.shape[0] % CUDA_ROW_PADDING:
+        size += _row_bytes(t, CUDA_ROW_PADDING - t.shape[0] % CUDA_ROW_PADDING)
+    return -(-size // CUDA_ALIGNMENT) * CUDA_ALIGNMENT
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each weight byte lives with -ngl 99 --n-cpu-moe N, and what a token reads where."""
+
+    n_cpu_moe: int
+    gpu_bytes: int  # CUDA model buffer (with CUDA padding)
+    host_bytes: int  # tensors left in host memory
+    gpu_expert_bytes: int
+    host_expert_bytes: int
+    max_host_expert_tensor: int  # the largest CPU-resident expert tensor (op-offload copy size)
+    gpu_read_per_token: int  # bytes one decoded token reads from GPU memory (weights only)
+    host_read_per_token: int  # bytes one decoded token reads from host memory (weights only)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def placement(layout: ModelLayout, n_cpu_moe: int) -> Placement:
+    """Pure: the GPU/host split of the weights for ``-ngl 99 --n-cpu-moe n_cpu_moe``."""
+    n = max(0, min(int(n_cpu_moe), layout.n_layer))
+    frac = layout.expert_fraction
+    gpu = host = gpu_exp = host_exp = max_host = 0
+    gpu_read = host_read = 0.0
+    for t in layout.tensors:
+        layer = layout.layer_of(t)
+        expert = layout.is_expert(t)
+        if t.name == "token_embd.weight":
+            host += t.nbytes
+            host_read += t.nbytes / max(layout.n_vocab, 1)  # one row per token (get_rows)
+            if not layout.has_output():  # tied embeddings: the output matmul gets a GPU copy
+                gpu += cuda_alloc_bytes(t)
+                gpu_read += t.nbytes
+            continue
+        if expert and layer is not None and layer < n:
+            host += t.nbytes
+            host_exp += t.nbytes
+            max_host = max(max_host, t.nbytes)
+            host_read += t.nbytes * frac
+            continue
+        gpu += cuda_alloc_bytes(t)
+        if expert:
+            gpu_exp += t.nbytes
+            gpu_read += t.nbytes * frac
+        else:
+            gpu_read += t.nbytes
+    return Placement(n, gpu, host, gpu_exp, host_exp, max_host, round(gpu_read), round(host_read))
+
+
+# ---------------------------------------------------------------------------------- buffers
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """The llama-server flags that size the KV cache and the compute buffer."""
+
+    n_ctx: int
+    n_parallel: int = 1
+    n_batch: int = DEFAULT_N_BATCH
+    n_ubatch: int = DEFAULT_N_UBATCH
+    flash_attn: bool = True
+    kv_unified: bool = False
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+
+    @property
+    def n_ctx_seq(self) -> int:
+        """Cells per sequence, as llama_context pads them."""
+        if self.kv_unified:
+            return _pad(self.n_ctx, CTX_PAD)
+        return _pad(max(self.n_ctx // max(self.n_parallel, 1), 1), CTX_PAD)
+
+    @property
+    def n_ctx_total(self) -> int:
+        return self.n_ctx_seq if self.kv_unified else self.n_ctx_seq * max(self.n_parallel, 1)
+
+    @property
+    def n_tokens_reserve(self) -> int:
+        """T of the worst-case graph: min(n_ctx, n_ubatch, n_batch), rounded to a multiple of -np."""
+        n_batch = min(self.n_ctx, self.n_batch)
+        t = min(self.n_ctx, n_batch, self.n_ubatch)
+        s = max(self.n_parallel, 1)
+        return -(-t // s) * s
+
+
+def _pad(x: int, to: int) -> int:
+    return -(-x // to) * to
+
+
+def kv_cache_bytes(layout: ModelLayout, ctx: ContextParams) -> int:
+    """n_layer * cells * n_head_kv * (head_dim_k * bytes_k + head_dim_v * bytes_v)."""
+    try:
+        bk, bv = _KV_BYTES[ctx.cache_type_k], _KV_BYTES[ctx.cache_type_v]
+    except KeyError as exc:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown KV cache type {exc.args[0]!r}; known: {', '.join(_KV_BYTES)}") from None
+    per_cell = layout.n_head_kv * (layout.head_dim_k * bk + layout.head_dim_v * bv)
+    return round(layout.n_layer * ctx.n_ctx_total * per_cell)
+
+
+@dataclass(frozen=True)
+class ComputeParts:
+    activations: int  # the FFN/attention peak for T tokens
+    mask: int  # the KQ mask (and KQ itself without flash attention)
+    expert_act: int  # one [n_ff_exp, n_used, T] f32 activation (0 for dense)
+    residual_act: int  # one [n_embd, T] f32 activation
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.mask + GRAPH_INPUTS_BYTES
+
+
+def compute_parts(layout: ModelLayout, ctx: ContextParams) -> ComputeParts:
+    t = ctx.n_tokens_reserve
+    residual = t * 4 * layout.n_embd
+    attn_out = t * 4 * layout.n_head * layout.head_dim_v
+    if layout.n_expert:
+        expert = t * 4 * layout.n_ff_exp * layout.n_expert_used
+        act = 3 * expert + 3 * residual + attn_out
+    else:
+        expert = 0
+        act = t * 4 * (layout.n_ff + 4 * layout.n_embd)
+    n_kv = ctx.n_ctx_seq
+    if ctx.flash_attn:
+        mask = n_kv * t * 2
+    else:
+        mask = n_kv * t * (4 * layout.n_head + 4)
+    return ComputeParts(act, mask, expert, residual)
+
+
+def compute_buffer_bytes(layout: ModelLayout, ctx: ContextParams, offload_copy_bytes: int = 0) -> int:
+    """The compute buffer of the backend running the layers; `offload_copy_bytes` is the largest
+    host-resident weight the GPU copies in for a prompt batch (0 on the CPU, or all on the GPU)."""
+    p = compute_parts(layout, ctx)
+    if offload_copy_bytes and ctx.n_tokens_reserve >= OP_OFFLOAD_MIN_BATCH:
+        with_copy = p.activations - p.expert_act - p.residual_act + offload_copy_bytes
+        return max(p.activations, with_copy) + p.mask + GRAPH_INPUTS_BYTES
+    return p.total
+
+
+# ---------------------------------------------------------------------------------- prediction
+
+
+@dataclass(frozen=True)
+class VramPrediction:
+    """One setting's predicted GPU memory (MiB) and per-token traffic, before it is launched."""
+
+    n_cpu_moe: int
+    n_ctx: int
+    n_parallel: int
+    n_ubatch: int
+    flash_attn: bool
+    weights_mib: float  # CUDA model buffer
+    kv_mib: float
+    compute_mib: float
+    overhead_mib: float  # CUDA context, pool, handles (CUDA_OVERHEAD_MIB unless overridden)
+    total_mib: float  # what NVML should count for the server's PID
+    host_weights_mib: float  # weights left in host memory (token_embd + CPU experts)
+    gpu_read_per_token: int  # bytes a decoded token reads from GPU memory (weights)
+    host_read_per_token: int  # bytes a decoded token reads from host memory (CPU experts)
+    kv_read_per_token_per_cell: int  # KV bytes read per decoded token per context cell in use
+    pcie_bytes_per_ubatch: int  # host expert bytes copied to the GPU per prompt micro-batch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def predict(
+    layout: ModelLayout,
+    n_cpu_moe: int,
+    ctx: ContextParams,
+    overhead_mib: float = CUDA_OVERHEAD_MIB,
+) -> VramPrediction:
+    """Pure: the GPU memory of ``llama-server -ngl 99 --n-cpu-moe n_cpu_moe`` with `ctx`."""
+    pl = placement(layout, n_cpu_moe)
+    kv = kv_cache_bytes(layout, ctx)
+    compute = compute_buffer_bytes(layout, ctx, pl.max_host_expert_tensor)
+    weights_mib = pl.gpu_bytes / MIB
+    kv_mib = kv / MIB
+    compute_mib = compute / MIB
+    t = ctx.n_tokens_reserve
+    # A prompt micro-batch of T tokens touches each expert with probability 1 - (1 - k/E)^T
+    # (uniform routing); the scheduler copies only the experts used (ggml-backend.cpp).
+    used = 1.0 - (1.0 - layout.expert_fraction) ** t if layout.n_expert else 0.0
+    pcie = round(pl.host_expert_bytes * used) if t >= OP_OFFLOAD_MIN_BATCH else 0
+    kv_cell = round(kv / max(ctx.n_ctx_total, 1))
+    return VramPrediction(
+        n_cpu_moe=pl.n_cpu_moe, n_ctx=ctx.n_ctx_total, n_parallel=ctx.n_parallel, n_ubatch=t,
+        flash_attn=ctx.flash_attn, weights_mib=round(weights_mib, 2), kv_mib=round(kv_mib, 2),
+        compute_mib=round(compute_mib, 2), overhead_mib=round(overhead_mib, 2),
+        total_mib=round(weights_mib + kv_mib + compute_mib + overhead_mib, 1),
+        host_weights_mib=round(pl.host_bytes / MIB, 2), gpu_read_per_token=pl.gpu_read_per_token,
+        host_read_per_token=pl.host_read_per_token, kv_read_per_token_per_cell=kv_cell,
+        pcie_bytes_per_ubatch=pcie,
+    )
+
+
+def predict_all(
+    layout: ModelLayout, settings: Sequence[int], ctx: ContextParams, overhead_mib: float = CUDA_OVERHEAD_MIB
+) -> dict[int, VramPrediction]:
+    return {n: predict(layout, n, ctx, overhead_mib) for n in settings}
+
+
+def smallest_fitting(predictions: dict[int, VramPrediction], limit_mib: float) -> int | None:
+    """The smallest N (most on the GPU) predicted to fit under `limit_mib`; None if none does."""
+    fits = [n for n, p in predictions.items() if p.total_mib <= limit_mib]
+    return min(fits) if fits else None
+
+
+# ---------------------------------------------------------------------------------- CPU build
+
+
+@dataclass(frozen=True)
+class CpuBuffers:
+    """The buffers the CPU build of llama-server prints (MiB) with -ngl 99 (nothing is offloaded)."""
+
+    model_mapped_mib: float  # CPU_Mapped: the mmapped file range of the tensors not repacked
+    model_repack_mib: float  # CPU_REPACK: repacked copies of the matmul weights
+    kv_mib: float
+    compute_mib: float
+    output_mib: float  # logits + embeddings staging for one output per sequence
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cpu_buffers(
+    layout: ModelLayout, ctx: ContextParams, offsets: dict[str, int] | None = None,
+    repack_types: frozenset[int] = CPU_REPACK_TYPES,
+) -> CpuBuffers:
+    """What the CPU build prints for this layout and context: the same KV and compute arithmetic
+    as the GPU, and the model split into a repacked part and the mmapped range of the rest.
+
+    `offsets`: tensor name -> offset in the data section (from the GGUF header), for the mapped
+    range; without them the mapped size is the sum of the non-repacked tensors (a lower bound).
+    Repacked: tensors of a repack type with ne1 % 8 == 0, except token_embd (a get_rows).
+    """
+    repacked = [t for t in layout.tensors
+                if t.ggml_type in repack_types and t.name != "token_embd.weight" and len(t.shape) > 1
+                and t.shape[1] % 8 == 0]
+    names = {t.name for t in repacked}
+    rest = [t for t in layout.tensors if t.name not in names]
+    if offsets and rest:
+        mapped = max(offsets[t.name] + t.nbytes for t in rest) - min(offsets[t.name] for t in rest)
+    else:
+        mapped = sum(t.nbytes for t in rest)
+    out_rows = max(ctx.n_parallel, 1)
+    return CpuBuffers(
+        model_mapped_mib=mapped / MIB,
+        model_repack_mib=sum(t.nbytes for t in repacked) / MIB,
+        kv_mib=kv_cache_bytes(layout, ctx) / MIB,
+        compute_mib=compute_buffer_bytes(layout, ctx) / MIB,
+        output_mib=out_rows * layout.n_vocab * 4 / MIB,
+    )
+
+
+def gguf_offsets(path: str | os.PathLike[str]) -> dict[str, int]:
+    from .gguf_meta import read_header
+
+    return {t.name: t.offset for t in read_header(path).tensors}
+
+
+# ---------------------------------------------------------------------------------- sizes
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": GIB, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": MIB, "mi": MIB, "g": 1000**3, "gb": 1000**3, "gib": GIB, "gi": GIB, "t": 1000**4, "tb": 1000**4,
+          "tib": 1024 * GIB, "ti": 1024 * GIB}
+
+
+def parse_size_mib(text: str) -> float:
+    """'9GiB', '9 GB', '9000MiB', '9' (GiB) -> MiB. Decimal units (GB) are 10^9 bytes."""
+    from .errors import ConfigError
+
+    m = _SIZE.match(text or "")
+    unit = (m.group(2) or "").lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise ConfigError(f"cannot read size {text!r}: use a number with a unit, e.g. 9GiB, 9000MiB or 9.5GB")
+    value = float(m.group(1)) * _UNITS[unit] / MIB
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"size {text!r} must be positive")
+    return value
