@@ -362,17 +362,21 @@ def explain(rep: SweepReport) -> list[str]:
                        f"= {top.gpu_bw / 1e9:.0f} GB/s effective (the rest of the token time is launch/sync overhead "
                        f"and, with experts on the CPU, the CPU's share).")
     if rep.long_bucket and rep.backend != "cpu":
+        parts = []
         for r in rows:
             t = r.ttft.get(rep.long_bucket)
             if t is None or not math.isfinite(t.mean) or not math.isfinite(r.pcie_bytes_prefill):
                 continue
             if r.pcie_bytes_prefill > 0:
-                out.append(
-                    f"prefill ({rep.long_bucket}, {r.prompt_tokens.get(rep.long_bucket, 0):.0f} tokens) at "
-                    f"{flag_of(r.n, rep.n_layer)}: {r.pcie_bytes_prefill / GIB:.2f} GiB of experts cross PCIe, so "
-                    f"TTFT {t.mean:.0f} ms implies >= {r.pcie_bytes_prefill / (t.mean / 1e3) / 1e9:.1f} GB/s "
-                    f"of host-to-GPU copy."
-                )
+                parts.append(f"N={r.n}: {r.pcie_bytes_prefill / GIB:.2f} GiB in {t.mean:.0f} ms, "
+                             f">= {r.pcie_bytes_prefill / (t.mean / 1e3) / 1e9:.1f} GB/s")
+        if parts:
+            ptoks = max((r.prompt_tokens.get(rep.long_bucket, 0) for r in rows), default=0)
+            out.append(
+                f"prefill ({rep.long_bucket}, {ptoks:.0f} tokens): a prompt batch of >= 32 tokens runs on the GPU, "
+                f"which copies the host-resident experts it uses over PCIe first, so TTFT grows with N; experts "
+                f"copied per prompt and the host-to-GPU rate TTFT implies: " + "; ".join(parts) + "."
+            )
     return out
 
 

@@ -1,0 +1,108 @@
+"""`abtest sweep` against the real llama-server (CPU build) on the tiny MoE model.
+
+Checks: the command runs non-interactively and writes one evidence file with one arm per setting
+and the predictions in the manifest (before any arm starts); the sweep report reads it back; and
+the buffer arithmetic of abtest.vram equals what this llama-server prints (-lv 4) for tiny-moe at
+two contexts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from abtest.cli import cli
+from abtest.evidence import read_evidence
+from abtest.server import LaunchSpec, ServerProcess
+from abtest.serverlog import parse_memory_breakdown
+from abtest.sweep_report import build_sweep_report, read_sidecar
+from abtest.vram import ContextParams, cpu_buffers, gguf_offsets, layout_from_gguf
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, llama_server: Path, tiny_moe: Path) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("sweep")
+    res = CliRunner().invoke(
+        cli,
+        ["sweep", "--model", str(tiny_moe), "--ncmoe", "0,3,6", "--runs", "1", "--max-tokens", "16",
+         "--buckets", "seed004", "--server-bin", str(llama_server), "--threads", "1", "--out", str(out), "--quiet"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_sweep_writes_one_evidence_file_with_an_arm_per_setting(swept: tuple[Path, str]) -> None:
+    out, stdout = swept
+    files = sorted(out.glob("*.jsonl"))
+    assert len(files) == 1 and str(files[0]) in stdout
+    ev = read_evidence(files[0])
+    assert ev.problems == [] and not ev.partial
+    assert [a.arm for a in ev.arm_starts] == ["ncmoe0", "ncmoe3", "ncmoe6"]
+    assert [a.status for a in ev.arm_ends] == ["ok", "ok", "ok"]
+    for start, n in zip(ev.arm_starts, (0, 3, 6), strict=True):
+        i = start.argv.index("--n-cpu-moe")
+        assert start.argv[i + 1] == str(n) and "-ngl" in start.argv and "--fit" in start.argv
+    measured = [r for r in ev.requests if not r.warmup]
+    n_prompts = len(ev.arm_starts[0].prompt_tokens)  # the seed004 bucket, 1 run each
+    assert len(measured) == 3 * n_prompts and all(r.ok for r in measured)
+    # the predictions are in the manifest, i.e. on the first line, before any arm starts
+    first = json.loads(files[0].read_text().splitlines()[0])
+    assert first["kind"] == "run_start"
+    sweep = first["config"]["extra"]["sweep"]
+    assert set(sweep["predictions"]) >= {"0", "3", "6"}
+    assert sweep["predictions"]["0"]["total_mib"] > sweep["predictions"]["6"]["total_mib"]
+    assert sweep["backend"] == "cpu" and sweep["free_mib"] is None  # no GPU here: nothing skipped
+    side = read_sidecar(files[0])
+    assert side is not None and [t["status"] for t in side["trail"]] == ["measured"] * 3
+
+
+def test_sweep_report_reads_the_evidence(swept: tuple[Path, str]) -> None:
+    out, stdout = swept
+    ev = read_evidence(next(out.glob("*.jsonl")))
+    rep = build_sweep_report(ev, read_sidecar(ev.path))
+    assert [r.n for r in rep.rows] == [0, 3, 6]
+    n_prompts = len(ev.arm_starts[0].prompt_tokens)
+    assert all(r.status == "measured" and r.decode.n == n_prompts for r in rep.rows)
+    assert rep.best in (0, 3, 6) and rep.reference == 6
+    assert rep.advice.startswith("with no VRAM budget (no GPU seen), use `")
+    md = (out / "sweep-report.md").read_text()
+    assert rep.advice in md and rep.advice in stdout
+    assert "| N | flag | VRAM pred GiB |" in stdout
+    assert (out / "sweep-vram-speed.png").stat().st_size > 1000
+    # the predicted CPU-build buffers equal what each server printed
+    for r in rep.rows:
+        cpu = r.buffers["CPU"]
+        assert round(rep.cpu_build["kv_mib"], 2) == cpu["kv_mib"]
+        assert round(rep.cpu_build["compute_mib"], 2) == cpu["compute_mib"]
+        model_log = r.buffers["CPU_Mapped"]["model_mib"] + r.buffers["CPU_REPACK"]["model_mib"]
+        assert abs(rep.cpu_build["model_mapped_mib"] + rep.cpu_build["model_repack_mib"] - model_log) < 0.02
+
+
+def test_report_only_mode(swept: tuple[Path, str]) -> None:
+    out, _ = swept
+    path = next(out.glob("*.jsonl"))
+    res = CliRunner().invoke(cli, ["sweep", "--report", str(path)], catch_exceptions=False)
+    assert res.exit_code == 0 and "# abtest sweep:" in res.output
+
+
+@pytest.mark.parametrize("n_ctx", [512, 2048])
+def test_buffer_arithmetic_matches_the_server_log(tmp_path: Path, llama_server: Path, tiny_moe: Path,
+                                                  n_ctx: int) -> None:
+    log = tmp_path / "server.log"
+    argv = (str(llama_server), "-m", str(tiny_moe), "-ngl", "99", "--fit", "off", "-c", str(n_ctx), "-np", "1",
+            "-t", "1", "-fa", "on", "-lv", "4")
+    with ServerProcess(LaunchSpec(name="cal", argv=argv, log_path=log, health_timeout_s=60)).start():
+        pass
+    printed = parse_memory_breakdown(log.read_text())["buffers"]
+    pred = cpu_buffers(layout_from_gguf(tiny_moe), ContextParams(n_ctx=n_ctx), gguf_offsets(tiny_moe))
+    assert round(pred.model_mapped_mib, 2) == printed["CPU_Mapped"]["model_mib"]
+    assert round(pred.model_repack_mib, 2) == printed["CPU_REPACK"]["model_mib"]
+    assert round(pred.kv_mib, 2) == printed["CPU"]["kv_mib"]
+    assert round(pred.compute_mib, 2) == printed["CPU"]["compute_mib"]
+    assert round(pred.output_mib, 2) == printed["CPU"]["output_mib"]
