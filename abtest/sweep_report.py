@@ -409,35 +409,57 @@ def _md(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
     return "\n".join(lines)
 
 
+def _pm_ci(c: MeanCI, digits: int = 1) -> str:
+    """'80.0 ± 3.0 [76.9–83.1]': mean ± σ [95 % interval of the mean]."""
+    if not c.n:
+        return "—"
+    out = f"{_fmt(c.mean, digits)} ± {_fmt(c.std, digits)}" if c.n > 1 else _fmt(c.mean, digits)
+    if c.n > 1 and math.isfinite(c.low):
+        out += f" [{_fmt(c.low, digits)}–{_fmt(c.high, digits)}]"
+    return out
+
+
 def main_table(rep: SweepReport) -> str:
     ref = flag_of(rep.reference, rep.n_layer) if rep.reference is not None else "ref"
     tt = f"TTFT ms ({rep.long_bucket})" if rep.long_bucket else "TTFT ms"
-    headers = ["N", "flag", "VRAM pred GiB", "VRAM meas GiB", "err MiB", "decode tok/s", "95% CI", f"× {ref}", tt,
+    cpu = rep.backend == "cpu"
+    headers = ["N", "flag", "VRAM pred GiB", "VRAM meas GiB", "err MiB", "decode tok/s", f"× {ref}", tt,
                "GPU MiB/tok", "host MiB/tok", "GPU GB/s", "host GB/s", "frontier"]
     rows = []
     for r in rep.rows:
-        d = r.decode
         sp = r.speedup
         t = r.ttft.get(rep.long_bucket) if rep.long_bucket else None
         meas = fmt_gib(r.vram_peak_mib) if r.vram_peak_mib is not None else ("—" if r.status == "measured" else r.status)
+        if sp is not None and math.isfinite(sp.low):
+            speed = f"{1 + sp.delta:.2f} [{1 + sp.low:.2f}–{1 + sp.high:.2f}]"
+        elif sp is not None and math.isfinite(sp.delta):
+            speed = f"{1 + sp.delta:.2f}"
+        else:
+            speed = "—"
         rows.append([
             str(r.n) + (" ←" if r.n == rep.best else ""),
             f"`{flag_of(r.n, rep.n_layer)}`",
             fmt_gib(r.predicted.get("total_mib")),
             meas,
             _fmt(r.error_mib, 0) if r.error_mib is not None else "—",
-            f"{_fmt(d.mean)} ± {_fmt(d.std)}" if d.n else "—",
-            f"{_fmt(d.low)} – {_fmt(d.high)}" if d.n > 1 else "—",
-            (f"{1 + sp.delta:.2f} ({1 + sp.low:.2f}–{1 + sp.high:.2f})" if sp is not None and math.isfinite(sp.low)
-             else f"{1 + sp.delta:.2f}" if sp is not None and math.isfinite(sp.delta) else "—"),
-            f"{_fmt(t.mean, 0)} ± {_fmt(t.std, 0)}" if t is not None and t.n else "—",
-            _fmt(r.gpu_bytes_per_token / MIB, 0),
+            _pm_ci(r.decode),
+            speed,
+            _pm_ci(t, 0) if t is not None else "—",
+            "—" if cpu else _fmt(r.gpu_bytes_per_token / MIB, 0),
             _fmt(r.host_bytes_per_token / MIB, 0),
-            _fmt(r.gpu_bw / 1e9, 1) if r.decode.n else "—",
+            _fmt(r.gpu_bw / 1e9, 1) if r.decode.n and not cpu else "—",
             _fmt(r.host_bw / 1e9, 1) if r.decode.n else "—",
             "★" if r.on_frontier else "",
         ])
-    return _md(headers, rows, set(range(2, 13)))
+    return _md(headers, rows, set(range(2, 12)))
+
+
+def frontier_line(rep: SweepReport) -> str:
+    fr = sorted((r for r in rep.rows if r.on_frontier), key=lambda r: r.vram_mib or 0.0)
+    if not fr:
+        return ""
+    steps = [f"{flag_of(r.n, rep.n_layer)} ({fmt_gib(r.vram_mib, 1)} GiB, {_fmt(r.decode.mean)} tok/s)" for r in fr]
+    return "Frontier (no setting is both smaller and faster): " + " → ".join(steps) + "."
 
 
 def buffers_table(rep: SweepReport) -> str:
@@ -474,15 +496,17 @@ def render_markdown(rep: SweepReport) -> str:
     if rep.free_mib is not None:
         bits.append(f"free at start {fmt_gib(rep.free_mib)} GiB")
     parts += [f"_{', '.join(bits)}; evidence {rep.evidence_path.name}_", "", f"**{rep.advice}**", "", main_table(rep), ""]
-    parts.append("VRAM meas = per-PID NVML peak; decode = mean ± σ over requests, 95 % t-interval of the mean; "
+    fl = frontier_line(rep)
+    if fl:
+        parts += [fl, ""]
+    parts.append("VRAM meas = per-PID NVML peak; decode, TTFT = mean ± σ over requests [95 % t-interval of the mean]; "
                  "× = ratio of mean decode rates with a studentized bootstrap interval; MiB/tok = weight (+KV) bytes "
                  "each decoded token reads; GB/s = that × decode tok/s; ★ = on the VRAM/speed frontier; ← = advice.")
     if rep.explanation:
         parts += ["", "## What limits speed", ""] + [f"- {e}" for e in rep.explanation]
     if len(rep.rows) and any(len(r.ttft) > 1 for r in rep.rows):
         bks = sorted({b for r in rep.rows for b in r.ttft})
-        rows = [[str(r.n)] + [f"{_fmt(r.ttft[b].mean, 0)} ± {_fmt(r.ttft[b].std, 0)}" if b in r.ttft and r.ttft[b].n
-                              else "—" for b in bks] for r in rep.rows]
+        rows = [[str(r.n)] + [_pm_ci(r.ttft[b], 0) if b in r.ttft else "—" for b in bks] for r in rep.rows]
         parts += ["", "## TTFT ms per bucket", "", _md(["N"] + bks, rows, set(range(1, len(bks) + 1)))]
     bt = buffers_table(rep)
     if bt:

@@ -237,7 +237,7 @@ def test_report_advice_table_and_frontier(tmp_path: Path) -> None:
     assert row7.speedup is not None and row7.speedup.low < 80 / 30 - 1 < row7.speedup.high
     assert all(r.on_frontier for r in rep.rows)  # faster always costs more VRAM here
     md = render_markdown(rep)
-    assert rep.advice in md and "| 7 ← |" in md and "★" in md
+    assert rep.advice in md and "| 7 ← |" in md and "★" in md and "Frontier" in md
     assert "mean +60 MiB" in md  # the prediction error is reported
     # bytes per token: the GPU side shrinks, the host side grows with N
     g = [rep.row(n).gpu_bytes_per_token for n in (6, 7, 12, 24)]  # type: ignore[union-attr]
