@@ -414,8 +414,8 @@ def _pm_ci(c: MeanCI, digits: int = 1) -> str:
     if not c.n:
         return "—"
     out = f"{_fmt(c.mean, digits)} ± {_fmt(c.std, digits)}" if c.n > 1 else _fmt(c.mean, digits)
-    if c.n > 1 and math.isfinite(c.low):
-        out += f" [{_fmt(c.low, digits)}–{_fmt(c.high, digits)}]"
+    if c.n > 1 and math.isfinite(c.low):  # rates and times are positive: a t-interval below 0 shows as 0
+        out += f" [{_fmt(max(c.low, 0.0), digits)}–{_fmt(c.high, digits)}]"
     return out
 
 
