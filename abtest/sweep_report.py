@@ -385,7 +385,8 @@ def _notes(rep: SweepReport, ev: Evidence) -> list[str]:
     if ev.partial:
         notes.append("partial evidence: the sweep was interrupted (no run_end)")
     if all(r.vram_peak_mib is None for r in rep.rows):
-        why = (ev.manifest.gpu.get("reason") if ev.manifest else None) or "no per-process GPU memory"
+        gpu = ev.manifest.gpu if ev.manifest else {}
+        why = gpu.get("reason") or gpu.get("pid_note") or "NVML listed no memory for the server's PID"
         notes.append(f"no measured VRAM ({why}): VRAM columns and the advice use the prediction")
     errs = [r.error_mib for r in rep.rows if r.error_mib is not None]
     if errs:
