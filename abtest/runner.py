@@ -15,13 +15,15 @@ server, keeps every record already flushed, and leaves the file without run_end 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import random
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +38,16 @@ from .evidence import EvidenceWriter, check_writable
 from .gpu import Nvml, VramSampler, cpu_model, summarize
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
 from .records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds
-from .server import LaunchSpec, ServerProcess, help_text, log_tail, raise_client_priority, supports_flag
+from .server import (
+    LaunchSpec,
+    ServerProcess,
+    describe_exit,
+    explain_log,
+    help_text,
+    log_tail,
+    raise_client_priority,
+    supports_flag,
+)
 from .serverlog import parse_memory_breakdown
 from .stream import StreamLimits, StreamRequest, fetch_token_ids, stream_request
 
@@ -260,9 +271,14 @@ class Runner:
         try:
             fitted = fit_prompts(cases, srv.base_url)
         except (httpx.HTTPError, KeyError, ValueError) as exc:
+            died = "" if srv.alive() else f" (the server {describe_exit(srv.proc.returncode if srv.proc else 0)})"
             srv.stop()
-            self._arm_failed(name, f"cutting prompts with /tokenize failed on arm '{name}': {exc}", srv.spec.log_path)
+            self._arm_failed(name, f"cutting prompts with /tokenize failed on arm '{name}'{died}: {exc}",
+                             srv.spec.log_path)
             return None
+        except BaseException:
+            srv.stop()  # interrupted: leave no server behind
+            raise
         self._prompt_text[name] = {f.case.id: f.text for f in fitted}
         self.write(after_load)
         self.write(
@@ -285,9 +301,18 @@ class Runner:
         sampler.start()
         return srv, sampler, fitted
 
-    def _arm_down(self, name: str, srv: ServerProcess, sampler: VramSampler, records: list[RequestRecord]) -> None:
+    def _arm_down(self, name: str, srv: ServerProcess, sampler: VramSampler, records: list[RequestRecord],
+                  planned: int = 0, interrupted: bool = False) -> None:
+        """Stop the arm's server and write its arm_end. A second Ctrl-C / SIGTERM meanwhile is held
+        until the server is down and the record written (then raised), so no server is orphaned."""
+        with _signals_deferred():
+            self._arm_down_now(name, srv, sampler, records, planned, interrupted)
+
+    def _arm_down_now(self, name: str, srv: ServerProcess, sampler: VramSampler, records: list[RequestRecord],
+                      planned: int, interrupted: bool) -> None:
         sampler.stop()
         after_load = sampler.samples[0] if sampler.samples else None
+        died = srv.proc is not None and srv.proc.poll() is not None  # gone before we stopped it
         code = srv.stop()
         try:
             log_text = srv.spec.log_path.read_text(encoding="utf-8", errors="replace")
@@ -295,11 +320,25 @@ class Runner:
             log_text = ""
         measured = [r for r in records if not r.warmup]
         failed = [r for r in measured if not r.ok]
+        status, error = "ok", None
+        if interrupted:
+            status = "failed"
+            error = (f"interrupted (Ctrl-C or SIGTERM) after {len(measured)} of {planned} measured requests; "
+                     "the run is partial")
+        elif died:
+            status = "failed"
+            cause, _ = explain_log(srv.attempt_log())
+            error = (
+                f"server for arm '{name}' {describe_exit(code if code is not None else 0)} during the measurements: "
+                f"{len(failed)} of {len(measured)} measured requests failed, {max(planned - len(measured), 0)} not sent; "
+                f"{cause} — see {srv.spec.log_path}"
+            )
+            self.arms_failed.append(name)
         self.write(
             ArmEnd(
                 arm=name,
-                status="ok",
-                error=None,
+                status=status,
+                error=error,
                 exit_code=code,
                 stop_ms=round(srv.stop_ms, 1) if srv.stop_ms is not None else None,
                 n_requests=len(measured),
@@ -310,7 +349,10 @@ class Runner:
                 log_tail=log_tail(srv.spec.log_path, 5),
             )
         )
-        self.progress.arm_end(name, True, f"{len(measured) - len(failed)}/{len(measured)} ok")
+        if error is None:
+            self.progress.arm_end(name, True, f"{len(measured) - len(failed)}/{len(measured)} ok")
+        elif not interrupted:
+            self.progress.arm_end(name, False, error)
 
     def _arm_failed(self, name: str, message: str, log_path: Path) -> None:
         self.arms_failed.append(name)
@@ -362,15 +404,24 @@ class Runner:
             return
         srv, sampler, fitted = up
         records: list[RequestRecord] = []
+        plan = self._plan(arm.spec.name, fitted)
+        interrupted = False
         try:
-            plan = self._plan(arm.spec.name, fitted)
             self.progress.arm_begin(arm.spec.name, len(plan))
-            asyncio.run(self._drive(srv.base_url, plan, records))
-            asyncio.run(self._backfill_ids(srv.base_url, records))
+            asyncio.run(self._drive(srv.base_url, plan, records, srv.alive))
+            if srv.alive():
+                asyncio.run(self._backfill_ids(srv.base_url, records))
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            self._arm_down(arm.spec.name, srv, sampler, records)
+            planned = sum(1 for r, _ in plan if not r.warmup)
+            self._arm_down(arm.spec.name, srv, sampler, records, planned, interrupted)
 
-    async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord]) -> None:
+    async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord],
+                     alive: Callable[[], bool] = lambda: True) -> None:
+        """Send the plan; once the server has died (a request failed and `alive()` is false) the rest
+        of the plan is not sent: arm_end says how many were left."""
         cfg = self.cfg
         limits = self._limits()
         warm = [p for p in plan if p[0].warmup]
@@ -378,12 +429,14 @@ class Runner:
         pool = httpx.Limits(max_connections=cfg.concurrency + 4, max_keepalive_connections=cfg.concurrency + 4)
         async with httpx.AsyncClient(limits=pool, timeout=None) as client:
             for r, _ in warm:  # warm-up one at a time: it also opens a kept-alive connection
+                if not alive():
+                    return
                 self._record(await stream_request(client, base_url, r, limits), records)
             await self._open_connections(client, base_url, cfg.concurrency)
             if cfg.rate:
-                await self._open_loop(client, base_url, [r for r, _ in timed], limits, records)
+                await self._open_loop(client, base_url, [r for r, _ in timed], limits, records, alive)
             else:
-                await self._closed_loop(client, base_url, [r for r, _ in timed], limits, records)
+                await self._closed_loop(client, base_url, [r for r, _ in timed], limits, records, alive)
 
     async def _open_connections(self, client: httpx.AsyncClient, base_url: str, n: int) -> None:
         """Open n keep-alive connections before timing, so TTFT never includes connection setup."""
@@ -391,20 +444,22 @@ class Runner:
             await asyncio.gather(*(client.get(base_url + "/health") for _ in range(n)), return_exceptions=True)
 
     async def _closed_loop(self, client: httpx.AsyncClient, base_url: str, reqs: list[StreamRequest],
-                           limits: StreamLimits, records: list[RequestRecord]) -> None:
+                           limits: StreamLimits, records: list[RequestRecord],
+                           alive: Callable[[], bool] = lambda: True) -> None:
         queue: asyncio.Queue[StreamRequest] = asyncio.Queue()
         for r in reqs:
             queue.put_nowait(r)
 
         async def worker() -> None:
-            while not queue.empty():
+            while not queue.empty() and alive():
                 r = queue.get_nowait()
                 self._record(await stream_request(client, base_url, r, limits), records)
 
         await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
 
     async def _open_loop(self, client: httpx.AsyncClient, base_url: str, reqs: list[StreamRequest],
-                         limits: StreamLimits, records: list[RequestRecord]) -> None:
+                         limits: StreamLimits, records: list[RequestRecord],
+                         alive: Callable[[], bool] = lambda: True) -> None:
         """Send on a schedule of absolute times: a slow response never delays later sends."""
         times = arrival_times(len(reqs), self.cfg.rate or 1.0, self.cfg.arrivals, self.cfg.seed)
         loop = asyncio.get_running_loop()
@@ -412,6 +467,8 @@ class Runner:
 
         async def send_at(at: float, r: StreamRequest) -> None:
             await asyncio.sleep(max(0.0, start + at - loop.time()))
+            if not alive():
+                return
             self._record(await stream_request(client, base_url, r, limits), records)
 
         await asyncio.gather(*(send_at(t, r) for t, r in zip(times, reqs, strict=True)))
@@ -444,20 +501,28 @@ class Runner:
             if up is not None:
                 ups.append((arm, *up))
         records: dict[str, list[RequestRecord]] = {a.spec.name: [] for a, *_ in ups}
+        plans = {a.spec.name: self._plan(a.spec.name, fitted) for a, _, _, fitted in ups}
+        interrupted = False
         try:
-            plans = {a.spec.name: self._plan(a.spec.name, fitted) for a, _, _, fitted in ups}
             for a, *_ in ups:
                 self.progress.arm_begin(a.spec.name, len(plans[a.spec.name]))
             urls = {a.spec.name: srv.base_url for a, srv, _, _ in ups}
-            asyncio.run(self._drive_interleaved(urls, plans, records))
+            alive = {a.spec.name: srv.alive for a, srv, _, _ in ups}
+            asyncio.run(self._drive_interleaved(urls, plans, records, alive))
             for a, srv, _, _ in ups:
-                asyncio.run(self._backfill_ids(srv.base_url, records[a.spec.name]))
+                if srv.alive():
+                    asyncio.run(self._backfill_ids(srv.base_url, records[a.spec.name]))
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             for a, srv, sampler, _ in ups:
-                self._arm_down(a.spec.name, srv, sampler, records[a.spec.name])
+                planned = sum(1 for r, _ in plans[a.spec.name] if not r.warmup)
+                self._arm_down(a.spec.name, srv, sampler, records[a.spec.name], planned, interrupted)
 
     async def _drive_interleaved(self, urls: dict[str, str], plans: dict[str, list[tuple[StreamRequest, FittedPrompt]]],
-                                 records: dict[str, list[RequestRecord]]) -> None:
+                                 records: dict[str, list[RequestRecord]],
+                                 alive: dict[str, Callable[[], bool]] | None = None) -> None:
         limits = self._limits()
         names = list(plans)
         n = max((len(p) for p in plans.values()), default=0)
@@ -465,7 +530,7 @@ class Runner:
             for i in range(n):
                 order = names if i % 2 == 0 else names[::-1]
                 for name in order:
-                    if i < len(plans[name]):
+                    if i < len(plans[name]) and (alive is None or alive[name]()):
                         r = plans[name][i][0]
                         self._record(await stream_request(client, urls[name], r, limits), records[name])
 
@@ -480,6 +545,32 @@ def arrival_times(n: int, rate: float, arrivals: str, seed: int) -> list[float]:
             t += rng.expovariate(rate)
         return out
     return [i / rate for i in range(n)]
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM during cleanup; raise KeyboardInterrupt after it if one came.
+
+    A user who presses Ctrl-C again while llama-server takes its few seconds to exit would otherwise
+    interrupt the wait and leave the arm's record unwritten. Only the main thread can set handlers;
+    elsewhere (a test driving the runner from a thread) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _now() -> str:

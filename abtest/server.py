@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,22 @@ from .errors import LaunchError
 
 # Log lines that mean "the port was taken between choosing and binding": retry on another port.
 _BIND_FAILURES = ("couldn't bind", "could not bind", "address already in use", "failed to bind")
+
+# What a server's own log says when it fails to start, most telling first, with the next step.
+# The first line of the attempt's log matching a pattern is quoted in the LaunchError.
+_LAUNCH_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("out of memory", "insufficient memory", "failed to allocate", "unable to allocate", "cudamalloc failed"),
+     "not enough memory for this arm: free memory, lower --ctx-size, or keep MoE experts in system RAM "
+     "(--arm cpu-moe, ncmoe<N>)"),
+    (("unknown model architecture",),
+     "this llama-server does not know the model's architecture: update it (abtest server install) or check --model"),
+    (("error loading model", "failed to load model", "failed to create_context", "gguf_init"),
+     "the model did not load: check --model (a complete, uncorrupted GGUF this llama-server supports)"),
+    (("invalid argument", "unknown argument", "error while handling argument"),
+     "the server refused an argument: check the arm's flags (--arm / --arms-file)"),
+    (_BIND_FAILURES, "every port tried was taken by another process: free some ports or retry"),
+)
+_LOG_STAMP = re.compile(r"^\d+(?:\.\d+)+ (?:[IWEDT] )?")
 
 _live: set[ServerProcess] = set()
 
@@ -95,6 +112,7 @@ class ServerProcess:
         self.ready_ms: float | None = None
         self.exit_code: int | None = None
         self.stop_ms: float | None = None
+        self._log_offset = 0  # where this attempt's output starts in the (shared) log file
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -114,9 +132,13 @@ class ServerProcess:
                 return self
             except LaunchError as exc:
                 self.stop()
-                if attempt < attempts and _bind_failed(self.spec.log_path):
+                if attempt < attempts and self._bind_failed():
                     continue
                 raise exc
+            except BaseException:
+                # Ctrl-C / SIGTERM while the model loads: no server is left behind.
+                self.stop()
+                raise
         raise AssertionError("unreachable")
 
     def _spawn(self) -> None:
@@ -125,6 +147,7 @@ class ServerProcess:
         self.argv = [*self.spec.argv, *listen]
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.spec.log_path, "ab")
+        self._log_offset = log.tell()
         log.write(f"# abtest: starting {self.argv!r}\n".encode())
         log.flush()
         env = {**os.environ, **dict(self.spec.env)}
@@ -157,7 +180,7 @@ class ServerProcess:
                 code = self.proc.poll()
                 if code is not None:
                     self.exit_code = code
-                    raise LaunchError(self._explain(f"exited (code {code}) before /health was ready"))
+                    raise LaunchError(self._explain(f"{describe_exit(code)} before /health was ready"))
                 try:
                     if client.get(url).status_code == 200:
                         self.ready_ms = (time.perf_counter_ns() - self.t_spawn_ns) / 1e6
@@ -172,12 +195,26 @@ class ServerProcess:
                     )
                 time.sleep(0.1)
 
+    def attempt_log(self) -> list[str]:
+        """The non-empty log lines of the latest launch attempt (the log file is shared by attempts)."""
+        try:
+            with open(self.spec.log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("# abtest:")]
+
+    def _bind_failed(self) -> bool:
+        text = " ".join(self.attempt_log()[-20:]).lower()
+        return any(marker in text for marker in _BIND_FAILURES)
+
     def _explain(self, what: str) -> str:
-        tail = log_tail(self.spec.log_path, 4)
-        last = " | ".join(tail[-3:]) if tail else "(empty log)"
+        """One line: what happened, the server's own words for why, the next step, the log."""
+        cause, hint = explain_log(self.attempt_log())
         return (
-            f"server for arm '{self.spec.name}' on port {self.port} {what}; last log lines: {last} "
-            f"— see {self.spec.log_path}; check the model path, the arm's flags and free memory"
+            f"server for arm '{self.spec.name}' on port {self.port} {what}: {cause} — {hint}; "
+            f"server log: {self.spec.log_path}"
         )
 
     def alive(self) -> bool:
@@ -218,9 +255,24 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _bind_failed(log_path: Path) -> bool:
-    text = " ".join(log_tail(log_path, 20)).lower()
-    return any(marker in text for marker in _BIND_FAILURES)
+def explain_log(lines: Sequence[str]) -> tuple[str, str]:
+    """(the server's most telling log line, the next step) for a server that failed or died."""
+    for patterns, hint in _LAUNCH_HINTS:
+        for line in lines:
+            if any(p in line.lower() for p in patterns):
+                return _LOG_STAMP.sub("", line.strip()), hint
+    last = " | ".join(_LOG_STAMP.sub("", ln.strip()) for ln in lines[-3:]) if lines else "(no output)"
+    return f"last log lines: {last}", "check the model path, the arm's flags and free memory"
+
+
+def describe_exit(code: int) -> str:
+    """'exited (code 1)' or 'was killed by SIGKILL' for a Popen returncode."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited (code {code})"
 
 
 def stop_all() -> None:

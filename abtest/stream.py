@@ -235,6 +235,13 @@ async def stream_request(
         error = f"request timed out after {limits.request_timeout_s:g} s (--request-timeout)"
     except httpx.ReadTimeout:
         error = f"stream stalled: no data for {limits.stall_timeout_s:g} s (--stall-timeout)"
+    except httpx.ConnectError as exc:
+        error = f"cannot connect to {base_url} ({exc or 'refused'}) — is the server still running? see its log"
+    except httpx.RemoteProtocolError as exc:
+        error = (
+            f"connection closed after {tracker.predicted} tokens ({exc}) — the server died or cut the stream; "
+            "see its log"
+        )
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc or 'connection failed'}"
     except (ValueError, UnicodeDecodeError) as exc:

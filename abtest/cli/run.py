@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import RunConfig, resolve_arms
-from ..errors import EXIT_PARTIAL, ConfigError
+from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, ConfigError
 from ..records import RequestRecord
 
 EPILOG = """\b
@@ -72,11 +74,14 @@ class RichProgress:
         self.bar.update(task, advance=1, detail=f"{r.bucket} {what} {rate}{fails}")
 
     def arm_end(self, arm: str, ok: bool, message: str) -> None:
-        style = "green" if ok else "red"
-        self.console.print(f"[{style}]{arm}[/]: {message}")
+        # Server log lines hold brackets ("[MiB]"): escape them, and keep an error on one line.
+        if ok:
+            self.console.print(f"[green]{escape(arm)}[/]: {escape(message)}", soft_wrap=True)
+        else:
+            self.console.print(f"[red]abtest: arm {escape(arm)} failed:[/] {escape(message)}", soft_wrap=True)
 
     def note(self, message: str) -> None:
-        self.console.print(f"[dim]{message}[/]")
+        self.console.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
 
 
 class QuietProgress(RichProgress):
@@ -107,6 +112,9 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int) -> int:
     if value is not None and value <= 0:
         raise click.BadParameter(f"must be >= 1, got {value}")
     return value
+
+
+_SECONDS = click.FloatRange(min=0, min_open=True)
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -142,9 +150,12 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Where model names are looked up first.")
 @click.option("--out", "out_dir", default="evidence", show_default=True, type=click.Path(file_okay=False),
               help="Evidence directory.")
-@click.option("--health-timeout", default=600.0, show_default=True, help="Seconds to wait for /health to answer 200.")
-@click.option("--stall-timeout", default=60.0, show_default=True, help="Seconds without data mid-stream = failed.")
-@click.option("--request-timeout", default=600.0, show_default=True, help="Seconds for a whole request.")
+@click.option("--health-timeout", default=600.0, show_default=True, type=_SECONDS,
+              help="Seconds to wait for /health to answer 200.")
+@click.option("--stall-timeout", default=60.0, show_default=True, type=_SECONDS,
+              help="Seconds without data mid-stream = failed.")
+@click.option("--request-timeout", default=600.0, show_default=True, type=_SECONDS,
+              help="Seconds for a whole request.")
 @click.option("--quiet", "-q", is_flag=True, help="No live display (for cron); errors still go to stderr.")
 def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, warmup: int, max_tokens: int,
         concurrency: int, rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
@@ -160,6 +171,8 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         raise click.UsageError(str(exc)) from exc
     if schedule == "interleaved" and (concurrency > 1 or rate):
         raise click.UsageError("--schedule interleaved runs one request at a time: drop --concurrency/--rate")
+    bucket_list = [b for b in buckets.split(",") if b]
+    _check_prompts(prompts, bucket_list)
     cfg = RunConfig(
         model=model, arms=arms, runs=runs, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency,
         rate=rate, arrivals=arrivals, schedule=schedule, endpoint=endpoint, prompts_path=prompts,
@@ -170,9 +183,18 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
     console = Console(stderr=True)
     display = QuietProgress() if quiet else RichProgress(console)
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    runner = None
     try:
         with display:
-            result = Runner(cfg, display, argv=["abtest", *sys.argv[1:]]).execute()
+            runner = Runner(cfg, display, argv=["abtest", *sys.argv[1:]])
+            result = runner.execute()
+    except KeyboardInterrupt:
+        # The runner has stopped every server and flushed what was measured; the file has no
+        # run_end record, so `abtest report` shows the run as partial.
+        kept = runner.writer.path if runner is not None and runner.writer is not None else None
+        where = f"; partial evidence kept: {kept} (abtest report {kept})" if kept else "; nothing was measured"
+        click.echo(f"abtest: interrupted — servers stopped{where}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(str(result.evidence_path))
@@ -183,3 +205,14 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         )
     if result.arms_failed or result.n_failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _check_prompts(prompts: str | None, buckets: list[str]) -> None:
+    """Read the prompt file now, so a bad one is a usage error before anything is launched."""
+    from ..prompts import load_prompts
+
+    try:
+        load_prompts(Path(prompts) if prompts else None, buckets or None)
+    except ConfigError as exc:
+        hint = "'--buckets'" if str(exc).startswith("no prompts in buckets") else "'--prompts'"
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
