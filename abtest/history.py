@@ -32,7 +32,7 @@ import numpy as np
 from . import __version__, stats
 from .errors import ConfigError, RegressionFound
 from .evidence import read_evidence
-from .report import ArmRun, arm_runs, build_id, fmt_num, fmt_pct, gpu_label, group_runs, memory_row
+from .report import ArmRun, arm_runs, build_id, fmt_num, fmt_pct, gpu_devices, group_runs, memory_row
 
 NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -240,7 +240,7 @@ def _provenance(runs: Sequence[ArmRun]) -> dict[str, str]:
         "model_sha256": joined([r.identity.model_sha256[:12] for r in runs]),
         "server_build": joined([build_id(r.start.server_build) for r in runs if r.start]),
         "driver": joined([str((m.gpu or {}).get("driver") or "") for m in manifests]),
-        "gpu": joined([gpu_label(m.gpu).split(" · driver")[0] for m in manifests]),
+        "gpu": joined([gpu_devices(m.gpu) for m in manifests]),
     }
 
 

@@ -59,7 +59,7 @@ def write_report_plots(report: Report, out: Path | str) -> list[Path]:
 
 
 def _distribution(report: Report, key: str, ylabel: str, path: Path) -> Path | None:
-    buckets = [b for b in dict.fromkeys(s.bucket for s in report.buckets) if not b.startswith("all")]
+    buckets = list(dict.fromkeys(s.bucket for s in report.buckets if not s.pooled))
     buckets = buckets or list(dict.fromkeys(s.bucket for s in report.buckets))
     if not buckets:
         return None

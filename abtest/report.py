@@ -180,15 +180,22 @@ def _host_key(host: dict[str, Any]) -> str:
     return json.dumps(picked or host, sort_keys=True, default=str)
 
 
-def gpu_label(gpu: dict[str, Any]) -> str:
-    """e.g. "NVIDIA H100 80GB HBM3 · driver 550.54.15", or "no GPU (reason)"."""
+def gpu_devices(gpu: dict[str, Any]) -> str:
+    """e.g. "NVIDIA H100 80GB HBM3", "2× NVIDIA H200", or "no GPU (reason)"."""
     if not gpu:
         return "GPU unknown"
     if not gpu.get("available", True):
         return f"no GPU ({gpu.get('reason') or 'not available'})"
     names = [str(d.get("name", "?")) for d in gpu.get("devices", []) if isinstance(d, dict)]
     counted = {n: names.count(n) for n in dict.fromkeys(names)}
-    dev = ", ".join(f"{c}× {n}" if c > 1 else n for n, c in counted.items()) or "GPU"
+    return ", ".join(f"{c}× {n}" if c > 1 else n for n, c in counted.items()) or "GPU"
+
+
+def gpu_label(gpu: dict[str, Any]) -> str:
+    """e.g. "NVIDIA H100 80GB HBM3 · driver 550.54.15", or "no GPU (reason)"."""
+    dev = gpu_devices(gpu)
+    if not gpu or not gpu.get("available", True):
+        return dev
     return f"{dev} · driver {gpu.get('driver') or '?'}"
 
 
@@ -399,6 +406,7 @@ class BucketStats:
     summaries: dict[str, stats.Summary]
     samples: dict[str, np.ndarray]  # per request; itl_ms per request = that request's mean ITL
     itl_tokens: np.ndarray  # every token's ITL, pooled (the ITL summary is over these)
+    pooled: bool = False  # the "all" row: every bucket of this concurrency together
 
 
 @dataclass
@@ -524,6 +532,7 @@ class Report:
     warnings: list[Finding]
     notes: list[str]
     groups: list[str]
+    baseline_groups: list[str]  # the labels of the baseline arm (several when shown side by side)
     failed_requests: dict[str, int]
     abtest_version: str = __version__
 
@@ -603,6 +612,7 @@ def build_report(
         warnings=findings,
         notes=notes,
         groups=[g.label for g in groups],
+        baseline_groups=[g.label for g in baselines],
         failed_requests=failed,
     )
     report.verdict = _verdict(report, groups, pairs)
@@ -628,11 +638,11 @@ def _bucket_stats(groups: Sequence[ArmGroup]) -> list[BucketStats]:
         for conc in concs:
             if sum(1 for b, c in keys if c == conc) > 1:
                 reqs = [r for r in mine if r.concurrency == conc]
-                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs))
+                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs, pooled=True))
     return out
 
 
-def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]) -> BucketStats:
+def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord], pooled: bool = False) -> BucketStats:
     ok = [r for r in reqs if r.ok]
     itl_each = [stats.itl_ms(r) for r in ok]
     samples = {
@@ -645,7 +655,7 @@ def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]
     itl_tokens = np.concatenate(itl_each) if itl_each else np.empty(0)
     summaries = {k: stats.summarize(v) for k, v in samples.items()}
     summaries["itl_ms"] = stats.summarize(itl_tokens)
-    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens)
+    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, pooled)
 
 
 def _compare(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, seed: int, resamples: int) -> list[Comparison]:
@@ -913,7 +923,7 @@ def _findings(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], comps:
                                    if abs(temps[-1] - temps[0]) > TEMPERATURE_SPREAD_C else
                                    ReportWarning.TEMPERATURE_MOVED.format(lo=min(temps), hi=max(temps))))
     for s in buckets:
-        if s.bucket == "all" or s.bucket.startswith("all c="):
+        if s.pooled:
             continue  # pooled over buckets of different prompt lengths: spread is expected
         subj = f"{s.group}, {s.bucket}"
         ok_n = s.n - s.n_failed
@@ -985,7 +995,8 @@ def _provenance(g: ArmGroup) -> ProvenanceRow:
 def _overall(report: Report, group: str, metric: str) -> Comparison | None:
     """The comparison the verdict quotes: the "all" bucket, or the only bucket there is."""
     cands = [c for c in report.comparisons if c.group == group and c.metric == metric]
-    alls = [c for c in cands if c.bucket == "all" or c.bucket.startswith("all c=")]
+    pooled = {s.bucket for s in report.buckets if s.pooled}
+    alls = [c for c in cands if c.bucket in pooled]
     if alls:
         return alls[0]
     return cands[0] if len(cands) == 1 else None
@@ -1191,7 +1202,7 @@ def sections(report: Report) -> list[Section]:
     # memory
     base_mem = {m.group: m for m in report.memory}
     mem_rows = []
-    base_groups = [g for g in report.groups if g == report.baseline or g.startswith(report.baseline + " [")]
+    base_groups = report.baseline_groups
     bpeak = base_mem[base_groups[0]].vram_peak_mib if base_groups else math.nan
     for mr in report.memory:
         delta = (fmt_pct(mr.vram_peak_mib / bpeak - 1) if math.isfinite(bpeak) and bpeak > 0
