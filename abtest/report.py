@@ -95,7 +95,7 @@ class ReportWarning(enum.Enum):
         "(nvidia-smi -lgc) or raise --warmup"
     )
     TEMPERATURE_MOVED = (
-        "GPU temperature moved {lo} → {hi} °C during the measured requests; let the GPU reach a "
+        "GPU temperature ranged {lo}–{hi} °C during the measured requests; let the GPU reach a "
         "steady state first — raise --warmup"
     )
     FAILED_REQUESTS = "{n_failed} of {n} measured requests failed (first: {error}); see the server log {log}"
@@ -919,8 +919,6 @@ def _findings(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], comps:
             temps = [s.temperature_c for s in window if s.temperature_c is not None]
             if temps and max(temps) - min(temps) > TEMPERATURE_SPREAD_C:
                 out.append(Finding(ReportWarning.TEMPERATURE_MOVED, subj,
-                                   ReportWarning.TEMPERATURE_MOVED.format(lo=temps[0], hi=temps[-1])
-                                   if abs(temps[-1] - temps[0]) > TEMPERATURE_SPREAD_C else
                                    ReportWarning.TEMPERATURE_MOVED.format(lo=min(temps), hi=max(temps))))
     for s in buckets:
         if s.pooled:
