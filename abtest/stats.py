@@ -270,9 +270,8 @@ def ratio_ci_batch(
             th_star, se_star = _log_ratio_and_se(ra, rb)
             with np.errstate(divide="ignore", invalid="ignore"):
                 t_star = (th_star - theta[sl, None]) / se_star
-            # A resample of identical values has se 0: its t is ±inf or nan; inf ranks correctly,
-            # nan is dropped by nanquantile.
-            t_star = np.where(np.isnan(t_star), np.nan, t_star)
+            # A resample of identical values has se 0: its t is ±inf (ranks correctly) or nan
+            # (dropped by nanquantile).
             q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=1)
             lo[sl] = np.expm1(theta[sl] - q_hi * se[sl])
             hi[sl] = np.expm1(theta[sl] - q_lo * se[sl])
