@@ -77,14 +77,17 @@ METRIC_BY_KEY = {m.key: m for m in METRICS}
 class ReportWarning(enum.Enum):
     """What can make a number untrustworthy, each with the flag or action that fixes it."""
 
-    FEW_SAMPLES = "only {n} measured requests; p95 and 95 % intervals need more — raise --runs"
+    FEW_SAMPLES = (
+        "only {n} successful measured requests per bucket ({buckets}); p95 and 95 % intervals need "
+        "more — raise --runs"
+    )
     UNRESOLVED = (
-        "{metric}: Δ {delta} with 95 % CI {ci} cannot rule out a {mde} change; about {need} requests "
-        "per arm would — raise --runs"
+        "{metric}: Δ {delta} with 95 % CI {ci} on {n} requests per arm cannot rule out a {mde} "
+        "change; about {need} per arm would — raise --runs"
     )
     HIGH_CV = (
-        "{metric} varies a lot (coefficient of variation {cv} > {limit}); quiet the machine, lock GPU "
-        "clocks, or raise --runs"
+        "{metric} varies a lot (coefficient of variation up to {cv} > {limit}, in {buckets}); quiet "
+        "the machine, lock GPU clocks, or raise --runs"
     )
     FIRST_OUTLIER = (
         "the first measured request is an outlier ({metric} {value}, modified Z = {z}); caches or lazy "
@@ -407,6 +410,7 @@ class BucketStats:
     samples: dict[str, np.ndarray]  # per request; itl_ms per request = that request's mean ITL
     itl_tokens: np.ndarray  # every token's ITL, pooled (the ITL summary is over these)
     pooled: bool = False  # the "all" row: every bucket of this concurrency together
+    strata: np.ndarray | None = None  # pooled rows: each sample's bucket (compared within buckets)
 
 
 @dataclass
@@ -655,7 +659,9 @@ def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]
     itl_tokens = np.concatenate(itl_each) if itl_each else np.empty(0)
     summaries = {k: stats.summarize(v) for k, v in samples.items()}
     summaries["itl_ms"] = stats.summarize(itl_tokens)
-    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, pooled)
+    strata = np.array([r.bucket for r in ok]) if pooled else None
+    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, pooled,
+                       strata)
 
 
 def _compare(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, seed: int, resamples: int) -> list[Comparison]:
@@ -668,9 +674,17 @@ def _compare(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, seed: 
             continue
         for m in METRICS:
             x, y = bs.samples[m.key], s.samples[m.key]
-            x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-            ci = stats.ratio_ci(x, y, seed=seed, resamples=resamples)
-            test = stats.welch_t(x, y) if m.test == "welch" else stats.mann_whitney(x, y)
+            fx, fy = np.isfinite(x), np.isfinite(y)
+            x, y = x[fx], y[fy]
+            if s.strata is not None and bs.strata is not None:
+                # buckets pooled: compare within buckets, then combine (see stats, "Stratified")
+                xs, ys = bs.strata[fx], s.strata[fy]
+                ci = stats.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples)
+                test = (stats.stratified_welch(x, xs, y, ys) if m.test == "welch"
+                        else stats.van_elteren(x, xs, y, ys))
+            else:
+                ci = stats.ratio_ci(x, y, seed=seed, resamples=resamples)
+                test = stats.welch_t(x, y) if m.test == "welch" else stats.mann_whitney(x, y)
             out.append(Comparison(
                 group=g.label, baseline=b.label, bucket=label, metric=m.key, n_base=int(x.size), n_other=int(y.size),
                 base_mean=float(np.mean(x)) if x.size else math.nan,
@@ -920,33 +934,46 @@ def _findings(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], comps:
             if temps and max(temps) - min(temps) > TEMPERATURE_SPREAD_C:
                 out.append(Finding(ReportWarning.TEMPERATURE_MOVED, subj,
                                    ReportWarning.TEMPERATURE_MOVED.format(lo=min(temps), hi=max(temps))))
+    # per arm, one line per kind: the buckets it concerns and the worst value
+    few: dict[str, list[BucketStats]] = {}
+    noisy: dict[tuple[str, str], list[tuple[BucketStats, float]]] = {}
     for s in buckets:
         if s.pooled:
             continue  # pooled over buckets of different prompt lengths: spread is expected
-        subj = f"{s.group}, {s.bucket}"
         ok_n = s.n - s.n_failed
         if 0 < ok_n < MIN_N:
-            out.append(Finding(ReportWarning.FEW_SAMPLES, subj, ReportWarning.FEW_SAMPLES.format(n=ok_n)))
+            few.setdefault(s.group, []).append(s)
         for key, limit in HIGH_CV.items():
             cv = s.summaries[key].cv
             if math.isfinite(cv) and cv > limit:
-                out.append(Finding(ReportWarning.HIGH_CV, subj, ReportWarning.HIGH_CV.format(
-                    metric=f"{METRIC_BY_KEY[key].label} {METRIC_BY_KEY[key].unit}", cv=f"{cv:.0%}", limit=f"{limit:.0%}")))
-    cvs = {(s.group, s.bucket): s for s in buckets}
+                noisy.setdefault((s.group, key), []).append((s, cv))
+    for group, rows in few.items():
+        out.append(Finding(ReportWarning.FEW_SAMPLES, group, ReportWarning.FEW_SAMPLES.format(
+            n=min(r.n - r.n_failed for r in rows), buckets=_bucket_list([r.bucket for r in rows]))))
+    for (group, key), pairs in noisy.items():
+        m = METRIC_BY_KEY[key]
+        worst = max(pairs, key=lambda p: p[1])
+        out.append(Finding(ReportWarning.HIGH_CV, group, ReportWarning.HIGH_CV.format(
+            metric=f"{m.label} {m.unit}", cv=f"{worst[1]:.0%}", limit=f"{HIGH_CV[key]:.0%}",
+            buckets=_bucket_list([p[0].bucket for p in pairs]))))
+    # is N enough for the claim? only for the comparisons the verdict quotes
     for c in comps:
-        if c.metric not in ("decode_tps", "ttft_ms") or not math.isfinite(c.ci.low):
+        if not headline(c, comps, buckets) or c.metric not in ("decode_tps", "ttft_ms"):
             continue
-        if c.ci.covers(0.0) and max(-c.ci.low, c.ci.high) > MIN_DETECTABLE:
-            s_o, s_b = cvs[(c.group, c.bucket)], cvs[(c.baseline, c.bucket)]
-            cv = max(s_o.summaries[c.metric].cv, s_b.summaries[c.metric].cv)
-            need = stats.required_n(cv, MIN_DETECTABLE)
+        if math.isfinite(c.ci.low) and c.ci.covers(0.0) and max(-c.ci.low, c.ci.high) > MIN_DETECTABLE:
+            n = min(c.n_base, c.n_other)
             m = METRIC_BY_KEY[c.metric]
-            out.append(Finding(ReportWarning.UNRESOLVED, f"{c.group} vs {c.baseline}, {c.bucket}",
+            out.append(Finding(ReportWarning.UNRESOLVED, f"{c.group} vs {c.baseline}",
                                ReportWarning.UNRESOLVED.format(
                                    metric=f"{m.label} {m.unit}", delta=fmt_pct(c.ci.delta),
-                                   ci=f"{fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)}",
-                                   mde=f"{MIN_DETECTABLE:.0%}", need=need)))
+                                   ci=f"{fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)}", n=n,
+                                   mde=f"{MIN_DETECTABLE:.0%}",
+                                   need=stats.required_n_from_ci(n, c.ci.low, c.ci.high, MIN_DETECTABLE))))
     return out
+
+
+def _bucket_list(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"
 
 
 def _first_outlier(run: ArmRun, subj: str) -> list[Finding]:
@@ -990,14 +1017,17 @@ def _provenance(g: ArmGroup) -> ProvenanceRow:
 # Verdict
 
 
+def headline(c: Comparison, comps: Sequence[Comparison], buckets: Sequence[BucketStats]) -> bool:
+    """Whether the verdict quotes this comparison: the pooled "all" row, or the only bucket."""
+    pooled = {s.bucket for s in buckets if s.pooled}
+    if pooled:
+        return c.bucket == next((s.bucket for s in buckets if s.pooled and s.group == c.group), None)
+    return len({x.bucket for x in comps if x.group == c.group}) == 1
+
+
 def _overall(report: Report, group: str, metric: str) -> Comparison | None:
-    """The comparison the verdict quotes: the "all" bucket, or the only bucket there is."""
-    cands = [c for c in report.comparisons if c.group == group and c.metric == metric]
-    pooled = {s.bucket for s in report.buckets if s.pooled}
-    alls = [c for c in cands if c.bucket in pooled]
-    if alls:
-        return alls[0]
-    return cands[0] if len(cands) == 1 else None
+    return next((c for c in report.comparisons if c.group == group and c.metric == metric
+                 and headline(c, report.comparisons, report.buckets)), None)
 
 
 def _verdict(report: Report, groups: Sequence[ArmGroup], pairs: Sequence[tuple[ArmGroup, ArmGroup | None]]) -> list[str]:
@@ -1028,7 +1058,11 @@ def _verdict(report: Report, groups: Sequence[ArmGroup], pairs: Sequence[tuple[A
                 continue
             name = "decode tok/s" if metric == "decode_tps" else "TTFT"
             if c.significant:
-                parts.append(f"{'gains' if c.better else 'costs'} {fmt_pct(c.ci.delta)} {name} ({_fmt_p(c.p_value)})")
+                if not c.better:
+                    verb = "costs"
+                else:
+                    verb = "gains" if METRIC_BY_KEY[metric].higher_is_better else "cuts"
+                parts.append(f"{verb} {fmt_pct(c.ci.delta)} {name} ({_fmt_p(c.p_value)})")
             else:
                 parts.append(f"shows no significant change in {name} ({fmt_pct(c.ci.delta)}, "
                              f"95 % CI {fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)}, {_fmt_p(c.p_value)})")

@@ -313,16 +313,141 @@ def _bca_bounds(a: np.ndarray, b: np.ndarray, theta: np.ndarray, th_star: np.nda
 
 
 # --------------------------------------------------------------------------------------------------
+# Stratified comparisons: several buckets pooled in one row
+#
+# Buckets differ by design (a 32-token prompt's TTFT is not a 3k-token prompt's), and both arms run
+# the same bucket mix. Treating the pooled requests as one sample would count the spread between
+# buckets as noise and make every interval and p-value far too wide; these compare within buckets
+# and combine (weights: each bucket's share of all requests of both arms).
+
+
+def _common_strata(
+    a: Sequence[float] | np.ndarray, a_strata: Sequence[str] | np.ndarray,
+    b: Sequence[float] | np.ndarray, b_strata: Sequence[str] | np.ndarray, min_n: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(a values, b values) of every stratum present in both with at least min_n finite values each."""
+    x, xs = np.asarray(a, dtype=float).ravel(), np.asarray(a_strata).ravel()
+    y, ys = np.asarray(b, dtype=float).ravel(), np.asarray(b_strata).ravel()
+    out = []
+    for label in dict.fromkeys(xs.tolist()):
+        xa = x[(xs == label) & np.isfinite(x)]
+        yb = y[(ys == label) & np.isfinite(y)]
+        if xa.size >= min_n and yb.size >= min_n:
+            out.append((xa, yb))
+    return out
+
+
+def stratified_welch(
+    a: Sequence[float] | np.ndarray, a_strata: Sequence[str] | np.ndarray,
+    b: Sequence[float] | np.ndarray, b_strata: Sequence[str] | np.ndarray, alternative: str = "two-sided",
+) -> TestResult:
+    """Welch's t on stratified means M = Σ w_h·mean_h, Var(M) = Σ w_h²·s_h²/n_h, with
+    Welch-Satterthwaite degrees of freedom; equals `welch_t` when there is one stratum."""
+    strata = _common_strata(a, a_strata, b, b_strata, min_n=2)
+    if not strata:
+        return TestResult(math.nan, math.nan, "welch-stratified")
+    total = sum(xa.size + yb.size for xa, yb in strata)
+    ma = mb = va = vb = dof_den = 0.0
+    for xa, yb in strata:
+        w = (xa.size + yb.size) / total
+        ua, ub = w**2 * xa.var(ddof=1) / xa.size, w**2 * yb.var(ddof=1) / yb.size
+        ma, mb, va, vb = ma + w * xa.mean(), mb + w * yb.mean(), va + ua, vb + ub
+        dof_den += ua**2 / (xa.size - 1) + ub**2 / (yb.size - 1)
+    if va + vb == 0:
+        return TestResult(math.nan, 1.0 if ma == mb else 0.0, "welch-stratified")
+    t = (ma - mb) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / dof_den
+    if alternative == "less":
+        p = _st.t.cdf(t, dof)
+    elif alternative == "greater":
+        p = _st.t.sf(t, dof)
+    else:
+        p = 2 * _st.t.sf(abs(t), dof)
+    return TestResult(float(t), float(p), "welch-stratified")
+
+
+def van_elteren(
+    a: Sequence[float] | np.ndarray, a_strata: Sequence[str] | np.ndarray,
+    b: Sequence[float] | np.ndarray, b_strata: Sequence[str] | np.ndarray, alternative: str = "two-sided",
+) -> TestResult:
+    """Van Elteren's stratified Wilcoxon rank-sum test (normal approximation, tie-corrected):
+    per stratum the rank sum of `a`, weighted by 1/(N_h + 1). With one stratum it is the
+    Mann-Whitney test's normal approximation without continuity correction."""
+    num = var = 0.0
+    for xa, yb in _common_strata(a, a_strata, b, b_strata, min_n=1):
+        n1, n2 = xa.size, yb.size
+        n = n1 + n2
+        ranks = _st.rankdata(np.concatenate([xa, yb]))
+        _, ties = np.unique(ranks, return_counts=True)
+        tie = float(np.sum(ties**3 - ties)) / (n * (n - 1)) if n > 1 else 0.0
+        w = 1.0 / (n + 1)
+        num += w * (ranks[:n1].sum() - n1 * (n + 1) / 2)
+        var += w**2 * n1 * n2 / 12.0 * ((n + 1) - tie)
+    if var <= 0:
+        return TestResult(math.nan, math.nan, "van-elteren")
+    z = num / math.sqrt(var)
+    if alternative == "less":
+        p = _st.norm.cdf(z)
+    elif alternative == "greater":
+        p = _st.norm.sf(z)
+    else:
+        p = 2 * _st.norm.sf(abs(z))
+    return TestResult(float(z), float(p), "van-elteren")
+
+
+def ratio_ci_stratified(
+    base: Sequence[float] | np.ndarray, base_strata: Sequence[str] | np.ndarray,
+    other: Sequence[float] | np.ndarray, other_strata: Sequence[str] | np.ndarray,
+    *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+) -> RatioCI:
+    """`ratio_ci`'s studentized interval for stratified means: θ = log(M_other / M_base) with
+    M = Σ w_h·mean_h, each stratum of each arm resampled on its own, se² = Var(M_b)/M_b² +
+    Var(M_o)/M_o². Strata missing from an arm, or with fewer than 2 values, are left out."""
+    nan = math.nan
+    strata = _common_strata(base, base_strata, other, other_strata, min_n=2)
+    if not strata:
+        return RatioCI(nan, nan, nan, confidence, "studentized-stratified", resamples, seed)
+    rng = np.random.default_rng(seed)
+    total = sum(xa.size + yb.size for xa, yb in strata)
+    m = np.zeros(2)
+    v = np.zeros(2)
+    m_star = np.zeros((2, resamples))
+    v_star = np.zeros((2, resamples))
+    for xa, yb in strata:
+        w = (xa.size + yb.size) / total
+        for k, x in enumerate((xa, yb)):
+            m[k] += w * x.mean()
+            v[k] += w**2 * x.var(ddof=1) / x.size
+            r = x[rng.integers(0, x.size, size=(resamples, x.size))]
+            m_star[k] += w * r.mean(axis=1)
+            v_star[k] += w**2 * r.var(axis=1, ddof=1) / x.size
+    if m[0] <= 0 or m[1] <= 0:
+        return RatioCI(float(m[1] / m[0] - 1) if m[0] else nan, nan, nan, confidence, "studentized-stratified",
+                       resamples, seed)
+    theta = math.log(m[1] / m[0])
+    se = math.sqrt(v[0] / m[0] ** 2 + v[1] / m[1] ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_star = (np.log(m_star[1] / m_star[0]) - theta) / np.sqrt(v_star[0] / m_star[0] ** 2 + v_star[1] / m_star[1] ** 2)
+    alpha = 1 - confidence
+    q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2])
+    return RatioCI(math.expm1(theta), math.expm1(theta - q_hi * se), math.expm1(theta - q_lo * se), confidence,
+                   "studentized-stratified", resamples, seed)
+
+
+# --------------------------------------------------------------------------------------------------
 # Planning and prediction
 
 
-def required_n(cv: float, delta: float, *, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Requests per arm for a two-sided test at `alpha` to detect a relative change `delta` with
-    `power`, given a coefficient of variation `cv` (normal approximation, equal n)."""
-    if not (cv > 0) or not delta:
+def required_n_from_ci(n: int, low: float, high: float, mde: float, *, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Requests per arm for a (1-α) interval like this one, measured on n per arm, to detect a
+    relative change `mde` with `power`: the log-scale half-width shrinks as 1/sqrt(n), so
+    n' = n · (half-width / log(1 + mde))² · ((z(1-α/2) + z(power)) / z(1-α/2))²."""
+    if not (n > 0 and mde > 0 and math.isfinite(low) and math.isfinite(high) and low > -1):
         return 0
-    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
-    return int(math.ceil(2 * (z * cv / abs(delta)) ** 2))
+    half = (math.log1p(high) - math.log1p(low)) / 2
+    z = _st.norm.ppf(1 - alpha / 2)
+    factor = ((z + _st.norm.ppf(power)) / z) ** 2
+    return int(math.ceil(n * (half / math.log1p(mde)) ** 2 * factor))
 
 
 def prediction_bound(values: Sequence[float] | np.ndarray, *, alpha: float, upper: bool) -> float:

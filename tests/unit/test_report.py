@@ -69,9 +69,17 @@ def test_comparisons_use_ratio_of_means_welch_and_mann_whitney(one):
     _, rep = one
     by = {(s.group, s.bucket): s for s in rep.buckets}
     for c in rep.comparisons:
-        x, y = by[(c.baseline, c.bucket)].samples[c.metric], by[(c.group, c.bucket)].samples[c.metric]
-        assert c.ci.delta == pytest.approx(y.mean() / x.mean() - 1)
+        bs, s = by[(c.baseline, c.bucket)], by[(c.group, c.bucket)]
+        x, y = bs.samples[c.metric], s.samples[c.metric]
         assert c.ci.low <= c.ci.delta <= c.ci.high
+        if s.pooled:  # "all": compared within buckets, then combined
+            assert c.ci.method == "studentized-stratified"
+            assert c.ci == stats.ratio_ci_stratified(x, bs.strata, y, s.strata)
+            expected = (stats.stratified_welch if c.metric == "decode_tps" else stats.van_elteren)(x, bs.strata, y,
+                                                                                                 s.strata)
+            assert (c.test, c.p_value) == (expected.test, pytest.approx(expected.p_value))
+            continue
+        assert c.ci.delta == pytest.approx(y.mean() / x.mean() - 1)
         if c.metric == "decode_tps":
             assert c.test == "welch"
             assert c.p_value == pytest.approx(st.ttest_ind(x, y, equal_var=False).pvalue)
@@ -81,6 +89,18 @@ def test_comparisons_use_ratio_of_means_welch_and_mann_whitney(one):
     decode = next(c for c in rep.comparisons if c.metric == "decode_tps" and c.bucket == "all")
     assert decode.ci.delta == pytest.approx(9.0 / 80.0 - 1, abs=0.01)
     assert decode.significant and not decode.better
+
+
+def test_pooled_row_is_not_inflated_by_the_spread_between_buckets(one):
+    """TTFT of short and long prompts differs 4x; compared within buckets, the "all" interval is
+    about as tight as each bucket's, not as wide as one sample of the mix would give."""
+    _, rep = one
+    ttft = {c.bucket: c for c in rep.comparisons if c.metric == "ttft_ms"}
+    width = {b: c.ci.high - c.ci.low for b, c in ttft.items()}
+    assert width["all"] < max(width["short"], width["long"])
+    by = {(s.group, s.bucket): s for s in rep.buckets}
+    naive = stats.ratio_ci(by[("baseline", "all")].samples["ttft_ms"], by[("cpu-moe", "all")].samples["ttft_ms"])
+    assert width["all"] < (naive.high - naive.low) / 3
 
 
 def test_verdict_names_vram_decode_and_output_equivalence(one):
@@ -275,17 +295,21 @@ def test_first_divergence():
 def test_warning_few_samples_and_unresolved_claim(tmp_path):
     arms = [Arm("baseline", ["-ngl", "99"], decode_cv=0.06), Arm("other", ["-ngl", "98"], decode_cv=0.06)]
     rep = build([fabricate(tmp_path / "r.jsonl", arms=arms, runs=1, prompts_per_bucket=3, seed=4)])
-    k = kinds(rep)
-    assert W.FEW_SAMPLES in k and W.UNRESOLVED in k
-    unresolved = next(w for w in rep.warnings if w.kind is W.UNRESOLVED)
-    assert "--runs" in unresolved.text and "requests per arm" in unresolved.text
+    few = [w for w in rep.warnings if w.kind is W.FEW_SAMPLES]
+    assert [w.subject for w in few] == ["baseline", "other"]  # one line per arm, buckets listed
+    assert "only 3 successful measured requests per bucket (short, long)" in few[0].text
+    unresolved = [w for w in rep.warnings if w.kind is W.UNRESOLVED]  # only the verdict's claims ("all")
+    assert sorted(w.text.split(":")[0] for w in unresolved) == ["TTFT ms", "decode tok/s"]
+    for w in unresolved:
+        assert w.subject == "other vs baseline"
+        assert "--runs" in w.text and "on 6 requests per arm cannot rule out a 5% change" in w.text
 
 
 def test_warning_high_cv(tmp_path):
     arms = [Arm("baseline", ["-ngl", "99"], decode_cv=0.3), Arm("cpu-moe", ["--cpu-moe"], decode_tps=9.0)]
     rep = build([fabricate(tmp_path / "r.jsonl", arms=arms)])
-    hi = [w for w in rep.warnings if w.kind is W.HIGH_CV]
-    assert hi and all(w.subject.startswith("baseline") for w in hi)
+    (hi,) = [w for w in rep.warnings if w.kind is W.HIGH_CV]
+    assert hi.subject == "baseline" and hi.text.startswith("decode tok/s") and "in short, long" in hi.text
 
 
 def test_warning_first_measured_request_outlier(tmp_path):

@@ -176,15 +176,85 @@ def test_plain_percentile_interval_undercovers_at_small_n():
     assert cov < 0.93, cov
 
 
-def test_required_n_and_prediction_bound_formulas():
-    z = st.norm.ppf(0.975) + st.norm.ppf(0.8)
-    assert stats.required_n(0.03, 0.05) == math.ceil(2 * (z * 0.03 / 0.05) ** 2)
-    assert stats.required_n(0.0, 0.05) == 0
+def test_required_n_from_ci_and_prediction_bound_formulas():
+    z = st.norm.ppf(0.975)
+    half = (np.log1p(0.08) - np.log1p(-0.06)) / 2
+    expected = math.ceil(12 * (half / np.log1p(0.05)) ** 2 * ((z + st.norm.ppf(0.8)) / z) ** 2)
+    assert stats.required_n_from_ci(12, -0.06, 0.08, 0.05) == expected
+    assert stats.required_n_from_ci(12, math.nan, 0.08, 0.05) == 0
     x = np.array([10.0, 10.4, 9.8, 10.1, 10.2, 9.9, 10.0])
     half = st.t.ppf(0.99, 6) * np.std(x, ddof=1) * np.sqrt(1 + 1 / 7)
     assert stats.prediction_bound(x, alpha=0.01, upper=True) == pytest.approx(x.mean() + half)
     assert stats.prediction_bound(x, alpha=0.01, upper=False) == pytest.approx(x.mean() - half)
     assert math.isnan(stats.prediction_bound([1.0], alpha=0.01, upper=True))
+
+
+# ---------------------------------------------------------------------------------------- stratified
+
+LABELS_A = ["s"] * 6 + ["l"] * 6
+LABELS_B = ["s"] * 5 + ["l"] * 7
+SA = np.array([2.1, 2.3, 2.0, 2.2, 2.4, 2.2, 800.0, 790.0, 812.0, 805.0, 799.0, 820.0])
+SB = np.array([2.0, 2.1, 1.9, 2.2, 2.0, 760.0, 771.0, 755.0, 780.0, 749.0, 765.0, 770.0])
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "less", "greater"])
+def test_stratified_tests_reduce_to_welch_and_mann_whitney_with_one_stratum(alternative):
+    b = LAT * 1.07 + 3
+    ours = stats.stratified_welch(LAT, ["x"] * LAT.size, b, ["x"] * b.size, alternative=alternative)
+    ref = st.ttest_ind(LAT, b, equal_var=False, alternative=alternative)
+    assert (ours.statistic, ours.p_value) == pytest.approx((ref.statistic, ref.pvalue))
+    ours = stats.van_elteren(LAT, ["x"] * LAT.size, b, ["x"] * b.size, alternative=alternative)
+    ref = st.mannwhitneyu(LAT, b, alternative=alternative, method="asymptotic", use_continuity=False)
+    assert ours.p_value == pytest.approx(ref.pvalue)
+    one = stats.ratio_ci_stratified(LAT, ["x"] * LAT.size, b, ["x"] * b.size, seed=4)
+    plain = stats.ratio_ci(LAT, b, seed=4)
+    assert (one.delta, one.low, one.high) == pytest.approx((plain.delta, plain.low, plain.high))
+
+
+def test_stratified_welch_by_hand():
+    sa, sb = np.array(LABELS_A), np.array(LABELS_B)
+    w = {h: (np.sum(sa == h) + np.sum(sb == h)) / 24 for h in ("s", "l")}
+    ma = sum(w[h] * SA[sa == h].mean() for h in w)
+    mb = sum(w[h] * SB[sb == h].mean() for h in w)
+    ua = {h: w[h] ** 2 * SA[sa == h].var(ddof=1) / np.sum(sa == h) for h in w}
+    ub = {h: w[h] ** 2 * SB[sb == h].var(ddof=1) / np.sum(sb == h) for h in w}
+    va, vb = sum(ua.values()), sum(ub.values())
+    dof = (va + vb) ** 2 / sum(ua[h] ** 2 / (np.sum(sa == h) - 1) + ub[h] ** 2 / (np.sum(sb == h) - 1) for h in w)
+    t = (ma - mb) / np.sqrt(va + vb)
+    res = stats.stratified_welch(SA, LABELS_A, SB, LABELS_B)
+    assert (res.statistic, res.p_value) == pytest.approx((t, 2 * st.t.sf(abs(t), dof)))
+    ci = stats.ratio_ci_stratified(SA, LABELS_A, SB, LABELS_B)
+    assert ci.delta == pytest.approx(mb / ma - 1)
+
+
+def test_van_elteren_by_hand():
+    z_num = var = 0.0
+    for h in ("s", "l"):
+        x, y = SA[np.array(LABELS_A) == h], SB[np.array(LABELS_B) == h]
+        n = x.size + y.size
+        r = st.rankdata(np.concatenate([x, y]))
+        _, t = np.unique(r, return_counts=True)  # tie groups (there are some: 2.0, 2.1, 2.2)
+        z_num += (r[: x.size].sum() - x.size * (n + 1) / 2) / (n + 1)
+        var += x.size * y.size / 12 * ((n + 1) - np.sum(t**3 - t) / (n * (n - 1))) / (n + 1) ** 2
+    z = z_num / np.sqrt(var)
+    res = stats.van_elteren(SA, LABELS_A, SB, LABELS_B)
+    assert res.statistic == pytest.approx(z) and res.p_value == pytest.approx(2 * st.norm.sf(abs(z)))
+
+
+def test_stratified_interval_covers_95_percent_where_pooling_buckets_would_not():
+    """Three buckets 400x apart (TTFT of 8-, 128- and 3k-token prompts), 6 requests each."""
+    rng = np.random.default_rng(21)
+    hit = hit_naive = 0
+    labels = np.repeat(["a", "b", "c"], 6)
+    mus = np.repeat([2.0, 120.0, 800.0], 6)
+    for e in range(400):
+        a = mus * rng.lognormal(-0.04, 0.3, 18)
+        b = 0.9 * mus * rng.lognormal(-0.08, 0.4, 18)
+        true = 0.9 * np.exp(-0.08 + 0.4**2 / 2) / np.exp(-0.04 + 0.3**2 / 2) - 1  # lognormal means
+        hit += stats.ratio_ci_stratified(a, labels, b, labels, resamples=1000, seed=e).covers(true)
+        hit_naive += stats.ratio_ci(a, b, resamples=1000, seed=e).covers(true)
+    assert 0.92 <= hit / 400 <= 0.98, hit / 400
+    assert hit_naive / 400 > 0.99  # far too wide: the spread between buckets counted as noise
 
 
 def _record(events, e2e_ms, ttft_ms=None, ok=True):
