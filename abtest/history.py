@@ -91,6 +91,7 @@ def gate_samples(
     threshold_pct: float,
     alpha: float = 0.01,
     nightly: tuple[float, Sequence[float]] | None = None,
+    strata: tuple[Sequence[str] | np.ndarray, Sequence[Sequence[str] | np.ndarray]] | None = None,
 ) -> GateResult:
     """Gate a per-request metric: tonight's requests against the trailing nights' requests.
 
@@ -99,13 +100,14 @@ def gate_samples(
     medians, which does not wobble with a mix of short and long prompts). Regression when all
     three hold, in the bad direction:
       1. tonight's value moved beyond `threshold_pct` % from the median of the window's values;
-      2. a one-sided Mann-Whitney test of tonight's requests vs the pooled window's has p < α;
+      2. a one-sided Mann-Whitney test of tonight's requests vs the pooled window's has p < α
+         (van Elteren's stratified version when `strata` gives each request's bucket);
       3. tonight's value lies beyond the one-sided (1-α) prediction bound of the window's values
          (mean ± t·s·sqrt(1 + 1/n)), which carries the night-to-night spread.
     An improvement is the mirror image (reported, never an alarm).
     """
-    t = np.asarray(tonight, dtype=float)
-    t = t[np.isfinite(t)]
+    t_all = np.asarray(tonight, dtype=float)
+    t = t_all[np.isfinite(t_all)]
     arrays = [np.asarray(w, dtype=float) for w in window]
     keep = [i for i, w in enumerate(arrays) if np.isfinite(w).any()]
     nights = [arrays[i][np.isfinite(arrays[i])] for i in keep]
@@ -124,7 +126,17 @@ def gate_samples(
     thr = threshold_pct / 100.0
     # bad direction first
     bad_alt, good_alt = ("less", "greater") if higher_is_better else ("greater", "less")
-    p_bad = stats.mann_whitney(t, pooled, alternative=bad_alt).p_value
+    if strata is None:
+        def rank_test(alternative: str) -> float:
+            return stats.mann_whitney(t, pooled, alternative=alternative).p_value
+    else:
+        t_lab = np.asarray(strata[0])[np.isfinite(t_all)]
+        w_lab = np.concatenate([np.asarray(strata[1][i])[np.isfinite(arrays[i])] for i in keep])
+
+        def rank_test(alternative: str) -> float:
+            return stats.van_elteren(t, t_lab, pooled, w_lab, alternative=alternative).p_value
+
+    p_bad = rank_test(bad_alt)
     lo = stats.prediction_bound(meds, alpha=alpha, upper=False)
     hi = stats.prediction_bound(meds, alpha=alpha, upper=True)
     if higher_is_better:
@@ -137,7 +149,7 @@ def gate_samples(
         bound = hi
     sig_bad = bool(p_bad < alpha and out_bad)
     # the improvement test only where it can matter (it costs a second rank test)
-    sig_good = bool(beyond_good and out_good and stats.mann_whitney(t, pooled, alternative=good_alt).p_value < alpha)
+    sig_good = bool(beyond_good and out_good and rank_test(good_alt) < alpha)
     return GateResult(
         value=value, reference=ref, change=change, p_value=p_bad, bound=bound,
         beyond_threshold=bool(beyond_bad), significant=sig_bad,
@@ -373,6 +385,14 @@ def _threshold_text(metric: str, th: Thresholds) -> str:
     return f"+{th.vram_pct:g} % and +{th.vram_mib:g} MiB"
 
 
+def _strata(tonight: NightArm, window: Sequence[NightArm]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """Each request's bucket, tonight and per window night; None unless every night has them."""
+    labels = [w.strata for w in window]
+    if tonight.strata is None or any(x is None for x in labels):
+        return None
+    return tonight.strata, [x for x in labels if x is not None]
+
+
 def check_night(
     tonight: NightArm, window: Sequence[NightArm], metric: str, th: Thresholds
 ) -> tuple[str, GateResult | None]:
@@ -387,7 +407,8 @@ def check_night(
         g = gate_samples(tonight.samples(metric), [w.samples(metric) for w in window],
                          higher_is_better=spec.higher_is_better,
                          threshold_pct=th.decode_pct if metric == "decode_tps" else th.ttft_pct, alpha=th.alpha,
-                         nightly=(tonight.value(metric), [w.value(metric) for w in window]))
+                         nightly=(tonight.value(metric), [w.value(metric) for w in window]),
+                         strata=_strata(tonight, window))
     if not math.isfinite(g.value):
         return "no data", g
     return ("regression" if g.regression else "improvement" if g.improvement else "ok"), g

@@ -135,6 +135,20 @@ def test_gate_samples_reports_the_request_level_p_value():
     assert g.regression
 
 
+def test_gate_samples_with_buckets_uses_van_elteren():
+    from abtest import stats
+
+    rng = np.random.default_rng(1)
+    lab = np.repeat(["short", "long"], 12)
+    scale = np.repeat([120.0, 480.0], 12)
+    window = [scale * rng.normal(1, 0.05, 24) for _ in range(7)]
+    tonight = scale * rng.normal(1.1, 0.05, 24)
+    g = H.gate_samples(tonight, window, higher_is_better=False, threshold_pct=5.0, strata=(lab, [lab] * 7))
+    expected = stats.van_elteren(tonight, lab, np.concatenate(window), np.tile(lab, 7), alternative="greater")
+    assert g.p_value == pytest.approx(expected.p_value)
+    assert g.regression
+
+
 # ---------------------------------------------------------------------------------------- real files
 
 
