@@ -1127,8 +1127,9 @@ def fmt_pct(frac: float, signed: bool = True) -> str:
     return s.replace("-", MINUS) + " %"
 
 
-def fmt_params(v: float | None) -> str:
-    if v is None:
+def fmt_count(v: float | None) -> str:
+    """Large counts with a suffix: 20.9B parameters, 10.6M tokens/day; "—" when missing."""
+    if v is None or not math.isfinite(v):
         return "—"
     for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(v) >= div:
@@ -1276,7 +1277,7 @@ def sections(report: Report) -> list[Section]:
     for cr in report.cost:
         name = f"{cr.model} · {cr.group}" + (f" · c={cr.concurrency}" if cr.concurrency != 1 else "")
         row = [name, fmt_num(cr.tokens_per_s), fmt_num(cr.first_token_ms, 1), fmt_num(cr.vram_gb, 2),
-               fmt_params(cr.total_params), fmt_params(cr.active_params)]
+               fmt_count(cr.total_params), fmt_count(cr.active_params)]
         if any_experts:
             row.append(f"{cr.n_expert_used}/{cr.n_expert}" if cr.n_expert else "—")
         row.append(fmt_money(cr.cost_per_1m))
@@ -1294,7 +1295,7 @@ def sections(report: Report) -> list[Section]:
         cols = [f"{c.group}" + (f" c={c.concurrency}" if c.concurrency != 1 else "") for c in report.cost]
         proj = [
             ["Tokens/sec"] + [fmt_num(c.tokens_per_s) for c in report.cost],
-            ["Tokens/day"] + [_big(c.tokens_per_day) for c in report.cost],
+            ["Tokens/day"] + [fmt_count(c.tokens_per_day) for c in report.cost],
             ["GPU-hours per 1B tokens"] + [fmt_num(c.gpu_hours_per_1b, 1) for c in report.cost],
             [f"Cost per 1B tokens (${report.gpu_hour_cost:.2f}/GPU-hour)"] + [fmt_money(c.cost_per_1b) for c in report.cost],
         ]
@@ -1311,15 +1312,6 @@ def sections(report: Report) -> list[Section]:
     if report.notes:
         out.append(Section("Notes", bullets=list(report.notes)))
     return out
-
-
-def _big(v: float) -> str:
-    if not math.isfinite(v):
-        return "—"
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if v >= div:
-            return f"{v / div:.1f}{suffix}"
-    return f"{v:.0f}"
 
 
 def _cell(v: Any) -> str:

@@ -404,7 +404,7 @@ def test_unknown_format():
 
 def test_fmt_helpers():
     assert R.fmt_pct(-0.8612) == "−86 %" and R.fmt_pct(0.012) == "+1.2 %" and R.fmt_pct(math.nan) == "—"
-    assert R.fmt_params(20.9e9) == "20.9B" and R.fmt_params(None) == "—"
+    assert R.fmt_count(20.9e9) == "20.9B" and R.fmt_count(None) == "—" and R.fmt_count(math.nan) == "—"
     assert R.fmt_num(11800.2) == "11,800" and R.fmt_num(-1.5) == "−1.50"
 
 
