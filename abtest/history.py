@@ -19,6 +19,8 @@ false-alarm and detection rates.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -508,27 +510,30 @@ def _rows(result: HistoryResult) -> list[list[str]]:
 HEADERS = ["arm", "metric", "tonight", "trailing median", "change", "p", "status"]
 
 
-def history_markdown(result: HistoryResult) -> str:
-    """A short Markdown summary, fit for a chat notification."""
+def _summary(result: HistoryResult) -> tuple[str, list[str]]:
+    """The headline and the bullet lines (regressions first) shared by Markdown and the terminal."""
     regs = result.regressions
     n_window = max((len(c.window_nights) for c in result.checks), default=0)
-    head = (f"**abtest nightly {result.tonight}: "
-            + (f"{len(regs)} regression{'s' if len(regs) != 1 else ''}**" if regs else "no regression**")
-            + f" (vs the median of the last {n_window} nights)")
-    lines = [head, ""]
-    for c in regs:
-        lines.append(f"- ❌ {_one_line(c)}")
-    for c in result.checks:
-        if c.status == "improvement":
-            lines.append(f"- ✅ {_one_line(c)}")
+    head = (f"abtest nightly {result.tonight}: "
+            + (f"{len(regs)} regression{'s' if len(regs) != 1 else ''}" if regs else "no regression"))
+    lines = [f"❌ {_one_line(c)}" for c in regs]
+    lines += [f"✅ {_one_line(c)}" for c in result.checks if c.status == "improvement"]
     if not regs:
-        lines.append(f"- thresholds: decode {_threshold_text('decode_tps', result.thresholds)}, TTFT "
-                     f"{_threshold_text('ttft_ms', result.thresholds)}, VRAM {_threshold_text('vram_peak_mib', result.thresholds)}")
-    tonight_changes = [ch for ch in result.changes if ch.night == result.tonight]
-    if tonight_changes and not regs:
-        lines.append("- changed tonight: " + ", ".join(f"{ch.arm}: {ch}" for ch in tonight_changes))
-    for n in result.notes:
-        lines.append(f"- note: {n}")
+        th = result.thresholds
+        lines.append(f"thresholds: decode {_threshold_text('decode_tps', th)}, TTFT "
+                     f"{_threshold_text('ttft_ms', th)}, VRAM {_threshold_text('vram_peak_mib', th)}")
+        tonight_changes = [ch for ch in result.changes if ch.night == result.tonight]
+        if tonight_changes:
+            lines.append("changed tonight: " + ", ".join(f"{ch.arm}: {ch}" for ch in tonight_changes))
+    lines += [f"note: {n}" for n in result.notes]
+    return f"{head} (vs the median of the last {n_window} nights)", lines
+
+
+def history_markdown(result: HistoryResult) -> str:
+    """A short Markdown summary, fit for a chat notification."""
+    head, bullets = _summary(result)
+    bold, _, rest = head.partition(" (vs")
+    lines = [f"**{bold}** (vs{rest}", ""] + [f"- {b}" for b in bullets]
     lines += ["", "| " + " | ".join(HEADERS) + " |", "|---|---|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
     lines += ["", f"_abtest {result.abtest_version} · α = {result.thresholds.alpha:g} · window "
@@ -537,19 +542,19 @@ def history_markdown(result: HistoryResult) -> str:
 
 
 def history_terminal(result: HistoryResult) -> Any:
+    """A rich renderable of the summary and the table (the CLI prints it)."""
     from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    md = history_markdown(result).split("\n\n| ")[0]
+    head, bullets = _summary(result)
     t = Table(box=box.SIMPLE_HEAD)
     for i, h in enumerate(HEADERS):
         t.add_column(h, justify="right" if 2 <= i <= 5 else "left")
-    for r in _rows(result):
-        style = {"regression": "bold red", "improvement": "green"}.get(r[-1], "")
-        t.add_row(*r, style=style)
-    return Group(Text(md.replace("**", "")), t)
+    for c, r in zip(result.checks, _rows(result), strict=True):
+        t.add_row(*r, style={"regression": "bold red", "improvement": "green"}.get(c.status, ""))
+    return Group(Text(head, style="bold"), *(Text(f"  {b}") for b in bullets), t)
 
 
 def history_json(result: HistoryResult) -> dict[str, Any]:
@@ -580,9 +585,6 @@ def render_history(result: HistoryResult, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(history_json(result), indent=2, ensure_ascii=False) + "\n"
     if fmt == "csv":
-        import csv
-        import io
-
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["night", "arm", "metric", "tonight", "reference", "change", "p_value", "status", "causes"])
