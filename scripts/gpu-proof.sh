@@ -80,7 +80,8 @@ run_buckets() {  # $1 = tag, $2 = buckets
   local t0=$SECONDS
   stage_synth
   smi_start
-  "${ABTEST[@]}" run --model "$GPT" "${ARMS[@]}" "${COMMON[@]}" --buckets "$2" --out "$WORK/evidence-$1"
+  pkill -x llama-server; sleep 1  # a server left by a call cut at its time limit
+  timeout "${RUN_LIMIT:-520}" "${ABTEST[@]}" run --model "$GPT" "${ARMS[@]}" "${COMMON[@]}" --buckets "$2" --out "$WORK/evidence-$1"
   log "run $1 exit $?: $((SECONDS - t0)) s"
   smi_stop
 }
