@@ -68,16 +68,16 @@ GIB = 1024 * MIB
 # ---------------------------------------------------------------------------------- constants
 
 # Per-process GPU memory NVML counts beyond the model, KV and compute buffers that llama.cpp
-# prints: CUDA context (~300-500 MiB on an H100), cuBLAS handles and workspace, the CUDA pool
-# (matmul scratch, grows to the largest prompt batch), CUDA graphs. Set from the per-PID NVML
-# figures seen on an H100 with gpt-oss-20b-like Q4_0 at -c 4096, -fa on (docs/sweep.md):
-#   --cpu-moe    ~1.7 GiB  (buffers 1063 MiB -> implies ~680 MiB)
-#   ncmoe12      ~6.8 GiB  (buffers 6188 MiB -> ~775 MiB)
-#   -ngl 99      ~11.8 GiB (buffers 11198 MiB -> ~885 MiB)
-# 768 is the middle of those; it over-predicts --cpu-moe by ~90 MiB and under-predicts the
-# all-GPU arm by ~120 MiB. Recalibrate with `abtest sweep` on the GPU (the report prints the
-# error of every setting) and override with --cuda-overhead.
-CUDA_OVERHEAD_MIB = 768.0
+# prints: CUDA context, cuBLAS handles and workspace, the CUDA pool (matmul scratch, grows to the
+# largest prompt batch), CUDA graphs. Measured on an H100 (driver 580.159.04) with the
+# gpt-oss-20b-like Q4_0 at -c 4096 -fa on, NVML per-PID peak minus the buffers llama-server
+# reports at exit ("self" in its memory breakdown), docs/results/README.md:
+#   -ngl 99      11896 - 11195 = 701 MiB   (after load: 11784 - 11195 = 589)
+#   ncmoe12       6898 -  6189 = 709 MiB   (after load:  6778 -  6189 = 589)
+#   --cpu-moe     1782 -  1064 = 718 MiB   (after load:  1654 -  1064 = 590)
+# and qwen3-30b-a3b-like: 17426 - 16725 = 701, 1978 - 1257 = 721. The overhead is constant across
+# offload settings (it was guessed at 680-885 before the measurement): 712 is their mean at peak.
+CUDA_OVERHEAD_MIB = 712.0
 
 # ggml-cuda offloads an op whose weights sit in host memory to the GPU when its batch has at
 # least this many tokens (ggml-cuda.cu, op_offload_min_batch_size; env GGML_OP_OFFLOAD_MIN_BATCH).

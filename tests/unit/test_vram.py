@@ -168,13 +168,14 @@ def test_op_offload_copy_grows_the_gpu_compute_buffer() -> None:
 
 
 def test_gpt_oss_20b_like_predictions_near_h100_reference() -> None:
-    """Per-PID NVML on an H100, -c 4096: -ngl 99 ~11.8 GiB, ncmoe12 ~6.8 GiB, --cpu-moe ~1.7 GiB."""
+    """Per-PID NVML peaks measured on an H100 at -c 4096 (docs/results/README.md): -ngl 99 11896 MiB,
+    ncmoe12 6898 MiB, --cpu-moe 1782 MiB; the issue's bar is max(5 %, 256 MiB)."""
     lay = layout_from_preset("gpt-oss-20b-like")
     ctx = ContextParams(n_ctx=4096)
     preds = {n: predict(lay, n, ctx) for n in (0, 12, 24)}
-    ref = {0: 11.8, 12: 6.8, 24: 1.7}
+    measured_mib = {0: 11896, 12: 6898, 24: 1782}
     for n, p in preds.items():
-        assert abs(p.total_mib / 1024 - ref[n]) < 0.15, (n, p)
+        assert abs(p.total_mib - measured_mib[n]) <= max(0.05 * measured_mib[n], 256), (n, p)
         assert p.total_mib == pytest.approx(p.weights_mib + p.kv_mib + p.compute_mib + p.overhead_mib, abs=0.2)
     assert preds[24].weights_mib == pytest.approx(661, abs=1)  # the CUDA0 model buffer printed for --cpu-moe
     assert preds[24].kv_mib == 192.0
