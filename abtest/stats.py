@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats as _st
 
+from . import metrics
 from .records import RequestRecord
 
 # One seed for every bootstrap in a report: the same evidence gives the same intervals.
@@ -465,38 +466,34 @@ def prediction_bound(values: Sequence[float] | np.ndarray, *, alpha: float, uppe
 # Per-request metrics (formulas in the module docstring)
 
 
+def _nan(v: float | None) -> float:
+    return float(v) if v is not None else math.nan
+
+
+# Per-request metrics: the definitions live once, in abtest.metrics (docs/metrics.md); these
+# wrappers only turn "undefined" (None) into NaN for array statistics.
+
+
 def ttft_ms(r: RequestRecord) -> float:
-    """Send -> first token-carrying event, ms."""
-    return float(r.ttft_ms) if r.ttft_ms is not None else math.nan
+    """Send -> first token-carrying event, ms (metrics.ttft_ms)."""
+    return _nan(metrics.ttft_ms(r))
 
 
 def e2e_ms(r: RequestRecord) -> float:
-    """Send -> end of stream, ms."""
-    return float(r.e2e_ms) if r.e2e_ms is not None else math.nan
+    """Send -> end of stream, ms (metrics.e2e_ms)."""
+    return _nan(metrics.e2e_ms(r))
 
 
 def decode_tps(r: RequestRecord) -> float:
-    """(completion_tokens - 1) / ((e2e_ms - ttft_ms) / 1000): tokens after the first over the time after it."""
-    if r.ttft_ms is None or r.e2e_ms is None or r.completion_tokens < 2:
-        return math.nan
-    dt = (r.e2e_ms - r.ttft_ms) / 1000.0
-    return (r.completion_tokens - 1) / dt if dt > 0 else math.nan
+    """Tokens after the first / (last token arrival - first token arrival) (metrics.decode_tps)."""
+    return _nan(metrics.decode_tps(r))
 
 
 def tpot_ms(r: RequestRecord) -> float:
-    """(e2e_ms - ttft_ms) / (completion_tokens - 1): time per output token after the first."""
-    if r.ttft_ms is None or r.e2e_ms is None or r.completion_tokens < 2:
-        return math.nan
-    return (r.e2e_ms - r.ttft_ms) / (r.completion_tokens - 1)
+    """(E2E - TTFT) / (tokens - 1) (metrics.tpot_ms)."""
+    return _nan(metrics.tpot_ms(r))
 
 
 def itl_ms(r: RequestRecord) -> np.ndarray:
-    """Per-token inter-token latency, ms: each event after the first contributes its gap to the
-    previous event divided by its n_tokens, once per token it carried."""
-    ev = r.events
-    if len(ev) < 2:
-        return np.empty(0)
-    t = np.array([e.t_ns for e in ev], dtype=float)
-    n = np.array([max(e.n_tokens, 1) for e in ev], dtype=int)
-    per = np.diff(t) / 1e6 / n[1:]
-    return np.repeat(per, n[1:])
+    """Per-token inter-token latency, ms (metrics.itl_ms)."""
+    return np.asarray(metrics.itl_ms(r), dtype=float)

@@ -273,7 +273,8 @@ def test_per_request_metric_definitions():
     r = _record([(100.0, 1), (110.0, 1), (140.0, 3), (150.0, 1)], e2e_ms=160.0)
     assert stats.ttft_ms(r) == 100.0
     assert stats.e2e_ms(r) == 160.0
-    assert stats.decode_tps(r) == pytest.approx((6 - 1) / ((160.0 - 100.0) / 1000))
+    # decode: the 5 tokens after the first event over first -> last token event (50 ms)
+    assert stats.decode_tps(r) == pytest.approx((6 - 1) / ((150.0 - 100.0) / 1000))
     assert stats.tpot_ms(r) == pytest.approx((160.0 - 100.0) / (6 - 1))
     # ITL per token: 10 ms; 30 ms / 3 tokens -> three 10 ms; 10 ms
     np.testing.assert_allclose(stats.itl_ms(r), [10.0, 10.0, 10.0, 10.0, 10.0])
