@@ -33,7 +33,7 @@ import httpx
 
 from . import __version__
 from .config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
-from .errors import LaunchError
+from .errors import EvidenceError, LaunchError
 from .evidence import EvidenceWriter, check_writable
 from .gpu import Nvml, VramSampler, cpu_model, summarize
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
@@ -199,6 +199,14 @@ class Runner:
         with self._lock:  # the sampler thread writes too
             self.writer.write(record)
 
+    def _write_sample(self, record: Any) -> None:
+        """The sampler thread's sink: an unwritable evidence file (disk full) is reported by the
+        main thread's next write, which stops the run; the thread itself just stops writing."""
+        try:
+            self.write(record)
+        except EvidenceError:
+            pass
+
     def execute(self) -> RunResult:
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -266,7 +274,7 @@ class Runner:
         except LaunchError as exc:
             self._arm_failed(name, str(exc), evidence.with_name(f"{evidence.stem}.{name}.log"))
             return None
-        sampler = VramSampler(self.nvml, name, srv.pid, srv.t_spawn_ns, self.write, self.cfg.sample_interval_s)
+        sampler = VramSampler(self.nvml, name, srv.pid, srv.t_spawn_ns, self._write_sample, self.cfg.sample_interval_s)
         after_load = sampler.sample()
         try:
             fitted = fit_prompts(cases, srv.base_url)

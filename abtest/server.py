@@ -31,7 +31,8 @@ _BIND_FAILURES = ("couldn't bind", "could not bind", "address already in use", "
 # What a server's own log says when it fails to start, most telling first, with the next step.
 # The first line of the attempt's log matching a pattern is quoted in the LaunchError.
 _LAUNCH_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("out of memory", "insufficient memory", "failed to allocate", "unable to allocate", "cudamalloc failed"),
+    (("out of memory", "insufficient memory", "failed to allocate", "unable to allocate", "cudamalloc failed",
+      "cannot allocate memory", "bad_alloc"),
      "not enough memory for this arm: free memory, lower --ctx-size, or keep MoE experts in system RAM "
      "(--arm cpu-moe, ncmoe<N>)"),
     (("unknown model architecture",),
@@ -190,7 +191,9 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     raise LaunchError(
                         self._explain(
-                            f"did not become healthy within {self.spec.health_timeout_s:g} s (--health-timeout)"
+                            f"did not become healthy within {self.spec.health_timeout_s:g} s (--health-timeout)",
+                            "still loading or hung: raise --health-timeout for a big model on a slow disk, "
+                            "or see the log for where it stopped",
                         )
                     )
                 time.sleep(0.1)
@@ -209,9 +212,9 @@ class ServerProcess:
         text = " ".join(self.attempt_log()[-20:]).lower()
         return any(marker in text for marker in _BIND_FAILURES)
 
-    def _explain(self, what: str) -> str:
+    def _explain(self, what: str, default_hint: str | None = None) -> str:
         """One line: what happened, the server's own words for why, the next step, the log."""
-        cause, hint = explain_log(self.attempt_log())
+        cause, hint = explain_log(self.attempt_log(), default_hint)
         return (
             f"server for arm '{self.spec.name}' on port {self.port} {what}: {cause} — {hint}; "
             f"server log: {self.spec.log_path}"
@@ -255,14 +258,16 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def explain_log(lines: Sequence[str]) -> tuple[str, str]:
+def explain_log(lines: Sequence[str], default_hint: str | None = None) -> tuple[str, str]:
     """(the server's most telling log line, the next step) for a server that failed or died."""
     for patterns, hint in _LAUNCH_HINTS:
         for line in lines:
             if any(p in line.lower() for p in patterns):
                 return _LOG_STAMP.sub("", line.strip()), hint
-    last = " | ".join(_LOG_STAMP.sub("", ln.strip()) for ln in lines[-3:]) if lines else "(no output)"
-    return f"last log lines: {last}", "check the model path, the arm's flags and free memory"
+    # Otherwise its last words, without the per-request lines (/health polls) that bury them.
+    quiet = [ln for ln in lines if "log_server_r" not in ln]
+    last = " | ".join(_LOG_STAMP.sub("", ln.strip()) for ln in quiet[-3:]) if quiet else "(no output)"
+    return f"last log lines: {last}", default_hint or "check the model path, the arm's flags and free memory"
 
 
 def describe_exit(code: int) -> str:

@@ -224,9 +224,9 @@ async def stream_request(
             try:
                 await asyncio.wait_for(exchange(), limits.request_timeout_s)
                 break
-            except (httpx.RemoteProtocolError, httpx.ConnectError):
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError):
                 # llama-server closes the connection after a streamed response; a pooled connection
-                # can be closed under us before the server read a byte of the request. Retry once,
+                # can be closed (or reset) under us before the server read a byte of the request. Retry once,
                 # only when nothing at all came back (no status, no event), with a fresh timeline.
                 if attempt == 2 or status != 0 or tracker.chunk_times:
                     raise
@@ -237,10 +237,10 @@ async def stream_request(
         error = f"stream stalled: no data for {limits.stall_timeout_s:g} s (--stall-timeout)"
     except httpx.ConnectError as exc:
         error = f"cannot connect to {base_url} ({exc or 'refused'}) — is the server still running? see its log"
-    except httpx.RemoteProtocolError as exc:
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
         error = (
-            f"connection closed after {tracker.predicted} tokens ({exc}) — the server died or cut the stream; "
-            "see its log"
+            f"connection closed after {tracker.predicted} tokens ({type(exc).__name__}: {exc or 'reset by peer'}) "
+            "— the server died or cut the stream; see its log"
         )
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc or 'connection failed'}"

@@ -118,7 +118,13 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM does what Ctrl-C does. Re-raised as SIGINT so that inside asyncio.run, asyncio's own
+    SIGINT handler cancels the requests in flight at an await (a KeyboardInterrupt raised from here
+    could land anywhere, e.g. inside the HTTP client's connection pool); elsewhere Python's default
+    SIGINT handler raises KeyboardInterrupt. Where SIGINT is ignored (a background job), raise it here."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
 
 
 @click.command(epilog=EPILOG)
