@@ -486,7 +486,10 @@ class Runner:
         non-streamed request with return_tokens, after the timed runs, supplies the ids."""
         if self.cfg.endpoint != "completion":
             return
-        missing = [r for r in records if r.ok and r.token_ids is None and not r.warmup]
+        # One extra request per (arm, prompt), not per repetition: on a slow arm a backfill costs as
+        # much as the request itself. Other repetitions keep token_ids None (compared by text).
+        missing = list({r.prompt_id: r for r in reversed(records)
+                        if r.ok and r.token_ids is None and not r.warmup}.values())
         if not missing:
             return
         async with httpx.AsyncClient(timeout=None) as client:

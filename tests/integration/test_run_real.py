@@ -70,8 +70,14 @@ def test_client_token_count_equals_server_predicted_n(evidence) -> None:
         assert r.ok, r.error
         assert r.completion_tokens == r.server_predicted_n == MAX_TOKENS, r
         assert r.cache_n == 0  # cache_prompt false held: no KV-cache hits between repetitions
-        if not r.warmup:  # measured requests carry ids (streamed, or backfilled after the runs)
-            assert r.token_ids is not None and len(r.token_ids) == MAX_TOKENS
+    # Every (arm, prompt) has its ids: streamed when complete, else backfilled once after the runs
+    # (a non-streamed request with return_tokens); repetitions without ids generated the same text.
+    measured = [r for r in evidence.requests if not r.warmup]
+    for key in {(r.arm, r.prompt_id) for r in measured}:
+        group = [r for r in measured if (r.arm, r.prompt_id) == key]
+        with_ids = [r for r in group if r.token_ids is not None]
+        assert with_ids and all(len(r.token_ids) == MAX_TOKENS for r in with_ids), key
+        assert {r.text for r in group} == {with_ids[0].text}, key
 
 
 def test_prompt_tokens_match_tokenize(evidence) -> None:
