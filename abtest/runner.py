@@ -437,9 +437,10 @@ class Runner:
         pool = httpx.Limits(max_connections=cfg.concurrency + 4, max_keepalive_connections=cfg.concurrency + 4)
         async with httpx.AsyncClient(limits=pool, timeout=None) as client:
             for r, _ in warm:  # warm-up one at a time: it also opens a kept-alive connection
-                if not alive():
+                rec = await stream_request(client, base_url, r, limits)
+                self._record(rec, records)
+                if not await _still_up(rec, alive):
                     return
-                self._record(await stream_request(client, base_url, r, limits), records)
             await self._open_connections(client, base_url, cfg.concurrency)
             if cfg.rate:
                 await self._open_loop(client, base_url, [r for r, _ in timed], limits, records, alive)
@@ -461,7 +462,10 @@ class Runner:
         async def worker() -> None:
             while not queue.empty() and alive():
                 r = queue.get_nowait()
-                self._record(await stream_request(client, base_url, r, limits), records)
+                rec = await stream_request(client, base_url, r, limits)
+                self._record(rec, records)
+                if not await _still_up(rec, alive):
+                    return
 
         await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
 
@@ -543,7 +547,10 @@ class Runner:
                 for name in order:
                     if i < len(plans[name]) and (alive is None or alive[name]()):
                         r = plans[name][i][0]
-                        self._record(await stream_request(client, urls[name], r, limits), records[name])
+                        rec = await stream_request(client, urls[name], r, limits)
+                        self._record(rec, records[name])
+                        if alive is not None:
+                            await _still_up(rec, alive[name])  # settles alive() for the next round
 
 
 def arrival_times(n: int, rate: float, arrivals: str, seed: int) -> list[float]:
@@ -556,6 +563,18 @@ def arrival_times(n: int, rate: float, arrivals: str, seed: int) -> list[float]:
             t += rng.expovariate(rate)
         return out
     return [i / rate for i in range(n)]
+
+
+async def _still_up(rec: RequestRecord, alive: Callable[[], bool]) -> bool:
+    """Whether to go on sending to this server. A failed request can be the first sign of a dying
+    server: its sockets close before the kernel lets us reap it, so look again for a moment."""
+    if rec.ok or not alive():
+        return alive()
+    for _ in range(10):
+        await asyncio.sleep(0.01)
+        if not alive():
+            return False
+    return True
 
 
 @contextlib.contextmanager

@@ -1,10 +1,13 @@
 """`ServerProcess`: one inference server on a free loopback port, in its own process group.
 
 Lifecycle: choose a free port -> spawn (argv list, never a shell; output to a log file beside the
-evidence) -> poll ``/health`` (503 while the model loads is normal; 200 is ready) -> measure ->
-stop: SIGTERM to the process group, wait (llama-server takes a few seconds to exit), then SIGKILL
-the group. Every live server is also registered so that an interrupted run stops them all: no
-orphan processes.
+evidence) -> poll ``/health`` (503 while the model loads is normal; 200 is ready, once a process of
+our group is seen listening on the port) -> measure -> stop: SIGTERM to the process group, wait
+(llama-server takes a few seconds to exit), then SIGKILL the group. Every live server is also
+registered so that an interrupted run stops them all: no orphan processes. On Linux the kernel also
+kills a server whose abtest died (PR_SET_PDEATHSIG): note that this fires when the *thread* that
+started the server exits, so start servers from a thread that outlives them (the runner uses the
+main thread).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +65,8 @@ def raise_client_priority(boost: int = 5) -> int | None:
     brief wake-ups. Returns the client's new niceness, or None where it was not permitted.
     """
     global SERVER_NICE
+    if SERVER_NICE is not None:  # once per process: a second Runner must not boost again
+        return os.getpriority(os.PRIO_PROCESS, 0)
     original = os.getpriority(os.PRIO_PROCESS, 0)
     try:
         os.setpriority(os.PRIO_PROCESS, 0, original - boost)
@@ -68,6 +74,8 @@ def raise_client_priority(boost: int = 5) -> int | None:
         return None
     SERVER_NICE = original
     return original - boost
+
+
 _live_lock = threading.Lock()
 
 
@@ -153,13 +161,22 @@ class ServerProcess:
         log.flush()
         env = {**os.environ, **dict(self.spec.env)}
         server_nice = SERVER_NICE
+        prctl = _prctl()  # looked up here: the child, between fork and exec, must not import
+
+        def in_child() -> None:
+            # The server runs at the niceness abtest had before it raised its own priority.
+            if server_nice is not None:
+                os.setpriority(os.PRIO_PROCESS, 0, server_nice)
+            # The kernel SIGKILLs the server if abtest dies, even by SIGKILL (Linux PR_SET_PDEATHSIG).
+            if prctl is not None:
+                prctl(1, signal.SIGKILL, 0, 0, 0)
+
         try:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() can signal the whole group
                 env=env,
-                # The server runs at the niceness abtest had before it raised its own priority.
-                preexec_fn=(lambda: os.setpriority(os.PRIO_PROCESS, 0, server_nice)) if server_nice is not None else None,
+                preexec_fn=in_child,
             )
         except OSError as exc:
             raise LaunchError(
@@ -183,7 +200,9 @@ class ServerProcess:
                     self.exit_code = code
                     raise LaunchError(self._explain(f"{describe_exit(code)} before /health was ready"))
                 try:
-                    if client.get(url).status_code == 200:
+                    # A 200 from a process outside our group is someone else's server on the port we
+                    # chose (taken before ours could bind): ours will exit with a bind error, retried.
+                    if client.get(url).status_code == 200 and group_listens_on(self.pid, self.port) is not False:
                         self.ready_ms = (time.perf_counter_ns() - self.t_spawn_ns) / 1e6
                         return
                 except httpx.HTTPError:
@@ -256,6 +275,53 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (Linux), for PR_SET_PDEATHSIG; None elsewhere (atexit and the signal handlers
+    still stop servers there, but not after abtest itself is SIGKILLed)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def group_listens_on(pgid: int, port: int) -> bool | None:
+    """Whether a process of group `pgid` holds the TCP socket listening on `port` (from /proc);
+    None where /proc cannot say."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(f[9])
+    if not inodes:
+        return None
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if int(fh.read().rsplit(")", 1)[1].split()[2]) != pgid:
+                    continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
 
 
 def explain_log(lines: Sequence[str], default_hint: str | None = None) -> tuple[str, str]:

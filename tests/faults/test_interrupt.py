@@ -95,3 +95,20 @@ def test_interrupt_while_the_server_loads_leaves_no_server(scripted, tiny_moe: P
     ev = read_ok(only_jsonl(out))
     assert ev.partial and ev.arm_starts == [] and ev.requests == []
     assert_no_orphans([], marker=tmp_path)
+
+
+def test_abtest_killed_by_sigkill_takes_its_servers_along(scripted, tiny_moe: Path, prompts: Path,
+                                                          tmp_path: Path) -> None:
+    """No handler runs on SIGKILL (OOM killer, a CI timeout): the kernel kills the servers
+    (PR_SET_PDEATHSIG), and the evidence so far still reads back, as a partial run."""
+    out = tmp_path / "evidence"
+    proc = _start_run(scripted(SLOW), tiny_moe, prompts, out)
+    _wait_for_requests(out, 2, proc)
+    proc.kill()
+    proc.communicate(timeout=10)
+    from abtest.evidence import read_evidence
+
+    ev = read_evidence(only_jsonl(out))
+    assert ev.manifest is not None and ev.partial and len(ev.requests) >= 2
+    assert all("truncated last line" in p for p in ev.problems), ev.problems
+    assert_no_orphans([ev.arm_starts[0].pid], marker=tmp_path)

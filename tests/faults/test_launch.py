@@ -18,6 +18,7 @@ from abtest import server as server_mod
 from abtest.config import ArmSpec
 from abtest.errors import EXIT_PARTIAL
 from abtest.runner import Runner
+from abtest.scripted import ScriptedServer
 
 
 def _with_healthy_arm(cfg, healthy: Path):  # type: ignore[no-untyped-def]
@@ -132,3 +133,21 @@ def test_port_taken_between_choosing_and_binding_is_retried(which: str, scripted
     assert ev.arm_starts[0].port != taken
     assert ev.arm_ends[0].status == "ok" and ev.arm_ends[0].n_failed == 0 and result.arms_failed == []
     assert_no_orphans(spawned, marker=tmp_path if which == "scripted" else None)
+
+
+def test_port_taken_by_a_healthy_server_is_not_mistaken_for_ours(scripted, cfg_for, spawned,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """Another llama-server-like process answers /health 200 on the port we chose: abtest waits
+    for a process of its own group to listen there, so ours fails to bind, is retried elsewhere, and
+    no request goes to the squatter."""
+    real_free_port = server_mod.free_port
+    with ScriptedServer().start_in_thread() as squatter:
+        ports = iter([squatter.port])
+        monkeypatch.setattr(server_mod, "free_port", lambda host="127.0.0.1": next(ports, None) or real_free_port(host))
+        result = Runner(cfg_for(scripted({}), arms=["a"])).execute()
+        assert squatter.n_requests == 0
+    ev = read_ok(result.evidence_path)
+    assert len(spawned) == 2 and ev.arm_starts[0].port != squatter.port
+    assert ev.arm_ends[0].status == "ok" and ev.arm_ends[0].n_failed == 0
+    assert_no_orphans(spawned, marker=tmp_path)

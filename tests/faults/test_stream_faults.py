@@ -60,7 +60,11 @@ def _by_seq(ev, arm: str) -> dict[int, RequestRecord]:
     return {r.seq: r for r in ev.requests if r.arm == arm}
 
 
-@pytest.mark.parametrize("index", sorted(MATRIX))
+NAMES = {1: "stall", 2: "malformed-json", 3: "http-500", 4: "http-429", 5: "close-without-stop", 6: "connection-reset",
+         7: "error-event", 8: "request-timeout"}
+
+
+@pytest.mark.parametrize("index", sorted(MATRIX), ids=[NAMES[i] for i in sorted(MATRIX)])
 def test_fault_is_a_failed_record_naming_its_cause(matrix_run, index: int) -> None:
     _, ev, _ = matrix_run
     for arm in ("a", "b"):  # every arm's server misbehaves alike (the script is per process)
@@ -174,9 +178,9 @@ def test_stop_kills_the_whole_group_of_a_server_ignoring_sigterm(scripted, tmp_p
     pid = srv.pid
     code = srv.stop()
     assert code is not None and srv.stop_ms is not None
-    if exec_:
+    if exec_:  # the server itself got SIGTERM, ignored it, and was SIGKILLed after the wait
         assert code == -signal.SIGKILL and srv.stop_ms >= 500
-    assert "ignoring it" in (tmp_path / "x.log").read_text()
+        assert "ignoring it" in (tmp_path / "x.log").read_text()
     assert_no_orphans([pid], marker=tmp_path)
 
 
