@@ -10,7 +10,7 @@ from types import FrameType
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..config import RunConfig, resolve_arms
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, ConfigError
@@ -46,7 +46,7 @@ class RichProgress:
             console=console,
             transient=False,
         )
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
         self.failed: dict[str, int] = {}
 
     def __enter__(self) -> RichProgress:
