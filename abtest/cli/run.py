@@ -207,7 +207,8 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
     if not quiet:
         console.print(
             f"{result.n_requests} requests, {result.n_failed} failed, {result.duration_s:.1f} s; "
-            f"report: abtest report {result.evidence_path}"
+            f"report: abtest report {escape(str(result.evidence_path))}",
+            soft_wrap=True,  # a command to copy: never wrapped inside the path
         )
     if result.arms_failed or result.n_failed:
         sys.exit(EXIT_PARTIAL)
