@@ -105,7 +105,8 @@ def test_schedule_timing_and_chunk_log() -> None:
     assert planned_ms == pytest.approx([60, 105, 120, 165, 180], abs=0.01)  # at each event's last token
     for c in data:
         assert 0 <= (c.t_ns - c.planned_ns) / 1e6 < 30  # type: ignore[operator]
-    assert rec.ttft_ms is not None and rec.ttft_ms >= 59
+    # the client stamps its send after the bytes left: on a busy box that stamp can be a few ms late
+    assert rec.ttft_ms is not None and rec.ttft_ms >= 50
 
 
 def test_empty_content_events_and_pings() -> None:
