@@ -104,7 +104,7 @@ def test_schedule_timing_and_chunk_log() -> None:
     planned_ms = [(c.planned_ns - recv.t_ns) / 1e6 for c in data]  # type: ignore[operator]
     assert planned_ms == pytest.approx([60, 105, 120, 165, 180], abs=0.01)  # at each event's last token
     for c in data:
-        assert 0 <= (c.t_ns - c.planned_ns) / 1e6 < 30  # type: ignore[operator]
+        assert 0 <= (c.t_ns - c.planned_ns) / 1e6 < 100  # type: ignore[operator]  # never early; late only by scheduling
     # the client stamps its send after the bytes left: on a busy box that stamp can be a few ms late
     assert rec.ttft_ms is not None and rec.ttft_ms >= 50
 

@@ -26,14 +26,14 @@ from abtest.server import ServerProcess
 
 # request index -> (fault, the words its record's error must hold)
 MATRIX = {
-    1: ({"kind": "stall", "after_tokens": 2}, "stream stalled: no data for 0.5 s (--stall-timeout)"),
+    1: ({"kind": "stall", "after_tokens": 2}, "stream stalled: no data for 0.8 s (--stall-timeout)"),
     2: ({"kind": "malformed", "after_tokens": 3}, "malformed event"),
     3: ({"kind": "http_error", "status": 500, "message": "boom"}, "HTTP 500"),
     4: ({"kind": "http_error", "status": 429, "message": "busy"}, "HTTP 429"),
     5: ({"kind": "close", "after_tokens": 4}, "stream closed before the end event"),
     6: ({"kind": "close", "after_tokens": 2, "abrupt": True}, "connection closed after 2 tokens"),
     7: ({"kind": "error_event", "after_tokens": 1, "message": "slot crashed"}, "server error in stream: slot crashed"),
-    8: (None, "request timed out after 1 s (--request-timeout)"),  # slow but never silent for 0.5 s
+    8: (None, "request timed out after 1 s (--request-timeout)"),  # slow but never silent for 0.8 s
 }
 N_REQUESTS = 10  # 0 and 9 are healthy
 
@@ -44,13 +44,13 @@ def matrix_run(tmp_path_factory: pytest.TempPathFactory, tiny_moe: Path):
 
     tmp = tmp_path_factory.mktemp("matrix")
     faults = [{**f, "on": [i]} for i, (f, _) in MATRIX.items() if f is not None]
-    wrapper = write_wrapper(tmp / "bin", {"faults": faults, "requests": {"8": {"itl_ms": 300}}})
+    wrapper = write_wrapper(tmp / "bin", {"faults": faults, "requests": {"8": {"itl_ms": 250}}})
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(f'{{"id": "p{i}", "bucket": "b", "text": "prompt {i}"}}\n' for i in range(N_REQUESTS)))
     cfg = RunConfig(
         model=str(tiny_moe), arms=resolve_arms(["a=-ngl 99", "b=-ngl 99"], None), runs=1, warmup=0, max_tokens=8,
         prompts_path=str(prompts), out_dir=str(tmp / "evidence"), server_bin=str(wrapper), threads=1,
-        health_timeout_s=10, stall_timeout_s=0.5, request_timeout_s=1.0,
+        health_timeout_s=10, stall_timeout_s=0.8, request_timeout_s=1.0,
     )
     result = Runner(cfg, argv=["pytest"]).execute()
     return result, read_ok(result.evidence_path), tmp
