@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from .records import VramSample
@@ -65,16 +66,16 @@ class Nvml:
         nv = self._nv
         devices = []
         for i, h in enumerate(self.handles):
-            mem = _try(lambda h=h: nv.nvmlDeviceGetMemoryInfo(h))
+            mem = _try(partial(nv.nvmlDeviceGetMemoryInfo, h))
             devices.append(
                 {
                     "index": i,
-                    "name": _str(_try(lambda h=h: nv.nvmlDeviceGetName(h))),
-                    "uuid": _str(_try(lambda h=h: nv.nvmlDeviceGetUUID(h))),
+                    "name": _str(_try(partial(nv.nvmlDeviceGetName, h))),
+                    "uuid": _str(_try(partial(nv.nvmlDeviceGetUUID, h))),
                     "memory_total_mib": round(mem.total / MIB, 1) if mem else None,
                     "memory_used_mib": round(mem.used / MIB, 1) if mem else None,
-                    "power_limit_w": _div(_try(lambda h=h: nv.nvmlDeviceGetEnforcedPowerLimit(h)), 1000),
-                    "max_sm_clock_mhz": _try(lambda h=h: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
+                    "power_limit_w": _div(_try(partial(nv.nvmlDeviceGetEnforcedPowerLimit, h)), 1000),
+                    "max_sm_clock_mhz": _try(partial(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_SM)),
                 }
             )
         return GpuInfo(
@@ -95,7 +96,7 @@ class Nvml:
         found = False
         for h in self.handles:
             for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                procs = _try(lambda h=h, g=getter: getattr(nv, g)(h)) or []
+                procs = _try(partial(getattr(nv, getter), h)) or []
                 for p in procs:
                     if p.pid == pid and p.usedGpuMemory is not None:
                         total += p.usedGpuMemory
