@@ -555,10 +555,12 @@ def _env() -> dict[str, Any]:
     import httpx
 
     vers: dict[str, str] = {"python": platform.python_version(), "httpx": httpx.__version__}
+    import importlib.metadata
+
     for mod in ("httpcore", "h11", "anyio", "aiohttp", "orjson", "uvloop"):
         try:
-            vers[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
+            vers[mod] = importlib.metadata.version(mod)
+        except importlib.metadata.PackageNotFoundError:
             vers[mod] = "absent"
     cpu = "?"
     try:
