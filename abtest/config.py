@@ -73,6 +73,7 @@ class RunConfig:
     stall_timeout_s: float = 60.0
     request_timeout_s: float = 600.0
     sample_interval_s: float = 0.1
+    http_client: str = "raw"  # "raw" (abtest.rawclient) or "httpx" (abtest.stream)
     verbose_log: bool = True  # -lv 4: buffer sizes and the exit memory table in the log
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -220,6 +221,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--schedule must be sequential or interleaved, got {cfg.schedule!r}")
     if cfg.endpoint not in ("completion", "chat"):
         raise ConfigError(f"--endpoint must be completion or chat, got {cfg.endpoint!r}")
+    if cfg.http_client not in ("raw", "httpx"):
+        raise ConfigError(f"--http-client must be raw or httpx, got {cfg.http_client!r}")
     if not cfg.arms:
         raise ConfigError("no arms to run")
     return cfg

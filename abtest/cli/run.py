@@ -152,6 +152,8 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
               help="Server context (-c). Default: longest prompt + max tokens, per slot.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Server threads (-t). Default: all cores.")
 @click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
+@click.option("--http-client", type=click.Choice(["raw", "httpx"]), default="raw", show_default=True,
+              help="HTTP layer of the timed requests: raw asyncio (least client delay, docs/performance.md) or httpx.")
 @click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Where model names are looked up first.")
 @click.option("--out", "out_dir", default="evidence", show_default=True, type=click.Path(file_okay=False),
@@ -166,7 +168,7 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, warmup: int, max_tokens: int,
         concurrency: int, rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
         buckets: str, seed: int, temperature: float, ctx_size: int | None, threads: int | None, flash_attn: str,
-        server_bin: str | None, models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
+        http_client: str, server_bin: str | None, models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
         request_timeout: float, quiet: bool) -> None:
     """Measure arms of an inference server on the same prompts; write evidence JSONL."""
     from ..runner import Runner
@@ -183,7 +185,8 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         model=model, arms=arms, runs=runs, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency,
         rate=rate, arrivals=arrivals, schedule=schedule, endpoint=endpoint, prompts_path=prompts,
         buckets=tuple(b for b in buckets.split(",") if b), seed=seed, temperature=temperature, ctx_size=ctx_size,
-        threads=threads, flash_attn=flash_attn, out_dir=out_dir, models_dir=models_dir, server_bin=server_bin,
+        threads=threads, flash_attn=flash_attn, http_client=http_client, out_dir=out_dir, models_dir=models_dir,
+        server_bin=server_bin,
         health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout,
     )
     console = Console(stderr=True)

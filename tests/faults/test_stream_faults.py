@@ -126,14 +126,14 @@ def test_real_llama_server_killed_mid_stream(llama_server: Path, tiny_moe: Path,
                                              spawned, monkeypatch: pytest.MonkeyPatch) -> None:
     """kill -9 of the real llama-server while request 1 streams: the request fails with the tokens
     that arrived, the arm ends 'killed by SIGKILL', and the next arm (cpu-moe) runs normally."""
-    original = runner_mod.stream_request
+    original = runner_mod.HttpTransport.stream
 
-    async def stream_and_kill(client, base_url, req, limits):  # type: ignore[no-untyped-def]
+    async def stream_and_kill(self, client, base_url, req, limits):  # type: ignore[no-untyped-def]
         if req.arm == "baseline" and req.seq == 1:
             asyncio.get_running_loop().call_later(0.2, os.kill, spawned[-1], signal.SIGKILL)
-        return await original(client, base_url, req, limits)
+        return await original(self, client, base_url, req, limits)
 
-    monkeypatch.setattr(runner_mod, "stream_request", stream_and_kill)
+    monkeypatch.setattr(runner_mod.HttpTransport, "stream", stream_and_kill)
     cfg = cfg_for(llama_server, arms=["baseline", "cpu-moe=-ngl 99 --cpu-moe"], runs=3, max_tokens=600,
                   prompts_path=str(one_prompt), stall_timeout_s=5.0, request_timeout_s=20.0)
     result = Runner(cfg).execute()

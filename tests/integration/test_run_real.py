@@ -25,8 +25,9 @@ pytestmark = pytest.mark.integration
 MAX_TOKENS = 96
 
 
-@pytest.fixture(scope="module")
-def evidence(tmp_path_factory: pytest.TempPathFactory, llama_server: Path, tiny_moe: Path):
+@pytest.fixture(scope="module", params=["raw", "httpx"])
+def evidence(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, llama_server: Path,
+             tiny_moe: Path):
     out = tmp_path_factory.mktemp("evidence")
     cfg = RunConfig(
         model=str(tiny_moe),
@@ -38,6 +39,7 @@ def evidence(tmp_path_factory: pytest.TempPathFactory, llama_server: Path, tiny_
         out_dir=str(out),
         server_bin=str(llama_server),
         threads=1,
+        http_client=request.param,  # both HTTP layers must pass the same acceptance checks
     )
     result = Runner(cfg, argv=["pytest"]).execute()
     assert result.arms_failed == []
