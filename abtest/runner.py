@@ -209,6 +209,19 @@ class Runner:
         except EvidenceError:
             pass
 
+    def manifest(self, path: Path, models: list[dict[str, Any]], arms: Sequence[ArmSpec]) -> RunManifest:
+        """The run_start record: who, where, what (models deduplicated by SHA256), the full config."""
+        return RunManifest(
+            run_id=path.stem,
+            abtest_version=__version__,
+            started_at=_now(),
+            argv=self.argv,
+            host={**host_info(), "client_nice": self.client_nice},
+            gpu=self.nvml.info().as_dict(),
+            models=list({m["sha256"]: m for m in models}.values()),
+            config={**self.cfg.as_dict(), "arms": [asdict(a) for a in arms]},
+        )
+
     def execute(self) -> RunResult:
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -218,18 +231,7 @@ class Runner:
         path = evidence_path(cfg, cfg.model)
         self.writer = EvidenceWriter(path)
         try:
-            self.write(
-                RunManifest(
-                    run_id=path.stem,
-                    abtest_version=__version__,
-                    started_at=_now(),
-                    argv=self.argv,
-                    host={**host_info(), "client_nice": self.client_nice},
-                    gpu=self.nvml.info().as_dict(),
-                    models=list({a.model["sha256"]: a.model for a in arms}.values()),
-                    config={**cfg.as_dict(), "arms": [asdict(a.spec) for a in arms]},
-                )
-            )
+            self.write(self.manifest(path, [a.model for a in arms], [a.spec for a in arms]))
             ctx = cfg.ctx_size or auto_ctx_size(
                 longest_prompt_estimate(cases), cfg.max_tokens, cfg.parallel or cfg.concurrency
             )

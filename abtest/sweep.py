@@ -33,8 +33,8 @@ from . import __version__
 from .config import RunConfig, auto_ctx_size, ready_made_arm
 from .errors import ConfigError
 from .evidence import EvidenceWriter, check_writable
-from .records import ArmEnd, RequestRecord, RunEnd, RunManifest
-from .runner import Progress, ResolvedArm, Runner, evidence_path, host_info, longest_prompt_estimate
+from .records import ArmEnd, RequestRecord, RunEnd
+from .runner import Progress, ResolvedArm, Runner, evidence_path, longest_prompt_estimate
 from .runner import resolve_arms as resolve_run_arms
 from .vram import (
     CUDA_OVERHEAD_MIB,
@@ -475,18 +475,7 @@ class SweepRunner(Runner):
             return Measurement(ok=ok, vram_mib=vram, decode_tps=tps, note=note if not ok else "")
 
         try:
-            self.write(
-                RunManifest(
-                    run_id=path.stem,
-                    abtest_version=__version__,
-                    started_at=_now(),
-                    argv=self.argv,
-                    host={**host_info(), "client_nice": self.client_nice},
-                    gpu=self.nvml.info().as_dict(),
-                    models=[resolved.model],
-                    config={**cfg.as_dict(), "arms": [asdict(a) for a in arms]},
-                )
-            )
+            self.write(self.manifest(path, [resolved.model], arms))
 
             def pred(n: int) -> float:
                 return plan.predictions[n].total_mib
