@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# A copy of scripts/gpu-proof.sh with the short stage split (shorta, shortb) and the sweep bounded.
+# The GPU proof (docs/results/README.md), in stages that each fit one 10-minute call on an
+# air-gapped GPU box. Every stage is idempotent: it rebuilds or re-synthesises what is missing.
+#
+# usage: scripts/gpu-proof.sh STAGE [STAGE...]
+#   setup      install carried wheels (.whl/) into /tmp/site
+#   build      abtest server install --cuda --source .carry/llama.cpp.tgz (about 5.5 min, 16 cores)
+#   synth      the gpt-oss-20b-like Q4_0 GGUF (about 12 GB) into $MODELS
+#   buildsynth build and synth at once
+#   short      abtest run: baseline, ncmoe12, cpu-moe on buckets seed004,tok8,tok128, 5 runs
+#   long       the same on buckets tok1024,tok3072
+#   bench      llama-bench -p 0 -n 128 with the same flags, for the cross-check
+#   qwen       synthesise qwen3-30b-a3b-like and run baseline + cpu-moe briefly
+#   shorta     short on buckets seed004,tok8 only
+#   shortb     short on bucket tok128 only
+#   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto (bounded by timeout $SWEEP_LIMIT, 540 s)
+# Results land in $OUT (tarred: the device tool brings back at most 8 files).
+set -uo pipefail
+
+here="$(cd "$(dirname "$0")/../../.." && pwd)"  # this copy lives in docs/results/raw/
+OUT="${OUT:-$here/out/gpu}"
+WORK="${WORK:-/tmp/abtest-gpu}"
+MODELS="${MODELS:-/tmp/models}"
+export ABTEST_CACHE="${ABTEST_CACHE:-/tmp/abtest-cache}"
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK" "$MODELS"
+export PYTHONPATH="/tmp/site:$here${PYTHONPATH:+:$PYTHONPATH}"
+ABTEST=(python3 -m abtest)
+GPT="$MODELS/gpt-oss-20b-like-q4_0-seed0.gguf"
+QWEN="$MODELS/qwen3-30b-a3b-like-q4_0-seed0.gguf"
+ARMS=(--arm baseline --arm ncmoe12 --arm cpu-moe)
+COMMON=(--runs 5 --ctx-size 4096 --quiet)
+
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+
+stage_setup() {
+  if [ -d "$here/.whl" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$here"/.whl/*.whl
+  fi
+  python3 -c "import gguf, httpx, click, rich, numpy, scipy, matplotlib, pynvml; print('python deps ok')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$WORK/gpu.csv"
+  nproc; free -g | head -2
+}
+
+stage_build() {
+  local src
+  src="$(ls "$here"/.carry/*.tgz 2>/dev/null | head -1)"
+  local t0=$SECONDS
+  if [ -n "$src" ]; then
+    "${ABTEST[@]}" server install --cuda --cuda-arch 90 --source "$src" --if-missing -j "$(nproc)"
+  else
+    "${ABTEST[@]}" server install --cuda --cuda-arch 90 --if-missing -j "$(nproc)"
+  fi
+  log "build stage: $((SECONDS - t0)) s"
+  "${ABTEST[@]}" server info | tee "$WORK/server-info.txt"
+}
+
+stage_buildsynth() {  # the build uses every core; writing the GGUF needs one: overlap them
+  stage_synth > "$WORK/synth.log" 2>&1 &
+  local synth_pid=$!
+  stage_build
+  wait "$synth_pid"; cat "$WORK/synth.log"
+}
+
+stage_synth() {
+  local t0=$SECONDS
+  [ -f "$GPT" ] || "${ABTEST[@]}" model synth "$MODELS" --preset gpt-oss-20b-like
+  log "synth stage: $((SECONDS - t0)) s"; ls -la "$MODELS"
+}
+
+# nvidia-smi's own per-process view, for the cross-check with abtest's NVML samples.
+smi_start() {
+  ( while true; do
+      echo "$(date +%s.%N) $(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | tr '\n' ';')"
+      sleep 1
+    done ) >> "$WORK/nvidia-smi-apps.log" 2>&1 &
+  SMI_PID=$!
+}
+smi_stop() { kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; }
+
+run_buckets() {  # $1 = tag, $2 = buckets
+  local t0=$SECONDS
+  stage_synth
+  smi_start
+  pkill -x llama-server; sleep 1  # a server left by a call cut at its time limit
+  timeout "${RUN_LIMIT:-520}" "${ABTEST[@]}" run --model "$GPT" "${ARMS[@]}" "${COMMON[@]}" --buckets "$2" --out "$WORK/evidence-$1"
+  log "run $1 exit $?: $((SECONDS - t0)) s"
+  smi_stop
+}
+
+stage_short() { run_buckets short seed004,tok8,tok128; }
+stage_shorta() { run_buckets shorta seed004,tok8; }  # short, split to fit one 10-minute call each
+stage_shortb() { run_buckets shortb tok128; }
+stage_long() { run_buckets long tok1024,tok3072; }
+
+stage_bench() {
+  local bench
+  bench="$(dirname "$(python3 -c 'from abtest.provision import find_server; print(find_server().path)')")/llama-bench"
+  stage_synth
+  for ncmoe in 0 12 24; do
+    log "llama-bench -ncmoe $ncmoe"
+    "$bench" -m "$GPT" -ngl 99 -fa 1 -p 0 -n 128 -r 3 -ncmoe "$ncmoe" -o json > "$WORK/llama-bench-ncmoe$ncmoe.json" 2>> "$WORK/llama-bench.log"
+  done
+}
+
+stage_qwen() {
+  local t0=$SECONDS
+  [ -f "$QWEN" ] || "${ABTEST[@]}" model synth "$MODELS" --preset qwen3-30b-a3b-like
+  log "qwen synth: $((SECONDS - t0)) s"
+  smi_start
+  "${ABTEST[@]}" run --model "$QWEN" --arm baseline --arm cpu-moe --runs 2 --buckets seed004,tok128 --ctx-size 4096 \
+    --quiet --out "$WORK/evidence-qwen"
+  log "qwen run exit $?: $((SECONDS - t0)) s"
+  smi_stop
+}
+
+stage_sweep() {
+  stage_synth
+  pkill -x llama-server; sleep 1  # a server left by a call cut at its time limit
+  timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$GPT" --vram-budget 9GiB --ncmoe auto --runs 2 --buckets seed004,tok128 \
+    --ctx-size 4096 --quiet --out "$WORK/evidence-sweep"
+  log "sweep exit $?"
+}
+
+for stage in "$@"; do
+  log "stage $stage"
+  "stage_$stage" 2>&1 | tee -a "$WORK/stages.log"
+done
+tar czf "$OUT/results.tgz" -C "$WORK" . && ls -la "$OUT"
