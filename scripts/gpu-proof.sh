@@ -8,10 +8,12 @@
 #   synth      the gpt-oss-20b-like Q4_0 GGUF (about 12 GB) into $MODELS
 #   buildsynth build and synth at once
 #   short      abtest run: baseline, ncmoe12, cpu-moe on buckets seed004,tok8,tok128, 5 runs
+#   shorta     short on buckets seed004,tok8 only   } short does not fit one 10-minute call on
+#   shortb     short on bucket tok128 only          } an H100: these two halves do
 #   long       the same on buckets tok1024,tok3072
 #   bench      llama-bench -p 0 -n 128 with the same flags, for the cross-check
 #   qwen       synthesise qwen3-30b-a3b-like and run baseline + cpu-moe briefly
-#   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto
+#   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto (bounded by timeout $SWEEP_LIMIT, 540 s)
 # Results land in $OUT (tarred: the device tool brings back at most 8 files).
 set -uo pipefail
 
@@ -88,6 +90,8 @@ run_buckets() {  # $1 = tag, $2 = buckets
 
 stage_short() { run_buckets short seed004,tok8,tok128; }
 stage_long() { run_buckets long tok1024,tok3072; }
+stage_shorta() { run_buckets shorta seed004,tok8; }
+stage_shortb() { run_buckets shortb tok128; }
 
 stage_bench() {
   local bench
@@ -112,7 +116,8 @@ stage_qwen() {
 
 stage_sweep() {
   stage_synth
-  "${ABTEST[@]}" sweep --model "$GPT" --vram-budget 9GiB --ncmoe auto --runs 2 --buckets seed004,tok128 \
+  pkill -x llama-server; sleep 1  # a server left by a call cut at its time limit
+  timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$GPT" --vram-budget 9GiB --ncmoe auto --runs 2 --buckets seed004,tok128 \
     --ctx-size 4096 --quiet --out "$WORK/evidence-sweep"
   log "sweep exit $?"
 }
