@@ -39,13 +39,6 @@ from urllib.parse import urlsplit
 from .records import RequestRecord
 from .stream import StreamLimits, StreamRequest, _feed_sse, _record, _Tracker, request_body
 
-try:  # optional: ~3x faster than json.loads on an SSE event; identical results for this JSON
-    import orjson
-
-    _loads: Any = orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _loads = json.loads
-
 __all__ = ["RawClient", "RawHTTPError", "stream_request"]
 
 _DEFAULT_LIMITS = StreamLimits()
@@ -57,27 +50,6 @@ class RawHTTPError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-class _Tracker2(_Tracker):
-    """`abtest.stream._Tracker` with the event JSON parsed by orjson when present (same dicts)."""
-
-    def on_data(self, payload: bytes, t_ns: int) -> None:
-        if payload.strip() == b"[DONE]":
-            self.done = True
-            return
-        obj = _loads(payload)
-        if not isinstance(obj, dict):
-            raise ValueError("event is not a JSON object")
-        if "error" in obj:
-            err = obj["error"]
-            self.server_error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            return
-        self.chunk_times.append(t_ns)
-        if self.endpoint == "chat":
-            self._on_chat(obj, t_ns)
-        else:
-            self._on_completion(obj, t_ns)
 
 
 _HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _LENGTH, _UNTIL_CLOSE, _DONE = range(8)
@@ -415,8 +387,8 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
     The contract of `abtest.stream.stream_request` (same record, same errors as data), on `RawClient`.
     """
     path, body = request_body(req)
-    payload = orjson.dumps(body) if _loads is not json.loads else json.dumps(body).encode()
-    tracker = _Tracker2(req.endpoint)
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    tracker = _Tracker(req.endpoint)
     status = 0
     error: str | None = None
     sent_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -427,14 +399,14 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
         tr = tracker
 
         def sink(part: bytes, t_ns: int, buffer: bytearray = buffer, err_body: list[bytes] = err_body,
-                 conns: list[_Conn] = conns, tr: _Tracker2 = tr) -> None:
+                 conns: list[_Conn] = conns, tr: _Tracker = tr) -> None:
             if conns[0].status != 200:
                 err_body.append(part)  # an error answer's body: kept for the message, not parsed
                 return
             buffer.extend(part)
             _feed_sse(buffer, tr, t_ns)
 
-        def on_sent(t_ns: int, tr: _Tracker2 = tr) -> None:
+        def on_sent(t_ns: int, tr: _Tracker = tr) -> None:
             tr.t_send_ns = t_ns
 
         try:
@@ -462,7 +434,7 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
                 # A pooled keep-alive connection can be closed under us before the server read a
                 # byte of the request (llama-server closes after a streamed response): retry once,
                 # only when nothing at all came back, with a fresh timeline -- as abtest.stream does.
-                tracker = _Tracker2(req.endpoint)
+                tracker = _Tracker(req.endpoint)
                 continue
             status = conns[0].status if conns else 0
             if exc.kind == "connect":

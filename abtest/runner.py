@@ -222,6 +222,16 @@ class Runner:
             config={**self.cfg.as_dict(), "arms": [asdict(a) for a in arms]},
         )
 
+    def run_end(self, t0: float) -> RunEnd:
+        """The last record; its absence marks a partial run. `t0` is perf_counter() at the start."""
+        return RunEnd(
+            finished_at=_now(),
+            duration_s=round(time.perf_counter() - t0, 3),
+            n_requests=self.n_requests,
+            n_failed=self.n_failed,
+            arms_failed=self.arms_failed,
+        )
+
     def execute(self) -> RunResult:
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -240,15 +250,7 @@ class Runner:
             else:
                 for arm in arms:
                     self._sequential_arm(arm, cases, ctx, path)
-            self.write(
-                RunEnd(
-                    finished_at=_now(),
-                    duration_s=round(time.perf_counter() - t0, 3),
-                    n_requests=self.n_requests,
-                    n_failed=self.n_failed,
-                    arms_failed=self.arms_failed,
-                )
-            )
+            self.write(self.run_end(t0))
         finally:
             self.writer.close()
         return RunResult(path, self.n_requests, self.n_failed, self.arms_failed, time.perf_counter() - t0)

@@ -30,6 +30,13 @@ from typing import Any
 
 import httpx
 
+try:  # optional: ~3x faster than json.loads on an SSE event, same dicts (docs/performance.md)
+    import orjson
+
+    _loads: Any = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
+
 from .records import RequestRecord, TokenEvent
 
 COMPLETION_PATH = "/completion"
@@ -116,7 +123,7 @@ class _Tracker:
         if payload.strip() == b"[DONE]":
             self.done = True
             return
-        obj = json.loads(payload)
+        obj = _loads(payload)
         if not isinstance(obj, dict):
             raise ValueError("event is not a JSON object")
         if "error" in obj:

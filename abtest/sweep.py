@@ -33,7 +33,7 @@ from . import __version__
 from .config import RunConfig, auto_ctx_size, ready_made_arm
 from .errors import ConfigError
 from .evidence import EvidenceWriter, check_writable
-from .records import ArmEnd, RequestRecord, RunEnd
+from .records import ArmEnd, RequestRecord
 from .runner import Progress, ResolvedArm, Runner, evidence_path, longest_prompt_estimate
 from .runner import resolve_arms as resolve_run_arms
 from .vram import (
@@ -481,15 +481,7 @@ class SweepRunner(Runner):
                 return plan.predictions[n].total_mib
 
             result = search(layout.n_layer, budget, measure, pred, self.settings)
-            self.write(
-                RunEnd(
-                    finished_at=_now(),
-                    duration_s=round(time.perf_counter() - t0, 3),
-                    n_requests=self.n_requests,
-                    n_failed=self.n_failed,
-                    arms_failed=self.arms_failed,
-                )
-            )
+            self.write(self.run_end(t0))
             self._result = result
             self._write_sidecar(sidecar, plan)
         finally:

@@ -248,12 +248,12 @@ def _clients() -> dict[str, Client]:
         await c.aclose()
 
     async def raw_json_stream(c: Any, url: str, req: Any, limits: Any) -> Any:
-        saved = rawclient._loads
-        rawclient._loads = json.loads
+        saved = stream._loads
+        stream._loads = json.loads
         try:
             return await rawclient.stream_request(c, url, req, limits)
         finally:
-            rawclient._loads = saved
+            stream._loads = saved
 
     clients = {
         "httpx": Client("httpx", f"abtest.stream (httpx {httpx.__version__})", httpx_open, httpx_warm,
