@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -75,7 +76,8 @@ def report(
     and p95 of TTFT, ITL, decode tok/s and end-to-end time; deltas against the baseline with 95 %
     confidence intervals and p-values; VRAM and host memory; output equivalence; cost per 1M tokens.
     """
-    out = Console(highlight=False, soft_wrap=False)
+    # Piped or in CI there is no terminal to size from: use a width the tables fit in.
+    out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
     if history_dir is not None:
         if files:
             raise click.UsageError("pass evidence FILES or --history DIR, not both")
