@@ -111,3 +111,19 @@ def test_no_server_left_running(evidence) -> None:
     for start in evidence.arm_starts:
         assert not process_group_alive(start.pid)
         assert not os.path.exists(f"/proc/{start.pid}")
+
+
+def test_report_of_a_real_run_prints_every_section(evidence, tmp_path: Path) -> None:
+    """Issue 5's bar: `abtest report` on real tiny-moe evidence prints every section and writes plots."""
+    from abtest.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(evidence.path), "--format", "markdown", "--out", str(tmp_path / "rep")])
+    assert exc.value.code == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for section in ("## Verdict", "## Latency and throughput per bucket", "**bucket: seed004**", "**bucket: tok128**",
+                    "## Memory", "## Output equivalence", "## Cost", "**throughput projection**", "## Provenance"):
+        assert section in md, section
+    assert "cpu-moe (vs baseline)" in md
+    assert evidence.manifest.models[0]["sha256"][:12] in md  # provenance: model SHA256 (short)
+    assert {p.name for p in (tmp_path / "rep").glob("*.png")} >= {"ttft_ms.png", "decode_tps.png"}
