@@ -66,6 +66,9 @@ class ArmStart:
     log_path: str
     prompt_tokens: dict[str, int] = field(default_factory=dict)  # prompt_id -> tokens (server /tokenize)
     memory_after_load: dict[str, Any] = field(default_factory=dict)  # a VramSample dict
+    # perf_counter_ns at spawn, on the clock of RequestRecord.t_send_ns: a memory sample's
+    # absolute time is spawn_ns + t_ms * 1e6 (0 in files written before this field existed).
+    spawn_ns: int = 0
 
 
 @dataclass(frozen=True)

@@ -306,6 +306,7 @@ class Runner:
                 port=srv.port,
                 pid=srv.pid,
                 ready_ms=round(srv.ready_ms or 0.0, 1),
+                spawn_ns=srv.t_spawn_ns,
                 started_at=_now(),
                 log_path=str(srv.spec.log_path),
                 prompt_tokens={f.case.id: f.n_tokens for f in fitted},

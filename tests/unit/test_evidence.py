@@ -59,3 +59,16 @@ def test_unwritable_directory_fails_fast(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(EvidenceError, match="--out"):
         check_writable(blocker / "sub")
+
+
+def test_committed_gpu_evidence_still_reads() -> None:
+    """Old files stay readable: the H100 evidence in docs/results predates ArmStart.spawn_ns."""
+    root = Path(__file__).resolve().parents[2] / "docs" / "results" / "evidence"
+    files = sorted(root.glob("*.jsonl"))
+    assert files
+    for f in files:
+        ev = read_evidence(f)
+        assert ev.problems == [] and not ev.partial
+        assert [a.arm for a in ev.arm_starts] == ["baseline", "ncmoe12", "cpu-moe"]
+        assert all(a.spawn_ns == 0 for a in ev.arm_starts)
+        assert all(r.ok for r in ev.requests)
