@@ -1,7 +1,7 @@
 """Synthetic GGUFs load in the real llama-server and generate varied (noise) tokens.
 
-Needs a llama-server binary: $ABTEST_LLAMA_SERVER, else /tmp/lbuild/bin/llama-server. Without
-one this fails (never skips): build one with `abtest server install --cpu`.
+Needs a llama-server binary, found as a run finds it (the `llama_server` fixture: --server-bin,
+$ABTEST_LLAMA_SERVER, PATH, the cache). Without one this fails (never skips): `make test` builds one.
 Self-contained on purpose (stdlib HTTP, own process handling): it tests synth, not abtest.server.
 """
 
@@ -23,23 +23,7 @@ from abtest import synth
 
 pytestmark = pytest.mark.integration
 
-DEFAULT_SERVER = Path("/tmp/lbuild/bin/llama-server")
 HEALTH_TIMEOUT_S = 120.0
-
-
-def _server_bin() -> Path:
-    env = os.environ.get("ABTEST_LLAMA_SERVER")
-    if env:
-        p = Path(env)
-        if not (p.is_file() and os.access(p, os.X_OK)):
-            pytest.fail(f"$ABTEST_LLAMA_SERVER={env} is not an executable file")
-        return p
-    if DEFAULT_SERVER.is_file():
-        return DEFAULT_SERVER
-    pytest.fail(
-        f"no llama-server: set $ABTEST_LLAMA_SERVER or build one at {DEFAULT_SERVER} "
-        "(abtest server install --cpu)"
-    )
 
 
 def _free_port() -> int:
@@ -65,8 +49,8 @@ def _post_json(url: str, body: dict[str, object], timeout: float = 120) -> dict[
 
 
 @pytest.mark.parametrize("preset", ["tiny-moe", "dense-small"])
-def test_synthetic_model_generates_varied_tokens(preset: str, tmp_path: Path) -> None:
-    server = _server_bin()
+def test_synthetic_model_generates_varied_tokens(preset: str, tmp_path: Path, llama_server: Path) -> None:
+    server = llama_server
     model = synth.write_synth(tmp_path / f"{preset}.gguf", preset).path
     port = _free_port()
     log_path = tmp_path / "server.log"
