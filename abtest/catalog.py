@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from . import synth
+from .cache import cache_root
 from .errors import ConfigError, ModelNotFound
 
-ENV_CACHE = "ABTEST_CACHE"
 ENV_MODELS = "ABTEST_MODELS"
 HASH_CHUNK_BYTES = 1 << 20  # 1 MiB: measured as fast as 4 MiB (benchmarks/hash_speed.py)
 HASH_CACHE_FILE = "sha256-cache.json"
@@ -149,12 +149,6 @@ def get_entry(name: str) -> CatalogEntry:
         raise ModelNotFound(
             f"unknown model name {name!r}; known: {', '.join(CATALOG)} (see `abtest model list`), or give a path to a .gguf file"
         ) from None
-
-
-def cache_root() -> Path:
-    """`$ABTEST_CACHE`, else `~/.cache/abtest` (the same rule as provision.cache_root)."""
-    env = os.environ.get(ENV_CACHE)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "abtest"
 
 
 def cache_models_dir() -> Path:

@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .cache import cache_root
 from .errors import BinaryNotFound, ConfigError, ProvisionError
 
 __all__ = [
@@ -71,7 +72,6 @@ LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SERVER_NAME = "llama-server"
 BENCH_NAME = "llama-bench"
 BUILD_JSON = "build.json"
-ENV_CACHE = "ABTEST_CACHE"
 ENV_SERVER = "ABTEST_LLAMA_SERVER"
 BUILD_INFO_VERSION = 1
 
@@ -181,12 +181,6 @@ ProgressCallback = Callable[[BuildEvent], None]
 
 
 # --------------------------------------------------------------------------------------------- cache
-
-
-def cache_root() -> Path:
-    """`$ABTEST_CACHE`, else `~/.cache/abtest`."""
-    env = os.environ.get(ENV_CACHE)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "abtest"
 
 
 def builds_dir(root: Path | None = None) -> Path:
