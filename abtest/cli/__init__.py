@@ -25,6 +25,7 @@ Examples:
   abtest model synth tiny.gguf --preset tiny-moe
   abtest run --model tiny-moe --runs 3  # baseline vs --cpu-moe, evidence/*.jsonl
   abtest report evidence/*.jsonl        # mean ± σ, deltas, significance
+  abtest sweep --model m.gguf --vram-budget 9GiB   # best --n-cpu-moe for a budget
 
 Exit codes: 0 ok, 1 regression found, 2 usage error, 3 missing binary or model,
 4 partial run, 130 interrupted (docs/cli.md).
