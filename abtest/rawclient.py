@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .records import RequestRecord
-from .stream import StreamLimits, StreamRequest, _feed_sse, _record, _Tracker, request_body
+from .stream import StreamLimits, StreamRequest, _end_of_stream, _feed_sse, _record, _Tracker, request_body
 
 __all__ = ["RawClient", "RawHTTPError", "stream_request"]
 
@@ -420,13 +420,7 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
                 raw = b"".join(err_body)
                 error = f"HTTP {status}: {raw[:300].decode('utf-8', 'replace').strip()}"
             else:
-                if buffer.strip():
-                    buffer.extend(b"\n")
-                    _feed_sse(buffer, tracker, time.perf_counter_ns())
-                if tracker.server_error:
-                    error = f"server error in stream: {tracker.server_error}"
-                elif not tracker.done:
-                    error = "stream closed before the end event ([DONE] or stop) — server died or cut the stream"
+                error = _end_of_stream(buffer, tracker)
             break
         except RawHTTPError as exc:
             got = bool(conns and conns[0].got_bytes) or bool(tracker.chunk_times)

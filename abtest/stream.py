@@ -191,6 +191,19 @@ def _feed_sse(buffer: bytearray, tracker: _Tracker, t_ns: int) -> None:
         # other SSE fields (event:, id:, retry:) carry nothing we use
 
 
+def _end_of_stream(buffer: bytearray, tracker: _Tracker) -> str | None:
+    """Parse a last line the server sent without a newline; the request's error, if the stream
+    ended badly (an error event, or no end event: [DONE] on chat, stop on /completion)."""
+    if buffer.strip():
+        buffer.extend(b"\n")
+        _feed_sse(buffer, tracker, time.perf_counter_ns())
+    if tracker.server_error:
+        return f"server error in stream: {tracker.server_error}"
+    if not tracker.done:
+        return "stream closed before the end event ([DONE] or stop) — server died or cut the stream"
+    return None
+
+
 async def stream_request(
     client: httpx.AsyncClient, base_url: str, req: StreamRequest, limits: StreamLimits = StreamLimits()
 ) -> RequestRecord:
@@ -218,13 +231,7 @@ async def stream_request(
                 t_ns = time.perf_counter_ns()
                 buffer.extend(chunk)
                 _feed_sse(buffer, tracker, t_ns)
-            if buffer.strip():
-                buffer.extend(b"\n")
-                _feed_sse(buffer, tracker, time.perf_counter_ns())
-            if tracker.server_error:
-                error = f"server error in stream: {tracker.server_error}"
-            elif not tracker.done:
-                error = "stream closed before the end event ([DONE] or stop) — server died or cut the stream"
+            error = _end_of_stream(buffer, tracker)
 
     try:
         for attempt in (1, 2):
