@@ -139,7 +139,12 @@ class BenchServer(ScriptedServer):
         return await super()._chunk(writer, out)
 
 
-def serve(port: int, cpu: int | None, use_uvloop: bool) -> None:
+def serve(port: int, cpu: int | None, use_uvloop: bool, fast: bool = False) -> None:
+    if fast:
+        from fast_sender import serve as fast_serve  # benchmarks/fast_sender.py (this script's folder)
+
+        fast_serve(port, cpu)
+        return
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     server = BenchServer(Script(), "127.0.0.1", port, None, in_process=False)
@@ -153,9 +158,12 @@ def serve(port: int, cpu: int | None, use_uvloop: bool) -> None:
 class ServerProc:
     """The BenchServer as a child process; reset/dump over HTTP (plain sockets, no client library)."""
 
-    def __init__(self, cpu: int | None = SERVER_CPU, use_uvloop: bool = True) -> None:
+    def __init__(self, cpu: int | None = SERVER_CPU, use_uvloop: bool = True, fast: bool = False) -> None:
         self.port = _free_port()
+        self.extra: dict[str, Any] = {}  # the fast sender's extra dump keys (parsed, buffered_writes)
         args = [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(self.port)]
+        if fast:
+            args += ["--fast"]
         if cpu is not None:
             args += ["--cpu", str(cpu)]
         if not use_uvloop:
@@ -181,6 +189,7 @@ class ServerProc:
         _http("POST", self.port, "/_bench/dump", json.dumps({"path": str(path)}).encode())
         obj = json.loads(path.read_text())
         path.unlink()
+        self.extra = {k: v for k, v in obj.items() if k not in ("tags", "sent")}
         return {int(k): v for k, v in obj["tags"].items()}, [SentChunk(**c) for c in obj["sent"]]
 
     def stop(self) -> None:
@@ -383,6 +392,12 @@ class Point:
     lag_ms: dict[str, float] = field(default_factory=dict)
     overhead_ms: dict[str, float] = field(default_factory=dict)
     server_late_ms: dict[str, float] = field(default_factory=dict)  # server send - planned (its own lag)
+    # TTFT error = req_transit + first_lag: client sent -> server "request read"; first token
+    # written -> client arrival. server_parse: "request read" -> request parsed (fast sender only).
+    req_transit_ms: dict[str, float] = field(default_factory=dict)
+    first_lag_ms: dict[str, float] = field(default_factory=dict)
+    server_parse_ms: dict[str, float] = field(default_factory=dict)
+    sender: str = ""
     cpu_s_per_1k: float = 0.0
     wall_s: float = 0.0
 
@@ -446,7 +461,8 @@ async def run_point(srv: ServerProc, client: Client, p: Point) -> Point:
     per_req: dict[int, list[SentChunk]] = {}
     for ch in sent:
         per_req.setdefault(ch.req, []).append(ch)
-    ttft_err, lag, over, late = [], [], [], []
+    ttft_err, lag, over, late, transit, first_lag, parse = [], [], [], [], [], [], []
+    parsed = {int(k): v for k, v in srv.extra.get("parsed", {}).items()}
     tokens = 0
     for r in records:
         if r.error is not None:
@@ -465,6 +481,9 @@ async def run_point(srv: ServerProc, client: Client, p: Point) -> Point:
             continue
         first = min(data.values(), key=lambda ch: ch.t_ns)
         ttft_err.append(r.ttft_ms - (first.t_ns - recv) / 1e6)
+        transit.append((recv - r.t_send_ns) / 1e6)
+        if idx in parsed:
+            parse.append((parsed[idx] - recv) / 1e6)
         over.append(r.client_overhead_ms)
         cum = 0
         for ev in r.events:
@@ -472,12 +491,15 @@ async def run_point(srv: ServerProc, client: Client, p: Point) -> Point:
             ch = data.get(cum)
             if ch is not None:
                 lag.append((r.t_send_ns + ev.t_ns - ch.t_ns) / 1e6)
+                if ch is first:
+                    first_lag.append(lag[-1])
         late.extend((ch.t_ns - ch.planned_ns) / 1e6 for ch in data.values() if ch.planned_ns)
     p.wall_s = t1 - t0
     p.offered_tps = p.concurrency * 1000.0 / p.itl_ms
     p.ingested_tps = tokens / p.wall_s if p.wall_s else 0.0
     p.cpu_s_per_1k = (cpu1 - cpu0) / tokens * 1000 if tokens else float("nan")
     p.ttft_err_ms, p.lag_ms, p.overhead_ms, p.server_late_ms = _summ(ttft_err), _summ(lag), _summ(over), _summ(late)
+    p.req_transit_ms, p.first_lag_ms, p.server_parse_ms = _summ(transit), _summ(first_lag), _summ(parse)
     p.errors = p.errors[:5]
     return p
 
@@ -488,26 +510,36 @@ def _fmt(p: Point) -> str:
             f"ttft_err mean/p99={p.ttft_err_ms['mean']:.3f}/{p.ttft_err_ms['p99']:.3f} ms "
             f"lag mean/p99={p.lag_ms['mean']:.3f}/{p.lag_ms['p99']:.3f} ms "
             f"cpu/1k={p.cpu_s_per_1k:.4f} s in={p.ingested_tps:,.0f} tok/s (offered {p.offered_tps:,.0f}) "
-            f"srv_late p99={p.server_late_ms['p99']:.2f} ms")
+            f"srv_late p99={p.server_late_ms['p99']:.2f} ms "
+            f"[ttft = transit {p.req_transit_ms['mean']:.3f} + first lag {p.first_lag_ms['mean']:.3f}; "
+            f"srv parse {p.server_parse_ms['mean']:.3f}]")
 
 
 # ------------------------------------------------------------------------------------ the plan
 
 
-def _plan(quick: bool) -> tuple[list[tuple[int, int]], list[tuple[int, float]]]:
-    """(concurrency, n_requests) for the accuracy table; (concurrency, itl_ms) for the ingest sweep."""
+def _plan(quick: bool) -> tuple[list[tuple[int, int, int]], list[tuple[int, float]]]:
+    """(concurrency, n_requests, tokens) for the accuracy table; (concurrency, itl_ms) for the ingest sweep.
+
+    Concurrency 1 runs 128 requests of 16 tokens (0.2 s each): enough for a p99 of TTFT error that is
+    not the max, in ~26 s per client; the other rows keep 64 tokens."""
     if quick:
-        acc = [(1, 6), (16, 32), (32, 64), (64, 64), (256, 256)]
-        sweep = [(64, 4.0), (128, 4.0), (256, 4.0)]
+        acc = [(1, 32, 16), (16, 32, 64), (32, 64, 64), (64, 64, 64), (256, 256, 64)]
+        sweep = [(64, 4.0), (128, 2.0), (256, 4.0)]
     else:
-        acc = [(1, 16), (16, 64), (32, 96), (64, 128), (256, 512)]
-        sweep = [(32, 4.0), (64, 4.0), (64, 2.0), (128, 2.0), (256, 2.0), (256, 1.0)]
+        acc = [(1, 128, 16), (16, 64, 64), (32, 96, 64), (64, 128, 64), (256, 512, 64)]
+        # high concurrency at 2 ms ITL (the old sweep's shape), then fewer connections at shorter ITLs:
+        # at ~15 us of client CPU per event, a lockstep batch of N events keeps its last one waiting
+        # N x 15 us, so p99 lag <= 1 ms at 50k tok/s needs N <~ 64 and ITL ~1 ms.
+        sweep = [(32, 4.0), (64, 2.0), (128, 2.0), (256, 2.0), (32, 0.6), (32, 0.5), (48, 0.75), (64, 1.0)]
     return acc, sweep
 
 
 def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     os.sched_setaffinity(0, {CLIENT_CPU})
     acc, sweep = _plan(args.quick)
+    if args.sweep:
+        sweep = [(int(c), float(i)) for c, i in (x.split(":") for x in args.sweep.split(","))]
     clients = _clients()
     names = [n for n in args.clients.split(",") if n]
     unknown = [n for n in names if n not in clients]
@@ -519,13 +551,14 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
                            "command": "python benchmarks/client_accuracy.py " + " ".join(sys.argv[1:]),
                            "env": _env(), "clients": {n: clients[n].note for n in clients},
                            "accuracy": [], "sweep": []}
-    srv = ServerProc()
+    out["sender"] = args.sender
+    srv = ServerProc(fast=args.sender == "fast")
     try:
         for loop_name in loops:
             runner = _runner(loop_name)
             for name in names:
-                for conc, n_req in acc:
-                    p = Point(name, loop_name, conc, n_req, 50.0, 10.0, 64, "lockstep")
+                for conc, n_req, n_tok in acc:
+                    p = Point(name, loop_name, conc, n_req, 50.0, 10.0, n_tok, "lockstep", sender=args.sender)
                     p = runner(run_point(srv, clients[name], p))
                     print(_fmt(p), flush=True)
                     out["accuracy"].append(p.__dict__)
@@ -533,7 +566,7 @@ def run_accuracy(args: argparse.Namespace) -> dict[str, Any]:
                 for phase in ("spread", "lockstep"):
                     for conc, itl in sweep:
                         n_tok = 64
-                        p = Point(name, loop_name, conc, conc * 2, 5.0, itl, n_tok, phase)
+                        p = Point(name, loop_name, conc, conc * 2, 5.0, itl, n_tok, phase, sender=args.sender)
                         p = runner(run_point(srv, clients[name], p))
                         print(_fmt(p), flush=True)
                         out["sweep"].append(p.__dict__)
@@ -598,17 +631,26 @@ def render(res: dict[str, Any]) -> str:
         f"{', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}; {env['pinning']}.",
         f"Versions: {', '.join(f'{k} {val}' for k, val in v.items())}. Command: `{res['command']}`.",
         "",
-        "Accuracy (scripted schedule: TTFT 50 ms, ITL 10 ms, 64 tokens, one token per event, every "
-        "slot's event at the same moment; closed loop; errors and lags in ms, mean / p99):",
+        f"Sender: `{res.get('sender', 'scripted')}` ("
+        + ("benchmarks/fast_sender.py: \"request read\" stamped when the request's last bytes reach user space"
+           if res.get("sender") == "fast" else "the abtest.scripted subclass: \"request read\" stamped after "
+           "the HTTP and JSON parse") + ").",
         "",
-        "| client | loop | conc. | requests ok | count == planned | TTFT error mean / p99 | arrival lag mean / p99 "
-        "| client overhead p50 / p99 | CPU s / 1k tok |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Accuracy (scripted schedule: TTFT 50 ms, ITL 10 ms, one token per event, every slot's event at the "
+        "same moment; closed loop; errors and lags in ms, mean / p99). TTFT error = request transit (client "
+        "sent -> server request read) + first-token lag (server wrote it -> client stamped it), means:",
+        "",
+        "| client | loop | conc. | tokens | requests ok | count == planned | TTFT error mean / p99 "
+        "| = transit + first lag | arrival lag mean / p99 | client overhead p50 / p99 | CPU s / 1k tok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in res["accuracy"]:
+        tr, fl = p.get("req_transit_ms", {}).get("mean"), p.get("first_lag_ms", {}).get("mean")
+        split = f"{tr:+.3f} + {fl:.3f}" if tr is not None and fl is not None else "—"
         lines.append(
-            f"| {p['client']} | {p['loop']} | {p['concurrency']} | {p['ok']}/{p['n_requests']} | "
+            f"| {p['client']} | {p['loop']} | {p['concurrency']} | {p['n_tokens']} | {p['ok']}/{p['n_requests']} | "
             f"{p['count_ok']}/{p['n_requests']} | {p['ttft_err_ms']['mean']:+.3f} / {p['ttft_err_ms']['p99']:+.3f} | "
+            f"{split} | "
             f"{p['lag_ms']['mean']:.3f} / {p['lag_ms']['p99']:.3f} | {p['overhead_ms']['p50']:.3f} / "
             f"{p['overhead_ms']['p99']:.3f} | {p['cpu_s_per_1k']:.4f} |")
     lines += ["", "Ingest sweep (TTFT 5 ms, 64 tokens, one token per event, 2 x concurrency requests; offered = "
@@ -908,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--port", type=int, required=True)
     sv.add_argument("--cpu", type=int)
     sv.add_argument("--no-uvloop", action="store_true")
+    sv.add_argument("--fast", action="store_true", help="benchmarks/fast_sender.py instead of BenchServer")
     pe = sub.add_parser("peers", help="aiperf and guidellm against the same schedule (venvs under /tmp)")
     pe.add_argument("--quick", action="store_true")
     pe.add_argument("--no-write", action="store_true")
@@ -920,11 +963,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="httpx,raw", help="accuracy table clients (httpx,raw,raw-json,httpcore,aiohttp)")
     ap.add_argument("--sweep-clients", default="httpx,raw", help="clients for the ingest sweep ('' for none)")
     ap.add_argument("--loops", default="asyncio", help="event loops: asyncio,uvloop")
+    ap.add_argument("--sweep", default="", help="ingest sweep points CONC:ITL_MS,... (default: the plan's)")
+    ap.add_argument("--sender", choices=("fast", "scripted"), default="fast",
+                    help="fast: benchmarks/fast_sender.py (default); scripted: the abtest.scripted subclass")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         use_uv = not args.no_uvloop and _has("uvloop")
-        serve(args.port, args.cpu, use_uv)
+        serve(args.port, args.cpu, use_uv, args.fast)
         return 0
     if args.cmd in ("peers", "llama"):
         if args.cmd == "peers":
