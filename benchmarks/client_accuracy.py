@@ -28,6 +28,10 @@ request tag) per index, keeps the log in memory (`ScriptedServer.sent`) and hand
 OpenAI ``/v1/completions`` (same schedule, OpenAI chunk shape, ``usage``, ``[DONE]``) so that the
 peers (aiperf, guidellm) can run against the same timeline. Subcommand: ``serve``.
 
+Default sender since 2026-11-22 23:25: ``benchmarks/fast_sender.py`` (``--sender fast``; stamps
+"request read" at ``data_received``, before any parse, and sends far faster); ``--sender scripted``
+keeps the BenchServer below. ``peers`` always uses BenchServer.
+
 Other subcommands: ``peers`` (aiperf and guidellm side by side), ``llama`` (llama-server's
 predicted_per_second with abtest streaming vs plain non-streamed requests).
 """
