@@ -108,7 +108,7 @@ class FastSender:
                     "nbytes")
             Path(req["path"]).write_text(json.dumps({
                 "tags": tags, "parsed": parsed, "buffered_writes": self.buffered_writes,
-                "sent": [dict(zip(keys, row)) for row in log]}))
+                "sent": [dict(zip(keys, row, strict=True)) for row in log]}))
             self.buffered_writes = 0
             conn.transport.write(_json_response(200, {"chunks": len(log)}))
         else:
