@@ -288,16 +288,34 @@ def _count(v: Any) -> int:
     return 0
 
 
+def model_arch(h: GGUFHeader, path: str | os.PathLike[str]) -> str:
+    """`general.architecture`, or a ConfigError for files that are not models."""
+    arch = h.kv.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ConfigError(f"{path}: GGUF has no general.architecture; it is not a model file (a LoRA or vocab-only file?)")
+    return arch
+
+
+def arch_int(h: GGUFHeader, arch: str, key: str, default: int = 0) -> int:
+    """`<arch>.<key>` as an int (the largest entry of a per-layer array), `default` if absent."""
+    return _int(h.kv.get(f"{arch}.{key}"), default)
+
+
+def vocab_size(h: GGUFHeader, arch: str) -> int:
+    """Tokenizer entries, else `<arch>.vocab_size`, else token_embd's second dimension."""
+    tok_embd = next((t for t in h.tensors if t.name == "token_embd.weight"), None)
+    return _count(h.kv.get("tokenizer.ggml.tokens")) or arch_int(h, arch, "vocab_size") or (
+        int(tok_embd.shape[1]) if tok_embd else 0)
+
+
 def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
     """Read a GGUF's architecture, sizes and per-layer byte split (checks truncation first)."""
     h = check_gguf(path)
     kv = h.kv
-    arch = kv.get("general.architecture")
-    if not isinstance(arch, str):
-        raise ConfigError(f"{path}: GGUF has no general.architecture; it is not a model file (a LoRA or vocab-only file?)")
+    arch = model_arch(h, path)
 
     def a(key: str, default: int = 0) -> int:
-        return _int(kv.get(f"{arch}.{key}"), default)
+        return arch_int(h, arch, key, default)
 
     n_layer = a("block_count")
     n_embd = a("embedding_length")
@@ -307,8 +325,7 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
     n_expert = a("expert_count")
     n_expert_used = a("expert_used_count")
 
-    tok_embd = next((t for t in h.tensors if t.name == "token_embd.weight"), None)
-    n_vocab = _count(kv.get("tokenizer.ggml.tokens")) or a("vocab_size") or (tok_embd.shape[1] if tok_embd else 0)
+    n_vocab = vocab_size(h, arch)
 
     layer_expert = [0] * n_layer
     layer_other = [0] * n_layer

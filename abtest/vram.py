@@ -191,27 +191,18 @@ def _tensors(ts: Iterable[TensorLike]) -> tuple[Tensor, ...]:
 
 def layout_from_gguf(path: str | os.PathLike[str]) -> ModelLayout:
     """Read a GGUF header (no tensor data) into a ModelLayout."""
-    from .errors import ConfigError
-    from .gguf_meta import ArrayInfo, read_header
+    from .gguf_meta import arch_int, model_arch, read_header, vocab_size
 
     h = read_header(path)
     kv = h.kv
-    arch = kv.get("general.architecture")
-    if not isinstance(arch, str):
-        raise ConfigError(f"{path}: GGUF has no general.architecture; it is not a model file")
+    arch = model_arch(h, path)
 
     def a(key: str, default: int = 0) -> int:
-        v = kv.get(f"{arch}.{key}")
-        if isinstance(v, list):  # per-layer arrays (some archs vary heads per layer): the largest
-            return int(max(v)) if v else default
-        return int(v) if isinstance(v, (int, float)) else default
+        return arch_int(h, arch, key, default)
 
     n_embd, n_head = a("embedding_length"), a("attention.head_count")
     head_k = a("attention.key_length", n_embd // n_head if n_head else 0)
-    tok = next((t for t in h.tensors if t.name == "token_embd.weight"), None)
-    tokens = kv.get("tokenizer.ggml.tokens")
-    n_vocab = tokens.count if isinstance(tokens, ArrayInfo) else len(tokens) if isinstance(tokens, list) else 0
-    n_vocab = n_vocab or a("vocab_size") or (tok.shape[1] if tok is not None else 0)
+    n_vocab = vocab_size(h, arch)
     name = kv.get("general.name")
     return ModelLayout(
         name=name if isinstance(name, str) else os.path.basename(str(path)),
