@@ -73,7 +73,7 @@ class RunConfig:
     stall_timeout_s: float = 60.0
     request_timeout_s: float = 600.0
     sample_interval_s: float = 0.1
-    http_client: str = "raw"  # "raw" (abtest.rawclient) or "httpx" (abtest.stream)
+    http_client: str = "raw"  # "raw" (abtest.measure.rawclient) or "httpx" (abtest.measure.stream)
     verbose_log: bool = True  # -lv 4: buffer sizes and the exit memory table in the log
     extra: dict[str, Any] = field(default_factory=dict)
 

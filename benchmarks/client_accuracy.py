@@ -2,7 +2,7 @@
 
     python benchmarks/client_accuracy.py [--quick] [--clients httpx,raw,...] [--no-write]
 
-A scripted llama-server impostor (`abtest.scripted`, run as its own process pinned to CPU 1) sends
+A scripted llama-server impostor (`tests/fakes/scripted.py`, run as its own process pinned to CPU 1) sends
 every token event on a planned schedule and keeps the perf_counter_ns (CLOCK_MONOTONIC) of the
 request's receipt and of every chunk it handed to the kernel. The client under test runs in this
 process, pinned to CPU 0, on the same clock, so for each request and each event:
@@ -18,7 +18,7 @@ process, pinned to CPU 0, on the same clock, so for each request and each event:
 Results are printed, saved as JSON (benchmarks/results/client_accuracy.json) and written into
 docs/performance.md between the ``client_accuracy`` markers.
 
-Server wrapper: the stock `python -m abtest.scripted --chunk-log` logs the "request" time (body
+Server wrapper: the stock `python tests/fakes/scripted.py --chunk-log` logs the "request" time (body
 read) and every chunk's send time, but (1) nothing in its log says which client request an index
 is -- under concurrency the server's arrival order is not the client's send order -- and (2) it
 flushes one JSON line per chunk, a write syscall per token that caps the server well below the
@@ -58,8 +58,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the fake server lives with the tests (tests/fakes)
 
-from abtest.scripted import Script, ScriptedServer, SentChunk  # noqa: E402
+from fakes.scripted import Script, ScriptedServer, SentChunk  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "client_accuracy.json"
 DOC = ROOT / "docs" / "performance.md"
@@ -239,7 +240,7 @@ class Client:
 def _clients() -> dict[str, Client]:
     import httpx
 
-    from abtest import rawclient, stream
+    from abtest.measure import rawclient, stream
 
     async def httpx_open(n: int) -> Any:
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4),
@@ -269,11 +270,11 @@ def _clients() -> dict[str, Client]:
             stream._loads = saved
 
     clients = {
-        "httpx": Client("httpx", f"abtest.stream (httpx {httpx.__version__})", httpx_open, httpx_warm,
+        "httpx": Client("httpx", f"abtest.measure.stream (httpx {httpx.__version__})", httpx_open, httpx_warm,
                         stream.stream_request, httpx_close),
-        "raw": Client("raw", "abtest.rawclient (asyncio Protocol, orjson)", raw_open, raw_warm,
+        "raw": Client("raw", "abtest.measure.rawclient (asyncio Protocol, orjson)", raw_open, raw_warm,
                       rawclient.stream_request, raw_close),
-        "raw-json": Client("raw-json", "abtest.rawclient with stdlib json", raw_open, raw_warm, raw_json_stream,
+        "raw-json": Client("raw-json", "abtest.measure.rawclient with stdlib json", raw_open, raw_warm, raw_json_stream,
                            raw_close),
     }
     clients.update(_alt_clients())
@@ -283,7 +284,7 @@ def _clients() -> dict[str, Client]:
 def _alt_clients() -> dict[str, Client]:
     """httpcore without httpx, and aiohttp: the same _Tracker (token counting) on other transports."""
     out: dict[str, Client] = {}
-    from abtest.stream import _feed_sse, _record, _Tracker, request_body
+    from abtest.measure.stream import _feed_sse, _record, _Tracker, request_body
 
     try:
         import httpcore
@@ -431,7 +432,7 @@ def _script(p: Point) -> dict[str, Any]:
 
 
 async def run_point(srv: ServerProc, client: Client, p: Point) -> Point:
-    from abtest.stream import StreamLimits, StreamRequest
+    from abtest.measure.stream import StreamLimits, StreamRequest
 
     srv.reset(_script(p))
     limits = StreamLimits(stall_timeout_s=30, request_timeout_s=120)
@@ -637,7 +638,7 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"Sender: `{res.get('sender', 'scripted')}` ("
         + ("benchmarks/fast_sender.py: \"request read\" stamped when the request's last bytes reach user space"
-           if res.get("sender") == "fast" else "the abtest.scripted subclass: \"request read\" stamped after "
+           if res.get("sender") == "fast" else "the tests/fakes/scripted.py subclass: \"request read\" stamped after "
            "the HTTP and JSON parse") + ").",
         "",
         "Accuracy (scripted schedule: TTFT 50 ms, ITL 10 ms, one token per event, every slot's event at the "
@@ -853,9 +854,9 @@ def run_llama(n: int, n_predict: int, model: str) -> dict[str, Any]:
     import httpx
     from scipy import stats as sst
 
-    from abtest import rawclient, stream
-    from abtest.provision import find_server
-    from abtest.stream import StreamLimits, StreamRequest
+    from abtest.measure import rawclient, stream
+    from abtest.measure.stream import StreamLimits, StreamRequest
+    from abtest.server.build import find_server
 
     os.sched_setaffinity(0, {CLIENT_CPU})
     binary = find_server()
@@ -969,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loops", default="asyncio", help="event loops: asyncio,uvloop")
     ap.add_argument("--sweep", default="", help="ingest sweep points CONC:ITL_MS,... (default: the plan's)")
     ap.add_argument("--sender", choices=("fast", "scripted"), default="fast",
-                    help="fast: benchmarks/fast_sender.py (default); scripted: the abtest.scripted subclass")
+                    help="fast: benchmarks/fast_sender.py (default); scripted: the tests/fakes/scripted.py subclass")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     args = ap.parse_args(argv)
     if args.cmd == "serve":

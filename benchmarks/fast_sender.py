@@ -1,14 +1,14 @@
 """A minimal scripted SSE sender for benchmarks/client_accuracy.py: the same wire format and the
-same log as `abtest.scripted` (llama-server's /completion stream), built to send fast on one core.
+same log as `tests/fakes/scripted.py` (llama-server's /completion stream), built to send fast on one core.
 
-Why: the stock `abtest.scripted` server (one coroutine per request, StreamReader parsing, an
+Why: the stock `tests/fakes/scripted.py` server (one coroutine per request, StreamReader parsing, an
 ``await drain()`` and a ``asyncio.sleep`` per event) saturates its core near 30k events/s, so
-the ingest sweep measured the sender, not the client. Differences from `abtest.scripted`:
+the ingest sweep measured the sender, not the client. Differences from `tests/fakes/scripted.py`:
 
 - one ``asyncio.Protocol`` per connection on uvloop; no StreamReader, no coroutine per request;
 - "request read" (``kind="request"``) is stamped at the top of ``data_received`` for the bytes
   that completed the request -- the first moment user space holds the whole request -- not
-  after the HTTP parse, the JSON parse and the coroutine switches (``abtest.scripted`` stamps at
+  after the HTTP parse, the JSON parse and the coroutine switches (``tests/fakes/scripted.py`` stamps at
   the start of ``_completion``). The post-parse time is kept too (``parsed`` in the dump);
 - one timer for the whole server: a heap of (planned time, stream) and one callback that writes
   every due event of every connection in the same loop iteration (lockstep events of N
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from abtest.scripted import TOKEN_OFFSET, Script, _prompt_tokens, _timings
+from fakes.scripted import TOKEN_OFFSET, Script, _prompt_tokens, _timings
 
 EARLY_NS = 250_000
 MAX_BURST_NS = 5_000_000  # yield to the loop (reads, new requests) after this long writing

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abtest import catalog
+from abtest.models import catalog
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance-hash.md"
 TARGET = 0.90

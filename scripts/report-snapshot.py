@@ -31,8 +31,8 @@ SWEEP = "sweep/20261122T224604-gpt-oss-20b-like-q4_0-seed0.jsonl"
 def render_all() -> dict[str, str]:
     """Snapshot file name -> its text, made with the code on this checkout."""
     sys.path.insert(0, str(ROOT))
-    from abtest import report as rep
-    from abtest import sweep_report
+    from abtest.analysis import report as rep
+    from abtest.analysis import sweep as sweep_report
 
     out: dict[str, str] = {}
     for name, files in SETS.items():

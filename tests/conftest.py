@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def llama_server() -> Path:
     from abtest.errors import BinaryNotFound
-    from abtest.provision import find_server
+    from abtest.server.build import find_server
 
     try:
         return Path(find_server().path)
@@ -20,7 +20,7 @@ def llama_server() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from abtest.synth import write_synth
+    from abtest.models.synth import write_synth
 
     out = tmp_path_factory.mktemp("models") / "tiny-moe.gguf"
     write_synth(out, "tiny-moe", "q4_0", seed=0)

@@ -21,15 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from abtest.evidence import EvidenceWriter
-from abtest.records import (
-    ArmEnd,
-    ArmStart,
-    RequestRecord,
-    RunEnd,
-    RunManifest,
-    TokenEvent,
-    VramSample,
-)
+from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent, VramSample
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

@@ -23,10 +23,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import catalog, synth
-from ..catalog import ProgressFn
 from ..errors import ConfigError
-from ..gguf_meta import ModelInfo, read_model_info
+from ..models import catalog, synth
+from ..models.catalog import ProgressFn
+from ..models.gguf import ModelInfo, read_model_info
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .. import history as hist
-from .. import report as rep
+from ..analysis import gate as hist
+from ..analysis import report as rep
 from ..errors import ConfigError
 
 EPILOG = """\b
@@ -85,7 +85,7 @@ def report(
                              vram_mib=vram_floor_mib, alpha=alpha, window=window, min_nights=min_nights)
         result = hist.evaluate_history(hist.load_history(history_dir), th)
         if out_dir is not None:
-            from .. import plots
+            from ..render import plots
 
             _write(out_dir / "history.md", hist.history_markdown(result))
             _write(out_dir / "history.json", hist.render_history(result, "json"))
@@ -101,7 +101,7 @@ def report(
     data = rep.build_report(rep.load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
                             allow_mixed_models=allow_mixed_models)
     if out_dir is not None:
-        from .. import plots
+        from ..render import plots
 
         _write(out_dir / "report.md", rep.render_markdown(data))
         _write(out_dir / "report.json", rep.render(data, "json"))

@@ -171,7 +171,7 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         http_client: str, server_bin: str | None, models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
         request_timeout: float, quiet: bool) -> None:
     """Measure arms of an inference server on the same prompts; write evidence JSONL."""
-    from ..runner import Runner
+    from ..measure.runner import Runner
 
     try:
         arms = resolve_arms(list(arm_flags), arms_file)
@@ -219,7 +219,7 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
 
 def _check_prompts(prompts: str | None, buckets: list[str]) -> None:
     """Read the prompt file now, so a bad one is a usage error before anything is launched."""
-    from ..prompts import load_prompts
+    from ..measure.prompts import load_prompts
 
     try:
         load_prompts(Path(prompts) if prompts else None, buckets or None)

@@ -1,4 +1,4 @@
-"""`abtest server`: build, find and describe the llama-server binary (abtest.provision does the work).
+"""`abtest server`: build, find and describe the llama-server binary (abtest.server.build does the work).
 
 Progress and summaries go to stderr; the one thing a script wants (the binary's path) goes to stdout,
 so `SERVER=$(abtest server install --if-missing --cpu)` works.
@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .. import provision
-from ..provision import BuildEvent, ServerBinary
+from ..server import build as provision
+from ..server.build import BuildEvent, ServerBinary
 
 # markup=False: cmake lines and --version text contain "[...]" that rich must not read as markup.
 err = Console(stderr=True, highlight=False, markup=False)

@@ -32,7 +32,7 @@ Markdown table on stdout, OUT/sweep-report.md and OUT/sweep-vram-speed.png.
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
-    from ..vram import parse_size_mib
+    from ..models.vram import parse_size_mib
 
     try:
         return parse_size_mib(value)
@@ -79,7 +79,7 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
     """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
     from pathlib import Path
 
-    from ..sweep_report import render_markdown, report_from_file, write_outputs
+    from ..analysis.sweep import render_markdown, report_from_file, write_outputs
 
     if report_path:
         rep = report_from_file(report_path)
@@ -89,8 +89,8 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
     if not model:
         raise click.UsageError("--model is required (or --report FILE to re-make a report)")
 
-    from ..sweep import SweepRunner, parse_ncmoe
-    from ..vram import CUDA_OVERHEAD_MIB
+    from ..measure.sweep import SweepRunner, parse_ncmoe
+    from ..models.vram import CUDA_OVERHEAD_MIB
 
     try:
         parse_ncmoe(ncmoe, 10**6)  # syntax only here; the model's layer count is checked once it is read

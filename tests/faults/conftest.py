@@ -12,7 +12,7 @@ import pytest
 from faultkit import next_id, write_wrapper
 
 from abtest.config import RunConfig, resolve_arms
-from abtest.server import ServerProcess
+from abtest.server.process import ServerProcess
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import SCRIPTED_PY
 
 from abtest.evidence import Evidence, read_evidence
-from abtest.server import process_group_alive
+from abtest.server.process import process_group_alive
 
 PY = sys.executable
 _n = itertools.count()
@@ -38,7 +39,7 @@ def write_wrapper(path: Path, script: dict[str, Any] | None = None, *, exec_: bo
     if target is None:
         script_file = path / "script.json"
         script_file.write_text(json.dumps(script or {}))
-        cmd = f'{PY} -m abtest.scripted --script @{script_file} "$@"'
+        cmd = f'{PY} {SCRIPTED_PY} --script @{script_file} "$@"'
     else:
         cmd = f'{target} "$@"'
     wrapper.write_text(f"#!/bin/sh\n{prelude}{'exec ' if exec_ else ''}{cmd}\n")

@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fakes.scripted import ScriptedServer
 from faultkit import assert_no_orphans, only_jsonl, read_ok, write_wrapper
 
-from abtest import server as server_mod
 from abtest.config import ArmSpec
 from abtest.errors import EXIT_PARTIAL
-from abtest.runner import Runner
-from abtest.scripted import ScriptedServer
+from abtest.measure.runner import Runner
+from abtest.server import process as server_mod
 
 
 def _with_healthy_arm(cfg, healthy: Path):  # type: ignore[no-untyped-def]

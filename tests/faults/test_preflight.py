@@ -11,7 +11,7 @@ import pytest
 
 from abtest.cli import main
 from abtest.errors import EXIT_MISSING, EXIT_USAGE
-from abtest.server import ServerProcess
+from abtest.server.process import ServerProcess
 
 
 @pytest.fixture

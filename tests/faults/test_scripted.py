@@ -14,10 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fakes import SCRIPTED_PY
+from fakes.scripted import Schedule, Script, ScriptedServer, detokenize, read_chunk_log, tokenize
 from faultkit import PY, assert_no_orphans
 
-from abtest.scripted import Schedule, Script, ScriptedServer, detokenize, read_chunk_log, tokenize
-from abtest.stream import StreamLimits, StreamRequest, stream_request
+from abtest.measure.stream import StreamLimits, StreamRequest, stream_request
 
 
 def _stream(base_url: str, max_tokens: int = 8, n: int = 1, limits: StreamLimits | None = None):
@@ -162,7 +163,7 @@ def test_script_json_round_trip_and_refuses_unknown_keys() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "abtest.scripted", *args], capture_output=True, text=True, timeout=10)
+    return subprocess.run([PY, str(SCRIPTED_PY), *args], capture_output=True, text=True, timeout=10)
 
 
 def test_answers_version_help_list_devices_and_exits() -> None:
@@ -189,7 +190,7 @@ def test_process_mode_load_exit_prints_llama_server_words() -> None:
 
 def test_process_mode_chunk_log_and_sigterm_delay(tmp_path: Path) -> None:
     log = tmp_path / "chunks.jsonl"
-    proc = subprocess.Popen([PY, "-m", "abtest.scripted", "--port", "0", "-lv", "4", "--chunk-log", str(log),
+    proc = subprocess.Popen([PY, str(SCRIPTED_PY), "--port", "0", "-lv", "4", "--chunk-log", str(log),
                              "--script", json.dumps({"term_delay_s": 0.5})],
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -216,6 +217,6 @@ def test_process_mode_chunk_log_and_sigterm_delay(tmp_path: Path) -> None:
 
 
 def test_scripted_module_imports_only_stdlib() -> None:
-    code = ("import sys, abtest.scripted; bad = [m for m in sys.modules if m.split('.')[0] in "
+    code = (f"import sys; sys.path.insert(0, {str(SCRIPTED_PY.parent.parent)!r}); import fakes.scripted; bad = [m for m in sys.modules if m.split('.')[0] in "
             "('httpx', 'click', 'rich', 'numpy', 'gguf')]; print(bad)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

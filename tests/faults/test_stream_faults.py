@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from faultkit import assert_no_orphans, only_jsonl, read_ok, write_wrapper
 
-from abtest import runner as runner_mod
 from abtest.config import ArmSpec
 from abtest.errors import EXIT_PARTIAL
+from abtest.measure import runner as runner_mod
+from abtest.measure.runner import Runner
 from abtest.records import RequestRecord
-from abtest.runner import Runner
-from abtest.server import ServerProcess
+from abtest.server.process import ServerProcess
 
 # request index -> (fault, the words its record's error must hold)
 MATRIX = {
@@ -170,7 +170,7 @@ def test_stop_kills_the_whole_group_of_a_server_ignoring_sigterm(scripted, tmp_p
     """A server that ignores SIGTERM: stop() waits stop_timeout_s, then SIGKILLs the group. Started
     through a shell that does not exec, the shell exits on SIGTERM and the server lives on in the
     group: the final SIGKILL of the group still takes it."""
-    from abtest.server import LaunchSpec
+    from abtest.server.process import LaunchSpec
 
     wrapper = scripted({"ignore_term": True}, exec_=exec_)
     srv = ServerProcess(LaunchSpec(name="x", argv=(str(wrapper),), log_path=tmp_path / "x.log",

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from abtest import provision
 from abtest.errors import BinaryNotFound
+from abtest.server import build as provision
 
 pytestmark = pytest.mark.integration
 

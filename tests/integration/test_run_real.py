@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from abtest.analysis.metrics import decode_tps, server_decode_tps
 from abtest.config import RunConfig, resolve_arms
 from abtest.evidence import read_evidence
-from abtest.metrics import decode_tps, server_decode_tps
-from abtest.runner import Runner
-from abtest.server import process_group_alive
+from abtest.measure.runner import Runner
+from abtest.server.process import process_group_alive
 
 pytestmark = pytest.mark.integration
 

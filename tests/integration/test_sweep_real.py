@@ -2,7 +2,7 @@
 
 Checks: the command runs non-interactively and writes one evidence file with one arm per setting
 and the predictions in the manifest (before any arm starts); the sweep report reads it back; and
-the buffer arithmetic of abtest.vram equals what this llama-server prints (-lv 4) for tiny-moe at
+the buffer arithmetic of abtest.models.vram equals what this llama-server prints (-lv 4) for tiny-moe at
 two contexts.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from abtest.analysis.sweep import build_sweep_report, read_sidecar
 from abtest.cli import cli
 from abtest.evidence import read_evidence
-from abtest.server import LaunchSpec, ServerProcess
-from abtest.serverlog import parse_memory_breakdown
-from abtest.sweep_report import build_sweep_report, read_sidecar
-from abtest.vram import ContextParams, cpu_buffers, gguf_offsets, layout_from_gguf
+from abtest.models.vram import ContextParams, cpu_buffers, gguf_offsets, layout_from_gguf
+from abtest.server.log import parse_memory_breakdown
+from abtest.server.process import LaunchSpec, ServerProcess
 
 pytestmark = pytest.mark.integration
 

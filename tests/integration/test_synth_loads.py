@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from abtest import synth
+from abtest.models import synth
 
 pytestmark = pytest.mark.integration
 

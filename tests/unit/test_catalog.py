@@ -1,4 +1,4 @@
-"""abtest.catalog: name resolution order, synth-on-first-use, cached SHA256; `abtest model` CLI."""
+"""abtest.models.catalog: name resolution order, synth-on-first-use, cached SHA256; `abtest model` CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from abtest import catalog, synth
 from abtest.cli import cli
 from abtest.errors import ModelNotFound
+from abtest.models import catalog, synth
 
 
 @pytest.fixture(autouse=True)

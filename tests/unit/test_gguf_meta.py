@@ -1,4 +1,4 @@
-"""abtest.gguf_meta: ModelInfo read back from synthetic files; check_gguf's one-line failures."""
+"""abtest.models.gguf: ModelInfo read back from synthetic files; check_gguf's one-line failures."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from abtest import synth
 from abtest.errors import ConfigError, ModelNotFound
-from abtest.gguf_meta import check_gguf, read_header, read_model_info
+from abtest.models import synth
+from abtest.models.gguf import check_gguf, read_header, read_model_info
 
 
 @pytest.fixture(scope="module")

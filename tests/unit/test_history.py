@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers_evidence import Arm, fabricate
 
-from abtest import history as H
+from abtest.analysis import gate as H
 from abtest.cli import main
 from abtest.errors import RegressionFound
 
@@ -136,7 +136,7 @@ def test_gate_samples_reports_the_request_level_p_value():
 
 
 def test_gate_samples_with_buckets_uses_van_elteren():
-    from abtest import stats
+    from abtest.analysis import stats
 
     rng = np.random.default_rng(1)
     lab = np.repeat(["short", "long"], 12)

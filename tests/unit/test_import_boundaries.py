@@ -1,8 +1,8 @@
-"""The report side reads evidence only: report/stats/plots/history never reach the run side.
+"""The one-way flow, enforced: each stage of the package imports only the stages before it.
 
-Walks the `import` statements with `ast` (nothing is imported), follows abtest-internal imports
-transitively, and fails if any of them names server, stream, runner or gpu — whether or not those
-modules exist yet.
+docs/layout.md draws the arrows; this test walks every module's `import` statements with `ast`
+(nothing is imported) and fails on any arrow not in ALLOWED. The report side (analysis, render)
+can therefore never reach a server, a socket or the GPU, however deep the import chain.
 """
 
 from __future__ import annotations
@@ -13,15 +13,50 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "abtest"
-REPORT_SIDE = ["report", "stats", "plots", "history"]
-FORBIDDEN = {"server", "stream", "runner", "gpu"}
+
+# Top-level modules: the contract (records, the evidence files), shared leaves and the config.
+LEAVES = {"abtest", "abtest.errors", "abtest.records", "abtest.cache", "abtest.fmt"}
+STAGE_OF_TOP = {"abtest.config": "config", "abtest.evidence": "evidence", "abtest.__main__": "cli"}
+# stage -> the stages it may import (leaves are always allowed)
+ALLOWED: dict[str, set[str]] = {
+    "leaf": set(),
+    "config": set(),
+    "evidence": set(),
+    "models": {"models"},
+    "server": {"server", "config"},
+    "measure": {"measure", "config", "evidence", "models", "server"},
+    "analysis": {"analysis", "evidence"},
+    "render": {"render", "analysis"},
+    "cli": {"cli", "config", "evidence", "models", "server", "measure", "analysis", "render"},
+}
+# Single modules another stage may use: the one definition of each metric serves run's live
+# display and the sweep as well as the report.
+ALLOWED_MODULES: dict[str, set[str]] = {"measure": {"abtest.analysis.metrics"}}
+
+
+def stage(module: str) -> str:
+    if module in LEAVES:
+        return "leaf"
+    if module in STAGE_OF_TOP:
+        return STAGE_OF_TOP[module]
+    parts = module.split(".")
+    if len(parts) >= 2 and (PKG / parts[1]).is_dir():
+        return parts[1]
+    raise AssertionError(f"{module} belongs to no stage: add it to docs/layout.md and to this test")
+
+
+def all_modules() -> list[str]:
+    out = []
+    for p in sorted(PKG.rglob("*.py")):
+        parts = ["abtest", *p.relative_to(PKG).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out.append(".".join(parts))
+    return out
 
 
 def _module_file(name: str) -> Path | None:
-    """abtest.x.y -> its source file, if it exists."""
     parts = name.split(".")[1:]
-    if not parts:
-        return PKG / "__init__.py"
     base = PKG.joinpath(*parts)
     for cand in (base.with_suffix(".py"), base / "__init__.py"):
         if cand.exists():
@@ -29,8 +64,9 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def imported_names(module: str) -> set[str]:
-    """Every abtest.* module name `module`'s file imports (absolute, resolved from relative)."""
+def imported_modules(module: str) -> set[str]:
+    """Every abtest module `module`'s file imports (relative imports resolved; `from x import name`
+    counts as importing x.name when that is a module, else x)."""
     path = _module_file(module)
     if path is None:
         return set()
@@ -48,39 +84,49 @@ def imported_names(module: str) -> set[str]:
                 base = node.module or ""
             if base.split(".")[0] != "abtest":
                 continue
-            out.add(base)
-            # `from . import stats` imports the module abtest.stats
-            out.update(f"{base}.{a.name}" for a in node.names)
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.add(sub if _module_file(sub) is not None else base)
     return out
 
 
-def reachable(module: str) -> dict[str, str]:
-    """Every abtest module reachable from `module`, mapped to the module that imported it."""
-    seen: dict[str, str] = {}
-    todo = [module]
-    while todo:
-        cur = todo.pop()
-        for name in imported_names(cur):
-            if name not in seen and name != module:
-                seen[name] = cur
-                todo.append(name)
-    return seen
+def violations(module: str) -> list[str]:
+    mine = stage(module)
+    allowed = ALLOWED[mine] | {mine}
+    bad = []
+    for dep in sorted(imported_modules(module)):
+        dep_stage = stage(dep)
+        if dep_stage == "leaf" or dep_stage in allowed or dep in ALLOWED_MODULES.get(mine, set()):
+            continue
+        bad.append(f"{module} ({mine}) imports {dep} ({dep_stage})")
+    return bad
 
 
-@pytest.mark.parametrize("name", REPORT_SIDE)
-def test_report_side_never_imports_the_run_side(name):
-    bad = {m: via for m, via in reachable(f"abtest.{name}").items() if set(m.split(".")[1:]) & FORBIDDEN}
-    assert not bad, f"abtest.{name} reaches the run side: " + ", ".join(f"{m} (imported by {v})" for m, v in bad.items())
+@pytest.mark.parametrize("module", all_modules())
+def test_imports_follow_the_flow(module: str) -> None:
+    assert not violations(module), "; ".join(violations(module))
 
 
-def test_the_walker_sees_relative_and_absolute_imports(tmp_path, monkeypatch):
-    """A planted offender is caught, so the test above cannot pass vacuously."""
+def test_every_stage_is_documented() -> None:
+    layout = (PKG.parent / "docs" / "layout.md").read_text()
+    for st in ALLOWED:
+        if st != "leaf":
+            assert f"`{st}" in layout, f"docs/layout.md does not describe the stage {st}"
+
+
+def test_the_walker_sees_relative_and_absolute_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted offenders are caught, so the flow test cannot pass vacuously."""
     pkg = tmp_path / "abtest"
-    pkg.mkdir()
+    for sub in ("analysis", "measure", "render"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text("")
-    (pkg / "report.py").write_text("from . import helper\n")
-    (pkg / "helper.py").write_text("from .gpu import sample\n")
-    (pkg / "other.py").write_text("import abtest.stream\nfrom abtest import runner\n")
+    (pkg / "analysis" / "report.py").write_text("from ..measure import runner\nfrom . import stats\n")
+    (pkg / "analysis" / "stats.py").write_text("")
+    (pkg / "measure" / "runner.py").write_text("")
+    (pkg / "render" / "tables.py").write_text("import abtest.measure.runner\nfrom abtest.analysis.stats import x\n")
     monkeypatch.setitem(globals(), "PKG", pkg)
-    assert "abtest.gpu" in reachable("abtest.report")
-    assert {"abtest.stream", "abtest.runner"} <= imported_names("abtest.other")
+    assert imported_modules("abtest.analysis.report") == {"abtest.measure.runner", "abtest.analysis.stats"}
+    assert violations("abtest.analysis.report") == [
+        "abtest.analysis.report (analysis) imports abtest.measure.runner (measure)"]
+    assert violations("abtest.render.tables") == ["abtest.render.tables (render) imports abtest.measure.runner (measure)"]

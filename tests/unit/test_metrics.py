@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from factories import request as _rec
 
-from abtest.metrics import decode_tps, inter_chunk_ms, itl_ms, tpot_ms, ttft_ms
+from abtest.analysis.metrics import decode_tps, inter_chunk_ms, itl_ms, tpot_ms, ttft_ms
 
 
 def test_definitions_on_a_known_schedule() -> None:

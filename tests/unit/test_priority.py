@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from abtest import server
+from abtest.server import process as server
 
 
 def test_client_priority_is_raised_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""abtest.provision without a compiler: fake executables, a fake cmake, a tmp cache."""
+"""abtest.server.build without a compiler: fake executables, a fake cmake, a tmp cache."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from abtest import provision
 from abtest.cli.server import server as server_group
 from abtest.errors import BinaryNotFound, ConfigError, ProvisionError
-from abtest.provision import BuildEvent, BuildInfo
+from abtest.server import build as provision
+from abtest.server.build import BuildEvent, BuildInfo
 
 COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 VERSION_OUT = "version: 0.5.0-dev (build 0, commit unknown)\nbuilt with GNU 12.2.0 for Linux x86_64"

@@ -1,4 +1,4 @@
-"""abtest.report on fabricated evidence: numbers, pooling, warnings, verdict, formats, plots, CLI."""
+"""abtest.analysis.report on fabricated evidence: numbers, pooling, warnings, verdict, formats, plots, CLI."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from helpers_evidence import SHA_B, Arm, default_arms, fabricate, read_lines, wr
 from rich.console import Console
 from scipy import stats as st
 
-from abtest import report as R
-from abtest import stats
+from abtest.analysis import report as R
+from abtest.analysis import stats
+from abtest.analysis.report import ReportWarning as W
 from abtest.cli import main
 from abtest.errors import ConfigError
 from abtest.evidence import read_evidence
-from abtest.report import ReportWarning as W
 
 
 def build(paths, **kw):
@@ -412,7 +412,7 @@ def test_fmt_helpers():
 
 
 def test_plots_are_pngs(one, tmp_path):
-    from abtest import plots
+    from abtest.render import plots
 
     _, rep = one
     paths = plots.write_report_plots(rep, tmp_path / "plots")

@@ -1,4 +1,4 @@
-from abtest.serverlog import parse_memory_breakdown
+from abtest.server.log import parse_memory_breakdown
 
 LOG = """
 0.00.1 I load_tensors: offloaded 25/25 layers to GPU

@@ -1,4 +1,4 @@
-"""Every statistic of abtest.stats against numpy/scipy on fixed data, and the CI's coverage."""
+"""Every statistic of abtest.analysis.stats against numpy/scipy on fixed data, and the CI's coverage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from abtest import stats
+from abtest.analysis import stats
 from abtest.records import RequestRecord, TokenEvent
 
 A = np.array([81.2, 79.5, 80.1, 78.9, 82.4, 80.0, 79.1, 81.7, 80.6, 77.8, 80.9, 79.9])

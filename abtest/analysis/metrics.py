@@ -7,7 +7,7 @@ this request" (failed, or too few tokens).
 
 from __future__ import annotations
 
-from .records import RequestRecord
+from ..records import RequestRecord
 
 
 def ttft_ms(r: RequestRecord) -> float | None:

@@ -29,8 +29,8 @@ from typing import Literal
 import numpy as np
 from scipy import stats as _st
 
+from ..records import RequestRecord
 from . import metrics
-from .records import RequestRecord
 
 # One seed for every bootstrap in a report: the same evidence gives the same intervals.
 DEFAULT_SEED = 20240917
@@ -470,7 +470,7 @@ def _nan(v: float | None) -> float:
     return float(v) if v is not None else math.nan
 
 
-# Per-request metrics: the definitions live once, in abtest.metrics (docs/metrics.md); these
+# Per-request metrics: the definitions live once, in abtest.analysis.metrics (docs/metrics.md); these
 # wrappers only turn "undefined" (None) into NaN for array statistics.
 
 

@@ -6,8 +6,8 @@ strikes which request. Two ways to run it:
 
 As a process (what a test points ``--server-bin`` at, through a two-line shell wrapper)::
 
-    python -m abtest.scripted -m model.gguf -ngl 99 --port 8080 --script '{"schedule": {"itl_ms": 5}}'
-    python -m abtest.scripted ... --script @script.json --chunk-log sends.jsonl
+    python tests/fakes/scripted.py -m model.gguf -ngl 99 --port 8080 --script '{"schedule": {"itl_ms": 5}}'
+    python tests/fakes/scripted.py ... --script @script.json --chunk-log sends.jsonl
 
 Every llama-server flag is accepted and ignored except ``--host``, ``--port`` (and ``-m`` for the
 log); ``--version``, ``--help`` (which lists ``--fit``) and ``--list-devices`` (none: a CPU build)
@@ -422,7 +422,7 @@ class ScriptedServer:
         self._t_start = time.monotonic()
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._say(f"srv          init: scripted llama-server (abtest.scripted), pid {os.getpid()}")
+        self._say(f"srv          init: scripted llama-server (tests/fakes/scripted.py), pid {os.getpid()}")
         self._say(f"main: HTTP server is listening, hostname: {self.host}, port: {self.port}, http threads: 1")
         self._say(f"srv    load_model: loading model '{self.model}'")
         self._ready.set()
@@ -784,7 +784,7 @@ def _timings(n_prompt: int, n_pred: int, t_recv: int, t_first: int | None, t_las
 # ------------------------------------------------------------------------------ process mode
 
 HELP = """\
-usage: llama-server [options]   (abtest.scripted: a scripted impostor; every flag below is accepted)
+usage: llama-server [options]   (tests/fakes/scripted.py: a scripted impostor; every flag below is accepted)
 
 -m,    --model FNAME          model path (ignored)
 -ngl,  --gpu-layers N         (ignored)
@@ -798,7 +798,7 @@ usage: llama-server [options]   (abtest.scripted: a scripted impostor; every fla
 -ncmoe, --n-cpu-moe N         (ignored)
 --host HOST                   listen address (default: 127.0.0.1)
 --port PORT                   listen port (default: 8080)
---script JSON|@FILE           the script (see `python -m pydoc abtest.scripted`)
+--script JSON|@FILE           the script (see the docstring of tests/fakes/scripted.py)
 --chunk-log PATH              append one JSON line per chunk sent (send times, perf_counter_ns)
 """
 
@@ -819,7 +819,7 @@ def _opt(argv: Sequence[str], *names: str) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--version" in argv:
-        print("version: 0 (scripted)\nbuilt with python for abtest.scripted", file=sys.stderr)
+        print("version: 0 (scripted)\nbuilt with python for tests/fakes/scripted.py", file=sys.stderr)
         return 0
     if "--help" in argv or "-h" in argv:
         print(HELP)
@@ -830,7 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         script = Script.from_json(_opt(argv, "--script") or "{}")
     except (OSError, ValueError, TypeError) as exc:
-        print(f"abtest.scripted: bad --script: {exc}", file=sys.stderr)
+        print(f"scripted.py: bad --script: {exc}", file=sys.stderr)
         return 2
     host = _opt(argv, "--host") or "127.0.0.1"
     port = int(_opt(argv, "--port") or 8080)

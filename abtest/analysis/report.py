@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, stats
-from .errors import ConfigError, EvidenceError
-from .evidence import Evidence, read_evidence
-from .records import ArmEnd, ArmStart, RequestRecord, VramSample
+from .. import __version__
+from ..errors import ConfigError, EvidenceError
+from ..evidence import Evidence, read_evidence
+from ..records import ArmEnd, ArmStart, RequestRecord, VramSample
+from . import stats
 
 DEFAULT_GPU_HOUR_COST = 3.50  # USD, the H100 cloud price seed 003 uses
 ALPHA = 0.05  # a delta is "significant" when p < ALPHA and its 95 % CI excludes 0

@@ -35,8 +35,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import ConfigError
-from .gguf_meta import EXPERT_TENSOR_RE
+from ..errors import ConfigError
+from .gguf import EXPERT_TENSOR_RE
 
 # Bump when the bytes a given (preset, qtype, seed) produce change; it is stored in the file.
 SYNTH_VERSION = 1

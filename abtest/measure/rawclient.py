@@ -1,10 +1,10 @@
-"""The stream client on bare asyncio: same `stream_request` contract as `abtest.stream`, less CPU.
+"""The stream client on bare asyncio: same `stream_request` contract as `abtest.measure.stream`, less CPU.
 
 Why it exists (numbers in docs/performance.md, from ``benchmarks/client_accuracy.py``): httpx
 spends most of the client's CPU per SSE event in its layers (anyio stream, httpcore's h11 state
 machine, httpx's byte decoders), and on a 2-core box that CPU becomes queueing delay under
 concurrency: token arrivals are stamped late. This module keeps everything that defines a
-measurement from `abtest.stream` -- the request body (`request_body`), the token counting and SSE
+measurement from `abtest.measure.stream` -- the request body (`request_body`), the token counting and SSE
 parsing (`_Tracker`, `_feed_sse`) and the record (`_record`) -- and replaces only the transport:
 
 - one `asyncio.Protocol` per connection: bytes are timestamped in ``data_received``, with no
@@ -13,14 +13,14 @@ parsing (`_Tracker`, `_feed_sse`) and the record (`_record`) -- and replaces onl
   response's status line, headers and chunked (or Content-Length, or until-close) body parsed here;
 - "sent" is right after ``transport.write`` handed every request byte to the kernel (the write
   buffer is empty then; otherwise at the transport's drain), the same mark as httpcore's
-  ``http11.send_request_body.complete`` that `abtest.stream` uses;
+  ``http11.send_request_body.complete`` that `abtest.measure.stream` uses;
 - keep-alive connections pooled per host, at most ``max_connections`` at once;
   `RawClient.open_connections` opens them before timing, as the runner does with httpx;
 - the event JSON parsed with orjson when it is importable (same result as ``json.loads``).
 
 Switching: ``async with RawClient(max_connections=n) as client: await stream_request(client, url,
 req, limits)`` where the runner had ``httpx.AsyncClient`` and ``abtest.stream.stream_request``. A
-failed request is a record with ``error`` set, as in `abtest.stream`; it never raises.
+failed request is a record with ``error`` set, as in `abtest.measure.stream`; it never raises.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from .records import RequestRecord
+from ..records import RequestRecord
 from .stream import StreamLimits, StreamRequest, _end_of_stream, _feed_sse, _record, _Tracker, request_body
 
 __all__ = ["RawClient", "RawHTTPError", "stream_request"]
@@ -427,7 +427,7 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
             if exc.kind in ("closed", "connect") and attempt == 1 and not got:
                 # A pooled keep-alive connection can be closed under us before the server read a
                 # byte of the request (llama-server closes after a streamed response): retry once,
-                # only when nothing at all came back, with a fresh timeline -- as abtest.stream does.
+                # only when nothing at all came back, with a fresh timeline -- as abtest.measure.stream does.
                 tracker = _Tracker(req.endpoint)
                 continue
             status = conns[0].status if conns else 0

@@ -60,7 +60,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .gguf_meta import EXPERT_TENSOR_RE
+from .gguf import EXPERT_TENSOR_RE
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -191,7 +191,7 @@ def _tensors(ts: Iterable[TensorLike]) -> tuple[Tensor, ...]:
 
 def layout_from_gguf(path: str | os.PathLike[str]) -> ModelLayout:
     """Read a GGUF header (no tensor data) into a ModelLayout."""
-    from .gguf_meta import arch_int, model_arch, read_header, vocab_size
+    from .gguf import arch_int, model_arch, read_header, vocab_size
 
     h = read_header(path)
     kv = h.kv
@@ -351,7 +351,7 @@ def kv_cache_bytes(layout: ModelLayout, ctx: ContextParams) -> int:
     try:
         bk, bv = _KV_BYTES[ctx.cache_type_k], _KV_BYTES[ctx.cache_type_v]
     except KeyError as exc:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"unknown KV cache type {exc.args[0]!r}; known: {', '.join(_KV_BYTES)}") from None
     per_cell = layout.n_head_kv * (layout.head_dim_k * bk + layout.head_dim_v * bv)
@@ -515,7 +515,7 @@ def cpu_buffers(
 
 
 def gguf_offsets(path: str | os.PathLike[str]) -> dict[str, int]:
-    from .gguf_meta import read_header
+    from .gguf import read_header
 
     return {t.name: t.offset for t in read_header(path).tensors}
 
@@ -531,7 +531,7 @@ _UNITS = {"": GIB, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 
 
 def parse_size_mib(text: str) -> float:
     """'9GiB', '9 GB', '9000MiB', '9' (GiB) -> MiB. Decimal units (GB) are 10^9 bytes."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     m = _SIZE.match(text or "")
     unit = (m.group(2) or "").lower() if m else ""

@@ -14,11 +14,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .history import HistoryResult
-    from .report import Report
+    from ..analysis.gate import HistoryResult
+    from ..analysis.report import Report
 
 DPI = 110
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from .errors import LaunchError
+from ..errors import LaunchError
 
 # Log lines that mean "the port was taken between choosing and binding": retry on another port.
 _BIND_FAILURES = ("couldn't bind", "could not bind", "address already in use", "failed to bind")

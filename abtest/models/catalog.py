@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cache import cache_root
+from ..errors import ConfigError, ModelNotFound
 from . import synth
-from .cache import cache_root
-from .errors import ConfigError, ModelNotFound
 
 ENV_MODELS = "ABTEST_MODELS"
 HASH_CHUNK_BYTES = 1 << 20  # 1 MiB: measured as fast as 4 MiB (benchmarks/hash_speed.py)

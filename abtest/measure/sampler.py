@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
-from .records import VramSample
+from ..records import VramSample
 
 MIB = 1024 * 1024
 

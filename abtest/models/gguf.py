@@ -27,7 +27,7 @@ from typing import Any
 
 import gguf
 
-from .errors import ConfigError, ModelNotFound
+from ..errors import ConfigError, ModelNotFound
 
 GGUF_MAGIC = b"GGUF"
 # Tensors llama.cpp's --cpu-moe / --n-cpu-moe keep in system RAM (common/common.h LLM_FFN_EXPS_REGEX).

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "default.jsonl"
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "default.jsonl"
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .cache import cache_root
-from .errors import BinaryNotFound, ConfigError, ProvisionError
+from ..cache import cache_root
+from ..errors import BinaryNotFound, ConfigError, ProvisionError
 
 __all__ = [
     "BACKENDS",

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, stats
-from .errors import ConfigError, RegressionFound
-from .evidence import read_evidence
+from .. import __version__
+from ..errors import ConfigError, RegressionFound
+from ..evidence import read_evidence
+from . import stats
 from .report import ArmRun, arm_runs, build_id, fmt_num, fmt_pct, gpu_devices, group_runs, memory_row
 
 NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")

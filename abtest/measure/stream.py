@@ -37,7 +37,7 @@ try:  # optional: ~3x faster than json.loads on an SSE event, same dicts (docs/p
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
-from .records import RequestRecord, TokenEvent
+from ..records import RequestRecord, TokenEvent
 
 COMPLETION_PATH = "/completion"
 CHAT_PATH = "/v1/chat/completions"

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from ..evidence import Evidence, read_evidence
+from ..records import ArmEnd, RequestRecord
 from . import stats
-from .evidence import Evidence, read_evidence
 from .metrics import decode_tps, ttft_ms
-from .records import ArmEnd, RequestRecord
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -163,7 +163,7 @@ def _buffers(end: ArmEnd | None) -> dict[str, dict[str, float]]:
 
 def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> SweepReport:
     """Everything the sweep report shows, from one evidence file (and its trail, if given)."""
-    from .errors import EvidenceError
+    from ..errors import EvidenceError
 
     if ev.manifest is None:
         raise EvidenceError(f"{ev.path}: no run_start record; not a complete evidence file")

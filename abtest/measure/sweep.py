@@ -29,14 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import RunConfig, auto_ctx_size, ready_made_arm
-from .errors import ConfigError
-from .evidence import EvidenceWriter, check_writable
-from .records import ArmEnd, RequestRecord
-from .runner import Progress, ResolvedArm, Runner, evidence_path, longest_prompt_estimate
-from .runner import resolve_arms as resolve_run_arms
-from .vram import (
+from .. import __version__
+from ..config import RunConfig, auto_ctx_size, ready_made_arm
+from ..errors import ConfigError
+from ..evidence import EvidenceWriter, check_writable
+from ..models.vram import (
     CUDA_OVERHEAD_MIB,
     ContextParams,
     ModelLayout,
@@ -45,6 +42,9 @@ from .vram import (
     gguf_offsets,
     predict,
 )
+from ..records import ArmEnd, RequestRecord
+from .runner import Progress, ResolvedArm, Runner, evidence_path, longest_prompt_estimate
+from .runner import resolve_arms as resolve_run_arms
 
 SIDECAR_SUFFIX = ".sweep.json"
 DEFAULT_MARGIN_MIB = 512.0  # skip a setting predicted within this much of the free VRAM
@@ -409,9 +409,9 @@ class SweepRunner(Runner):
             self._records.setdefault(record.arm, []).append(record)
 
     def execute(self) -> SweepResult:  # type: ignore[override]
-        from .metrics import decode_tps
+        from ..analysis.metrics import decode_tps
+        from ..models.vram import layout_from_gguf
         from .prompts import load_prompts
-        from .vram import layout_from_gguf
 
         cfg = self.cfg
         t0 = time.perf_counter()

@@ -32,14 +32,13 @@ from typing import Any, Protocol
 
 import httpx
 
-from . import __version__, rawclient
-from .config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
-from .errors import EvidenceError, LaunchError
-from .evidence import EvidenceWriter, check_writable
-from .gpu import Nvml, VramSampler, cpu_model, summarize
-from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
-from .records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds
-from .server import (
+from .. import __version__
+from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
+from ..errors import EvidenceError, LaunchError
+from ..evidence import EvidenceWriter, check_writable
+from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds
+from ..server.log import parse_memory_breakdown
+from ..server.process import (
     LaunchSpec,
     ServerProcess,
     describe_exit,
@@ -49,7 +48,9 @@ from .server import (
     raise_client_priority,
     supports_flag,
 )
-from .serverlog import parse_memory_breakdown
+from . import rawclient
+from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
+from .sampler import Nvml, VramSampler, cpu_model, summarize
 from .stream import StreamLimits, StreamRequest, fetch_token_ids
 from .stream import stream_request as httpx_stream_request
 
@@ -116,7 +117,7 @@ def host_info() -> dict[str, Any]:
 
 
 def resolve_server(server_bin: str | None) -> dict[str, Any]:
-    from .provision import find_server
+    from ..server.build import find_server
 
     sb = find_server(server_bin)
     return {
@@ -129,9 +130,9 @@ def resolve_server(server_bin: str | None) -> dict[str, Any]:
 
 
 def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
-    from .catalog import resolve_model as catalog_resolve
-    from .catalog import sha256_file
-    from .gguf_meta import check_gguf, read_model_info
+    from ..models.catalog import resolve_model as catalog_resolve
+    from ..models.catalog import sha256_file
+    from ..models.gguf import check_gguf, read_model_info
 
     ref = catalog_resolve(name, models_dir=models_dir)
     path = Path(ref.path)
@@ -559,8 +560,8 @@ class Runner:
 
 
 class HttpTransport:
-    """The HTTP layer the timed requests go through: "raw" (abtest.rawclient, bare asyncio) or
-    "httpx" (abtest.stream). Both share request bodies, SSE parsing, token counting and records;
+    """The HTTP layer the timed requests go through: "raw" (abtest.measure.rawclient, bare asyncio) or
+    "httpx" (abtest.measure.stream). Both share request bodies, SSE parsing, token counting and records;
     raw is the default because it stamps arrivals with less client delay under load
     (docs/performance.md: TTFT error p99 at concurrency 32, 1.95 ms raw vs 17.6 ms httpx)."""
 

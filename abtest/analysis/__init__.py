@@ -1,0 +1,1 @@
+"""Analysis: evidence in, numbers out (metrics, statistics, comparisons, verdict, nightly gate); never a socket."""

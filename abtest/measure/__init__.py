@@ -1,0 +1,1 @@
+"""Measuring: prompts, the stream client, memory sampling, and the runner that writes evidence."""

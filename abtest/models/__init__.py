@@ -1,0 +1,1 @@
+"""Models: GGUF headers, the catalog of names, synthesised random-weight files, VRAM prediction."""

@@ -1,0 +1,1 @@
+"""Rendering: analysis results as tables, Markdown, CSV, JSON and figures; reads no evidence itself."""

@@ -1,0 +1,1 @@
+"""The inference server: building and finding llama-server, running one process, reading its log."""
