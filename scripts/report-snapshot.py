@@ -31,15 +31,17 @@ SWEEP = "sweep/20261122T224604-gpt-oss-20b-like-q4_0-seed0.jsonl"
 def render_all() -> dict[str, str]:
     """Snapshot file name -> its text, made with the code on this checkout."""
     sys.path.insert(0, str(ROOT))
-    from abtest.analysis import report as rep
     from abtest.analysis import sweep as sweep_report
+    from abtest.analysis.arms import load_evidence
+    from abtest.analysis.report import build_report
+    from abtest.render.report import render
 
     out: dict[str, str] = {}
     for name, files in SETS.items():
-        report = rep.build_report(rep.load_evidence([RESULTS / f for f in files]))
+        report = build_report(load_evidence([RESULTS / f for f in files]))
         report.abtest_version = "<version>"
         for fmt, ext in (("json", "json"), ("markdown", "md"), ("csv", "csv")):
-            out[f"{name}.{ext}.gz"] = rep.render(report, fmt)
+            out[f"{name}.{ext}.gz"] = render(report, fmt)
     out["h100-sweep.md.gz"] = sweep_report.render_markdown(sweep_report.report_from_file(RESULTS / SWEEP))
     return out
 

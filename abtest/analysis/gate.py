@@ -19,23 +19,21 @@ false-alarm and detection rates.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, RegressionFound
 from ..evidence import read_evidence
+from ..fmt import fmt_num, fmt_p_cell, fmt_pct
 from . import stats
-from .report import ArmRun, arm_runs, build_id, fmt_num, fmt_pct, gpu_devices, group_runs, memory_row
+from .arms import ArmRun, arm_runs, build_id, gpu_devices, group_runs
+from .memory import memory_row
 
 NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -66,7 +64,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ttft_ms", "TTFT", "ms", False),
     MetricSpec("vram_peak_mib", "VRAM peak", "MiB", False),
 )
-_SPEC = {m.key: m for m in METRICS}
+METRIC_SPEC = {m.key: m for m in METRICS}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,7 +378,7 @@ def provenance_changes(nights: Sequence[Night]) -> list[ProvenanceChange]:
     return out
 
 
-def _threshold_text(metric: str, th: Thresholds) -> str:
+def threshold_text(metric: str, th: Thresholds) -> str:
     if metric == "decode_tps":
         return f"−{th.decode_pct:g} %"
     if metric == "ttft_ms":
@@ -400,7 +398,7 @@ def check_night(
     tonight: NightArm, window: Sequence[NightArm], metric: str, th: Thresholds
 ) -> tuple[str, GateResult | None]:
     """Gate one metric of one arm; ("insufficient history", None) with too few trailing nights."""
-    spec = _SPEC[metric]
+    spec = METRIC_SPEC[metric]
     if len(window) < th.min_nights:
         return "insufficient history", None
     if metric == "vram_peak_mib":
@@ -448,7 +446,7 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
             continue
         for spec in METRICS:
             status, g = check_night(na, past, spec.key, th)
-            c = Check(arm, spec.key, tonight.night, status, g, window_nights, _threshold_text(spec.key, th))
+            c = Check(arm, spec.key, tonight.night, status, g, window_nights, threshold_text(spec.key, th))
             if c.regression:
                 c.causes = causes
             checks.append(c)
@@ -467,132 +465,18 @@ def raise_for_regressions(result: HistoryResult) -> None:
     regs = result.regressions
     if regs:
         raise RegressionFound(f"{len(regs)} regression{'s' if len(regs) != 1 else ''} on {result.tonight}: "
-                              + "; ".join(_one_line(c) for c in regs))
+                              + "; ".join(check_line(c) for c in regs))
 
 
-# --------------------------------------------------------------------------------------------------
-# Rendering
-
-
-def _p(p: float) -> str:
-    if not math.isfinite(p):
-        return "—"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _one_line(c: Check) -> str:
+def check_line(c: Check) -> str:
     g = c.gate
     if g is None:
         text = f"{c.arm}: {c.detail or c.status}"
     else:
-        spec = _SPEC[c.metric]
+        spec = METRIC_SPEC[c.metric]
         text = (f"{c.arm} {spec.label} {fmt_num(g.value)} {spec.unit} vs {fmt_num(g.reference)} "
                 f"({fmt_pct(g.change)}; threshold {c.threshold}")
-        text += f", p {_p(g.p_value)})" if math.isfinite(g.p_value) else ")"
+        text += f", p {fmt_p_cell(g.p_value)})" if math.isfinite(g.p_value) else ")"
     if c.causes:
         text += " — likely cause: " + ", ".join(str(ch) for ch in c.causes)
     return text
-
-
-def _rows(result: HistoryResult) -> list[list[str]]:
-    rows = []
-    for c in result.checks:
-        g = c.gate
-        spec = _SPEC.get(c.metric)
-        name = f"{spec.label} {spec.unit}" if spec else c.metric
-        if g is None:
-            rows.append([c.arm, name, "—", "—", "—", "—", c.detail or c.status])
-            continue
-        rows.append([c.arm, name, fmt_num(g.value), fmt_num(g.reference), fmt_pct(g.change), _p(g.p_value),
-                     c.status])
-    return rows
-
-
-HEADERS = ["arm", "metric", "tonight", "trailing median", "change", "p", "status"]
-
-
-def _summary(result: HistoryResult) -> tuple[str, list[str]]:
-    """The headline and the bullet lines (regressions first) shared by Markdown and the terminal."""
-    regs = result.regressions
-    n_window = max((len(c.window_nights) for c in result.checks), default=0)
-    head = (f"abtest nightly {result.tonight}: "
-            + (f"{len(regs)} regression{'s' if len(regs) != 1 else ''}" if regs else "no regression"))
-    lines = [f"❌ {_one_line(c)}" for c in regs]
-    lines += [f"✅ {_one_line(c)}" for c in result.checks if c.status == "improvement"]
-    if not regs:
-        th = result.thresholds
-        lines.append(f"thresholds: decode {_threshold_text('decode_tps', th)}, TTFT "
-                     f"{_threshold_text('ttft_ms', th)}, VRAM {_threshold_text('vram_peak_mib', th)}")
-        tonight_changes = [ch for ch in result.changes if ch.night == result.tonight]
-        if tonight_changes:
-            lines.append("changed tonight: " + ", ".join(f"{ch.arm}: {ch}" for ch in tonight_changes))
-    lines += [f"note: {n}" for n in result.notes]
-    return f"{head} (vs the median of the last {n_window} nights)", lines
-
-
-def history_markdown(result: HistoryResult) -> str:
-    """A short Markdown summary, fit for a chat notification."""
-    head, bullets = _summary(result)
-    bold, _, rest = head.partition(" (vs")
-    lines = [f"**{bold}** (vs{rest}", ""] + [f"- {b}" for b in bullets]
-    lines += ["", "| " + " | ".join(HEADERS) + " |", "|---|---|---:|---:|---:|---:|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
-    lines += ["", f"_abtest {result.abtest_version} · α = {result.thresholds.alpha:g} · window "
-                  f"{result.thresholds.window} nights_"]
-    return "\n".join(lines) + "\n"
-
-
-def history_terminal(result: HistoryResult) -> Any:
-    """A rich renderable of the summary and the table (the CLI prints it)."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    head, bullets = _summary(result)
-    t = Table(box=box.SIMPLE_HEAD)
-    for i, h in enumerate(HEADERS):
-        t.add_column(h, justify="right" if 2 <= i <= 5 else "left")
-    for c, r in zip(result.checks, _rows(result), strict=True):
-        t.add_row(*r, style={"regression": "bold red", "improvement": "green"}.get(c.status, ""))
-    return Group(Text(head, style="bold"), *(Text(f"  {b}") for b in bullets), t)
-
-
-def history_json(result: HistoryResult) -> dict[str, Any]:
-    def num(v: float) -> float | None:
-        return float(v) if v is not None and math.isfinite(v) else None
-
-    return {
-        "abtest_version": result.abtest_version,
-        "tonight": result.tonight,
-        "nights": result.nights,
-        "thresholds": vars(result.thresholds),
-        "regressions": len(result.regressions),
-        "checks": [
-            {"arm": c.arm, "metric": c.metric, "status": c.status, "window_nights": c.window_nights,
-             "threshold": c.threshold, "causes": [vars(ch) for ch in c.causes],
-             **({k: (num(v) if isinstance(v, float) else v) for k, v in vars(c.gate).items()} if c.gate else {})}
-            for c in result.checks
-        ],
-        "provenance_changes": [vars(ch) for ch in result.changes],
-        "series": [{"arm": s.arm, "metric": s.metric, "values": [num(v) for v in s.values]} for s in result.series],
-        "notes": result.notes,
-    }
-
-
-def render_history(result: HistoryResult, fmt: str) -> str:
-    if fmt == "markdown":
-        return history_markdown(result)
-    if fmt == "json":
-        return json.dumps(history_json(result), indent=2, ensure_ascii=False) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["night", "arm", "metric", "tonight", "reference", "change", "p_value", "status", "causes"])
-        for c in result.checks:
-            g = c.gate
-            w.writerow([c.night, c.arm, c.metric, g.value if g else "", g.reference if g else "",
-                        g.change if g else "", g.p_value if g and math.isfinite(g.p_value) else "", c.status,
-                        "; ".join(str(ch) for ch in c.causes)])
-        return buf.getvalue()
-    raise ConfigError(f"unknown report format {fmt!r}; choose terminal, markdown, csv or json")

@@ -7,6 +7,8 @@ this request" (failed, or too few tokens).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..records import RequestRecord
 
 
@@ -70,3 +72,24 @@ def server_decode_tps(r: RequestRecord) -> float | None:
     """llama-server's own predicted_per_second, stored beside ours, never used in its place."""
     v = r.timings.get("predicted_per_second") if r.timings else None
     return float(v) if v else None
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    test: str  # "welch" or "mann-whitney"
+
+
+METRICS: tuple[MetricDef, ...] = (
+    MetricDef("ttft_ms", "TTFT", "ms", False, "mann-whitney"),
+    MetricDef("itl_ms", "ITL", "ms", False, "mann-whitney"),
+    MetricDef("decode_tps", "decode", "tok/s", True, "welch"),
+    MetricDef("e2e_ms", "end-to-end", "ms", False, "mann-whitney"),
+    MetricDef("tpot_ms", "TPOT", "ms", False, "mann-whitney"),
+)
+
+
+METRIC_BY_KEY = {m.key: m for m in METRICS}

@@ -8,9 +8,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..analysis import gate as hist
-from ..analysis import report as rep
+from ..analysis.arms import load_evidence
+from ..analysis.cost import DEFAULT_GPU_HOUR_COST
+from ..analysis.gate import Thresholds, evaluate_history, load_history, raise_for_regressions
+from ..analysis.report import build_report
 from ..errors import ConfigError
+from ..render.history import history_markdown, history_terminal, render_history
+from ..render.report import render, render_csv, render_markdown, terminal_renderable
 
 EPILOG = """\b
 Examples:
@@ -36,23 +40,23 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="terminal", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write report.md, report.json, report.csv and PNG plots to this directory.")
-@click.option("--gpu-hour-cost", type=click.FloatRange(min=0), default=rep.DEFAULT_GPU_HOUR_COST, show_default=True,
+@click.option("--gpu-hour-cost", type=click.FloatRange(min=0), default=DEFAULT_GPU_HOUR_COST, show_default=True,
               help="USD per GPU-hour for the cost columns.")
 @click.option("--allow-mixed-models", is_flag=True,
               help="Show files whose model SHA256 differs for one model name side by side instead of refusing.")
-@click.option("--decode-threshold", type=click.FloatRange(min=0), default=hist.Thresholds.decode_pct,
+@click.option("--decode-threshold", type=click.FloatRange(min=0), default=Thresholds.decode_pct,
               show_default=True, help="History: % decode tok/s drop that counts as a regression.")
-@click.option("--ttft-threshold", type=click.FloatRange(min=0), default=hist.Thresholds.ttft_pct,
+@click.option("--ttft-threshold", type=click.FloatRange(min=0), default=Thresholds.ttft_pct,
               show_default=True, help="History: % TTFT rise that counts as a regression.")
-@click.option("--vram-threshold", type=click.FloatRange(min=0), default=hist.Thresholds.vram_pct,
+@click.option("--vram-threshold", type=click.FloatRange(min=0), default=Thresholds.vram_pct,
               show_default=True, help="History: % VRAM rise that counts (together with --vram-floor-mib).")
-@click.option("--vram-floor-mib", type=click.FloatRange(min=0), default=hist.Thresholds.vram_mib,
+@click.option("--vram-floor-mib", type=click.FloatRange(min=0), default=Thresholds.vram_mib,
               show_default=True, help="History: VRAM rise in MiB that must also be exceeded.")
-@click.option("--alpha", type=click.FloatRange(min=0, max=0.5, min_open=True), default=hist.Thresholds.alpha,
+@click.option("--alpha", type=click.FloatRange(min=0, max=0.5, min_open=True), default=Thresholds.alpha,
               show_default=True, help="History: one-sided significance level of the gate's tests.")
-@click.option("--window", type=click.IntRange(min=2), default=hist.Thresholds.window, show_default=True,
+@click.option("--window", type=click.IntRange(min=2), default=Thresholds.window, show_default=True,
               help="History: trailing nights in the reference median.")
-@click.option("--min-nights", type=click.IntRange(min=2), default=hist.Thresholds.min_nights, show_default=True,
+@click.option("--min-nights", type=click.IntRange(min=2), default=Thresholds.min_nights, show_default=True,
               help="History: fewer trailing nights than this give no verdict.")
 def report(
     files: tuple[Path, ...],
@@ -81,36 +85,36 @@ def report(
     if history_dir is not None:
         if files:
             raise click.UsageError("pass evidence FILES or --history DIR, not both")
-        th = hist.Thresholds(decode_pct=decode_threshold, ttft_pct=ttft_threshold, vram_pct=vram_threshold,
+        th = Thresholds(decode_pct=decode_threshold, ttft_pct=ttft_threshold, vram_pct=vram_threshold,
                              vram_mib=vram_floor_mib, alpha=alpha, window=window, min_nights=min_nights)
-        result = hist.evaluate_history(hist.load_history(history_dir), th)
+        result = evaluate_history(load_history(history_dir), th)
         if out_dir is not None:
             from ..render import plots
 
-            _write(out_dir / "history.md", hist.history_markdown(result))
-            _write(out_dir / "history.json", hist.render_history(result, "json"))
+            _write(out_dir / "history.md", history_markdown(result))
+            _write(out_dir / "history.json", render_history(result, "json"))
             plots.write_history_plots(result, out_dir)
         if fmt == "terminal":
-            out.print(hist.history_terminal(result))
+            out.print(history_terminal(result))
         else:
-            click.echo(hist.render_history(result, fmt), nl=False)
-        hist.raise_for_regressions(result)
+            click.echo(render_history(result, fmt), nl=False)
+        raise_for_regressions(result)
         return
     if not files:
         raise click.UsageError("no evidence given: pass FILES (e.g. evidence/*.jsonl) or --history DIR")
-    data = rep.build_report(rep.load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
+    data = build_report(load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
                             allow_mixed_models=allow_mixed_models)
     if out_dir is not None:
         from ..render import plots
 
-        _write(out_dir / "report.md", rep.render_markdown(data))
-        _write(out_dir / "report.json", rep.render(data, "json"))
-        _write(out_dir / "report.csv", rep.render_csv(data))
+        _write(out_dir / "report.md", render_markdown(data))
+        _write(out_dir / "report.json", render(data, "json"))
+        _write(out_dir / "report.csv", render_csv(data))
         plots.write_report_plots(data, out_dir)
     if fmt == "terminal":
-        out.print(rep.terminal_renderable(data))
+        out.print(terminal_renderable(data))
     else:
-        click.echo(rep.render(data, fmt), nl=False)
+        click.echo(render(data, fmt), nl=False)
 
 
 def _write(path: Path, text: str) -> None:

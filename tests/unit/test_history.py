@@ -14,9 +14,18 @@ import numpy as np
 import pytest
 from helpers_evidence import Arm, fabricate
 
-from abtest.analysis import gate as H
+from abtest.analysis.gate import (
+    Night,
+    NightArm,
+    evaluate_history,
+    gate_samples,
+    gate_values,
+    load_history,
+    raise_for_regressions,
+)
 from abtest.cli import main
 from abtest.errors import RegressionFound
+from abtest.render.history import history_markdown, history_terminal
 
 SEEDS = range(200)
 
@@ -32,13 +41,13 @@ def simulate(seed, *, nights=30, n_req=24, cv=0.03, night_cv=0.01, drop=0.0, ttf
         tmu = 120.0 * (1 + rng.normal(0, night_cv))
         ttft = rng.normal(tmu, 0.05 * 120.0, n_req) * ((1 + ttft_rise) if last else 1.0)
         night = f"2026-10-{i + 1:02d}"
-        out.append(H.Night(night, [], {"cpu-moe": H.NightArm(night, "cpu-moe", decode, ttft, vram_mib,
+        out.append(Night(night, [], {"cpu-moe": NightArm(night, "cpu-moe", decode, ttft, vram_mib,
                                                              provenance={"server_build": "b6000"})}))
     return out
 
 
 def alarms(nights, th=None):
-    return H.evaluate_history(nights, th).regressions
+    return evaluate_history(nights, th).regressions
 
 
 def test_planted_8_percent_decode_slowdown_is_caught_in_at_least_95_percent_of_seeds():
@@ -59,7 +68,7 @@ def test_night_to_night_noise_is_what_the_prediction_bound_absorbs():
     gated = sum(any(c.metric == "decode_tps" for c in alarms(n)) for n in histories)
     request_level_only = 0
     for n in histories:
-        g = H.gate_samples(n[-1].arms["cpu-moe"].decode_tps, [x.arms["cpu-moe"].decode_tps for x in n[-8:-1]],
+        g = gate_samples(n[-1].arms["cpu-moe"].decode_tps, [x.arms["cpu-moe"].decode_tps for x in n[-8:-1]],
                            higher_is_better=True, threshold_pct=5.0)
         request_level_only += g.beyond_threshold and g.p_value < 0.01
     assert gated <= 4, gated  # 2 % of 200: α = 1 % plus the sampling error of 200 seeds
@@ -67,7 +76,7 @@ def test_night_to_night_noise_is_what_the_prediction_bound_absorbs():
 
 
 def test_speedups_are_improvements_not_regressions():
-    checks = H.evaluate_history(simulate(3, drop=-0.10)).checks
+    checks = evaluate_history(simulate(3, drop=-0.10)).checks
     decode = next(c for c in checks if c.metric == "decode_tps")
     assert decode.status == "improvement" and not decode.regression
 
@@ -79,24 +88,24 @@ def test_ttft_rise_is_a_regression():
 
 def test_an_arm_with_no_successful_request_tonight_is_a_regression():
     nights = simulate(2, nights=10)
-    nights[-1].arms["cpu-moe"] = H.NightArm(nights[-1].night, "cpu-moe", np.empty(0), np.empty(0), math.nan,
+    nights[-1].arms["cpu-moe"] = NightArm(nights[-1].night, "cpu-moe", np.empty(0), np.empty(0), math.nan,
                                             n_failed=24)
-    result = H.evaluate_history(nights)
+    result = evaluate_history(nights)
     (reg,) = result.regressions
-    assert reg.metric == "requests" and "no successful request tonight (24 failed)" in H.history_markdown(result)
+    assert reg.metric == "requests" and "no successful request tonight (24 failed)" in history_markdown(result)
     from rich.console import Console
 
-    Console(file=__import__("io").StringIO()).print(H.history_terminal(result))
+    Console(file=__import__("io").StringIO()).print(history_terminal(result))
 
 
 def test_too_little_history_gives_no_verdict():
-    checks = H.evaluate_history(simulate(1, nights=3, drop=0.5)).checks
+    checks = evaluate_history(simulate(1, nights=3, drop=0.5)).checks
     assert {c.status for c in checks} == {"insufficient history"}
-    assert H.evaluate_history(simulate(1, nights=4, drop=0.5)).regressions
+    assert evaluate_history(simulate(1, nights=4, drop=0.5)).regressions
 
 
 def test_window_is_the_last_seven_nights():
-    checks = H.evaluate_history(simulate(1, nights=12)).checks
+    checks = evaluate_history(simulate(1, nights=12)).checks
     assert checks[0].window_nights == [f"2026-10-{d:02d}" for d in range(4, 12)][-7:]
 
 
@@ -112,14 +121,14 @@ def test_window_is_the_last_seven_nights():
     ],
 )
 def test_vram_gate_needs_relative_and_absolute_change(tonight, window, expected):
-    assert H.gate_values(tonight, window, threshold_pct=2.0, floor_abs=64.0).regression is expected
+    assert gate_values(tonight, window, threshold_pct=2.0, floor_abs=64.0).regression is expected
 
 
 def test_nightly_value_is_mean_of_bucket_medians():
-    na = H.NightArm("n", "a", np.array([10.0, 11.0, 12.0, 100.0, 110.0]), np.zeros(5), 0.0,
+    na = NightArm("n", "a", np.array([10.0, 11.0, 12.0, 100.0, 110.0]), np.zeros(5), 0.0,
                     strata=np.array(["s", "s", "s", "l", "l"]))
     assert na.value("decode_tps") == pytest.approx((11.0 + 105.0) / 2)
-    assert H.NightArm("n", "a", np.array([1.0, 3.0]), np.zeros(2), 0.0).value("decode_tps") == 2.0
+    assert NightArm("n", "a", np.array([1.0, 3.0]), np.zeros(2), 0.0).value("decode_tps") == 2.0
 
 
 def test_gate_samples_reports_the_request_level_p_value():
@@ -128,7 +137,7 @@ def test_gate_samples_reports_the_request_level_p_value():
     rng = np.random.default_rng(0)
     window = [rng.normal(80, 2.4, 24) for _ in range(7)]
     tonight = rng.normal(72, 2.4, 24)
-    g = H.gate_samples(tonight, window, higher_is_better=True, threshold_pct=5.0)
+    g = gate_samples(tonight, window, higher_is_better=True, threshold_pct=5.0)
     assert g.p_value == pytest.approx(st.mannwhitneyu(tonight, np.concatenate(window), alternative="less").pvalue)
     assert g.value == pytest.approx(np.median(tonight))
     assert g.reference == pytest.approx(np.median([np.median(w) for w in window]))
@@ -143,7 +152,7 @@ def test_gate_samples_with_buckets_uses_van_elteren():
     scale = np.repeat([120.0, 480.0], 12)
     window = [scale * rng.normal(1, 0.05, 24) for _ in range(7)]
     tonight = scale * rng.normal(1.1, 0.05, 24)
-    g = H.gate_samples(tonight, window, higher_is_better=False, threshold_pct=5.0, strata=(lab, [lab] * 7))
+    g = gate_samples(tonight, window, higher_is_better=False, threshold_pct=5.0, strata=(lab, [lab] * 7))
     expected = stats.van_elteren(tonight, lab, np.concatenate(window), np.tile(lab, 7), alternative="greater")
     assert g.p_value == pytest.approx(expected.p_value)
     assert g.regression
@@ -171,17 +180,17 @@ def write_nights(root, n=9, *, slow_tonight=False, new_build_tonight=False):
 
 def test_regression_in_real_files_is_found_with_its_likely_cause(tmp_path, capsys):
     root = write_nights(tmp_path / "nightly", slow_tonight=True, new_build_tonight=True)
-    result = H.evaluate_history(H.load_history(root))
+    result = evaluate_history(load_history(root))
     assert result.tonight == "2026-11-09"
     (reg,) = result.regressions
     assert (reg.arm, reg.metric) == ("cpu-moe", "decode_tps")
     assert reg.gate.change == pytest.approx(-0.08, abs=0.02)
     assert [str(c) for c in reg.causes] == ["server build b6000 → b6001 (2026-11-09)"]
-    md = H.history_markdown(result)
+    md = history_markdown(result)
     assert md.startswith("**abtest nightly 2026-11-09: 1 regression**")
     assert "likely cause: server build b6000 → b6001" in md
     with pytest.raises(RegressionFound, match="cpu-moe decode"):
-        H.raise_for_regressions(result)
+        raise_for_regressions(result)
     with pytest.raises(SystemExit) as exc:
         main(["report", "--history", str(root), "--format", "markdown", "--out", str(tmp_path / "out")])
     assert exc.value.code == 1

@@ -13,16 +13,22 @@ from helpers_evidence import SHA_B, Arm, default_arms, fabricate, read_lines, wr
 from rich.console import Console
 from scipy import stats as st
 
-from abtest.analysis import report as R
 from abtest.analysis import stats
-from abtest.analysis.report import ReportWarning as W
+from abtest.analysis.arms import expand_paths, load_evidence, normalize_argv
+from abtest.analysis.cost import busy_seconds
+from abtest.analysis.equivalence import first_divergence
+from abtest.analysis.findings import ReportWarning as W
+from abtest.analysis.metrics import METRICS
+from abtest.analysis.report import build_report
 from abtest.cli import main
 from abtest.errors import ConfigError
 from abtest.evidence import read_evidence
+from abtest.fmt import fmt_count, fmt_num, fmt_pct
+from abtest.render.report import CSV_COLUMNS, render, render_csv, render_markdown, terminal_renderable
 
 
 def build(paths, **kw):
-    return R.build_report(R.load_evidence(paths), **kw)
+    return build_report(load_evidence(paths), **kw)
 
 
 def kinds(report):
@@ -142,13 +148,13 @@ def test_cost_with_other_price_and_absent_params(tmp_path):
     row = rep.cost[0]
     assert row.total_params is None and row.n_expert is None
     assert row.cost_per_1m == pytest.approx(1.75 / (row.tokens_per_s * 3600) * 1e6)
-    md = R.render_markdown(rep)
+    md = render_markdown(rep)
     assert "Experts" not in md and "| — | — |" in md
 
 
 def test_busy_seconds_is_the_union_of_intervals():
-    assert R.busy_seconds([(0, 2), (1, 3), (5, 6)]) == 4
-    assert R.busy_seconds([]) == 0
+    assert busy_seconds([(0, 2), (1, 3), (5, 6)]) == 4
+    assert busy_seconds([]) == 0
 
 
 def test_a_clean_run_has_no_warnings(one):
@@ -171,17 +177,17 @@ def test_files_that_differ_only_in_port_are_pooled(tmp_path):
 def test_directories_are_globbed(tmp_path):
     fabricate(tmp_path / "a.jsonl", seed=1)
     fabricate(tmp_path / "b.jsonl", seed=2)
-    assert R.expand_paths([tmp_path]) == [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    assert expand_paths([tmp_path]) == [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
     with pytest.raises(ConfigError):
-        R.expand_paths([tmp_path / "missing.jsonl"])
+        expand_paths([tmp_path / "missing.jsonl"])
 
 
 def test_normalize_argv_masks_port_model_and_log_file():
-    x = R.normalize_argv(["/a/llama-server", "-m", "/x.gguf", "--port", "1", "--log-file=/t/1.log", "-ngl", "99"])
-    y = R.normalize_argv(["/b/llama-server", "--model", "/y.gguf", "--port=2", "--log-file", "/t/2.log", "-ngl", "99"])
+    x = normalize_argv(["/a/llama-server", "-m", "/x.gguf", "--port", "1", "--log-file=/t/1.log", "-ngl", "99"])
+    y = normalize_argv(["/b/llama-server", "--model", "/y.gguf", "--port=2", "--log-file", "/t/2.log", "-ngl", "99"])
     assert x[0] == y[0] == "llama-server"
     assert x[-2:] == ("-ngl", "99") and "1" not in x and "2" not in y
-    assert R.normalize_argv(["s", "-ngl", "99", "--cpu-moe"]) != R.normalize_argv(["s", "-ngl", "99"])
+    assert normalize_argv(["s", "-ngl", "99", "--cpu-moe"]) != normalize_argv(["s", "-ngl", "99"])
 
 
 @pytest.mark.parametrize(
@@ -284,9 +290,9 @@ def test_equivalence_falls_back_to_text(tmp_path):
 
 
 def test_first_divergence():
-    assert R.first_divergence([1, 2, 3], [1, 2, 3]) is None
-    assert R.first_divergence([1, 2, 3], [1, 5, 3]) == 1
-    assert R.first_divergence([1, 2], [1, 2, 3]) == 2
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
 
 
 # ---------------------------------------------------------------------------------------- warnings
@@ -350,7 +356,7 @@ def test_prompt_cache_hits_are_flagged(tmp_path):
 
 def test_markdown_has_every_section_and_provenance(one):
     _, rep = one
-    md = R.render_markdown(rep)
+    md = render_markdown(rep)
     for title in ("## Verdict", "## Latency and throughput per bucket", "## Memory", "## Output equivalence",
                   "## Cost", "## Provenance", "throughput projection", "memory breakdown"):
         assert title in md
@@ -362,8 +368,8 @@ def test_markdown_has_every_section_and_provenance(one):
 
 def test_csv_is_tidy_and_carries_provenance(one):
     _, rep = one
-    rows = list(csv.DictReader(io.StringIO(R.render_csv(rep))))
-    assert list(rows[0]) == R.CSV_COLUMNS
+    rows = list(csv.DictReader(io.StringIO(render_csv(rep))))
+    assert list(rows[0]) == CSV_COLUMNS
     prov = {(r["arm"], r["stat"]): r["value"] for r in rows if r["section"] == "provenance"}
     assert prov[("baseline", "model_sha256")] == "a" * 64
     assert prov[("baseline", "server_build")] == "b6000"
@@ -375,11 +381,11 @@ def test_csv_is_tidy_and_carries_provenance(one):
 
 def test_json_is_strict_and_complete(one):
     _, rep = one
-    text = R.render(rep, "json")
+    text = render(rep, "json")
     d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert d["baseline"] == "baseline"
     assert d["provenance"][0]["model_sha256"] == "a" * 64
-    assert {c["metric"] for c in d["comparisons"]} == {m.key for m in R.METRICS}
+    assert {c["metric"] for c in d["comparisons"]} == {m.key for m in METRICS}
     assert d["equivalence"][0]["exact_match_rate"] == 1.0
     assert d["settings"]["bootstrap_seed"] == stats.DEFAULT_SEED
 
@@ -387,25 +393,25 @@ def test_json_is_strict_and_complete(one):
 def test_terminal_renders(one):
     _, rep = one
     con = Console(width=200, record=True, file=io.StringIO())
-    con.print(R.terminal_renderable(rep))
+    con.print(terminal_renderable(rep))
     text = con.export_text()
     assert "Verdict" in text and "saves 10.1 GiB VRAM" in text and "aaaaaaaaaaaa" in text
 
 
 def test_report_is_reproducible(one):
     path, rep = one
-    assert R.render_markdown(build([path])) == R.render_markdown(rep)
+    assert render_markdown(build([path])) == render_markdown(rep)
 
 
 def test_unknown_format():
     with pytest.raises(ConfigError):
-        R.render(None, "xml")  # type: ignore[arg-type]
+        render(None, "xml")  # type: ignore[arg-type]
 
 
 def test_fmt_helpers():
-    assert R.fmt_pct(-0.8612) == "−86 %" and R.fmt_pct(0.012) == "+1.2 %" and R.fmt_pct(math.nan) == "—"
-    assert R.fmt_count(20.9e9) == "20.9B" and R.fmt_count(None) == "—" and R.fmt_count(math.nan) == "—"
-    assert R.fmt_num(11800.2) == "11,800" and R.fmt_num(-1.5) == "−1.50"
+    assert fmt_pct(-0.8612) == "−86 %" and fmt_pct(0.012) == "+1.2 %" and fmt_pct(math.nan) == "—"
+    assert fmt_count(20.9e9) == "20.9B" and fmt_count(None) == "—" and fmt_count(math.nan) == "—"
+    assert fmt_num(11800.2) == "11,800" and fmt_num(-1.5) == "−1.50"
 
 
 # ---------------------------------------------------------------------------------------- plots and CLI

@@ -1,0 +1,138 @@
+"""Per-bucket statistics of each arm group and their comparisons with the baseline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..records import RequestRecord
+from . import stats
+from .arms import ArmGroup
+from .metrics import METRIC_BY_KEY, METRICS
+
+ALPHA = 0.05  # a delta is "significant" when p < ALPHA and its 95 % CI excludes 0
+
+
+@dataclass
+class BucketStats:
+    """One arm group in one bucket: summaries and the raw per-request samples behind them."""
+
+    bucket: str
+    group: str
+    concurrency: int
+    n: int  # measured requests (warm-up excluded), failed included
+    n_failed: int
+    summaries: dict[str, stats.Summary]
+    samples: dict[str, np.ndarray]  # per request; itl_ms per request = that request's mean ITL
+    itl_tokens: np.ndarray  # every token's ITL, pooled (the ITL summary is over these)
+    pooled: bool = False  # the "all" row: every bucket of this concurrency together
+    strata: np.ndarray | None = None  # pooled rows: each sample's bucket (compared within buckets)
+
+
+@dataclass
+class Comparison:
+    group: str
+    baseline: str
+    bucket: str
+    metric: str
+    n_base: int
+    n_other: int
+    base_mean: float
+    other_mean: float
+    ci: stats.RatioCI
+    p_value: float
+    test: str
+
+    @property
+    def significant(self) -> bool:
+        """p < ALPHA and the 95 % interval excludes 0."""
+        if not math.isfinite(self.ci.low):
+            return False
+        return self.p_value < ALPHA and not self.ci.covers(0.0)
+
+    @property
+    def better(self) -> bool:
+        up = self.ci.delta > 0
+        return up if METRIC_BY_KEY[self.metric].higher_is_better else not up
+
+
+def _bucket_label(bucket: str, concurrency: int, all_c1: bool) -> str:
+    return bucket if all_c1 else f"{bucket} c={concurrency}"
+
+
+def bucket_stats(groups: Sequence[ArmGroup]) -> list[BucketStats]:
+    measured = [r for g in groups for r in g.measured]
+    all_c1 = all(r.concurrency == 1 for r in measured)
+    keys = list(dict.fromkeys((r.bucket, r.concurrency) for r in measured))
+    concs = list(dict.fromkeys(c for _, c in keys))
+    out: list[BucketStats] = []
+    for g in groups:
+        mine = g.measured
+        for bucket, conc in keys:
+            reqs = [r for r in mine if r.bucket == bucket and r.concurrency == conc]
+            if reqs or not mine:
+                out.append(_one_bucket(_bucket_label(bucket, conc, all_c1), g.label, conc, reqs))
+        for conc in concs:
+            if sum(1 for b, c in keys if c == conc) > 1:
+                reqs = [r for r in mine if r.concurrency == conc]
+                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs, pooled=True))
+    return out
+
+
+def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord], pooled: bool = False) -> BucketStats:
+    ok = [r for r in reqs if r.ok]
+    itl_each = [stats.itl_ms(r) for r in ok]
+    samples = {
+        "ttft_ms": np.array([stats.ttft_ms(r) for r in ok]),
+        "itl_ms": np.array([x.mean() if x.size else math.nan for x in itl_each]),
+        "decode_tps": np.array([stats.decode_tps(r) for r in ok]),
+        "e2e_ms": np.array([stats.e2e_ms(r) for r in ok]),
+        "tpot_ms": np.array([stats.tpot_ms(r) for r in ok]),
+    }
+    itl_tokens = np.concatenate(itl_each) if itl_each else np.empty(0)
+    summaries = {k: stats.summarize(v) for k, v in samples.items()}
+    summaries["itl_ms"] = stats.summarize(itl_tokens)
+    strata = np.array([r.bucket for r in ok]) if pooled else None
+    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, pooled,
+                       strata)
+
+
+def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, seed: int, resamples: int) -> list[Comparison]:
+    mine = {s.bucket: s for s in buckets if s.group == g.label}
+    base = {s.bucket: s for s in buckets if s.group == b.label}
+    out = []
+    for label, s in mine.items():
+        bs = base.get(label)
+        if bs is None:
+            continue
+        for m in METRICS:
+            x, y = bs.samples[m.key], s.samples[m.key]
+            fx, fy = np.isfinite(x), np.isfinite(y)
+            x, y = x[fx], y[fy]
+            if s.strata is not None and bs.strata is not None:
+                # buckets pooled: compare within buckets, then combine (see stats, "Stratified")
+                xs, ys = bs.strata[fx], s.strata[fy]
+                ci = stats.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples)
+                test = (stats.stratified_welch(x, xs, y, ys) if m.test == "welch"
+                        else stats.van_elteren(x, xs, y, ys))
+            else:
+                ci = stats.ratio_ci(x, y, seed=seed, resamples=resamples)
+                test = stats.welch_t(x, y) if m.test == "welch" else stats.mann_whitney(x, y)
+            out.append(Comparison(
+                group=g.label, baseline=b.label, bucket=label, metric=m.key, n_base=int(x.size), n_other=int(y.size),
+                base_mean=float(np.mean(x)) if x.size else math.nan,
+                other_mean=float(np.mean(y)) if y.size else math.nan,
+                ci=ci, p_value=test.p_value, test=test.test,
+            ))
+    return out
+
+
+def headline(c: Comparison, comps: Sequence[Comparison], buckets: Sequence[BucketStats]) -> bool:
+    """Whether the verdict quotes this comparison: the pooled "all" row, or the only bucket."""
+    pooled = {s.bucket for s in buckets if s.pooled}
+    if pooled:
+        return c.bucket == next((s.bucket for s in buckets if s.pooled and s.group == c.group), None)
+    return len({x.bucket for x in comps if x.group == c.group}) == 1

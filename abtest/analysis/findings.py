@@ -1,0 +1,173 @@
+"""Warnings: what can make a number untrustworthy, found in the evidence, each with its fix."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..fmt import fmt_num, fmt_pct
+from . import stats
+from .arms import (
+    ArmGroup,
+    ArmRun,
+)
+from .compare import BucketStats, Comparison, headline
+from .memory import measured_window_samples
+from .metrics import METRIC_BY_KEY
+
+# Warning thresholds (docs/report.md explains each)
+MIN_N = 10  # fewer measured requests than this: p95 and intervals are unreliable
+
+
+HIGH_CV = {"decode_tps": 0.10, "ttft_ms": 0.20}
+
+
+MIN_DETECTABLE = 0.05  # an interval that spans 0 and is wider than ±5 % has not settled the claim
+
+
+CLOCK_SPREAD = 0.10  # SM clock range / max under load
+
+
+TEMPERATURE_SPREAD_C = 10
+
+
+class ReportWarning(enum.Enum):
+    """What can make a number untrustworthy, each with the flag or action that fixes it."""
+
+    FEW_SAMPLES = (
+        "only {n} successful measured requests per bucket ({buckets}); p95 and 95 % intervals need "
+        "more — raise --runs"
+    )
+    UNRESOLVED = (
+        "{metric}: Δ {delta} with 95 % CI {ci} on {n} requests per arm cannot rule out a {mde} "
+        "change; about {need} per arm would — raise --runs"
+    )
+    HIGH_CV = (
+        "{metric} varies a lot (coefficient of variation up to {cv} > {limit}, in {buckets}); quiet "
+        "the machine, lock GPU clocks, or raise --runs"
+    )
+    FIRST_OUTLIER = (
+        "the first measured request is an outlier ({metric} {value}, modified Z = {z}); caches or lazy "
+        "allocations were still warming — raise --warmup"
+    )
+    CLOCKS_MOVED = (
+        "GPU SM clock moved {lo}–{hi} MHz during the measured requests; lock clocks "
+        "(nvidia-smi -lgc) or raise --warmup"
+    )
+    TEMPERATURE_MOVED = (
+        "GPU temperature ranged {lo}–{hi} °C during the measured requests; let the GPU reach a "
+        "steady state first — raise --warmup"
+    )
+    FAILED_REQUESTS = "{n_failed} of {n} measured requests failed (first: {error}); see the server log {log}"
+    ARM_FAILED = "the arm failed: {error}; its server log: {log}"
+    PARTIAL_RUN = "no run_end record: the run was interrupted; statistics use the requests that finished"
+    BAD_LINES = "{problem}"
+    PROMPT_CACHE = (
+        "{n} requests reused the prompt cache (cache_n > 0), so TTFT is understated — send "
+        "cache_prompt: false"
+    )
+
+    def format(self, **kw: Any) -> str:
+        return self.value.format(**kw)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: ReportWarning
+    subject: str  # the arm, bucket or file it is about
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.text}"
+
+
+def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], comps: Sequence[Comparison]) -> list[Finding]:
+    out: list[Finding] = []
+    for g in groups:
+        for run in g.runs:
+            subj = g.label if len(g.runs) == 1 else f"{g.label} ({run.evidence.path.name})"
+            log = run.end.log_path if run.end else (run.start.log_path if run.start else "?")
+            if run.failed:
+                out.append(Finding(ReportWarning.ARM_FAILED, subj,
+                                   ReportWarning.ARM_FAILED.format(error=run.end.error if run.end else "?", log=log)))
+            measured = run.measured
+            failed = [r for r in measured if not r.ok]
+            if failed:
+                out.append(Finding(ReportWarning.FAILED_REQUESTS, subj, ReportWarning.FAILED_REQUESTS.format(
+                    n_failed=len(failed), n=len(measured), error=failed[0].error, log=log)))
+            cached = [r for r in measured if r.ok and (r.cache_n or 0) > 0]
+            if cached:
+                out.append(Finding(ReportWarning.PROMPT_CACHE, subj, ReportWarning.PROMPT_CACHE.format(n=len(cached))))
+            out += _first_outlier(run, subj)
+            window = measured_window_samples(run)
+            clocks = [s.sm_clock_mhz for s in window if s.sm_clock_mhz]
+            if clocks:
+                loaded = [c for c in clocks if c >= 0.5 * max(clocks)]
+                if (max(loaded) - min(loaded)) / max(loaded) > CLOCK_SPREAD:
+                    out.append(Finding(ReportWarning.CLOCKS_MOVED, subj,
+                                       ReportWarning.CLOCKS_MOVED.format(lo=min(loaded), hi=max(loaded))))
+            temps = [s.temperature_c for s in window if s.temperature_c is not None]
+            if temps and max(temps) - min(temps) > TEMPERATURE_SPREAD_C:
+                out.append(Finding(ReportWarning.TEMPERATURE_MOVED, subj,
+                                   ReportWarning.TEMPERATURE_MOVED.format(lo=min(temps), hi=max(temps))))
+    # per arm, one line per kind: the buckets it concerns and the worst value
+    few: dict[str, list[BucketStats]] = {}
+    noisy: dict[tuple[str, str], list[tuple[BucketStats, float]]] = {}
+    for s in buckets:
+        if s.pooled:
+            continue  # pooled over buckets of different prompt lengths: spread is expected
+        ok_n = s.n - s.n_failed
+        if 0 < ok_n < MIN_N:
+            few.setdefault(s.group, []).append(s)
+        for key, limit in HIGH_CV.items():
+            cv = s.summaries[key].cv
+            if math.isfinite(cv) and cv > limit:
+                noisy.setdefault((s.group, key), []).append((s, cv))
+    for group, rows in few.items():
+        out.append(Finding(ReportWarning.FEW_SAMPLES, group, ReportWarning.FEW_SAMPLES.format(
+            n=min(r.n - r.n_failed for r in rows), buckets=_bucket_list([r.bucket for r in rows]))))
+    for (group, key), pairs in noisy.items():
+        m = METRIC_BY_KEY[key]
+        worst = max(pairs, key=lambda p: p[1])
+        out.append(Finding(ReportWarning.HIGH_CV, group, ReportWarning.HIGH_CV.format(
+            metric=f"{m.label} {m.unit}", cv=f"{worst[1]:.0%}", limit=f"{HIGH_CV[key]:.0%}",
+            buckets=_bucket_list([p[0].bucket for p in pairs]))))
+    # is N enough for the claim? only for the comparisons the verdict quotes
+    for c in comps:
+        if not headline(c, comps, buckets) or c.metric not in ("decode_tps", "ttft_ms"):
+            continue
+        if math.isfinite(c.ci.low) and c.ci.covers(0.0) and max(-c.ci.low, c.ci.high) > MIN_DETECTABLE:
+            n = min(c.n_base, c.n_other)
+            m = METRIC_BY_KEY[c.metric]
+            out.append(Finding(ReportWarning.UNRESOLVED, f"{c.group} vs {c.baseline}",
+                               ReportWarning.UNRESOLVED.format(
+                                   metric=f"{m.label} {m.unit}", delta=fmt_pct(c.ci.delta),
+                                   ci=f"{fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)}", n=n,
+                                   mde=f"{MIN_DETECTABLE:.0%}",
+                                   need=stats.required_n_from_ci(n, c.ci.low, c.ci.high, MIN_DETECTABLE))))
+    return out
+
+
+def _bucket_list(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"
+
+
+def _first_outlier(run: ArmRun, subj: str) -> list[Finding]:
+    measured = sorted((r for r in run.measured if r.ok), key=lambda r: r.seq)
+    if not measured:
+        return []
+    first = measured[0]
+    same = [r for r in measured if r.bucket == first.bucket and r.concurrency == first.concurrency]
+    for key, fn in (("ttft_ms", stats.ttft_ms), ("decode_tps", stats.decode_tps)):
+        values = np.array([fn(r) for r in same])
+        if np.isfinite(values).all() and stats.is_outlier(values, 0):
+            z = stats.modified_z_scores(values)[0]
+            m = METRIC_BY_KEY[key]
+            return [Finding(ReportWarning.FIRST_OUTLIER, subj, ReportWarning.FIRST_OUTLIER.format(
+                metric=m.label, value=f"{fmt_num(values[0])} {m.unit}", z=f"{z:+.1f}"))]
+    return []

@@ -1,0 +1,105 @@
+"""Memory of each arm group: VRAM after load and at peak, host RSS, the log's breakdown."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..records import VramSample
+from .arms import (
+    ArmGroup,
+    ArmRun,
+)
+
+
+@dataclass
+class MemoryRow:
+    group: str
+    vram_after_load_mib: float
+    vram_peak_mib: float
+    device_peak_mib: float
+    rss_anon_peak_mib: float
+    rss_file_peak_mib: float
+    breakdown: dict[str, Any]
+    series: list[tuple[list[float], list[float]]]  # per file: (t_ms, pid VRAM MiB)
+    n_samples: int
+
+
+def _sample_value(d: dict[str, Any] | None, key: str) -> float:
+    if not d:
+        return math.nan
+    v = d.get(key)
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    a = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    return float(a.mean()) if a.size else math.nan
+
+
+def _nanmax(values: Iterable[float | None]) -> float:
+    a = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return max(a) if a else math.nan
+
+
+def memory_row(g: ArmGroup) -> MemoryRow:
+    after, peak, dev, anon, filem, series = [], [], [], [], [], []
+    n_samples = 0
+    breakdown: dict[str, Any] = {}
+    for run in g.runs:
+        mem_end = run.end.memory if run.end else {}
+        a = _sample_value(run.start.memory_after_load if run.start else None, "pid_vram_mib")
+        if not math.isfinite(a):
+            a = _sample_value(mem_end.get("after_load"), "pid_vram_mib")
+        ready = run.start.ready_ms if run.start else 0.0
+        if not math.isfinite(a):
+            a = next((s.pid_vram_mib for s in run.memory if s.t_ms >= ready and s.pid_vram_mib is not None), math.nan)
+        after.append(a)
+        pk = _sample_value(mem_end.get("peak"), "pid_vram_mib")
+        peak.append(_nanmax([pk, *(s.pid_vram_mib for s in run.memory)]))
+        dev.append(_nanmax([_sample_value(mem_end.get("peak"), "device_used_mib"), *(s.device_used_mib for s in run.memory)]))
+        anon.append(_nanmax([_sample_value(mem_end.get("peak"), "host_rss_anon_mib"), *(s.host_rss_anon_mib for s in run.memory)]))
+        filem.append(_nanmax([_sample_value(mem_end.get("peak"), "host_rss_file_mib"), *(s.host_rss_file_mib for s in run.memory)]))
+        pts = [(s.t_ms, s.pid_vram_mib) for s in run.memory if s.pid_vram_mib is not None]
+        series.append(([t for t, _ in pts], [v for _, v in pts]))
+        n_samples += len(run.memory)
+        if not breakdown and run.end and run.end.breakdown:
+            breakdown = run.end.breakdown
+    return MemoryRow(
+        group=g.label,
+        vram_after_load_mib=_nanmean(after),
+        vram_peak_mib=_nanmean(peak),
+        device_peak_mib=_nanmean(dev),
+        rss_anon_peak_mib=_nanmean(anon),
+        rss_file_peak_mib=_nanmean(filem),
+        breakdown=breakdown,
+        series=series,
+        n_samples=n_samples,
+    )
+
+
+def measured_window_samples(run: ArmRun) -> list[VramSample]:
+    """Memory samples taken while the measured requests ran.
+
+    Samples carry t_ms since spawn; requests carry this host's monotonic send time. The two clocks
+    meet only at ready_ms (spawn -> healthy), so the window is placed by assuming the first request
+    followed /health at once: [ready + (first measured send - first send), + measured span].
+    Falls back to every sample after ready_ms when fewer than 3 fall inside.
+    """
+    ready = run.start.ready_ms if run.start else 0.0
+    after = [s for s in run.memory if s.t_ms >= ready]
+    reqs = run.requests
+    measured = [r for r in reqs if not r.warmup]
+    if not reqs or not measured:
+        return after
+    t0 = min(r.t_send_ns for r in reqs)
+    m0 = min(r.t_send_ns for r in measured)
+    m1 = max(r.t_send_ns + (r.e2e_ms or 0.0) * 1e6 for r in measured)
+    lo = ready + (m0 - t0) / 1e6
+    hi = ready + (m1 - t0) / 1e6
+    inside = [s for s in after if lo <= s.t_ms <= hi]
+    return inside if len(inside) >= 3 else after

@@ -1,0 +1,68 @@
+"""Number formatting shared by the verdict's words and every renderer: one look for every figure."""
+
+from __future__ import annotations
+
+import math
+
+MINUS = "\u2212"
+
+
+def fmt_num(v: float | None, digits: int | None = None) -> str:
+    """Compact human number: 11,800 / 80.3 / 1.25 / 0.0123; "—" for missing."""
+    if v is None or not math.isfinite(v):
+        return "—"
+    a = abs(v)
+    if digits is not None:
+        s = f"{v:,.{digits}f}"
+    elif a >= 1000:
+        s = f"{v:,.0f}"
+    elif a >= 100:
+        s = f"{v:.1f}"
+    elif a >= 1:
+        s = f"{v:.2f}"
+    elif a == 0:
+        s = "0"
+    else:
+        s = f"{v:.3g}"
+    return s.replace("-", MINUS)
+
+
+def fmt_pct(frac: float, signed: bool = True) -> str:
+    """0.123 -> "+12 %", -0.0123 -> "−1.2 %" (one decimal below 10 %)."""
+    if frac is None or not math.isfinite(frac):
+        return "—"
+    pct = frac * 100.0
+    s = f"{pct:+.0f}" if abs(pct) >= 10 else f"{pct:+.1f}"
+    if not signed:
+        s = s.lstrip("+")
+    return s.replace("-", MINUS) + " %"
+
+
+def fmt_count(v: float | None) -> str:
+    """Large counts with a suffix: 20.9B parameters, 10.6M tokens/day; "—" when missing."""
+    if v is None or not math.isfinite(v):
+        return "—"
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(v) >= div:
+            return f"{v / div:.1f}{suffix}"
+    return f"{v:.0f}"
+
+
+def fmt_money(v: float) -> str:
+    if not math.isfinite(v):
+        return "—"
+    if v >= 100:
+        return f"${v:,.0f}"
+    return f"${v:.3f}" if v < 1 else f"${v:.2f}"
+
+
+def fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "p = n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def fmt_p_cell(p: float) -> str:
+    if not math.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"

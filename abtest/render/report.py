@@ -1,0 +1,364 @@
+"""The report rendered: terminal, Markdown, CSV and JSON, from a built `Report` only."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..analysis import stats
+from ..analysis.metrics import METRIC_BY_KEY, METRICS
+from ..analysis.report import Report
+from ..errors import ConfigError
+from ..fmt import fmt_count, fmt_money, fmt_num, fmt_p, fmt_pct
+from .tables import Section, Table, cell, flatten, markdown_table
+
+
+def _mean_pm(s: stats.Summary) -> str:
+    if s.n == 0:
+        return "—"
+    if s.n == 1:
+        return fmt_num(s.mean)
+    return f"{fmt_num(s.mean)} ± {fmt_num(s.std)}"
+
+
+def _gib(mib: float) -> str:
+    return fmt_num(mib / 1024.0, 2) if math.isfinite(mib) else "—"
+
+
+def provenance_line(report: Report) -> str:
+    shas = sorted({p.model_sha256[:12] for p in report.provenance if p.model_sha256})
+    builds = sorted({p.server_build for p in report.provenance})
+    gpus = sorted({p.gpu for p in report.provenance})
+    dates = sorted({d for p in report.provenance for d in p.date.split(", ")})
+    models = sorted({p.model for p in report.provenance})
+    return (f"model {', '.join(models)} (sha256 {', '.join(shas) or '?'}) · llama-server {', '.join(builds)} · "
+            f"{'; '.join(gpus)} · run {', '.join(dates)} · abtest {report.abtest_version}")
+
+
+def sections(report: Report) -> list[Section]:
+    """The report as titled sections of text and tables (shared by Markdown and terminal output)."""
+    out = [Section("Verdict", paragraphs=list(report.verdict) or ["No arm to compare with the baseline."])]
+    if report.warnings:
+        out.append(Section("Warnings", bullets=[str(w) for w in report.warnings]))
+
+    out.append(_bucket_section(report))
+    out.append(_memory_section(report))
+    eq = _equivalence_section(report)
+    if eq is not None:
+        out.append(eq)
+    out.append(_cost_section(report))
+    out.append(_provenance_section(report))
+    if report.notes:
+        out.append(Section("Notes", bullets=list(report.notes)))
+    return out
+
+
+def _bucket_section(report: Report) -> Section:
+    """Per bucket: each arm's mean ± σ, p50, p95 and its Δ to the baseline."""
+    bucket_order = list(dict.fromkeys(s.bucket for s in report.buckets))
+    sec = Section("Latency and throughput per bucket",
+                  paragraphs=["mean ± σ, then median and p95; Δ is the arm's mean over the baseline's, "
+                              "with a 95 % studentized-bootstrap interval and a p-value (Welch's t for "
+                              "tok/s, Mann-Whitney for latencies). Warm-up and failed requests are left out."])
+    for bucket in bucket_order:
+        rows_by_group = {s.group: s for s in report.buckets if s.bucket == bucket}
+        groups = [g for g in report.groups if g in rows_by_group]
+        comps = {(c.group, c.metric): c for c in report.comparisons if c.bucket == bucket}
+        delta_groups = [g for g in groups if any((g, m.key) in comps for m in METRICS)]
+        headers = ["metric"]
+        for g in groups:
+            headers += [g, "p50", "p95"]
+        for g in delta_groups:
+            headers += [f"Δ {g} (95 % CI)", "p"]
+        rows = []
+        n_row = ["n (failed)"]
+        for g in groups:
+            s = rows_by_group[g]
+            n_row += [f"{s.n - s.n_failed} ({s.n_failed})", "", ""]
+        n_row += ["", ""] * len(delta_groups)
+        rows.append(n_row)
+        for m in METRICS:
+            row = [f"{m.label} {m.unit}"]
+            for g in groups:
+                summ = rows_by_group[g].summaries[m.key]
+                row += [_mean_pm(summ), fmt_num(summ.median), fmt_num(summ.p95)]
+            for g in delta_groups:
+                c = comps.get((g, m.key))
+                if c is None or not math.isfinite(c.ci.delta):
+                    row += ["—", "—"]
+                    continue
+                ci = (f" ({fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)})" if math.isfinite(c.ci.low) else "")
+                row += [f"{fmt_pct(c.ci.delta)}{ci}", fmt_p(c.p_value).removeprefix("p ").removeprefix("= ")]
+            rows.append(row)
+        sec.tables.append(Table(f"bucket: {bucket}", headers, rows, right=set(range(1, len(headers)))))
+    return sec
+
+
+def _memory_section(report: Report) -> Section:
+    """VRAM and host RSS per arm, and the server log's breakdown."""
+    base_mem = {m.group: m for m in report.memory}
+    mem_rows = []
+    base_groups = report.baseline_groups
+    bpeak = base_mem[base_groups[0]].vram_peak_mib if base_groups else math.nan
+    for mr in report.memory:
+        delta = (fmt_pct(mr.vram_peak_mib / bpeak - 1) if math.isfinite(bpeak) and bpeak > 0
+                 and math.isfinite(mr.vram_peak_mib) and mr.group not in base_groups else "")
+        mem_rows.append([mr.group, _gib(mr.vram_after_load_mib), _gib(mr.vram_peak_mib), delta,
+                         _gib(mr.device_peak_mib), _gib(mr.rss_anon_peak_mib), _gib(mr.rss_file_peak_mib),
+                         str(mr.n_samples)])
+    mem_sec = Section("Memory", paragraphs=[
+        "GiB. VRAM is this server process's own (NVML per-process); device is the whole GPU. Host RSS "
+        "anon is heap, file is mmapped model pages resident in RAM."])
+    mem_sec.tables.append(Table("", ["arm", "VRAM after load", "VRAM peak", "Δ peak", "device peak",
+                                     "RSS anon peak", "RSS file peak", "samples"], mem_rows, right=set(range(1, 8))))
+    keys = list(dict.fromkeys(k for mr in report.memory for k, _ in flatten(mr.breakdown)))
+    if keys:
+        flat = {mr.group: dict(flatten(mr.breakdown)) for mr in report.memory}
+        rows = [[k] + [cell(flat[g].get(k)) for g in report.groups] for k in keys]
+        mem_sec.tables.append(Table("memory breakdown (from the server log)", ["item"] + list(report.groups), rows,
+                                    right=set(range(1, len(report.groups) + 1))))
+    return mem_sec
+
+
+def _equivalence_section(report: Report) -> Section | None:
+    """Exact-match rates of generated tokens against the baseline."""
+    if not report.equivalence:
+        return None
+    rows = []
+    for e in report.equivalence:
+        rate = f"{e.identical}/{e.pairs}" + (f" ({e.identical / e.pairs:.0%})" if e.pairs else "")
+        divs = "; ".join(f"{d.prompt_id} run {d.run_index} @ {d.position}" for d in e.divergences[:3])
+        if len(e.divergences) > 3:
+            divs += f"; … {len(e.divergences) - 3} more"
+        greedy = {True: "yes", False: "no", None: "?"}[e.greedy]
+        rows.append([e.group, e.baseline, e.compared_by, greedy, rate, divs or "—"])
+    return Section("Output equivalence", paragraphs=[
+        "Same prompt_id and run_index in both arms; generated token ids compared (text when ids are "
+        "absent). First divergence is the index of the first differing token (or character)."],
+        tables=[Table("", ["arm", "vs", "compared by", "greedy", "exact match", "first divergence"], rows)])
+
+
+def _cost_section(report: Report) -> Section:
+    """The seed reports' cost table and the throughput projection."""
+    rows = []
+    any_experts = any(cr.n_expert for cr in report.cost)
+    for cr in report.cost:
+        name = f"{cr.model} · {cr.group}" + (f" · c={cr.concurrency}" if cr.concurrency != 1 else "")
+        row = [name, fmt_num(cr.tokens_per_s), fmt_num(cr.first_token_ms, 1), fmt_num(cr.vram_gb, 2),
+               fmt_count(cr.total_params), fmt_count(cr.active_params)]
+        if any_experts:
+            row.append(f"{cr.n_expert_used}/{cr.n_expert}" if cr.n_expert else "—")
+        row.append(fmt_money(cr.cost_per_1m))
+        rows.append(row)
+    headers = ["Model", "Tokens/sec", "First Token (ms)", "VRAM (GB)", "Total Params", "Active Params"]
+    if any_experts:
+        headers.append("Experts used/total")
+    headers.append("Cost/1M tokens")
+    cost_sec = Section("Cost", paragraphs=[
+        f"Tokens/sec is the aggregate output throughput at the concurrency measured (completion tokens over "
+        f"the time the arm had requests in flight, prefill included); First Token is the median TTFT; VRAM "
+        f"is the peak of the server process in decimal GB; cost at ${report.gpu_hour_cost:.2f} per GPU-hour."],
+        tables=[Table("", headers, rows, right=set(range(1, len(headers))))])
+    if report.cost:
+        cols = [f"{c.group}" + (f" c={c.concurrency}" if c.concurrency != 1 else "") for c in report.cost]
+        proj = [
+            ["Tokens/sec"] + [fmt_num(c.tokens_per_s) for c in report.cost],
+            ["Tokens/day"] + [fmt_count(c.tokens_per_day) for c in report.cost],
+            ["GPU-hours per 1B tokens"] + [fmt_num(c.gpu_hours_per_1b, 1) for c in report.cost],
+            [f"Cost per 1B tokens (${report.gpu_hour_cost:.2f}/GPU-hour)"] + [fmt_money(c.cost_per_1b) for c in report.cost],
+        ]
+        cost_sec.tables.append(Table("throughput projection", ["Metric"] + cols, proj, right=set(range(1, len(cols) + 1))))
+    return cost_sec
+
+
+def _provenance_section(report: Report) -> Section:
+    """Where every number came from: model, build, GPU, host, files."""
+    rows = [[p.group, f"{p.model} ({p.model_sha256[:12] or '?'})", p.server_build, p.gpu, p.host, p.date,
+             p.abtest_version, ", ".join(p.files)] for p in report.provenance]
+    return Section("Provenance", tables=[Table("", ["arm", "model (sha256)", "server build", "GPU · driver",
+                                                         "host", "date", "abtest", "files"], rows)],
+                       paragraphs=[f"report by abtest {report.abtest_version}; bootstrap seed {report.seed}, "
+                                   f"{report.resamples} resamples; baseline arm: {report.baseline}"])
+
+
+def render_markdown(report: Report) -> str:
+    parts = [f"# abtest report: {', '.join(report.groups)}", "", f"_{provenance_line(report)}_", ""]
+    for sec in sections(report):
+        parts.append(f"## {sec.title}\n")
+        for p in sec.paragraphs:
+            parts.append(p + "\n")
+        for b in sec.bullets:
+            parts.append(f"- {b}")
+        if sec.bullets:
+            parts.append("")
+        for t in sec.tables:
+            parts.append(markdown_table(t) + "\n")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def terminal_renderable(report: Report) -> Any:
+    """A rich renderable of the whole report (the CLI prints it; the library does not)."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    items: list[Any] = [Text(f"abtest report — {provenance_line(report)}", style="bold")]
+    for sec in sections(report):
+        items.append(Text(""))
+        items.append(Text(sec.title, style="bold underline"))
+        for p in sec.paragraphs:
+            items.append(Text(p, style="bold" if sec.title == "Verdict" else "dim"))
+        for b in sec.bullets:
+            items.append(Text(f"  ! {b}" if sec.title == "Warnings" else f"  • {b}",
+                              style="yellow" if sec.title == "Warnings" else ""))
+        for t in sec.tables:
+            rt = RichTable(title=t.title or None, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+            for i, h in enumerate(t.headers):
+                rt.add_column(h, justify="right" if i in t.right else "left", overflow="fold")
+            for r in t.rows:
+                rt.add_row(*r)
+            items.append(rt)
+    return Group(*items)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (np.floating, np.integer)):
+        return _jsonable(v.item())
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _summary_dict(s: stats.Summary) -> dict[str, Any]:
+    return {"n": s.n, "mean": s.mean, "std": s.std, "median": s.median, "p95": s.p95, "min": s.min, "max": s.max,
+            "cv": s.cv}
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    """The report as one JSON-able dict (NaN becomes null); raw per-request samples included."""
+    d: dict[str, Any] = {
+        "abtest_version": report.abtest_version,
+        "baseline": report.baseline,
+        "settings": {"gpu_hour_cost": report.gpu_hour_cost, "bootstrap_seed": report.seed,
+                     "bootstrap_resamples": report.resamples, "ci": "studentized bootstrap, 95 %"},
+        "provenance": [vars(p) for p in report.provenance],
+        "verdict": report.verdict,
+        "warnings": [{"kind": w.kind.name, "subject": w.subject, "text": w.text} for w in report.warnings],
+        "buckets": [
+            {"bucket": s.bucket, "arm": s.group, "concurrency": s.concurrency, "n": s.n, "n_failed": s.n_failed,
+             "metrics": {k: _summary_dict(v) for k, v in s.summaries.items()},
+             "samples": {k: s.samples[k] for k in ("ttft_ms", "decode_tps", "e2e_ms")}}
+            for s in report.buckets
+        ],
+        "comparisons": [
+            {"arm": c.group, "baseline": c.baseline, "bucket": c.bucket, "metric": c.metric, "n_base": c.n_base,
+             "n_arm": c.n_other, "base_mean": c.base_mean, "arm_mean": c.other_mean, "delta": c.ci.delta,
+             "ci_low": c.ci.low, "ci_high": c.ci.high, "p_value": c.p_value, "test": c.test,
+             "significant": c.significant}
+            for c in report.comparisons
+        ],
+        "memory": [
+            {"arm": m.group, "vram_after_load_mib": m.vram_after_load_mib, "vram_peak_mib": m.vram_peak_mib,
+             "device_peak_mib": m.device_peak_mib, "rss_anon_peak_mib": m.rss_anon_peak_mib,
+             "rss_file_peak_mib": m.rss_file_peak_mib, "breakdown": m.breakdown, "samples": m.n_samples}
+            for m in report.memory
+        ],
+        "equivalence": [
+            {"arm": e.group, "baseline": e.baseline, "pairs": e.pairs, "identical": e.identical,
+             "exact_match_rate": e.identical / e.pairs if e.pairs else None, "compared_by": e.compared_by,
+             "greedy": e.greedy, "divergences": [vars(x) for x in e.divergences]}
+            for e in report.equivalence
+        ],
+        "cost": [
+            {"arm": c.group, "model": c.model, "concurrency": c.concurrency, "tokens_per_s": c.tokens_per_s,
+             "first_token_ms": c.first_token_ms, "vram_gb": c.vram_gb, "total_params": c.total_params,
+             "active_params": c.active_params, "n_expert": c.n_expert, "n_expert_used": c.n_expert_used,
+             "n_gpus": c.n_gpus, "cost_per_1m_tokens": c.cost_per_1m, "tokens_per_day": c.tokens_per_day,
+             "gpu_hours_per_1b_tokens": c.gpu_hours_per_1b, "cost_per_1b_tokens": c.cost_per_1b}
+            for c in report.cost
+        ],
+        "failed_requests": report.failed_requests,
+        "notes": report.notes,
+    }
+    return _jsonable(d)
+
+
+CSV_COLUMNS = ["section", "arm", "bucket", "metric", "stat", "value", "unit"]
+
+
+def render_csv(report: Report) -> str:
+    """One tidy table: every number (and every provenance field) on its own row."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+
+    def num(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return repr(v) if math.isfinite(v) else ""
+        return str(v)
+
+    for p in report.provenance:
+        for k, v in vars(p).items():
+            if k != "group":
+                w.writerow(["provenance", p.group, "", "", k, ";".join(v) if isinstance(v, list) else v, ""])
+    w.writerow(["provenance", "", "", "", "report_abtest_version", report.abtest_version, ""])
+    for s in report.buckets:
+        w.writerow(["requests", s.group, s.bucket, "", "n", s.n, "requests"])
+        w.writerow(["requests", s.group, s.bucket, "", "n_failed", s.n_failed, "requests"])
+        for key, summ in s.summaries.items():
+            unit = METRIC_BY_KEY[key].unit
+            for stat in ("n", "mean", "std", "median", "p95", "min", "max"):
+                w.writerow(["metric", s.group, s.bucket, key, stat, num(getattr(summ, stat)), unit if stat != "n" else ""])
+    for c in report.comparisons:
+        for stat, v in (("delta", c.ci.delta), ("ci_low", c.ci.low), ("ci_high", c.ci.high), ("p_value", c.p_value)):
+            w.writerow(["delta_vs_" + c.baseline, c.group, c.bucket, c.metric, stat, num(v),
+                        "fraction" if stat != "p_value" else c.test])
+    for m in report.memory:
+        for stat in ("vram_after_load_mib", "vram_peak_mib", "device_peak_mib", "rss_anon_peak_mib", "rss_file_peak_mib"):
+            w.writerow(["memory", m.group, "", "", stat, num(getattr(m, stat)), "MiB"])
+        for k, v in flatten(m.breakdown):
+            w.writerow(["breakdown", m.group, "", "", k, num(v) if not isinstance(v, list) else json.dumps(v), ""])
+    for e in report.equivalence:
+        w.writerow(["equivalence", e.group, "", e.compared_by, "pairs", e.pairs, ""])
+        w.writerow(["equivalence", e.group, "", e.compared_by, "identical", e.identical, ""])
+    for cr in report.cost:
+        for stat, v, unit in (("tokens_per_s", cr.tokens_per_s, "tok/s"), ("first_token_ms", cr.first_token_ms, "ms"),
+                              ("vram_gb", cr.vram_gb, "GB"), ("total_params", cr.total_params, ""),
+                              ("active_params", cr.active_params, ""), ("cost_per_1m_tokens", cr.cost_per_1m, "USD"),
+                              ("tokens_per_day", cr.tokens_per_day, "tokens"),
+                              ("gpu_hours_per_1b_tokens", cr.gpu_hours_per_1b, "GPU-hours"),
+                              ("cost_per_1b_tokens", cr.cost_per_1b, "USD")):
+            w.writerow(["cost", cr.group, f"c={cr.concurrency}", "", stat, num(v), unit])
+    for f in report.warnings:
+        w.writerow(["warning", f.subject, "", "", f.kind.name, f.text, ""])
+    for v in report.verdict:
+        w.writerow(["verdict", "", "", "", "", v, ""])
+    return buf.getvalue()
+
+
+def render(report: Report, fmt: str) -> str:
+    """"markdown", "csv" or "json" as text (the terminal format is `terminal_renderable`)."""
+    if fmt == "markdown":
+        return render_markdown(report)
+    if fmt == "csv":
+        return render_csv(report)
+    if fmt == "json":
+        return json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n"
+    raise ConfigError(f"unknown report format {fmt!r}; choose terminal, markdown, csv or json")
