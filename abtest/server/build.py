@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -88,6 +89,16 @@ BASE_CMAKE_FLAGS: tuple[str, ...] = (
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DBUILD_SHARED_LIBS=OFF",
 )
+# The pinned llama.cpp's AMX kernels crash (SIGILL at `tilezero`, SIGSEGV at `ldtilecfg`) wherever
+# -march=native enables them: its tile config lives on the stack and can be optimised away
+# (llama.cpp PR 26954; issues 20824, 28756). Seen on this project's 2-core CPU box (an AMX Xeon VM),
+# where every Q4_0 model died while warming up. An explicit -mno- wins over -march=native in GCC
+# and Clang wherever it stands, so CMAKE_<LANG>_FLAGS suffice. x86-64 only: other compilers reject
+# the flags.
+NO_AMX_FLAGS = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
+# Bumped whenever the recipe (the flags above or below) changes what a build of the same source
+# is, so that a cached build of an older recipe is not taken for this one. Recorded in the id.
+BUILD_RECIPE = 2
 BACKENDS = ("cpu", "cuda")
 CUDA_DEFAULT_DIRS = (Path("/usr/local/cuda/bin"),)
 
@@ -188,13 +199,14 @@ def builds_dir(root: Path | None = None) -> Path:
 
 
 def build_id_for(version: str, sha256: str, backend: str, cuda_arch: str | None = None) -> str:
-    """The cache key: `<version>-<sha12>-<backend>`; a CUDA build for one arch adds it (`cuda-sm90`)."""
+    """The cache key: `<version>-<sha12>-<backend>-r<recipe>`; a CUDA build for one arch adds it
+    (`cuda-sm90`). Recipe 1 (the first, before AMX was turned off) had no `-r` part."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     tag = backend
     if backend == "cuda" and cuda_arch:
         tag = "cuda-sm" + re.sub(r"[^0-9A-Za-z]+", "_", cuda_arch)
-    return f"{version}-{sha256[:12]}-{tag}"
+    return f"{version}-{sha256[:12]}-{tag}-r{BUILD_RECIPE}"
 
 
 def list_builds(root: Path | None = None) -> list[BuildInfo]:
@@ -323,10 +335,15 @@ def check_toolchain(backend: str) -> dict[str, str]:
 
 
 def cmake_flags(
-    backend: str, *, cuda_arch: str | None = None, nvcc: str | None = None, ninja: bool = False
+    backend: str, *, cuda_arch: str | None = None, nvcc: str | None = None, ninja: bool = False,
+    machine: str | None = None,
 ) -> list[str]:
-    """The configure flags for one backend (without -S/-B)."""
+    """The configure flags for one backend (without -S/-B); `machine` defaults to this one's."""
+    machine = machine or platform.machine()
     flags = list(BASE_CMAKE_FLAGS)
+    if machine in ("x86_64", "AMD64"):
+        no_amx = " ".join(NO_AMX_FLAGS)
+        flags += [f"-DCMAKE_C_FLAGS={no_amx}", f"-DCMAKE_CXX_FLAGS={no_amx}"]
     if ninja:
         flags = ["-G", "Ninja", *flags]
     if backend == "cuda":

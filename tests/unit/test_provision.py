@@ -196,10 +196,10 @@ def test_backend_guessed_from_version_output(env: dict[str, Path]) -> None:
 
 def test_build_id_for() -> None:
     sha = "abcdef0123456789" + "0" * 48
-    assert provision.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu"
-    assert provision.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda"
-    assert provision.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90"
-    assert provision.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90"
+    assert provision.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu-r2"
+    assert provision.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda-r2"
+    assert provision.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90-r2"
+    assert provision.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90-r2"
     with pytest.raises(ConfigError):
         provision.build_id_for("0.3.36", sha, "tpu")
 
@@ -316,6 +316,15 @@ def test_cmake_flags() -> None:
     assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc" in cuda
 
 
+def test_cmake_flags_turn_amx_off_on_x86_only() -> None:
+    """The pinned llama.cpp's AMX kernels crash (SIGILL) on AMX CPUs: x86-64 builds pass -mno-amx-*."""
+    for backend in provision.BACKENDS:
+        x86 = provision.cmake_flags(backend, machine="x86_64")
+        assert "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in x86
+        assert "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in x86
+        assert not any("amx" in f for f in provision.cmake_flags(backend, machine="aarch64"))
+
+
 @pytest.mark.parametrize(
     ("line", "pct"),
     [
@@ -379,7 +388,7 @@ def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) ->
     events: list[BuildEvent] = []
     b = provision.install(backend="cpu", jobs=3, source=src, progress=events.append)
     sha = provision.source_sha256(src)
-    assert b.build_id == f"0.3.36-{sha[:12]}-cpu"
+    assert b.build_id == f"0.3.36-{sha[:12]}-cpu-r{provision.BUILD_RECIPE}"
     assert b.found_via == "cache" and b.backend == "cpu"
     assert b.path == fake_toolchain["cache"] / "llama-server" / b.build_id / "bin" / "llama-server"
     assert b.bench_path == b.path.parent / "llama-bench"
@@ -414,7 +423,7 @@ def test_install_from_tarball_uses_its_marker(fake_toolchain: dict[str, Path]) -
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(src, arcname="llama.cpp")
     b = provision.install(backend="cpu", jobs=1, source=tgz)
-    assert b.build_id == f"0.3.36-{provision.source_sha256(tgz)[:12]}-cpu"
+    assert b.build_id == f"0.3.36-{provision.source_sha256(tgz)[:12]}-cpu-r{provision.BUILD_RECIPE}"
     assert b.build_info is not None and b.build_info.llama_cpp_commit == COMMIT
     assert "-DLLAMA_BUILD_COMMIT=0c1e570" in b.build_info.cmake_flags
     assert "-DLLAMA_BUILD_NUMBER=0" in b.build_info.cmake_flags  # the marker gives no build number
@@ -448,7 +457,7 @@ def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]
         tf.add(root, arcname="llama_cpp_python-0.3.36")
     # The sdist is cached, so no pip call happens (PATH has no network tools anyway).
     b = provision.install(backend="cpu", jobs=1, keep_build_dir=True)
-    assert b.build_id == f"0.3.36-{provision.source_sha256(sdist)[:12]}-cpu"
+    assert b.build_id == f"0.3.36-{provision.source_sha256(sdist)[:12]}-cpu-r{provision.BUILD_RECIPE}"
     assert b.build_info is not None and b.build_info.source == "pypi:llama-cpp-python==0.3.36"
     work = next((fake_toolchain["cache"] / "work").iterdir())
     args = (work / "build" / "configure-args").read_text()
