@@ -141,6 +141,7 @@ class BuildInfo:
     built_at: str  # ISO 8601 UTC, a label only
     host: str  # os.uname().nodename at build time
     schema: int = BUILD_INFO_VERSION
+    recipe: int = 1  # BUILD_RECIPE at build time; build.json files before recipe 2 have none
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -164,6 +165,7 @@ class BuildInfo:
             built_at=str(d.get("built_at", "")),
             host=str(d.get("host", "")),
             schema=int(d.get("schema", BUILD_INFO_VERSION)),
+            recipe=int(d.get("recipe", 1)),
         )
 
     def write(self, path: Path) -> None:
@@ -398,7 +400,8 @@ def find_server(
 
 
 def _newest_cached(root: Path, backend: str | None) -> BuildInfo | None:
-    builds = list_builds(root)
+    # The current recipe first (newest first within each): an older recipe may crash here (AMX).
+    builds = sorted(list_builds(root), key=lambda b: b.recipe != BUILD_RECIPE)
     if backend is not None:
         builds = [b for b in builds if b.backend == backend]
         return builds[0] if builds else None
@@ -536,8 +539,8 @@ def install(
     backend: "cpu" or "cuda"; None means cuda when nvcc is found, else cpu.
     source: a llama.cpp source directory, a .tar.gz of one (scripts/make-llama-tarball.sh) or a
         llama-cpp-python sdist; None downloads the pinned sdist once into <cache>/sdist/.
-    if_missing: return an existing cache build of the same version and backend (and source, when
-        given) without downloading, hashing or building.
+    if_missing: return an existing cache build of the same version, recipe and backend (and source,
+        when given) without downloading, hashing or building.
     force: rebuild even when the exact build id is already in the cache.
     """
     emit = progress or (lambda _e: None)
@@ -558,6 +561,7 @@ def install(
         for b in list_builds(root):
             if (
                 b.version == LLAMA_CPP_PYTHON_VERSION
+                and b.recipe == BUILD_RECIPE
                 and b.backend == backend
                 and (cuda_arch is None or b.cuda_arch == cuda_arch)
             ):
@@ -643,6 +647,7 @@ def install(
                 build_seconds=round(build_seconds, 1),
                 built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 host=os.uname().nodename,
+                recipe=BUILD_RECIPE,
             )
             _install_binaries(build_dir / "bin", dest, info, log_path)
         finally:

@@ -26,11 +26,12 @@ def _exe(path: Path, body: str = f"echo '{VERSION_OUT}' >&2", mode: int = 0o755)
     return path
 
 
-def _cached_build(root: Path, build_id: str, backend: str, built_at: str) -> Path:
+def _cached_build(root: Path, build_id: str, backend: str, built_at: str, recipe: int | None = None) -> Path:
     d = root / "llama-server" / build_id
     server = _exe(d / "bin" / "llama-server")
     _exe(d / "bin" / "llama-bench", "echo bench")
-    _info(build_id=build_id, backend=backend, built_at=built_at).write(d / "build.json")
+    _info(build_id=build_id, backend=backend, built_at=built_at,
+          recipe=provision.BUILD_RECIPE if recipe is None else recipe).write(d / "build.json")
     return server
 
 
@@ -153,6 +154,22 @@ def test_cache_prefers_the_default_backend(env: dict[str, Path]) -> None:
     assert provision.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cuda"
     # An explicit backend filters.
     assert provision.find_server(backend="cpu").build_id == "0.3.36-bbbbbbbbbbbb-cpu"
+
+
+def test_cache_prefers_the_current_recipe_and_if_missing_ignores_older_ones(env: dict[str, Path]) -> None:
+    """A recipe-1 build (AMX on) may crash on this machine: a newer one of it loses to the current recipe."""
+    _cached_build(env["cache"], "0.3.36-aaaaaaaaaaaa-cpu-r2", "cpu", "2025-01-01T00:00:00+00:00")
+    _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00", recipe=1)
+    assert provision.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cpu-r2"
+    old = {k: v for k, v in _info().to_dict().items() if k != "recipe"}
+    assert provision.BuildInfo.from_dict(old).recipe == 1  # build.json before recipe 2
+
+
+def test_if_missing_rebuilds_over_an_older_recipe(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00", recipe=1)
+    monkeypatch.setattr(shutil, "which", _which(set()))
+    with pytest.raises(ProvisionError):  # it went on to build (and found no toolchain here)
+        provision.install(backend="cpu", if_missing=True)
 
 
 def test_cache_falls_back_to_another_backend_but_not_when_asked(env: dict[str, Path]) -> None:
