@@ -66,3 +66,13 @@ def fmt_p_cell(p: float) -> str:
     if not math.isfinite(p):
         return "—"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_gib(mib: float | None, digits: int = 2) -> str:
+    if mib is None or not math.isfinite(mib):
+        return "—"
+    return f"{mib / 1024:.{digits}f}"
+
+
+def fmt_fixed(v: float, digits: int = 1) -> str:
+    return f"{v:.{digits}f}" if v is not None and math.isfinite(v) else "—"

@@ -31,10 +31,11 @@ SWEEP = "sweep/20261122T224604-gpt-oss-20b-like-q4_0-seed0.jsonl"
 def render_all() -> dict[str, str]:
     """Snapshot file name -> its text, made with the code on this checkout."""
     sys.path.insert(0, str(ROOT))
-    from abtest.analysis import sweep as sweep_report
     from abtest.analysis.arms import load_evidence
     from abtest.analysis.report import build_report
+    from abtest.analysis.sweep import report_from_file
     from abtest.render.report import render
+    from abtest.render.sweep import render_markdown
 
     out: dict[str, str] = {}
     for name, files in SETS.items():
@@ -42,7 +43,7 @@ def render_all() -> dict[str, str]:
         report.abtest_version = "<version>"
         for fmt, ext in (("json", "json"), ("markdown", "md"), ("csv", "csv")):
             out[f"{name}.{ext}.gz"] = render(report, fmt)
-    out["h100-sweep.md.gz"] = sweep_report.render_markdown(sweep_report.report_from_file(RESULTS / SWEEP))
+    out["h100-sweep.md.gz"] = render_markdown(report_from_file(RESULTS / SWEEP))
     return out
 
 

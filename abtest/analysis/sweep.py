@@ -1,9 +1,10 @@
-"""The sweep report: VRAM vs speed per ``--n-cpu-moe N``, the frontier, one line of advice.
+"""The sweep analysis: VRAM vs speed per ``--n-cpu-moe N``, the frontier, one line of advice.
 
 Reads evidence only: the JSONL a sweep wrote (predictions in the manifest's
 ``config.extra["sweep"]``, measurements in ``arm_end`` and the request records) and, when it lies
-beside it, the ``.sweep.json`` search trail. It never imports the server, stream, runner or GPU
-modules (tests/unit/test_sweep.py walks the imports), so it can be re-made anywhere.
+beside it, the ``.sweep.json`` search trail, and builds the numbers and the advice as data
+(`abtest.render.sweep` draws them). Like all of `abtest.analysis` it never reaches a server, a
+socket or the GPU (tests/unit/test_import_boundaries.py), so it can be re-made anywhere.
 
 Numbers, per setting:
 
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..evidence import Evidence, read_evidence
+from ..fmt import fmt_fixed, fmt_gib
 from ..records import ArmEnd, RequestRecord
 from . import stats
 from .metrics import decode_tps, ttft_ms
@@ -293,12 +295,6 @@ def pick_best(rows: list[SettingRow], budget_mib: float | None) -> int | None:
 # ----------------------------------------------------------------------------- words
 
 
-def fmt_gib(mib: float | None, digits: int = 2) -> str:
-    if mib is None or not math.isfinite(mib):
-        return "—"
-    return f"{mib / 1024:.{digits}f}"
-
-
 def budget_label(mib: float) -> str:
     g = mib / 1024
     return f"{g:.0f} GiB" if abs(g - round(g)) < 0.005 else f"{g:.2f} GiB"
@@ -310,10 +306,6 @@ def flag_of(n: int, n_layer: int) -> str:
     if n >= n_layer:
         return "--cpu-moe"
     return f"--n-cpu-moe {n}"
-
-
-def _fmt(v: float, digits: int = 1) -> str:
-    return f"{v:.{digits}f}" if v is not None and math.isfinite(v) else "—"
 
 
 def advice_line(rep: SweepReport) -> str:
@@ -329,7 +321,7 @@ def advice_line(rep: SweepReport) -> str:
     row = rep.row(rep.best)
     assert row is not None
     vram = f"{fmt_gib(row.vram_mib, 1)} GiB" + ("" if row.vram_peak_mib is not None else " predicted")
-    speed = f"{_fmt(row.decode.mean)} ± {_fmt(row.decode.std)} tok/s"
+    speed = f"{fmt_fixed(row.decode.mean)} ± {fmt_fixed(row.decode.std)} tok/s"
     ref = ""
     if row.speedup is not None and rep.reference is not None and math.isfinite(row.speedup.delta):
         ref = f" ({1 + row.speedup.delta:.1f}× the speed of {flag_of(rep.reference, rep.n_layer)})"
@@ -399,184 +391,6 @@ def _notes(rep: SweepReport, ev: Evidence) -> list[str]:
     return notes
 
 
-# ----------------------------------------------------------------------------- rendering
-
-
-def _md(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
-    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in esc]
-    return "\n".join(lines)
-
-
-def _pm_ci(c: MeanCI, digits: int = 1) -> str:
-    """'80.0 ± 3.0 [76.9–83.1]': mean ± σ [95 % interval of the mean]."""
-    if not c.n:
-        return "—"
-    out = f"{_fmt(c.mean, digits)} ± {_fmt(c.std, digits)}" if c.n > 1 else _fmt(c.mean, digits)
-    if c.n > 1 and math.isfinite(c.low):  # rates and times are positive: a t-interval below 0 shows as 0
-        out += f" [{_fmt(max(c.low, 0.0), digits)}–{_fmt(c.high, digits)}]"
-    return out
-
-
-def main_table(rep: SweepReport) -> str:
-    ref = flag_of(rep.reference, rep.n_layer) if rep.reference is not None else "ref"
-    tt = f"TTFT ms ({rep.long_bucket})" if rep.long_bucket else "TTFT ms"
-    cpu = rep.backend == "cpu"
-    headers = ["N", "flag", "VRAM pred GiB", "VRAM meas GiB", "err MiB", "decode tok/s", f"× {ref}", tt,
-               "GPU MiB/tok", "host MiB/tok", "GPU GB/s", "host GB/s", "frontier"]
-    rows = []
-    for r in rep.rows:
-        sp = r.speedup
-        t = r.ttft.get(rep.long_bucket) if rep.long_bucket else None
-        meas = fmt_gib(r.vram_peak_mib) if r.vram_peak_mib is not None else ("—" if r.status == "measured" else r.status)
-        if sp is not None and math.isfinite(sp.low):
-            speed = f"{1 + sp.delta:.2f} [{1 + sp.low:.2f}–{1 + sp.high:.2f}]"
-        elif sp is not None and math.isfinite(sp.delta):
-            speed = f"{1 + sp.delta:.2f}"
-        else:
-            speed = "—"
-        rows.append([
-            str(r.n) + (" ←" if r.n == rep.best else ""),
-            f"`{flag_of(r.n, rep.n_layer)}`",
-            fmt_gib(r.predicted.get("total_mib")),
-            meas,
-            _fmt(r.error_mib, 0) if r.error_mib is not None else "—",
-            _pm_ci(r.decode),
-            speed,
-            _pm_ci(t, 0) if t is not None else "—",
-            "—" if cpu else _fmt(r.gpu_bytes_per_token / MIB, 0),
-            _fmt(r.host_bytes_per_token / MIB, 0),
-            _fmt(r.gpu_bw / 1e9, 1) if r.decode.n and not cpu else "—",
-            _fmt(r.host_bw / 1e9, 1) if r.decode.n else "—",
-            "★" if r.on_frontier else "",
-        ])
-    return _md(headers, rows, set(range(2, 12)))
-
-
-def frontier_line(rep: SweepReport) -> str:
-    fr = sorted((r for r in rep.rows if r.on_frontier), key=lambda r: r.vram_mib or 0.0)
-    if not fr:
-        return ""
-    steps = [f"{flag_of(r.n, rep.n_layer)} ({fmt_gib(r.vram_mib, 1)} GiB, {_fmt(r.decode.mean)} tok/s)" for r in fr]
-    return "Frontier (no setting is both smaller and faster): " + " → ".join(steps) + "."
-
-
-def buffers_table(rep: SweepReport) -> str:
-    """Predicted buffers beside what llama-server printed (-lv 4)."""
-    headers = ["N", "device", "model pred", "model log", "KV pred", "KV log", "compute pred", "compute log"]
-    rows = []
-    for r in rep.rows:
-        if not r.buffers or not r.predicted:
-            continue
-        p = r.predicted
-        gpu = next((k for k in r.buffers if k.startswith("CUDA") and not k.endswith("_Host")), None)
-        if gpu is not None:
-            b = r.buffers[gpu]
-            rows.append([str(r.n), gpu, _fmt(p["weights_mib"]), _fmt(b.get("model_mib", math.nan)), _fmt(p["kv_mib"]),
-                         _fmt(b.get("kv_mib", math.nan)), _fmt(p["compute_mib"]), _fmt(b.get("compute_mib", math.nan))])
-        elif "CPU" in r.buffers and rep.backend == "cpu":
-            # A CPU build holds everything in host buffers: compare with vram.cpu_buffers.
-            cb, pc = r.buffers, rep.cpu_build
-            model_log = sum(cb.get(k, {}).get("model_mib", 0.0) for k in cb if k.startswith("CPU"))
-            model_pred = pc.get("model_mapped_mib", math.nan) + pc.get("model_repack_mib", math.nan)
-            rows.append([str(r.n), "CPU (all)", _fmt(model_pred, 2), _fmt(model_log, 2), _fmt(pc.get("kv_mib", math.nan), 2),
-                         _fmt(cb["CPU"].get("kv_mib", math.nan), 2), _fmt(pc.get("compute_mib", math.nan), 2),
-                         _fmt(cb["CPU"].get("compute_mib", math.nan), 2)])
-    if not rows:
-        return ""
-    return _md(headers, rows, set(range(2, 8)))
-
-
-def render_markdown(rep: SweepReport) -> str:
-    parts = [f"# abtest sweep: {rep.model}", ""]
-    bits = [f"backend {rep.backend}", f"{rep.n_layer} layers", f"-c {rep.n_ctx}"]
-    if rep.budget_mib is not None:
-        bits.append(f"budget {budget_label(rep.budget_mib)}")
-    if rep.free_mib is not None:
-        bits.append(f"free at start {fmt_gib(rep.free_mib)} GiB")
-    parts += [f"_{', '.join(bits)}; evidence {rep.evidence_path.name}_", "", f"**{rep.advice}**", "", main_table(rep), ""]
-    fl = frontier_line(rep)
-    if fl:
-        parts += [fl, ""]
-    parts.append("VRAM meas = per-PID NVML peak; decode, TTFT = mean ± σ over requests [95 % t-interval of the mean]; "
-                 "× = ratio of mean decode rates with a studentized bootstrap interval; MiB/tok = weight (+KV) bytes "
-                 "each decoded token reads; GB/s = that × decode tok/s; ★ = on the VRAM/speed frontier; ← = advice.")
-    if rep.explanation:
-        parts += ["", "## What limits speed", ""] + [f"- {e}" for e in rep.explanation]
-    if len(rep.rows) and any(len(r.ttft) > 1 for r in rep.rows):
-        bks = sorted({b for r in rep.rows for b in r.ttft})
-        rows = [[str(r.n)] + [_pm_ci(r.ttft[b], 0) if b in r.ttft else "—" for b in bks] for r in rep.rows]
-        parts += ["", "## TTFT ms per bucket", "", _md(["N"] + bks, rows, set(range(1, len(bks) + 1)))]
-    bt = buffers_table(rep)
-    if bt:
-        parts += ["", "## Predicted buffers vs the server log (MiB)", "", bt]
-    if rep.trail:
-        steps = []
-        for t in rep.trail:
-            what = t.get("status", "?")
-            v = t.get("vram_mib")
-            steps.append(f"{t.get('arm')} {what}" + (f" {v / 1024:.2f} GiB" if isinstance(v, (int, float)) else ""))
-        parts += ["", "## Search order", "", " → ".join(steps)]
-    if rep.notes:
-        parts += ["", "## Notes", ""] + [f"- {n}" for n in rep.notes]
-    return "\n".join(parts) + "\n"
-
-
-def write_plot(rep: SweepReport, path: Path) -> Path | None:
-    """decode tok/s and TTFT against VRAM, one point per setting, 95 % intervals, frontier, budget."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = [r for r in rep.rows if r.vram_mib is not None and r.decode.n]
-    if not rows:
-        return None
-    fig = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    for ax, get, label in (
-        (ax1, lambda r: r.decode, "decode (tok/s)"),
-        (ax2, lambda r: r.ttft.get(rep.long_bucket or "", MeanCI(0, math.nan, math.nan, math.nan, math.nan)),
-         f"TTFT ms ({rep.long_bucket})"),
-    ):
-        for r in rows:
-            c = get(r)
-            if not c.n:
-                continue
-            x = (r.vram_mib or 0) / 1024
-            err = None
-            if math.isfinite(c.low):
-                err = [[c.mean - c.low], [c.high - c.mean]]
-            filled = r.vram_peak_mib is not None
-            ax.errorbar([x], [c.mean], yerr=err, fmt="o", color="C0" if r.on_frontier else "C7",
-                        mfc=None if filled else "none", capsize=3)
-            ax.annotate(f"{r.n}", (x, c.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if ax is ax1:
-            fr = sorted((r for r in rows if r.on_frontier), key=lambda r: r.vram_mib or 0)
-            if len(fr) > 1:
-                ax.plot([(r.vram_mib or 0) / 1024 for r in fr], [r.decode.mean for r in fr], "-", color="C0", alpha=0.5)
-        if rep.budget_mib is not None:
-            ax.axvline(rep.budget_mib / 1024, color="C3", ls="--", lw=1, label=f"budget {budget_label(rep.budget_mib)}")
-            ax.legend(loc="best", fontsize=8)
-        ax.set_xlabel("VRAM GiB (per-PID peak; hollow = predicted)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{rep.model}: --n-cpu-moe N (labels), -c {rep.n_ctx}", fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
 def report_from_file(path: Path | str) -> SweepReport:
     p = Path(path)
     return build_sweep_report(read_evidence(p), read_sidecar(p))
-
-
-def write_outputs(rep: SweepReport, out_dir: Path | str) -> tuple[Path, Path | None]:
-    """OUT/sweep-report.md and OUT/sweep-vram-speed.png."""
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    md = d / "sweep-report.md"
-    md.write_text(render_markdown(rep), encoding="utf-8")
-    png = write_plot(rep, d / "sweep-vram-speed.png")
-    return md, png

@@ -79,7 +79,8 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
     """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
     from pathlib import Path
 
-    from ..analysis.sweep import render_markdown, report_from_file, write_outputs
+    from ..analysis.sweep import report_from_file
+    from ..render.sweep import render_markdown, write_outputs
 
     if report_path:
         rep = report_from_file(report_path)

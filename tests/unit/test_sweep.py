@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from abtest.analysis.sweep import advice_line, build_sweep_report, mean_ci, render_markdown, write_plot
+from abtest.analysis.sweep import advice_line, build_sweep_report, mean_ci
 from abtest.errors import ConfigError, EvidenceError
 from abtest.evidence import EvidenceWriter, read_evidence
 from abtest.measure.sweep import (
@@ -24,6 +24,7 @@ from abtest.measure.sweep import (
 )
 from abtest.models.vram import ContextParams, layout_from_preset
 from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent
+from abtest.render.sweep import render_markdown, write_plot
 
 L = 24
 
