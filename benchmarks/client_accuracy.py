@@ -856,7 +856,7 @@ def run_llama(n: int, n_predict: int, model: str) -> dict[str, Any]:
 
     from abtest.measure import rawclient, stream
     from abtest.measure.stream import StreamLimits, StreamRequest
-    from abtest.server.build import find_server
+    from abtest.server.discover import find_server
 
     os.sched_setaffinity(0, {CLIENT_CPU})
     binary = find_server()

@@ -95,7 +95,7 @@ stage_shortb() { run_buckets shortb tok128; }
 
 stage_bench() {
   local bench
-  bench="$(dirname "$(python3 -c 'from abtest.server.build import find_server; print(find_server().path)')")/llama-bench"
+  bench="$(dirname "$(python3 -c 'from abtest.server.discover import find_server; print(find_server().path)')")/llama-bench"
   stage_synth
   for ncmoe in 0 12 24; do
     log "llama-bench -ncmoe $ncmoe"

@@ -15,8 +15,8 @@ set -euo pipefail
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-version="$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION = "\(.*\)"$/\1/p' "$here/abtest/server/build.py")"
-[ -n "$version" ] || { echo "make-llama-tarball: LLAMA_CPP_PYTHON_VERSION not found in abtest/server/build.py" >&2; exit 2; }
+version="$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION = "\(.*\)"$/\1/p' "$here/abtest/server/builds.py")"
+[ -n "$version" ] || { echo "make-llama-tarball: LLAMA_CPP_PYTHON_VERSION not found in abtest/server/builds.py" >&2; exit 2; }
 out=""
 sdist=""
 check=1
@@ -79,11 +79,15 @@ if [ "$check" = 1 ]; then
   command -v cmake >/dev/null || { echo "make-llama-tarball: cmake not on PATH; install it or pass --no-check" >&2; exit 2; }
   mkdir "$tmp/check"
   tar -xzf "$out" -C "$tmp/check"
-  # The same flags as abtest.provision.BASE_CMAKE_FLAGS (read from it when abtest is importable).
-  flags="$(PYTHONPATH="$here" "$python" -c 'from abtest.server.build import cmake_flags; print(" ".join(cmake_flags("cpu")))' 2>/dev/null \
-    || echo "-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF")"
-  # shellcheck disable=SC2086
-  if ! cmake -S "$tmp/check/llama.cpp" -B "$tmp/check/build" $flags > "$tmp/configure.log" 2>&1; then
+  # The same flags as abtest.server.cmake_flags (read from it when abtest is importable), one per
+  # line: a flag may hold spaces (-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 ...).
+  if ! mapfile -t flags < <(PYTHONPATH="$here" "$python" -c \
+      'from abtest.server import cmake_flags; print("\n".join(cmake_flags("cpu")))' 2>/dev/null) \
+      || [ "${#flags[@]}" -eq 0 ]; then
+    flags=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
+           -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF)
+  fi
+  if ! cmake -S "$tmp/check/llama.cpp" -B "$tmp/check/build" "${flags[@]}" > "$tmp/configure.log" 2>&1; then
     tail -n 20 "$tmp/configure.log" >&2
     echo "make-llama-tarball: cmake could not configure the stripped tree (log above); $out is not usable" >&2
     rm -f "$out"

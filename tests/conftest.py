@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def llama_server() -> Path:
     from abtest.errors import BinaryNotFound
-    from abtest.server.build import find_server
+    from abtest.server.discover import find_server
 
     try:
         return Path(find_server().path)

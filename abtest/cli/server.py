@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..server import build as provision
-from ..server.build import BuildEvent, ServerBinary
+from .. import server as srv
+from ..server import BuildEvent, ServerBinary
 
 # markup=False: cmake lines and --version text contain "[...]" that rich must not read as markup.
 err = Console(stderr=True, highlight=False, markup=False)
@@ -46,7 +46,7 @@ def server() -> None:
     "--source",
     type=click.Path(exists=True, path_type=Path),
     help="Build from a local llama.cpp directory or .tar.gz (scripts/make-llama-tarball.sh) instead of "
-    f"downloading llama-cpp-python=={provision.LLAMA_CPP_PYTHON_VERSION}'s sdist.",
+    f"downloading llama-cpp-python=={srv.LLAMA_CPP_PYTHON_VERSION}'s sdist.",
 )
 @click.option(
     "--if-missing",
@@ -78,7 +78,7 @@ def install_cmd(
     backend = None if cuda is None else ("cuda" if cuda else "cpu")
     t0 = time.perf_counter_ns()
     with _ProgressView() as view:
-        binary = provision.install(
+        binary = srv.install(
             backend=backend,
             jobs=jobs,
             source=source,
@@ -105,7 +105,7 @@ def install_cmd(
     help="Describe this binary instead of discovering one.",
 )
 @click.option(
-    "--backend", type=click.Choice(provision.BACKENDS), help="Only consider cache builds of this backend."
+    "--backend", type=click.Choice(srv.BACKENDS), help="Only consider cache builds of this backend."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> None:
@@ -114,7 +114,7 @@ def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> Non
     Order: --server-bin, $ABTEST_LLAMA_SERVER, llama-server on PATH, the cache (newest build,
     preferring CUDA when nvcc is found).
     """
-    binary = provision.find_server(server_bin, backend=backend)
+    binary = srv.find_server(server_bin, backend=backend)
     if as_json:
         click.echo(json.dumps(_binary_dict(binary), indent=2))
         return
@@ -143,15 +143,15 @@ def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> Non
 @server.command("list")
 def list_cmd() -> None:
     """The builds in the cache, newest first."""
-    builds = provision.list_builds()
-    root = provision.builds_dir()
-    if not builds:
+    found = srv.list_builds()
+    root = srv.builds_dir()
+    if not found:
         err.print(f"no builds in {root}; run: abtest server install")
         return
     t = Table(title=str(root), title_justify="left")
     for col in ("build id", "backend", "built at", "build time", "source"):
         t.add_column(col, overflow="fold")
-    for b in builds:
+    for b in found:
         t.add_row(b.build_id, b.backend, b.built_at, _dur(b.build_seconds), b.source)
     out.print(t)
 

@@ -117,7 +117,7 @@ def host_info() -> dict[str, Any]:
 
 
 def resolve_server(server_bin: str | None) -> dict[str, Any]:
-    from ..server.build import find_server
+    from ..server.discover import find_server
 
     sb = find_server(server_bin)
     return {

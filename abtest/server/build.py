@@ -1,23 +1,17 @@
-"""Finding or building `llama-server` (and `llama-bench` beside it).
+"""Building `llama-server` and `llama-bench` from the pinned llama.cpp source into the per-user cache.
 
-Two public entry points:
+`install(...)` -> `ServerBinary` builds both with cmake from the llama.cpp source vendored in the
+pinned llama-cpp-python sdist (or from a local `--source` directory or .tar.gz for air-gapped
+boxes) and installs them into the cache (`abtest.server.builds` owns its layout):
 
-- `find_server(server_bin=None)` -> `ServerBinary`: which binary a run would use. Discovery order:
-  the explicit `server_bin`, `$ABTEST_LLAMA_SERVER`, `llama-server` on PATH, then the cache (the
-  newest build whose backend matches the preference). An explicit path or env var that is wrong is
-  an error, never a silent fall-through to the next place.
-- `install(...)` -> `ServerBinary`: builds `llama-server` and `llama-bench` with cmake from the
-  llama.cpp source vendored in the pinned llama-cpp-python sdist (or from a local `--source` directory
-  or .tar.gz for air-gapped boxes) and installs them into a per-user cache:
+    <cache>/sdist/llama_cpp_python-<version>.tar.gz          the downloaded sdist (rebuilds need no network)
+    <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench}
+    <cache>/llama-server/<build_id>/build.json               `BuildInfo`
+    <cache>/logs/<build_id>.log                              cmake's output of the last attempt
 
-      <cache>/sdist/llama_cpp_python-<version>.tar.gz          the downloaded sdist (rebuilds need no network)
-      <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench}
-      <cache>/llama-server/<build_id>/build.json               `BuildInfo`
-      <cache>/logs/<build_id>.log                              cmake's output of the last attempt
-
-  `build_id` is `<version>-<sha12>-<backend>`: the vendored source has no git metadata, so the
-  binary's `--version` says `0.5.0-dev (build 0, commit unknown)` whatever it was built from. The
-  build id is therefore the build's identity, and a run records it wherever the server version is.
+`build_id` is `<version>-<sha12>-<backend>-r<recipe>`: the vendored source has no git metadata, so
+the binary's `--version` says `0.5.0-dev (build 0, commit unknown)` whatever it was built from.
+The build id is therefore the build's identity, and a run records it wherever the server version is.
 
 The library never prints: progress goes to a callback as `BuildEvent`s, errors are `AbtestError`s.
 """
@@ -26,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import platform
 import re
@@ -39,42 +31,31 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..cache import cache_root
-from ..errors import BinaryNotFound, ConfigError, ProvisionError
-
-__all__ = [
-    "BACKENDS",
-    "LLAMA_CPP_PYTHON_VERSION",
-    "BuildEvent",
-    "BuildInfo",
-    "ServerBinary",
-    "build_id_for",
-    "builds_dir",
-    "cache_root",
-    "check_toolchain",
-    "cmake_flags",
-    "default_backend",
-    "find_nvcc",
-    "find_server",
-    "install",
-    "list_builds",
-    "parse_progress_line",
-    "source_sha256",
-]
-
-# The pinned source of llama.cpp: the sdist of llama-cpp-python vendors it (pyproject's [tool.abtest]).
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-
-SERVER_NAME = "llama-server"
-BENCH_NAME = "llama-bench"
-BUILD_JSON = "build.json"
-ENV_SERVER = "ABTEST_LLAMA_SERVER"
-BUILD_INFO_VERSION = 1
+from ..errors import ConfigError, ProvisionError
+from .builds import (
+    BACKENDS,
+    BENCH_NAME,
+    BUILD_JSON,
+    BUILD_RECIPE,
+    LLAMA_CPP_PYTHON_VERSION,
+    SERVER_NAME,
+    BuildInfo,
+    ServerBinary,
+    build_id_for,
+    builds_dir,
+    default_backend,
+    find_nvcc,
+    gpu_visible,
+    list_builds,
+    source_sha256,
+)
+from .discover import describe_binary
 
 # Verified on the 2-core dev box and the H100 box. No UI (no npm, no download), no OpenSSL, no
 # tests/examples; static libs so the two binaries are self-contained and can be copied anywhere.
@@ -96,89 +77,10 @@ BASE_CMAKE_FLAGS: tuple[str, ...] = (
 # and Clang wherever it stands, so CMAKE_<LANG>_FLAGS suffice. x86-64 only: other compilers reject
 # the flags.
 NO_AMX_FLAGS = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
-# Bumped whenever the recipe (the flags above or below) changes what a build of the same source
-# is, so that a cached build of an older recipe is not taken for this one. Recorded in the id.
-BUILD_RECIPE = 2
-BACKENDS = ("cpu", "cuda")
-CUDA_DEFAULT_DIRS = (Path("/usr/local/cuda/bin"),)
 
 # cmake's Makefile generator prints "[ 45%] Building CXX ..."; Ninja prints "[123/456] Building ...".
 _MAKE_PROGRESS = re.compile(r"^\[\s*(\d{1,3})%\]")
 _NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
-
-
-# --------------------------------------------------------------------------------------------- types
-
-
-@dataclass(frozen=True)
-class ServerBinary:
-    """A `llama-server` that a run can launch, and what is known about it."""
-
-    path: Path  # absolute path of the llama-server executable
-    found_via: str  # "--server-bin", "$ABTEST_LLAMA_SERVER", "PATH" or "cache"
-    version_text: str  # stripped output of `llama-server --version` (stdout + stderr)
-    build_id: str  # build.json's build_id, else "file-<sha12 of the executable>"
-    backend: str  # "cpu", "cuda", ... from build.json, else guessed from --version/--list-devices
-    bench_path: Path | None  # llama-bench beside it, or None
-    build_info: BuildInfo | None = None  # build.json beside it (cache builds), or None
-
-
-@dataclass(frozen=True)
-class BuildInfo:
-    """The contents of build.json, written beside the installed binaries."""
-
-    build_id: str  # "<version>-<sha12>-<backend>", also the cache directory's name
-    version: str  # llama-cpp-python sdist version the llama.cpp source came from ("local" if unknown)
-    sha256: str  # of the sdist/tarball file, or over a source directory's sorted paths + contents
-    source: str  # what was built: "pypi:llama-cpp-python==0.3.36" or the --source path
-    backend: str  # "cpu" or "cuda"
-    cmake_flags: tuple[str, ...]  # the configure flags, exactly as passed
-    ggml_native: bool  # -march=native (and CUDA arch "native" unless cuda_arch is set)
-    cuda_arch: str | None  # CMAKE_CUDA_ARCHITECTURES when given, e.g. "90"
-    llama_cpp_commit: str | None  # the vendored llama.cpp's git commit (full hash) when known
-    jobs: int  # cmake --build -j
-    build_seconds: float  # configure + build, wall time
-    built_at: str  # ISO 8601 UTC, a label only
-    host: str  # os.uname().nodename at build time
-    schema: int = BUILD_INFO_VERSION
-    recipe: int = 1  # BUILD_RECIPE at build time; build.json files before recipe 2 have none
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["cmake_flags"] = list(self.cmake_flags)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BuildInfo:
-        return cls(
-            build_id=str(d["build_id"]),
-            version=str(d["version"]),
-            sha256=str(d["sha256"]),
-            source=str(d.get("source", "")),
-            backend=str(d["backend"]),
-            cmake_flags=tuple(str(f) for f in d.get("cmake_flags", ())),
-            ggml_native=bool(d.get("ggml_native", True)),
-            cuda_arch=None if d.get("cuda_arch") is None else str(d["cuda_arch"]),
-            llama_cpp_commit=None if d.get("llama_cpp_commit") is None else str(d["llama_cpp_commit"]),
-            jobs=int(d.get("jobs", 0)),
-            build_seconds=float(d.get("build_seconds", 0.0)),
-            built_at=str(d.get("built_at", "")),
-            host=str(d.get("host", "")),
-            schema=int(d.get("schema", BUILD_INFO_VERSION)),
-            recipe=int(d.get("recipe", 1)),
-        )
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def read(cls, path: Path) -> BuildInfo:
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ProvisionError(
-                f"{path} is unreadable ({exc}); delete its directory and re-run: abtest server install"
-            ) from exc
 
 
 @dataclass(frozen=True)
@@ -193,110 +95,7 @@ class BuildEvent:
 ProgressCallback = Callable[[BuildEvent], None]
 
 
-# --------------------------------------------------------------------------------------------- cache
-
-
-def builds_dir(root: Path | None = None) -> Path:
-    return (root or cache_root()) / "llama-server"
-
-
-def build_id_for(version: str, sha256: str, backend: str, cuda_arch: str | None = None) -> str:
-    """The cache key: `<version>-<sha12>-<backend>-r<recipe>`; a CUDA build for one arch adds it
-    (`cuda-sm90`). Recipe 1 (the first, before AMX was turned off) had no `-r` part."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    tag = backend
-    if backend == "cuda" and cuda_arch:
-        tag = "cuda-sm" + re.sub(r"[^0-9A-Za-z]+", "_", cuda_arch)
-    return f"{version}-{sha256[:12]}-{tag}-r{BUILD_RECIPE}"
-
-
-def list_builds(root: Path | None = None) -> list[BuildInfo]:
-    """Every complete build in the cache (build.json and llama-server present), newest first."""
-    d = builds_dir(root)
-    found: list[BuildInfo] = []
-    if not d.is_dir():
-        return found
-    for entry in d.iterdir():
-        bj = entry / BUILD_JSON
-        if not (bj.is_file() and (entry / "bin" / SERVER_NAME).is_file()):
-            continue
-        try:
-            found.append(BuildInfo.read(bj))
-        except ProvisionError:
-            continue  # a half-written or foreign directory is not a build; skip it
-    found.sort(key=lambda b: b.built_at, reverse=True)
-    return found
-
-
-def source_sha256(path: Path) -> str:
-    """SHA256 of a file; for a directory, over its sorted relative paths and contents.
-
-    In a directory, `.git` and any cmake build directory (one holding CMakeCache.txt) are left out,
-    so building or checking out does not change the key. A symlink hashes as its target text.
-    """
-    h = hashlib.sha256()
-    if path.is_file():
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    if not path.is_dir():
-        raise ConfigError(f"--source {path} does not exist; give a llama.cpp directory or .tar.gz")
-    for rel, full in _walk_sorted(path):
-        h.update(b"P" + rel.encode() + b"\0")
-        if full.is_symlink():
-            h.update(b"L" + os.readlink(full).encode() + b"\0")
-            continue
-        h.update(b"F" + str(full.stat().st_size).encode() + b"\0")
-        with full.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def _walk_sorted(root: Path) -> Iterator[tuple[str, Path]]:
-    files: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [
-            d for d in dirnames if d != ".git" and not (Path(dirpath) / d / "CMakeCache.txt").exists()
-        ]
-        for name in filenames:
-            full = Path(dirpath) / name
-            files.append((full.relative_to(root).as_posix(), full))
-    files.sort()
-    yield from files
-
-
 # --------------------------------------------------------------------------------------- toolchain
-
-
-def find_nvcc() -> Path | None:
-    """nvcc on PATH, else in /usr/local/cuda/bin."""
-    hit = shutil.which("nvcc")
-    if hit:
-        return Path(hit)
-    for d in CUDA_DEFAULT_DIRS:
-        if (d / "nvcc").is_file() and os.access(d / "nvcc", os.X_OK):
-            return d / "nvcc"
-    return None
-
-
-def default_backend() -> str:
-    """The backend `install` picks by default: cuda when nvcc is found, else cpu."""
-    return "cuda" if find_nvcc() else "cpu"
-
-
-def _gpu_visible() -> bool:
-    if Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists():
-        return True
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return False
-    try:
-        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def check_toolchain(backend: str) -> dict[str, str]:
@@ -368,157 +167,6 @@ def parse_progress_line(line: str) -> int | None:
     return None
 
 
-# --------------------------------------------------------------------------------------- discovery
-
-
-def find_server(
-    server_bin: str | os.PathLike[str] | None = None, *, backend: str | None = None
-) -> ServerBinary:
-    """The llama-server a run would use; see the module docstring for the order.
-
-    `backend` ("cpu"/"cuda") restricts the cache search to that backend; by default the cache prefers
-    `default_backend()` and falls back to the newest build of any backend.
-    """
-    looked: list[str] = []
-    if server_bin is not None:
-        return _describe(_check_explicit(Path(server_bin), "--server-bin"), "--server-bin")
-    env = os.environ.get(ENV_SERVER)
-    if env:
-        return _describe(_check_explicit(Path(env), f"${ENV_SERVER}"), f"${ENV_SERVER}")
-    looked.append(f"${ENV_SERVER} (unset)")
-    on_path = shutil.which(SERVER_NAME)
-    if on_path:
-        return _describe(Path(on_path).resolve(), "PATH")
-    looked.append(f"{SERVER_NAME} on PATH (none)")
-    root = cache_root()
-    hit = _newest_cached(root, backend)
-    if hit is not None:
-        return _describe(builds_dir(root) / hit.build_id / "bin" / SERVER_NAME, "cache")
-    want = f" with backend {backend}" if backend else ""
-    looked.append(f"the cache {builds_dir(root)} (no build{want})")
-    raise BinaryNotFound(f"no llama-server found; looked at: {'; '.join(looked)}; run: abtest server install")
-
-
-def _newest_cached(root: Path, backend: str | None) -> BuildInfo | None:
-    # The current recipe first (newest first within each): an older recipe may crash here (AMX).
-    builds = sorted(list_builds(root), key=lambda b: b.recipe != BUILD_RECIPE)
-    if backend is not None:
-        builds = [b for b in builds if b.backend == backend]
-        return builds[0] if builds else None
-    preferred = default_backend()
-    # Newest of the preferred backend first, then the newest of any other (list is newest first).
-    for b in builds:
-        if b.backend == preferred:
-            return b
-    return builds[0] if builds else None
-
-
-def _check_explicit(path: Path, via: str) -> Path:
-    path = path.expanduser()
-    if path.is_dir():
-        path = path / SERVER_NAME
-    if not path.exists():
-        raise BinaryNotFound(
-            f"{via} {path} does not exist; point it at a llama-server binary or run: abtest server install"
-        )
-    if not path.is_file():
-        raise BinaryNotFound(f"{via} {path} is not a file; point it at a llama-server binary")
-    if not os.access(path, os.X_OK):
-        raise BinaryNotFound(
-            f"{via} {path} is not executable; run: chmod +x {path} (or point {via} elsewhere)"
-        )
-    return path.resolve()
-
-
-def _describe(path: Path, found_via: str) -> ServerBinary:
-    if not os.access(path, os.X_OK):
-        raise BinaryNotFound(
-            f"{path} (found via {found_via}) is not executable; run: chmod +x {path} (or use --server-bin)"
-        )
-    version_text = _run_version(path, found_via)
-    info = _build_info_beside(path)
-    if info is not None:
-        build_id, backend = info.build_id, info.backend
-    else:
-        build_id = "file-" + source_sha256(path)[:12]
-        backend = _guess_backend(path, version_text)
-    bench = path.parent / BENCH_NAME
-    bench_path = bench if bench.is_file() and os.access(bench, os.X_OK) else None
-    return ServerBinary(
-        path=path,
-        found_via=found_via,
-        version_text=version_text,
-        build_id=build_id,
-        backend=backend,
-        bench_path=bench_path,
-        build_info=info,
-    )
-
-
-def _run_version(path: Path, found_via: str) -> str:
-    try:
-        proc = subprocess.run(
-            [str(path), "--version"], capture_output=True, text=True, errors="replace", timeout=60
-        )
-    except OSError as exc:
-        raise BinaryNotFound(
-            f"{path} (found via {found_via}) cannot run ({exc.strerror}); rebuild it: abtest server install"
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise BinaryNotFound(
-            f"{path} --version did not finish in 60 s; is it really llama-server? use --server-bin"
-        ) from exc
-    text = (proc.stdout + proc.stderr).strip()
-    if proc.returncode != 0:
-        last = text.splitlines()[-1] if text else "no output"
-        raise BinaryNotFound(
-            f"{path} --version exited {proc.returncode} ({last}); rebuild it: abtest server install, or use --server-bin"
-        )
-    return text
-
-
-def _build_info_beside(path: Path) -> BuildInfo | None:
-    """build.json in the binary's directory or its parent (the cache's <id>/bin/ layout)."""
-    for d in (path.parent, path.parent.parent):
-        bj = d / BUILD_JSON
-        if bj.is_file():
-            try:
-                return BuildInfo.read(bj)
-            except ProvisionError:
-                return None
-    return None
-
-
-def _backend_from_text(text: str) -> str | None:
-    low = text.lower()
-    for needle, name in (
-        ("cuda", "cuda"),
-        ("rocm", "rocm"),
-        ("hip", "rocm"),
-        ("metal", "metal"),
-        ("vulkan", "vulkan"),
-        ("sycl", "sycl"),
-    ):
-        if re.search(rf"\b{needle}", low):
-            return name
-    return None
-
-
-def _guess_backend(path: Path, version_text: str) -> str:
-    """From `--version` (a CUDA build logs ggml_cuda_init there), else from `--list-devices`, else cpu."""
-    hit = _backend_from_text(version_text)
-    if hit:
-        return hit
-    try:
-        proc = subprocess.run(
-            [str(path), "--list-devices"], capture_output=True, text=True, errors="replace", timeout=60
-        )
-        hit = _backend_from_text(proc.stdout + proc.stderr)
-    except (OSError, subprocess.TimeoutExpired):
-        hit = None
-    return hit or "cpu"
-
-
 # ----------------------------------------------------------------------------------------- install
 
 
@@ -566,10 +214,10 @@ def install(
                 and (cuda_arch is None or b.cuda_arch == cuda_arch)
             ):
                 emit(BuildEvent("cached", f"cached build {b.build_id} found; nothing to do"))
-                return _describe(builds_dir(root) / b.build_id / "bin" / SERVER_NAME, "cache")
+                return describe_binary(builds_dir(root) / b.build_id / "bin" / SERVER_NAME, "cache")
 
     tools = check_toolchain(backend)
-    if backend == "cuda" and not cuda_arch and not _gpu_visible():
+    if backend == "cuda" and not cuda_arch and not gpu_visible():
         # GGML_NATIVE=ON makes llama.cpp ask for CMAKE_CUDA_ARCHITECTURES=native, which fails without a GPU.
         raise ProvisionError(
             "no NVIDIA GPU visible for a native CUDA build; pass --cuda-arch 90 (H100) or build with --cpu"
@@ -590,7 +238,7 @@ def install(
     with _exclusive(root / "locks" / f"{build_id}.lock", emit):
         if (dest / BUILD_JSON).is_file() and (dest / "bin" / SERVER_NAME).is_file() and not force:
             emit(BuildEvent("cached", f"cached build {build_id} found; nothing to do (--force rebuilds)"))
-            return _describe(dest / "bin" / SERVER_NAME, "cache")
+            return describe_binary(dest / "bin" / SERVER_NAME, "cache")
 
         work = root / "work" / f"{build_id}.{os.getpid()}"
         log_path = root / "logs" / f"{build_id}.log"
@@ -653,7 +301,7 @@ def install(
         finally:
             if not keep_build_dir:
                 shutil.rmtree(work, ignore_errors=True)
-    return _describe(dest / "bin" / SERVER_NAME, "cache")
+    return describe_binary(dest / "bin" / SERVER_NAME, "cache")
 
 
 @contextlib.contextmanager

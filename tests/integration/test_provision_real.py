@@ -8,14 +8,14 @@ import subprocess
 import pytest
 
 from abtest.errors import BinaryNotFound
-from abtest.server import build as provision
+from abtest.server import builds, discover
 
 pytestmark = pytest.mark.integration
 
 
-def _find() -> provision.ServerBinary:
+def _find() -> builds.ServerBinary:
     try:
-        return provision.find_server()
+        return discover.find_server()
     except BinaryNotFound as exc:
         why = str(exc)
     pytest.fail(  # outside the except: no chained traceback, just the message
@@ -34,7 +34,7 @@ def test_find_server_finds_a_real_binary_and_version_runs() -> None:
     proc = subprocess.run([str(b.path), "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "version:" in proc.stdout + proc.stderr
-    assert b.backend in provision.BACKENDS or b.backend in ("rocm", "metal", "vulkan", "sycl"), b.backend
+    assert b.backend in builds.BACKENDS or b.backend in ("rocm", "metal", "vulkan", "sycl"), b.backend
     assert b.build_id
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import abtest.server as server_pkg
 from abtest.cli.server import server as server_group
 from abtest.errors import BinaryNotFound, ConfigError, ProvisionError
-from abtest.server import build as provision
-from abtest.server.build import BuildEvent, BuildInfo
+from abtest.server import build, builds, discover
+from abtest.server.build import BuildEvent
+from abtest.server.builds import BuildInfo
 
 COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
 VERSION_OUT = "version: 0.5.0-dev (build 0, commit unknown)\nbuilt with GNU 12.2.0 for Linux x86_64"
@@ -31,7 +33,7 @@ def _cached_build(root: Path, build_id: str, backend: str, built_at: str, recipe
     server = _exe(d / "bin" / "llama-server")
     _exe(d / "bin" / "llama-bench", "echo bench")
     _info(build_id=build_id, backend=backend, built_at=built_at,
-          recipe=provision.BUILD_RECIPE if recipe is None else recipe).write(d / "build.json")
+          recipe=builds.BUILD_RECIPE if recipe is None else recipe).write(d / "build.json")
     return server
 
 
@@ -64,7 +66,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("PATH", str(path_dir))
     monkeypatch.setenv("ABTEST_CACHE", str(cache))
     monkeypatch.delenv("ABTEST_LLAMA_SERVER", raising=False)
-    monkeypatch.setattr(provision, "CUDA_DEFAULT_DIRS", ())
+    monkeypatch.setattr(builds, "CUDA_DEFAULT_DIRS", ())
     return {"path": path_dir, "cache": cache, "tmp": tmp_path}
 
 
@@ -78,18 +80,18 @@ def test_discovery_order_flag_env_path_cache(env: dict[str, Path], monkeypatch: 
     cached = _cached_build(env["cache"], "0.3.36-0123456789ab-cpu", "cpu", "2025-01-01T00:00:00+00:00")
     monkeypatch.setenv("ABTEST_LLAMA_SERVER", str(via_env))
 
-    b = provision.find_server(str(flag))
+    b = discover.find_server(str(flag))
     assert (b.path, b.found_via) == (flag.resolve(), "--server-bin")
 
-    b = provision.find_server()
+    b = discover.find_server()
     assert (b.path, b.found_via) == (via_env.resolve(), "$ABTEST_LLAMA_SERVER")
 
     monkeypatch.delenv("ABTEST_LLAMA_SERVER")
-    b = provision.find_server()
+    b = discover.find_server()
     assert (b.path, b.found_via) == (on_path.resolve(), "PATH")
 
     on_path.unlink()
-    b = provision.find_server()
+    b = discover.find_server()
     assert (b.path, b.found_via) == (cached, "cache")
     assert b.build_id == "0.3.36-0123456789ab-cpu"
     assert b.backend == "cpu"
@@ -103,20 +105,20 @@ def test_explicit_path_that_is_wrong_does_not_fall_through(
 ) -> None:
     _exe(env["path"] / "llama-server")
     with pytest.raises(BinaryNotFound, match="--server-bin .* does not exist"):
-        provision.find_server(str(env["tmp"] / "nope" / "llama-server"))
+        discover.find_server(str(env["tmp"] / "nope" / "llama-server"))
     monkeypatch.setenv("ABTEST_LLAMA_SERVER", str(env["tmp"] / "missing"))
     with pytest.raises(BinaryNotFound, match=r"\$ABTEST_LLAMA_SERVER"):
-        provision.find_server()
+        discover.find_server()
 
 
 def test_server_bin_may_name_a_directory(env: dict[str, Path]) -> None:
     exe = _exe(env["tmp"] / "d" / "llama-server")
-    assert provision.find_server(str(exe.parent)).path == exe.resolve()
+    assert discover.find_server(str(exe.parent)).path == exe.resolve()
 
 
 def test_nothing_found_lists_where_it_looked(env: dict[str, Path]) -> None:
     with pytest.raises(BinaryNotFound) as ei:
-        provision.find_server()
+        discover.find_server()
     msg = str(ei.value)
     assert "$ABTEST_LLAMA_SERVER" in msg and "PATH" in msg and str(env["cache"]) in msg
     assert msg.endswith("run: abtest server install")
@@ -126,14 +128,14 @@ def test_nothing_found_lists_where_it_looked(env: dict[str, Path]) -> None:
 def test_not_executable_names_the_fix(env: dict[str, Path]) -> None:
     exe = _exe(env["tmp"] / "llama-server", mode=0o644)
     with pytest.raises(BinaryNotFound, match=r"not executable; run: chmod \+x .*llama-server"):
-        provision.find_server(str(exe))
+        discover.find_server(str(exe))
 
 
 def test_cached_binary_that_lost_its_x_bit(env: dict[str, Path]) -> None:
     server = _cached_build(env["cache"], "0.3.36-0123456789ab-cpu", "cpu", "2025-01-01T00:00:00+00:00")
     server.chmod(0o644)
     with pytest.raises(BinaryNotFound, match="found via cache.*chmod"):
-        provision.find_server()
+        discover.find_server()
 
 
 def test_version_that_fails_is_binary_not_found(env: dict[str, Path]) -> None:
@@ -141,43 +143,43 @@ def test_version_that_fails_is_binary_not_found(env: dict[str, Path]) -> None:
         env["tmp"] / "llama-server", "echo 'error while loading shared libraries: libcuda.so.1' >&2; exit 127"
     )
     with pytest.raises(BinaryNotFound, match="exited 127 .*libcuda"):
-        provision.find_server(str(exe))
+        discover.find_server(str(exe))
 
 
 def test_cache_prefers_the_default_backend(env: dict[str, Path]) -> None:
     _cached_build(env["cache"], "0.3.36-aaaaaaaaaaaa-cuda", "cuda", "2025-01-01T00:00:00+00:00")
     _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00")
     # No nvcc: cpu preferred (and it is also the newest).
-    assert provision.find_server().build_id == "0.3.36-bbbbbbbbbbbb-cpu"
+    assert discover.find_server().build_id == "0.3.36-bbbbbbbbbbbb-cpu"
     # nvcc on PATH: the older cuda build wins over the newer cpu one.
     _exe(env["path"] / "nvcc", "echo nvcc")
-    assert provision.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cuda"
+    assert discover.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cuda"
     # An explicit backend filters.
-    assert provision.find_server(backend="cpu").build_id == "0.3.36-bbbbbbbbbbbb-cpu"
+    assert discover.find_server(backend="cpu").build_id == "0.3.36-bbbbbbbbbbbb-cpu"
 
 
 def test_cache_prefers_the_current_recipe_and_if_missing_ignores_older_ones(env: dict[str, Path]) -> None:
     """A recipe-1 build (AMX on) may crash on this machine: a newer one of it loses to the current recipe."""
     _cached_build(env["cache"], "0.3.36-aaaaaaaaaaaa-cpu-r2", "cpu", "2025-01-01T00:00:00+00:00")
     _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00", recipe=1)
-    assert provision.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cpu-r2"
+    assert discover.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cpu-r2"
     old = {k: v for k, v in _info().to_dict().items() if k != "recipe"}
-    assert provision.BuildInfo.from_dict(old).recipe == 1  # build.json before recipe 2
+    assert builds.BuildInfo.from_dict(old).recipe == 1  # build.json before recipe 2
 
 
 def test_if_missing_rebuilds_over_an_older_recipe(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00", recipe=1)
     monkeypatch.setattr(shutil, "which", _which(set()))
     with pytest.raises(ProvisionError):  # it went on to build (and found no toolchain here)
-        provision.install(backend="cpu", if_missing=True)
+        build.install(backend="cpu", if_missing=True)
 
 
 def test_cache_falls_back_to_another_backend_but_not_when_asked(env: dict[str, Path]) -> None:
     _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00")
     _exe(env["path"] / "nvcc", "echo nvcc")
-    assert provision.find_server().backend == "cpu"
+    assert discover.find_server().backend == "cpu"
     with pytest.raises(BinaryNotFound, match="no build with backend cuda"):
-        provision.find_server(backend="cuda")
+        discover.find_server(backend="cuda")
 
 
 def test_half_written_cache_entries_are_skipped(env: dict[str, Path]) -> None:
@@ -186,8 +188,8 @@ def test_half_written_cache_entries_are_skipped(env: dict[str, Path]) -> None:
     _exe(broken / "bin" / "llama-server")
     (broken / "build.json").write_text("{not json")
     (env["cache"] / "llama-server" / "0.3.36-dddddddddddd-cpu.tmp123").mkdir()
-    assert [b.build_id for b in provision.list_builds()] == ["0.3.36-bbbbbbbbbbbb-cpu"]
-    assert provision.find_server().path == good
+    assert [b.build_id for b in builds.list_builds()] == ["0.3.36-bbbbbbbbbbbb-cpu"]
+    assert discover.find_server().path == good
 
 
 def test_backend_guessed_from_version_output(env: dict[str, Path]) -> None:
@@ -195,17 +197,17 @@ def test_backend_guessed_from_version_output(env: dict[str, Path]) -> None:
         env["tmp"] / "c" / "llama-server",
         "echo 'ggml_cuda_init: found 1 CUDA devices:' >&2; echo 'version: 0.5.0-dev (build 0, commit unknown)' >&2",
     )
-    b = provision.find_server(str(cuda))
+    b = discover.find_server(str(cuda))
     assert b.backend == "cuda" and b.build_info is None
     assert b.build_id.startswith("file-") and len(b.build_id) == len("file-") + 12
     cpu = _exe(env["tmp"] / "p" / "llama-server")
-    assert provision.find_server(str(cpu)).backend == "cpu"
+    assert discover.find_server(str(cpu)).backend == "cpu"
     listed = _exe(
         env["tmp"] / "l" / "llama-server",
         'if [ "$1" = --list-devices ]; then echo "Available devices:"; echo "  Vulkan0: Some GPU"; '
         f"else echo '{VERSION_OUT}' >&2; fi",
     )
-    assert provision.find_server(str(listed)).backend == "vulkan"
+    assert discover.find_server(str(listed)).backend == "vulkan"
 
 
 # --------------------------------------------------------------------------------- cache key, build.json
@@ -213,12 +215,12 @@ def test_backend_guessed_from_version_output(env: dict[str, Path]) -> None:
 
 def test_build_id_for() -> None:
     sha = "abcdef0123456789" + "0" * 48
-    assert provision.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu-r2"
-    assert provision.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda-r2"
-    assert provision.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90-r2"
-    assert provision.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90-r2"
+    assert builds.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu-r2"
+    assert builds.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda-r2"
+    assert builds.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90-r2"
+    assert builds.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90-r2"
     with pytest.raises(ConfigError):
-        provision.build_id_for("0.3.36", sha, "tpu")
+        builds.build_id_for("0.3.36", sha, "tpu")
 
 
 def test_source_sha256_of_file(tmp_path: Path) -> None:
@@ -226,7 +228,7 @@ def test_source_sha256_of_file(tmp_path: Path) -> None:
 
     f = tmp_path / "src.tar.gz"
     f.write_bytes(b"hello" * 1000)
-    assert provision.source_sha256(f) == hashlib.sha256(b"hello" * 1000).hexdigest()
+    assert builds.source_sha256(f) == hashlib.sha256(b"hello" * 1000).hexdigest()
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -240,16 +242,16 @@ def test_source_sha256_of_directory(tmp_path: Path) -> None:
     files = {"CMakeLists.txt": "x", "ggml/a.c": "a", "tools/server/s.cpp": "s"}
     a = _tree(tmp_path / "a", files)
     b = _tree(tmp_path / "b", dict(reversed(list(files.items()))))  # creation order does not matter
-    assert provision.source_sha256(a) == provision.source_sha256(b)
+    assert builds.source_sha256(a) == builds.source_sha256(b)
     # .git and a cmake build directory are ignored.
     _tree(a, {".git/HEAD": "ref", "build/CMakeCache.txt": "cache", "build/obj.o": "o"})
-    assert provision.source_sha256(a) == provision.source_sha256(b)
+    assert builds.source_sha256(a) == builds.source_sha256(b)
     # Content and names both count.
     (b / "ggml" / "a.c").write_text("A")
-    assert provision.source_sha256(a) != provision.source_sha256(b)
+    assert builds.source_sha256(a) != builds.source_sha256(b)
     (b / "ggml" / "a.c").write_text("a")
     (b / "ggml" / "a.c").rename(b / "ggml" / "b.c")
-    assert provision.source_sha256(a) != provision.source_sha256(b)
+    assert builds.source_sha256(a) != builds.source_sha256(b)
 
 
 def test_build_info_round_trip(tmp_path: Path) -> None:
@@ -283,7 +285,7 @@ def _which(available: set[str]):  # type: ignore[no-untyped-def]
 def test_missing_cmake(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", _which({"c++", "make"}))
     with pytest.raises(ProvisionError) as ei:
-        provision.check_toolchain("cpu")
+        build.check_toolchain("cpu")
     msg = str(ei.value)
     assert "cmake not found" in msg and "apt-get install cmake" in msg and "pip install cmake" in msg
     assert "\n" not in msg
@@ -293,53 +295,53 @@ def test_missing_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(shutil, "which", _which({"cmake", "make"}))
     with pytest.raises(ProvisionError, match=r"C\+\+ compiler.*apt-get install build-essential"):
-        provision.check_toolchain("cpu")
+        build.check_toolchain("cpu")
 
 
 def test_missing_make_and_ninja(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", _which({"cmake", "g++"}))
     with pytest.raises(ProvisionError, match="build-essential"):
-        provision.check_toolchain("cpu")
+        build.check_toolchain("cpu")
 
 
 def test_ninja_only_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", _which({"cmake", "g++", "ninja"}))
-    assert provision.check_toolchain("cpu")["ninja"] == "/usr/bin/ninja"
-    assert provision.cmake_flags("cpu", ninja=True)[:2] == ["-G", "Ninja"]
+    assert build.check_toolchain("cpu")["ninja"] == "/usr/bin/ninja"
+    assert build.cmake_flags("cpu", ninja=True)[:2] == ["-G", "Ninja"]
 
 
 def test_cuda_without_nvcc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", _which({"cmake", "c++", "make"}))
-    monkeypatch.setattr(provision, "CUDA_DEFAULT_DIRS", ())
-    assert provision.default_backend() == "cpu"
+    monkeypatch.setattr(builds, "CUDA_DEFAULT_DIRS", ())
+    assert builds.default_backend() == "cpu"
     with pytest.raises(ProvisionError, match="nvcc.*--cpu"):
-        provision.check_toolchain("cuda")
+        build.check_toolchain("cuda")
 
 
 def test_nvcc_found_in_usr_local_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", _which(set()))
     nvcc = _exe(tmp_path / "cuda" / "bin" / "nvcc")
-    monkeypatch.setattr(provision, "CUDA_DEFAULT_DIRS", (nvcc.parent,))
-    assert provision.find_nvcc() == nvcc
-    assert provision.default_backend() == "cuda"
+    monkeypatch.setattr(builds, "CUDA_DEFAULT_DIRS", (nvcc.parent,))
+    assert builds.find_nvcc() == nvcc
+    assert builds.default_backend() == "cuda"
 
 
 def test_cmake_flags() -> None:
-    cpu = provision.cmake_flags("cpu")
+    cpu = build.cmake_flags("cpu")
     assert "-DBUILD_SHARED_LIBS=OFF" in cpu and "-DLLAMA_BUILD_UI=OFF" in cpu and "-DLLAMA_OPENSSL=OFF" in cpu
     assert not any("CURL" in f or "CUDA" in f for f in cpu)
-    cuda = provision.cmake_flags("cuda", cuda_arch="90", nvcc="/usr/local/cuda/bin/nvcc")
+    cuda = build.cmake_flags("cuda", cuda_arch="90", nvcc="/usr/local/cuda/bin/nvcc")
     assert "-DGGML_CUDA=ON" in cuda and "-DCMAKE_CUDA_ARCHITECTURES=90" in cuda
     assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc" in cuda
 
 
 def test_cmake_flags_turn_amx_off_on_x86_only() -> None:
     """The pinned llama.cpp's AMX kernels crash (SIGILL) on AMX CPUs: x86-64 builds pass -mno-amx-*."""
-    for backend in provision.BACKENDS:
-        x86 = provision.cmake_flags(backend, machine="x86_64")
+    for backend in builds.BACKENDS:
+        x86 = build.cmake_flags(backend, machine="x86_64")
         assert "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in x86
         assert "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in x86
-        assert not any("amx" in f for f in provision.cmake_flags(backend, machine="aarch64"))
+        assert not any("amx" in f for f in build.cmake_flags(backend, machine="aarch64"))
 
 
 @pytest.mark.parametrize(
@@ -356,7 +358,7 @@ def test_cmake_flags_turn_amx_off_on_x86_only() -> None:
     ],
 )
 def test_parse_progress_line(line: str, pct: int | None) -> None:
-    assert provision.parse_progress_line(line) == pct
+    assert build.parse_progress_line(line) == pct
 
 
 # --------------------------------------------------------------------------- install with a fake cmake
@@ -401,11 +403,11 @@ def _llama_src(root: Path) -> Path:
 
 def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) -> None:
     src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
-    (src / provision.VERSION_MARKER).write_text("llama-cpp-python 0.3.36\n")
+    (src / build.VERSION_MARKER).write_text("llama-cpp-python 0.3.36\n")
     events: list[BuildEvent] = []
-    b = provision.install(backend="cpu", jobs=3, source=src, progress=events.append)
-    sha = provision.source_sha256(src)
-    assert b.build_id == f"0.3.36-{sha[:12]}-cpu-r{provision.BUILD_RECIPE}"
+    b = build.install(backend="cpu", jobs=3, source=src, progress=events.append)
+    sha = builds.source_sha256(src)
+    assert b.build_id == f"0.3.36-{sha[:12]}-cpu-r{builds.BUILD_RECIPE}"
     assert b.found_via == "cache" and b.backend == "cpu"
     assert b.path == fake_toolchain["cache"] / "llama-server" / b.build_id / "bin" / "llama-server"
     assert b.bench_path == b.path.parent / "llama-bench"
@@ -427,34 +429,34 @@ def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) ->
     assert "Built target llama-server" in log.read_text()
 
     events.clear()
-    again = provision.install(backend="cpu", source=src, progress=events.append)
+    again = build.install(backend="cpu", source=src, progress=events.append)
     assert again.build_id == b.build_id and [e.phase for e in events][-1] == "cached"
     # And discovery now finds it.
-    assert provision.find_server().build_id == b.build_id
+    assert discover.find_server().build_id == b.build_id
 
 
 def test_install_from_tarball_uses_its_marker(fake_toolchain: dict[str, Path]) -> None:
     src = _llama_src(fake_toolchain["tmp"] / "stage" / "llama.cpp")
-    (src / provision.VERSION_MARKER).write_text(f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\n")
+    (src / build.VERSION_MARKER).write_text(f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\n")
     tgz = fake_toolchain["tmp"] / "llama-src.tgz"
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(src, arcname="llama.cpp")
-    b = provision.install(backend="cpu", jobs=1, source=tgz)
-    assert b.build_id == f"0.3.36-{provision.source_sha256(tgz)[:12]}-cpu-r{provision.BUILD_RECIPE}"
+    b = build.install(backend="cpu", jobs=1, source=tgz)
+    assert b.build_id == f"0.3.36-{builds.source_sha256(tgz)[:12]}-cpu-r{builds.BUILD_RECIPE}"
     assert b.build_info is not None and b.build_info.llama_cpp_commit == COMMIT
     assert "-DLLAMA_BUILD_COMMIT=0c1e570" in b.build_info.cmake_flags
     assert "-DLLAMA_BUILD_NUMBER=0" in b.build_info.cmake_flags  # the marker gives no build number
-    (src / provision.VERSION_MARKER).write_text(
+    (src / build.VERSION_MARKER).write_text(
         f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\nllama.cpp build 1\n"
     )
-    assert provision._llama_commit(src) == (COMMIT, 1, False)
+    assert build._llama_commit(src) == (COMMIT, 1, False)
 
 
 def test_git_checkout_is_left_to_cmake(tmp_path: Path) -> None:
     src = _tree(tmp_path / "llama.cpp", {".git/HEAD": "ref: refs/heads/master\n", ".git/objects/ab/cd": "x"})
     _tree(src, {".git/refs/heads/master": COMMIT + "\n"})
-    assert provision._llama_commit(src) == (COMMIT, None, True)
-    assert provision._llama_commit(tmp_path) == (None, None, False)
+    assert build._llama_commit(src) == (COMMIT, None, True)
+    assert build._llama_commit(tmp_path) == (None, None, False)
 
 
 def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]) -> None:
@@ -473,8 +475,8 @@ def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]
     with tarfile.open(sdist, "w:gz") as tf:
         tf.add(root, arcname="llama_cpp_python-0.3.36")
     # The sdist is cached, so no pip call happens (PATH has no network tools anyway).
-    b = provision.install(backend="cpu", jobs=1, keep_build_dir=True)
-    assert b.build_id == f"0.3.36-{provision.source_sha256(sdist)[:12]}-cpu-r{provision.BUILD_RECIPE}"
+    b = build.install(backend="cpu", jobs=1, keep_build_dir=True)
+    assert b.build_id == f"0.3.36-{builds.source_sha256(sdist)[:12]}-cpu-r{builds.BUILD_RECIPE}"
     assert b.build_info is not None and b.build_info.source == "pypi:llama-cpp-python==0.3.36"
     work = next((fake_toolchain["cache"] / "work").iterdir())
     args = (work / "build" / "configure-args").read_text()
@@ -497,10 +499,10 @@ def test_if_missing_needs_no_download(
     def no_network(*a: object, **k: object) -> Path:
         raise AssertionError("--if-missing must not download")
 
-    monkeypatch.setattr(provision, "_ensure_sdist", no_network)
-    assert provision.install(backend="cpu", if_missing=True).path == cached
+    monkeypatch.setattr(build, "_ensure_sdist", no_network)
+    assert build.install(backend="cpu", if_missing=True).path == cached
     with pytest.raises(AssertionError):
-        provision.install(backend="cpu", if_missing=True, force=True)
+        build.install(backend="cpu", if_missing=True, force=True)
 
 
 def test_build_failure_names_the_error_and_log(
@@ -511,26 +513,26 @@ def test_build_failure_names_the_error_and_log(
     with pytest.raises(
         ProvisionError, match=r"cmake build failed \(exit 2\): .*error: boom; full log: .*\.log"
     ):
-        provision.install(backend="cpu", jobs=1, source=src)
-    assert provision.list_builds() == []
+        build.install(backend="cpu", jobs=1, source=src)
+    assert builds.list_builds() == []
 
 
 def test_source_that_is_not_llama_cpp(fake_toolchain: dict[str, Path]) -> None:
     d = fake_toolchain["tmp"] / "other"
     _tree(d, {"README": "x"})
     with pytest.raises(ConfigError, match="no llama.cpp source"):
-        provision.install(backend="cpu", source=d)
+        build.install(backend="cpu", source=d)
 
 
 def test_native_cuda_without_gpu_asks_for_arch(
     fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _exe(fake_toolchain["path"] / "nvcc", "echo nvcc")
-    monkeypatch.setattr(provision, "_gpu_visible", lambda: False)
+    monkeypatch.setattr(build, "gpu_visible", lambda: False)
     with pytest.raises(ProvisionError, match="--cuda-arch 90"):
-        provision.install(backend="cuda", source=fake_toolchain["tmp"])
+        build.install(backend="cuda", source=fake_toolchain["tmp"])
     with pytest.raises(ConfigError, match="--cuda-arch only applies"):
-        provision.install(backend="cpu", cuda_arch="90")
+        build.install(backend="cpu", cuda_arch="90")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -561,9 +563,9 @@ def test_cli_info_table(env: dict[str, Path]) -> None:
 
 
 def test_module_surface() -> None:
-    for name in provision.__all__:
-        assert hasattr(provision, name), name
-    assert provision.LLAMA_CPP_PYTHON_VERSION == "0.3.36"
+    for name in server_pkg.__all__:
+        assert hasattr(server_pkg, name), name
+    assert builds.LLAMA_CPP_PYTHON_VERSION == "0.3.36"
 
 
 def test_a_second_install_waits_for_the_first(fake_toolchain: dict[str, Path]) -> None:
@@ -571,7 +573,7 @@ def test_a_second_install_waits_for_the_first(fake_toolchain: dict[str, Path]) -
     import threading
 
     src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
-    build_id = provision.build_id_for("local", provision.source_sha256(src), "cpu")
+    build_id = builds.build_id_for("local", builds.source_sha256(src), "cpu")
     lock = fake_toolchain["cache"] / "locks" / f"{build_id}.lock"
     lock.parent.mkdir(parents=True)
     events: list[BuildEvent] = []
@@ -585,7 +587,7 @@ def test_a_second_install_waits_for_the_first(fake_toolchain: dict[str, Path]) -
     with lock.open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         t = threading.Thread(
-            target=provision.install, kwargs=dict(backend="cpu", source=src, progress=on_event)
+            target=build.install, kwargs=dict(backend="cpu", source=src, progress=on_event)
         )
         t.start()
         assert waiting.wait(10), [e.phase for e in events]
@@ -594,4 +596,4 @@ def test_a_second_install_waits_for_the_first(fake_toolchain: dict[str, Path]) -
     t.join(20)
     assert not t.is_alive()
     assert [e.phase for e in events].count("configure") >= 1
-    assert provision.find_server().build_id == build_id
+    assert discover.find_server().build_id == build_id

@@ -1,0 +1,179 @@
+"""Which llama-server a run uses: an explicit path, $ABTEST_LLAMA_SERVER, PATH, then the cache.
+
+`find_server(server_bin=None)` -> `ServerBinary`. In the cache, the newest build of the current
+recipe whose backend matches the preference wins. An explicit path or env var that is wrong is an
+error, never a silent fall-through to the next place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..cache import cache_root
+from ..errors import BinaryNotFound, ProvisionError
+from .builds import (
+    BENCH_NAME,
+    BUILD_JSON,
+    BUILD_RECIPE,
+    SERVER_NAME,
+    BuildInfo,
+    ServerBinary,
+    builds_dir,
+    default_backend,
+    list_builds,
+    source_sha256,
+)
+
+ENV_SERVER = "ABTEST_LLAMA_SERVER"
+
+
+def find_server(
+    server_bin: str | os.PathLike[str] | None = None, *, backend: str | None = None
+) -> ServerBinary:
+    """The llama-server a run would use; see the module docstring for the order.
+
+    `backend` ("cpu"/"cuda") restricts the cache search to that backend; by default the cache prefers
+    `default_backend()` and falls back to the newest build of any backend.
+    """
+    looked: list[str] = []
+    if server_bin is not None:
+        return describe_binary(_check_explicit(Path(server_bin), "--server-bin"), "--server-bin")
+    env = os.environ.get(ENV_SERVER)
+    if env:
+        return describe_binary(_check_explicit(Path(env), f"${ENV_SERVER}"), f"${ENV_SERVER}")
+    looked.append(f"${ENV_SERVER} (unset)")
+    on_path = shutil.which(SERVER_NAME)
+    if on_path:
+        return describe_binary(Path(on_path).resolve(), "PATH")
+    looked.append(f"{SERVER_NAME} on PATH (none)")
+    root = cache_root()
+    hit = _newest_cached(root, backend)
+    if hit is not None:
+        return describe_binary(builds_dir(root) / hit.build_id / "bin" / SERVER_NAME, "cache")
+    want = f" with backend {backend}" if backend else ""
+    looked.append(f"the cache {builds_dir(root)} (no build{want})")
+    raise BinaryNotFound(f"no llama-server found; looked at: {'; '.join(looked)}; run: abtest server install")
+
+
+def _newest_cached(root: Path, backend: str | None) -> BuildInfo | None:
+    # The current recipe first (newest first within each): an older recipe may crash here (AMX).
+    builds = sorted(list_builds(root), key=lambda b: b.recipe != BUILD_RECIPE)
+    if backend is not None:
+        builds = [b for b in builds if b.backend == backend]
+        return builds[0] if builds else None
+    preferred = default_backend()
+    # Newest of the preferred backend first, then the newest of any other (list is newest first).
+    for b in builds:
+        if b.backend == preferred:
+            return b
+    return builds[0] if builds else None
+
+
+def _check_explicit(path: Path, via: str) -> Path:
+    path = path.expanduser()
+    if path.is_dir():
+        path = path / SERVER_NAME
+    if not path.exists():
+        raise BinaryNotFound(
+            f"{via} {path} does not exist; point it at a llama-server binary or run: abtest server install"
+        )
+    if not path.is_file():
+        raise BinaryNotFound(f"{via} {path} is not a file; point it at a llama-server binary")
+    if not os.access(path, os.X_OK):
+        raise BinaryNotFound(
+            f"{via} {path} is not executable; run: chmod +x {path} (or point {via} elsewhere)"
+        )
+    return path.resolve()
+
+
+def describe_binary(path: Path, found_via: str) -> ServerBinary:
+    if not os.access(path, os.X_OK):
+        raise BinaryNotFound(
+            f"{path} (found via {found_via}) is not executable; run: chmod +x {path} (or use --server-bin)"
+        )
+    version_text = _run_version(path, found_via)
+    info = _build_info_beside(path)
+    if info is not None:
+        build_id, backend = info.build_id, info.backend
+    else:
+        build_id = "file-" + source_sha256(path)[:12]
+        backend = _guess_backend(path, version_text)
+    bench = path.parent / BENCH_NAME
+    bench_path = bench if bench.is_file() and os.access(bench, os.X_OK) else None
+    return ServerBinary(
+        path=path,
+        found_via=found_via,
+        version_text=version_text,
+        build_id=build_id,
+        backend=backend,
+        bench_path=bench_path,
+        build_info=info,
+    )
+
+
+def _run_version(path: Path, found_via: str) -> str:
+    try:
+        proc = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, errors="replace", timeout=60
+        )
+    except OSError as exc:
+        raise BinaryNotFound(
+            f"{path} (found via {found_via}) cannot run ({exc.strerror}); rebuild it: abtest server install"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise BinaryNotFound(
+            f"{path} --version did not finish in 60 s; is it really llama-server? use --server-bin"
+        ) from exc
+    text = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        last = text.splitlines()[-1] if text else "no output"
+        raise BinaryNotFound(
+            f"{path} --version exited {proc.returncode} ({last}); rebuild it: abtest server install, or use --server-bin"
+        )
+    return text
+
+
+def _build_info_beside(path: Path) -> BuildInfo | None:
+    """build.json in the binary's directory or its parent (the cache's <id>/bin/ layout)."""
+    for d in (path.parent, path.parent.parent):
+        bj = d / BUILD_JSON
+        if bj.is_file():
+            try:
+                return BuildInfo.read(bj)
+            except ProvisionError:
+                return None
+    return None
+
+
+def _backend_from_text(text: str) -> str | None:
+    low = text.lower()
+    for needle, name in (
+        ("cuda", "cuda"),
+        ("rocm", "rocm"),
+        ("hip", "rocm"),
+        ("metal", "metal"),
+        ("vulkan", "vulkan"),
+        ("sycl", "sycl"),
+    ):
+        if re.search(rf"\b{needle}", low):
+            return name
+    return None
+
+
+def _guess_backend(path: Path, version_text: str) -> str:
+    """From `--version` (a CUDA build logs ggml_cuda_init there), else from `--list-devices`, else cpu."""
+    hit = _backend_from_text(version_text)
+    if hit:
+        return hit
+    try:
+        proc = subprocess.run(
+            [str(path), "--list-devices"], capture_output=True, text=True, errors="replace", timeout=60
+        )
+        hit = _backend_from_text(proc.stdout + proc.stderr)
+    except (OSError, subprocess.TimeoutExpired):
+        hit = None
+    return hit or "cpu"
