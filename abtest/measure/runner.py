@@ -17,18 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
-import platform
-import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -49,42 +45,13 @@ from ..server.process import (
     supports_flag,
 )
 from . import rawclient
+from .arms import ResolvedArm, evidence_path, host_info, longest_prompt_estimate, resolve_arms
+from .load import arrival_times
+from .progress import NullProgress, Progress
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
-from .sampler import Nvml, VramSampler, cpu_model, summarize
+from .sampler import Nvml, VramSampler, summarize
 from .stream import StreamLimits, StreamRequest, fetch_token_ids
 from .stream import stream_request as httpx_stream_request
-
-
-class Progress(Protocol):
-    """What the runner tells a display; the CLI implements it with rich, --quiet with nothing."""
-
-    def arm_begin(self, arm: str, total: int) -> None: ...
-    def request_done(self, record: RequestRecord) -> None: ...
-    def arm_end(self, arm: str, ok: bool, message: str) -> None: ...
-    def note(self, message: str) -> None: ...
-
-
-class NullProgress:
-    def arm_begin(self, arm: str, total: int) -> None:
-        pass
-
-    def request_done(self, record: RequestRecord) -> None:
-        pass
-
-    def arm_end(self, arm: str, ok: bool, message: str) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class ResolvedArm:
-    """An arm with its binary and model found, hashed and checked."""
-
-    spec: ArmSpec
-    server: dict[str, Any]  # {"path", "version_text", "build_id", "backend", "found_via"}
-    model: dict[str, Any]  # ModelRef + ModelInfo as a dict
 
 
 @dataclass(frozen=True)
@@ -94,90 +61,6 @@ class RunResult:
     n_failed: int
     arms_failed: list[str]
     duration_s: float
-
-
-# ------------------------------------------------------------------------------ preparation
-
-
-def host_info() -> dict[str, Any]:
-    mem_kib = None
-    try:
-        with open("/proc/meminfo") as fh:
-            mem_kib = int(fh.readline().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "hostname": socket.gethostname(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "mem_total_mib": round(mem_kib / 1024) if mem_kib else None,
-    }
-
-
-def resolve_server(server_bin: str | None) -> dict[str, Any]:
-    from ..server.discover import find_server
-
-    sb = find_server(server_bin)
-    return {
-        "path": str(sb.path),
-        "version_text": sb.version_text,
-        "build_id": sb.build_id,
-        "backend": sb.backend,
-        "found_via": sb.found_via,
-    }
-
-
-def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
-    from ..models.catalog import resolve_model as catalog_resolve
-    from ..models.catalog import sha256_file
-    from ..models.gguf import check_gguf, read_model_info
-
-    ref = catalog_resolve(name, models_dir=models_dir)
-    path = Path(ref.path)
-    check_gguf(path)
-    note(f"hashing {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
-    sha = sha256_file(path)
-    info = read_model_info(path)
-    return {
-        "name": ref.name,
-        "path": str(path),
-        "size_bytes": path.stat().st_size,
-        "sha256": sha,
-        **{k: v for k, v in asdict(info).items() if not isinstance(v, (list, dict))},
-    }
-
-
-def resolve_arms(cfg: RunConfig, note: Callable[[str], None]) -> list[ResolvedArm]:
-    servers: dict[str | None, dict[str, Any]] = {}
-    models: dict[str, dict[str, Any]] = {}
-    out = []
-    for arm in cfg.arms:
-        bin_key = arm.server_bin or cfg.server_bin
-        if bin_key not in servers:
-            if arm.kind == "llama-server":
-                servers[bin_key] = resolve_server(bin_key)
-            else:
-                servers[bin_key] = {"path": bin_key or arm.kind, "version_text": "unknown", "build_id": "unknown",
-                                    "backend": "unknown", "found_via": "--arms-file"}
-        model_key = arm.model or cfg.model
-        if model_key not in models:
-            models[model_key] = resolve_model(model_key, cfg.models_dir, note)
-        out.append(ResolvedArm(arm, servers[bin_key], models[model_key]))
-    return out
-
-
-def longest_prompt_estimate(cases: Sequence[PromptCase]) -> int:
-    """Upper bound of prompt tokens before any server is up: the target, or the UTF-8 bytes + 8
-    for untargeted text (a byte-level BPE never needs more tokens than bytes, plus specials)."""
-    return max(c.target_tokens + 8 if c.target_tokens else len(c.text.encode()) + 8 for c in cases)
-
-
-def evidence_path(cfg: RunConfig, model_name: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(model_name).stem)
-    return Path(cfg.out_dir) / f"{stamp}-{safe}.jsonl"
 
 
 # ------------------------------------------------------------------------------ the run
@@ -612,18 +495,6 @@ def no_gc_pauses() -> Iterator[None]:
             gc.enable()
         gc.unfreeze()
         gc.collect()
-
-
-def arrival_times(n: int, rate: float, arrivals: str, seed: int) -> list[float]:
-    """Send offsets in seconds: evenly spaced at 1/rate, or a Poisson process (exponential gaps)."""
-    if arrivals == "poisson":
-        rng = random.Random(seed)
-        t, out = 0.0, []
-        for _ in range(n):
-            out.append(t)
-            t += rng.expovariate(rate)
-        return out
-    return [i / rate for i in range(n)]
 
 
 async def _still_up(rec: RequestRecord, alive: Callable[[], bool]) -> bool:

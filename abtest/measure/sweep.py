@@ -43,8 +43,10 @@ from ..models.vram import (
     predict,
 )
 from ..records import ArmEnd, RequestRecord
-from .runner import Progress, ResolvedArm, Runner, evidence_path, longest_prompt_estimate
-from .runner import resolve_arms as resolve_run_arms
+from .arms import ResolvedArm, evidence_path, longest_prompt_estimate
+from .arms import resolve_arms as resolve_run_arms
+from .progress import Progress
+from .runner import Runner
 
 SIDECAR_SUFFIX = ".sweep.json"
 DEFAULT_MARGIN_MIB = 512.0  # skip a setting predicted within this much of the free VRAM

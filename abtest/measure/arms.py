@@ -1,0 +1,106 @@
+"""Before anything launches: each arm's server binary and model found, hashed and checked; the host described."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import ArmSpec, RunConfig
+from .prompts import PromptCase
+from .sampler import cpu_model
+
+
+@dataclass(frozen=True)
+class ResolvedArm:
+    """An arm with its binary and model found, hashed and checked."""
+
+    spec: ArmSpec
+    server: dict[str, Any]  # {"path", "version_text", "build_id", "backend", "found_via"}
+    model: dict[str, Any]  # ModelRef + ModelInfo as a dict
+
+
+def host_info() -> dict[str, Any]:
+    mem_kib = None
+    try:
+        with open("/proc/meminfo") as fh:
+            mem_kib = int(fh.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "hostname": socket.gethostname(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "mem_total_mib": round(mem_kib / 1024) if mem_kib else None,
+    }
+
+
+def resolve_server(server_bin: str | None) -> dict[str, Any]:
+    from ..server.discover import find_server
+
+    sb = find_server(server_bin)
+    return {
+        "path": str(sb.path),
+        "version_text": sb.version_text,
+        "build_id": sb.build_id,
+        "backend": sb.backend,
+        "found_via": sb.found_via,
+    }
+
+
+def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
+    from ..models.catalog import resolve_model as catalog_resolve
+    from ..models.catalog import sha256_file
+    from ..models.gguf import check_gguf, read_model_info
+
+    ref = catalog_resolve(name, models_dir=models_dir)
+    path = Path(ref.path)
+    check_gguf(path)
+    note(f"hashing {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
+    sha = sha256_file(path)
+    info = read_model_info(path)
+    return {
+        "name": ref.name,
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "sha256": sha,
+        **{k: v for k, v in asdict(info).items() if not isinstance(v, (list, dict))},
+    }
+
+
+def resolve_arms(cfg: RunConfig, note: Callable[[str], None]) -> list[ResolvedArm]:
+    servers: dict[str | None, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    out = []
+    for arm in cfg.arms:
+        bin_key = arm.server_bin or cfg.server_bin
+        if bin_key not in servers:
+            if arm.kind == "llama-server":
+                servers[bin_key] = resolve_server(bin_key)
+            else:
+                servers[bin_key] = {"path": bin_key or arm.kind, "version_text": "unknown", "build_id": "unknown",
+                                    "backend": "unknown", "found_via": "--arms-file"}
+        model_key = arm.model or cfg.model
+        if model_key not in models:
+            models[model_key] = resolve_model(model_key, cfg.models_dir, note)
+        out.append(ResolvedArm(arm, servers[bin_key], models[model_key]))
+    return out
+
+
+def longest_prompt_estimate(cases: Sequence[PromptCase]) -> int:
+    """Upper bound of prompt tokens before any server is up: the target, or the UTF-8 bytes + 8
+    for untargeted text (a byte-level BPE never needs more tokens than bytes, plus specials)."""
+    return max(c.target_tokens + 8 if c.target_tokens else len(c.text.encode()) + 8 for c in cases)
+
+
+def evidence_path(cfg: RunConfig, model_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(model_name).stem)
+    return Path(cfg.out_dir) / f"{stamp}-{safe}.jsonl"
