@@ -80,11 +80,19 @@ class Runner:
         self.n_failed = 0
         self.arms_failed: list[str] = []
         self._prompt_text: dict[str, dict[str, str]] = {}  # arm -> prompt id -> text as sent
+        self._listeners: list[Callable[[Any], None]] = []
+
+    def subscribe(self, listener: Callable[[Any], None]) -> None:
+        """Call `listener(record)` after each record is written (the sweep reads its measurements
+        this way). Memory samples come from the sampler thread, every other record from the run."""
+        self._listeners.append(listener)
 
     def write(self, record: Any) -> None:
         assert self.writer is not None
         with self._lock:  # the sampler thread writes too
             self.writer.write(record)
+        for listener in self._listeners:
+            listener(record)
 
     def _write_sample(self, record: Any) -> None:
         """The sampler thread's sink: an unwritable evidence file (disk full) is reported by the
@@ -134,7 +142,7 @@ class Runner:
                 self._interleaved(arms, cases, ctx, path)
             else:
                 for arm in arms:
-                    self._sequential_arm(arm, cases, ctx, path)
+                    self.run_arm(arm, cases, ctx, path)
             self.write(self.run_end(t0))
         finally:
             self.writer.close()
@@ -298,7 +306,8 @@ class Runner:
             self.n_failed += 0 if rec.ok else 1
         self.progress.request_done(rec)
 
-    def _sequential_arm(self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path) -> None:
+    def run_arm(self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path) -> None:
+        """One arm on its own: launch, warm-up, measured requests, memory samples, arm_end."""
         up = self._arm_up(arm, cases, ctx, evidence)
         if up is None:
             return

@@ -374,12 +374,12 @@ def free_vram_mib(nvml: Any) -> float | None:
     return float(d["memory_total_mib"]) - float(d["memory_used_mib"])
 
 
-class SweepRunner(Runner):
-    """A `Runner` whose arms are chosen one at a time by `search`, into one evidence file.
+class SweepRunner:
+    """The sweep: arms chosen one at a time by `search`, run by a `Runner` into one evidence file.
 
-    It reuses Runner's per-arm machinery (`_sequential_arm`: launch, warm-up, measured requests,
-    memory sampling, arm_end) and replaces only `execute`, which here decides the next arm from
-    the measurements of the previous ones.
+    The Runner does each arm (`Runner.run_arm`: launch, warm-up, measured requests, memory
+    sampling, arm_end); this class decides the next arm from the measurements of the previous
+    ones, which it reads by subscribing to the records the Runner writes.
     """
 
     def __init__(
@@ -393,7 +393,9 @@ class SweepRunner(Runner):
         argv: Sequence[str] = (),
     ) -> None:
         probe_arm = ready_made_arm("ncmoe0")
-        super().__init__(replace(cfg, arms=(probe_arm,)), progress, argv)
+        self.runner = Runner(replace(cfg, arms=(probe_arm,)), progress, argv)
+        self.runner.subscribe(self._observe)
+        self.progress = self.runner.progress
         self.ncmoe = ncmoe
         self.settings: list[int] | None = None
         self.budget_mib = budget_mib
@@ -401,21 +403,27 @@ class SweepRunner(Runner):
         self.overhead_mib = overhead_mib
         self._arm_ends: dict[str, ArmEnd] = {}
         self._records: dict[str, list[RequestRecord]] = {}
+        self._result: SearchResult | None = None
         self.trail: list[dict[str, Any]] = []
 
-    def write(self, record: Any) -> None:
-        super().write(record)
+    @property
+    def writer(self) -> EvidenceWriter | None:
+        """The evidence file being written (the CLI names it when a run is interrupted)."""
+        return self.runner.writer
+
+    def _observe(self, record: Any) -> None:
         if isinstance(record, ArmEnd):
             self._arm_ends[record.arm] = record
         elif isinstance(record, RequestRecord) and not record.warmup:
             self._records.setdefault(record.arm, []).append(record)
 
-    def execute(self) -> SweepResult:  # type: ignore[override]
+    def execute(self) -> SweepResult:
         from ..analysis.metrics import decode_tps
         from ..models.vram import layout_from_gguf
         from .prompts import load_prompts
 
-        cfg = self.cfg
+        runner = self.runner
+        cfg = runner.cfg
         t0 = time.perf_counter()
         check_writable(Path(cfg.out_dir))
         cases = load_prompts(Path(cfg.prompts_path) if cfg.prompts_path else None, list(cfg.buckets) or None)
@@ -432,20 +440,20 @@ class SweepRunner(Runner):
             longest_prompt_estimate(cases), cfg.max_tokens, cfg.parallel or cfg.concurrency
         )
         ctx = context_params(cfg, n_ctx)
-        free = free_vram_mib(self.nvml)
+        free = free_vram_mib(runner.nvml)
         budget = self.budget_mib if self.budget_mib is not None else free
         plan = make_plan(layout, model_path, ctx, self.settings, budget, free, self.margin_mib, self.overhead_mib,
                          backend=str(resolved.server.get("backend", "unknown")), offsets=gguf_offsets(model_path))
         candidates = sorted(set(plan.settings) | {0, layout.n_layer})
         arms = tuple(ready_made_arm(arm_name(n)) for n in candidates)
         cfg = replace(cfg, ctx_size=n_ctx, arms=arms, extra={**cfg.extra, "sweep": plan.to_extra()})
-        self.cfg = cfg
+        runner.cfg = cfg
         path = evidence_path(cfg, cfg.model)
         sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
-        self.writer = EvidenceWriter(path)
+        runner.writer = EvidenceWriter(path)
 
         def measure(n: int) -> Measurement | None:
-            free_now = free_vram_mib(self.nvml)
+            free_now = free_vram_mib(runner.nvml)
             reason = plan.skip_reason(n, free_now)
             entry: dict[str, Any] = {"n": n, "arm": arm_name(n), "free_mib_before": free_now,
                                      "predicted_mib": plan.predictions[n].total_mib, "at": _now()}
@@ -455,14 +463,14 @@ class SweepRunner(Runner):
                 self.progress.note(f"{arm_name(n)}: skipped, {reason}")
                 self._write_sidecar(sidecar, plan, entry_only=True)
                 return None
-            used_before = self.nvml.device_sample(0).get("device_used_mib")
+            used_before = runner.nvml.device_sample(0).get("device_used_mib")
             spec = ready_made_arm(arm_name(n))
             arm = ResolvedArm(spec, resolved.server, resolved.model)
             self.progress.note(
                 f"{arm_name(n)}: predicted {plan.predictions[n].total_mib / 1024:.2f} GiB"
                 + (f", free {free_now / 1024:.2f} GiB" if free_now is not None else "")
             )
-            self._sequential_arm(arm, cases, n_ctx, path)
+            runner.run_arm(arm, cases, n_ctx, path)
             end = self._arm_ends.get(spec.name)
             recs = self._records.get(spec.name, [])
             rates = [v for v in (decode_tps(r) for r in recs) if v is not None]
@@ -477,25 +485,25 @@ class SweepRunner(Runner):
             return Measurement(ok=ok, vram_mib=vram, decode_tps=tps, note=note if not ok else "")
 
         try:
-            self.write(self.manifest(path, [resolved.model], arms))
+            runner.write(runner.manifest(path, [resolved.model], arms))
 
             def pred(n: int) -> float:
                 return plan.predictions[n].total_mib
 
             result = search(layout.n_layer, budget, measure, pred, self.settings)
-            self.write(self.run_end(t0))
+            runner.write(runner.run_end(t0))
             self._result = result
             self._write_sidecar(sidecar, plan)
         finally:
-            self.writer.close()
-        return SweepResult(path, sidecar, plan, result, self.n_requests, self.n_failed, self.arms_failed,
+            runner.writer.close()
+        return SweepResult(path, sidecar, plan, result, runner.n_requests, runner.n_failed, runner.arms_failed,
                            time.perf_counter() - t0, self.trail)
 
     def _write_sidecar(self, sidecar: Path, plan: SweepPlan, entry_only: bool = False) -> None:
         """Rewritten after every probe (a crash keeps the trail so far), atomically."""
         body: dict[str, Any] = {"abtest_version": __version__, "mode": plan.mode, "budget_mib": plan.budget_mib,
                                 "free_mib": plan.free_mib, "margin_mib": plan.margin_mib, "trail": self.trail}
-        if not entry_only and getattr(self, "_result", None) is not None:
+        if not entry_only and self._result is not None:
             body["result"] = self._result.to_dict()
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(body, indent=1, default=_json_default) + "\n", encoding="utf-8")
