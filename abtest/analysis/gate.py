@@ -34,6 +34,7 @@ from ..fmt import fmt_num, fmt_p_cell, fmt_pct
 from . import stats
 from .arms import ArmRun, arm_runs, build_id, gpu_devices, group_runs
 from .memory import memory_row
+from .metrics import METRIC_BY_KEY, VRAM_PEAK, MetricDef
 
 NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -51,20 +52,8 @@ class Thresholds:
     min_nights: int = 3  # fewer trailing nights than this: no verdict
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    key: str
-    label: str
-    unit: str
-    higher_is_better: bool
-
-
-METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("decode_tps", "decode", "tok/s", True),
-    MetricSpec("ttft_ms", "TTFT", "ms", False),
-    MetricSpec("vram_peak_mib", "VRAM peak", "MiB", False),
-)
-METRIC_SPEC = {m.key: m for m in METRICS}
+# The metrics the gate watches, from the one metric table.
+GATE_METRICS: tuple[MetricDef, ...] = (METRIC_BY_KEY["decode_tps"], METRIC_BY_KEY["ttft_ms"], VRAM_PEAK)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,7 +387,7 @@ def check_night(
     tonight: NightArm, window: Sequence[NightArm], metric: str, th: Thresholds
 ) -> tuple[str, GateResult | None]:
     """Gate one metric of one arm; ("insufficient history", None) with too few trailing nights."""
-    spec = METRIC_SPEC[metric]
+    spec = METRIC_BY_KEY[metric]
     if len(window) < th.min_nights:
         return "insufficient history", None
     if metric == "vram_peak_mib":
@@ -444,7 +433,7 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
                                 "a successful request", causes,
                                 detail=f"no successful request tonight ({na.n_failed} failed)"))
             continue
-        for spec in METRICS:
+        for spec in GATE_METRICS:
             status, g = check_night(na, past, spec.key, th)
             c = Check(arm, spec.key, tonight.night, status, g, window_nights, threshold_text(spec.key, th))
             if c.regression:
@@ -453,11 +442,11 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
     series = []
     night_names = [n.night for n in nights]
     for arm in arms:
-        for spec in METRICS:
+        for spec in GATE_METRICS:
             vals = np.array([n.arms[arm].value(spec.key) if arm in n.arms else math.nan for n in nights])
             series.append(Series(arm, spec.key, night_names, vals))
     return HistoryResult(tonight=tonight.night, nights=night_names, thresholds=th, checks=checks, changes=changes,
-                         series=series, metrics=[m.key for m in METRICS], notes=notes)
+                         series=series, metrics=[m.key for m in GATE_METRICS], notes=notes)
 
 
 def raise_for_regressions(result: HistoryResult) -> None:
@@ -473,7 +462,7 @@ def check_line(c: Check) -> str:
     if g is None:
         text = f"{c.arm}: {c.detail or c.status}"
     else:
-        spec = METRIC_SPEC[c.metric]
+        spec = METRIC_BY_KEY[c.metric]
         text = (f"{c.arm} {spec.label} {fmt_num(g.value)} {spec.unit} vs {fmt_num(g.reference)} "
                 f"({fmt_pct(g.change)}; threshold {c.threshold}")
         text += f", p {fmt_p_cell(g.p_value)})" if math.isfinite(g.p_value) else ")"

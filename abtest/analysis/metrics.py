@@ -76,13 +76,16 @@ def server_decode_tps(r: RequestRecord) -> float | None:
 
 @dataclass(frozen=True)
 class MetricDef:
+    """How a metric is shown and judged: its label and unit, which way is better, the test used."""
+
     key: str
     label: str
     unit: str
     higher_is_better: bool
-    test: str  # "welch" or "mann-whitney"
+    test: str  # "welch" or "mann-whitney" for per-request metrics; "" for per-arm ones
 
 
+# Per-request metrics, in the order the report's tables show them.
 METRICS: tuple[MetricDef, ...] = (
     MetricDef("ttft_ms", "TTFT", "ms", False, "mann-whitney"),
     MetricDef("itl_ms", "ITL", "ms", False, "mann-whitney"),
@@ -90,6 +93,6 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("e2e_ms", "end-to-end", "ms", False, "mann-whitney"),
     MetricDef("tpot_ms", "TPOT", "ms", False, "mann-whitney"),
 )
-
-
-METRIC_BY_KEY = {m.key: m for m in METRICS}
+# Per-arm: the server process's VRAM peak over the run (the nightly gate watches it).
+VRAM_PEAK = MetricDef("vram_peak_mib", "VRAM peak", "MiB", False, "")
+METRIC_BY_KEY = {m.key: m for m in (*METRICS, VRAM_PEAK)}

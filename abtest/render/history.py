@@ -8,7 +8,8 @@ import json
 import math
 from typing import Any
 
-from ..analysis.gate import METRIC_SPEC, HistoryResult, check_line, threshold_text
+from ..analysis.gate import HistoryResult, check_line, threshold_text
+from ..analysis.metrics import METRIC_BY_KEY
 from ..errors import ConfigError
 from ..fmt import fmt_num, fmt_p_cell, fmt_pct
 
@@ -17,7 +18,7 @@ def _rows(result: HistoryResult) -> list[list[str]]:
     rows = []
     for c in result.checks:
         g = c.gate
-        spec = METRIC_SPEC.get(c.metric)
+        spec = METRIC_BY_KEY.get(c.metric)
         name = f"{spec.label} {spec.unit}" if spec else c.metric
         if g is None:
             rows.append([c.arm, name, "—", "—", "—", "—", c.detail or c.status])
