@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
+MIB = 1024 * 1024  # bytes in the MiB of every ``_mib`` field
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)

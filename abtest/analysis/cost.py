@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..records import MIB
 from . import stats
 from .arms import ArmGroup
 from .memory import MemoryRow
@@ -16,7 +17,6 @@ from .memory import MemoryRow
 DEFAULT_GPU_HOUR_COST = 3.50  # USD, the H100 cloud price seed 003 uses
 
 
-MIB = 1024 * 1024
 
 
 @dataclass

@@ -37,12 +37,10 @@ import numpy as np
 
 from ..evidence import Evidence, read_evidence
 from ..fmt import fmt_fixed, fmt_gib
-from ..records import ArmEnd, RequestRecord
+from ..records import GIB, MIB, ArmEnd, RequestRecord
 from . import stats
 from .metrics import decode_tps, ttft_ms
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
 SIDECAR_SUFFIX = ".sweep.json"
 CONFIDENCE = 0.95
 

@@ -20,9 +20,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
-from ..records import VramSample
-
-MIB = 1024 * 1024
+from ..records import MIB, VramSample
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from ..errors import ConfigError, ModelNotFound
 GGUF_MAGIC = b"GGUF"
 # Tensors llama.cpp's --cpu-moe / --n-cpu-moe keep in system RAM (common/common.h LLM_FFN_EXPS_REGEX).
 EXPERT_TENSOR_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
-_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+LAYER_RE = re.compile(r"^blk\.(\d+)\.")  # a block tensor's layer index
 # Arrays longer than this are counted, not decoded (vocabularies, merges, scores).
 _DECODE_ARRAY_MAX = 4096
 
@@ -339,7 +339,7 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
         is_expert = EXPERT_TENSOR_RE.search(t.name) is not None
         if is_expert:
             expert += n
-        m = _LAYER_RE.match(t.name)
+        m = LAYER_RE.match(t.name)
         if m and int(m.group(1)) < n_layer:
             (layer_expert if is_expert else layer_other)[int(m.group(1))] += t.nbytes
         else:  # includes nextn/MTP layers past block_count: not touched by --n-cpu-moe

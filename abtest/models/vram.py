@@ -60,10 +60,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .gguf import EXPERT_TENSOR_RE
-
-MIB = 1024 * 1024
-GIB = 1024 * MIB
+from ..records import GIB, MIB
+from .gguf import EXPERT_TENSOR_RE, LAYER_RE
 
 # ---------------------------------------------------------------------------------- constants
 
@@ -125,7 +123,6 @@ class Tensor:
     nbytes: int
 
 
-_LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -149,7 +146,7 @@ class ModelLayout:
 
     # -- tensor classes ------------------------------------------------------------------------
     def layer_of(self, t: Tensor) -> int | None:
-        m = _LAYER.match(t.name)
+        m = LAYER_RE.match(t.name)
         if m and int(m.group(1)) < self.n_layer:
             return int(m.group(1))
         return None
