@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +226,3 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not cfg.arms:
         raise ConfigError("no arms to run")
     return cfg
-
-
-def with_overrides(cfg: RunConfig, **kw: Any) -> RunConfig:
-    return replace(cfg, **kw)

@@ -7,11 +7,11 @@
     │   └── ModelNotFound
     ├── ProvisionError          building llama-server failed (exit 3)
     ├── LaunchError             a server exited or never became healthy (exit 4)
-    ├── StreamError             a request failed; recorded as data, raised only internally
     ├── EvidenceError           evidence unreadable or unwritable (exit 2)
     └── RegressionFound         the nightly gate found a regression (exit 1)
 
-Messages name the thing (arm, port, file), the likely cause and the next step.
+Messages name the thing (arm, port, file), the likely cause and the next step. A failed request
+is not an exception: it is a `RequestRecord` with its `error`, and the run goes on.
 """
 
 from __future__ import annotations
@@ -52,10 +52,6 @@ class ProvisionError(AbtestError):
 
 
 class LaunchError(AbtestError):
-    exit_code = EXIT_PARTIAL
-
-
-class StreamError(AbtestError):
     exit_code = EXIT_PARTIAL
 
 

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -163,7 +162,3 @@ def _add(ev: Evidence, record: Any) -> None:
             if req.arm == record.arm and req.seq == record.seq:
                 ev.requests[i] = dataclasses.replace(req, token_ids=list(record.token_ids))
                 break
-
-
-def read_many(paths: Iterable[Path]) -> list[Evidence]:
-    return [read_evidence(Path(p)) for p in paths]
