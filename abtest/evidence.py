@@ -30,6 +30,8 @@ from .records import (
 
 # Refuse to start a run with less free space than this in the evidence directory.
 MIN_FREE_BYTES = 16 * 1024 * 1024
+# A sweep's search trail lies beside its evidence file: <run>.jsonl -> <run>.sweep.json.
+SWEEP_SIDECAR_SUFFIX = ".sweep.json"
 
 
 class EvidenceWriter:

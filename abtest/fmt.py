@@ -69,9 +69,10 @@ def fmt_p_cell(p: float) -> str:
 
 
 def fmt_gib(mib: float | None, digits: int = 2) -> str:
+    """MiB shown as GiB with a fixed number of decimals: 11784 -> "11.51"; "—" for missing."""
     if mib is None or not math.isfinite(mib):
         return "—"
-    return f"{mib / 1024:.{digits}f}"
+    return fmt_num(mib / 1024, digits)
 
 
 def fmt_fixed(v: float, digits: int = 1) -> str:

@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from ..evidence import Evidence, read_evidence
+from ..evidence import SWEEP_SIDECAR_SUFFIX, Evidence, read_evidence
 from ..fmt import fmt_fixed, fmt_gib
 from ..records import GIB, MIB, ArmEnd, RequestRecord
 from . import stats
 from .metrics import decode_tps, ttft_ms
 
-SIDECAR_SUFFIX = ".sweep.json"
 CONFIDENCE = 0.95
 
 
@@ -146,7 +145,7 @@ class SweepReport:
 
 def read_sidecar(evidence_path: Path) -> dict[str, Any] | None:
     p = Path(evidence_path)
-    side = p.with_name(p.stem + SIDECAR_SUFFIX)
+    side = p.with_name(p.stem + SWEEP_SIDECAR_SUFFIX)
     try:
         data = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -32,7 +32,7 @@ from typing import Any
 from .. import __version__
 from ..config import RunConfig, auto_ctx_size, ready_made_arm
 from ..errors import ConfigError
-from ..evidence import EvidenceWriter, check_writable
+from ..evidence import SWEEP_SIDECAR_SUFFIX, EvidenceWriter, check_writable
 from ..models.vram import (
     CUDA_OVERHEAD_MIB,
     ContextParams,
@@ -48,7 +48,6 @@ from .arms import resolve_arms as resolve_run_arms
 from .progress import Progress
 from .runner import Runner
 
-SIDECAR_SUFFIX = ".sweep.json"
 DEFAULT_MARGIN_MIB = 512.0  # skip a setting predicted within this much of the free VRAM
 
 
@@ -449,7 +448,7 @@ class SweepRunner:
         cfg = replace(cfg, ctx_size=n_ctx, arms=arms, extra={**cfg.extra, "sweep": plan.to_extra()})
         runner.cfg = cfg
         path = evidence_path(cfg, cfg.model)
-        sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
+        sidecar = path.with_name(path.stem + SWEEP_SIDECAR_SUFFIX)
         runner.writer = EvidenceWriter(path)
 
         def measure(n: int) -> Measurement | None:

@@ -15,7 +15,7 @@ from ..analysis import stats
 from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
 from ..errors import ConfigError
-from ..fmt import fmt_count, fmt_money, fmt_num, fmt_p, fmt_pct
+from ..fmt import fmt_count, fmt_gib, fmt_money, fmt_num, fmt_p, fmt_pct
 from .tables import Section, Table, cell, flatten, markdown_table
 
 
@@ -25,10 +25,6 @@ def _mean_pm(s: stats.Summary) -> str:
     if s.n == 1:
         return fmt_num(s.mean)
     return f"{fmt_num(s.mean)} ± {fmt_num(s.std)}"
-
-
-def _gib(mib: float) -> str:
-    return fmt_num(mib / 1024.0, 2) if math.isfinite(mib) else "—"
 
 
 def provenance_line(report: Report) -> str:
@@ -109,8 +105,8 @@ def _memory_section(report: Report) -> Section:
     for mr in report.memory:
         delta = (fmt_pct(mr.vram_peak_mib / bpeak - 1) if math.isfinite(bpeak) and bpeak > 0
                  and math.isfinite(mr.vram_peak_mib) and mr.group not in base_groups else "")
-        mem_rows.append([mr.group, _gib(mr.vram_after_load_mib), _gib(mr.vram_peak_mib), delta,
-                         _gib(mr.device_peak_mib), _gib(mr.rss_anon_peak_mib), _gib(mr.rss_file_peak_mib),
+        mem_rows.append([mr.group, fmt_gib(mr.vram_after_load_mib), fmt_gib(mr.vram_peak_mib), delta,
+                         fmt_gib(mr.device_peak_mib), fmt_gib(mr.rss_anon_peak_mib), fmt_gib(mr.rss_file_peak_mib),
                          str(mr.n_samples)])
     mem_sec = Section("Memory", paragraphs=[
         "GiB. VRAM is this server process's own (NVML per-process); device is the whole GPU. Host RSS "

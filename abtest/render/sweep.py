@@ -13,14 +13,11 @@ from ..analysis.sweep import (
     flag_of,
 )
 from ..fmt import fmt_fixed, fmt_gib
+from .tables import Table, markdown_table
 
 
-def _md(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
-    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in esc]
-    return "\n".join(lines)
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    return markdown_table(Table("", headers, rows, right))
 
 
 def _pm_ci(c: MeanCI, digits: int = 1) -> str:
@@ -65,7 +62,7 @@ def main_table(rep: SweepReport) -> str:
             fmt_fixed(r.host_bw / 1e9, 1) if r.decode.n else "—",
             "★" if r.on_frontier else "",
         ])
-    return _md(headers, rows, set(range(2, 12)))
+    return _table(headers, rows, set(range(2, 12)))
 
 
 def frontier_line(rep: SweepReport) -> str:
@@ -99,7 +96,7 @@ def buffers_table(rep: SweepReport) -> str:
                          fmt_fixed(cb["CPU"].get("compute_mib", math.nan), 2)])
     if not rows:
         return ""
-    return _md(headers, rows, set(range(2, 8)))
+    return _table(headers, rows, set(range(2, 8)))
 
 
 def render_markdown(rep: SweepReport) -> str:
@@ -121,7 +118,7 @@ def render_markdown(rep: SweepReport) -> str:
     if len(rep.rows) and any(len(r.ttft) > 1 for r in rep.rows):
         bks = sorted({b for r in rep.rows for b in r.ttft})
         rows = [[str(r.n)] + [_pm_ci(r.ttft[b], 0) if b in r.ttft else "—" for b in bks] for r in rep.rows]
-        parts += ["", "## TTFT ms per bucket", "", _md(["N"] + bks, rows, set(range(1, len(bks) + 1)))]
+        parts += ["", "## TTFT ms per bucket", "", _table(["N"] + bks, rows, set(range(1, len(bks) + 1)))]
     bt = buffers_table(rep)
     if bt:
         parts += ["", "## Predicted buffers vs the server log (MiB)", "", bt]
