@@ -1,6 +1,6 @@
 """The inference server: building and finding llama-server, running one process, reading its log.
 
-The public surface of building and discovery is re-exported here (tests/unit/test_provision.py
+The public surface of building and discovery is re-exported here (tests/unit/test_server_build.py
 checks `__all__`); `process` (one running server) and `log` (its log) are used by module.
 """
 

@@ -1,4 +1,4 @@
-"""abtest.analysis.report on fabricated evidence: numbers, pooling, warnings, verdict, formats, plots, CLI."""
+"""The report on fabricated evidence (abtest.analysis and abtest.render): numbers, pooling, warnings, verdict, formats, plots, CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""abtest.server.build without a compiler: fake executables, a fake cmake, a tmp cache."""
+"""abtest.server (build, builds, discover) without a compiler: fake executables, a fake cmake, a tmp cache."""
 
 from __future__ import annotations
 
