@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .argv import FLAGS, has_flag
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -158,11 +159,6 @@ def resolve_arms(arm_flags: list[str], arms_file: str | None) -> tuple[ArmSpec, 
     return tuple(arms)
 
 
-def has_flag(args: tuple[str, ...] | list[str], *names: str) -> bool:
-    """Whether an argv sets any of the given flags (as `--flag v` or `--flag=v`)."""
-    return any(a in names or a.split("=", 1)[0] in names for a in args)
-
-
 def final_argv(
     arm: ArmSpec,
     cfg: RunConfig,
@@ -176,19 +172,19 @@ def final_argv(
     if not arm.pin:
         return argv
     pinned: list[str] = []
-    if not has_flag(arm.args, "-ngl", "--gpu-layers", "--n-gpu-layers"):
+    if not has_flag(arm.args, *FLAGS["gpu_layers"]):
         pinned += ["-ngl", "99"]
-    if supports_fit and not has_flag(arm.args, "--fit", "-fit"):
+    if supports_fit and not has_flag(arm.args, *FLAGS["fit"]):
         pinned += ["--fit", "off"]
-    if not has_flag(arm.args, "-c", "--ctx-size"):
+    if not has_flag(arm.args, *FLAGS["ctx_size"]):
         pinned += ["-c", str(ctx_size)]
-    if not has_flag(arm.args, "-np", "--parallel"):
+    if not has_flag(arm.args, *FLAGS["parallel"]):
         pinned += ["-np", str(cfg.parallel or cfg.concurrency)]
-    if not has_flag(arm.args, "-t", "--threads"):
+    if not has_flag(arm.args, *FLAGS["threads"]):
         pinned += ["-t", str(cfg.threads or default_threads())]
-    if not has_flag(arm.args, "-fa", "--flash-attn"):
+    if not has_flag(arm.args, *FLAGS["flash_attn"]):
         pinned += ["-fa", cfg.flash_attn]
-    if cfg.verbose_log and not has_flag(arm.args, "-lv", "--verbosity", "--log-verbosity"):
+    if cfg.verbose_log and not has_flag(arm.args, *FLAGS["verbosity"]):
         pinned += ["-lv", "4"]
     return argv + pinned
 

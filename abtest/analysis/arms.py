@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..argv import normalize
 from ..errors import ConfigError, EvidenceError
 from ..evidence import Evidence, read_evidence
 from ..records import ArmEnd, ArmStart, RequestRecord, VramSample
@@ -16,8 +17,6 @@ from ..records import ArmEnd, ArmStart, RequestRecord, VramSample
 HOST_KEYS = ("hostname", "node", "machine", "cpu", "cpu_model", "cpu_count", "mem_total_mib")
 
 
-# argv options whose value differs run to run without changing what is measured.
-_MASKED_OPTIONS = {"--port": "<port>", "-m": "<model>", "--model": "<model>", "--log-file": "<log>"}
 
 
 @dataclass(frozen=True)
@@ -38,26 +37,6 @@ class Identity:
         names = {"host": "host", "gpu": "GPU/driver", "model_sha256": "model SHA256",
                  "server_build": "server build", "argv": "server argv"}
         return [label for key, label in names.items() if getattr(self, key) != getattr(other, key)]
-
-
-def normalize_argv(argv: Sequence[str]) -> tuple[str, ...]:
-    """argv with the values that do not change the measurement masked: --port, the model path
-    (compared by SHA256 instead), --log-file; the binary reduced to its file name."""
-    out: list[str] = []
-    it = iter(enumerate(argv))
-    for i, arg in it:
-        if i == 0:
-            out.append(Path(arg).name)
-            continue
-        key, eq, _ = arg.partition("=")
-        if key in _MASKED_OPTIONS:
-            out.append(key)
-            out.append(_MASKED_OPTIONS[key])
-            if not eq:
-                next(it, None)
-            continue
-        out.append(arg)
-    return tuple(out)
 
 
 def host_label(host: dict[str, Any]) -> str:
@@ -184,7 +163,7 @@ def arm_runs(ev: Evidence) -> list[ArmRun]:
             gpu=_gpu_key(gpu),
             model_sha256=sha or "",
             server_build=build_id(start.server_build) if start else "?",
-            argv=normalize_argv(start.argv) if start else (),
+            argv=normalize(start.argv) if start else (),
         )
         out.append(ArmRun(
             evidence=ev, arm=name, start=start, end=end,

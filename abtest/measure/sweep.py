@@ -30,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..argv import FLAGS, int_flag
 from ..config import RunConfig, auto_ctx_size, ready_made_arm
 from ..errors import ConfigError
 from ..evidence import SWEEP_SIDECAR_SUFFIX, EvidenceWriter, check_writable
 from ..models.vram import (
     CUDA_OVERHEAD_MIB,
+    DEFAULT_N_BATCH,
+    DEFAULT_N_UBATCH,
     ContextParams,
     ModelLayout,
     VramPrediction,
@@ -300,22 +303,11 @@ class SweepPlan:
 def context_params(cfg: RunConfig, n_ctx: int, extra_args: Sequence[str] = ()) -> ContextParams:
     """The llama-server context flags the arms will run with (pinned by final_argv)."""
 
-    def flag(names: tuple[str, ...], default: int) -> int:
-        args = list(extra_args)
-        for i, a in enumerate(args):
-            key, _, val = a.partition("=")
-            if key in names:
-                try:
-                    return int(val or args[i + 1])
-                except (ValueError, IndexError):
-                    return default
-        return default
-
     return ContextParams(
         n_ctx=n_ctx,
         n_parallel=cfg.parallel or cfg.concurrency,
-        n_batch=flag(("-b", "--batch-size"), 2048),
-        n_ubatch=flag(("-ub", "--ubatch-size"), 512),
+        n_batch=int_flag(extra_args, FLAGS["batch_size"], DEFAULT_N_BATCH),
+        n_ubatch=int_flag(extra_args, FLAGS["ubatch_size"], DEFAULT_N_UBATCH),
         flash_attn=cfg.flash_attn != "off",
     )
 

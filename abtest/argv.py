@@ -1,0 +1,72 @@
+"""The llama-server command line as data: which flags an argv sets, their values, its masked form.
+
+One place knows llama-server's flag spellings (`FLAGS`) and how an argv is read: a flag is set as
+``--flag value`` or ``--flag=value``; its value is the text after ``=`` or the next argument.
+`config` pins flags an arm leaves unset, the sweep reads the batch sizes the arms will run with,
+and the report compares arms' argvs with the run-to-run values masked (`normalize`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+# Canonical name -> every spelling llama-server accepts.
+FLAGS: dict[str, tuple[str, ...]] = {
+    "gpu_layers": ("-ngl", "--gpu-layers", "--n-gpu-layers"),
+    "fit": ("--fit", "-fit"),
+    "ctx_size": ("-c", "--ctx-size"),
+    "parallel": ("-np", "--parallel"),
+    "threads": ("-t", "--threads"),
+    "flash_attn": ("-fa", "--flash-attn"),
+    "verbosity": ("-lv", "--verbosity", "--log-verbosity"),
+    "batch_size": ("-b", "--batch-size"),
+    "ubatch_size": ("-ub", "--ubatch-size"),
+}
+# Options whose value differs run to run without changing what is measured, and their mask.
+MASKED: dict[str, str] = {"--port": "<port>", "-m": "<model>", "--model": "<model>", "--log-file": "<log>"}
+
+
+def has_flag(args: Sequence[str], *names: str) -> bool:
+    """Whether an argv sets any of the given flags (as `--flag v` or `--flag=v`)."""
+    return any(a in names or a.split("=", 1)[0] in names for a in args)
+
+
+def flag_value(args: Sequence[str], names: Sequence[str]) -> str | None:
+    """The value of the first of `names` the argv sets (after `=` or the next argument), else None."""
+    for i, a in enumerate(args):
+        key, eq, val = a.partition("=")
+        if key in names:
+            if eq:
+                return val
+            return args[i + 1] if i + 1 < len(args) else None
+    return None
+
+
+def int_flag(args: Sequence[str], names: Sequence[str], default: int) -> int:
+    """An integer flag's value; `default` when it is unset or not an integer."""
+    val = flag_value(args, names)
+    try:
+        return int(val) if val else default
+    except ValueError:
+        return default
+
+
+def normalize(argv: Sequence[str]) -> tuple[str, ...]:
+    """argv with the values that do not change the measurement masked: --port, the model path
+    (compared by SHA256 instead), --log-file; the binary reduced to its file name."""
+    out: list[str] = []
+    it = iter(enumerate(argv))
+    for i, arg in it:
+        if i == 0:
+            out.append(Path(arg).name)
+            continue
+        key, eq, _ = arg.partition("=")
+        if key in MASKED:
+            out.append(key)
+            out.append(MASKED[key])
+            if not eq:
+                next(it, None)
+            continue
+        out.append(arg)
+    return tuple(out)
