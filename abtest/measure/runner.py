@@ -44,14 +44,13 @@ from ..server.process import (
     raise_client_priority,
     supports_flag,
 )
-from . import rawclient
 from .arms import ResolvedArm, evidence_path, host_info, longest_prompt_estimate, resolve_arms
 from .load import arrival_times
 from .progress import NullProgress, Progress
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
 from .sampler import Nvml, VramSampler, summarize
 from .stream import StreamLimits, StreamRequest, fetch_token_ids
-from .stream import stream_request as httpx_stream_request
+from .transport import HttpTransport
 
 
 @dataclass(frozen=True)
@@ -449,38 +448,6 @@ class Runner:
                         self._record(rec, records[name])
                         if alive is not None:
                             await _still_up(rec, alive[name])  # settles alive() for the next round
-
-
-class HttpTransport:
-    """The HTTP layer the timed requests go through: "raw" (abtest.measure.rawclient, bare asyncio) or
-    "httpx" (abtest.measure.stream). Both share request bodies, SSE parsing, token counting and records;
-    raw is the default because it stamps arrivals with less client delay under load
-    (docs/performance.md: TTFT error p99 at concurrency 32, 1.95 ms raw vs 17.6 ms httpx)."""
-
-    def __init__(self, kind: str) -> None:
-        if kind not in ("raw", "httpx"):
-            raise ValueError(f"unknown HTTP client {kind!r}")
-        self.kind = kind
-
-    def client(self, n_connections: int) -> Any:
-        if self.kind == "raw":
-            return rawclient.RawClient(max_connections=n_connections)
-        pool = httpx.Limits(max_connections=n_connections, max_keepalive_connections=n_connections)
-        return httpx.AsyncClient(limits=pool, timeout=None)
-
-    async def stream(self, client: Any, base_url: str, req: StreamRequest, limits: StreamLimits) -> RequestRecord:
-        if self.kind == "raw":
-            return await rawclient.stream_request(client, base_url, req, limits)
-        return await httpx_stream_request(client, base_url, req, limits)
-
-    async def open_connections(self, client: Any, base_url: str, n: int) -> None:
-        """Open n keep-alive connections before timing, so TTFT never includes connection setup."""
-        if n <= 1:
-            return
-        if self.kind == "raw":
-            await client.open_connections(base_url + "/health", n)
-        else:
-            await asyncio.gather(*(client.get(base_url + "/health") for _ in range(n)), return_exceptions=True)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from faultkit import assert_no_orphans, only_jsonl, read_ok, write_wrapper
 
 from abtest.config import ArmSpec
 from abtest.errors import EXIT_PARTIAL
-from abtest.measure import runner as runner_mod
+from abtest.measure import transport
 from abtest.measure.runner import Runner
 from abtest.records import RequestRecord
 from abtest.server.process import ServerProcess
@@ -126,14 +126,14 @@ def test_real_llama_server_killed_mid_stream(llama_server: Path, tiny_moe: Path,
                                              spawned, monkeypatch: pytest.MonkeyPatch) -> None:
     """kill -9 of the real llama-server while request 1 streams: the request fails with the tokens
     that arrived, the arm ends 'killed by SIGKILL', and the next arm (cpu-moe) runs normally."""
-    original = runner_mod.HttpTransport.stream
+    original = transport.HttpTransport.stream
 
     async def stream_and_kill(self, client, base_url, req, limits):  # type: ignore[no-untyped-def]
         if req.arm == "baseline" and req.seq == 1:
             asyncio.get_running_loop().call_later(0.2, os.kill, spawned[-1], signal.SIGKILL)
         return await original(self, client, base_url, req, limits)
 
-    monkeypatch.setattr(runner_mod.HttpTransport, "stream", stream_and_kill)
+    monkeypatch.setattr(transport.HttpTransport, "stream", stream_and_kill)
     cfg = cfg_for(llama_server, arms=["baseline", "cpu-moe=-ngl 99 --cpu-moe"], runs=3, max_tokens=600,
                   prompts_path=str(one_prompt), stall_timeout_s=5.0, request_timeout_s=20.0)
     result = Runner(cfg).execute()

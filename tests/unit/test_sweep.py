@@ -13,15 +13,8 @@ import pytest
 from abtest.analysis.sweep import advice_line, build_sweep_report, mean_ci
 from abtest.errors import ConfigError, EvidenceError
 from abtest.evidence import EvidenceWriter, read_evidence
-from abtest.measure.sweep import (
-    Measurement,
-    judge,
-    make_plan,
-    measured_vram_mib,
-    next_probe,
-    parse_ncmoe,
-    search,
-)
+from abtest.measure.search import Measurement, judge, next_probe, search
+from abtest.measure.sweep import make_plan, measured_vram_mib, parse_ncmoe
 from abtest.models.vram import ContextParams, layout_from_preset
 from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent
 from abtest.render.sweep import render_markdown, write_plot
