@@ -289,7 +289,9 @@ def ratio_ci_batch(
     return delta, lo, hi
 
 
-def _bca_bounds(a: np.ndarray, b: np.ndarray, theta: np.ndarray, th_star: np.ndarray, alpha: float):
+def _bca_bounds(
+    a: np.ndarray, b: np.ndarray, theta: np.ndarray, th_star: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
     """BCa quantiles of th_star (E, B) for θ = log(mean b / mean a)."""
     e, n_b = th_star.shape
     prop = (th_star < theta[:, None]).mean(axis=1)
