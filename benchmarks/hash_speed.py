@@ -3,7 +3,7 @@
     python benchmarks/hash_speed.py                  # a 1.5 GiB random file in $TMPDIR, 3 rounds
     python benchmarks/hash_speed.py --file model.gguf --runs 5
 
-Times `catalog.hash_stream` (what `sha256_file` runs on a cache miss) at its default chunk size,
+Times `hashing.hash_stream` (what `sha256_file` runs on a cache miss) at its default chunk size,
 at 4 MiB, and `hashlib.file_digest` (Python >= 3.11), against `sha256sum`, in interleaved rounds
 after one warm-up read, so every contender reads the file from the page cache (we compare
 hashing, not the disk). Reports the best round of each (the least disturbed by other load),
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abtest.models import catalog
+from abtest.models import hashing
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance-hash.md"
 TARGET = 0.90
@@ -85,8 +85,8 @@ def main() -> int:
 
     contenders: dict[str, Callable[[], str]] = {
         "sha256sum (coreutils)": lambda: sha256sum(path),
-        f"abtest hash_stream, {catalog.HASH_CHUNK_BYTES >> 20} MiB chunks": lambda: catalog.hash_stream(path),
-        "abtest hash_stream, 4 MiB chunks": lambda: catalog.hash_stream(path, chunk_bytes=4 << 20),
+        f"abtest hash_stream, {hashing.HASH_CHUNK_BYTES >> 20} MiB chunks": lambda: hashing.hash_stream(path),
+        "abtest hash_stream, 4 MiB chunks": lambda: hashing.hash_stream(path, chunk_bytes=4 << 20),
     }
     if hasattr(hashlib, "file_digest"):
         contenders["hashlib.file_digest (256 KiB)"] = lambda: file_digest(path)
@@ -108,7 +108,7 @@ def main() -> int:
         return 1
 
     ref = best["sha256sum (coreutils)"]
-    ours = best[f"abtest hash_stream, {catalog.HASH_CHUNK_BYTES >> 20} MiB chunks"]
+    ours = best[f"abtest hash_stream, {hashing.HASH_CHUNK_BYTES >> 20} MiB chunks"]
     ratio = ref / ours
     lines = [
         f"## {dt.datetime.now().astimezone().isoformat(timespec='seconds')} — {size / 2**30:.2f} GiB, best of {args.runs}",
@@ -133,7 +133,7 @@ def main() -> int:
             DOC.write_text(
                 "# SHA256 speed: abtest vs sha256sum\n\n"
                 "Appended by `benchmarks/hash_speed.py`, one section per run. `abtest model hash` and the run\n"
-                "command hash model files with `catalog.sha256_file`; a cache hit costs a stat (see docs/models.md).\n\n"
+                "command hash model files with `hashing.sha256_file`; a cache hit costs a stat (see docs/models.md).\n\n"
             )
         with open(DOC, "a") as f:
             f.write(text + "\n")

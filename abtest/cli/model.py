@@ -24,9 +24,9 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..models import catalog, synth
-from ..models.catalog import ProgressFn
+from ..models import catalog, hashing, synth
 from ..models.gguf import ModelInfo, read_model_info
+from ..models.hashing import ProgressFn
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -129,7 +129,7 @@ def synth_cmd(out_path: Path, preset: str, qtype: str, seed: int, force: bool) -
               f"~{_gb(plan.tensor_bytes)} -> {out_path}")
     with _bytes_progress(f"synth {preset}") as progress:
         res = synth.write_synth(out_path, preset, qtype, seed, progress=progress)
-    catalog.remember_sha256(res.path, res.sha256)
+    hashing.remember_sha256(res.path, res.sha256)
     mbps = res.size_bytes / 1e6 / res.elapsed_s if res.elapsed_s > 0 else 0.0
     err.print(f"wrote {_gb(res.size_bytes)} in {res.elapsed_s:.1f}s ({mbps:.0f} MB/s), {res.n_tensors} tensors")
     click.echo(f"{res.sha256}  {res.path}")
@@ -148,12 +148,12 @@ def hash_cmd(path: Path, rehash: bool) -> None:
     Digests are cached by (device, inode, size, mtime) in <cache>/sha256-cache.json, so checking
     an unchanged 12 GB file again costs nothing.
     """
-    cached = None if rehash else catalog.cached_sha256(path)
+    cached = None if rehash else hashing.cached_sha256(path)
     if cached:
         digest = cached
     else:
         with _bytes_progress(f"sha256 {path.name}") as progress:
-            digest = catalog.sha256_file(path, rehash=True, progress=progress)
+            digest = hashing.sha256_file(path, rehash=True, progress=progress)
     click.echo(f"{digest}  {path}")
 
 

@@ -57,8 +57,8 @@ def resolve_server(server_bin: str | None) -> dict[str, Any]:
 
 def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
     from ..models.catalog import resolve_model as catalog_resolve
-    from ..models.catalog import sha256_file
     from ..models.gguf import check_gguf, read_model_info
+    from ..models.hashing import sha256_file
 
     ref = catalog_resolve(name, models_dir=models_dir)
     path = Path(ref.path)

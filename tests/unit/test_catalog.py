@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from abtest.cli import cli
 from abtest.errors import ModelNotFound
-from abtest.models import catalog, synth
+from abtest.models import catalog, hashing, synth
 
 
 @pytest.fixture(autouse=True)
@@ -88,48 +88,48 @@ def test_tiny_moe_is_synthesised_into_the_cache_once(isolated_cache: Path) -> No
 
 def test_sha256_file_streams_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "blob.bin"
-    data = os.urandom(3 * catalog.HASH_CHUNK_BYTES + 12345)
+    data = os.urandom(3 * hashing.HASH_CHUNK_BYTES + 12345)
     p.write_bytes(data)
     want = hashlib.sha256(data).hexdigest()
     seen: list[int] = []
-    assert catalog.sha256_file(p, progress=lambda d, t: seen.append(d)) == want
+    assert hashing.sha256_file(p, progress=lambda d, t: seen.append(d)) == want
     assert seen[-1] == len(data) and len(seen) == 4
 
     def boom(*a: object, **k: object) -> str:
         raise AssertionError("read the file despite a cache hit")
 
-    monkeypatch.setattr(catalog, "hash_stream", boom)
-    assert catalog.sha256_file(p) == want  # cache hit: no read
+    monkeypatch.setattr(hashing, "hash_stream", boom)
+    assert hashing.sha256_file(p) == want  # cache hit: no read
     with pytest.raises(AssertionError, match="despite"):
-        catalog.sha256_file(p, rehash=True)  # --rehash forces a read
+        hashing.sha256_file(p, rehash=True)  # --rehash forces a read
 
 
 def test_rehash_and_changed_files_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "blob.bin"
     p.write_bytes(b"one")
-    assert catalog.sha256_file(p) == hashlib.sha256(b"one").hexdigest()
+    assert hashing.sha256_file(p) == hashlib.sha256(b"one").hexdigest()
     reads: list[Path] = []
-    real = catalog.hash_stream
-    monkeypatch.setattr(catalog, "hash_stream", lambda path, **k: reads.append(Path(path)) or real(path, **k))
+    real = hashing.hash_stream
+    monkeypatch.setattr(hashing, "hash_stream", lambda path, **k: reads.append(Path(path)) or real(path, **k))
     p.write_bytes(b"two")  # new size and mtime: a new key
     os.utime(p, ns=(1, 1))
-    assert catalog.sha256_file(p) == hashlib.sha256(b"two").hexdigest()
-    assert catalog.sha256_file(p, rehash=True) == hashlib.sha256(b"two").hexdigest()
+    assert hashing.sha256_file(p) == hashlib.sha256(b"two").hexdigest()
+    assert hashing.sha256_file(p, rehash=True) == hashlib.sha256(b"two").hexdigest()
     assert len(reads) == 2
 
 
 def test_corrupt_hash_cache_is_ignored(tmp_path: Path, isolated_cache: Path) -> None:
     isolated_cache.mkdir(parents=True)
-    (isolated_cache / catalog.HASH_CACHE_FILE).write_text("{not json")
+    (isolated_cache / hashing.HASH_CACHE_FILE).write_text("{not json")
     p = tmp_path / "x"
     p.write_bytes(b"x")
-    assert catalog.sha256_file(p) == hashlib.sha256(b"x").hexdigest()
-    assert json.loads((isolated_cache / catalog.HASH_CACHE_FILE).read_text())["entries"]
+    assert hashing.sha256_file(p) == hashlib.sha256(b"x").hexdigest()
+    assert json.loads((isolated_cache / hashing.HASH_CACHE_FILE).read_text())["entries"]
 
 
 def test_sha256_file_missing_is_model_not_found(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound):
-        catalog.sha256_file(tmp_path / "nope")
+        hashing.sha256_file(tmp_path / "nope")
 
 
 # --- CLI ----------------------------------------------------------------------------------------
