@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..config import RunConfig
 from ..errors import EXIT_PARTIAL, ConfigError
-from .run import QuietProgress, RichProgress, _sigterm_as_interrupt
+from .progress import QuietProgress, RichProgress, sigterm_as_interrupt
 
 EPILOG = """\b
 Examples:
@@ -105,7 +105,7 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
     )
     console = Console(stderr=True)
     display = QuietProgress() if quiet else RichProgress(console)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     try:
         with display:
             runner = SweepRunner(cfg, ncmoe, vram_budget, margin if margin is not None else 512.0,

@@ -1,0 +1,99 @@
+"""What long commands show while they work (a live bar per arm, or only failures with --quiet), and SIGTERM as Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from ..records import RequestRecord
+
+
+class RichProgress:
+    """Live display: arm, bucket, run i/N, last decode tok/s."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("[bold]{task.fields[arm]}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.failed: dict[str, int] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def arm_begin(self, arm: str, total: int) -> None:
+        self.tasks[arm] = self.bar.add_task(arm, total=total, arm=arm, detail="warming up")
+        self.failed[arm] = 0
+
+    def request_done(self, r: RequestRecord) -> None:
+        task = self.tasks.get(r.arm)
+        if task is None:
+            return
+        if not r.ok:
+            self.failed[r.arm] += 1
+        rate = ""
+        if r.ok and r.ttft_ms is not None and r.e2e_ms and r.completion_tokens > 1 and r.e2e_ms > r.ttft_ms:
+            rate = f"{(r.completion_tokens - 1) / ((r.e2e_ms - r.ttft_ms) / 1000):.1f} tok/s"
+        what = "warm-up" if r.warmup else f"run {r.run_index + 1}"
+        fails = f" [red]{self.failed[r.arm]} failed[/]" if self.failed[r.arm] else ""
+        self.bar.update(task, advance=1, detail=f"{r.bucket} {what} {rate}{fails}")
+
+    def arm_end(self, arm: str, ok: bool, message: str) -> None:
+        # Server log lines hold brackets ("[MiB]"): escape them, and keep an error on one line.
+        if ok:
+            self.console.print(f"[green]{escape(arm)}[/]: {escape(message)}", soft_wrap=True)
+        else:
+            self.console.print(f"[red]abtest: arm {escape(arm)} failed:[/] {escape(message)}", soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
+
+
+class QuietProgress(RichProgress):
+    def __init__(self) -> None:
+        pass
+
+    def __enter__(self) -> QuietProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def arm_begin(self, arm: str, total: int) -> None:
+        pass
+
+    def request_done(self, r: RequestRecord) -> None:
+        pass
+
+    def arm_end(self, arm: str, ok: bool, message: str) -> None:
+        if not ok:
+            click.echo(f"abtest: arm {arm} failed: {message}", err=True)
+
+    def note(self, message: str) -> None:
+        pass
+
+
+def sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM does what Ctrl-C does. Re-raised as SIGINT so that inside asyncio.run, asyncio's own
+    SIGINT handler cancels the requests in flight at an await (a KeyboardInterrupt raised from here
+    could land anywhere, e.g. inside the HTTP client's connection pool); elsewhere Python's default
+    SIGINT handler raises KeyboardInterrupt. Where SIGINT is ignored (a background job), raise it here."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
