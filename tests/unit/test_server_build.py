@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import abtest.server as server_pkg
 from abtest.cli.server import server as server_group
 from abtest.errors import BinaryNotFound, ConfigError, ProvisionError
-from abtest.server import build, builds, discover
+from abtest.server import build, builds, discover, source
 from abtest.server.build import BuildEvent
 from abtest.server.builds import BuildInfo
 
@@ -403,7 +403,7 @@ def _llama_src(root: Path) -> Path:
 
 def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) -> None:
     src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
-    (src / build.VERSION_MARKER).write_text("llama-cpp-python 0.3.36\n")
+    (src / source.VERSION_MARKER).write_text("llama-cpp-python 0.3.36\n")
     events: list[BuildEvent] = []
     b = build.install(backend="cpu", jobs=3, source=src, progress=events.append)
     sha = builds.source_sha256(src)
@@ -437,7 +437,7 @@ def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) ->
 
 def test_install_from_tarball_uses_its_marker(fake_toolchain: dict[str, Path]) -> None:
     src = _llama_src(fake_toolchain["tmp"] / "stage" / "llama.cpp")
-    (src / build.VERSION_MARKER).write_text(f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\n")
+    (src / source.VERSION_MARKER).write_text(f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\n")
     tgz = fake_toolchain["tmp"] / "llama-src.tgz"
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(src, arcname="llama.cpp")
@@ -446,17 +446,17 @@ def test_install_from_tarball_uses_its_marker(fake_toolchain: dict[str, Path]) -
     assert b.build_info is not None and b.build_info.llama_cpp_commit == COMMIT
     assert "-DLLAMA_BUILD_COMMIT=0c1e570" in b.build_info.cmake_flags
     assert "-DLLAMA_BUILD_NUMBER=0" in b.build_info.cmake_flags  # the marker gives no build number
-    (src / build.VERSION_MARKER).write_text(
+    (src / source.VERSION_MARKER).write_text(
         f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\nllama.cpp build 1\n"
     )
-    assert build._llama_commit(src) == (COMMIT, 1, False)
+    assert source.llama_commit(src) == (COMMIT, 1, False)
 
 
 def test_git_checkout_is_left_to_cmake(tmp_path: Path) -> None:
     src = _tree(tmp_path / "llama.cpp", {".git/HEAD": "ref: refs/heads/master\n", ".git/objects/ab/cd": "x"})
     _tree(src, {".git/refs/heads/master": COMMIT + "\n"})
-    assert build._llama_commit(src) == (COMMIT, None, True)
-    assert build._llama_commit(tmp_path) == (None, None, False)
+    assert source.llama_commit(src) == (COMMIT, None, True)
+    assert source.llama_commit(tmp_path) == (None, None, False)
 
 
 def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]) -> None:
