@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..models import catalog, hashing, synth
+from ..models import catalog, hashing, presets, synth
 from ..models.gguf import ModelInfo, read_model_info
 from ..models.hashing import ProgressFn
 
@@ -109,7 +109,7 @@ Examples:
 Same preset, qtype and seed -> byte-identical file (same SHA256 on every machine).
 """)
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--preset", required=True, type=click.Choice(list(synth.PRESETS)), help="Architecture to imitate.")
+@click.option("--preset", required=True, type=click.Choice(list(presets.PRESETS)), help="Architecture to imitate.")
 @click.option("--qtype", type=click.Choice(list(synth.QTYPES)), default="q4_0", show_default=True,
               help="Type of the weight matrices (norms and router stay F32).")
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)

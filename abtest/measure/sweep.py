@@ -34,12 +34,12 @@ from ..argv import FLAGS, int_flag
 from ..config import RunConfig, auto_ctx_size, ready_made_arm
 from ..errors import ConfigError
 from ..evidence import SWEEP_SIDECAR_SUFFIX, EvidenceWriter, check_writable
+from ..models.layout import ModelLayout
 from ..models.vram import (
     CUDA_OVERHEAD_MIB,
     DEFAULT_N_BATCH,
     DEFAULT_N_UBATCH,
     ContextParams,
-    ModelLayout,
     VramPrediction,
     cpu_buffers,
     gguf_offsets,
@@ -262,7 +262,7 @@ class SweepRunner:
 
     def execute(self) -> SweepResult:
         from ..analysis.metrics import decode_tps
-        from ..models.vram import layout_from_gguf
+        from ..models.layout import layout_from_gguf
         from .prompts import load_prompts
 
         runner = self.runner

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..cache import cache_root
 from ..errors import ConfigError, ModelNotFound
-from . import synth
+from . import presets, synth
 from .hashing import ProgressFn, cached_sha256, remember_sha256, sha256_file
 
 ENV_MODELS = "ABTEST_MODELS"
@@ -86,7 +86,7 @@ SYNTH_SHA256_VERSION = 1
 
 
 def _synth_entry(preset: str) -> CatalogEntry:
-    p = synth.PRESETS[preset]
+    p = presets.PRESETS[preset]
     size = synth.summarize_plan(p, "q4_0").tensor_bytes
     digest = SYNTH_SHA256.get(preset) if synth.SYNTH_VERSION == SYNTH_SHA256_VERSION else None
     return CatalogEntry(
@@ -123,7 +123,7 @@ CATALOG: dict[str, CatalogEntry] = {
             description="DeepSeek-V2-Lite-Chat: 15.7B params, 2.4B active, 27 layers, 64 experts top-6 + 2 shared",
             hf_repo="bartowski/DeepSeek-V2-Lite-Chat-GGUF",
         ),
-        *(_synth_entry(name) for name in synth.PRESETS),
+        *(_synth_entry(name) for name in presets.PRESETS),
     )
 }
 

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from abtest.analysis.sweep import build_sweep_report, read_sidecar
 from abtest.cli import cli
 from abtest.evidence import read_evidence
-from abtest.models.vram import ContextParams, cpu_buffers, gguf_offsets, layout_from_gguf
+from abtest.models.layout import layout_from_gguf
+from abtest.models.vram import ContextParams, cpu_buffers, gguf_offsets
 from abtest.server.log import parse_memory_breakdown
 from abtest.server.process import LaunchSpec, ServerProcess
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from abtest.models import synth
+from abtest.models import presets, synth
 
 pytestmark = pytest.mark.integration
 
@@ -86,4 +86,4 @@ def test_synthetic_model_generates_varied_tokens(preset: str, tmp_path: Path, ll
     tokens = res["tokens"]
     assert isinstance(tokens, list) and len(tokens) == 16
     assert len(set(tokens)) > 1, f"all 16 tokens identical ({tokens[0]}): scales or model numerically degenerate"
-    assert all(0 <= t < synth.PRESETS[preset].n_vocab for t in tokens)
+    assert all(0 <= t < presets.PRESETS[preset].n_vocab for t in tokens)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from abtest.errors import ConfigError, ModelNotFound
-from abtest.models import synth
+from abtest.models import presets, synth
 from abtest.models.gguf import check_gguf, read_header, read_model_info
 
 
@@ -18,7 +18,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tiny_moe_metadata_reads_back_as_the_preset(tiny: Path) -> None:
-    p = synth.PRESETS["tiny-moe"]
+    p = presets.PRESETS["tiny-moe"]
     i = read_model_info(tiny)
     assert (i.arch, i.n_layer, i.n_embd, i.n_head, i.n_head_kv, i.head_dim) == (
         p.arch, p.n_layer, p.n_embd, p.n_head, p.n_head_kv, p.head_dim,

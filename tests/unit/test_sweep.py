@@ -15,7 +15,8 @@ from abtest.errors import ConfigError, EvidenceError
 from abtest.evidence import EvidenceWriter, read_evidence
 from abtest.measure.search import Measurement, judge, next_probe, search
 from abtest.measure.sweep import make_plan, measured_vram_mib, parse_ncmoe
-from abtest.models.vram import ContextParams, layout_from_preset
+from abtest.models.layout import layout_from_preset
+from abtest.models.vram import ContextParams
 from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent
 from abtest.render.sweep import render_markdown, write_plot
 

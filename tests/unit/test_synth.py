@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from abtest.errors import ConfigError
-from abtest.models import synth
+from abtest.models import presets, synth
 from abtest.models.gguf import read_header
 
 # The SHA256 of `abtest model synth OUT --preset tiny-moe` (q4_0, seed 0) for SYNTH_VERSION 1.
@@ -124,7 +124,7 @@ def test_big_presets_have_the_real_sizes_without_writing(preset: str, lo_gb: flo
 
 
 def test_gpt_oss_like_shapes() -> None:
-    p = synth.PRESETS["gpt-oss-20b-like"]
+    p = presets.PRESETS["gpt-oss-20b-like"]
     plan = {s.name: s for s in synth.tensor_plan(p)}
     assert plan["token_embd.weight"].shape == (2880, 201_088)
     assert plan["blk.0.attn_q.weight"].shape == (2880, 64 * 64)
@@ -147,11 +147,11 @@ def test_tensor_names_are_known_to_gguf(arch: gguf.MODEL_ARCH, preset: str) -> N
         base = s.name.rsplit(".", 1)[0]
         generic = base.split(".", 2)[-1] if base.startswith("blk.") else base
         assert (f"blk.{{bid}}.{generic}" if base.startswith("blk.") else generic) in known, s.name
-    assert gguf.MODEL_ARCH_NAMES[arch] == synth.PRESETS[preset].arch
+    assert gguf.MODEL_ARCH_NAMES[arch] == presets.PRESETS[preset].arch
 
 
 def test_every_block_row_is_a_multiple_of_32() -> None:
-    for name in synth.PRESETS:
+    for name in presets.PRESETS:
         for s in synth.tensor_plan(name):
             if s.fill == "quant":
                 assert s.shape[0] % 32 == 0, (name, s.name)

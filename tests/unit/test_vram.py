@@ -17,6 +17,7 @@ import pytest
 
 from abtest.errors import ConfigError
 from abtest.models import synth
+from abtest.models.layout import layout_from_gguf, layout_from_preset
 from abtest.models.vram import (
     CUDA_OVERHEAD_MIB,
     MIB,
@@ -27,8 +28,6 @@ from abtest.models.vram import (
     cuda_alloc_bytes,
     gguf_offsets,
     kv_cache_bytes,
-    layout_from_gguf,
-    layout_from_preset,
     parse_size_mib,
     placement,
     predict,
