@@ -56,16 +56,17 @@ def fmt_money(v: float) -> str:
     return f"${v:.3f}" if v < 1 else f"${v:.2f}"
 
 
-def fmt_p(p: float) -> str:
+def fmt_p_cell(p: float, missing: str = "—") -> str:
+    """A p-value for a table cell: "< 0.001" or "0.034"; `missing` when there is none."""
     if not math.isfinite(p):
-        return "p = n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def fmt_p_cell(p: float) -> str:
-    if not math.isfinite(p):
-        return "—"
+        return missing
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value in a sentence: "p < 0.001", "p = 0.034" or "p = n/a"."""
+    cell = fmt_p_cell(p, missing="n/a")
+    return f"p {cell}" if cell.startswith("<") else f"p = {cell}"
 
 
 def fmt_gib(mib: float | None, digits: int = 2) -> str:

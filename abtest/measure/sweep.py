@@ -249,11 +249,6 @@ class SweepRunner:
         self._result: SearchResult | None = None
         self.trail: list[dict[str, Any]] = []
 
-    @property
-    def writer(self) -> EvidenceWriter | None:
-        """The evidence file being written (the CLI names it when a run is interrupted)."""
-        return self.runner.writer
-
     def _observe(self, record: Any) -> None:
         if isinstance(record, ArmEnd):
             self._arm_ends[record.arm] = record

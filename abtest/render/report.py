@@ -15,7 +15,7 @@ from ..analysis import stats
 from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
 from ..errors import ConfigError
-from ..fmt import fmt_count, fmt_gib, fmt_money, fmt_num, fmt_p, fmt_pct
+from ..fmt import fmt_count, fmt_gib, fmt_money, fmt_num, fmt_p_cell, fmt_pct
 from .tables import Section, Table, cell, flatten, markdown_table
 
 
@@ -90,7 +90,7 @@ def _bucket_section(report: Report) -> Section:
                     row += ["—", "—"]
                     continue
                 ci = (f" ({fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)})" if math.isfinite(c.ci.low) else "")
-                row += [f"{fmt_pct(c.ci.delta)}{ci}", fmt_p(c.p_value).removeprefix("p ").removeprefix("= ")]
+                row += [f"{fmt_pct(c.ci.delta)}{ci}", fmt_p_cell(c.p_value, missing="n/a")]
             rows.append(row)
         sec.tables.append(Table(f"bucket: {bucket}", headers, rows, right=set(range(1, len(headers)))))
     return sec
