@@ -30,6 +30,9 @@ class BucketStats:
     itl_tokens: np.ndarray  # every token's ITL, pooled (the ITL summary is over these)
     pooled: bool = False  # the "all" row: every bucket of this concurrency together
     strata: np.ndarray | None = None  # pooled rows: each sample's bucket (compared within buckets)
+    # pooled rows: each bucket's share of the plan (requests of every arm, failed included); the
+    # row's means are Σ share·bucket mean, the same weights its stratified Δ uses
+    weights: dict[str, float] | None = None
 
 
 @dataclass
@@ -78,11 +81,25 @@ def bucket_stats(groups: Sequence[ArmGroup]) -> list[BucketStats]:
         for conc in concs:
             if sum(1 for b, c in keys if c == conc) > 1:
                 reqs = [r for r in mine if r.concurrency == conc]
-                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs, pooled=True))
+                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs,
+                                       weights=plan_weights(measured, conc)))
     return out
 
 
-def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord], pooled: bool = False) -> BucketStats:
+def plan_weights(measured: Sequence[RequestRecord], concurrency: int) -> dict[str, float]:
+    """Each bucket's share of the measured requests of every arm at this concurrency, failed ones
+    included: what the plan asked for, the same for every arm, so a bucket that failed more in one
+    arm does not shift that arm's pooled mean towards the other buckets."""
+    counts: dict[str, int] = {}
+    for r in measured:
+        if r.concurrency == concurrency:
+            counts[r.bucket] = counts.get(r.bucket, 0) + 1
+    total = sum(counts.values())
+    return {b: n / total for b, n in counts.items()} if total else {}
+
+
+def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord],
+                weights: dict[str, float] | None = None) -> BucketStats:
     ok = [r for r in reqs if r.ok]
     itl_each = [stats.itl_ms(r) for r in ok]
     samples = {
@@ -93,11 +110,17 @@ def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]
         "tpot_ms": np.array([stats.tpot_ms(r) for r in ok]),
     }
     itl_tokens = np.concatenate(itl_each) if itl_each else np.empty(0)
-    summaries = {k: stats.summarize(v) for k, v in samples.items()}
-    summaries["itl_ms"] = stats.summarize(itl_tokens)
-    strata = np.array([r.bucket for r in ok]) if pooled else None
-    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, pooled,
-                       strata)
+    if weights is None:
+        summaries = {k: stats.summarize(v) for k, v in samples.items()}
+        summaries["itl_ms"] = stats.summarize(itl_tokens)
+        return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens)
+    # the "all" row: only the stratified mean (a pooled σ, median or p95 would mix the buckets)
+    strata = np.array([r.bucket for r in ok])
+    nan = math.nan
+    summaries = {k: stats.Summary(int(np.isfinite(v).sum()), stats.stratified_mean(v, strata, weights),
+                                  nan, nan, nan, nan, nan) for k, v in samples.items()}
+    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens,
+                       pooled=True, strata=strata, weights=weights)
 
 
 def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, seed: int, resamples: int) -> list[Comparison]:
@@ -112,22 +135,32 @@ def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, 
             x, y = bs.samples[m.key], s.samples[m.key]
             fx, fy = np.isfinite(x), np.isfinite(y)
             x, y = x[fx], y[fy]
-            if s.strata is not None and bs.strata is not None:
+            if s.strata is not None and bs.strata is not None and s.weights is not None:
                 # buckets pooled: compare within buckets, then combine (see stats, "Stratified")
-                xs, ys = bs.strata[fx], s.strata[fy]
-                ci = stats.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples)
-                test = (stats.stratified_welch(x, xs, y, ys) if m.test == "welch"
+                xs, ys, w = bs.strata[fx], s.strata[fy], s.weights
+                ci = stats.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples, weights=w)
+                test = (stats.stratified_welch(x, xs, y, ys, weights=w) if m.test == "welch"
                         else stats.van_elteren(x, xs, y, ys))
+                base_mean, other_mean = _stratified_pair(x, xs, y, ys, w)
             else:
                 ci = stats.ratio_ci(x, y, seed=seed, resamples=resamples)
                 test = stats.welch_t(x, y) if m.test == "welch" else stats.mann_whitney(x, y)
+                base_mean = float(np.mean(x)) if x.size else math.nan
+                other_mean = float(np.mean(y)) if y.size else math.nan
             out.append(Comparison(
                 group=g.label, baseline=b.label, bucket=label, metric=m.key, n_base=int(x.size), n_other=int(y.size),
-                base_mean=float(np.mean(x)) if x.size else math.nan,
-                other_mean=float(np.mean(y)) if y.size else math.nan,
-                ci=ci, p_value=test.p_value, test=test.test,
+                base_mean=base_mean, other_mean=other_mean, ci=ci, p_value=test.p_value, test=test.test,
             ))
     return out
+
+
+def _stratified_pair(x: np.ndarray, xs: np.ndarray, y: np.ndarray, ys: np.ndarray,
+                     weights: dict[str, float]) -> tuple[float, float]:
+    """Both arms' stratified means over the buckets both hold (≥ 2 values each, as the Δ uses)."""
+    common = {b: w for b, w in weights.items() if (xs == b).sum() >= 2 and (ys == b).sum() >= 2}
+    if not common:
+        return math.nan, math.nan
+    return stats.stratified_mean(x, xs, common), stats.stratified_mean(y, ys, common)
 
 
 def headline(c: Comparison, comps: Sequence[Comparison], buckets: Sequence[BucketStats]) -> bool:

@@ -61,7 +61,10 @@ def _bucket_section(report: Report) -> Section:
     sec = Section("Latency and throughput per bucket",
                   paragraphs=["mean ± σ, then median and p95; Δ is the arm's mean over the baseline's, "
                               "with a 95 % studentized-bootstrap interval and a p-value (Welch's t for "
-                              "tok/s, Mann-Whitney for latencies). Warm-up and failed requests are left out."])
+                              "tok/s, Mann-Whitney for latencies). Warm-up and failed requests are left out.",
+                              "The \"all\" row holds one number per arm: each bucket's mean weighted by "
+                              "that bucket's share of the plan (every arm's requests, failed ones included); "
+                              "its Δ compares within buckets and combines them with the same weights."])
     for bucket in bucket_order:
         rows_by_group = {s.group: s for s in report.buckets if s.bucket == bucket}
         groups = [g for g in report.groups if g in rows_by_group]
@@ -82,8 +85,10 @@ def _bucket_section(report: Report) -> Section:
         for m in METRICS:
             row = [f"{m.label} {m.unit}"]
             for g in groups:
-                summ = rows_by_group[g].summaries[m.key]
-                row += [_mean_pm(summ), fmt_num(summ.median), fmt_num(summ.p95)]
+                s = rows_by_group[g]
+                summ = s.summaries[m.key]
+                row += ([fmt_num(summ.mean), "", ""] if s.pooled
+                        else [_mean_pm(summ), fmt_num(summ.median), fmt_num(summ.p95)])
             for g in delta_groups:
                 c = comps.get((g, m.key))
                 if c is None or not math.isfinite(c.ci.delta):
