@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import __version__
 from ..evidence import Evidence
@@ -63,7 +64,17 @@ class Report:
     groups: list[str]
     baseline_groups: list[str]  # the labels of the baseline arm (several when shown side by side)
     failed_requests: dict[str, int]
+    paired_baseline: dict[str, str] = field(default_factory=dict)  # group -> the baseline group it is compared with
     abtest_version: str = __version__
+
+    def vram_peak_change(self, group: str) -> float:
+        """peak VRAM of the group over its paired baseline's, minus 1 (nan without both)."""
+        base = self.paired_baseline.get(group)
+        mem = {m.group: m for m in self.memory}
+        if base is None or group not in mem or base not in mem:
+            return math.nan
+        g, b = mem[group].vram_peak_mib, mem[base].vram_peak_mib
+        return g / b - 1 if math.isfinite(g) and math.isfinite(b) and b > 0 else math.nan
 
 
 def _provenance(g: ArmGroup) -> ProvenanceRow:
@@ -141,6 +152,7 @@ def build_report(
         groups=[g.label for g in groups],
         baseline_groups=[g.label for g in baselines],
         failed_requests=failed,
+        paired_baseline={g.label: b.label for g, b in pairs if b is not None},
     )
     report.verdict = verdict_lines(report, groups, pairs)
     return report

@@ -35,9 +35,10 @@ def verdict_lines(report: Report, groups: Sequence[ArmGroup], pairs: Sequence[tu
         parts: list[str] = []
         tail: list[str] = []
         vg, vb = mem[g.label].vram_peak_mib, mem[b.label].vram_peak_mib
-        if math.isfinite(vg) and math.isfinite(vb) and vb > 0:
+        change = report.vram_peak_change(g.label)
+        if math.isfinite(change):
             diff = (vb - vg) / 1024.0
-            pct = fmt_pct(vg / vb - 1, signed=True)
+            pct = fmt_pct(change, signed=True)
             if diff >= 0:
                 parts.append(f"saves {diff:.1f} GiB VRAM ({pct})")
             else:

@@ -103,13 +103,10 @@ def _bucket_section(report: Report) -> Section:
 
 def _memory_section(report: Report) -> Section:
     """VRAM and host RSS per arm, and the server log's breakdown."""
-    base_mem = {m.group: m for m in report.memory}
     mem_rows = []
-    base_groups = report.baseline_groups
-    bpeak = base_mem[base_groups[0]].vram_peak_mib if base_groups else math.nan
     for mr in report.memory:
-        delta = (fmt_pct(mr.vram_peak_mib / bpeak - 1) if math.isfinite(bpeak) and bpeak > 0
-                 and math.isfinite(mr.vram_peak_mib) and mr.group not in base_groups else "")
+        change = report.vram_peak_change(mr.group)
+        delta = fmt_pct(change) if math.isfinite(change) else ""
         mem_rows.append([mr.group, fmt_gib(mr.vram_after_load_mib), fmt_gib(mr.vram_peak_mib), delta,
                          fmt_gib(mr.device_peak_mib), fmt_gib(mr.rss_anon_peak_mib), fmt_gib(mr.rss_file_peak_mib),
                          str(mr.n_samples)])

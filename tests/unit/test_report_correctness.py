@@ -46,3 +46,24 @@ def test_the_all_row_shows_the_means_its_delta_compares(tmp_path):
     assert math.isnan(s.std) and math.isnan(s.median) and math.isnan(s.p95)
     md = render_markdown(rep)
     assert "weighted by" in md
+
+
+# ---------------------------------------------------------------------------------------- memory Δ
+
+
+def test_memory_delta_is_taken_against_the_paired_baseline(tmp_path):
+    """Two boxes shown side by side: each cpu-moe's VRAM Δ is against the baseline of its own file,
+    as the verdict's is (it was against the first baseline group for every arm)."""
+    a = fabricate(tmp_path / "a.jsonl", seed=1, gpu_name="NVIDIA H100 80GB HBM3", arms=[
+        Arm("baseline", ["-ngl", "99"], vram_mib=10000.0, vram_peak_extra_mib=0.0),
+        Arm("cpu-moe", ["-ngl", "99", "--cpu-moe"], vram_mib=2000.0, vram_peak_extra_mib=0.0)])
+    b = fabricate(tmp_path / "b.jsonl", seed=2, gpu_name="NVIDIA L4", arms=[
+        Arm("baseline", ["-ngl", "99"], vram_mib=4000.0, vram_peak_extra_mib=0.0),
+        Arm("cpu-moe", ["-ngl", "99", "--cpu-moe"], vram_mib=2000.0, vram_peak_extra_mib=0.0)])
+    rep = build([a, b])
+    assert rep.paired_baseline == {"cpu-moe [a]": "baseline [a]", "cpu-moe [b]": "baseline [b]"}
+    memory = render_markdown(rep).split("## Memory", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in memory.splitlines() if line.startswith("| cpu-moe [")}
+    assert "−80 %" in rows["cpu-moe [a]"]
+    assert "−50 %" in rows["cpu-moe [b]"]  # 2000 / 4000 − 1 (was 2000 / 10000 − 1)
+    assert any(v.startswith("cpu-moe [b] (vs baseline [b]) saves 2.0 GiB VRAM (−50 %)") for v in rep.verdict)
