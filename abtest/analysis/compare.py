@@ -28,6 +28,7 @@ class BucketStats:
     summaries: dict[str, stats.Summary]
     samples: dict[str, np.ndarray]  # per request; itl_ms per request = that request's mean ITL
     itl_tokens: np.ndarray  # every token's ITL, pooled (the ITL summary is over these)
+    prompt_ids: np.ndarray  # each sample's prompt (repeats of one prompt share it)
     pooled: bool = False  # the "all" row: every bucket of this concurrency together
     strata: np.ndarray | None = None  # pooled rows: each sample's bucket (compared within buckets)
     # pooled rows: each bucket's share of the plan (requests of every arm, failed included); the
@@ -110,16 +111,17 @@ def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]
         "tpot_ms": np.array([stats.tpot_ms(r) for r in ok]),
     }
     itl_tokens = np.concatenate(itl_each) if itl_each else np.empty(0)
+    prompts = np.array([r.prompt_id for r in ok])
     if weights is None:
         summaries = {k: stats.summarize(v) for k, v in samples.items()}
         summaries["itl_ms"] = stats.summarize(itl_tokens)
-        return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens)
+        return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts)
     # the "all" row: only the stratified mean (a pooled σ, median or p95 would mix the buckets)
     strata = np.array([r.bucket for r in ok])
     nan = math.nan
     summaries = {k: stats.Summary(int(np.isfinite(v).sum()), stats.stratified_mean(v, strata, weights),
                                   nan, nan, nan, nan, nan) for k, v in samples.items()}
-    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens,
+    return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts,
                        pooled=True, strata=strata, weights=weights)
 
 

@@ -24,7 +24,8 @@ from .metrics import METRIC_BY_KEY
 MIN_N = 10  # fewer measured requests than this: p95 and intervals are unreliable
 
 
-HIGH_CV = {"decode_tps": 0.10, "ttft_ms": 0.20}
+HIGH_CV = {"decode_tps": 0.10, "ttft_ms": 0.20}  # between repeats of the same prompt
+FIRST_EXCESS = 0.10  # a first request this much worse than its prompt's other repeats, at least
 
 
 MIN_DETECTABLE = 0.05  # an interval that spans 0 and is wider than ±5 % has not settled the claim
@@ -48,12 +49,13 @@ class ReportWarning(enum.Enum):
         "change; about {need} per arm would — raise --runs"
     )
     HIGH_CV = (
-        "{metric} varies a lot (coefficient of variation up to {cv} > {limit}, in {buckets}); quiet "
-        "the machine, lock GPU clocks, or raise --runs"
+        "{metric} varies a lot between repeats of the same prompt (coefficient of variation up to "
+        "{cv} > {limit}, in {buckets}); quiet the machine, lock GPU clocks, or raise --runs"
     )
     FIRST_OUTLIER = (
-        "the first measured request is an outlier ({metric} {value}, modified Z = {z}); caches or lazy "
-        "allocations were still warming — raise --warmup"
+        "the first measured request is an outlier ({metric} {value} against {usual} for the other "
+        "repeats of its prompt, modified Z = {z}); caches or lazy allocations were still warming — "
+        "raise --warmup (it was {warmup})"
     )
     CLOCKS_MOVED = (
         "GPU SM clock moved {lo}–{hi} MHz during the measured requests; lock clocks "
@@ -125,7 +127,7 @@ def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], com
         if 0 < ok_n < MIN_N:
             few.setdefault(s.group, []).append(s)
         for key, limit in HIGH_CV.items():
-            cv = s.summaries[key].cv
+            cv = stats.repeat_cv(s.samples[key], s.prompt_ids)
             if math.isfinite(cv) and cv > limit:
                 noisy.setdefault((s.group, key), []).append((s, cv))
     for group, rows in few.items():
@@ -158,16 +160,28 @@ def _bucket_list(names: Sequence[str]) -> str:
 
 
 def _first_outlier(run: ArmRun, subj: str) -> list[Finding]:
+    """The first measured request against the other repeats of its own prompt (a bucket may mix
+    prompt lengths), judged by how far its log-ratio to them stands out among every request's
+    log-ratio to its repeats; flagged only when worse (slower TTFT, lower decode rate)."""
     measured = sorted((r for r in run.measured if r.ok), key=lambda r: r.seq)
     if not measured:
         return []
     first = measured[0]
-    same = [r for r in measured if r.bucket == first.bucket and r.concurrency == first.concurrency]
+    same = [r for r in measured if r.concurrency == first.concurrency]
+    prompts = np.array([f"{r.bucket}\x00{r.prompt_id}" for r in same])
+    warmup = sum(1 for r in run.requests if r.warmup)
     for key, fn in (("ttft_ms", stats.ttft_ms), ("decode_tps", stats.decode_tps)):
+        m = METRIC_BY_KEY[key]
         values = np.array([fn(r) for r in same])
-        if np.isfinite(values).all() and stats.is_outlier(values, 0):
-            z = stats.modified_z_scores(values)[0]
-            m = METRIC_BY_KEY[key]
+        resid = stats.log_residuals_vs_repeats(values, prompts)
+        worse = -resid[0] if m.higher_is_better else resid[0]
+        pool = resid[1:][np.isfinite(resid[1:])]
+        if not math.isfinite(worse) or pool.size < 5 or worse < math.log1p(FIRST_EXCESS):
+            continue
+        z = stats.modified_z_scores(np.concatenate([[resid[0]], pool]))[0]
+        if abs(z) > stats.MODIFIED_Z_THRESHOLD:
+            usual = float(np.median(values[1:][prompts[1:] == prompts[0]]))
             return [Finding(ReportWarning.FIRST_OUTLIER, subj, ReportWarning.FIRST_OUTLIER.format(
-                metric=m.label, value=f"{fmt_num(values[0])} {m.unit}", z=f"{z:+.1f}"))]
+                metric=m.label, value=f"{fmt_num(values[0])} {m.unit}", usual=f"{fmt_num(usual)} {m.unit}",
+                z=f"{z:+.1f}", warmup=warmup))]
     return []

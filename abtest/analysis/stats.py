@@ -165,6 +165,35 @@ def is_outlier(values: Sequence[float] | np.ndarray, index: int, threshold: floa
     return bool(abs(modified_z_scores(a)[index]) > threshold)
 
 
+def repeat_cv(values: Sequence[float] | np.ndarray, groups: Sequence[str] | np.ndarray) -> float:
+    """Coefficient of variation between repeats of the same prompt, pooled over prompts:
+    sqrt(Σ (x_i / mean_p − 1)² / (N − P)) over the prompts with at least 2 finite values (nan when
+    none has). Unlike the bucket's CV it does not count the spread between different prompts."""
+    x, g = np.asarray(values, dtype=float).ravel(), np.asarray(groups).ravel()
+    ss, dof = 0.0, 0
+    for label in dict.fromkeys(g.tolist()):
+        v = x[(g == label) & np.isfinite(x)]
+        m = v.mean() if v.size else 0.0
+        if v.size >= 2 and m:
+            ss += float(np.sum((v / m - 1.0) ** 2))
+            dof += v.size - 1
+    return math.sqrt(ss / dof) if dof else math.nan
+
+
+def log_residuals_vs_repeats(values: Sequence[float] | np.ndarray, groups: Sequence[str] | np.ndarray) -> np.ndarray:
+    """log(x_i / median of the other repeats of x_i's prompt), for every value whose prompt has at
+    least 2 other finite, positive repeats; nan for the rest."""
+    x, g = np.asarray(values, dtype=float).ravel(), np.asarray(groups).ravel()
+    out = np.full(x.size, math.nan)
+    ok = np.isfinite(x) & (x > 0)
+    for i in range(x.size):
+        others = x[(g == g[i]) & ok]
+        if ok[i] and others.size >= 3:  # itself and two others
+            rest = np.delete(others, int(np.flatnonzero(others == x[i])[0]))
+            out[i] = math.log(x[i] / float(np.median(rest)))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Intervals for a relative difference of means
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 
-from helpers_evidence import Arm, fabricate
+from helpers_evidence import Arm, fabricate, read_lines, write_lines
 
 from abtest.analysis.arms import load_evidence
+from abtest.analysis.findings import ReportWarning as W
 from abtest.analysis.report import build_report
 from abtest.render.report import render_markdown
 
@@ -67,3 +68,66 @@ def test_memory_delta_is_taken_against_the_paired_baseline(tmp_path):
     assert "−80 %" in rows["cpu-moe [a]"]
     assert "−50 %" in rows["cpu-moe [b]"]  # 2000 / 4000 − 1 (was 2000 / 10000 − 1)
     assert any(v.startswith("cpu-moe [b] (vs baseline [b]) saves 2.0 GiB VRAM (−50 %)") for v in rep.verdict)
+
+
+# ----------------------------------------------------------- first-request outlier, noise warnings
+
+
+def _slow_down(path, factor_by_prompt, only_first=False):
+    """Scale the TTFT of the named prompts' measured requests (events shift, decode is unchanged)."""
+    objs = read_lines(path)
+    done = set()
+    for o in objs:
+        if o.get("kind") != "request" or o["warmup"] or o["prompt_id"] not in factor_by_prompt:
+            continue
+        if only_first and (o["arm"], o["prompt_id"]) in done:
+            continue
+        done.add((o["arm"], o["prompt_id"]))
+        shift_ns = int(o["ttft_ms"] * (factor_by_prompt[o["prompt_id"]] - 1) * 1e6)
+        o["ttft_ms"] += shift_ns / 1e6
+        o["e2e_ms"] += shift_ns / 1e6
+        o["events"] = [[t + shift_ns, n] for t, n in o["events"]]
+        o["chunk_times_ns"] = [t + shift_ns for t in o["chunk_times_ns"]]
+    write_lines(path, objs)
+    return path
+
+
+def _arms(**kw):
+    return [Arm("baseline", ["-ngl", "99"], ttft_cv=0.03, **kw),
+            Arm("other", ["-ngl", "99", "-t", "4"], ttft_cv=0.03)]
+
+
+def test_a_slow_prompt_is_not_a_first_request_outlier(tmp_path):
+    """A bucket that mixes prompt lengths (seed004: 19- to 84-token prompts): the first request is a
+    long prompt, as slow as its own repeats. Compared with its bucket it looked like an outlier."""
+    path = _slow_down(fabricate(tmp_path / "run.jsonl", seed=5, arms=_arms()), {"short-0": 3.0})
+    assert W.FIRST_OUTLIER not in {w.kind for w in build([path]).warnings}
+
+
+def test_a_fast_first_request_is_not_a_warm_up_outlier(tmp_path):
+    path = _slow_down(fabricate(tmp_path / "run.jsonl", seed=5, arms=_arms()), {"short-0": 0.3}, only_first=True)
+    assert W.FIRST_OUTLIER not in {w.kind for w in build([path]).warnings}
+
+
+def test_a_first_request_slower_than_its_own_repeats_is_flagged(tmp_path):
+    """Three runs: the first request has two repeats of its own prompt; the spread of the other
+    prompts' repeats says how far apart repeats normally are."""
+    path = fabricate(tmp_path / "run.jsonl", seed=5, arms=_arms(first_request_factor=2.0))
+    found = [w for w in build([path]).warnings if w.kind == W.FIRST_OUTLIER]
+    assert [w.subject for w in found] == ["baseline"]
+
+
+def test_the_noise_warning_measures_repeats_not_the_prompt_mix(tmp_path):
+    """Prompts of very different lengths in one bucket spread its TTFT far beyond 20 %; repeats of
+    each prompt agree within 3 %: that is not noise."""
+    path = _slow_down(fabricate(tmp_path / "run.jsonl", seed=6, arms=_arms()), {"short-0": 3.0, "long-1": 2.0})
+    rep = build([path])
+    row = _row(rep, "baseline", "short")
+    assert row.summaries["ttft_ms"].cv > 0.5  # the bucket's spread
+    assert W.HIGH_CV not in {w.kind for w in rep.warnings}
+
+
+def test_noisy_repeats_are_still_a_noise_warning(tmp_path):
+    arms = [Arm("baseline", ["-ngl", "99"], ttft_cv=0.45), Arm("other", ["-ngl", "99", "-t", "4"], ttft_cv=0.03)]
+    rep = build([fabricate(tmp_path / "run.jsonl", seed=6, arms=arms)])
+    assert [w.subject for w in rep.warnings if w.kind == W.HIGH_CV] == ["baseline"]
