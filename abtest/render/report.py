@@ -65,6 +65,10 @@ def _bucket_section(report: Report) -> Section:
                               "The \"all\" row holds one number per arm: each bucket's mean weighted by "
                               "that bucket's share of the plan (every arm's requests, failed ones included); "
                               "its Δ compares within buckets and combines them with the same weights."])
+    if any(c.ci.method.startswith("welch-log (") for c in report.comparisons):
+        sec.paragraphs.append(f"Where an arm has fewer than {stats.STUDENTIZED_MIN_N} requests in a bucket, the "
+                              "interval is the closed-form Welch-log one (the bootstrap's coverage was not "
+                              "measured that low); raise --runs for a bootstrap interval.")
     for bucket in bucket_order:
         rows_by_group = {s.group: s for s in report.buckets if s.bucket == bucket}
         groups = [g for g in report.groups if g in rows_by_group]

@@ -131,3 +131,11 @@ def test_noisy_repeats_are_still_a_noise_warning(tmp_path):
     arms = [Arm("baseline", ["-ngl", "99"], ttft_cv=0.45), Arm("other", ["-ngl", "99", "-t", "4"], ttft_cv=0.03)]
     rep = build([fabricate(tmp_path / "run.jsonl", seed=6, arms=arms)])
     assert [w.subject for w in rep.warnings if w.kind == W.HIGH_CV] == ["baseline"]
+
+
+def test_the_report_says_when_an_interval_is_welch_log(tmp_path):
+    path = fabricate(tmp_path / "run.jsonl", seed=2, runs=1)  # 4 requests per bucket and arm
+    rep = build([path])
+    short = next(c for c in rep.comparisons if c.bucket == "short" and c.metric == "decode_tps")
+    assert short.ci.method == "welch-log (n < 5)" and math.isfinite(short.ci.low)
+    assert "closed-form Welch-log" in render_markdown(rep)

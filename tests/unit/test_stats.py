@@ -286,3 +286,16 @@ def test_per_request_metrics_undefined_cases():
     assert stats.itl_ms(one).size == 0
     failed = _record([], e2e_ms=None, ok=False)
     assert math.isnan(stats.ttft_ms(failed)) and math.isnan(stats.e2e_ms(failed))
+
+
+def test_ratio_ci_falls_back_to_welch_log_below_the_measured_coverage_table():
+    """At n = 2 the studentized bootstrap has no interval (nan) and at n = 3-4 its t* quantiles rest
+    on a handful of distinct resamples; below n = 5, where docs/report.md's coverage table starts,
+    the closed-form Welch-log interval stands in and says so."""
+    for base, other in (([10.0, 11.0], [12.0, 13.0]), ([10.0, 11.0, 10.5], [12.0, 13.0, 12.2])):
+        ci = stats.ratio_ci(base, other)
+        ref = stats.ratio_ci(base, other, method="welch-log")
+        assert ci.method == "welch-log (n < 5)"
+        assert math.isfinite(ci.low) and (ci.low, ci.high) == (ref.low, ref.high)
+    five = stats.ratio_ci([10.0, 11.0, 10.5, 10.2, 10.8], [12.0, 13.0, 12.2, 12.5, 12.9])
+    assert five.method == "studentized"
