@@ -17,6 +17,7 @@ and keeps unknown keys out of the dataclasses, so newer minor additions never br
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -106,6 +107,18 @@ class RequestRecord:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def measured_window_ms(requests: Iterable[RequestRecord], spawn_ns: int) -> tuple[float, float] | None:
+    """[first measured send, last measured end] in ms since the server's spawn: where the memory
+    samples (`VramSample.t_ms`) of the measured requests lie. None without measured requests or
+    without `spawn_ns` (files written before `ArmStart.spawn_ns` existed)."""
+    measured = [r for r in requests if not r.warmup]
+    if not measured or spawn_ns <= 0:
+        return None
+    lo = min(r.t_send_ns for r in measured)
+    hi = max(r.t_send_ns + (r.e2e_ms or 0.0) * 1e6 for r in measured)
+    return (lo - spawn_ns) / 1e6, (hi - spawn_ns) / 1e6
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..records import VramSample
+from ..records import VramSample, measured_window_ms
 from .arms import (
     ArmGroup,
     ArmRun,
@@ -85,10 +85,11 @@ def memory_row(g: ArmGroup) -> MemoryRow:
 def measured_window_samples(run: ArmRun) -> list[VramSample]:
     """Memory samples taken while the measured requests ran.
 
-    Samples carry t_ms since spawn; requests carry this host's monotonic send time. The two clocks
-    meet only at ready_ms (spawn -> healthy), so the window is placed by assuming the first request
-    followed /health at once: [ready + (first measured send - first send), + measured span].
-    Falls back to every sample after ready_ms when fewer than 3 fall inside.
+    Samples carry t_ms since spawn; requests carry this host's monotonic send time, and
+    `ArmStart.spawn_ns` puts the spawn on that clock (`records.measured_window_ms`). Files written
+    before that field existed meet the two clocks only at ready_ms, so the window is guessed by
+    assuming the first request followed /health at once. Falls back to every sample after ready_ms
+    when fewer than 3 fall inside.
     """
     ready = run.start.ready_ms if run.start else 0.0
     after = [s for s in run.memory if s.t_ms >= ready]
@@ -96,10 +97,12 @@ def measured_window_samples(run: ArmRun) -> list[VramSample]:
     measured = [r for r in reqs if not r.warmup]
     if not reqs or not measured:
         return after
-    t0 = min(r.t_send_ns for r in reqs)
-    m0 = min(r.t_send_ns for r in measured)
-    m1 = max(r.t_send_ns + (r.e2e_ms or 0.0) * 1e6 for r in measured)
-    lo = ready + (m0 - t0) / 1e6
-    hi = ready + (m1 - t0) / 1e6
+    window = measured_window_ms(reqs, run.start.spawn_ns if run.start else 0)
+    if window is None:
+        t0 = min(r.t_send_ns for r in reqs)
+        m0 = min(r.t_send_ns for r in measured)
+        m1 = max(r.t_send_ns + (r.e2e_ms or 0.0) * 1e6 for r in measured)
+        window = ready + (m0 - t0) / 1e6, ready + (m1 - t0) / 1e6
+    lo, hi = window
     inside = [s for s in after if lo <= s.t_ms <= hi]
     return inside if len(inside) >= 3 else after

@@ -32,7 +32,7 @@ from .. import __version__
 from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
 from ..errors import EvidenceError, LaunchError
 from ..evidence import EvidenceWriter, check_writable
-from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds
+from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds, measured_window_ms
 from ..server.log import parse_memory_breakdown
 from ..server.process import (
     LaunchSpec,
@@ -250,7 +250,8 @@ class Runner:
                 stop_ms=round(srv.stop_ms, 1) if srv.stop_ms is not None else None,
                 n_requests=len(measured),
                 n_failed=len(failed),
-                memory=summarize(sampler.samples[1:] or sampler.samples, after_load),
+                memory=summarize(sampler.samples[1:] or sampler.samples, after_load,
+                                 measured_window_ms(records, srv.t_spawn_ns)),
                 breakdown=parse_memory_breakdown(log_text),
                 log_path=str(srv.spec.log_path),
                 log_tail=log_tail(srv.spec.log_path, 5),

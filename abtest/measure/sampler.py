@@ -209,16 +209,21 @@ class VramSampler:
             self._thread.join(timeout=5)
 
 
-def summarize(samples: list[VramSample], after_load: VramSample | None) -> dict[str, Any]:
-    """after_load, steady (median over the arm's measured period) and peak, per field."""
+def summarize(samples: list[VramSample], after_load: VramSample | None,
+              window_ms: tuple[float, float] | None = None) -> dict[str, Any]:
+    """after_load, steady and peak, per field. Peak is over every sample; steady is the median over
+    the samples inside `window_ms` (the measured requests, `records.measured_window_ms`: warm-up
+    and prompt cutting left out), over every sample when none falls inside or no window is known."""
     fields = ("pid_vram_mib", "device_used_mib", "host_rss_anon_mib", "host_rss_file_mib")
     out: dict[str, Any] = {"after_load": asdict(after_load) if after_load else None, "n_samples": len(samples)}
+    inside = [s for s in samples if window_ms is not None and window_ms[0] <= s.t_ms <= window_ms[1]]
     peak: dict[str, float | None] = {}
     steady: dict[str, float | None] = {}
     for f in fields:
         vals = sorted(v for v in (getattr(s, f) for s in samples) if v is not None)
         peak[f] = vals[-1] if vals else None
-        steady[f] = vals[len(vals) // 2] if vals else None
+        calm = sorted(v for v in (getattr(s, f) for s in inside) if v is not None) or vals
+        steady[f] = calm[len(calm) // 2] if calm else None
     out["peak"] = peak
     out["steady"] = steady
     return out

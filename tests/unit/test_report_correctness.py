@@ -139,3 +139,66 @@ def test_the_report_says_when_an_interval_is_welch_log(tmp_path):
     short = next(c for c in rep.comparisons if c.bucket == "short" and c.metric == "decode_tps")
     assert short.ci.method == "welch-log (n < 5)" and math.isfinite(short.ci.low)
     assert "closed-form Welch-log" in render_markdown(rep)
+
+
+# ------------------------------------------------------------------------ the measured window
+
+
+def _late_first_request(path, delay_ms=5000.0, idle_temp=40):
+    """The arms' first request came `delay_ms` after /health (cutting prompts took that long), and the
+    GPU sat at `idle_temp` °C meanwhile; arm_start.spawn_ns says where spawn was on the request clock."""
+    objs = read_lines(path)
+    out = []
+    for o in objs:
+        if o.get("kind") == "memory" and o["t_ms"] >= 4000.0:
+            o["t_ms"] += delay_ms
+        out.append(o)
+    for o in objs:
+        if o.get("kind") == "arm_start":
+            t0 = min(r["t_send_ns"] for r in objs if r.get("kind") == "request" and r["arm"] == o["arm"])
+            o["spawn_ns"] = t0 - int((o["ready_ms"] + delay_ms) * 1e6)
+            idle = next(m for m in objs if m.get("kind") == "memory" and m["arm"] == o["arm"])
+            for k in range(int(delay_ms // 500)):
+                out.append({**idle, "t_ms": o["ready_ms"] + 10.0 + k * 500.0, "temperature_c": idle_temp,
+                            "sm_clock_mhz": 1980})
+    write_lines(path, out)
+    return path
+
+
+def test_the_clock_and_temperature_window_comes_from_spawn_ns(tmp_path):
+    path = _late_first_request(fabricate(tmp_path / "run.jsonl", seed=4))
+    rep = build([path])
+    assert W.TEMPERATURE_MOVED not in {w.kind for w in rep.warnings}
+
+
+def test_without_spawn_ns_the_window_is_still_guessed(tmp_path):
+    path = _late_first_request(fabricate(tmp_path / "run.jsonl", seed=4))
+    objs = read_lines(path)
+    for o in objs:
+        if o.get("kind") == "arm_start":
+            o["spawn_ns"] = 0  # a file written before the field existed
+    write_lines(path, objs)
+    assert W.TEMPERATURE_MOVED in {w.kind for w in build([path]).warnings}
+
+
+def test_steady_memory_leaves_out_warm_up_and_prompt_cutting():
+    from abtest.measure.sampler import summarize
+    from abtest.records import RequestRecord, VramSample, measured_window_ms
+
+    def sample(t_ms, mib):
+        return VramSample("a", t_ms, mib, None, None, None, None, mib, None)
+
+    # loading and warm-up hold 900 MiB of host RSS; the measured requests 500
+    samples = [sample(t, 900.0) for t in (100, 200, 300, 400, 500, 600)] + [sample(t, 500.0) for t in (1100, 1200, 1300)]
+    spawn_ns = 1_000_000_000
+
+    def req(t_ms, warm):
+        return RequestRecord("a", "b", "p", 0, 0, warm, "completion", 1, spawn_ns + int(t_ms * 1e6), 0.0, 200, None,
+                             1.0, 100.0, 1, 1, None, [], [], None, "", {}, 0)
+
+    window = measured_window_ms([req(300, True), req(1050, False), req(1200, False)], spawn_ns)
+    assert window == (1050.0, 1300.0)
+    out = summarize(samples, samples[0], window)
+    assert out["steady"]["host_rss_anon_mib"] == 500.0
+    assert out["peak"]["host_rss_anon_mib"] == 900.0
+    assert summarize(samples, samples[0])["steady"]["host_rss_anon_mib"] == 900.0  # the old median
