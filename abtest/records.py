@@ -146,6 +146,9 @@ class VramSample:
     power_w: float | None
     host_rss_anon_mib: float | None  # /proc/PID/status RssAnon
     host_rss_file_mib: float | None  # RssFile: the mmapped model's resident pages live here
+    # NVML indices the device fields were read from: those the PID holds memory on, else every
+    # visible one (None: no GPU, or a file written before the field existed)
+    gpus: list[int] | None = None
 
 
 @dataclass(frozen=True)

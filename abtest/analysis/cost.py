@@ -94,6 +94,17 @@ def _int_or_none(v: Any) -> int | None:
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def gpus_used(g: ArmGroup) -> int:
+    """GPUs the arm's server used, at least 1: the most devices one of its memory samples read
+    (`VramSample.gpus`: those its PID held memory on), else the devices the manifest lists (the
+    visible ones; every one NVML saw in files written before `gpus` existed)."""
+    most = max((len(s.gpus) for run in g.runs for s in run.memory if s.gpus), default=0)
+    if most:
+        return most
+    manifest = g.runs[0].evidence.manifest
+    return max(1, len((manifest.gpu or {}).get("devices", []) if manifest else []))
+
+
 def cost_rows(groups: Sequence[ArmGroup], memory: Sequence[MemoryRow], cost: float) -> list[CostRow]:
     out = []
     mem = {m.group: m for m in memory}
@@ -101,8 +112,7 @@ def cost_rows(groups: Sequence[ArmGroup], memory: Sequence[MemoryRow], cost: flo
         entry = g.model_entry
         params = entry.get("params")
         merged = {**(params if isinstance(params, dict) else {}), **entry}
-        manifest = g.runs[0].evidence.manifest
-        n_gpus = max(1, len((manifest.gpu or {}).get("devices", []) if manifest else []))
+        n_gpus = gpus_used(g)
         for conc in sorted({r.concurrency for r in g.measured}) or [1]:
             ttft = [stats.ttft_ms(r) for r in g.ok if r.concurrency == conc]
             peak = mem[g.label].vram_peak_mib

@@ -8,6 +8,11 @@ model is mmapped, so experts kept in system RAM show up as file-backed pages.
 
 Inside a container without ``--pid=host`` NVML reports host PIDs, which never match ours; then the
 per-PID figure is None and `GpuInfo.pid_note` says why (the device total is still recorded).
+
+NVML ignores ``CUDA_VISIBLE_DEVICES``; the server does not. Only the devices it lets the server see
+are listed and sampled, and of those, each sample reads the devices the server's PID holds memory on
+(`VramSample.gpus`; every visible device until it holds some): an 8-GPU host running one server on
+one GPU counts one GPU, with that GPU's clock and temperature.
 """
 
 from __future__ import annotations
@@ -29,41 +34,76 @@ class GpuInfo:
     reason: str | None  # why there is no GPU data, when unavailable
     driver: str | None = None
     cuda_driver_version: int | None = None
-    devices: list[dict[str, Any]] = field(default_factory=list)
+    devices: list[dict[str, Any]] = field(default_factory=list)  # the visible ones, with their NVML index
     pid_note: str | None = None
+    cuda_visible_devices: str | None = None  # as set for the servers (None: unset, every device)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class Nvml:
-    """A thin, failure-tolerant wrapper: every query returns None instead of raising."""
+def visible_indices(cuda_visible: str | None, uuids: list[str | None]) -> list[int]:
+    """The NVML indices CUDA_VISIBLE_DEVICES lets a process see, in its order. Entries are indices or
+    (prefixes of) UUIDs, `GPU-…`; CUDA stops at the first invalid one, and so does this. Unset: all.
+    Indices are taken as NVML's (PCI bus) order, which is CUDA's with CUDA_DEVICE_ORDER=PCI_BUS_ID
+    and on hosts of one GPU model."""
+    if cuda_visible is None:
+        return list(range(len(uuids)))
+    out: list[int] = []
+    for entry in (e.strip() for e in cuda_visible.split(",")):
+        if entry.isdigit() and int(entry) < len(uuids):
+            idx = int(entry)
+        else:
+            found = [i for i, u in enumerate(uuids) if entry and u and u.startswith(entry)]
+            if len(found) != 1:
+                break
+            idx = found[0]
+        if idx in out:
+            break
+        out.append(idx)
+    return out
 
-    def __init__(self) -> None:
+
+class Nvml:
+    """A thin, failure-tolerant wrapper: every query returns None instead of raising. `nv` stands in
+    for the pynvml module (tests hand in a scripted one)."""
+
+    def __init__(self, nv: Any = None, cuda_visible: str | None = None, *, from_env: bool = True) -> None:
         self.ok = False
         self.reason: str | None = None
         self._nv: Any = None
-        self.handles: list[Any] = []
+        self.handles: list[Any] = []  # every device NVML lists
+        self.visible: list[int] = []  # the NVML indices a server started from here can see
+        if from_env and cuda_visible is None:
+            cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.cuda_visible = cuda_visible
         try:
-            import pynvml  # type: ignore[import-untyped]
+            if nv is None:
+                import pynvml as nv  # type: ignore[import-untyped,no-redef]
 
-            pynvml.nvmlInit()
-            self._nv = pynvml
-            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-            self.ok = bool(self.handles)
-            if not self.ok:
+            nv.nvmlInit()
+            self._nv = nv
+            self.handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+            uuids = [_str(_try(partial(nv.nvmlDeviceGetUUID, h))) for h in self.handles]
+            self.visible = visible_indices(cuda_visible, uuids)
+            self.ok = bool(self.visible)
+            if not self.handles:
                 self.reason = "NVML found no GPU"
+            elif not self.ok:
+                self.reason = f"CUDA_VISIBLE_DEVICES={cuda_visible!r} hides every GPU NVML lists"
         except ImportError:
             self.reason = "nvidia-ml-py (pynvml) is not installed"
         except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
             self.reason = f"NVML unavailable: {exc}"
 
     def info(self) -> GpuInfo:
+        """The driver and the visible devices (what the server can use), each with its NVML index."""
         if not self.ok:
             return GpuInfo(available=False, reason=self.reason)
         nv = self._nv
         devices = []
-        for i, h in enumerate(self.handles):
+        for i in self.visible:
+            h = self.handles[i]
             mem = _try(partial(nv.nvmlDeviceGetMemoryInfo, h))
             devices.append(
                 {
@@ -83,35 +123,52 @@ class Nvml:
             cuda_driver_version=_try(lambda: nv.nvmlSystemGetCudaDriverVersion()),
             devices=devices,
             pid_note=_pid_namespace_note(),
+            cuda_visible_devices=self.cuda_visible,
         )
 
-    def pid_memory_mib(self, pid: int) -> float | None:
-        """The process's own GPU memory summed over devices; None if NVML does not list it."""
+    def pid_memory(self, pid: int) -> tuple[float | None, list[int]]:
+        """The process's own GPU memory summed over the visible devices (None if NVML does not list
+        it), and the NVML indices of the devices it holds memory on."""
         if not self.ok:
-            return None
+            return None, []
         nv = self._nv
         total = 0
-        found = False
-        for h in self.handles:
+        on: list[int] = []
+        for i in self.visible:
             for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                procs = _try(partial(getattr(nv, getter), h)) or []
+                procs = _try(partial(getattr(nv, getter), self.handles[i])) or []
                 for p in procs:
                     if p.pid == pid and p.usedGpuMemory is not None:
                         total += p.usedGpuMemory
-                        found = True
-        return round(total / MIB, 1) if found else None
+                        if i not in on:
+                            on.append(i)
+        return (round(total / MIB, 1) if on else None), on
 
-    def device_sample(self, index: int = 0) -> dict[str, Any]:
-        if not self.ok or index >= len(self.handles):
+    def pid_memory_mib(self, pid: int) -> float | None:
+        """The process's own GPU memory summed over the visible devices; None if NVML does not list it."""
+        return self.pid_memory(pid)[0]
+
+    def device_sample(self, indices: list[int] | None = None) -> dict[str, Any]:
+        """Used memory (summed), SM clock (the slowest), temperature (the hottest) and power (summed)
+        of the given NVML devices, every visible one by default; `gpus` names them."""
+        if not self.ok:
             return {}
         nv = self._nv
-        h = self.handles[index]
-        mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+        chosen = [i for i in (self.visible if indices is None else indices) if 0 <= i < len(self.handles)]
+        used, clocks, temps, power = [], [], [], []
+        for i in chosen:
+            h = self.handles[i]
+            mem = _try(partial(nv.nvmlDeviceGetMemoryInfo, h))
+            used.append(mem.used / MIB if mem else None)
+            clocks.append(_try(partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM)))
+            temps.append(_try(partial(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)))
+            power.append(_div(_try(partial(nv.nvmlDeviceGetPowerUsage, h)), 1000))
         return {
-            "device_used_mib": round(mem.used / MIB, 1) if mem else None,
-            "sm_clock_mhz": _try(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
-            "temperature_c": _try(lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
-            "power_w": _div(_try(lambda: nv.nvmlDeviceGetPowerUsage(h)), 1000),
+            "device_used_mib": round(sum(used), 1) if used and None not in used else None,  # type: ignore[arg-type]
+            "sm_clock_mhz": min(clocks) if clocks and None not in clocks else None,
+            "temperature_c": max(temps) if temps and None not in temps else None,
+            "power_w": round(sum(power), 2) if power and None not in power else None,  # type: ignore[arg-type]
+            "gpus": chosen,
         }
 
 
@@ -176,18 +233,20 @@ class VramSampler:
         self._thread = threading.Thread(target=self._loop, name=f"vram-{arm}", daemon=True)
 
     def sample(self) -> VramSample:
-        dev = self.nvml.device_sample(0)
+        pid_mib, on = self.nvml.pid_memory(self.pid)
+        dev = self.nvml.device_sample(on or None)
         anon, file_ = host_memory_mib(self.pid)
         s = VramSample(
             arm=self.arm,
             t_ms=round((time.perf_counter_ns() - self.t0_ns) / 1e6, 1),
-            pid_vram_mib=self.nvml.pid_memory_mib(self.pid),
+            pid_vram_mib=pid_mib,
             device_used_mib=dev.get("device_used_mib"),
             sm_clock_mhz=dev.get("sm_clock_mhz"),
             temperature_c=dev.get("temperature_c"),
             power_w=dev.get("power_w"),
             host_rss_anon_mib=anon,
             host_rss_file_mib=file_,
+            gpus=dev.get("gpus"),
         )
         self.samples.append(s)
         return s

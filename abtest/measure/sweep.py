@@ -207,14 +207,14 @@ def _now() -> str:
 
 
 def free_vram_mib(nvml: Any) -> float | None:
-    """Free memory of device 0 (total - used, NVML), None without a GPU."""
+    """Free memory (total - used, NVML) summed over the devices the server can see
+    (CUDA_VISIBLE_DEVICES), None without a GPU."""
     info = nvml.info()
     if not info.available or not info.devices:
         return None
-    d = info.devices[0]
-    if d.get("memory_total_mib") is None or d.get("memory_used_mib") is None:
+    if any(d.get("memory_total_mib") is None or d.get("memory_used_mib") is None for d in info.devices):
         return None
-    return float(d["memory_total_mib"]) - float(d["memory_used_mib"])
+    return sum(float(d["memory_total_mib"]) - float(d["memory_used_mib"]) for d in info.devices)
 
 
 class SweepRunner:
@@ -301,7 +301,7 @@ class SweepRunner:
                 self.progress.note(f"{arm_name(n)}: skipped, {reason}")
                 self._write_sidecar(sidecar, plan, entry_only=True)
                 return None
-            used_before = runner.nvml.device_sample(0).get("device_used_mib")
+            used_before = runner.nvml.device_sample().get("device_used_mib")
             spec = ready_made_arm(arm_name(n))
             arm = ResolvedArm(spec, resolved.server, resolved.model)
             self.progress.note(
