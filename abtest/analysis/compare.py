@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..records import RequestRecord
-from . import stats
+from . import stats, stratified
 from .arms import ArmGroup
 from .metrics import METRIC_BY_KEY, METRICS
 
@@ -119,7 +119,7 @@ def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]
     # the "all" row: only the stratified mean (a pooled σ, median or p95 would mix the buckets)
     strata = np.array([r.bucket for r in ok])
     nan = math.nan
-    summaries = {k: stats.Summary(int(np.isfinite(v).sum()), stats.stratified_mean(v, strata, weights),
+    summaries = {k: stats.Summary(int(np.isfinite(v).sum()), stratified.stratified_mean(v, strata, weights),
                                   nan, nan, nan, nan, nan) for k, v in samples.items()}
     return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts,
                        pooled=True, strata=strata, weights=weights)
@@ -140,9 +140,9 @@ def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, 
             if s.strata is not None and bs.strata is not None and s.weights is not None:
                 # buckets pooled: compare within buckets, then combine (see stats, "Stratified")
                 xs, ys, w = bs.strata[fx], s.strata[fy], s.weights
-                ci = stats.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples, weights=w)
-                test = (stats.stratified_welch(x, xs, y, ys, weights=w) if m.test == "welch"
-                        else stats.van_elteren(x, xs, y, ys))
+                ci = stratified.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples, weights=w)
+                test = (stratified.stratified_welch(x, xs, y, ys, weights=w) if m.test == "welch"
+                        else stratified.van_elteren(x, xs, y, ys))
                 base_mean, other_mean = _stratified_pair(x, xs, y, ys, w)
             else:
                 ci = stats.ratio_ci(x, y, seed=seed, resamples=resamples)
@@ -162,7 +162,7 @@ def _stratified_pair(x: np.ndarray, xs: np.ndarray, y: np.ndarray, ys: np.ndarra
     common = {b: w for b, w in weights.items() if (xs == b).sum() >= 2 and (ys == b).sum() >= 2}
     if not common:
         return math.nan, math.nan
-    return stats.stratified_mean(x, xs, common), stats.stratified_mean(y, ys, common)
+    return stratified.stratified_mean(x, xs, common), stratified.stratified_mean(y, ys, common)
 
 
 def headline(c: Comparison, comps: Sequence[Comparison], buckets: Sequence[BucketStats]) -> bool:

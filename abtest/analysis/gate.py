@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import ConfigError, RegressionFound
 from ..evidence import read_evidence
 from ..fmt import fmt_num, fmt_p_cell, fmt_pct
-from . import stats
+from . import stats, stratified
 from .arms import ArmRun, arm_runs, build_id, gpu_devices, group_runs
 from .memory import memory_row
 from .metrics import METRIC_BY_KEY, VRAM_PEAK, MetricDef
@@ -124,7 +124,7 @@ def gate_samples(
         w_lab = np.concatenate([np.asarray(strata[1][i])[np.isfinite(arrays[i])] for i in keep])
 
         def rank_test(alternative: str) -> float:
-            return stats.van_elteren(t, t_lab, pooled, w_lab, alternative=alternative).p_value
+            return stratified.van_elteren(t, t_lab, pooled, w_lab, alternative=alternative).p_value
 
     p_bad = rank_test(bad_alt)
     lo = stats.prediction_bound(meds, alpha=alpha, upper=False)

@@ -145,7 +145,7 @@ def test_gate_samples_reports_the_request_level_p_value():
 
 
 def test_gate_samples_with_buckets_uses_van_elteren():
-    from abtest.analysis import stats
+    from abtest.analysis import stratified
 
     rng = np.random.default_rng(1)
     lab = np.repeat(["short", "long"], 12)
@@ -153,7 +153,7 @@ def test_gate_samples_with_buckets_uses_van_elteren():
     window = [scale * rng.normal(1, 0.05, 24) for _ in range(7)]
     tonight = scale * rng.normal(1.1, 0.05, 24)
     g = gate_samples(tonight, window, higher_is_better=False, threshold_pct=5.0, strata=(lab, [lab] * 7))
-    expected = stats.van_elteren(tonight, lab, np.concatenate(window), np.tile(lab, 7), alternative="greater")
+    expected = stratified.van_elteren(tonight, lab, np.concatenate(window), np.tile(lab, 7), alternative="greater")
     assert g.p_value == pytest.approx(expected.p_value)
     assert g.regression
 

@@ -13,7 +13,7 @@ from helpers_evidence import SHA_B, Arm, default_arms, fabricate, read_lines, wr
 from rich.console import Console
 from scipy import stats as st
 
-from abtest.analysis import stats
+from abtest.analysis import stats, stratified
 from abtest.analysis.arms import expand_paths, load_evidence
 from abtest.analysis.cost import busy_seconds
 from abtest.analysis.equivalence import first_divergence
@@ -80,8 +80,8 @@ def test_comparisons_use_ratio_of_means_welch_and_mann_whitney(one):
         assert c.ci.low <= c.ci.delta <= c.ci.high
         if s.pooled:  # "all": compared within buckets, then combined
             assert c.ci.method == "studentized-stratified"
-            assert c.ci == stats.ratio_ci_stratified(x, bs.strata, y, s.strata)
-            expected = (stats.stratified_welch if c.metric == "decode_tps" else stats.van_elteren)(x, bs.strata, y,
+            assert c.ci == stratified.ratio_ci_stratified(x, bs.strata, y, s.strata)
+            expected = (stratified.stratified_welch if c.metric == "decode_tps" else stratified.van_elteren)(x, bs.strata, y,
                                                                                                  s.strata)
             assert (c.test, c.p_value) == (expected.test, pytest.approx(expected.p_value))
             continue

@@ -1,0 +1,151 @@
+"""Comparisons of several buckets pooled in one row: within buckets, then combined.
+
+Buckets differ by design (a 32-token prompt's TTFT is not a 3k-token prompt's), and both arms run
+the same bucket mix. Treating the pooled requests as one sample would count the spread between
+buckets as noise and make every interval and p-value far too wide; these compare within buckets
+and combine (weights: each bucket's share of the plan, or of both arms' requests by default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import stats as _st
+
+from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioCI, TestResult
+
+
+def _common_strata(
+    a: Sequence[float] | np.ndarray, a_strata: Sequence[str] | np.ndarray,
+    b: Sequence[float] | np.ndarray, b_strata: Sequence[str] | np.ndarray, min_n: int,
+    weights: Mapping[str, float] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """(a values, b values, weight) of every stratum present in both with at least min_n finite
+    values each. Weights: `weights[stratum]` renormalised over these strata, or (without
+    `weights`) each stratum's share of the finite values of both arms."""
+    x, xs = np.asarray(a, dtype=float).ravel(), np.asarray(a_strata).ravel()
+    y, ys = np.asarray(b, dtype=float).ravel(), np.asarray(b_strata).ravel()
+    found = []
+    for label in dict.fromkeys(xs.tolist()):
+        xa = x[(xs == label) & np.isfinite(x)]
+        yb = y[(ys == label) & np.isfinite(y)]
+        if xa.size >= min_n and yb.size >= min_n:
+            found.append((label, xa, yb))
+    raw = [float(weights.get(label, 0.0)) if weights is not None else float(xa.size + yb.size)
+           for label, xa, yb in found]
+    total = sum(raw)
+    if total <= 0:
+        return []
+    return [(xa, yb, w / total) for (_, xa, yb), w in zip(found, raw, strict=True) if w > 0]
+
+
+def stratified_mean(
+    values: Sequence[float] | np.ndarray, strata: Sequence[str] | np.ndarray, weights: Mapping[str, float],
+) -> float:
+    """Σ w_h·mean_h over the strata that hold finite values, weights renormalised over those: the
+    pooled ("all") row's mean, on the same footing as the stratified Δ beside it."""
+    x, xs = np.asarray(values, dtype=float).ravel(), np.asarray(strata).ravel()
+    num = den = 0.0
+    for label, w in weights.items():
+        v = x[(xs == label) & np.isfinite(x)]
+        if v.size and w > 0:
+            num += w * float(v.mean())
+            den += w
+    return num / den if den > 0 else math.nan
+
+
+def stratified_welch(
+    a: Sequence[float] | np.ndarray, a_strata: Sequence[str] | np.ndarray,
+    b: Sequence[float] | np.ndarray, b_strata: Sequence[str] | np.ndarray, alternative: str = "two-sided",
+    weights: Mapping[str, float] | None = None,
+) -> TestResult:
+    """Welch's t on stratified means M = Σ w_h·mean_h, Var(M) = Σ w_h²·s_h²/n_h, with
+    Welch-Satterthwaite degrees of freedom; equals `welch_t` when there is one stratum."""
+    strata = _common_strata(a, a_strata, b, b_strata, min_n=2, weights=weights)
+    if not strata:
+        return TestResult(math.nan, math.nan, "welch-stratified")
+    ma = mb = va = vb = dof_den = 0.0
+    for xa, yb, w in strata:
+        ua, ub = w**2 * xa.var(ddof=1) / xa.size, w**2 * yb.var(ddof=1) / yb.size
+        ma, mb, va, vb = ma + w * xa.mean(), mb + w * yb.mean(), va + ua, vb + ub
+        dof_den += ua**2 / (xa.size - 1) + ub**2 / (yb.size - 1)
+    if va + vb == 0:
+        return TestResult(math.nan, 1.0 if ma == mb else 0.0, "welch-stratified")
+    t = (ma - mb) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / dof_den
+    if alternative == "less":
+        p = _st.t.cdf(t, dof)
+    elif alternative == "greater":
+        p = _st.t.sf(t, dof)
+    else:
+        p = 2 * _st.t.sf(abs(t), dof)
+    return TestResult(float(t), float(p), "welch-stratified")
+
+
+def van_elteren(
+    a: Sequence[float] | np.ndarray, a_strata: Sequence[str] | np.ndarray,
+    b: Sequence[float] | np.ndarray, b_strata: Sequence[str] | np.ndarray, alternative: str = "two-sided",
+) -> TestResult:
+    """Van Elteren's stratified Wilcoxon rank-sum test (normal approximation, tie-corrected):
+    per stratum the rank sum of `a`, weighted by 1/(N_h + 1). With one stratum it is the
+    Mann-Whitney test's normal approximation without continuity correction."""
+    num = var = 0.0
+    for xa, yb, _ in _common_strata(a, a_strata, b, b_strata, min_n=1):
+        n1, n2 = xa.size, yb.size
+        n = n1 + n2
+        ranks = _st.rankdata(np.concatenate([xa, yb]))
+        _, ties = np.unique(ranks, return_counts=True)
+        tie = float(np.sum(ties**3 - ties)) / (n * (n - 1)) if n > 1 else 0.0
+        w = 1.0 / (n + 1)
+        num += w * (ranks[:n1].sum() - n1 * (n + 1) / 2)
+        var += w**2 * n1 * n2 / 12.0 * ((n + 1) - tie)
+    if var <= 0:
+        return TestResult(math.nan, math.nan, "van-elteren")
+    z = num / math.sqrt(var)
+    if alternative == "less":
+        p = _st.norm.cdf(z)
+    elif alternative == "greater":
+        p = _st.norm.sf(z)
+    else:
+        p = 2 * _st.norm.sf(abs(z))
+    return TestResult(float(z), float(p), "van-elteren")
+
+
+def ratio_ci_stratified(
+    base: Sequence[float] | np.ndarray, base_strata: Sequence[str] | np.ndarray,
+    other: Sequence[float] | np.ndarray, other_strata: Sequence[str] | np.ndarray,
+    *, confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+    weights: Mapping[str, float] | None = None,
+) -> RatioCI:
+    """`ratio_ci`'s studentized interval for stratified means: θ = log(M_other / M_base) with
+    M = Σ w_h·mean_h, each stratum of each arm resampled on its own, se² = Var(M_b)/M_b² +
+    Var(M_o)/M_o². Strata missing from an arm, or with fewer than 2 values, are left out."""
+    nan = math.nan
+    strata = _common_strata(base, base_strata, other, other_strata, min_n=2, weights=weights)
+    if not strata:
+        return RatioCI(nan, nan, nan, confidence, "studentized-stratified", resamples, seed)
+    rng = np.random.default_rng(seed)
+    m = np.zeros(2)
+    v = np.zeros(2)
+    m_star = np.zeros((2, resamples))
+    v_star = np.zeros((2, resamples))
+    for xa, yb, w in strata:
+        for k, x in enumerate((xa, yb)):
+            m[k] += w * x.mean()
+            v[k] += w**2 * x.var(ddof=1) / x.size
+            r = x[rng.integers(0, x.size, size=(resamples, x.size))]
+            m_star[k] += w * r.mean(axis=1)
+            v_star[k] += w**2 * r.var(axis=1, ddof=1) / x.size
+    if m[0] <= 0 or m[1] <= 0:
+        return RatioCI(float(m[1] / m[0] - 1) if m[0] else nan, nan, nan, confidence, "studentized-stratified",
+                       resamples, seed)
+    theta = math.log(m[1] / m[0])
+    se = math.sqrt(v[0] / m[0] ** 2 + v[1] / m[1] ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_star = (np.log(m_star[1] / m_star[0]) - theta) / np.sqrt(v_star[0] / m_star[0] ** 2 + v_star[1] / m_star[1] ** 2)
+    alpha = 1 - confidence
+    q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2])
+    return RatioCI(math.expm1(theta), math.expm1(theta - q_hi * se), math.expm1(theta - q_lo * se), confidence,
+                   "studentized-stratified", resamples, seed)
