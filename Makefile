@@ -9,9 +9,13 @@ RUNS   ?= 3
 
 .PHONY: venv server demo test unit check clean
 
+# The distribution was called `abtest` before it became `abtest-llm`: an older .venv loses that
+# copy first (-qq: no "not installed" warning on a fresh one). `.[dev]` brings the setuptools
+# that tests/integration/test_wheel_install.py builds the wheel with.
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip uninstall -qq -y abtest
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(BIN)/activate
 

@@ -1,7 +1,7 @@
 """`RunConfig` and `ArmSpec`: what to measure, validated before anything is launched.
 
 Arms come from three places, in this order of precedence: ``--arm NAME="ARGS"`` flags, an
-``--arms-file`` profile (servers/*.toml), and the defaults for a MoE model (``baseline``:
+``--arms-file`` profile (a TOML path, or the name of one shipped in abtest/data/servers/), and the defaults for a MoE model (``baseline``:
 ``-ngl 99``; ``cpu-moe``: ``-ngl 99 --cpu-moe``). A name ``ncmoe<N>`` with no args is the
 ready-made arm ``-ngl 99 --n-cpu-moe N``.
 """
@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,12 @@ from .argv import FLAGS, has_flag
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+
     import tomllib
 else:  # pragma: no cover
+    from importlib.abc import Traversable
+
     import tomli as tomllib
 
 DEFAULT_ARMS: dict[str, tuple[str, ...]] = {
@@ -31,6 +36,8 @@ DEFAULT_ARMS: dict[str, tuple[str, ...]] = {
 _NCMOE = re.compile(r"^ncmoe(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 LLAMA_LISTEN = ("--host", "{host}", "--port", "{port}")
+# The arm profiles shipped as package data: `--arms-file llama-server` reads llama-server.toml.
+PROFILES: Traversable = files("abtest") / "data" / "servers"
 
 
 @dataclass(frozen=True)
@@ -108,13 +115,32 @@ def ready_made_arm(name: str) -> ArmSpec:
     )
 
 
-def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
-    """Arms from a servers/*.toml profile."""
+def shipped_profiles() -> list[str]:
+    """The names `--arms-file` takes besides a path: the profiles in abtest/data/servers/."""
+    return sorted(t.name.removesuffix(".toml") for t in PROFILES.iterdir() if t.name.endswith(".toml"))
+
+
+def _profile_source(path: str | os.PathLike[str]) -> tuple[str, Path | Traversable]:
+    """A path that exists is read as given; else a bare name (`llama-server` or `llama-server.toml`)
+    of a shipped profile. The label names what was read, for messages."""
     p = Path(path)
+    if p.exists() or str(path) != p.name:
+        return str(path), p
+    name = p.name.removesuffix(".toml")
+    if name in shipped_profiles():
+        return name, PROFILES / f"{name}.toml"
+    return str(path), p
+
+
+def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
+    """Arms from an arm profile: a TOML file, or the name of a shipped one (see `shipped_profiles`)."""
+    p, source = _profile_source(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"--arms-file {p}: cannot read ({exc.strerror})") from exc
+        shipped = ", ".join(shipped_profiles())
+        raise ConfigError(f"--arms-file {p}: cannot read ({exc.strerror}); give a TOML path or one of "
+                          f"the shipped profiles: {shipped}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--arms-file {p}: not valid TOML ({exc})") from exc
     kind = str(data.get("kind", "llama-server"))
@@ -123,7 +149,8 @@ def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
     pin = bool(data.get("pin", kind == "llama-server"))
     arms_table = data.get("arms")
     if not isinstance(arms_table, dict) or not arms_table:
-        raise ConfigError(f"--arms-file {p}: no [arms.NAME] tables — see servers/llama-server.toml")
+        raise ConfigError(f"--arms-file {p}: no [arms.NAME] tables — see the shipped profile llama-server "
+                          f"(abtest/data/servers/llama-server.toml)")
     arms = []
     for name, body in arms_table.items():
         if not isinstance(body, dict) or not isinstance(body.get("args", []), list):

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import RunConfig, resolve_arms
+from ..config import RunConfig, resolve_arms, shipped_profiles
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, ConfigError
 from .progress import QuietProgress, RichProgress, sigterm_as_interrupt
 
@@ -19,7 +19,8 @@ Examples:
   abtest run --model tiny-moe --runs 3
   abtest run --model gpt-oss-20b --runs 5 --arm ncmoe12 --arm cpu-moe
   abtest run --model ./m.gguf --arm a="-ngl 99" --arm b="-ngl 99 --n-cpu-moe 8"
-  abtest run --model m.gguf --arms-file servers/llama-server.toml --buckets tok128,tok1024
+  abtest run --model m.gguf --arms-file llama-server --buckets tok128,tok1024
+  abtest run --model m.gguf --arms-file ./my-arms.toml --prompts ./my-prompts.jsonl
   abtest run --model m.gguf --concurrency 8 --rate 4 --arrivals poisson
 
 \b
@@ -43,7 +44,9 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 @click.option("--model", "-m", required=True, help="Model name (see `abtest model list`) or path to a GGUF file.")
 @click.option("--arm", "arm_flags", multiple=True, metavar='NAME="ARGS"',
               help='An arm: NAME="server args" or a ready-made name (baseline, cpu-moe, ncmoe<N>). Repeatable.')
-@click.option("--arms-file", type=click.Path(dir_okay=False), help="Arm profile TOML (see servers/).")
+@click.option("--arms-file", metavar="TOML|NAME",
+              help=f"Arm profile: a TOML path, or the name of a shipped profile ({', '.join(shipped_profiles())}),"
+                   " e.g. --arms-file llama-server.")
 @click.option("--runs", default=3, show_default=True, callback=_positive, help="Repetitions of every prompt per arm.")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0),
               help="Warm-up requests per arm (recorded, flagged, left out of statistics).")
@@ -56,7 +59,8 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 @click.option("--schedule", type=click.Choice(["sequential", "interleaved"]), default="sequential", show_default=True,
               help="sequential: one server up at a time; interleaved: all up, requests alternate A B B A.")
 @click.option("--endpoint", type=click.Choice(["completion", "chat"]), default="completion", show_default=True)
-@click.option("--prompts", type=click.Path(dir_okay=False), help="Prompt JSONL (default: prompts/default.jsonl).")
+@click.option("--prompts", type=click.Path(dir_okay=False),
+              help="Prompt JSONL (default: the shipped set, abtest/data/prompts/default.jsonl).")
 @click.option("--buckets", default="", help="Comma-separated buckets to run (default: all), e.g. tok128,seed004.")
 @click.option("--seed", default=42, show_default=True, help="Sampling seed sent with every request.")
 @click.option("--temperature", default=0.0, show_default=True)

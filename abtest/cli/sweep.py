@@ -54,7 +54,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Warm-up requests per setting.")
 @click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
               help="Tokens generated per request.")
-@click.option("--prompts", type=click.Path(dir_okay=False), help="Prompt JSONL (default: prompts/default.jsonl).")
+@click.option("--prompts", type=click.Path(dir_okay=False),
+              help="Prompt JSONL (default: the shipped set, abtest/data/prompts/default.jsonl).")
 @click.option("--buckets", default="", help="Comma-separated buckets to run (default: all), e.g. seed004,tok128.")
 @click.option("--seed", default=42, show_default=True, help="Sampling seed sent with every request.")
 @click.option("--ctx-size", type=click.IntRange(min=64), default=None,

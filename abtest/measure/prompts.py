@@ -5,19 +5,29 @@ A prompt file is JSONL, one object per line: ``{"id": str, "bucket": str, "text"
 so that the server's own ``/tokenize`` (with special tokens, as the server will count the prompt)
 says exactly that many tokens, or the nearest it can reach; ``null`` keeps the text as written
 (the seed-004 prompts). The count actually reached is recorded per arm, never guessed.
+
+The default set ships inside the package (``abtest/data/prompts/default.jsonl``, read with
+importlib.resources), so an installed abtest finds it wherever it runs.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import httpx
 
 from ..errors import ConfigError
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "default.jsonl"
+if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+else:  # pragma: no cover
+    from importlib.abc import Traversable
+
+DEFAULT_PROMPTS: Traversable = files("abtest") / "data" / "prompts" / "default.jsonl"
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,13 @@ class FittedPrompt:
     n_tokens: int
 
 
-def load_prompts(path: Path | None = None, buckets: list[str] | None = None) -> list[PromptCase]:
-    """Read a prompt JSONL; a bad line is a ConfigError quoting it."""
-    path = Path(path) if path else DEFAULT_PROMPTS
+def load_prompts(path: str | Path | None = None, buckets: list[str] | None = None) -> list[PromptCase]:
+    """Read a prompt JSONL (the shipped default set without `path`); a bad line is a ConfigError quoting it."""
+    source: Path | Traversable = Path(path) if path else DEFAULT_PROMPTS
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = source.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ConfigError(f"cannot read prompt file {path}: {exc.strerror} — check --prompts") from exc
+        raise ConfigError(f"cannot read prompt file {source}: {exc.strerror} — check --prompts") from exc
     cases: list[PromptCase] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines, 1):
@@ -59,20 +69,20 @@ def load_prompts(path: Path | None = None, buckets: list[str] | None = None) -> 
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
-                f"{path}:{lineno}: not a prompt ({type(exc).__name__}: {exc}); each line needs "
+                f"{source}:{lineno}: not a prompt ({type(exc).__name__}: {exc}); each line needs "
                 '{"id": ..., "text": ..., "bucket": ..., "target_tokens": N|null} — fix --prompts'
             ) from exc
         if case.id in seen:
-            raise ConfigError(f"{path}:{lineno}: duplicate prompt id {case.id!r} — ids must be unique")
+            raise ConfigError(f"{source}:{lineno}: duplicate prompt id {case.id!r} — ids must be unique")
         if case.target_tokens is not None and case.target_tokens < 1:
-            raise ConfigError(f"{path}:{lineno}: target_tokens must be >= 1, got {case.target_tokens}")
+            raise ConfigError(f"{source}:{lineno}: target_tokens must be >= 1, got {case.target_tokens}")
         seen.add(case.id)
         cases.append(case)
     if buckets:
         cases = [c for c in cases if c.bucket in buckets]
     if not cases:
         wanted = f" in buckets {buckets}" if buckets else ""
-        raise ConfigError(f"no prompts{wanted} in {path} — check --prompts / --buckets")
+        raise ConfigError(f"no prompts{wanted} in {source} — check --prompts / --buckets")
     return cases
 
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from importlib.resources import files
+from pathlib import Path
+
 import pytest
 
 from abtest.config import (
@@ -10,6 +13,7 @@ from abtest.config import (
     load_arms_file,
     parse_arm,
     resolve_arms,
+    shipped_profiles,
     validate,
 )
 from abtest.errors import ConfigError
@@ -36,16 +40,54 @@ def test_malformed_arm_is_a_config_error_quoting_it(bad: str) -> None:
 
 def test_default_arms_and_flag_override() -> None:
     assert [a.name for a in resolve_arms([], None)] == ["baseline", "cpu-moe"]
-    arms = resolve_arms(["baseline=-ngl 50"], "servers/llama-server.toml")
+    arms = resolve_arms(["baseline=-ngl 50"], "llama-server")
     assert [a.name for a in arms] == ["cpu-moe", "baseline"]
     assert arms[1].args == ("-ngl", "50")
 
 
 def test_arms_files_shipped_parse() -> None:
-    assert [a.name for a in load_arms_file("servers/llama-server.toml")] == ["baseline", "cpu-moe"]
-    shimmy = load_arms_file("servers/shimmy.toml")
+    assert shipped_profiles() == ["llama-server", "shimmy"]
+    assert [a.name for a in load_arms_file("llama-server")] == ["baseline", "cpu-moe"]
+    shimmy = load_arms_file("shimmy.toml")  # the file name of a shipped profile works too
     assert shimmy[1].args == ("serve", "--cpu-moe") and shimmy[0].pin is False
     assert shimmy[0].listen_args == ("--bind", "{host}:{port}")
+
+
+def test_shipped_profiles_are_package_data_not_read_from_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no servers/ here: an installed abtest runs from anywhere
+    assert [a.name for a in load_arms_file("llama-server")] == ["baseline", "cpu-moe"]
+    for name in shipped_profiles():
+        assert (files("abtest") / "data" / "servers" / f"{name}.toml").is_file()
+
+
+def test_arms_file_path_wins_over_a_shipped_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("llama-server").write_text('[arms.mine]\nargs = ["-ngl", "1"]\n')
+    assert [a.name for a in load_arms_file("llama-server")] == ["mine"]
+    other = tmp_path / "sub" / "p.toml"
+    other.parent.mkdir()
+    other.write_text('[arms.x]\nargs = []\n')
+    assert [a.name for a in load_arms_file(other)] == ["x"]
+
+
+@pytest.mark.parametrize("bad", ["nope", "servers/llama-server.toml", "./shimmy"])
+def test_unknown_arms_file_names_the_shipped_profiles(bad: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"--arms-file .*: cannot read .*shipped profiles: llama-server, shimmy"):
+        load_arms_file(bad)
+
+
+def test_run_help_shows_a_shipped_profile_example() -> None:
+    from click.testing import CliRunner
+
+    from abtest.cli import cli
+
+    res = CliRunner().invoke(cli, ["run", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    assert "--arms-file llama-server " in res.output
+    assert "llama-server, shimmy" in res.output
 
 
 def test_final_argv_pins_what_the_arm_leaves_open() -> None:
