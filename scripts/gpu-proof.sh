@@ -14,6 +14,10 @@
 #   bench      llama-bench -p 0 -n 128 with the same flags, for the cross-check
 #   qwen       synthesise qwen3-30b-a3b-like and run baseline + cpu-moe briefly
 #   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto (bounded by timeout $SWEEP_LIMIT, 540 s)
+#   wheel      the README's A/B (tiny-moe) from the carried abtest wheel (.whl/abtest_llm-*.whl),
+#              installed non-editable into /tmp/wheelsite and run from outside the checkout
+#   aa         benchmarks/aa_rate.py: A/A runs of tiny-moe (a="-ngl 99" vs b="-ngl 99"), bounded by
+#              $AA_LIMIT seconds (420), into $WORK/aa-$AA_TAG
 # Results land in $OUT (tarred: the device tool brings back at most 8 files).
 set -uo pipefail
 
@@ -120,6 +124,25 @@ stage_sweep() {
   timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$GPT" --vram-budget 9GiB --ncmoe auto --runs 2 --buckets seed004,tok128 \
     --ctx-size 4096 --quiet --out "$WORK/evidence-sweep"
   log "sweep exit $?"
+}
+
+stage_wheel() {
+  local whl
+  whl="$(ls "$here"/.whl/abtest_llm-*.whl 2>/dev/null | head -1)"
+  [ -n "$whl" ] || { log "no abtest wheel in .whl/"; return 1; }
+  rm -rf /tmp/wheelsite
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/wheelsite "$whl"
+  pkill -x llama-server; sleep 1
+  ( cd /tmp && export PYTHONPATH=/tmp/wheelsite:/tmp/site &&
+    python3 -c 'import abtest; print("abtest", abtest.__version__, "from", abtest.__file__)' &&
+    timeout "${RUN_LIMIT:-300}" python3 -m abtest run --model tiny-moe --runs 3 --quiet --out "$WORK/evidence-wheel" &&
+    python3 -m abtest report "$WORK"/evidence-wheel/*.jsonl --out "$WORK/report-wheel" > "$WORK/report-wheel.txt" )
+  log "wheel stage exit $?"
+}
+
+stage_aa() {
+  pkill -x llama-server; sleep 1
+  python3 "$here/benchmarks/aa_rate.py" --n "${AA_N:-40}" --time-limit-s "${AA_LIMIT:-420}" --out "$WORK/aa-${AA_TAG:-gpu}"
 }
 
 for stage in "$@"; do
