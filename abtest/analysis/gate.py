@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, RegressionFound
+from ..errors import ConfigError, MissingNight, RegressionFound
 from ..evidence import read_evidence
 from ..fmt import fmt_num, fmt_p_cell, fmt_pct
 from . import stats
@@ -188,9 +188,20 @@ def gate_values(
 # Nights on disk
 
 
+# (model, arm): the model as the report names it (`ArmRun.model_name`), then the arm. Every
+# comparison of the gate is between nights of one key: a night folder holds one evidence file per
+# model of the nightly config, and the same arm name on two models is two different servers.
+ArmKey = tuple[str, str]
+
+
+def key_label(key: ArmKey) -> str:
+    """"gpt-oss-20b · cpu-moe"."""
+    return f"{key[0]} · {key[1]}"
+
+
 @dataclass
 class NightArm:
-    """One arm on one night: the per-request samples and provenance the gate needs."""
+    """One (model, arm) on one night: the per-request samples and provenance the gate needs."""
 
     night: str
     arm: str
@@ -200,6 +211,11 @@ class NightArm:
     n_failed: int = 0
     provenance: dict[str, str] = field(default_factory=dict)
     strata: np.ndarray | None = None  # per request: its bucket (and concurrency); None = one stratum
+    model: str = "?"
+
+    @property
+    def key(self) -> ArmKey:
+        return (self.model, self.arm)
 
     def samples(self, metric: str) -> np.ndarray:
         return np.asarray(getattr(self, metric), dtype=float)
@@ -226,7 +242,7 @@ class NightArm:
 class Night:
     night: str
     files: list[Path]
-    arms: dict[str, NightArm]
+    arms: dict[ArmKey, NightArm]
     problems: list[str] = field(default_factory=list)
 
 
@@ -247,21 +263,21 @@ def _provenance(runs: Sequence[ArmRun]) -> dict[str, str]:
 
 
 def night_from_files(night: str, files: Sequence[Path]) -> Night:
-    """One night's evidence reduced to per-arm samples (files of one arm are pooled)."""
+    """One night's evidence reduced to per-(model, arm) samples (files of one key are pooled)."""
     evidences = [read_evidence(f) for f in files]
     problems = [p for ev in evidences for p in ev.problems]
     problems += [f"{ev.path.name}: partial run (no run_end)" for ev in evidences if ev.partial and ev.manifest]
     runs = [r for ev in evidences for r in arm_runs(ev)]
-    arms: dict[str, NightArm] = {}
-    for name in dict.fromkeys(r.arm for r in runs):
-        mine = [r for r in runs if r.arm == name]
+    arms: dict[ArmKey, NightArm] = {}
+    for model, name in dict.fromkeys((r.model_name, r.arm) for r in runs):
+        mine = [r for r in runs if (r.model_name, r.arm) == (model, name)]
         measured = [q for r in mine for q in r.measured]
         ok = [q for q in measured if q.ok]
         groups, _ = group_runs(mine)
         peaks = [memory_row(g).vram_peak_mib for g in groups]
         peaks = [p for p in peaks if math.isfinite(p)]
-        arms[name] = NightArm(
-            night=night, arm=name,
+        arms[(model, name)] = NightArm(
+            night=night, arm=name, model=model,
             decode_tps=np.array([stats.decode_tps(q) for q in ok], dtype=float),
             ttft_ms=np.array([stats.ttft_ms(q) for q in ok], dtype=float),
             vram_peak_mib=max(peaks) if peaks else math.nan,
@@ -294,10 +310,15 @@ def load_history(directory: Path | str) -> list[Night]:
 @dataclass(frozen=True)
 class ProvenanceChange:
     night: str
+    model: str
     arm: str
     field: str
     old: str
     new: str
+
+    @property
+    def key(self) -> ArmKey:
+        return (self.model, self.arm)
 
     def __str__(self) -> str:
         names = {"model_sha256": "model SHA256", "server_build": "server build", "driver": "driver", "gpu": "GPU"}
@@ -306,21 +327,36 @@ class ProvenanceChange:
 
 @dataclass
 class Check:
-    """One metric of one arm tonight."""
+    """One metric of one (model, arm) tonight."""
 
+    model: str
     arm: str
     metric: str
     night: str
-    status: str  # "regression", "improvement", "ok" or "insufficient history"
+    # "regression", "improvement", "ok", "insufficient history", "no data", or "missing" (the
+    # key has evidence on a trailing night and none tonight)
+    status: str
     gate: GateResult | None
     window_nights: list[str]
     threshold: str
     causes: list[ProvenanceChange] = field(default_factory=list)
-    detail: str = ""  # for checks without a gate (an arm with no successful request)
+    detail: str = ""  # for checks without a gate (no successful request, missing tonight)
+
+    @property
+    def key(self) -> ArmKey:
+        return (self.model, self.arm)
+
+    @property
+    def label(self) -> str:
+        return key_label(self.key)
 
     @property
     def regression(self) -> bool:
         return self.status == "regression"
+
+    @property
+    def missing(self) -> bool:
+        return self.status == "missing"
 
     @property
     def reference(self) -> float:
@@ -329,10 +365,19 @@ class Check:
 
 @dataclass
 class Series:
+    model: str
     arm: str
     metric: str
     nights: list[str]
     values: np.ndarray
+
+    @property
+    def key(self) -> ArmKey:
+        return (self.model, self.arm)
+
+    @property
+    def label(self) -> str:
+        return key_label(self.key)
 
 
 @dataclass
@@ -351,19 +396,33 @@ class HistoryResult:
     def regressions(self) -> list[Check]:
         return [c for c in self.checks if c.regression]
 
+    @property
+    def missing(self) -> list[Check]:
+        return [c for c in self.checks if c.missing]
+
+    @property
+    def outcome(self) -> str:
+        """"regression", "missing" or "ok" (what the CLI's exit code says)."""
+        if self.regressions:
+            return "regression"
+        if self.missing:
+            return "missing"
+        return "ok"
+
 
 def provenance_changes(nights: Sequence[Night]) -> list[ProvenanceChange]:
-    """Every change of model SHA256, server build, driver or GPU between consecutive nights of an arm."""
+    """Every change of model SHA256, server build, driver or GPU between consecutive nights of a key."""
     out = []
-    last: dict[str, dict[str, str]] = {}
+    last: dict[ArmKey, dict[str, str]] = {}
     for n in nights:
-        for arm, na in n.arms.items():
-            prev = last.get(arm)
+        for key, na in n.arms.items():
+            prev = last.get(key)
             if prev is not None:
                 for f in PROVENANCE_FIELDS:
                     if prev.get(f) != na.provenance.get(f):
-                        out.append(ProvenanceChange(n.night, arm, f, prev.get(f, "?"), na.provenance.get(f, "?")))
-            last[arm] = na.provenance
+                        out.append(ProvenanceChange(n.night, key[0], key[1], f, prev.get(f, "?"),
+                                                    na.provenance.get(f, "?")))
+            last[key] = na.provenance
     return out
 
 
@@ -386,7 +445,7 @@ def _strata(tonight: NightArm, window: Sequence[NightArm]) -> tuple[np.ndarray, 
 def check_night(
     tonight: NightArm, window: Sequence[NightArm], metric: str, th: Thresholds
 ) -> tuple[str, GateResult | None]:
-    """Gate one metric of one arm; ("insufficient history", None) with too few trailing nights."""
+    """Gate one metric of one key; ("insufficient history", None) with too few trailing nights."""
     spec = METRIC_BY_KEY[metric]
     if len(window) < th.min_nights:
         return "insufficient history", None
@@ -405,65 +464,86 @@ def check_night(
 
 
 def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = None) -> HistoryResult:
-    """Tonight (the last night) against the trailing window, per arm and metric."""
+    """Tonight (the last night) against the trailing window, per (model, arm) and metric.
+
+    A key with evidence on one of the last `window` nights with evidence before tonight, and none
+    tonight, is "missing": a model whose run wrote nothing tonight is a failure, never compared
+    with another model's numbers.
+    """
     th = thresholds or Thresholds()
     if not nights:
         raise ConfigError("no nights to evaluate")
     tonight = nights[-1]
+    past_nights = [n for n in nights[:-1] if n.arms]
     changes = provenance_changes(nights)
     checks: list[Check] = []
     notes = [f"{tonight.night}: {p}" for p in tonight.problems]
-    arms = list(dict.fromkeys(a for n in nights for a in n.arms))
-    for arm in arms:
-        if arm not in tonight.arms:
-            notes.append(f"{arm}: no evidence tonight ({tonight.night}); last seen "
-                         f"{max(n.night for n in nights if arm in n.arms)}")
-            continue
-        past = [n.arms[arm] for n in nights[:-1] if arm in n.arms][-th.window:]
+    keys = list(dict.fromkeys(k for n in nights for k in n.arms))
+    expected = {k for n in past_nights[-th.window:] for k in n.arms}
+    for key in keys:
+        model, arm = key
+        past = [n.arms[key] for n in past_nights if key in n.arms][-th.window:]
         window_nights = [w.night for w in past]
-        na = tonight.arms[arm]
+        if key not in tonight.arms:
+            last_seen = max(n.night for n in nights if key in n.arms)
+            if key in expected:
+                checks.append(Check(model, arm, "evidence", tonight.night, "missing", None, window_nights,
+                                    "evidence tonight", detail=f"no evidence tonight (last seen {last_seen})"))
+            else:
+                notes.append(f"{key_label(key)}: not run since {last_seen} (outside the window of "
+                             f"{th.window} nights: no longer expected)")
+            continue
+        na = tonight.arms[key]
         since = window_nights[0] if window_nights else ""
-        causes = sorted((ch for ch in changes if ch.arm == arm and since < ch.night <= tonight.night),
+        causes = sorted((ch for ch in changes if ch.key == key and since < ch.night <= tonight.night),
                         key=lambda ch: ch.night, reverse=True)
         if na.n_failed:
-            notes.append(f"{arm}: {na.n_failed} requests failed tonight")
+            notes.append(f"{key_label(key)}: {na.n_failed} requests failed tonight")
         if na.decode_tps.size == 0 and na.ttft_ms.size == 0 and any(w.ttft_ms.size for w in past):
-            # an arm that worked before and has no successful request tonight is the loudest regression
-            checks.append(Check(arm, "requests", tonight.night, "regression", None, window_nights,
+            # a key that worked before and has no successful request tonight is the loudest regression
+            checks.append(Check(model, arm, "requests", tonight.night, "regression", None, window_nights,
                                 "a successful request", causes,
                                 detail=f"no successful request tonight ({na.n_failed} failed)"))
             continue
         for spec in GATE_METRICS:
             status, g = check_night(na, past, spec.key, th)
-            c = Check(arm, spec.key, tonight.night, status, g, window_nights, threshold_text(spec.key, th))
+            c = Check(model, arm, spec.key, tonight.night, status, g, window_nights, threshold_text(spec.key, th))
             if c.regression:
                 c.causes = causes
             checks.append(c)
     series = []
     night_names = [n.night for n in nights]
-    for arm in arms:
+    for key in keys:
         for spec in GATE_METRICS:
-            vals = np.array([n.arms[arm].value(spec.key) if arm in n.arms else math.nan for n in nights])
-            series.append(Series(arm, spec.key, night_names, vals))
+            vals = np.array([n.arms[key].value(spec.key) if key in n.arms else math.nan for n in nights])
+            series.append(Series(key[0], key[1], spec.key, night_names, vals))
     return HistoryResult(tonight=tonight.night, nights=night_names, thresholds=th, checks=checks, changes=changes,
                          series=series, metrics=[m.key for m in GATE_METRICS], notes=notes)
 
 
-def raise_for_regressions(result: HistoryResult) -> None:
-    """RegressionFound (exit 1) when tonight regressed; the message is the one-line summary."""
-    regs = result.regressions
+def raise_for_outcome(result: HistoryResult) -> None:
+    """RegressionFound (exit 1) when tonight regressed, else MissingNight (exit 5) when a key of
+    the trailing nights has no evidence tonight; the message is the one-line summary."""
+    regs, missing = result.regressions, result.missing
+    gone = ""
+    if missing:
+        gone = (f"{len(missing)} missing on {result.tonight}: "
+                + ", ".join(f"{c.label} ({c.detail.removeprefix('no evidence tonight (')}" for c in missing))
     if regs:
-        raise RegressionFound(f"{len(regs)} regression{'s' if len(regs) != 1 else ''} on {result.tonight}: "
-                              + "; ".join(check_line(c) for c in regs))
+        text = (f"{len(regs)} regression{'s' if len(regs) != 1 else ''} on {result.tonight}: "
+                + "; ".join(check_line(c) for c in regs))
+        raise RegressionFound(text + (f"; and {gone}" if gone else ""))
+    if missing:
+        raise MissingNight(gone + " — did their `abtest run` fail? (scripts/nightly.sh: nightly.log)")
 
 
 def check_line(c: Check) -> str:
     g = c.gate
     if g is None:
-        text = f"{c.arm}: {c.detail or c.status}"
+        text = f"{c.label}: {c.detail or c.status}"
     else:
         spec = METRIC_BY_KEY[c.metric]
-        text = (f"{c.arm} {spec.label} {fmt_num(g.value)} {spec.unit} vs {fmt_num(g.reference)} "
+        text = (f"{c.label} {spec.label} {fmt_num(g.value)} {spec.unit} vs {fmt_num(g.reference)} "
                 f"({fmt_pct(g.change)}; threshold {c.threshold}")
         text += f", p {fmt_p_cell(g.p_value)})" if math.isfinite(g.p_value) else ")"
     if c.causes:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..analysis.arms import load_evidence
 from ..analysis.cost import DEFAULT_GPU_HOUR_COST
-from ..analysis.gate import Thresholds, evaluate_history, load_history, raise_for_regressions
+from ..analysis.gate import Thresholds, evaluate_history, load_history, raise_for_outcome
 from ..analysis.report import build_report
 from ..errors import ConfigError
 from ..render.history import history_markdown, history_terminal, render_history
@@ -98,7 +98,7 @@ def report(
             out.print(history_terminal(result))
         else:
             click.echo(render_history(result, fmt), nl=False)
-        raise_for_regressions(result)
+        raise_for_outcome(result)
         return
     if not files:
         raise click.UsageError("no evidence given: pass FILES (e.g. evidence/*.jsonl) or --history DIR")

@@ -12,22 +12,24 @@ import math
 
 import numpy as np
 import pytest
-from helpers_evidence import Arm, fabricate
+from helpers_evidence import SHA_A, SHA_B, Arm, fabricate
 
 from abtest.analysis.gate import (
     Night,
     NightArm,
+    check_line,
     evaluate_history,
     gate_samples,
     gate_values,
     load_history,
-    raise_for_regressions,
+    raise_for_outcome,
 )
 from abtest.cli import main
-from abtest.errors import RegressionFound
+from abtest.errors import EXIT_MISSING_NIGHT, MissingNight, RegressionFound
 from abtest.render.history import history_markdown, history_terminal
 
 SEEDS = range(200)
+KEY = ("m", "cpu-moe")
 
 
 def simulate(seed, *, nights=30, n_req=24, cv=0.03, night_cv=0.01, drop=0.0, ttft_rise=0.0, vram_mib=11800.0):
@@ -41,8 +43,8 @@ def simulate(seed, *, nights=30, n_req=24, cv=0.03, night_cv=0.01, drop=0.0, ttf
         tmu = 120.0 * (1 + rng.normal(0, night_cv))
         ttft = rng.normal(tmu, 0.05 * 120.0, n_req) * ((1 + ttft_rise) if last else 1.0)
         night = f"2026-10-{i + 1:02d}"
-        out.append(Night(night, [], {"cpu-moe": NightArm(night, "cpu-moe", decode, ttft, vram_mib,
-                                                             provenance={"server_build": "b6000"})}))
+        out.append(Night(night, [], {KEY: NightArm(night, "cpu-moe", decode, ttft, vram_mib, model="m",
+                                                    provenance={"server_build": "b6000"})}))
     return out
 
 
@@ -68,7 +70,7 @@ def test_night_to_night_noise_is_what_the_prediction_bound_absorbs():
     gated = sum(any(c.metric == "decode_tps" for c in alarms(n)) for n in histories)
     request_level_only = 0
     for n in histories:
-        g = gate_samples(n[-1].arms["cpu-moe"].decode_tps, [x.arms["cpu-moe"].decode_tps for x in n[-8:-1]],
+        g = gate_samples(n[-1].arms[KEY].decode_tps, [x.arms[KEY].decode_tps for x in n[-8:-1]],
                            higher_is_better=True, threshold_pct=5.0)
         request_level_only += g.beyond_threshold and g.p_value < 0.01
     assert gated <= 4, gated  # 2 % of 200: α = 1 % plus the sampling error of 200 seeds
@@ -88,8 +90,8 @@ def test_ttft_rise_is_a_regression():
 
 def test_an_arm_with_no_successful_request_tonight_is_a_regression():
     nights = simulate(2, nights=10)
-    nights[-1].arms["cpu-moe"] = NightArm(nights[-1].night, "cpu-moe", np.empty(0), np.empty(0), math.nan,
-                                            n_failed=24)
+    nights[-1].arms[KEY] = NightArm(nights[-1].night, "cpu-moe", np.empty(0), np.empty(0), math.nan,
+                                    n_failed=24, model="m")
     result = evaluate_history(nights)
     (reg,) = result.regressions
     assert reg.metric == "requests" and "no successful request tonight (24 failed)" in history_markdown(result)
@@ -190,7 +192,7 @@ def test_regression_in_real_files_is_found_with_its_likely_cause(tmp_path, capsy
     assert md.startswith("**abtest nightly 2026-11-09: 1 regression**")
     assert "likely cause: server build b6000 → b6001" in md
     with pytest.raises(RegressionFound, match="cpu-moe decode"):
-        raise_for_regressions(result)
+        raise_for_outcome(result)
     with pytest.raises(SystemExit) as exc:
         main(["report", "--history", str(root), "--format", "markdown", "--out", str(tmp_path / "out")])
     assert exc.value.code == 1
@@ -218,3 +220,55 @@ def test_history_needs_night_directories(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["report", "--history", str(tmp_path)])
     assert exc.value.code == 2 and "YYYY-MM-DD" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- several models per night
+
+
+def write_model_nights(root, n=9, *, missing_tonight=(), models=(("alpha", SHA_A, 80.0), ("beta", SHA_B, 30.0))):
+    """scripts/nightly.sh's layout: every model of the config writes its own file into the night folder."""
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        night = f"2026-11-{i + 1:02d}"
+        for m, (name, sha, tps) in enumerate(models):
+            if i == n - 1 and name in missing_tonight:
+                continue
+            jitter = 1 + rng.normal(0, 0.005)
+            arms = [Arm("baseline", ["-ngl", "99"], decode_tps=tps * jitter, ttft_ms=100.0 + 50 * m),
+                    Arm("cpu-moe", ["-ngl", "99", "--cpu-moe"], decode_tps=tps / 8 * jitter, vram_mib=1450.0,
+                        ttft_ms=600.0 + 300 * m)]
+            fabricate(root / night / f"20261101T0100{m:02d}-{name}.jsonl", seed=100 + 10 * i + m, arms=arms,
+                      completion_tokens=16, runs=3, prompts_per_bucket=2, started_at=f"{night}T01:00:00Z",
+                      model_name=name, model_sha256=sha)
+    return root
+
+
+def test_each_model_is_gated_against_its_own_past(tmp_path):
+    root = write_model_nights(tmp_path / "nightly")
+    result = evaluate_history(load_history(root))
+    assert not result.regressions
+    assert {(c.model, c.arm) for c in result.checks} == {(m, a) for m in ("alpha", "beta")
+                                                         for a in ("baseline", "cpu-moe")}
+    alpha = next(c for c in result.checks if (c.model, c.arm, c.metric) == ("alpha", "baseline", "decode_tps"))
+    assert alpha.gate.value == pytest.approx(80.0, rel=0.05)
+
+
+def test_a_model_missing_tonight_is_missing_not_compared_with_another_model(tmp_path, capsys):
+    """Two unchanged models, one model's file missing tonight: no regression of the other model (the
+    old gate pooled arms by name across models and blamed the model SHA256), the missing one a failure."""
+    root = write_model_nights(tmp_path / "nightly", missing_tonight=("alpha",))
+    result = evaluate_history(load_history(root))
+    assert not result.regressions, [check_line(c) for c in result.regressions]
+    assert not any(ch.field == "model_sha256" for c in result.checks for ch in c.causes)
+    missing = [(c.model, c.arm) for c in result.checks if c.status == "missing"]
+    assert missing == [("alpha", "baseline"), ("alpha", "cpu-moe")]
+    assert result.outcome == "missing"
+    with pytest.raises(MissingNight, match="alpha · baseline"):
+        raise_for_outcome(result)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--history", str(root), "--format", "markdown"])
+    assert exc.value.code == EXIT_MISSING_NIGHT
+    out = capsys.readouterr()
+    assert "2 missing" in out.out and "no regression" not in out.out
+    (line,) = out.err.strip().splitlines()
+    assert "alpha · baseline" in line and "last seen 2026-11-08" in line
