@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import ConfigError, MissingNight, RegressionFound
-from ..evidence import read_evidence
+from ..errors import ConfigError, EvidenceError, MissingNight, RegressionFound
+from ..evidence import Evidence, read_evidence
 from ..fmt import fmt_num, fmt_p_cell, fmt_pct
 from . import stats
 from .arms import ArmRun, arm_runs, build_id, gpu_devices, group_runs
@@ -37,6 +37,7 @@ from .memory import memory_row
 from .metrics import METRIC_BY_KEY, VRAM_PEAK, MetricDef
 
 NIGHT_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_PROBLEM_NOTES = 5  # tonight's evidence problems listed one by one; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,7 @@ class Night:
     files: list[Path]
     arms: dict[ArmKey, NightArm]
     problems: list[str] = field(default_factory=list)
+    missing: str = ""  # why the night holds no readable run ("" when it does)
 
 
 PROVENANCE_FIELDS = ("model_sha256", "server_build", "driver", "gpu")
@@ -264,7 +266,11 @@ def _provenance(runs: Sequence[ArmRun]) -> dict[str, str]:
 
 def night_from_files(night: str, files: Sequence[Path]) -> Night:
     """One night's evidence reduced to per-(model, arm) samples (files of one key are pooled)."""
-    evidences = [read_evidence(f) for f in files]
+    return night_from_evidence(night, [read_evidence(f) for f in files])
+
+
+def night_from_evidence(night: str, evidences: Sequence[Evidence]) -> Night:
+    """The evidence files of one night, read, reduced to per-(model, arm) samples."""
     problems = [p for ev in evidences for p in ev.problems]
     problems += [f"{ev.path.name}: partial run (no run_end)" for ev in evidences if ev.partial and ev.manifest]
     runs = [r for ev in evidences for r in arm_runs(ev)]
@@ -285,21 +291,58 @@ def night_from_files(night: str, files: Sequence[Path]) -> Night:
             provenance=_provenance(mine),
             strata=np.array([f"{q.bucket}|c{q.concurrency}" for q in ok]),
         )
-    return Night(night=night, files=list(files), arms=arms, problems=problems)
+    return Night(night=night, files=[ev.path for ev in evidences], arms=arms, problems=problems)
 
 
-def load_history(directory: Path | str) -> list[Night]:
-    """Every YYYY-MM-DD sub-directory with evidence files, oldest first."""
+def _read_night(night: str, sub: Path) -> Night:
+    """One night folder; `Night.missing` says why it holds no readable run ("" when it does)."""
+    if not sub.is_dir():
+        return Night(night, [], {}, missing=f"{sub}/ does not exist")
+    files = sorted(sub.glob("*.jsonl"))
+    if not files:
+        return Night(night, [], {}, missing=f"{sub}/ holds no *.jsonl evidence file")
+    readable: list[Evidence] = []
+    problems: list[str] = []
+    for f in files:
+        try:
+            readable.append(read_evidence(f))
+        except EvidenceError as exc:
+            problems.append(str(exc))
+    n = night_from_evidence(night, readable)
+    n.files, n.problems = files, problems + n.problems
+    if not n.arms:
+        first = n.problems[0] if n.problems else "no arm records"
+        n.missing = (f"{sub}/ holds no readable run in its {len(files)} evidence "
+                     f"file{'s' if len(files) != 1 else ''} ({first})")
+    return n
+
+
+def load_history(directory: Path | str, night: str | None = None) -> list[Night]:
+    """The YYYY-MM-DD sub-directories with evidence, oldest first, then tonight.
+
+    Tonight is `night` (its folder may be absent) or else the newest YYYY-MM-DD folder; it is
+    always the last element, with `missing` set when it holds no readable run, so that an empty
+    tonight is reported as such and the previous night is never judged in its place. Later
+    folders than `night` are ignored.
+    """
     d = Path(directory)
     if not d.is_dir():
         raise ConfigError(f"--history {d} is not a directory — pass the folder holding YYYY-MM-DD/ nights")
+    if night is not None and not NIGHT_DIR.match(night):
+        raise ConfigError(f"--night {night!r} is not a date — pass YYYY-MM-DD, e.g. --night 2026-11-20")
+    subs = sorted(p for p in d.iterdir() if p.is_dir() and NIGHT_DIR.match(p.name))
+    if night is None:
+        if not subs:
+            raise ConfigError(f"--history {d} holds no YYYY-MM-DD/ sub-directories — pass the folder "
+                              "scripts/nightly.sh writes (EVIDENCE_DIR)")
+        night = subs[-1].name
     nights = []
-    for sub in sorted(p for p in d.iterdir() if p.is_dir() and NIGHT_DIR.match(p.name)):
-        files = sorted(sub.glob("*.jsonl"))
-        if files:
-            nights.append(night_from_files(sub.name, files))
-    if not nights:
-        raise ConfigError(f"--history {d} holds no YYYY-MM-DD/ sub-directories with *.jsonl evidence files")
+    for sub in subs:
+        if sub.name < night and any(sub.glob("*.jsonl")):
+            past = _read_night(sub.name, sub)
+            if past.arms:
+                nights.append(past)
+    nights.append(_read_night(night, d / night))
     return nights
 
 
@@ -390,6 +433,7 @@ class HistoryResult:
     series: list[Series]
     metrics: list[str]
     notes: list[str]
+    no_evidence: str = ""  # why tonight holds no readable run ("" when it does)
     abtest_version: str = __version__
 
     @property
@@ -402,7 +446,9 @@ class HistoryResult:
 
     @property
     def outcome(self) -> str:
-        """"regression", "missing" or "ok" (what the CLI's exit code says)."""
+        """"no evidence", "regression", "missing" or "ok" (what the CLI's exit code says)."""
+        if self.no_evidence:
+            return "no evidence"
         if self.regressions:
             return "regression"
         if self.missing:
@@ -477,7 +523,10 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
     past_nights = [n for n in nights[:-1] if n.arms]
     changes = provenance_changes(nights)
     checks: list[Check] = []
-    notes = [f"{tonight.night}: {p}" for p in tonight.problems]
+    # a garbled file has a problem per line: the first few say enough
+    notes = [f"{tonight.night}: {p}" for p in tonight.problems[:MAX_PROBLEM_NOTES]]
+    if len(tonight.problems) > MAX_PROBLEM_NOTES:
+        notes.append(f"{tonight.night}: … and {len(tonight.problems) - MAX_PROBLEM_NOTES} more problems")
     keys = list(dict.fromkeys(k for n in nights for k in n.arms))
     expected = {k for n in past_nights[-th.window:] for k in n.arms}
     for key in keys:
@@ -518,12 +567,17 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
             vals = np.array([n.arms[key].value(spec.key) if key in n.arms else math.nan for n in nights])
             series.append(Series(key[0], key[1], spec.key, night_names, vals))
     return HistoryResult(tonight=tonight.night, nights=night_names, thresholds=th, checks=checks, changes=changes,
-                         series=series, metrics=[m.key for m in GATE_METRICS], notes=notes)
+                         series=series, metrics=[m.key for m in GATE_METRICS], notes=notes,
+                         no_evidence=tonight.missing)
 
 
 def raise_for_outcome(result: HistoryResult) -> None:
-    """RegressionFound (exit 1) when tonight regressed, else MissingNight (exit 5) when a key of
-    the trailing nights has no evidence tonight; the message is the one-line summary."""
+    """MissingNight (exit 5) when tonight holds no readable run; RegressionFound (exit 1) when
+    tonight regressed; MissingNight when a key of the trailing nights has no evidence tonight.
+    The message is the one-line summary."""
+    if result.no_evidence:
+        raise MissingNight(f"no evidence for tonight ({result.tonight}): {result.no_evidence} — did tonight's "
+                           "`abtest run` fail? (scripts/nightly.sh logs it in nightly.log)")
     regs, missing = result.regressions, result.missing
     gone = ""
     if missing:

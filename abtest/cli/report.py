@@ -35,6 +35,9 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--history", "history_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Nightly mode: a directory of YYYY-MM-DD/ evidence folders; exits 1 on a regression.")
+@click.option("--night", metavar="YYYY-MM-DD",
+              help="History: the night to gate (default: the newest YYYY-MM-DD folder); exits 5 when it "
+                   "holds no evidence.")
 @click.option("--baseline", metavar="NAME",
               help="Arm the others are compared with (default: an arm named baseline, else the config's first).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="terminal", show_default=True)
@@ -61,6 +64,7 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
 def report(
     files: tuple[Path, ...],
     history_dir: Path | None,
+    night: str | None,
     baseline: str | None,
     fmt: str,
     out_dir: Path | None,
@@ -87,7 +91,7 @@ def report(
             raise click.UsageError("pass evidence FILES or --history DIR, not both")
         th = Thresholds(decode_pct=decode_threshold, ttft_pct=ttft_threshold, vram_pct=vram_threshold,
                              vram_mib=vram_floor_mib, alpha=alpha, window=window, min_nights=min_nights)
-        result = evaluate_history(load_history(history_dir), th)
+        result = evaluate_history(load_history(history_dir, night=night), th)
         if out_dir is not None:
             from ..render import plots
 
@@ -102,6 +106,8 @@ def report(
         return
     if not files:
         raise click.UsageError("no evidence given: pass FILES (e.g. evidence/*.jsonl) or --history DIR")
+    if night is not None:
+        raise click.UsageError("--night needs --history DIR")
     data = build_report(load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
                             allow_mixed_models=allow_mixed_models)
     if out_dir is not None:

@@ -39,6 +39,9 @@ def _summary(result: HistoryResult) -> tuple[str, list[str]]:
     failures += [f"{len(missing)} missing"] if missing else []
     head = f"abtest nightly {result.tonight}: " + (", ".join(failures) or "no regression")
     lines = [f"❌ {check_line(c)}" for c in regs + missing]
+    if result.no_evidence:
+        head = f"abtest nightly {result.tonight}: no evidence tonight"
+        lines = [f"❌ {result.no_evidence}"]
     lines += [f"✅ {check_line(c)}" for c in result.checks if c.status == "improvement"]
     if not regs and not missing:
         th = result.thresholds
@@ -48,14 +51,16 @@ def _summary(result: HistoryResult) -> tuple[str, list[str]]:
         if tonight_changes:
             lines.append("changed tonight: " + ", ".join(f"{key_label(ch.key)}: {ch}" for ch in tonight_changes))
     lines += [f"note: {n}" for n in result.notes]
+    if result.no_evidence:
+        return head, lines
     return f"{head} (vs the median of the last {n_window} nights)", lines
 
 
 def history_markdown(result: HistoryResult) -> str:
     """A short Markdown summary, fit for a chat notification."""
     head, bullets = _summary(result)
-    bold, _, rest = head.partition(" (vs")
-    lines = [f"**{bold}** (vs{rest}", ""] + [f"- {b}" for b in bullets]
+    bold, vs, rest = head.partition(" (vs")
+    lines = [f"**{bold}**" + (f"{vs}{rest}" if vs else ""), ""] + [f"- {b}" for b in bullets]
     lines += ["", "| " + " | ".join(HEADERS) + " |", "|---|---|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(result)]
     lines += ["", f"_abtest {result.abtest_version} · α = {result.thresholds.alpha:g} · window "

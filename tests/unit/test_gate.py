@@ -25,7 +25,7 @@ from abtest.analysis.gate import (
     raise_for_outcome,
 )
 from abtest.cli import main
-from abtest.errors import EXIT_MISSING_NIGHT, MissingNight, RegressionFound
+from abtest.errors import EXIT_MISSING_NIGHT, ConfigError, MissingNight, RegressionFound
 from abtest.render.history import history_markdown, history_terminal
 
 SEEDS = range(200)
@@ -272,3 +272,44 @@ def test_a_model_missing_tonight_is_missing_not_compared_with_another_model(tmp_
     assert "2 missing" in out.out and "no regression" not in out.out
     (line,) = out.err.strip().splitlines()
     assert "alpha · baseline" in line and "last seen 2026-11-08" in line
+
+
+# ----------------------------------------------------------------------------- tonight without evidence
+
+
+@pytest.mark.parametrize("tonight", ["absent", "empty", "logs only", "unreadable"])
+def test_a_night_without_evidence_is_a_failure_not_the_previous_night_judged(tmp_path, capsys, tonight):
+    root = write_nights(tmp_path / "nightly")  # 2026-11-01 … 2026-11-09, all quiet
+    night = root / "2026-11-10"
+    if tonight != "absent":
+        night.mkdir()
+    if tonight == "logs only":  # what scripts/nightly.sh leaves when every run failed before its evidence
+        (night / "report.md").write_text("")
+        (night / "x.baseline.log").write_text("error: model not found\n")
+    if tonight == "unreadable":
+        (night / "run.jsonl").write_text("not json\n{\"kind\": \"bogus\"}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--history", str(root), "--night", "2026-11-10", "--format", "markdown"])
+    assert exc.value.code == EXIT_MISSING_NIGHT
+    out = capsys.readouterr()
+    (line,) = out.err.strip().splitlines()
+    assert line.startswith("abtest: error: no evidence for tonight (2026-11-10)"), line
+    assert out.out.startswith("**abtest nightly 2026-11-10: no evidence tonight**\n")
+    assert "no regression" not in out.out and "decode tok/s" not in out.out  # 2026-11-09 is not judged
+
+
+def test_the_newest_night_folder_is_tonight_even_when_empty(tmp_path, capsys):
+    root = write_nights(tmp_path / "nightly")
+    (root / "2026-11-10").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--history", str(root)])
+    assert exc.value.code == EXIT_MISSING_NIGHT
+    assert "no evidence for tonight (2026-11-10)" in capsys.readouterr().err
+
+
+def test_night_flag_gates_that_night_and_ignores_later_ones(tmp_path):
+    root = write_nights(tmp_path / "nightly", slow_tonight=True)  # 2026-11-09 is slow
+    result = evaluate_history(load_history(root, night="2026-11-08"))
+    assert result.tonight == "2026-11-08" and not result.regressions
+    with pytest.raises(ConfigError, match="YYYY-MM-DD"):
+        load_history(root, night="11/08/2026")
