@@ -1,11 +1,13 @@
 """`abtest report --history DIR`: tonight against the trailing nights, and a regression gate.
 
-DIR holds one sub-directory per night, named YYYY-MM-DD, of evidence files. Per arm and metric:
+DIR holds one sub-directory per night, named YYYY-MM-DD, of evidence files (one per model). Per
+(model, arm) and metric:
 
 * nightly value   — decode tok/s and TTFT: the mean over buckets of the median of that night's
                     measured requests in the bucket; VRAM: the peak of the server process (MiB).
 * reference       — the median of the nightly values of the last `window` nights before tonight
-                    (7 by default; at least `min_nights` are needed, else no verdict).
+                    whose configuration (`ArmConfig`: model file, argv, buckets, ...) is tonight's
+                    (7 by default; with fewer than `min_nights`: "no verdict yet").
 * regression      — a change in the bad direction that is BOTH beyond the threshold AND
                     statistically significant (see `gate_samples`, `gate_values`).
 
@@ -19,9 +21,10 @@ false-alarm and detection rates.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +203,67 @@ def key_label(key: ArmKey) -> str:
     return f"{key[0]} · {key[1]}"
 
 
+@dataclass(frozen=True)
+class ArmConfig:
+    """What must be equal for two nights of one (model, arm) to be compared: the model file, the
+    server argv (normalised by `abtest.argv.normalize`, as the report's `Identity.argv` is), the
+    buckets and concurrency measured, and the max tokens. Several values when files of one night
+    differ. Server build, driver and GPU are not here: their changes are what the gate is for."""
+
+    model_sha256: tuple[str, ...]
+    argv: tuple[tuple[str, ...], ...]
+    buckets: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    max_tokens: tuple[str, ...]
+
+    @classmethod
+    def of(cls, runs: Sequence[ArmRun]) -> ArmConfig:
+        measured = [q for r in runs for q in r.measured]
+        manifests = [r.evidence.manifest for r in runs if r.evidence.manifest]
+        return cls(
+            model_sha256=tuple(sorted({r.identity.model_sha256 for r in runs})),
+            argv=tuple(sorted({r.identity.argv for r in runs})),
+            buckets=tuple(sorted({q.bucket for q in measured})),
+            concurrency=tuple(sorted({q.concurrency for q in measured})),
+            max_tokens=tuple(sorted({str(m.config.get("max_tokens", "")) for m in manifests})),
+        )
+
+    def changes_from(self, before: ArmConfig) -> list[str]:
+        """What differs, in words: e.g. ["server argv: --cpu-moe → --n-cpu-moe 12"]."""
+        out = []
+        if self.model_sha256 != before.model_sha256:
+            out.append(f"model SHA256 {_joined(s[:12] for s in before.model_sha256)} → "
+                       f"{_joined(s[:12] for s in self.model_sha256)}")
+        if self.argv != before.argv:
+            out.append("server argv: " + _argv_change(before.argv, self.argv))
+        for name, old, new in (("buckets", before.buckets, self.buckets),
+                               ("concurrency", before.concurrency, self.concurrency),
+                               ("max tokens", before.max_tokens, self.max_tokens)):
+            if old != new:
+                out.append(f"{name} {_joined(map(str, old))} → {_joined(map(str, new))}")
+        return out
+
+
+def _joined(values: Iterable[str]) -> str:
+    return ", ".join(v for v in values if v) or "?"
+
+
+def _argv_change(old: tuple[tuple[str, ...], ...], new: tuple[tuple[str, ...], ...]) -> str:
+    """The tokens that differ between two normalised argvs ("--cpu-moe → --n-cpu-moe 12")."""
+    if len(old) != 1 or len(new) != 1:
+        return f"{len(old)} → {len(new)} different command lines"
+    a, b = old[0], new[0]
+    parts = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag == "replace":
+            parts.append(f"{' '.join(a[i1:i2])} → {' '.join(b[j1:j2])}")
+        elif tag == "delete":
+            parts.append(f"dropped {' '.join(a[i1:i2])}")
+        elif tag == "insert":
+            parts.append(f"added {' '.join(b[j1:j2])}")
+    return "; ".join(parts)
+
+
 @dataclass
 class NightArm:
     """One (model, arm) on one night: the per-request samples and provenance the gate needs."""
@@ -213,6 +277,7 @@ class NightArm:
     provenance: dict[str, str] = field(default_factory=dict)
     strata: np.ndarray | None = None  # per request: its bucket (and concurrency); None = one stratum
     model: str = "?"
+    config: ArmConfig | None = None  # None (in-memory tests): comparable with every night
 
     @property
     def key(self) -> ArmKey:
@@ -248,7 +313,9 @@ class Night:
     missing: str = ""  # why the night holds no readable run ("" when it does)
 
 
-PROVENANCE_FIELDS = ("model_sha256", "server_build", "driver", "gpu")
+# Changes named next to a regression as its likely cause (a new model file is an `ArmConfig`
+# change instead: those nights are not compared at all).
+PROVENANCE_FIELDS = ("server_build", "driver", "gpu")
 
 
 def _provenance(runs: Sequence[ArmRun]) -> dict[str, str]:
@@ -257,7 +324,6 @@ def _provenance(runs: Sequence[ArmRun]) -> dict[str, str]:
 
     manifests = [r.evidence.manifest for r in runs if r.evidence.manifest]
     return {
-        "model_sha256": joined([r.identity.model_sha256[:12] for r in runs]),
         "server_build": joined([build_id(r.start.server_build) for r in runs if r.start]),
         "driver": joined([str((m.gpu or {}).get("driver") or "") for m in manifests]),
         "gpu": joined([gpu_devices(m.gpu) for m in manifests]),
@@ -290,6 +356,7 @@ def night_from_evidence(night: str, evidences: Sequence[Evidence]) -> Night:
             n_failed=len(measured) - len(ok),
             provenance=_provenance(mine),
             strata=np.array([f"{q.bucket}|c{q.concurrency}" for q in ok]),
+            config=ArmConfig.of(mine),
         )
     return Night(night=night, files=[ev.path for ev in evidences], arms=arms, problems=problems)
 
@@ -368,6 +435,26 @@ class ProvenanceChange:
         return f"{names.get(self.field, self.field)} {self.old} → {self.new} ({self.night})"
 
 
+@dataclass(frozen=True)
+class ConfigChange:
+    """Nights of a (model, arm) left out of tonight's window: their `ArmConfig` differs from tonight's."""
+
+    model: str
+    arm: str
+    nights: tuple[str, ...]  # left out, among the key's last `window` nights before tonight
+    what: tuple[str, ...]  # tonight's configuration against the latest of them, in words
+
+    @property
+    def key(self) -> ArmKey:
+        return (self.model, self.arm)
+
+    def __str__(self) -> str:
+        span = self.nights[0] if len(self.nights) == 1 else f"{self.nights[0]} … {self.nights[-1]}"
+        n = len(self.nights)
+        return (f"{key_label(self.key)}: configuration changed ({'; '.join(self.what)}); "
+                f"{n} night{'s' if n != 1 else ''} of the other configuration ({span}) not compared")
+
+
 @dataclass
 class Check:
     """One metric of one (model, arm) tonight."""
@@ -376,8 +463,8 @@ class Check:
     arm: str
     metric: str
     night: str
-    # "regression", "improvement", "ok", "insufficient history", "no data", or "missing" (the
-    # key has evidence on a trailing night and none tonight)
+    # "regression", "improvement", "ok", "no verdict yet" (fewer than min_nights trailing nights
+    # of tonight's configuration), "no data", or "missing" (evidence on a trailing night, none tonight)
     status: str
     gate: GateResult | None
     window_nights: list[str]
@@ -400,6 +487,11 @@ class Check:
     @property
     def missing(self) -> bool:
         return self.status == "missing"
+
+    @property
+    def verdict(self) -> bool:
+        """Whether the gate judged this check (it had the nights and the data)."""
+        return self.status in ("regression", "improvement", "ok")
 
     @property
     def reference(self) -> float:
@@ -433,6 +525,7 @@ class HistoryResult:
     series: list[Series]
     metrics: list[str]
     notes: list[str]
+    config_changes: list[ConfigChange] = field(default_factory=list)
     no_evidence: str = ""  # why tonight holds no readable run ("" when it does)
     abtest_version: str = __version__
 
@@ -445,14 +538,21 @@ class HistoryResult:
         return [c for c in self.checks if c.missing]
 
     @property
+    def no_verdict(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "no verdict yet"]
+
+    @property
     def outcome(self) -> str:
-        """"no evidence", "regression", "missing" or "ok" (what the CLI's exit code says)."""
+        """"no evidence" (exit 5), "regression" (exit 1), "missing" (exit 5), "no verdict yet" (no
+        check could be judged: exit 0, and the headline says so) or "ok" (exit 0)."""
         if self.no_evidence:
             return "no evidence"
         if self.regressions:
             return "regression"
         if self.missing:
             return "missing"
+        if not any(c.verdict for c in self.checks):
+            return "no verdict yet"
         return "ok"
 
 
@@ -491,10 +591,10 @@ def _strata(tonight: NightArm, window: Sequence[NightArm]) -> tuple[np.ndarray, 
 def check_night(
     tonight: NightArm, window: Sequence[NightArm], metric: str, th: Thresholds
 ) -> tuple[str, GateResult | None]:
-    """Gate one metric of one key; ("insufficient history", None) with too few trailing nights."""
+    """Gate one metric of one key; ("no verdict yet", None) with too few trailing nights."""
     spec = METRIC_BY_KEY[metric]
     if len(window) < th.min_nights:
-        return "insufficient history", None
+        return "no verdict yet", None
     if metric == "vram_peak_mib":
         g = gate_values(tonight.vram_peak_mib, [w.vram_peak_mib for w in window],
                         threshold_pct=th.vram_pct, floor_abs=th.vram_mib, alpha=th.alpha)
@@ -512,9 +612,12 @@ def check_night(
 def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = None) -> HistoryResult:
     """Tonight (the last night) against the trailing window, per (model, arm) and metric.
 
-    A key with evidence on one of the last `window` nights with evidence before tonight, and none
-    tonight, is "missing": a model whose run wrote nothing tonight is a failure, never compared
-    with another model's numbers.
+    The window of a key is its last `window` nights whose `ArmConfig` equals tonight's: nights of
+    another configuration (argv, buckets, model file, ...) are never compared, and are named in
+    `config_changes`; with fewer than `min_nights` of them the check is "no verdict yet". A key
+    with evidence on one of the last `window` nights before tonight (nights with evidence) and
+    none tonight is "missing": a model whose run wrote nothing tonight is a failure, never
+    compared with another model's numbers.
     """
     th = thresholds or Thresholds()
     if not nights:
@@ -529,36 +632,42 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
         notes.append(f"{tonight.night}: … and {len(tonight.problems) - MAX_PROBLEM_NOTES} more problems")
     keys = list(dict.fromkeys(k for n in nights for k in n.arms))
     expected = {k for n in past_nights[-th.window:] for k in n.arms}
+    config_changes: list[ConfigChange] = []
     for key in keys:
         model, arm = key
-        past = [n.arms[key] for n in past_nights if key in n.arms][-th.window:]
-        window_nights = [w.night for w in past]
+        recent = [n.arms[key] for n in past_nights if key in n.arms]  # every night of the key, oldest first
         if key not in tonight.arms:
             last_seen = max(n.night for n in nights if key in n.arms)
             if key in expected:
-                checks.append(Check(model, arm, "evidence", tonight.night, "missing", None, window_nights,
-                                    "evidence tonight", detail=f"no evidence tonight (last seen {last_seen})"))
+                checks.append(Check(model, arm, "evidence", tonight.night, "missing", None,
+                                    [w.night for w in recent[-th.window:]], "evidence tonight",
+                                    detail=f"no evidence tonight (last seen {last_seen})"))
             else:
                 notes.append(f"{key_label(key)}: not run since {last_seen} (outside the window of "
                              f"{th.window} nights: no longer expected)")
             continue
         na = tonight.arms[key]
-        since = window_nights[0] if window_nights else ""
-        causes = sorted((ch for ch in changes if ch.key == key and since < ch.night <= tonight.night),
-                        key=lambda ch: ch.night, reverse=True)
         if na.n_failed:
             notes.append(f"{key_label(key)}: {na.n_failed} requests failed tonight")
-        if na.decode_tps.size == 0 and na.ttft_ms.size == 0 and any(w.ttft_ms.size for w in past):
-            # a key that worked before and has no successful request tonight is the loudest regression
+        if na.decode_tps.size == 0 and na.ttft_ms.size == 0 and any(w.ttft_ms.size for w in recent):
+            # a key that worked before and has no successful request tonight is the loudest
+            # regression, whatever its configuration (a server that never started has no argv)
+            window_nights = [w.night for w in recent[-th.window:]]
             checks.append(Check(model, arm, "requests", tonight.night, "regression", None, window_nights,
-                                "a successful request", causes,
+                                "a successful request", _causes(changes, key, window_nights, tonight.night),
                                 detail=f"no successful request tonight ({na.n_failed} failed)"))
             continue
+        past = [p for p in recent if _same_config(p, na)][-th.window:]
+        other = [p for p in recent[-th.window:] if not _same_config(p, na)]
+        if other and na.config is not None and other[-1].config is not None:
+            config_changes.append(ConfigChange(model, arm, tuple(p.night for p in other),
+                                               tuple(na.config.changes_from(other[-1].config))))
+        window_nights = [w.night for w in past]
         for spec in GATE_METRICS:
             status, g = check_night(na, past, spec.key, th)
             c = Check(model, arm, spec.key, tonight.night, status, g, window_nights, threshold_text(spec.key, th))
             if c.regression:
-                c.causes = causes
+                c.causes = _causes(changes, key, window_nights, tonight.night)
             checks.append(c)
     series = []
     night_names = [n.night for n in nights]
@@ -568,7 +677,19 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
             series.append(Series(key[0], key[1], spec.key, night_names, vals))
     return HistoryResult(tonight=tonight.night, nights=night_names, thresholds=th, checks=checks, changes=changes,
                          series=series, metrics=[m.key for m in GATE_METRICS], notes=notes,
-                         no_evidence=tonight.missing)
+                         config_changes=config_changes, no_evidence=tonight.missing)
+
+
+def _causes(changes: Sequence[ProvenanceChange], key: ArmKey, window_nights: Sequence[str],
+            tonight: str) -> list[ProvenanceChange]:
+    """The provenance changes of a key since its window began, newest first."""
+    since = window_nights[0] if window_nights else ""
+    return sorted((ch for ch in changes if ch.key == key and since < ch.night <= tonight),
+                  key=lambda ch: ch.night, reverse=True)
+
+
+def _same_config(a: NightArm, b: NightArm) -> bool:
+    return a.config is None or b.config is None or a.config == b.config
 
 
 def raise_for_outcome(result: HistoryResult) -> None:

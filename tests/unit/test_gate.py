@@ -94,15 +94,21 @@ def test_an_arm_with_no_successful_request_tonight_is_a_regression():
                                     n_failed=24, model="m")
     result = evaluate_history(nights)
     (reg,) = result.regressions
-    assert reg.metric == "requests" and "no successful request tonight (24 failed)" in history_markdown(result)
+    assert reg.metric == "requests" and "no successful request tonight (24 failed)" in _flat(history_markdown(result))
     from rich.console import Console
 
     Console(file=__import__("io").StringIO()).print(history_terminal(result))
 
 
-def test_too_little_history_gives_no_verdict():
-    checks = evaluate_history(simulate(1, nights=3, drop=0.5)).checks
-    assert {c.status for c in checks} == {"insufficient history"}
+def test_too_little_history_gives_no_verdict_yet_and_never_claims_no_regression():
+    """The gate needs `min_nights` (3) nights before tonight: a new box's first nights say so, exit 0."""
+    result = evaluate_history(simulate(1, nights=3, drop=0.5))
+    assert {c.status for c in result.checks} == {"no verdict yet"}
+    assert result.outcome == "no verdict yet" and not result.regressions
+    md = history_markdown(result)
+    assert md.startswith("**abtest nightly 2026-10-03: no verdict yet (2 nights; the gate needs 3)**")
+    assert "no regression" not in md
+    raise_for_outcome(result)  # no exception: exit 0, nobody is paged
     assert evaluate_history(simulate(1, nights=4, drop=0.5)).regressions
 
 
@@ -163,19 +169,22 @@ def test_gate_samples_with_buckets_uses_van_elteren():
 # ---------------------------------------------------------------------------------------- real files
 
 
-def write_nights(root, n=9, *, slow_tonight=False, new_build_tonight=False):
+def write_nights(root, n=9, *, slow_tonight=False, new_build_tonight=False, night_config=None):
+    """`n` nights of one model; `night_config(i)` may give night i's cpu_moe_argv, buckets, model_sha256."""
     rng = np.random.default_rng(42)
     for i in range(n):
         last = i == n - 1
         jitter = 1 + rng.normal(0, 0.005)
+        cfg = night_config(i) if night_config else {}
         arms = [
             Arm("baseline", ["-ngl", "99"], decode_tps=80.0 * jitter),
-            Arm("cpu-moe", ["-ngl", "99", "--cpu-moe"], vram_mib=1450.0,
-                decode_tps=9.0 * jitter * (0.92 if (last and slow_tonight) else 1.0)),
+            Arm("cpu-moe", cfg.get("cpu_moe_argv", ["-ngl", "99", "--cpu-moe"]), vram_mib=1450.0,
+                decode_tps=cfg.get("cpu_moe_tps", 9.0) * jitter * (0.92 if (last and slow_tonight) else 1.0)),
         ]
         night = f"2026-11-{i + 1:02d}"
         fabricate(root / night / "run.jsonl", seed=100 + i, arms=arms, completion_tokens=16, runs=3,
                   prompts_per_bucket=2, started_at=f"{night}T01:00:00Z",
+                  buckets=cfg.get("buckets", ("short", "long")), model_sha256=cfg.get("model_sha256", SHA_A),
                   server_build_id="b6001" if (last and new_build_tonight) else "b6000")
     return root
 
@@ -190,7 +199,7 @@ def test_regression_in_real_files_is_found_with_its_likely_cause(tmp_path, capsy
     assert [str(c) for c in reg.causes] == ["server build b6000 → b6001 (2026-11-09)"]
     md = history_markdown(result)
     assert md.startswith("**abtest nightly 2026-11-09: 1 regression**")
-    assert "likely cause: server build b6000 → b6001" in md
+    assert "likely cause: server build b6000 → b6001" in _flat(md)
     with pytest.raises(RegressionFound, match="cpu-moe decode"):
         raise_for_outcome(result)
     with pytest.raises(SystemExit) as exc:
@@ -212,7 +221,7 @@ def test_quiet_nights_in_real_files_exit_0(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["regressions"] == 0
     assert any(ch["field"] == "server_build" for ch in d["provenance_changes"])
-    assert all(math.isfinite(c["value"]) for c in d["checks"] if c["status"] != "insufficient history")
+    assert all(math.isfinite(c["value"]) for c in d["checks"] if c["status"] != "no verdict yet")
 
 
 def test_history_needs_night_directories(tmp_path, capsys):
@@ -313,3 +322,63 @@ def test_night_flag_gates_that_night_and_ignores_later_ones(tmp_path):
     assert result.tonight == "2026-11-08" and not result.regressions
     with pytest.raises(ConfigError, match="YYYY-MM-DD"):
         load_history(root, night="11/08/2026")
+
+
+# ------------------------------------------------------------------------------- changed configuration
+
+NEW_ARGV = ["-ngl", "99", "--n-cpu-moe", "12"]
+
+
+def _flat(text):
+    """Markdown as one line: bullets wrap at 80 columns, the phrases are what is checked."""
+    return " ".join(text.split())
+
+
+def _status(result, arm, metric="decode_tps"):
+    return next(c for c in result.checks if (c.arm, c.metric) == (arm, metric))
+
+
+def test_changed_argv_tonight_is_named_and_not_called_a_regression(tmp_path, capsys):
+    """--cpu-moe → --n-cpu-moe 12 tonight, and cpu-moe twice as fast: a new configuration, not an
+    improvement, and (the other way round) never a regression."""
+    for tps, name in ((18.0, "faster"), (4.0, "slower")):
+        root = write_nights(tmp_path / name, night_config=lambda i, tps=tps: (
+            {"cpu_moe_argv": NEW_ARGV, "cpu_moe_tps": tps} if i == 8 else {}))
+        result = evaluate_history(load_history(root))
+        assert not result.regressions and result.outcome == "ok"
+        assert _status(result, "cpu-moe").status == "no verdict yet"
+        assert _status(result, "baseline").status == "ok"
+        md = _flat(history_markdown(result))
+        assert "tiny-moe · cpu-moe: configuration changed" in md
+        assert "--cpu-moe → --n-cpu-moe 12" in md
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--history", str(root), "--format", "markdown"])
+    assert exc.value.code == 0
+    assert "no verdict yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"buckets": ("short",)}, "buckets long, short → short"),
+    ({"model_sha256": SHA_B}, "model SHA256 aaaaaaaaaaaa → bbbbbbbbbbbb"),
+])
+def test_changed_buckets_or_model_file_are_named_and_not_compared(tmp_path, change, named):
+    root = write_nights(tmp_path / "nightly", slow_tonight=True, night_config=lambda i: change if i == 8 else {})
+    result = evaluate_history(load_history(root))
+    assert not result.regressions, [check_line(c) for c in result.regressions]
+    assert {c.status for c in result.checks} == {"no verdict yet"}
+    assert named in _flat(history_markdown(result))
+
+
+def test_only_nights_of_tonights_configuration_are_compared(tmp_path):
+    # nights 1-4 old argv, 5-9 new: tonight (9) against 5-8 only, which still catches a slowdown
+    root = write_nights(tmp_path / "nightly", slow_tonight=True,
+                        night_config=lambda i: {"cpu_moe_argv": NEW_ARGV} if i >= 4 else {})
+    result = evaluate_history(load_history(root))
+    reg = _status(result, "cpu-moe")
+    assert reg.window_nights == ["2026-11-05", "2026-11-06", "2026-11-07", "2026-11-08"]
+    assert reg.regression
+    assert "(2026-11-02 … 2026-11-04) not compared" in _flat(history_markdown(result))  # named
+    # a change that was reverted: the nights of the other configuration are skipped, not the window cut
+    root = write_nights(tmp_path / "reverted", night_config=lambda i: {"cpu_moe_argv": NEW_ARGV} if i == 6 else {})
+    result = evaluate_history(load_history(root))
+    assert _status(result, "cpu-moe").window_nights == [f"2026-11-0{d}" for d in (1, 2, 3, 4, 5, 6, 8)]
