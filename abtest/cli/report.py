@@ -24,8 +24,10 @@ Examples:
   abtest report --history evidence/nightly --format markdown --out out/trends
 
 \b
-With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; the last night is
-gated against the median of the nights before it and the command exits 1 on a regression.
+With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; tonight (--night,
+else the newest folder) is gated per (model, arm) against the median of the nights before it of
+the same configuration. Exits 1 on a regression, 5 when tonight (or a model/arm of the trailing
+nights) has no evidence, 0 otherwise: also with too few nights, where it says "no verdict yet".
 """
 
 FORMATS = ["terminal", "markdown", "csv", "json"]
@@ -34,7 +36,8 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
 @click.command(epilog=EPILOG)
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--history", "history_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Nightly mode: a directory of YYYY-MM-DD/ evidence folders; exits 1 on a regression.")
+              help="Nightly mode: a directory of YYYY-MM-DD/ evidence folders; exits 1 on a regression, "
+                   "5 without evidence tonight.")
 @click.option("--night", metavar="YYYY-MM-DD",
               help="History: the night to gate (default: the newest YYYY-MM-DD folder); exits 5 when it "
                    "holds no evidence.")

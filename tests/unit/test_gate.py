@@ -9,6 +9,8 @@ a 1 % coefficient of variation (nights differ by more than request noise explain
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -382,3 +384,32 @@ def test_only_nights_of_tonights_configuration_are_compared(tmp_path):
     root = write_nights(tmp_path / "reverted", night_config=lambda i: {"cpu_moe_argv": NEW_ARGV} if i == 6 else {})
     result = evaluate_history(load_history(root))
     assert _status(result, "cpu-moe").window_nights == [f"2026-11-0{d}" for d in (1, 2, 3, 4, 5, 6, 8)]
+
+
+# ------------------------------------------------------------------------------------ exit codes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _exit_codes():
+    from abtest import errors
+
+    return {name: getattr(errors, name) for name in dir(errors) if name.startswith("EXIT_")}
+
+
+def test_nightly_sh_exit_codes_are_those_of_errors_py():
+    script = (ROOT / "scripts" / "nightly.sh").read_text()
+    declared = dict(re.findall(r"^(EXIT_[A-Z_]+)=(\d+)$", script, flags=re.M))
+    assert declared, "nightly.sh names its exit codes"
+    codes = _exit_codes()
+    assert {k: int(v) for k, v in declared.items()} == {k: codes[k] for k in declared}
+    code = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if re.search(r"\bexit [1-9]", line)], "only named codes (and 0)"
+
+
+def test_docs_exit_code_table_lists_exactly_the_codes_of_errors_py():
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    table = doc.split("## Exit codes (every command)")[1].split("\n## ")[0]
+    listed = {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
+    assert listed == set(_exit_codes().values())
+
