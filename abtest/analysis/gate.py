@@ -278,6 +278,7 @@ class NightArm:
     strata: np.ndarray | None = None  # per request: its bucket (and concurrency); None = one stratum
     model: str = "?"
     config: ArmConfig | None = None  # None (in-memory tests): comparable with every night
+    model_file: str = ""  # the GGUF's file name, which tells apart two files of one model name
 
     @property
     def key(self) -> ArmKey:
@@ -330,6 +331,10 @@ def _provenance(runs: Sequence[ArmRun]) -> dict[str, str]:
     }
 
 
+def _model_file(run: ArmRun) -> str:
+    return Path(run.start.model_path).name if run.start else Path(str(run.model_entry.get("path", ""))).name
+
+
 def night_from_files(night: str, files: Sequence[Path]) -> Night:
     """One night's evidence reduced to per-(model, arm) samples (files of one key are pooled)."""
     return night_from_evidence(night, [read_evidence(f) for f in files])
@@ -340,16 +345,16 @@ def night_from_evidence(night: str, evidences: Sequence[Evidence]) -> Night:
     problems = [p for ev in evidences for p in ev.problems]
     problems += [f"{ev.path.name}: partial run (no run_end)" for ev in evidences if ev.partial and ev.manifest]
     runs = [r for ev in evidences for r in arm_runs(ev)]
-    arms: dict[ArmKey, NightArm] = {}
-    for model, name in dict.fromkeys((r.model_name, r.arm) for r in runs):
-        mine = [r for r in runs if (r.model_name, r.arm) == (model, name)]
+    built: list[NightArm] = []
+    for model, file, name in dict.fromkeys((r.model_name, _model_file(r), r.arm) for r in runs):
+        mine = [r for r in runs if (r.model_name, _model_file(r), r.arm) == (model, file, name)]
         measured = [q for r in mine for q in r.measured]
         ok = [q for q in measured if q.ok]
         groups, _ = group_runs(mine)
         peaks = [memory_row(g).vram_peak_mib for g in groups]
         peaks = [p for p in peaks if math.isfinite(p)]
-        arms[(model, name)] = NightArm(
-            night=night, arm=name, model=model,
+        built.append(NightArm(
+            night=night, arm=name, model=model, model_file=file,
             decode_tps=np.array([stats.decode_tps(q) for q in ok], dtype=float),
             ttft_ms=np.array([stats.ttft_ms(q) for q in ok], dtype=float),
             vram_peak_mib=max(peaks) if peaks else math.nan,
@@ -357,7 +362,14 @@ def night_from_evidence(night: str, evidences: Sequence[Evidence]) -> Night:
             provenance=_provenance(mine),
             strata=np.array([f"{q.bucket}|c{q.concurrency}" for q in ok]),
             config=ArmConfig.of(mine),
-        )
+        ))
+    # Two files of one model name tonight (two quantisations whose GGUF headers share a name):
+    # those keys carry the file name, so that they are never pooled.
+    seen = [na.key for na in built]
+    for na in built:
+        if seen.count(na.key) > 1:
+            na.model = f"{na.model} ({na.model_file})"
+    arms = {na.key: na for na in built}
     return Night(night=night, files=[ev.path for ev in evidences], arms=arms, problems=problems)
 
 
@@ -410,6 +422,19 @@ def load_history(directory: Path | str, night: str | None = None) -> list[Night]
             if past.arms:
                 nights.append(past)
     nights.append(_read_night(night, d / night))
+    return _same_keys(nights)
+
+
+def _same_keys(nights: list[Night]) -> list[Night]:
+    """A model name that two files shared on some night is told apart by file name on every night,
+    so that each file keeps one history."""
+    split = {na.model.removesuffix(f" ({na.model_file})") for n in nights for na in n.arms.values()
+             if na.model_file and na.model.endswith(f" ({na.model_file})")}
+    for n in nights:
+        for na in n.arms.values():
+            if na.model in split:
+                na.model = f"{na.model} ({na.model_file})"
+        n.arms = {na.key: na for na in n.arms.values()}
     return nights
 
 

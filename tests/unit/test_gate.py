@@ -413,3 +413,16 @@ def test_docs_exit_code_table_lists_exactly_the_codes_of_errors_py():
     listed = {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
     assert listed == set(_exit_codes().values())
 
+
+def test_two_files_of_one_model_name_keep_apart_by_file_name(tmp_path):
+    """Two quantisations whose GGUF headers give the same name (the manifest's model name): each
+    file has its own history, and the one missing tonight is missing, not pooled into the other."""
+    root = write_model_nights(tmp_path / "nightly", missing_tonight=("alpha-q4",),
+                              models=(("alpha-q4", SHA_A, 80.0), ("alpha-q8", SHA_B, 30.0)))
+    for f in root.glob("*/*.jsonl"):
+        f.write_text(f.read_text().replace('"name":"alpha-q4"', '"name":"alpha"')
+                     .replace('"name":"alpha-q8"', '"name":"alpha"'))
+    result = evaluate_history(load_history(root))
+    assert not result.regressions, [check_line(c) for c in result.regressions]
+    assert [c.label for c in result.missing] == ["alpha (alpha-q4.gguf) · baseline", "alpha (alpha-q4.gguf) · cpu-moe"]
+    assert {c.model for c in result.checks if c.verdict} == {"alpha (alpha-q8.gguf)"}
