@@ -426,3 +426,15 @@ def test_two_files_of_one_model_name_keep_apart_by_file_name(tmp_path):
     assert not result.regressions, [check_line(c) for c in result.regressions]
     assert [c.label for c in result.missing] == ["alpha (alpha-q4.gguf) · baseline", "alpha (alpha-q4.gguf) · cpu-moe"]
     assert {c.model for c in result.checks if c.verdict} == {"alpha (alpha-q8.gguf)"}
+
+
+def test_the_summary_fits_80_columns(tmp_path):
+    """Cron mail and chat: every Markdown line within 80 columns, also with a long model name, a
+    regression with its likely cause, a configuration change and a model missing."""
+    write_nights(tmp_path / "a", slow_tonight=True, new_build_tonight=True,
+                 night_config=lambda i: {"cpu_moe_argv": NEW_ARGV} if i >= 4 else {})
+    write_model_nights(tmp_path / "b", missing_tonight=("alpha",),
+                       models=(("alpha", SHA_A, 80.0), ("gpt-oss-20b-like-q4_0-seed0", SHA_B, 30.0)))
+    for root in (tmp_path / "a", tmp_path / "b"):
+        md = history_markdown(evaluate_history(load_history(root)))
+        assert max(len(line) for line in md.splitlines()) <= 80, md
