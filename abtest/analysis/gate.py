@@ -312,6 +312,7 @@ class Night:
     arms: dict[ArmKey, NightArm]
     problems: list[str] = field(default_factory=list)
     missing: str = ""  # why the night holds no readable run ("" when it does)
+    configured: dict[str, set[str]] = field(default_factory=dict)  # model -> arms its manifests list
 
 
 # Changes named next to a regression as its likely cause (a new model file is an `ArmConfig`
@@ -370,7 +371,23 @@ def night_from_evidence(night: str, evidences: Sequence[Evidence]) -> Night:
         if seen.count(na.key) > 1:
             na.model = f"{na.model} ({na.model_file})"
     arms = {na.key: na for na in built}
-    return Night(night=night, files=[ev.path for ev in evidences], arms=arms, problems=problems)
+    configured: dict[str, set[str]] = {}
+    for ev in evidences:
+        if ev.manifest is None:
+            continue
+        models = {r.model_name for r in arm_runs(ev)} or {str(m.get("name", "?")) for m in ev.manifest.models}
+        for model in models:
+            configured.setdefault(model, set()).update(_configured_arms(ev))
+    return Night(night=night, files=[ev.path for ev in evidences], arms=arms, problems=problems,
+                 configured=configured)
+
+
+def _configured_arms(ev: Evidence) -> set[str]:
+    """The arm names a run was configured with (its manifest's config), as resolve_baseline reads them."""
+    arms = ev.manifest.config.get("arms") if ev.manifest else None
+    if isinstance(arms, dict):
+        return {str(k) for k in arms}
+    return {str(a.get("name") if isinstance(a, dict) else a) for a in arms or []}
 
 
 def _read_night(night: str, sub: Path) -> Night:
@@ -663,7 +680,9 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
         recent = [n.arms[key] for n in past_nights if key in n.arms]  # every night of the key, oldest first
         if key not in tonight.arms:
             last_seen = max(n.night for n in nights if key in n.arms)
-            if key in expected:
+            if model in tonight.configured and arm not in tonight.configured[model]:
+                notes.append(f"{key_label(key)}: not in tonight's configuration of {model} (last seen {last_seen})")
+            elif key in expected:
                 checks.append(Check(model, arm, "evidence", tonight.night, "missing", None,
                                     [w.night for w in recent[-th.window:]], "evidence tonight",
                                     detail=f"no evidence tonight (last seen {last_seen})"))

@@ -438,3 +438,18 @@ def test_the_summary_fits_80_columns(tmp_path):
     for root in (tmp_path / "a", tmp_path / "b"):
         md = history_markdown(evaluate_history(load_history(root)))
         assert max(len(line) for line in md.splitlines()) <= 80, md
+
+
+def test_an_arm_dropped_from_tonights_configuration_is_not_missing(tmp_path):
+    """The manifest lists the arms a run was configured with: an arm removed from ARMS is a note,
+    an arm configured and absent (its run crashed before it) is missing."""
+    root = write_nights(tmp_path / "nightly")
+    tonight = root / "2026-11-10"
+    fabricate(tonight / "run.jsonl", seed=5, arms=[Arm("baseline", ["-ngl", "99"])], completion_tokens=16, runs=3,
+              prompts_per_bucket=2, started_at="2026-11-10T01:00:00Z")
+    result = evaluate_history(load_history(root))
+    assert not result.missing and result.outcome == "ok"
+    assert any("tiny-moe · cpu-moe: not in tonight's configuration" in n for n in result.notes)
+    f = tonight / "run.jsonl"  # configured, but the file ends before its arm (a crash)
+    f.write_text(f.read_text().replace('"arms":[{"name":"baseline"', '"arms":[{"name":"cpu-moe","args":[]},{"name":"baseline"'))
+    assert [c.label for c in evaluate_history(load_history(root)).missing] == ["tiny-moe · cpu-moe"]
