@@ -8,7 +8,9 @@
     ├── ProvisionError          building llama-server failed (exit 3)
     ├── LaunchError             a server exited or never became healthy (exit 4)
     ├── EvidenceError           evidence unreadable or unwritable (exit 2)
-    └── RegressionFound         the nightly gate found a regression (exit 1)
+    ├── RegressionFound         the nightly gate found a regression (exit 1)
+    └── MissingNight            the nightly gate has no evidence for tonight, or for a (model, arm)
+                                of the trailing nights (exit 5)
 
 Messages name the thing (arm, port, file), the likely cause and the next step. A failed request
 is not an exception: it is a `RequestRecord` with its `error`, and the run goes on.
@@ -22,6 +24,8 @@ EXIT_REGRESSION = 1
 EXIT_USAGE = 2
 EXIT_MISSING = 3
 EXIT_PARTIAL = 4
+EXIT_MISSING_NIGHT = 5  # the gate: tonight, or a (model, arm) of the trailing nights, has no evidence
+EXIT_BUSY = 75  # scripts/nightly.sh only: another nightly holds the lock (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130
 
 
@@ -61,3 +65,7 @@ class EvidenceError(AbtestError):
 
 class RegressionFound(AbtestError):
     exit_code = EXIT_REGRESSION
+
+
+class MissingNight(AbtestError):
+    exit_code = EXIT_MISSING_NIGHT

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..analysis.arms import load_evidence
 from ..analysis.cost import DEFAULT_GPU_HOUR_COST
-from ..analysis.gate import Thresholds, evaluate_history, load_history, raise_for_regressions
+from ..analysis.gate import Thresholds, evaluate_history, load_history, raise_for_outcome
 from ..analysis.report import build_report
 from ..errors import ConfigError
 from ..render.history import history_markdown, history_terminal, render_history
@@ -24,8 +24,10 @@ Examples:
   abtest report --history evidence/nightly --format markdown --out out/trends
 
 \b
-With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; the last night is
-gated against the median of the nights before it and the command exits 1 on a regression.
+With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; tonight (--night,
+else the newest folder) is gated per (model, arm) against the median of the nights before it of
+the same configuration. Exits 1 on a regression, 5 when tonight (or a model/arm of the trailing
+nights) has no evidence, 0 otherwise: also with too few nights, where it says "no verdict yet".
 """
 
 FORMATS = ["terminal", "markdown", "csv", "json"]
@@ -34,7 +36,11 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
 @click.command(epilog=EPILOG)
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--history", "history_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Nightly mode: a directory of YYYY-MM-DD/ evidence folders; exits 1 on a regression.")
+              help="Nightly mode: a directory of YYYY-MM-DD/ evidence folders; exits 1 on a regression, "
+                   "5 without evidence tonight.")
+@click.option("--night", metavar="YYYY-MM-DD",
+              help="History: the night to gate (default: the newest YYYY-MM-DD folder); exits 5 when it "
+                   "holds no evidence.")
 @click.option("--baseline", metavar="NAME",
               help="Arm the others are compared with (default: an arm named baseline, else the config's first).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="terminal", show_default=True)
@@ -61,6 +67,7 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
 def report(
     files: tuple[Path, ...],
     history_dir: Path | None,
+    night: str | None,
     baseline: str | None,
     fmt: str,
     out_dir: Path | None,
@@ -87,7 +94,7 @@ def report(
             raise click.UsageError("pass evidence FILES or --history DIR, not both")
         th = Thresholds(decode_pct=decode_threshold, ttft_pct=ttft_threshold, vram_pct=vram_threshold,
                              vram_mib=vram_floor_mib, alpha=alpha, window=window, min_nights=min_nights)
-        result = evaluate_history(load_history(history_dir), th)
+        result = evaluate_history(load_history(history_dir, night=night), th)
         if out_dir is not None:
             from ..render import plots
 
@@ -98,10 +105,12 @@ def report(
             out.print(history_terminal(result))
         else:
             click.echo(render_history(result, fmt), nl=False)
-        raise_for_regressions(result)
+        raise_for_outcome(result)
         return
     if not files:
         raise click.UsageError("no evidence given: pass FILES (e.g. evidence/*.jsonl) or --history DIR")
+    if night is not None:
+        raise click.UsageError("--night needs --history DIR")
     data = build_report(load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
                             allow_mixed_models=allow_mixed_models)
     if out_dir is not None:

@@ -154,8 +154,8 @@ def write_history_plots(result: HistoryResult, out: Path | str) -> list[Path]:
         ax = fig.subplots()
         for s in series:
             x = np.arange(len(s.nights))
-            (line,) = ax.plot(x, s.values, "o-", ms=3, lw=1.2, label=s.arm)
-            check = next((c for c in result.checks if c.arm == s.arm and c.metric == metric), None)
+            (line,) = ax.plot(x, s.values, "o-", ms=3, lw=1.2, label=s.label)
+            check = next((c for c in result.checks if c.key == s.key and c.metric == metric), None)
             if check is not None and math.isfinite(check.reference):
                 ax.axhline(check.reference, color=line.get_color(), ls=":", lw=1)
                 if check.regression:
