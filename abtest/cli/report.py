@@ -10,7 +10,8 @@ from rich.console import Console
 
 from ..analysis.arms import load_evidence
 from ..analysis.cost import DEFAULT_GPU_HOUR_COST
-from ..analysis.gate import Thresholds, evaluate_history, load_history, raise_for_outcome
+from ..analysis.gate import Thresholds, evaluate_history, raise_for_outcome
+from ..analysis.nights import load_history
 from ..analysis.report import build_report
 from ..errors import ConfigError
 from ..render.history import history_markdown, history_terminal, render_history

@@ -9,7 +9,8 @@ import math
 import textwrap
 from typing import Any
 
-from ..analysis.gate import Check, HistoryResult, check_line, key_label, threshold_text
+from ..analysis.gate import Check, HistoryResult, check_line, threshold_text
+from ..analysis.nights import key_label
 from ..analysis.metrics import METRIC_BY_KEY
 from ..errors import ConfigError
 from ..fmt import fmt_num, fmt_p_cell, fmt_pct

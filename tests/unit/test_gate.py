@@ -16,16 +16,8 @@ import numpy as np
 import pytest
 from helpers_evidence import SHA_A, SHA_B, Arm, fabricate
 
-from abtest.analysis.gate import (
-    Night,
-    NightArm,
-    check_line,
-    evaluate_history,
-    gate_samples,
-    gate_values,
-    load_history,
-    raise_for_outcome,
-)
+from abtest.analysis.gate import check_line, evaluate_history, gate_samples, gate_values, raise_for_outcome
+from abtest.analysis.nights import Night, NightArm, load_history
 from abtest.cli import main
 from abtest.errors import EXIT_MISSING_NIGHT, ConfigError, MissingNight, RegressionFound
 from abtest.render.history import history_markdown, history_terminal
