@@ -10,8 +10,8 @@ import textwrap
 from typing import Any
 
 from ..analysis.gate import Check, HistoryResult, check_line, threshold_text
-from ..analysis.nights import key_label
 from ..analysis.metrics import METRIC_BY_KEY
+from ..analysis.nights import key_label
 from ..errors import ConfigError
 from ..fmt import fmt_num, fmt_p_cell, fmt_pct
 from .tables import Table, markdown_table
