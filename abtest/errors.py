@@ -25,6 +25,7 @@ EXIT_USAGE = 2
 EXIT_MISSING = 3
 EXIT_PARTIAL = 4
 EXIT_MISSING_NIGHT = 5  # the gate: tonight, or a (model, arm) of the trailing nights, has no evidence
+EXIT_INTERNAL = 70  # an exception nothing else caught: a bug, or an OS failure (EX_SOFTWARE)
 EXIT_BUSY = 75  # scripts/nightly.sh only: another nightly holds the lock (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130
 

@@ -8,11 +8,14 @@ docs/cli.md.
 from __future__ import annotations
 
 import sys
+import time
+import traceback
 
 import click
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, AbtestError
+from ..cache import cache_root
+from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AbtestError
 from .model import model
 from .report import report
 from .run import run
@@ -66,4 +69,21 @@ def main(argv: list[str] | None = None) -> None:
     except AbtestError as exc:
         click.echo(f"abtest: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # not SystemExit: a bug, or an OS failure nothing else caught
+        where = _save_traceback(exc)
+        click.echo(f"abtest: internal error: {type(exc).__name__}: {exc} — a bug in abtest unless the "
+                   f"cause is plain (disk full, permissions); traceback: {where}", err=True)
+        sys.exit(EXIT_INTERNAL)
     sys.exit(0)
+
+
+def _save_traceback(exc: BaseException) -> str:
+    """The traceback into <cache>/logs/crash-<time>.txt (for a bug report); where it went."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        path = cache_root() / "logs" / f"crash-{time.strftime('%Y%m%dT%H%M%S')}-{id(exc) & 0xffff:04x}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"abtest {__version__}: {' '.join(sys.argv)}\n{text}", encoding="utf-8")
+        return str(path)
+    except OSError:
+        return "not saved (the cache is not writable)"
