@@ -31,7 +31,8 @@ Examples:
   abtest sweep --model m.gguf --vram-budget 9GiB   # best --n-cpu-moe for a budget
 
 Exit codes: 0 ok, 1 regression found, 2 usage error, 3 missing binary or model,
-4 partial run, 5 no evidence tonight (report --history), 130 interrupted (docs/cli.md).
+4 partial run, 5 no evidence tonight (report --history), 70 internal error,
+130 interrupted (docs/cli.md).
 """
 
 
