@@ -1,11 +1,11 @@
-"""Building `llama-server` and `llama-bench` from the pinned llama.cpp source into the per-user cache.
+"""Building `llama-server`, `llama-bench` and `llama-fit-params` from the pinned llama.cpp source into the per-user cache.
 
-`install(...)` -> `ServerBinary` builds both with cmake from the llama.cpp source vendored in the
+`install(...)` -> `ServerBinary` builds the three (`BUILD_TARGETS`) with cmake from the llama.cpp source vendored in the
 pinned llama-cpp-python sdist (or from a local `--source` directory or .tar.gz for air-gapped
 boxes) and installs them into the cache (`abtest.server.builds` owns its layout):
 
     <cache>/sdist/llama_cpp_python-<version>.tar.gz          the downloaded sdist (rebuilds need no network)
-    <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench}
+    <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench,llama-fit-params}
     <cache>/llama-server/<build_id>/build.json               `BuildInfo`
     <cache>/logs/<build_id>.log                              cmake's output of the last attempt
 
@@ -39,9 +39,9 @@ from ..cache import cache_root
 from ..errors import ConfigError, ProvisionError
 from .builds import (
     BACKENDS,
-    BENCH_NAME,
     BUILD_JSON,
     BUILD_RECIPE,
+    BUILD_TARGETS,
     LLAMA_CPP_PYTHON_VERSION,
     SERVER_NAME,
     BuildInfo,
@@ -58,7 +58,7 @@ from .discover import describe_binary
 from .source import extract_llama_source, llama_commit, locate_llama_source, version_of_source
 
 # Verified on the 2-core dev box and the H100 box. No UI (no npm, no download), no OpenSSL, no
-# tests/examples; static libs so the two binaries are self-contained and can be copied anywhere.
+# tests/examples; static libs so the binaries are self-contained and can be copied anywhere.
 # GGML_NATIVE stays at its default ON (-march=native, CUDA arch "native"): fine for a per-machine
 # cache, and recorded in build.json. LLAMA_CURL is deprecated in this llama.cpp; not passed.
 BASE_CMAKE_FLAGS: tuple[str, ...] = (
@@ -182,7 +182,7 @@ def install(
     progress: ProgressCallback | None = None,
     root: Path | None = None,
 ) -> ServerBinary:
-    """Build llama-server + llama-bench into the cache and return the installed `ServerBinary`.
+    """Build llama-server, llama-bench and llama-fit-params into the cache; return the installed `ServerBinary`.
 
     backend: "cpu" or "cuda"; None means cuda when nvcc is found, else cpu.
     source: a llama.cpp source directory, a .tar.gz of one (scripts/make-llama-tarball.sh) or a
@@ -212,6 +212,7 @@ def install(
                 and b.recipe == BUILD_RECIPE
                 and b.backend == backend
                 and (cuda_arch is None or b.cuda_arch == cuda_arch)
+                and _complete(builds_dir(root) / b.build_id)
             ):
                 emit(BuildEvent("cached", f"cached build {b.build_id} found; nothing to do"))
                 return describe_binary(builds_dir(root) / b.build_id / "bin" / SERVER_NAME, "cache")
@@ -236,7 +237,7 @@ def install(
     dest = builds_dir(root) / build_id
     # One build per id at a time (parallel CI jobs calling install): the second waits, then finds it cached.
     with _exclusive(root / "locks" / f"{build_id}.lock", emit):
-        if (dest / BUILD_JSON).is_file() and (dest / "bin" / SERVER_NAME).is_file() and not force:
+        if (dest / BUILD_JSON).is_file() and _complete(dest) and not force:
             emit(BuildEvent("cached", f"cached build {build_id} found; nothing to do (--force rebuilds)"))
             return describe_binary(dest / "bin" / SERVER_NAME, "cache")
 
@@ -267,18 +268,13 @@ def install(
                     "configure",
                     emit,
                 )
-                emit(BuildEvent("build", f"building {SERVER_NAME} and {BENCH_NAME} with -j {jobs}", 0))
-                build_cmd = [
-                    tools["cmake"],
-                    "--build",
-                    str(build_dir),
-                    "--target",
-                    SERVER_NAME,
-                    BENCH_NAME,
-                    "-j",
-                    str(jobs),
-                ]
+                names = ", ".join(BUILD_TARGETS)
+                emit(BuildEvent("build", f"building {names} with -j {jobs}", 0))
+                # Only these targets and what they link (ggml, llama, common, mtmd, cpp-httplib, the
+                # empty llama-ui): `--target` never builds the other tools.
+                build_cmd = [tools["cmake"], "--build", str(build_dir), "--target", *BUILD_TARGETS, "-j", str(jobs)]
                 _run_logged(build_cmd, log, log_path, "build", emit)
+                emit(BuildEvent("build", f"built {names}", 100))
             build_seconds = (time.perf_counter_ns() - t0) / 1e9
             emit(BuildEvent("install", f"installing into {dest}", 100))
             info = BuildInfo(
@@ -296,12 +292,18 @@ def install(
                 built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 host=os.uname().nodename,
                 recipe=BUILD_RECIPE,
+                binaries=BUILD_TARGETS,
             )
             _install_binaries(build_dir / "bin", dest, info, log_path)
         finally:
             if not keep_build_dir:
                 shutil.rmtree(work, ignore_errors=True)
     return describe_binary(dest / "bin" / SERVER_NAME, "cache")
+
+
+def _complete(build: Path) -> bool:
+    """Whether a cache entry holds every binary this recipe installs."""
+    return all((build / "bin" / name).is_file() for name in BUILD_TARGETS)
 
 
 @contextlib.contextmanager
@@ -353,6 +355,9 @@ def _run_logged(cmd: Sequence[str], log: Any, log_path: Path, step: str, emit: P
     log.flush()
     tail: list[str] = []
     errors: list[str] = []
+    # cmake's Makefile generator counts each --target goal from 0 % again; the bar never goes back,
+    # and 100 % waits for the caller's "built" event after the last goal.
+    shown = 0
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -373,6 +378,8 @@ def _run_logged(cmd: Sequence[str], log: Any, log_path: Path, step: str, emit: P
                 errors.append(line.strip())
             pct = parse_progress_line(line)
             if step == "build":
+                if pct is not None:
+                    shown = pct = max(shown, min(pct, 99))
                 emit(BuildEvent("build", line, pct))
             else:
                 emit(BuildEvent(step, line))
@@ -400,11 +407,11 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
 
 
 def _install_binaries(bin_dir: Path, dest: Path, info: BuildInfo, log_path: Path) -> None:
-    """Copy the two binaries and build.json into a staging dir, then rename it into place."""
+    """Copy the built binaries and build.json into a staging dir, then rename it into place."""
     staging = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "bin").mkdir(parents=True)
-    for name in (SERVER_NAME, BENCH_NAME):
+    for name in info.binaries:
         built = bin_dir / name
         if not built.is_file():
             raise ProvisionError(f"the build finished but {built} is missing; see {log_path}")

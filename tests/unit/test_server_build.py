@@ -32,6 +32,7 @@ def _cached_build(root: Path, build_id: str, backend: str, built_at: str, recipe
     d = root / "llama-server" / build_id
     server = _exe(d / "bin" / "llama-server")
     _exe(d / "bin" / "llama-bench", "echo bench")
+    _exe(d / "bin" / "llama-fit-params", "echo fit")
     _info(build_id=build_id, backend=backend, built_at=built_at,
           recipe=builds.BUILD_RECIPE if recipe is None else recipe).write(d / "build.json")
     return server
@@ -96,6 +97,7 @@ def test_discovery_order_flag_env_path_cache(env: dict[str, Path], monkeypatch: 
     assert b.build_id == "0.3.36-0123456789ab-cpu"
     assert b.backend == "cpu"
     assert b.bench_path == cached.parent / "llama-bench"
+    assert b.fit_params_path == cached.parent / "llama-fit-params"
     assert b.build_info is not None and b.build_info.jobs == 2
     assert b.version_text.startswith("version: 0.5.0-dev")
 
@@ -163,8 +165,9 @@ def test_cache_prefers_the_current_recipe_and_if_missing_ignores_older_ones(env:
     _cached_build(env["cache"], "0.3.36-aaaaaaaaaaaa-cpu-r2", "cpu", "2025-01-01T00:00:00+00:00")
     _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00", recipe=1)
     assert discover.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cpu-r2"
-    old = {k: v for k, v in _info().to_dict().items() if k != "recipe"}
+    old = {k: v for k, v in _info().to_dict().items() if k not in ("recipe", "binaries")}
     assert builds.BuildInfo.from_dict(old).recipe == 1  # build.json before recipe 2
+    assert builds.BuildInfo.from_dict(old).binaries == ("llama-server", "llama-bench")  # before recipe 3
 
 
 def test_if_missing_rebuilds_over_an_older_recipe(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,6 +175,24 @@ def test_if_missing_rebuilds_over_an_older_recipe(env: dict[str, Path], monkeypa
     monkeypatch.setattr(shutil, "which", _which(set()))
     with pytest.raises(ProvisionError):  # it went on to build (and found no toolchain here)
         build.install(backend="cpu", if_missing=True)
+
+
+def test_if_missing_rebuilds_a_build_that_lacks_a_binary(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache entry of the current recipe without llama-fit-params (a hand copy, say) is not the build."""
+    _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00")
+    (env["cache"] / "llama-server" / "0.3.36-bbbbbbbbbbbb-cpu" / "bin" / "llama-fit-params").unlink()
+    monkeypatch.setattr(shutil, "which", _which(set()))
+    with pytest.raises(ProvisionError):  # it went on to build (and found no toolchain here)
+        build.install(backend="cpu", if_missing=True)
+
+
+def test_recipe_3_adds_llama_fit_params() -> None:
+    """A recipe-2 build (server + bench) must not pass for this one: the recipe went up with the targets."""
+    assert builds.BUILD_RECIPE >= 3
+    assert builds.BUILD_TARGETS == ("llama-server", "llama-bench", "llama-fit-params")
+    assert builds.build_id_for("0.3.36", "0" * 64, "cpu").endswith(f"-r{builds.BUILD_RECIPE}")
 
 
 def test_cache_falls_back_to_another_backend_but_not_when_asked(env: dict[str, Path]) -> None:
@@ -215,10 +236,10 @@ def test_backend_guessed_from_version_output(env: dict[str, Path]) -> None:
 
 def test_build_id_for() -> None:
     sha = "abcdef0123456789" + "0" * 48
-    assert builds.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu-r2"
-    assert builds.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda-r2"
-    assert builds.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90-r2"
-    assert builds.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90-r2"
+    assert builds.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu-r3"
+    assert builds.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda-r3"
+    assert builds.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90-r3"
+    assert builds.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90-r3"
     with pytest.raises(ConfigError):
         builds.build_id_for("0.3.36", sha, "tpu")
 
@@ -364,7 +385,9 @@ def test_parse_progress_line(line: str, pct: int | None) -> None:
 # --------------------------------------------------------------------------- install with a fake cmake
 
 FAKE_CMAKE = r"""#!/bin/sh
-# configure: cmake -S src -B build FLAGS...   build: cmake --build build --target ... -j N
+# configure: cmake -S src -B build FLAGS...   build: cmake --build build --target T... -j N
+# The build makes only the targets it is asked for, one make goal after another (each goal counts
+# its own percent from 0 again, as cmake's Makefile generator does).
 if [ "$1" = "-S" ]; then
   [ -f "$2/CMakeLists.txt" ] || { echo "CMake Error: The source directory does not contain CMakeLists.txt" ; exit 1; }
   mkdir -p "$4" && echo "-- Configuring done" && echo "$@" > "$4/configure-args"
@@ -372,13 +395,27 @@ if [ "$1" = "-S" ]; then
 fi
 if [ "$1" = "--build" ]; then
   [ -n "$FAKE_CMAKE_FAIL" ] && { echo "/src/ggml.c:1:1: error: boom"; exit 2; }
-  mkdir -p "$2/bin"
-  echo "[ 10%] Building C object ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o"
-  echo "[ 50%] Building CXX object tools/server/CMakeFiles/llama-server.dir/server.cpp.o"
-  printf '#!/bin/sh\necho "version: 0.5.0-dev (build 0, commit unknown)" >&2\n' > "$2/bin/llama-server"
-  printf '#!/bin/sh\necho bench\n' > "$2/bin/llama-bench"
-  chmod +x "$2/bin/llama-server" "$2/bin/llama-bench"
-  echo "[100%] Built target llama-server"
+  dir="$2"; shift 2
+  mkdir -p "$dir/bin"
+  echo "$@" > "$dir/build-args"
+  [ "$1" = "--target" ] || exit 4
+  shift
+  first=1
+  while [ $# -gt 0 ] && [ "$1" != "-j" ]; do
+    if [ -n "$first" ]; then
+      echo "[ 10%] Building C object ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o"
+      echo "[ 50%] Building CXX object tools/server/CMakeFiles/llama-server.dir/server.cpp.o"
+    else
+      echo "[ 20%] Built target ggml-base"
+    fi
+    first=
+    printf '#!/bin/sh
+echo "version: 0.5.0-dev (build 0, commit unknown)" >&2
+' > "$dir/bin/$1"
+    chmod +x "$dir/bin/$1"
+    echo "[100%] Built target $1"
+    shift
+  done
   exit 0
 fi
 exit 3
@@ -411,17 +448,23 @@ def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) ->
     assert b.found_via == "cache" and b.backend == "cpu"
     assert b.path == fake_toolchain["cache"] / "llama-server" / b.build_id / "bin" / "llama-server"
     assert b.bench_path == b.path.parent / "llama-bench"
+    assert b.fit_params_path == b.path.parent / "llama-fit-params"
     info = b.build_info
     assert info is not None
     assert (info.version, info.sha256, info.source, info.jobs) == ("0.3.36", sha, str(src), 3)
     assert "-DBUILD_SHARED_LIBS=OFF" in info.cmake_flags and info.ggml_native
     assert info.build_seconds >= 0 and info.built_at
-    assert [e.percent for e in events if e.phase == "build" and e.percent is not None] == [
-        0,
-        10,
-        50,
-        100,
-    ]
+    # Exactly the three binaries abtest runs are built and installed, nothing else.
+    targets = ("llama-server", "llama-bench", "llama-fit-params")
+    assert info.binaries == targets
+    work_args = (fake_toolchain["cache"] / "logs" / f"{b.build_id}.log").read_text()
+    assert "--target llama-server llama-bench llama-fit-params -j 3" in work_args
+    assert sorted(p.name for p in b.path.parent.iterdir()) == sorted(targets)
+    # One make goal after another restarts cmake's percent; the bar never goes back, and says
+    # 100 % only once the last goal is done.
+    pcts = [e.percent for e in events if e.phase == "build" and e.percent is not None]
+    assert pcts == sorted(pcts) and pcts[0] == 0 and pcts[-1] == 100
+    assert pcts.count(100) == 1, pcts
     assert not (fake_toolchain["cache"] / "work").exists() or not any(
         (fake_toolchain["cache"] / "work").iterdir()
     )
@@ -560,6 +603,9 @@ def test_cli_info_table(env: dict[str, Path]) -> None:
     res = CliRunner().invoke(server_group, ["info", "--server-bin", str(exe)])
     assert res.exit_code == 0, res.output
     assert "--server-bin" in res.stdout and "0.5.0-dev" in res.stdout and "not beside it" in res.stdout
+    assert "llama-fit-params" in res.stdout
+    res = CliRunner().invoke(server_group, ["info", "--server-bin", str(exe), "--json"])
+    assert res.exit_code == 0 and '"fit_params_path": null' in res.stdout
 
 
 def test_module_surface() -> None:
