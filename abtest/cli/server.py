@@ -180,7 +180,8 @@ def _dur(seconds: float) -> str:
 
 
 class _ProgressView:
-    """Renders `BuildEvent`s: a rich bar on a terminal, plain phase lines and every 10 % elsewhere (CI logs)."""
+    """Renders `BuildEvent`s: a rich bar on a terminal; elsewhere (CI logs) plain phase lines, and the
+    download and the build every 10 %."""
 
     def __init__(self) -> None:
         self.live = err.is_terminal
@@ -220,11 +221,13 @@ class _ProgressView:
                 fields["completed"] = e.percent
             self._progress.update(self._task, **fields)
             return
-        if e.phase == "build" and e.percent is not None:
+        if e.phase in ("download", "build") and e.percent is not None:
+            if new_phase:
+                self._last_decile = -1
             decile = e.percent // 10
             if decile > self._last_decile:
                 self._last_decile = decile
-                err.print(f"build {e.percent:3d}%  {_short(e.message)}")
+                err.print(f"{e.phase} {e.percent:3d}%  {_short(e.message)}")
             return
         if new_phase:
             err.print(f"{e.phase}: {_short(e.message)}")

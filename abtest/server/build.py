@@ -1,10 +1,10 @@
-"""Building `llama-server`, `llama-bench` and `llama-fit-params` from the pinned llama.cpp source into the per-user cache.
+"""Building llama-server, llama-bench and llama-fit-params from the pinned llama.cpp source into the cache.
 
-`install(...)` -> `ServerBinary` builds the three (`BUILD_TARGETS`) with cmake from the llama.cpp source vendored in the
-pinned llama-cpp-python sdist (or from a local `--source` directory or .tar.gz for air-gapped
-boxes) and installs them into the cache (`abtest.server.builds` owns its layout):
+`install(...)` -> `ServerBinary` builds the three (`BUILD_TARGETS`) with cmake from the llama.cpp
+source vendored in the pinned llama-cpp-python sdist (or from a local `--source` directory or .tar.gz
+for air-gapped boxes) and installs them into the cache (`abtest.server.builds` owns its layout):
 
-    <cache>/sdist/llama_cpp_python-<version>.tar.gz          the downloaded sdist (rebuilds need no network)
+    <cache>/sdist/llama_cpp_python-<version>.tar.gz          from PyPI, sha256-checked (rebuilds need no network)
     <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench,llama-fit-params}
     <cache>/llama-server/<build_id>/build.json               `BuildInfo`
     <cache>/logs/<build_id>.log                              cmake's output of the last attempt
@@ -26,8 +26,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,7 +53,13 @@ from .builds import (
     source_sha256,
 )
 from .discover import describe_binary
-from .source import extract_llama_source, llama_commit, locate_llama_source, version_of_source
+from .source import (
+    download_sdist,
+    extract_llama_source,
+    llama_commit,
+    locate_llama_source,
+    version_of_source,
+)
 
 # Verified on the 2-core dev box and the H100 box. No UI (no npm, no download), no OpenSSL, no
 # tests/examples; static libs so the binaries are self-contained and can be copied anywhere.
@@ -182,7 +186,7 @@ def install(
     progress: ProgressCallback | None = None,
     root: Path | None = None,
 ) -> ServerBinary:
-    """Build llama-server, llama-bench and llama-fit-params into the cache; return the installed `ServerBinary`.
+    """Build llama-server, llama-bench and llama-fit-params into the cache; return the `ServerBinary`.
 
     backend: "cpu" or "cuda"; None means cuda when nvcc is found, else cpu.
     source: a llama.cpp source directory, a .tar.gz of one (scripts/make-llama-tarball.sh) or a
@@ -272,7 +276,9 @@ def install(
                 emit(BuildEvent("build", f"building {names} with -j {jobs}", 0))
                 # Only these targets and what they link (ggml, llama, common, mtmd, cpp-httplib, the
                 # empty llama-ui): `--target` never builds the other tools.
-                build_cmd = [tools["cmake"], "--build", str(build_dir), "--target", *BUILD_TARGETS, "-j", str(jobs)]
+                build_cmd = [
+                    tools["cmake"], "--build", str(build_dir), "--target", *BUILD_TARGETS, "-j", str(jobs),
+                ]  # fmt: skip
                 _run_logged(build_cmd, log, log_path, "build", emit)
                 emit(BuildEvent("build", f"built {names}", 100))
             build_seconds = (time.perf_counter_ns() - t0) / 1e9
@@ -323,29 +329,27 @@ def _exclusive(lock_path: Path, emit: ProgressCallback) -> Iterator[None]:
 
 
 def _ensure_sdist(root: Path, emit: ProgressCallback) -> Path:
-    """The pinned sdist in <cache>/sdist/, downloaded with pip on first use."""
-    sdist_dir = root / "sdist"
+    """The pinned sdist in <cache>/sdist/, downloaded from PyPI (or $ABTEST_PYPI_URL) on first use."""
     name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-    target = sdist_dir / name
+    target = root / "sdist" / name
     if target.is_file():
         return target
-    sdist_dir.mkdir(parents=True, exist_ok=True)
-    emit(BuildEvent("download", f"downloading llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist"))
-    with tempfile.TemporaryDirectory(dir=sdist_dir, prefix=".download-") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", tmp,
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-        got = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if proc.returncode != 0 or not got:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            last = lines[-1] if lines else "no output"
-            raise ProvisionError(
-                f"pip could not download llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} ({last}); "
-                f"offline? use --source with a tarball from scripts/make-llama-tarball.sh, or copy the sdist to {target}"
-            )
-        os.replace(got[0], target)
+    emit(BuildEvent("download", f"downloading llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist", 0))
+    shown = [0, 0]  # the last percent emitted; MiB at the last event when the size is unknown
+
+    def on_bytes(done: int, total: int | None) -> None:
+        if total:  # one event per percent, not one per chunk
+            pct = min(100, done * 100 // total)
+            if pct > shown[0]:
+                shown[0] = pct
+                emit(BuildEvent("download", f"{name} {done / 2**20:.1f}/{total / 2**20:.1f} MiB", pct))
+        elif done >> 22 > shown[1]:  # every 4 MiB
+            shown[1] = done >> 22
+            emit(BuildEvent("download", f"{name} {done / 2**20:.1f} MiB"))
+
+    download_sdist(LLAMA_CPP_PYTHON_VERSION, target, on_bytes=on_bytes)
+    if shown[0] < 100:  # a server that sent no length, or an empty file
+        emit(BuildEvent("download", f"{name} downloaded", 100))
     return target
 
 

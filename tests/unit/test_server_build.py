@@ -643,3 +643,210 @@ def test_a_second_install_waits_for_the_first(fake_toolchain: dict[str, Path]) -
     assert not t.is_alive()
     assert [e.phase for e in events].count("configure") >= 1
     assert discover.find_server().build_id == build_id
+
+
+# ------------------------------------------------------------- the sdist download, over real loopback HTTP
+
+
+class _FakePyPI:
+    """PyPI's JSON API and its file host on 127.0.0.1, in a thread, serving one sdist's bytes.
+
+    layout "version": <base>/llama-cpp-python/0.3.36/json, absolute file URLs (pypi.org itself).
+    layout "project": only <base>/llama-cpp-python/json with a `releases` map and file URLs relative
+    to it, as the PyPI this project's dev box reaches serves it (its per-version endpoint is a 404).
+    layout "none": everything is a 404.
+    """
+
+    def __init__(self, payload: bytes, *, digest: str | None = None, layout: str = "version") -> None:
+        import hashlib
+        import http.server
+        import json
+        import threading
+
+        self.payload = payload
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                outer.requests.append(self.path)
+                if self.path == "/pypi/llama-cpp-python/0.3.36/json" and layout == "version":
+                    self._send(200, json.dumps(outer.document).encode(), "application/json")
+                elif self.path == "/pypi/llama-cpp-python/json" and layout == "project":
+                    self._send(200, json.dumps(outer.document).encode(), "application/json")
+                elif self.path == "/files/llama_cpp_python-0.3.36.tar.gz":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(outer.payload)))
+                    self.end_headers()
+                    for i in range(0, len(outer.payload), 50_000):  # arrives in pieces
+                        self.wfile.write(outer.payload[i : i + 50_000])
+                        self.wfile.flush()
+                else:
+                    self._send(404, b"Not Found", "text/plain")
+
+            def _send(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.base = f"{host}/pypi"
+        prefix = "../../files/" if layout == "project" else f"{host}/files/"
+        self.files = [
+            {"packagetype": "bdist_wheel", "filename": "x.whl", "url": prefix + "x.whl",
+             "digests": {"sha256": "0" * 64}, "size": 1},
+            {"packagetype": "sdist", "filename": "llama_cpp_python-0.3.36.tar.gz",
+             "url": prefix + "llama_cpp_python-0.3.36.tar.gz",
+             "digests": {"sha256": digest or hashlib.sha256(payload).hexdigest()}, "size": len(payload)},
+        ]  # fmt: skip
+        self.document: dict[str, object] = {"info": {"name": "llama-cpp-python", "version": "0.3.36"}}
+        if layout == "project":
+            self.document["releases"] = {"0.3.35": [], "0.3.36": self.files}
+            self.document["urls"] = []  # the newest release's files; pretend it is another one
+        else:
+            self.document["urls"] = self.files
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _FakePyPI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _sdist_bytes(tmp: Path) -> bytes:
+    """A small llama-cpp-python sdist (vendor/llama.cpp and ~300 kB that gzip cannot shrink)."""
+    import random
+
+    root = tmp / "sd" / "llama_cpp_python-0.3.36"
+    _llama_src(root / "vendor" / "llama.cpp")
+    (root / "vendor" / "llama.cpp" / "blob.bin").write_bytes(random.Random(0).randbytes(300_000))
+    out = tmp / "served.tar.gz"
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(root, arcname="llama_cpp_python-0.3.36")
+    return out.read_bytes()
+
+
+def _download_events(events: list[BuildEvent]) -> list[int]:
+    return [e.percent for e in events if e.phase == "download" and e.percent is not None]
+
+
+def test_sdist_download_streams_with_progress_and_checks_the_digest(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _sdist_bytes(env["tmp"])
+    with _FakePyPI(payload) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        events: list[BuildEvent] = []
+        got = build._ensure_sdist(env["cache"], events.append)
+    assert got == env["cache"] / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
+    assert got.read_bytes() == payload
+    assert [p.name for p in got.parent.iterdir()] == [got.name]  # no temp file left beside it
+    assert got.stat().st_mode & 0o777 == 0o644  # as pip left it, not mkstemp's 0600
+    pcts = _download_events(events)
+    assert pcts[0] == 0 and pcts[-1] == 100 and pcts == sorted(pcts)
+    assert len(set(pcts)) >= 4, pcts  # it moved while bytes arrived, not 0 then 100
+    assert pypi.requests == ["/pypi/llama-cpp-python/0.3.36/json", "/files/llama_cpp_python-0.3.36.tar.gz"]
+
+
+def test_sdist_found_through_the_project_document_with_relative_urls(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PyPI (mirror) without the per-version endpoint: the project's `releases` map names the file."""
+    payload = _sdist_bytes(env["tmp"])
+    with _FakePyPI(payload, layout="project") as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base + "/")  # a trailing slash is fine
+        got = build._ensure_sdist(env["cache"], lambda _e: None)
+    assert got.read_bytes() == payload
+    assert pypi.requests == [
+        "/pypi/llama-cpp-python/0.3.36/json",
+        "/pypi/llama-cpp-python/json",
+        "/files/llama_cpp_python-0.3.36.tar.gz",
+    ]
+
+
+def test_install_downloads_the_sdist_when_the_cache_has_none(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _sdist_bytes(fake_toolchain["tmp"])
+    with _FakePyPI(payload) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        b = build.install(backend="cpu", jobs=1)
+    assert b.build_info is not None and b.build_info.source == "pypi:llama-cpp-python==0.3.36"
+    import hashlib
+
+    assert b.build_info.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_sdist_with_a_wrong_digest_is_refused_and_not_kept(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _FakePyPI(_sdist_bytes(env["tmp"]), digest="ab" * 32) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        with pytest.raises(ProvisionError) as ei:
+            build._ensure_sdist(env["cache"], lambda _e: None)
+    msg = str(ei.value)
+    assert "sha256" in msg and "abababab" in msg and "--source" in msg and "\n" not in msg
+    sdist_dir = env["cache"] / "sdist"
+    assert not sdist_dir.exists() or list(sdist_dir.iterdir()) == []
+
+
+def test_sdist_unknown_to_pypi_is_a_provision_error(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _FakePyPI(b"", layout="none") as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        with pytest.raises(ProvisionError, match=r"HTTP 404 .*--source"):
+            build._ensure_sdist(env["cache"], lambda _e: None)
+    sdist_dir = env["cache"] / "sdist"
+    assert not sdist_dir.exists() or list(sdist_dir.iterdir()) == []
+
+
+def test_sdist_file_missing_on_the_host_is_a_provision_error(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _FakePyPI(b"x") as pypi:
+        for entry in pypi.files:
+            entry["url"] = str(entry["url"]).replace("/files/", "/gone/")
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        with pytest.raises(ProvisionError, match=r"HTTP 404 .*/gone/llama_cpp_python-0\.3\.36\.tar\.gz"):
+            build._ensure_sdist(env["cache"], lambda _e: None)
+    assert list((env["cache"] / "sdist").iterdir()) == []
+
+
+def test_sdist_download_without_network_names_the_offline_routes(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ABTEST_PYPI_URL", f"http://127.0.0.1:{port}/pypi")
+    with pytest.raises(ProvisionError) as ei:
+        build._ensure_sdist(env["cache"], lambda _e: None)
+    msg = str(ei.value)
+    assert "could not download llama-cpp-python==0.3.36" in msg and "\n" not in msg
+    assert "make-llama-tarball.sh" in msg and "llama_cpp_python-0.3.36.tar.gz" in msg
+
+
+def test_cli_install_prints_download_progress_in_a_log(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a terminal (CI): the download says how far it is, every 10 %, instead of sitting silent."""
+    with _FakePyPI(_sdist_bytes(fake_toolchain["tmp"])) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        res = CliRunner().invoke(server_group, ["install", "--cpu", "-j", "1"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("download")]
+    assert lines[0].startswith("download   0%") and lines[-1].startswith("download 100%"), lines
+    assert len(lines) >= 4 and any("MiB" in ln for ln in lines), lines
+    assert any(ln.startswith("build 100%") for ln in res.stderr.splitlines()), res.stderr
