@@ -53,6 +53,21 @@ def test_llama_bench_beside_a_cache_build_runs() -> None:
     assert "-ncmoe" in proc.stdout + proc.stderr  # the MoE offload flag abtest compares against
 
 
+def test_llama_fit_params_beside_a_cache_build_runs() -> None:
+    """The competitor the fit/frontier comparison measures is built with the server (recipe 3)."""
+    b = _find()
+    if b.found_via != "cache":
+        assert b.fit_params_path is None or b.fit_params_path.is_file()
+        return
+    assert b.build_info is not None and "llama-fit-params" in b.build_info.binaries, b.build_info
+    assert b.fit_params_path is not None, (
+        f"{b.path.parent} has no llama-fit-params; rebuild: abtest server install --force"
+    )
+    proc = subprocess.run([str(b.fit_params_path), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--fit-print" in proc.stdout + proc.stderr  # an option only llama-fit-params has
+
+
 def test_cache_build_is_stamped_with_its_llama_cpp_commit() -> None:
     b = _find()
     if b.build_info is None or b.build_info.llama_cpp_commit is None:
