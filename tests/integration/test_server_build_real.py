@@ -20,7 +20,7 @@ def _find() -> builds.ServerBinary:
         why = str(exc)
     pytest.fail(  # outside the except: no chained traceback, just the message
         f"integration tests need a built llama-server: {why}\n"
-        "build one with `abtest server install --if-missing --cpu` (7-11 min on 2 cores), "
+        "build one with `abtest server install --if-missing --cpu` (~8.5 CPU-minutes: 6-8 min on a busy 2-core box), "
         "or point $ABTEST_LLAMA_SERVER at one",
         pytrace=False,
     )
