@@ -66,7 +66,7 @@ def install_cmd(
     force: bool,
     keep_build_dir: bool,
 ) -> None:
-    """Build llama-server and llama-bench from pinned llama.cpp source into the cache; print the path.
+    """Build llama-server, llama-bench and llama-fit-params from pinned llama.cpp source; print the path.
 
     \b
     Examples:
@@ -128,6 +128,8 @@ def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> Non
         "backend", binary.backend + ("" if binary.build_info else " (guessed from --version/--list-devices)")
     )
     t.add_row("llama-bench", str(binary.bench_path) if binary.bench_path else "not beside it")
+    fit = binary.fit_params_path
+    t.add_row("llama-fit-params", str(fit) if fit else "not beside it")
     t.add_row("--version", binary.version_text)
     bi = binary.build_info
     if bi is not None:
@@ -166,6 +168,7 @@ def _binary_dict(b: ServerBinary) -> dict[str, Any]:
         "build_id": b.build_id,
         "backend": b.backend,
         "bench_path": str(b.bench_path) if b.bench_path else None,
+        "fit_params_path": str(b.fit_params_path) if b.fit_params_path else None,
         "version_text": b.version_text,
         "build_info": b.build_info.to_dict() if b.build_info else None,
     }
@@ -177,7 +180,8 @@ def _dur(seconds: float) -> str:
 
 
 class _ProgressView:
-    """Renders `BuildEvent`s: a rich bar on a terminal, plain phase lines and every 10 % elsewhere (CI logs)."""
+    """Renders `BuildEvent`s: a rich bar on a terminal; elsewhere (CI logs) plain phase lines, and the
+    download and the build every 10 %."""
 
     def __init__(self) -> None:
         self.live = err.is_terminal
@@ -217,11 +221,13 @@ class _ProgressView:
                 fields["completed"] = e.percent
             self._progress.update(self._task, **fields)
             return
-        if e.phase == "build" and e.percent is not None:
+        if e.phase in ("download", "build") and e.percent is not None:
+            if new_phase:
+                self._last_decile = -1
             decile = e.percent // 10
             if decile > self._last_decile:
                 self._last_decile = decile
-                err.print(f"build {e.percent:3d}%  {_short(e.message)}")
+                err.print(f"{e.phase} {e.percent:3d}%  {_short(e.message)}")
             return
         if new_phase:
             err.print(f"{e.phase}: {_short(e.message)}")

@@ -1,11 +1,11 @@
-"""Building `llama-server` and `llama-bench` from the pinned llama.cpp source into the per-user cache.
+"""Building llama-server, llama-bench and llama-fit-params from the pinned llama.cpp source into the cache.
 
-`install(...)` -> `ServerBinary` builds both with cmake from the llama.cpp source vendored in the
-pinned llama-cpp-python sdist (or from a local `--source` directory or .tar.gz for air-gapped
-boxes) and installs them into the cache (`abtest.server.builds` owns its layout):
+`install(...)` -> `ServerBinary` builds the three (`BUILD_TARGETS`) with cmake from the llama.cpp
+source vendored in the pinned llama-cpp-python sdist (or from a local `--source` directory or .tar.gz
+for air-gapped boxes) and installs them into the cache (`abtest.server.builds` owns its layout):
 
-    <cache>/sdist/llama_cpp_python-<version>.tar.gz          the downloaded sdist (rebuilds need no network)
-    <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench}
+    <cache>/sdist/llama_cpp_python-<version>.tar.gz          from PyPI, sha256-checked (rebuilds need no network)
+    <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench,llama-fit-params}
     <cache>/llama-server/<build_id>/build.json               `BuildInfo`
     <cache>/logs/<build_id>.log                              cmake's output of the last attempt
 
@@ -26,8 +26,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,9 +37,9 @@ from ..cache import cache_root
 from ..errors import ConfigError, ProvisionError
 from .builds import (
     BACKENDS,
-    BENCH_NAME,
     BUILD_JSON,
     BUILD_RECIPE,
+    BUILD_TARGETS,
     LLAMA_CPP_PYTHON_VERSION,
     SERVER_NAME,
     BuildInfo,
@@ -55,10 +53,16 @@ from .builds import (
     source_sha256,
 )
 from .discover import describe_binary
-from .source import extract_llama_source, llama_commit, locate_llama_source, version_of_source
+from .source import (
+    download_sdist,
+    extract_llama_source,
+    llama_commit,
+    locate_llama_source,
+    version_of_source,
+)
 
 # Verified on the 2-core dev box and the H100 box. No UI (no npm, no download), no OpenSSL, no
-# tests/examples; static libs so the two binaries are self-contained and can be copied anywhere.
+# tests/examples; static libs so the binaries are self-contained and can be copied anywhere.
 # GGML_NATIVE stays at its default ON (-march=native, CUDA arch "native"): fine for a per-machine
 # cache, and recorded in build.json. LLAMA_CURL is deprecated in this llama.cpp; not passed.
 BASE_CMAKE_FLAGS: tuple[str, ...] = (
@@ -182,7 +186,7 @@ def install(
     progress: ProgressCallback | None = None,
     root: Path | None = None,
 ) -> ServerBinary:
-    """Build llama-server + llama-bench into the cache and return the installed `ServerBinary`.
+    """Build llama-server, llama-bench and llama-fit-params into the cache; return the `ServerBinary`.
 
     backend: "cpu" or "cuda"; None means cuda when nvcc is found, else cpu.
     source: a llama.cpp source directory, a .tar.gz of one (scripts/make-llama-tarball.sh) or a
@@ -212,6 +216,7 @@ def install(
                 and b.recipe == BUILD_RECIPE
                 and b.backend == backend
                 and (cuda_arch is None or b.cuda_arch == cuda_arch)
+                and _complete(builds_dir(root) / b.build_id)
             ):
                 emit(BuildEvent("cached", f"cached build {b.build_id} found; nothing to do"))
                 return describe_binary(builds_dir(root) / b.build_id / "bin" / SERVER_NAME, "cache")
@@ -236,7 +241,7 @@ def install(
     dest = builds_dir(root) / build_id
     # One build per id at a time (parallel CI jobs calling install): the second waits, then finds it cached.
     with _exclusive(root / "locks" / f"{build_id}.lock", emit):
-        if (dest / BUILD_JSON).is_file() and (dest / "bin" / SERVER_NAME).is_file() and not force:
+        if (dest / BUILD_JSON).is_file() and _complete(dest) and not force:
             emit(BuildEvent("cached", f"cached build {build_id} found; nothing to do (--force rebuilds)"))
             return describe_binary(dest / "bin" / SERVER_NAME, "cache")
 
@@ -267,18 +272,15 @@ def install(
                     "configure",
                     emit,
                 )
-                emit(BuildEvent("build", f"building {SERVER_NAME} and {BENCH_NAME} with -j {jobs}", 0))
+                names = ", ".join(BUILD_TARGETS)
+                emit(BuildEvent("build", f"building {names} with -j {jobs}", 0))
+                # Only these targets and what they link (ggml, llama, common, mtmd, cpp-httplib, the
+                # empty llama-ui): `--target` never builds the other tools.
                 build_cmd = [
-                    tools["cmake"],
-                    "--build",
-                    str(build_dir),
-                    "--target",
-                    SERVER_NAME,
-                    BENCH_NAME,
-                    "-j",
-                    str(jobs),
-                ]
+                    tools["cmake"], "--build", str(build_dir), "--target", *BUILD_TARGETS, "-j", str(jobs),
+                ]  # fmt: skip
                 _run_logged(build_cmd, log, log_path, "build", emit)
+                emit(BuildEvent("build", f"built {names}", 100))
             build_seconds = (time.perf_counter_ns() - t0) / 1e9
             emit(BuildEvent("install", f"installing into {dest}", 100))
             info = BuildInfo(
@@ -296,12 +298,18 @@ def install(
                 built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 host=os.uname().nodename,
                 recipe=BUILD_RECIPE,
+                binaries=BUILD_TARGETS,
             )
             _install_binaries(build_dir / "bin", dest, info, log_path)
         finally:
             if not keep_build_dir:
                 shutil.rmtree(work, ignore_errors=True)
     return describe_binary(dest / "bin" / SERVER_NAME, "cache")
+
+
+def _complete(build: Path) -> bool:
+    """Whether a cache entry holds every binary this recipe installs."""
+    return all((build / "bin" / name).is_file() for name in BUILD_TARGETS)
 
 
 @contextlib.contextmanager
@@ -321,29 +329,27 @@ def _exclusive(lock_path: Path, emit: ProgressCallback) -> Iterator[None]:
 
 
 def _ensure_sdist(root: Path, emit: ProgressCallback) -> Path:
-    """The pinned sdist in <cache>/sdist/, downloaded with pip on first use."""
-    sdist_dir = root / "sdist"
+    """The pinned sdist in <cache>/sdist/, downloaded from PyPI (or $ABTEST_PYPI_URL) on first use."""
     name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-    target = sdist_dir / name
+    target = root / "sdist" / name
     if target.is_file():
         return target
-    sdist_dir.mkdir(parents=True, exist_ok=True)
-    emit(BuildEvent("download", f"downloading llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist"))
-    with tempfile.TemporaryDirectory(dir=sdist_dir, prefix=".download-") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", tmp,
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-        got = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if proc.returncode != 0 or not got:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            last = lines[-1] if lines else "no output"
-            raise ProvisionError(
-                f"pip could not download llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} ({last}); "
-                f"offline? use --source with a tarball from scripts/make-llama-tarball.sh, or copy the sdist to {target}"
-            )
-        os.replace(got[0], target)
+    emit(BuildEvent("download", f"downloading llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist", 0))
+    shown = [0, 0]  # the last percent emitted; MiB at the last event when the size is unknown
+
+    def on_bytes(done: int, total: int | None) -> None:
+        if total:  # one event per percent, not one per chunk
+            pct = min(100, done * 100 // total)
+            if pct > shown[0]:
+                shown[0] = pct
+                emit(BuildEvent("download", f"{name} {done / 2**20:.1f}/{total / 2**20:.1f} MiB", pct))
+        elif done >> 22 > shown[1]:  # every 4 MiB
+            shown[1] = done >> 22
+            emit(BuildEvent("download", f"{name} {done / 2**20:.1f} MiB"))
+
+    download_sdist(LLAMA_CPP_PYTHON_VERSION, target, on_bytes=on_bytes)
+    if shown[0] < 100:  # a server that sent no length, or an empty file
+        emit(BuildEvent("download", f"{name} downloaded", 100))
     return target
 
 
@@ -353,6 +359,9 @@ def _run_logged(cmd: Sequence[str], log: Any, log_path: Path, step: str, emit: P
     log.flush()
     tail: list[str] = []
     errors: list[str] = []
+    # cmake's Makefile generator counts each --target goal from 0 % again; the bar never goes back,
+    # and 100 % waits for the caller's "built" event after the last goal.
+    shown = 0
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -373,6 +382,8 @@ def _run_logged(cmd: Sequence[str], log: Any, log_path: Path, step: str, emit: P
                 errors.append(line.strip())
             pct = parse_progress_line(line)
             if step == "build":
+                if pct is not None:
+                    shown = pct = max(shown, min(pct, 99))
                 emit(BuildEvent("build", line, pct))
             else:
                 emit(BuildEvent(step, line))
@@ -400,11 +411,11 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
 
 
 def _install_binaries(bin_dir: Path, dest: Path, info: BuildInfo, log_path: Path) -> None:
-    """Copy the two binaries and build.json into a staging dir, then rename it into place."""
+    """Copy the built binaries and build.json into a staging dir, then rename it into place."""
     staging = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "bin").mkdir(parents=True)
-    for name in (SERVER_NAME, BENCH_NAME):
+    for name in info.binaries:
         built = bin_dir / name
         if not built.is_file():
             raise ProvisionError(f"the build finished but {built} is missing; see {log_path}")

@@ -26,15 +26,29 @@ SERVER_NAME = "llama-server"
 BENCH_NAME = "llama-bench"
 
 
+FIT_PARAMS_NAME = "llama-fit-params"
+
+
+# What `install` builds (`cmake --build --target ...`) and installs, and nothing else: the server
+# abtest benchmarks, llama-bench for GPU cross-checks, and llama-fit-params, the competitor the
+# fit/frontier comparison measures (tools/fit-params in llama.cpp).
+BUILD_TARGETS: tuple[str, ...] = (SERVER_NAME, BENCH_NAME, FIT_PARAMS_NAME)
+
+
+# What recipes 1 and 2 built: a build.json without a "binaries" list holds these.
+_TARGETS_BEFORE_RECIPE_3: tuple[str, ...] = (SERVER_NAME, BENCH_NAME)
+
+
 BUILD_JSON = "build.json"
 
 
 BUILD_INFO_VERSION = 1
 
 
-# Bumped whenever the recipe (the flags above or below) changes what a build of the same source
-# is, so that a cached build of an older recipe is not taken for this one. Recorded in the id.
-BUILD_RECIPE = 2
+# Bumped whenever the recipe (the flags in build.py, or BUILD_TARGETS) changes what a build of the
+# same source is, so that a cached build of an older recipe is not taken for this one. Recorded in
+# the id. 1: the first; 2: AMX off (-mno-amx-*); 3: llama-fit-params built beside the other two.
+BUILD_RECIPE = 3
 
 
 BACKENDS = ("cpu", "cuda")
@@ -54,6 +68,7 @@ class ServerBinary:
     backend: str  # "cpu", "cuda", ... from build.json, else guessed from --version/--list-devices
     bench_path: Path | None  # llama-bench beside it, or None
     build_info: BuildInfo | None = None  # build.json beside it (cache builds), or None
+    fit_params_path: Path | None = None  # llama-fit-params beside it, or None
 
 
 @dataclass(frozen=True)
@@ -75,10 +90,12 @@ class BuildInfo:
     host: str  # os.uname().nodename at build time
     schema: int = BUILD_INFO_VERSION
     recipe: int = 1  # BUILD_RECIPE at build time; build.json files before recipe 2 have none
+    binaries: tuple[str, ...] = BUILD_TARGETS  # installed in bin/; before recipe 3: server + bench
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cmake_flags"] = list(self.cmake_flags)
+        d["binaries"] = list(self.binaries)
         return d
 
     @classmethod
@@ -99,6 +116,7 @@ class BuildInfo:
             host=str(d.get("host", "")),
             schema=int(d.get("schema", BUILD_INFO_VERSION)),
             recipe=int(d.get("recipe", 1)),
+            binaries=tuple(str(b) for b in d.get("binaries", _TARGETS_BEFORE_RECIPE_3)),
         )
 
     def write(self, path: Path) -> None:

@@ -19,6 +19,7 @@ from .builds import (
     BENCH_NAME,
     BUILD_JSON,
     BUILD_RECIPE,
+    FIT_PARAMS_NAME,
     SERVER_NAME,
     BuildInfo,
     ServerBinary,
@@ -102,17 +103,22 @@ def describe_binary(path: Path, found_via: str) -> ServerBinary:
     else:
         build_id = "file-" + source_sha256(path)[:12]
         backend = _guess_backend(path, version_text)
-    bench = path.parent / BENCH_NAME
-    bench_path = bench if bench.is_file() and os.access(bench, os.X_OK) else None
     return ServerBinary(
         path=path,
         found_via=found_via,
         version_text=version_text,
         build_id=build_id,
         backend=backend,
-        bench_path=bench_path,
+        bench_path=_beside(path, BENCH_NAME),
         build_info=info,
+        fit_params_path=_beside(path, FIT_PARAMS_NAME),
     )
+
+
+def _beside(server: Path, name: str) -> Path | None:
+    """The executable `name` in llama-server's directory, or None."""
+    p = server.parent / name
+    return p if p.is_file() and os.access(p, os.X_OK) else None
 
 
 def _run_version(path: Path, found_via: str) -> str:

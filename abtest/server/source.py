@@ -1,13 +1,32 @@
-"""The llama.cpp source a build starts from: its version, its commit, and the tree inside an sdist or tarball."""
+"""The llama.cpp source a build starts from: the sdist's download, its version, commit and tree."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
 import tarfile
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ..errors import ConfigError, ProvisionError
+
+# PyPI's JSON API (https://docs.pypi.org/api/json/): <base>/<project>/<version>/json lists the
+# release's files with their sha256. $ABTEST_PYPI_URL replaces the base (a mirror that serves the
+# same API, or a test's loopback server).
+PYPI_JSON_URL = "https://pypi.org/pypi"
+ENV_PYPI_URL = "ABTEST_PYPI_URL"
+_PROJECT = "llama-cpp-python"
+_CHUNK_BYTES = 1 << 16
+_TIMEOUT_S = 30.0  # per connect / read, not for the whole download
+
+# (bytes received so far, total bytes or None when unknown)
+BytesCallback = Callable[[int, int | None], None]
 
 _SDIST_NAME = re.compile(r"llama[_-]cpp[_-]python-(\d+(?:\.\d+)+)")
 
@@ -133,3 +152,102 @@ def locate_llama_source(root: Path) -> Path:
     raise ConfigError(
         f"no llama.cpp source (CMakeLists.txt, ggml/, tools/server/) found in {root}; give a llama.cpp directory or .tar.gz"
     )
+
+
+def download_sdist(
+    version: str, target: Path, *, base_url: str | None = None, on_bytes: BytesCallback | None = None
+) -> Path:
+    """Download llama-cpp-python==version's sdist to `target`, checked against PyPI's sha256.
+
+    The URL and digest come from the JSON API at `base_url` (default $ABTEST_PYPI_URL, else PyPI;
+    see `_sdist_entry`).
+    The file streams into a temporary file beside `target` and is renamed into place only once its
+    digest matches, so `target` is either the verified sdist or absent. `on_bytes(done, total)` is
+    called as bytes arrive. Every failure is one `ProvisionError` line naming the offline routes.
+    """
+    base = (base_url or os.environ.get(ENV_PYPI_URL) or PYPI_JSON_URL).rstrip("/")
+    where = base
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp: Path | None = None
+    try:
+        with httpx.Client(timeout=_TIMEOUT_S, follow_redirects=True) as client:
+            url, want_sha, size = _sdist_entry(client, base, version)
+            where = url
+            with client.stream("GET", url) as resp:
+                if resp.status_code != 200:
+                    raise _Failed(f"HTTP {resp.status_code} from {url}")
+                length = resp.headers.get("Content-Length", "")
+                total = int(length) if length.isdigit() else size
+                fd, name = tempfile.mkstemp(dir=target.parent, prefix=".download-", suffix=".tar.gz")
+                tmp = Path(name)
+                h = hashlib.sha256()
+                done = 0
+                with os.fdopen(fd, "wb") as f:
+                    if on_bytes:
+                        on_bytes(0, total)
+                    for chunk in resp.iter_bytes(_CHUNK_BYTES):
+                        f.write(chunk)
+                        h.update(chunk)
+                        done += len(chunk)
+                        if on_bytes:
+                            on_bytes(done, total)
+        if h.hexdigest() != want_sha:
+            raise _Failed(f"sha256 of {url} is {h.hexdigest()}, the index lists {want_sha}")
+        tmp.chmod(0o644)  # mkstemp makes it 0600; the cache is readable like the rest of it
+        os.replace(tmp, target)
+        tmp = None
+    except _Failed as exc:
+        raise _provision_error(version, target, str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise _provision_error(version, target, f"{type(exc).__name__} from {where}: {exc}") from exc
+    except OSError as exc:
+        raise _provision_error(version, target, f"writing {target.parent}: {exc}") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return target
+
+
+class _Failed(Exception):
+    """Why a download failed, before `download_sdist` adds the offline routes."""
+
+
+def _provision_error(version: str, target: Path, why: str) -> ProvisionError:
+    return ProvisionError(
+        f"could not download {_PROJECT}=={version} ({why}); offline? use --source with a tarball "
+        f"from scripts/make-llama-tarball.sh, or copy the sdist to {target}"
+    )
+
+
+def _sdist_entry(client: httpx.Client, base: str, version: str) -> tuple[str, str, int | None]:
+    """(url, sha256, size or None) of the release's sdist, from PyPI's JSON API.
+
+    `<base>/<project>/<version>/json` lists the release's files under "urls". Where that endpoint
+    is a 404 (the PyPI mirror this project's dev box reaches has only the project document), the
+    project's `<base>/<project>/json` lists them under "releases"[version]. File URLs may be
+    relative to the document (that mirror's are); they are resolved against it.
+    """
+    version_url = f"{base}/{_PROJECT}/{version}/json"
+    resp = client.get(version_url)
+    pick = "urls"
+    if resp.status_code == 404:
+        project_url = f"{base}/{_PROJECT}/json"
+        resp = client.get(project_url)
+        if resp.status_code == 404:
+            raise _Failed(f"HTTP 404 from {version_url} and from {project_url}: no such release there")
+        pick = "releases"
+    if resp.status_code != 200:
+        raise _Failed(f"HTTP {resp.status_code} from {resp.url}")
+    try:
+        doc = resp.json()
+        files = doc["urls"] if pick == "urls" else doc["releases"].get(version, [])
+        for entry in files:
+            if entry.get("packagetype") == "sdist":
+                size = entry.get("size")
+                sha = str(entry["digests"]["sha256"]).lower()
+                url = str(resp.url.join(str(entry["url"])))
+                return url, sha, size if isinstance(size, int) else None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _Failed(f"{resp.url} is not PyPI's JSON API ({type(exc).__name__}: {exc})") from exc
+    raise _Failed(f"{resp.url} lists no sdist of {_PROJECT} {version}")

@@ -20,7 +20,7 @@ def _find() -> builds.ServerBinary:
         why = str(exc)
     pytest.fail(  # outside the except: no chained traceback, just the message
         f"integration tests need a built llama-server: {why}\n"
-        "build one with `abtest server install --if-missing --cpu` (7-11 min on 2 cores), "
+        "build one with `abtest server install --if-missing --cpu` (~8.5 CPU-minutes: 6-8 min on a busy 2-core box), "
         "or point $ABTEST_LLAMA_SERVER at one",
         pytrace=False,
     )
@@ -51,6 +51,21 @@ def test_llama_bench_beside_a_cache_build_runs() -> None:
     proc = subprocess.run([str(b.bench_path), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "-ncmoe" in proc.stdout + proc.stderr  # the MoE offload flag abtest compares against
+
+
+def test_llama_fit_params_beside_a_cache_build_runs() -> None:
+    """The competitor the fit/frontier comparison measures is built with the server (recipe 3)."""
+    b = _find()
+    if b.found_via != "cache":
+        assert b.fit_params_path is None or b.fit_params_path.is_file()
+        return
+    assert b.build_info is not None and "llama-fit-params" in b.build_info.binaries, b.build_info
+    assert b.fit_params_path is not None, (
+        f"{b.path.parent} has no llama-fit-params; rebuild: abtest server install --force"
+    )
+    proc = subprocess.run([str(b.fit_params_path), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--fit-print" in proc.stdout + proc.stderr  # an option only llama-fit-params has
 
 
 def test_cache_build_is_stamped_with_its_llama_cpp_commit() -> None:

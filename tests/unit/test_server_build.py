@@ -32,6 +32,7 @@ def _cached_build(root: Path, build_id: str, backend: str, built_at: str, recipe
     d = root / "llama-server" / build_id
     server = _exe(d / "bin" / "llama-server")
     _exe(d / "bin" / "llama-bench", "echo bench")
+    _exe(d / "bin" / "llama-fit-params", "echo fit")
     _info(build_id=build_id, backend=backend, built_at=built_at,
           recipe=builds.BUILD_RECIPE if recipe is None else recipe).write(d / "build.json")
     return server
@@ -96,6 +97,7 @@ def test_discovery_order_flag_env_path_cache(env: dict[str, Path], monkeypatch: 
     assert b.build_id == "0.3.36-0123456789ab-cpu"
     assert b.backend == "cpu"
     assert b.bench_path == cached.parent / "llama-bench"
+    assert b.fit_params_path == cached.parent / "llama-fit-params"
     assert b.build_info is not None and b.build_info.jobs == 2
     assert b.version_text.startswith("version: 0.5.0-dev")
 
@@ -163,8 +165,9 @@ def test_cache_prefers_the_current_recipe_and_if_missing_ignores_older_ones(env:
     _cached_build(env["cache"], "0.3.36-aaaaaaaaaaaa-cpu-r2", "cpu", "2025-01-01T00:00:00+00:00")
     _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00", recipe=1)
     assert discover.find_server().build_id == "0.3.36-aaaaaaaaaaaa-cpu-r2"
-    old = {k: v for k, v in _info().to_dict().items() if k != "recipe"}
+    old = {k: v for k, v in _info().to_dict().items() if k not in ("recipe", "binaries")}
     assert builds.BuildInfo.from_dict(old).recipe == 1  # build.json before recipe 2
+    assert builds.BuildInfo.from_dict(old).binaries == ("llama-server", "llama-bench")  # before recipe 3
 
 
 def test_if_missing_rebuilds_over_an_older_recipe(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,6 +175,24 @@ def test_if_missing_rebuilds_over_an_older_recipe(env: dict[str, Path], monkeypa
     monkeypatch.setattr(shutil, "which", _which(set()))
     with pytest.raises(ProvisionError):  # it went on to build (and found no toolchain here)
         build.install(backend="cpu", if_missing=True)
+
+
+def test_if_missing_rebuilds_a_build_that_lacks_a_binary(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache entry of the current recipe without llama-fit-params (a hand copy, say) is not the build."""
+    _cached_build(env["cache"], "0.3.36-bbbbbbbbbbbb-cpu", "cpu", "2025-02-01T00:00:00+00:00")
+    (env["cache"] / "llama-server" / "0.3.36-bbbbbbbbbbbb-cpu" / "bin" / "llama-fit-params").unlink()
+    monkeypatch.setattr(shutil, "which", _which(set()))
+    with pytest.raises(ProvisionError):  # it went on to build (and found no toolchain here)
+        build.install(backend="cpu", if_missing=True)
+
+
+def test_recipe_3_adds_llama_fit_params() -> None:
+    """A recipe-2 build (server + bench) must not pass for this one: the recipe went up with the targets."""
+    assert builds.BUILD_RECIPE >= 3
+    assert builds.BUILD_TARGETS == ("llama-server", "llama-bench", "llama-fit-params")
+    assert builds.build_id_for("0.3.36", "0" * 64, "cpu").endswith(f"-r{builds.BUILD_RECIPE}")
 
 
 def test_cache_falls_back_to_another_backend_but_not_when_asked(env: dict[str, Path]) -> None:
@@ -215,10 +236,10 @@ def test_backend_guessed_from_version_output(env: dict[str, Path]) -> None:
 
 def test_build_id_for() -> None:
     sha = "abcdef0123456789" + "0" * 48
-    assert builds.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu-r2"
-    assert builds.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda-r2"
-    assert builds.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90-r2"
-    assert builds.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90-r2"
+    assert builds.build_id_for("0.3.36", sha, "cpu") == "0.3.36-abcdef012345-cpu-r3"
+    assert builds.build_id_for("0.3.36", sha, "cuda") == "0.3.36-abcdef012345-cuda-r3"
+    assert builds.build_id_for("0.3.36", sha, "cuda", "90") == "0.3.36-abcdef012345-cuda-sm90-r3"
+    assert builds.build_id_for("0.3.36", sha, "cuda", "80;90") == "0.3.36-abcdef012345-cuda-sm80_90-r3"
     with pytest.raises(ConfigError):
         builds.build_id_for("0.3.36", sha, "tpu")
 
@@ -364,7 +385,9 @@ def test_parse_progress_line(line: str, pct: int | None) -> None:
 # --------------------------------------------------------------------------- install with a fake cmake
 
 FAKE_CMAKE = r"""#!/bin/sh
-# configure: cmake -S src -B build FLAGS...   build: cmake --build build --target ... -j N
+# configure: cmake -S src -B build FLAGS...   build: cmake --build build --target T... -j N
+# The build makes only the targets it is asked for, one make goal after another (each goal counts
+# its own percent from 0 again, as cmake's Makefile generator does).
 if [ "$1" = "-S" ]; then
   [ -f "$2/CMakeLists.txt" ] || { echo "CMake Error: The source directory does not contain CMakeLists.txt" ; exit 1; }
   mkdir -p "$4" && echo "-- Configuring done" && echo "$@" > "$4/configure-args"
@@ -372,13 +395,27 @@ if [ "$1" = "-S" ]; then
 fi
 if [ "$1" = "--build" ]; then
   [ -n "$FAKE_CMAKE_FAIL" ] && { echo "/src/ggml.c:1:1: error: boom"; exit 2; }
-  mkdir -p "$2/bin"
-  echo "[ 10%] Building C object ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o"
-  echo "[ 50%] Building CXX object tools/server/CMakeFiles/llama-server.dir/server.cpp.o"
-  printf '#!/bin/sh\necho "version: 0.5.0-dev (build 0, commit unknown)" >&2\n' > "$2/bin/llama-server"
-  printf '#!/bin/sh\necho bench\n' > "$2/bin/llama-bench"
-  chmod +x "$2/bin/llama-server" "$2/bin/llama-bench"
-  echo "[100%] Built target llama-server"
+  dir="$2"; shift 2
+  mkdir -p "$dir/bin"
+  echo "$@" > "$dir/build-args"
+  [ "$1" = "--target" ] || exit 4
+  shift
+  first=1
+  while [ $# -gt 0 ] && [ "$1" != "-j" ]; do
+    if [ -n "$first" ]; then
+      echo "[ 10%] Building C object ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o"
+      echo "[ 50%] Building CXX object tools/server/CMakeFiles/llama-server.dir/server.cpp.o"
+    else
+      echo "[ 20%] Built target ggml-base"
+    fi
+    first=
+    printf '#!/bin/sh
+echo "version: 0.5.0-dev (build 0, commit unknown)" >&2
+' > "$dir/bin/$1"
+    chmod +x "$dir/bin/$1"
+    echo "[100%] Built target $1"
+    shift
+  done
   exit 0
 fi
 exit 3
@@ -411,17 +448,23 @@ def test_install_from_source_dir_then_cached(fake_toolchain: dict[str, Path]) ->
     assert b.found_via == "cache" and b.backend == "cpu"
     assert b.path == fake_toolchain["cache"] / "llama-server" / b.build_id / "bin" / "llama-server"
     assert b.bench_path == b.path.parent / "llama-bench"
+    assert b.fit_params_path == b.path.parent / "llama-fit-params"
     info = b.build_info
     assert info is not None
     assert (info.version, info.sha256, info.source, info.jobs) == ("0.3.36", sha, str(src), 3)
     assert "-DBUILD_SHARED_LIBS=OFF" in info.cmake_flags and info.ggml_native
     assert info.build_seconds >= 0 and info.built_at
-    assert [e.percent for e in events if e.phase == "build" and e.percent is not None] == [
-        0,
-        10,
-        50,
-        100,
-    ]
+    # Exactly the three binaries abtest runs are built and installed, nothing else.
+    targets = ("llama-server", "llama-bench", "llama-fit-params")
+    assert info.binaries == targets
+    work_args = (fake_toolchain["cache"] / "logs" / f"{b.build_id}.log").read_text()
+    assert "--target llama-server llama-bench llama-fit-params -j 3" in work_args
+    assert sorted(p.name for p in b.path.parent.iterdir()) == sorted(targets)
+    # One make goal after another restarts cmake's percent; the bar never goes back, and says
+    # 100 % only once the last goal is done.
+    pcts = [e.percent for e in events if e.phase == "build" and e.percent is not None]
+    assert pcts == sorted(pcts) and pcts[0] == 0 and pcts[-1] == 100
+    assert pcts.count(100) == 1, pcts
     assert not (fake_toolchain["cache"] / "work").exists() or not any(
         (fake_toolchain["cache"] / "work").iterdir()
     )
@@ -560,6 +603,9 @@ def test_cli_info_table(env: dict[str, Path]) -> None:
     res = CliRunner().invoke(server_group, ["info", "--server-bin", str(exe)])
     assert res.exit_code == 0, res.output
     assert "--server-bin" in res.stdout and "0.5.0-dev" in res.stdout and "not beside it" in res.stdout
+    assert "llama-fit-params" in res.stdout
+    res = CliRunner().invoke(server_group, ["info", "--server-bin", str(exe), "--json"])
+    assert res.exit_code == 0 and '"fit_params_path": null' in res.stdout
 
 
 def test_module_surface() -> None:
@@ -597,3 +643,210 @@ def test_a_second_install_waits_for_the_first(fake_toolchain: dict[str, Path]) -
     assert not t.is_alive()
     assert [e.phase for e in events].count("configure") >= 1
     assert discover.find_server().build_id == build_id
+
+
+# ------------------------------------------------------------- the sdist download, over real loopback HTTP
+
+
+class _FakePyPI:
+    """PyPI's JSON API and its file host on 127.0.0.1, in a thread, serving one sdist's bytes.
+
+    layout "version": <base>/llama-cpp-python/0.3.36/json, absolute file URLs (pypi.org itself).
+    layout "project": only <base>/llama-cpp-python/json with a `releases` map and file URLs relative
+    to it, as the PyPI this project's dev box reaches serves it (its per-version endpoint is a 404).
+    layout "none": everything is a 404.
+    """
+
+    def __init__(self, payload: bytes, *, digest: str | None = None, layout: str = "version") -> None:
+        import hashlib
+        import http.server
+        import json
+        import threading
+
+        self.payload = payload
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                outer.requests.append(self.path)
+                if self.path == "/pypi/llama-cpp-python/0.3.36/json" and layout == "version":
+                    self._send(200, json.dumps(outer.document).encode(), "application/json")
+                elif self.path == "/pypi/llama-cpp-python/json" and layout == "project":
+                    self._send(200, json.dumps(outer.document).encode(), "application/json")
+                elif self.path == "/files/llama_cpp_python-0.3.36.tar.gz":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(outer.payload)))
+                    self.end_headers()
+                    for i in range(0, len(outer.payload), 50_000):  # arrives in pieces
+                        self.wfile.write(outer.payload[i : i + 50_000])
+                        self.wfile.flush()
+                else:
+                    self._send(404, b"Not Found", "text/plain")
+
+            def _send(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.base = f"{host}/pypi"
+        prefix = "../../files/" if layout == "project" else f"{host}/files/"
+        self.files = [
+            {"packagetype": "bdist_wheel", "filename": "x.whl", "url": prefix + "x.whl",
+             "digests": {"sha256": "0" * 64}, "size": 1},
+            {"packagetype": "sdist", "filename": "llama_cpp_python-0.3.36.tar.gz",
+             "url": prefix + "llama_cpp_python-0.3.36.tar.gz",
+             "digests": {"sha256": digest or hashlib.sha256(payload).hexdigest()}, "size": len(payload)},
+        ]  # fmt: skip
+        self.document: dict[str, object] = {"info": {"name": "llama-cpp-python", "version": "0.3.36"}}
+        if layout == "project":
+            self.document["releases"] = {"0.3.35": [], "0.3.36": self.files}
+            self.document["urls"] = []  # the newest release's files; pretend it is another one
+        else:
+            self.document["urls"] = self.files
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _FakePyPI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _sdist_bytes(tmp: Path) -> bytes:
+    """A small llama-cpp-python sdist (vendor/llama.cpp and ~300 kB that gzip cannot shrink)."""
+    import random
+
+    root = tmp / "sd" / "llama_cpp_python-0.3.36"
+    _llama_src(root / "vendor" / "llama.cpp")
+    (root / "vendor" / "llama.cpp" / "blob.bin").write_bytes(random.Random(0).randbytes(300_000))
+    out = tmp / "served.tar.gz"
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(root, arcname="llama_cpp_python-0.3.36")
+    return out.read_bytes()
+
+
+def _download_events(events: list[BuildEvent]) -> list[int]:
+    return [e.percent for e in events if e.phase == "download" and e.percent is not None]
+
+
+def test_sdist_download_streams_with_progress_and_checks_the_digest(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _sdist_bytes(env["tmp"])
+    with _FakePyPI(payload) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        events: list[BuildEvent] = []
+        got = build._ensure_sdist(env["cache"], events.append)
+    assert got == env["cache"] / "sdist" / "llama_cpp_python-0.3.36.tar.gz"
+    assert got.read_bytes() == payload
+    assert [p.name for p in got.parent.iterdir()] == [got.name]  # no temp file left beside it
+    assert got.stat().st_mode & 0o777 == 0o644  # as pip left it, not mkstemp's 0600
+    pcts = _download_events(events)
+    assert pcts[0] == 0 and pcts[-1] == 100 and pcts == sorted(pcts)
+    assert len(set(pcts)) >= 4, pcts  # it moved while bytes arrived, not 0 then 100
+    assert pypi.requests == ["/pypi/llama-cpp-python/0.3.36/json", "/files/llama_cpp_python-0.3.36.tar.gz"]
+
+
+def test_sdist_found_through_the_project_document_with_relative_urls(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PyPI (mirror) without the per-version endpoint: the project's `releases` map names the file."""
+    payload = _sdist_bytes(env["tmp"])
+    with _FakePyPI(payload, layout="project") as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base + "/")  # a trailing slash is fine
+        got = build._ensure_sdist(env["cache"], lambda _e: None)
+    assert got.read_bytes() == payload
+    assert pypi.requests == [
+        "/pypi/llama-cpp-python/0.3.36/json",
+        "/pypi/llama-cpp-python/json",
+        "/files/llama_cpp_python-0.3.36.tar.gz",
+    ]
+
+
+def test_install_downloads_the_sdist_when_the_cache_has_none(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _sdist_bytes(fake_toolchain["tmp"])
+    with _FakePyPI(payload) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        b = build.install(backend="cpu", jobs=1)
+    assert b.build_info is not None and b.build_info.source == "pypi:llama-cpp-python==0.3.36"
+    import hashlib
+
+    assert b.build_info.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_sdist_with_a_wrong_digest_is_refused_and_not_kept(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _FakePyPI(_sdist_bytes(env["tmp"]), digest="ab" * 32) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        with pytest.raises(ProvisionError) as ei:
+            build._ensure_sdist(env["cache"], lambda _e: None)
+    msg = str(ei.value)
+    assert "sha256" in msg and "abababab" in msg and "--source" in msg and "\n" not in msg
+    sdist_dir = env["cache"] / "sdist"
+    assert not sdist_dir.exists() or list(sdist_dir.iterdir()) == []
+
+
+def test_sdist_unknown_to_pypi_is_a_provision_error(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _FakePyPI(b"", layout="none") as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        with pytest.raises(ProvisionError, match=r"HTTP 404 .*--source"):
+            build._ensure_sdist(env["cache"], lambda _e: None)
+    sdist_dir = env["cache"] / "sdist"
+    assert not sdist_dir.exists() or list(sdist_dir.iterdir()) == []
+
+
+def test_sdist_file_missing_on_the_host_is_a_provision_error(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _FakePyPI(b"x") as pypi:
+        for entry in pypi.files:
+            entry["url"] = str(entry["url"]).replace("/files/", "/gone/")
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        with pytest.raises(ProvisionError, match=r"HTTP 404 .*/gone/llama_cpp_python-0\.3\.36\.tar\.gz"):
+            build._ensure_sdist(env["cache"], lambda _e: None)
+    assert list((env["cache"] / "sdist").iterdir()) == []
+
+
+def test_sdist_download_without_network_names_the_offline_routes(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ABTEST_PYPI_URL", f"http://127.0.0.1:{port}/pypi")
+    with pytest.raises(ProvisionError) as ei:
+        build._ensure_sdist(env["cache"], lambda _e: None)
+    msg = str(ei.value)
+    assert "could not download llama-cpp-python==0.3.36" in msg and "\n" not in msg
+    assert "make-llama-tarball.sh" in msg and "llama_cpp_python-0.3.36.tar.gz" in msg
+
+
+def test_cli_install_prints_download_progress_in_a_log(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a terminal (CI): the download says how far it is, every 10 %, instead of sitting silent."""
+    with _FakePyPI(_sdist_bytes(fake_toolchain["tmp"])) as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        res = CliRunner().invoke(server_group, ["install", "--cpu", "-j", "1"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("download")]
+    assert lines[0].startswith("download   0%") and lines[-1].startswith("download 100%"), lines
+    assert len(lines) >= 4 and any("MiB" in ln for ln in lines), lines
+    assert any(ln.startswith("build 100%") for ln in res.stderr.splitlines()), res.stderr
