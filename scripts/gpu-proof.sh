@@ -142,7 +142,7 @@ stage_wheel() {
 
 stage_aa() {
   pkill -x llama-server; sleep 1
-  python3 "$here/benchmarks/aa_rate.py" --n "${AA_N:-40}" --time-limit-s "${AA_LIMIT:-420}" --out "$WORK/aa-${AA_TAG:-gpu}"
+  python3 "$here/benchmarks/aa_rate.py" --n "${AA_N:-40}" --time-limit-s "${AA_LIMIT:-420}" --out "$WORK/aa-${AA_TAG:-gpu}" --extra "${AA_EXTRA:-}"
 }
 
 for stage in "$@"; do
