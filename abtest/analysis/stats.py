@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as _st
@@ -245,15 +245,29 @@ def ratio_ci(
     return RatioCI(float(d[0]), float(lo[0]), float(hi[0]), confidence, label, resamples, seed)
 
 
+def log_ratio_and_se(m_a: Any, vm_a: Any, m_b: Any, vm_b: Any) -> tuple[Any, Any]:
+    """θ = log(m_b / m_a) and its delta-method standard error from each mean's variance (vm =
+    Var(mean)): se² = vm_a/m_a² + vm_b/m_b². Elementwise on arrays."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(m_b / m_a), np.sqrt(vm_a / m_a**2 + vm_b / m_b**2)
+
+
+def bootstrap_t_bounds(theta: Any, se: Any, th_star: np.ndarray, se_star: np.ndarray, alpha: float,
+                       axis: int = -1) -> tuple[Any, Any]:
+    """The studentized (bootstrap-t) interval as fractions: t* = (θ* − θ̂)/se*, then
+    θ̂ − t*(1−α/2)·se … θ̂ − t*(α/2)·se mapped back with exp(·) − 1. A resample of identical values
+    has se* 0: its t is ±inf (ranks correctly) or nan (dropped by nanquantile)."""
+    th = np.expand_dims(theta, axis) if np.ndim(theta) else theta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_star = (th_star - th) / se_star
+    q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=axis)
+    return np.expm1(theta - q_hi * se), np.expm1(theta - q_lo * se)
+
+
 def _log_ratio_and_se(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log(mean b / mean a) and its delta-method standard error, along the last axis."""
-    ma, mb = a.mean(axis=-1), b.mean(axis=-1)
-    va, vb = a.var(axis=-1, ddof=1), b.var(axis=-1, ddof=1)
     na, nb = a.shape[-1], b.shape[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        theta = np.log(mb / ma)
-        se = np.sqrt(va / (na * ma**2) + vb / (nb * mb**2))
-    return theta, se
+    return log_ratio_and_se(a.mean(axis=-1), a.var(axis=-1, ddof=1) / na, b.mean(axis=-1), b.var(axis=-1, ddof=1) / nb)
 
 
 def ratio_ci_batch(
@@ -304,13 +318,7 @@ def ratio_ci_batch(
         rb = np.take_along_axis(b[:, None, :], ib, axis=2)
         if method == "studentized":
             th_star, se_star = _log_ratio_and_se(ra, rb)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t_star = (th_star - theta[sl, None]) / se_star
-            # A resample of identical values has se 0: its t is ±inf (ranks correctly) or nan
-            # (dropped by nanquantile).
-            q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=1)
-            lo[sl] = np.expm1(theta[sl] - q_hi * se[sl])
-            hi[sl] = np.expm1(theta[sl] - q_lo * se[sl])
+            lo[sl], hi[sl] = bootstrap_t_bounds(theta[sl], se[sl], th_star, se_star, alpha, axis=1)
         else:
             th_star = np.log(rb.mean(axis=2) / ra.mean(axis=2))
             if method == "percentile":

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats as _st
 
-from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioCI, TestResult
+from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioCI, TestResult, bootstrap_t_bounds, log_ratio_and_se
 
 
 def _common_strata(
@@ -141,11 +141,7 @@ def ratio_ci_stratified(
     if m[0] <= 0 or m[1] <= 0:
         return RatioCI(float(m[1] / m[0] - 1) if m[0] else nan, nan, nan, confidence, "studentized-stratified",
                        resamples, seed)
-    theta = math.log(m[1] / m[0])
-    se = math.sqrt(v[0] / m[0] ** 2 + v[1] / m[1] ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_star = (np.log(m_star[1] / m_star[0]) - theta) / np.sqrt(v_star[0] / m_star[0] ** 2 + v_star[1] / m_star[1] ** 2)
-    alpha = 1 - confidence
-    q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2])
-    return RatioCI(math.expm1(theta), math.expm1(theta - q_hi * se), math.expm1(theta - q_lo * se), confidence,
-                   "studentized-stratified", resamples, seed)
+    theta, se = log_ratio_and_se(m[0], v[0], m[1], v[1])
+    th_star, se_star = log_ratio_and_se(m_star[0], v_star[0], m_star[1], v_star[1])
+    lo, hi = bootstrap_t_bounds(theta, se, th_star, se_star, 1 - confidence)
+    return RatioCI(math.expm1(theta), float(lo), float(hi), confidence, "studentized-stratified", resamples, seed)
