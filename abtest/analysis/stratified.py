@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as _st
@@ -145,3 +146,49 @@ def ratio_ci_stratified(
     th_star, se_star = log_ratio_and_se(m_star[0], v_star[0], m_star[1], v_star[1])
     lo, hi = bootstrap_t_bounds(theta, se, th_star, se_star, 1 - confidence)
     return RatioCI(math.expm1(theta), float(lo), float(hi), confidence, "studentized-stratified", resamples, seed)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A stratified mean with the within-bucket spread σ and the t-interval of the mean."""
+
+    n: int
+    mean: float
+    std: float  # sqrt(Σ w_h·s_h²): requests' spread around their own bucket's mean
+    low: float
+    high: float
+
+
+def mean_ci_stratified(
+    values: Sequence[float] | np.ndarray, strata: Sequence[str] | np.ndarray, weights: Mapping[str, float],
+    confidence: float = 0.95,
+) -> MeanCI:
+    """M = Σ w_h·mean_h over the buckets with finite values (weights renormalised), Var(M) =
+    Σ w_h²·s_h²/n_h, and M ± t(ν)·sqrt(Var(M)) with Welch–Satterthwaite ν; a bucket of one value
+    adds its mean and no variance. With one bucket: the plain one-sample t-interval."""
+    x, xs = np.asarray(values, dtype=float).ravel(), np.asarray(strata).ravel()
+    parts = [(w, v) for label, w in weights.items() if w > 0
+             for v in [x[(xs == label) & np.isfinite(x)]] if v.size]
+    nan = math.nan
+    n = sum(v.size for _, v in parts)
+    if not parts:
+        return MeanCI(0, nan, nan, nan, nan)
+    total = sum(w for w, _ in parts)
+    mean = sum(w / total * float(v.mean()) for w, v in parts)
+    spread = [(w / total, v) for w, v in parts if v.size > 1]
+    if not spread:
+        return MeanCI(n, mean, nan, nan, nan)
+    sd = math.sqrt(sum(w * float(v.var(ddof=1)) for w, v in spread) / sum(w for w, _ in spread))
+    u = [(w**2 * float(v.var(ddof=1)) / v.size, v.size) for w, v in spread]
+    var_m = sum(a for a, _ in u)
+    if var_m <= 0:
+        return MeanCI(n, mean, sd, mean, mean)
+    dof = var_m**2 / sum(a**2 / (k - 1) for a, k in u)
+    half = float(_st.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(var_m)
+    return MeanCI(n, mean, sd, mean - half, mean + half)
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> MeanCI:
+    """The plain one-sample t-interval of the mean (the one-bucket case)."""
+    x = np.asarray(values, dtype=float).ravel()
+    return mean_ci_stratified(x, np.zeros(x.size, dtype=int), {0: 1.0}, confidence)  # type: ignore[dict-item]

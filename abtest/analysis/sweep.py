@@ -12,8 +12,10 @@ Numbers, per setting:
   steady value is the median sample); predicted = `vram.predict` as written before launch;
   error = measured - predicted.
 * decode tok/s = `metrics.decode_tps` per request (tokens after the first over first->last token
-  arrival); mean ± σ and a 95 % t-interval of the mean (computed here: `stats` has no one-sample
-  interval); × reference = mean ratio to the all-experts-on-CPU setting, with `stats.ratio_ci`.
+  arrival); the buckets' means weighted by their share of the requests, σ within buckets and a
+  stratified t-interval (`stratified.mean_ci_stratified`: the spread between buckets is not
+  noise); × reference = the ratio to the all-experts-on-CPU setting, compared within buckets
+  (`stratified.ratio_ci_stratified`).
 * TTFT ms = `metrics.ttft_ms`, per prompt bucket.
 * Bytes per decoded token: from GPU memory, every GPU weight a token touches (all non-expert GPU
   tensors, n_expert_used / n_expert of each GPU layer's experts) plus the KV cache up to the mean
@@ -40,37 +42,13 @@ from ..fmt import fmt_fixed, fmt_gib
 from ..records import GIB, MIB, ArmEnd, RequestRecord
 from . import stats
 from .metrics import decode_tps, ttft_ms
+from .stratified import MeanCI, mean_ci, mean_ci_stratified, ratio_ci_stratified
 
 CONFIDENCE = 0.95
 
 
 def _arm_n(name: str) -> int | None:
     return int(name[5:]) if name.startswith("ncmoe") and name[5:].isdigit() else None
-
-
-@dataclass(frozen=True)
-class MeanCI:
-    """mean ± σ of a sample with the t-interval of its mean."""
-
-    n: int
-    mean: float
-    std: float
-    low: float
-    high: float
-
-
-def mean_ci(values: list[float], confidence: float = CONFIDENCE) -> MeanCI:
-    from scipy import stats as st
-
-    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if a.size == 0:
-        return MeanCI(0, math.nan, math.nan, math.nan, math.nan)
-    mean = float(a.mean())
-    if a.size < 2:
-        return MeanCI(1, mean, math.nan, math.nan, math.nan)
-    sd = float(a.std(ddof=1))
-    half = float(st.t.ppf(0.5 + confidence / 2, a.size - 1)) * sd / math.sqrt(a.size)
-    return MeanCI(int(a.size), mean, sd, mean - half, mean + half)
 
 
 @dataclass
@@ -182,6 +160,10 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> S
         if not r.warmup and r.ok:
             reqs.setdefault(r.arm, []).append(r)
     buckets = sorted({r.bucket for rs in reqs.values() for r in rs})
+    # each bucket's share of the plan (the ok measured requests of every setting): decode rates of
+    # a setting are compared within buckets and combined, as the report's "all" row is
+    counts = {b: sum(1 for rs in reqs.values() for r in rs if r.bucket == b) for b in buckets}
+    weights = {b: c / sum(counts.values()) for b, c in counts.items()}
     mean_prompt = {
         b: float(np.mean([r.prompt_tokens or 0 for rs in reqs.values() for r in rs if r.bucket == b])) for b in buckets
     }
@@ -219,7 +201,7 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> S
         row = SettingRow(
             n=n, arm=arm, status=status, reason=reason, predicted=preds.get(n, {}), vram_peak_mib=peak,
             vram_steady_mib=steady, vram_basis=basis, buffers=_buffers(end),
-            decode=mean_ci([v for v in (decode_tps(r) for r in rs) if v is not None]),
+            decode=mean_ci_stratified(*_rates(rs), weights),
             ttft={b: mean_ci([v for r in rs if r.bucket == b and (v := ttft_ms(r)) is not None]) for b in buckets},
             prompt_tokens={b: float(np.mean([r.prompt_tokens or 0 for r in rs if r.bucket == b]))
                            for b in buckets if any(r.bucket == b for r in rs)},
@@ -231,9 +213,10 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> S
     measured = [r for r in rows if r.status == "measured" and r.decode.n > 0]
     reference = max((r.n for r in measured), default=None)
     if reference is not None:
-        ref_vals = _rates(reqs.get(f"ncmoe{reference}", []))
+        ref_vals, ref_strata = _rates(reqs.get(f"ncmoe{reference}", []))
         for row in measured:
-            row.speedup = stats.ratio_ci(ref_vals, _rates(reqs.get(row.arm, [])))
+            vals, strata = _rates(reqs.get(row.arm, []))
+            row.speedup = ratio_ci_stratified(ref_vals, ref_strata, vals, strata, weights=weights)
     _mark_frontier(measured)
 
     budget = sweep.get("budget_mib")
@@ -252,8 +235,10 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> S
     return rep
 
 
-def _rates(rs: list[RequestRecord]) -> list[float]:
-    return [v for v in (decode_tps(r) for r in rs) if v is not None]
+def _rates(rs: list[RequestRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """The decode rates that can be measured, and each one's bucket."""
+    pairs = [(v, r.bucket) for r in rs if (v := decode_tps(r)) is not None]
+    return np.array([v for v, _ in pairs], dtype=float), np.array([b for _, b in pairs])
 
 
 def _traffic(row: SettingRow, backend: str, long_bucket: str | None) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..analysis.stratified import MeanCI
 from ..analysis.sweep import (
     MIB,
-    MeanCI,
     SweepReport,
     budget_label,
     flag_of,
@@ -110,8 +110,9 @@ def render_markdown(rep: SweepReport) -> str:
     fl = frontier_line(rep)
     if fl:
         parts += [fl, ""]
-    parts.append("VRAM meas = per-PID NVML peak; decode, TTFT = mean ± σ over requests [95 % t-interval of the mean]; "
-                 "× = ratio of mean decode rates with a studentized bootstrap interval; MiB/tok = weight (+KV) bytes "
+    parts.append("VRAM meas = per-PID NVML peak; decode = buckets' means weighted by their share of the requests, "
+                 "± σ within buckets [95 % stratified t-interval]; TTFT = mean ± σ [95 % t-interval]; "
+                 "× = ratio of decode rates, compared within buckets, with a studentized bootstrap interval; MiB/tok = weight (+KV) bytes "
                  "each decoded token reads; GB/s = that × decode tok/s; ★ = on the VRAM/speed frontier; ← = advice.")
     if rep.explanation:
         parts += ["", "## What limits speed", ""] + [f"- {e}" for e in rep.explanation]

@@ -8,9 +8,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from abtest.analysis.sweep import advice_line, build_sweep_report, mean_ci
+from abtest.analysis.stratified import mean_ci
+from abtest.analysis.sweep import advice_line, build_sweep_report
 from abtest.errors import ConfigError, EvidenceError
 from abtest.evidence import EvidenceWriter, read_evidence
 from abtest.measure.search import Measurement, judge, next_probe, search
@@ -271,3 +273,23 @@ def test_mean_ci() -> None:
 
 
 # ----------------------------------------------------------------------------- module boundaries
+
+
+def test_decode_interval_is_stratified_by_bucket() -> None:
+    """Two buckets whose decode rates differ by design (a long prompt's KV depth): the interval of a
+    setting's mean compares within buckets (the between-bucket spread is not noise), as the report's
+    "all" row does; with one bucket it is the plain t-interval."""
+    from abtest.analysis.stratified import mean_ci_stratified
+
+    rng = np.random.default_rng(1)
+    short, long_ = 100 + rng.normal(0, 1, 20), 60 + rng.normal(0, 1, 20)
+    values = np.concatenate([short, long_])
+    strata = np.array(["short"] * 20 + ["long"] * 20)
+    ci = mean_ci_stratified(values, strata, {"short": 0.5, "long": 0.5})
+    assert abs(ci.mean - (short.mean() + long_.mean()) / 2) < 1e-9
+    assert ci.high - ci.low < 2.0  # pooled, the between-bucket spread made it about 13 wide
+    one = mean_ci_stratified(short, np.array(["short"] * 20), {"short": 1.0})
+    from scipy import stats as st
+    half = st.t.ppf(0.975, 19) * short.std(ddof=1) / np.sqrt(20)
+    assert np.isclose(one.low, short.mean() - half) and np.isclose(one.high, short.mean() + half)
+    assert np.isclose(one.std, short.std(ddof=1))
