@@ -153,6 +153,9 @@ def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
                           f"(abtest/data/servers/llama-server.toml)")
     arms = []
     for name, body in arms_table.items():
+        if not _NAME.match(name):
+            raise ConfigError(f"--arms-file {p}: arm name {name!r} must be letters, digits, '_', '.' or '-' "
+                              "(it names the server log file)")
         if not isinstance(body, dict) or not isinstance(body.get("args", []), list):
             raise ConfigError(f"--arms-file {p}: [arms.{name}] needs args = [\"...\", ...]")
         arms.append(
@@ -242,6 +245,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--rate must be > 0 requests/s, got {cfg.rate}")
     if cfg.schedule not in ("sequential", "interleaved"):
         raise ConfigError(f"--schedule must be sequential or interleaved, got {cfg.schedule!r}")
+    if cfg.schedule == "interleaved" and (cfg.concurrency > 1 or cfg.rate is not None):
+        raise ConfigError("--schedule interleaved runs one request at a time: drop --concurrency/--rate "
+                          f"(got --concurrency {cfg.concurrency}, --rate {cfg.rate})")
     if cfg.endpoint not in ("completion", "chat"):
         raise ConfigError(f"--endpoint must be completion or chat, got {cfg.endpoint!r}")
     if cfg.http_client not in ("raw", "httpx"):

@@ -140,5 +140,5 @@ def _check_prompts(prompts: str | None, buckets: list[str]) -> None:
     try:
         load_prompts(Path(prompts) if prompts else None, buckets or None)
     except ConfigError as exc:
-        hint = "'--buckets'" if str(exc).startswith("no prompts in buckets") else "'--prompts'"
+        hint = "'--buckets'" if str(exc).startswith(("no prompts in buckets", "--buckets ")) else "'--prompts'"
         raise click.BadParameter(str(exc), param_hint=hint) from exc

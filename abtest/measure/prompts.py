@@ -54,6 +54,9 @@ def load_prompts(path: str | Path | None = None, buckets: list[str] | None = Non
         lines = source.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read prompt file {source}: {exc.strerror} — check --prompts") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"prompt file {source} is not UTF-8 (byte {exc.start}: {exc.reason}) — "
+                          "save it as UTF-8") from exc
     cases: list[PromptCase] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines, 1):
@@ -79,6 +82,10 @@ def load_prompts(path: str | Path | None = None, buckets: list[str] | None = Non
         seen.add(case.id)
         cases.append(case)
     if buckets:
+        unknown = [b for b in buckets if b not in {c.bucket for c in cases}]
+        if unknown:
+            have = ", ".join(dict.fromkeys(c.bucket for c in cases))
+            raise ConfigError(f"--buckets {','.join(unknown)}: no such bucket in {source} (it has: {have})")
         cases = [c for c in cases if c.bucket in buckets]
     if not cases:
         wanted = f" in buckets {buckets}" if buckets else ""

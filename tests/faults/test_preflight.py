@@ -148,7 +148,7 @@ def _usage_error(err: list[str]) -> str:
         (["--runs", "0"], "Invalid value for '--runs': must be >= 1, got 0"),
         (["--runs", "-2"], "Invalid value for '--runs': must be >= 1, got -2"),
         (["--stall-timeout", "0"], "Invalid value for '--stall-timeout'"),
-        (["--buckets", "nope"], "Invalid value for '--buckets': no prompts in buckets ['nope']"),
+        (["--buckets", "nope"], "Invalid value for '--buckets': --buckets nope: no such bucket in"),
     ],
     ids=["arm-name", "arm-quotes", "arm-unknown", "runs-0", "runs-negative", "stall-0", "buckets"],
 )

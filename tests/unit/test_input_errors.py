@@ -1,0 +1,44 @@
+"""Bad input from a user gets a clear one-line ConfigError before anything is launched (issue 13's
+list): interleaved with a load it cannot apply, arm names that cannot be file names, a prompt file
+that is not UTF-8, buckets that do not exist."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from abtest.config import ArmSpec, RunConfig, load_arms_file, validate
+from abtest.errors import ConfigError
+from abtest.measure.prompts import load_prompts
+
+
+def _cfg(**kw) -> RunConfig:
+    return dataclasses.replace(RunConfig(model="m", arms=(ArmSpec("a", ("-ngl", "99")), ArmSpec("b", ("-ngl", "99")))), **kw)
+
+
+@pytest.mark.parametrize("kw", [{"concurrency": 4}, {"rate": 2.0}])
+def test_interleaved_with_a_load_is_refused_by_validation(kw):
+    """The CLI refused it, `validate` (the sweep's and every other caller's check) did not, and the
+    records then carried a concurrency that was not applied."""
+    with pytest.raises(ConfigError, match="interleaved"):
+        validate(_cfg(schedule="interleaved", **kw))
+
+
+def test_an_arm_name_with_a_slash_in_an_arms_file_is_a_config_error(tmp_path):
+    f = tmp_path / "arms.toml"
+    f.write_text('[arms."a/b"]\nargs = ["-ngl", "99"]\n')
+    with pytest.raises(ConfigError, match="a/b"):
+        load_arms_file(str(f))
+
+
+def test_a_prompt_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(b'{"id": "x", "text": "caf\xe9", "bucket": "b"}\n')
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_prompts(f)
+
+
+def test_an_unknown_bucket_is_named_not_dropped():
+    with pytest.raises(ConfigError, match="nope"):
+        load_prompts(None, ["tok8", "nope"])
