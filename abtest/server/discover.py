@@ -170,16 +170,23 @@ def _backend_from_text(text: str) -> str | None:
     return None
 
 
+LIST_DEVICES_TIMEOUT_S = 10.0  # `--list-devices` answers in well under a second on a working build
+
+
 def _guess_backend(path: Path, version_text: str) -> str:
-    """From `--version` (a CUDA build logs ggml_cuda_init there), else from `--list-devices`, else cpu."""
+    """From `--version` (a CUDA build logs ggml_cuda_init there), else from `--list-devices`, else
+    cpu; "unknown" when `--list-devices` does not answer (a hung driver is not a CPU build)."""
     hit = _backend_from_text(version_text)
     if hit:
         return hit
     try:
         proc = subprocess.run(
-            [str(path), "--list-devices"], capture_output=True, text=True, errors="replace", timeout=60
+            [str(path), "--list-devices"], capture_output=True, text=True, errors="replace",
+            timeout=LIST_DEVICES_TIMEOUT_S,
         )
         hit = _backend_from_text(proc.stdout + proc.stderr)
-    except (OSError, subprocess.TimeoutExpired):
+    except subprocess.TimeoutExpired:
+        return "unknown"
+    except OSError:
         hit = None
     return hit or "cpu"

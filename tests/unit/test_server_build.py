@@ -850,3 +850,19 @@ def test_cli_install_prints_download_progress_in_a_log(
     assert lines[0].startswith("download   0%") and lines[-1].startswith("download 100%"), lines
     assert len(lines) >= 4 and any("MiB" in ln for ln in lines), lines
     assert any(ln.startswith("build 100%") for ln in res.stderr.splitlines()), res.stderr
+
+
+def test_a_binary_that_does_not_answer_list_devices_is_not_called_cpu(tmp_path, monkeypatch):
+    """abtest probed `--list-devices` with a 60 s timeout and then, silently, called the build
+    "cpu"; a hung probe is now short and its backend "unknown"."""
+    import time as _time
+
+    from abtest.server import discover
+
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --list-devices ] && sleep 30\necho 'version: 1 (abc)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(discover, "LIST_DEVICES_TIMEOUT_S", 0.5)
+    t0 = _time.monotonic()
+    assert discover._guess_backend(fake, "version: 1 (abc)") == "unknown"
+    assert _time.monotonic() - t0 < 10
