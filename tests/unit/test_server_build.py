@@ -860,7 +860,7 @@ def test_a_binary_that_does_not_answer_list_devices_is_not_called_cpu(tmp_path, 
     from abtest.server import discover
 
     fake = tmp_path / "llama-server"
-    fake.write_text("#!/bin/sh\n[ \"$1\" = --list-devices ] && sleep 30\necho 'version: 1 (abc)'\n")
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --list-devices ] && exec sleep 30\necho 'version: 1 (abc)'\n")
     fake.chmod(0o755)
     monkeypatch.setattr(discover, "LIST_DEVICES_TIMEOUT_S", 0.5)
     t0 = _time.monotonic()
