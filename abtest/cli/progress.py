@@ -66,8 +66,13 @@ class RichProgress:
 
 
 class QuietProgress(RichProgress):
+    """No live display (cron): only what failed reaches stderr, an arm at its end, failed requests
+    in one line at the end of the run (`failure_line`)."""
+
     def __init__(self) -> None:
-        pass
+        self.n_done = 0
+        self.n_failed = 0
+        self.first_error: str | None = None
 
     def __enter__(self) -> QuietProgress:
         return self
@@ -79,11 +84,23 @@ class QuietProgress(RichProgress):
         pass
 
     def request_done(self, r: RequestRecord) -> None:
-        pass
+        if r.warmup:
+            return
+        self.n_done += 1
+        if not r.ok:
+            self.n_failed += 1
+            if self.first_error is None:
+                self.first_error = f"{r.arm}: {r.error}"
 
     def arm_end(self, arm: str, ok: bool, message: str) -> None:
         if not ok:
             click.echo(f"abtest: arm {arm} failed: {message}", err=True)
+
+    def failure_line(self) -> str | None:
+        """"N of M measured requests failed (first: …)", or None when none did."""
+        if not self.n_failed:
+            return None
+        return f"abtest: {self.n_failed} of {self.n_done} measured requests failed (first: {self.first_error})"
 
     def note(self, message: str) -> None:
         pass

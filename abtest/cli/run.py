@@ -129,6 +129,8 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
             f"report: abtest report {escape(str(result.evidence_path))}",
             soft_wrap=True,  # a command to copy: never wrapped inside the path
         )
+    if quiet and isinstance(display, QuietProgress) and (line := display.failure_line()):
+        click.echo(f"{line}; abtest report {result.evidence_path}", err=True)
     if result.arms_failed or result.n_failed:
         sys.exit(EXIT_PARTIAL)
 

@@ -163,6 +163,9 @@ def test_cli_exit_code_for_failed_requests_is_partial(scripted, tiny_moe: Path, 
     assert exc.value.code == EXIT_PARTIAL
     ev = read_ok(only_jsonl(tmp_path / "ev"))
     assert ev.arm_ends[0].n_failed == 1 and not ev.partial
+    # --quiet is for cron: the failure is still said on stderr, in one line, with the first error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of " in err[0] and "failed" in err[0] and "HTTP 500" in err[0], err
 
 
 @pytest.mark.parametrize("exec_", [True, False], ids=["server-leads-group", "shell-leads-group"])
