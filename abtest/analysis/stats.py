@@ -3,15 +3,8 @@
 Pure functions over numbers (and, for the metrics, over `RequestRecord`s): nothing here reads files,
 prints or keeps state. Every random draw takes an explicit seed so a report is reproducible.
 
-Per-request metrics (the definitions docs/report.md uses; warm-up and failed requests are left out
-by the caller):
-
-* TTFT ms            = ``ttft_ms`` (send -> first token-carrying event)
-* end-to-end ms      = ``e2e_ms``  (send -> end of stream)
-* decode tok/s       = (completion_tokens - 1) / ((e2e_ms - ttft_ms) / 1000)
-* TPOT ms            = (e2e_ms - ttft_ms) / (completion_tokens - 1)
-* ITL ms, per token  = for each token event after the first: (gap to the previous token event) /
-                       (n_tokens of that event), repeated n_tokens times so each token counts once.
+Per-request metrics: `abtest.analysis.metrics` defines them (docs/metrics.md); the wrappers at
+the end of this module only turn "not measurable" (None) into nan for the arrays.
 
 Intervals: the delta between two arms is a ratio of means, ``mean(other) / mean(base) - 1``. Its 95 %
 interval is a studentized (bootstrap-t) interval on the log ratio, chosen over the plain percentile

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from ..analysis.metrics import decode_tps
 from ..records import RequestRecord
 
 
@@ -41,15 +42,19 @@ class RichProgress:
         self.tasks[arm] = self.bar.add_task(arm, total=total, arm=arm, detail="warming up")
         self.failed[arm] = 0
 
+    @staticmethod
+    def decode_label(r: RequestRecord) -> str:
+        """The request's decode rate as the report defines it (`metrics.decode_tps`), or ""."""
+        rate = decode_tps(r)
+        return f"{rate:.1f} tok/s" if rate is not None else ""
+
     def request_done(self, r: RequestRecord) -> None:
         task = self.tasks.get(r.arm)
         if task is None:
             return
         if not r.ok:
             self.failed[r.arm] += 1
-        rate = ""
-        if r.ok and r.ttft_ms is not None and r.e2e_ms and r.completion_tokens > 1 and r.e2e_ms > r.ttft_ms:
-            rate = f"{(r.completion_tokens - 1) / ((r.e2e_ms - r.ttft_ms) / 1000):.1f} tok/s"
+        rate = self.decode_label(r)
         what = "warm-up" if r.warmup else f"run {r.run_index + 1}"
         fails = f" [red]{self.failed[r.arm]} failed[/]" if self.failed[r.arm] else ""
         self.bar.update(task, advance=1, detail=f"{r.bucket} {what} {rate}{fails}")

@@ -19,3 +19,19 @@ def test_definitions_on_a_known_schedule() -> None:
 def test_undefined_cases_are_none() -> None:
     assert decode_tps(_rec([(1, 1)], e2e_ms=1.0)) is None
     assert ttft_ms(_rec([], e2e_ms=1.0)) is None
+
+
+def test_the_live_display_shows_the_metric_decode_rate():
+    """`abtest run`'s live line used (tokens - 1) / (e2e - ttft), a third definition of decode
+    tok/s; it shows `metrics.decode_tps`, the report's. A stream that ends 50 ms after its last
+    token tells the two apart."""
+    from factories import request
+    from rich.console import Console
+
+    from abtest.analysis.metrics import decode_tps
+    from abtest.cli.progress import RichProgress
+
+    r = request([(10_000_000, 1), (20_000_000, 1), (30_000_000, 1)], e2e_ms=80.0)  # 2 tokens in 20 ms
+    assert decode_tps(r) == 100.0
+    shown = RichProgress(Console(file=open("/dev/null", "w"))).decode_label(r)
+    assert shown == "100.0 tok/s"

@@ -52,7 +52,10 @@ def test_bucket_summaries_match_numpy_on_the_raw_records(one):
             reqs = [r for r in ev.requests if r.arm == arm and r.bucket == bucket and not r.warmup and r.ok]
             row = next(s for s in rep.buckets if s.group == arm and s.bucket == bucket)
             assert row.n == len(reqs) == 12 and row.n_failed == 0
-            decode = np.array([(r.completion_tokens - 1) / ((r.e2e_ms - r.ttft_ms) / 1000) for r in reqs])
+            # decode: tokens after the first over first -> last token arrival (docs/metrics.md), not
+            # over TTFT -> end of stream (the fixture's stream ends 1.1 ms after the last token)
+            decode = np.array([(r.completion_tokens - 1) / ((r.events[-1].t_ns - r.events[0].t_ns) / 1e9) for r in reqs])
+            assert not np.allclose(decode, [(r.completion_tokens - 1) / ((r.e2e_ms - r.ttft_ms) / 1000) for r in reqs])
             ttft = np.array([r.ttft_ms for r in reqs])
             e2e = np.array([r.e2e_ms for r in reqs])
             itl = np.concatenate([np.diff([e.t_ns for e in r.events]) / 1e6 for r in reqs])
