@@ -232,9 +232,15 @@ def auto_ctx_size(longest_prompt_tokens: int, max_tokens: int, parallel: int) ->
     return -(-total // 256) * 256
 
 
+MAX_RUNS = 100_000  # repetitions of every prompt per arm: the plan is built in memory
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     if cfg.runs <= 0:
         raise ConfigError(f"--runs must be >= 1, got {cfg.runs}")
+    if cfg.runs > MAX_RUNS:
+        raise ConfigError(f"--runs {cfg.runs} is more than {MAX_RUNS:,} repetitions of every prompt; "
+                          "run nights or several runs instead (the report pools files)")
     if cfg.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.max_tokens < 2:

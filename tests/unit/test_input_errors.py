@@ -42,3 +42,10 @@ def test_a_prompt_file_that_is_not_utf8_is_a_config_error(tmp_path):
 def test_an_unknown_bucket_is_named_not_dropped():
     with pytest.raises(ConfigError, match="nope"):
         load_prompts(None, ["tok8", "nope"])
+
+
+def test_a_huge_runs_is_refused_before_a_plan_is_built():
+    """--runs 1e9 built the whole plan in memory, sent nothing and left no arm_end."""
+    with pytest.raises(ConfigError, match="--runs"):
+        validate(_cfg(runs=10**9))
+    validate(_cfg(runs=1000))
