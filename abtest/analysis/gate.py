@@ -32,7 +32,16 @@ from ..errors import ConfigError, MissingNight, RegressionFound
 from ..fmt import fmt_num, fmt_p_cell, fmt_pct
 from . import stats, stratified
 from .metrics import METRIC_BY_KEY
-from .nights import GATE_METRICS, MAX_PROBLEM_NOTES, PROVENANCE_FIELDS, ArmKey, Night, NightArm, key_label
+from .nights import (
+    GATE_METRICS,
+    MAX_PROBLEM_NOTES,
+    PROVENANCE_FIELDS,
+    ArmKey,
+    KeyedByModelArm,
+    Night,
+    NightArm,
+    key_label,
+)
 
 
 @dataclass(frozen=True)
@@ -221,7 +230,7 @@ class ConfigChange:
 
 
 @dataclass
-class Check:
+class Check(KeyedByModelArm):
     """One metric of one (model, arm) tonight."""
 
     model: str
@@ -236,14 +245,6 @@ class Check:
     threshold: str
     causes: list[ProvenanceChange] = field(default_factory=list)
     detail: str = ""  # for checks without a gate (no successful request, missing tonight)
-
-    @property
-    def key(self) -> ArmKey:
-        return (self.model, self.arm)
-
-    @property
-    def label(self) -> str:
-        return key_label(self.key)
 
     @property
     def regression(self) -> bool:
@@ -264,20 +265,12 @@ class Check:
 
 
 @dataclass
-class Series:
+class Series(KeyedByModelArm):
     model: str
     arm: str
     metric: str
     nights: list[str]
     values: np.ndarray
-
-    @property
-    def key(self) -> ArmKey:
-        return (self.model, self.arm)
-
-    @property
-    def label(self) -> str:
-        return key_label(self.key)
 
 
 @dataclass

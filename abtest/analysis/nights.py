@@ -36,6 +36,21 @@ GATE_METRICS: tuple[MetricDef, ...] = (METRIC_BY_KEY["decode_tps"], METRIC_BY_KE
 ArmKey = tuple[str, str]
 
 
+class KeyedByModelArm:
+    """What every record of the gate shares: its (model, arm) key and the label that names it."""
+
+    model: str
+    arm: str
+
+    @property
+    def key(self) -> ArmKey:
+        return (self.model, self.arm)
+
+    @property
+    def label(self) -> str:
+        return key_label(self.key)
+
+
 def key_label(key: ArmKey) -> str:
     """"gpt-oss-20b · cpu-moe"."""
     return f"{key[0]} · {key[1]}"
@@ -103,7 +118,7 @@ def _argv_change(old: tuple[tuple[str, ...], ...], new: tuple[tuple[str, ...], .
 
 
 @dataclass
-class NightArm:
+class NightArm(KeyedByModelArm):
     """One (model, arm) on one night: the per-request samples and provenance the gate needs."""
 
     night: str
@@ -117,10 +132,6 @@ class NightArm:
     model: str = "?"
     config: ArmConfig | None = None  # None (in-memory tests): comparable with every night
     model_file: str = ""  # the GGUF's file name, which tells apart two files of one model name
-
-    @property
-    def key(self) -> ArmKey:
-        return (self.model, self.arm)
 
     def samples(self, metric: str) -> np.ndarray:
         return np.asarray(getattr(self, metric), dtype=float)
