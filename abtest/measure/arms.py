@@ -6,7 +6,7 @@ import os
 import platform
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ class ResolvedArm:
 
     spec: ArmSpec
     server: dict[str, Any]  # {"path", "version_text", "build_id", "backend", "found_via"}
-    model: dict[str, Any]  # ModelRef + ModelInfo as a dict
+    model: dict[str, Any]  # ModelRef + ModelDesc.to_dict(): the manifest's `models` entry
 
 
 def host_info() -> dict[str, Any]:
@@ -57,21 +57,21 @@ def resolve_server(server_bin: str | None) -> dict[str, Any]:
 
 def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
     from ..models.catalog import resolve_model as catalog_resolve
-    from ..models.gguf import check_gguf, read_model_info
+    from ..models.desc import read_model
     from ..models.hashing import sha256_file
 
     ref = catalog_resolve(name, models_dir=models_dir)
     path = Path(ref.path)
-    check_gguf(path)
+    desc = read_model(path)  # checks the file first (missing, not GGUF, truncated)
     note(f"hashing {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
     sha = sha256_file(path)
-    info = read_model_info(path)
+    fields = desc.to_dict()
     return {
-        "name": ref.name,
-        "path": str(path),
+        "name": fields.pop("name"),
+        "path": fields.pop("path"),
         "size_bytes": path.stat().st_size,
         "sha256": sha,
-        **{k: v for k, v in asdict(info).items() if not isinstance(v, (list, dict))},
+        **fields,
     }
 
 

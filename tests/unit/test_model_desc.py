@@ -46,7 +46,7 @@ MANIFEST = {
         '"synth_preset": "dense-small"}'
     ),
 }
-# ModelLayout.summary(), as the sweep plan records it in the manifest (config.extra.sweep.layout).
+# ModelDesc.summary() (was ModelLayout's), as the sweep plan records it in the manifest (config.extra.sweep.layout).
 SUMMARY = {
     "tiny-moe": (
         '{"name": "abtest synth tiny-moe", "arch": "qwen3moe", "n_layer": 6, "n_embd": 128, '
@@ -121,7 +121,7 @@ def test_manifest_model_entry_is_unchanged(files: dict[str, Path], name: str) ->
 
 @pytest.mark.parametrize("name", list(MANIFEST))
 def test_model_info_json_is_unchanged(files: dict[str, Path], name: str) -> None:
-    # ModelInfo.to_dict(): the manifest's fields from "path" on, without the run's size and digest.
+    # ModelDesc.to_dict() (was ModelInfo's): the manifest's fields from "path" on, without the run's size and digest.
     pinned = json.loads(MANIFEST[name])
     want = {"path": "<path>", "name": pinned["name"]}
     want.update((k, v) for k, v in pinned.items() if k not in ("name", "path", "size_bytes", "sha256"))
@@ -143,6 +143,6 @@ def test_model_info_text_is_unchanged(files: dict[str, Path], name: str, monkeyp
 
 @pytest.mark.parametrize("name", list(MANIFEST))
 def test_sweep_layout_summary_is_unchanged(files: dict[str, Path], name: str) -> None:
-    from abtest.models.layout import layout_from_gguf
+    from abtest.models.desc import read_model
 
-    assert json.dumps(layout_from_gguf(str(files[name])).summary()) == SUMMARY[name]
+    assert json.dumps(read_model(str(files[name])).summary()) == SUMMARY[name]
