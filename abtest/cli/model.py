@@ -169,9 +169,11 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the model description as one JSON object.")
 def info_cmd(path_or_name: str, models_dir: str | None, n_cpu_moe: int | None, as_json: bool) -> None:
     """Architecture, experts, parameters (total and active per token) and bytes per layer of a GGUF."""
-    with _bytes_progress("synth") as progress:
-        ref = catalog.resolve_model(path_or_name, models_dir, progress=progress)
-    info = read_model(ref.path)
+    found = catalog.find_model(path_or_name, models_dir)
+    if isinstance(found, catalog.Absent):  # a synthetic name is written on first use, as `run` does
+        with _bytes_progress(f"synth {found.entry.name}") as progress:
+            found = catalog.provision(found, progress)
+    info = read_model(found.path)
     if as_json:
         d = info.to_dict()
         if n_cpu_moe is not None:

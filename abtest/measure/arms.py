@@ -56,11 +56,19 @@ def resolve_server(server_bin: str | None) -> dict[str, Any]:
 
 
 def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
-    from ..models.catalog import resolve_model as catalog_resolve
+    """The manifest's `models` entry for a name or path: found (synthesised on first use), checked, hashed, described."""
+    from ..models.catalog import Absent, find_model, provision
     from ..models.desc import read_model
     from ..models.hashing import sha256_file
 
-    ref = catalog_resolve(name, models_dir=models_dir)
+    found = find_model(name, models_dir)
+    if isinstance(found, Absent):
+        if found.synthesisable:  # first use of a synthetic name: write it into the cache once
+            note(f"synthesising {found.entry.name} (~{found.entry.approx_size_gb:g} GB, random weights, first use) "
+                 f"into {found.dest.parent}")
+        ref = provision(found)  # a missing download: ModelNotFound naming the command that fetches it
+    else:
+        ref = found
     path = Path(ref.path)
     desc = read_model(path)  # checks the file first (missing, not GGUF, truncated)
     note(f"hashing {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
