@@ -74,8 +74,9 @@ def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]
     note(f"hashing {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
     sha = sha256_file(path)
     fields = desc.to_dict()
+    del fields["name"]  # general.name, None when the header has none: the display name stands for it
     return {
-        "name": fields.pop("name"),
+        "name": desc.display_name,
         "path": fields.pop("path"),
         "size_bytes": path.stat().st_size,
         "sha256": sha,

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Protocol
 
 import gguf
@@ -68,7 +69,7 @@ class ModelDesc:
     """A model's shape: what its GGUF header says (or a preset's would), and its tensors."""
 
     path: str | None  # the GGUF file read; None for a preset's plan
-    name: str | None  # general.name: what the file calls itself (docs/models.md: the display name)
+    name: str | None  # general.name: what the file calls itself (None if the header has none)
     arch: str  # general.architecture, e.g. "qwen3moe"
     n_layer: int
     n_embd: int
@@ -85,6 +86,13 @@ class ModelDesc:
     file_size_bytes: int | None  # None for a preset's plan
     synth_preset: str | None  # abtest.synth.preset when abtest wrote (or would write) the file
     tensors: tuple[Tensor, ...] = field(repr=False)
+
+    @property
+    def display_name(self) -> str:
+        """The model's name in evidence and reports: general.name, else the file's stem (docs/models.md)."""
+        if self.name is not None:
+            return self.name
+        return Path(str(self.path)).stem
 
     # -- tensor classes ------------------------------------------------------------------------
     def layer_of(self, t: Tensor) -> int | None:
@@ -197,10 +205,9 @@ class ModelDesc:
 
     def summary(self) -> dict[str, Any]:
         """What the sweep plan records (config.extra.sweep.layout); the sweep report names the
-        model by its "name": general.name, else the file name."""
-        name = self.name if self.name is not None else os.path.basename(str(self.path))
+        model by its "name"."""
         return {
-            "name": name, "arch": self.arch, "n_layer": self.n_layer, "n_embd": self.n_embd,
+            "name": self.display_name, "arch": self.arch, "n_layer": self.n_layer, "n_embd": self.n_embd,
             "n_head": self.n_head, "n_head_kv": self.n_head_kv, "head_dim_k": self.head_dim_k,
             "head_dim_v": self.head_dim_v, "n_ff": self.n_ff, "n_expert": self.n_expert,
             "n_expert_used": self.n_expert_used, "n_ff_exp": self.n_ff_exp, "n_vocab": self.n_vocab,

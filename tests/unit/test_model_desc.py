@@ -146,3 +146,36 @@ def test_sweep_layout_summary_is_unchanged(files: dict[str, Path], name: str) ->
     from abtest.models.desc import read_model
 
     assert json.dumps(read_model(str(files[name])).summary()) == SUMMARY[name]
+
+
+def _nameless_gguf(path: Path) -> Path:
+    """A minimal model GGUF whose header has no general.name (converters may leave it out)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_embedding_length(8)
+    w.add_head_count(2)
+    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((8, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_a_header_without_general_name_is_named_by_its_file(tmp_path: Path) -> None:
+    # The display name (docs/models.md) is general.name, else the file's stem: what the report
+    # already shows for such a file (analysis.arms falls back to the stem of the arm's model path).
+    from abtest.measure.arms import resolve_model
+    from abtest.models.desc import read_model
+
+    path = _nameless_gguf(tmp_path / "my-model-Q8_0.gguf")
+    desc = read_model(path)
+    assert desc.name is None and desc.display_name == "my-model-Q8_0"
+    assert desc.summary()["name"] == "my-model-Q8_0"  # the sweep's label: the same rule (was "my-model-Q8_0.gguf")
+    entry = resolve_model(str(path), None, lambda _: None)
+    assert entry["name"] == "my-model-Q8_0"
+    assert entry["n_layer"] == 1 and entry["tensor_bytes"] == (16 * 8 + 8 * 8) * 4
