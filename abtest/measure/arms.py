@@ -22,7 +22,7 @@ class ResolvedArm:
 
     spec: ArmSpec
     server: dict[str, Any]  # {"path", "version_text", "build_id", "backend", "found_via"}
-    model: dict[str, Any]  # ModelRef + ModelDesc.to_dict(): the manifest's `models` entry
+    model: dict[str, Any]  # the manifest's `models` entry: display name, path, size, SHA256, then ModelDesc.to_dict()
 
 
 def host_info() -> dict[str, Any]:

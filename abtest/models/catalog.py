@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..cache import cache_root
 from ..errors import ConfigError, ModelNotFound
@@ -68,12 +67,6 @@ class ModelRef:
     sha256: str | None
     expected_sha256: str | None = None
     found_via: str = "path"  # "path", "--models-dir", "$ABTEST_MODELS", "cache", "synthesised"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "path": str(self.path), "size_bytes": self.size_bytes, "sha256": self.sha256,
-            "expected_sha256": self.expected_sha256, "found_via": self.found_via,
-        }
 
 
 # SHA256 of each synthetic preset as the catalog caches it (q4_0, seed 0), for synth.SYNTH_VERSION 1,
@@ -248,8 +241,3 @@ def verify_sha256(ref: ModelRef, rehash: bool = False) -> str:
             "the file is corrupt or a different build: re-download it"
         )
     return digest
-
-
-# --- SHA256 with a stat-keyed cache -------------------------------------------------------------
-
-
