@@ -2,7 +2,7 @@
 
 The manifest's `models` entry, `abtest model info` (text and --json) and the sweep's layout
 summary of synthesised tiny-moe and dense-small, as the two descriptions it replaced
-(gguf.ModelInfo and layout.ModelLayout, at 1098704) wrote them: evidence written before and after
+(gguf.ModelInfo and layout.ModelLayout, at c36df93) wrote them: evidence written before and after
 must agree byte for byte for the same file.
 """
 
