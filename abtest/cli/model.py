@@ -25,7 +25,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..models import catalog, hashing, presets, synth
-from ..models.gguf import ModelInfo, read_model_info
+from ..models.desc import ModelDesc, read_model
 from ..models.hashing import ProgressFn
 
 err = Console(stderr=True, highlight=False)
@@ -166,12 +166,14 @@ Examples:
 @click.argument("path_or_name")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Where a model name is looked up first.")
 @click.option("--n-cpu-moe", type=click.IntRange(min=0), help="Also show the weight bytes left on the GPU with this --n-cpu-moe.")
-@click.option("--json", "as_json", is_flag=True, help="Print ModelInfo as one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print the model description as one JSON object.")
 def info_cmd(path_or_name: str, models_dir: str | None, n_cpu_moe: int | None, as_json: bool) -> None:
     """Architecture, experts, parameters (total and active per token) and bytes per layer of a GGUF."""
-    with _bytes_progress("synth") as progress:
-        ref = catalog.resolve_model(path_or_name, models_dir, progress=progress)
-    info = read_model_info(ref.path)
+    found = catalog.find_model(path_or_name, models_dir)
+    if isinstance(found, catalog.Absent):  # a synthetic name is written on first use, as `run` does
+        with _bytes_progress(f"synth {found.entry.name}") as progress:
+            found = catalog.provision(found, progress)
+    info = read_model(found.path)
     if as_json:
         d = info.to_dict()
         if n_cpu_moe is not None:
@@ -181,7 +183,7 @@ def info_cmd(path_or_name: str, models_dir: str | None, n_cpu_moe: int | None, a
     _print_info(info, n_cpu_moe)
 
 
-def _print_info(i: ModelInfo, n_cpu_moe: int | None) -> None:
+def _print_info(i: ModelDesc, n_cpu_moe: int | None) -> None:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
     t.add_column()
@@ -190,7 +192,7 @@ def _print_info(i: ModelInfo, n_cpu_moe: int | None) -> None:
     t.add_row("arch", f"{i.arch}, mostly {i.quant}")
     t.add_row("layers", str(i.n_layer))
     t.add_row("d_model", str(i.n_embd))
-    t.add_row("heads", f"{i.n_head} (KV {i.n_head_kv}), head_dim {i.head_dim}")
+    t.add_row("heads", f"{i.n_head} (KV {i.n_head_kv}), head_dim {i.head_dim_k}")
     if i.n_expert:
         t.add_row("experts", f"{i.n_expert}, {i.n_expert_used} used per token, expert FFN {i.n_ff_exp}")
     else:
@@ -198,7 +200,8 @@ def _print_info(i: ModelInfo, n_cpu_moe: int | None) -> None:
     t.add_row("vocab", f"{i.n_vocab:,}")
     t.add_row("context", f"{i.context_length:,}")
     t.add_row("params", f"{_params(i.total_params)} total, {_params(i.active_params)} active per token")
-    t.add_row("file", f"{_gb(i.file_size_bytes)} ({i.file_size_bytes:,} bytes)")
+    if i.file_size_bytes is not None:  # None only for a preset's plan, never read here
+        t.add_row("file", f"{_gb(i.file_size_bytes)} ({i.file_size_bytes:,} bytes)")
     exp = sum(i.layer_expert_bytes)
     other = sum(i.layer_other_bytes)
     t.add_row("tensor bytes", f"{_gb(i.tensor_bytes)}: experts {_gb(exp)}, other layer tensors {_gb(other)}, "

@@ -6,7 +6,7 @@ import os
 import platform
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ class ResolvedArm:
 
     spec: ArmSpec
     server: dict[str, Any]  # {"path", "version_text", "build_id", "backend", "found_via"}
-    model: dict[str, Any]  # ModelRef + ModelInfo as a dict
+    model: dict[str, Any]  # the manifest's `models` entry: display name, path, size, SHA256, then ModelDesc.to_dict()
 
 
 def host_info() -> dict[str, Any]:
@@ -56,22 +56,31 @@ def resolve_server(server_bin: str | None) -> dict[str, Any]:
 
 
 def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]) -> dict[str, Any]:
-    from ..models.catalog import resolve_model as catalog_resolve
-    from ..models.gguf import check_gguf, read_model_info
+    """The manifest's `models` entry for a name or path: found (synthesised on first use), checked, hashed, described."""
+    from ..models.catalog import Absent, find_model, provision
+    from ..models.desc import read_model
     from ..models.hashing import sha256_file
 
-    ref = catalog_resolve(name, models_dir=models_dir)
+    found = find_model(name, models_dir)
+    if isinstance(found, Absent):
+        if found.synthesisable:  # first use of a synthetic name: write it into the cache once
+            note(f"synthesising {found.entry.name} (~{found.entry.approx_size_gb:g} GB, random weights, first use) "
+                 f"into {found.dest.parent}")
+        ref = provision(found)  # a missing download: ModelNotFound naming the command that fetches it
+    else:
+        ref = found
     path = Path(ref.path)
-    check_gguf(path)
+    desc = read_model(path)  # checks the file first (missing, not GGUF, truncated)
     note(f"hashing {path.name} ({path.stat().st_size / 2**20:.0f} MiB)")
     sha = sha256_file(path)
-    info = read_model_info(path)
+    fields = desc.to_dict()
+    del fields["name"]  # general.name, None when the header has none: the display name stands for it
     return {
-        "name": ref.name,
-        "path": str(path),
+        "name": desc.display_name,
+        "path": fields.pop("path"),
         "size_bytes": path.stat().st_size,
         "sha256": sha,
-        **{k: v for k, v in asdict(info).items() if not isinstance(v, (list, dict))},
+        **fields,
     }
 
 

@@ -34,7 +34,7 @@ from ..argv import FLAGS, int_flag
 from ..config import RunConfig, auto_ctx_size, ready_made_arm
 from ..errors import ConfigError
 from ..evidence import SWEEP_SIDECAR_SUFFIX, EvidenceWriter, check_writable
-from ..models.layout import ModelLayout
+from ..models.desc import ModelDesc
 from ..models.vram import (
     CUDA_OVERHEAD_MIB,
     DEFAULT_N_BATCH,
@@ -110,7 +110,7 @@ class SweepPlan:
     """Everything decided before the first launch; goes into the manifest's config.extra."""
 
     model_path: str
-    layout: dict[str, Any]  # ModelLayout.summary()
+    layout: dict[str, Any]  # ModelDesc.summary()
     ctx: ContextParams
     mode: str  # "auto" | "list"
     settings: tuple[int, ...]  # the list, or every candidate 0..L for auto
@@ -165,7 +165,7 @@ def context_params(cfg: RunConfig, n_ctx: int, extra_args: Sequence[str] = ()) -
 
 
 def make_plan(
-    layout: ModelLayout,
+    layout: ModelDesc,
     model_path: str,
     ctx: ContextParams,
     settings: Sequence[int] | None,
@@ -257,7 +257,7 @@ class SweepRunner:
 
     def execute(self) -> SweepResult:
         from ..analysis.metrics import decode_tps
-        from ..models.layout import layout_from_gguf
+        from ..models.desc import read_model
         from .prompts import load_prompts
 
         runner = self.runner
@@ -267,7 +267,7 @@ class SweepRunner:
         cases = load_prompts(Path(cfg.prompts_path) if cfg.prompts_path else None, list(cfg.buckets) or None)
         resolved = resolve_run_arms(cfg, self.progress.note)[0]
         model_path = resolved.model["path"]
-        layout = layout_from_gguf(model_path)
+        layout = read_model(model_path)
         if layout.n_expert == 0:
             raise ConfigError(f"{model_path}: a dense model (no experts): --n-cpu-moe changes nothing; sweep needs a MoE")
         if isinstance(self.ncmoe, str) or self.ncmoe is None:

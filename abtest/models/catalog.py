@@ -1,10 +1,13 @@
 """Model names -> GGUF files: what each is, where to get it, where we look, and its SHA256.
 
-Resolution order for a *name* (`resolve_model`): ``--models-dir``, then ``$ABTEST_MODELS``, then
+Resolution order for a *name* (`find_model`): ``--models-dir``, then ``$ABTEST_MODELS``, then
 the cache (``$ABTEST_CACHE`` or ``~/.cache/abtest``, subdirectory ``models/``). A *path* is used as
-is. Synthetic presets (``tiny-moe``, ``dense-small``, ``*-like``) that are nowhere to be found are
-written into the cache on first use (seed 0, Q4_0; deterministic, so every machine gets the same
-bytes). Anything else that is missing raises ModelNotFound with the exact command to fetch it.
+is. Finding has no side effects: a known name whose file is nowhere is an `Absent`, which says
+where abtest looked and the command that gets it. Getting it is a separate, explicit step:
+`provision` writes a synthetic preset (``tiny-moe``, ``dense-small``, ``*-like``) into the cache
+(seed 0, Q4_0; deterministic, so every machine gets the same bytes), and for a download raises
+ModelNotFound with the exact command to fetch it. `abtest run` and `abtest model info` provision
+on first use.
 
 SHA256s are computed by `abtest.models.hashing`. A catalog entry carries a *published* SHA256
 only where we can cite where it was published; otherwise it is None (never guessed).
@@ -15,7 +18,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..cache import cache_root
 from ..errors import ConfigError, ModelNotFound
@@ -40,7 +42,7 @@ class CatalogEntry:
     sha256_source: str | None = None  # where sha256 was published
 
     def fetch_command(self, models_dir: Path) -> str:
-        """The one command that puts this model where `resolve_model` looks."""
+        """The one command that puts this model where `find_model` looks."""
         if self.synth_preset:
             return f"abtest model synth {models_dir / self.file_name} --preset {self.synth_preset}"
         return f"huggingface-cli download {self.hf_repo} {self.file_name} --local-dir {models_dir}"
@@ -65,12 +67,6 @@ class ModelRef:
     sha256: str | None
     expected_sha256: str | None = None
     found_via: str = "path"  # "path", "--models-dir", "$ABTEST_MODELS", "cache", "synthesised"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "path": str(self.path), "size_bytes": self.size_bytes, "sha256": self.sha256,
-            "expected_sha256": self.expected_sha256, "found_via": self.found_via,
-        }
 
 
 # SHA256 of each synthetic preset as the catalog caches it (q4_0, seed 0), for synth.SYNTH_VERSION 1,
@@ -161,13 +157,36 @@ def _looks_like_path(s: str) -> bool:
     return os.sep in s or "/" in s or s.endswith(".gguf") or s.startswith("~")
 
 
-def resolve_model(
-    name_or_path: str,
-    models_dir: str | os.PathLike[str] | None = None,
-    progress: ProgressFn | None = None,
-) -> ModelRef:
-    """A model name or a GGUF path -> ModelRef. Synthesises missing synthetic presets (may take minutes
-    for the big ones; progress(bytes_done, bytes_total) reports it). Prints nothing."""
+@dataclass(frozen=True)
+class Absent:
+    """A known name that is in none of the model directories: where abtest looked, and how to get it."""
+
+    entry: CatalogEntry
+    looked_in: tuple[Path, ...]  # the file in each search directory, in order
+
+    @property
+    def synthesisable(self) -> bool:
+        """True when `provision` can write it (a synthetic preset); a download it cannot."""
+        return self.entry.synth_preset is not None
+
+    @property
+    def dest(self) -> Path:
+        """Where `provision` writes it and `fetch_command` puts it: the cache."""
+        return cache_models_dir() / self.entry.file_name
+
+    @property
+    def fetch_command(self) -> str:
+        return self.entry.fetch_command(cache_models_dir())
+
+    def error(self) -> ModelNotFound:
+        looked = ", ".join(str(p) for p in self.looked_in)
+        return ModelNotFound(f"model {self.entry.name!r} not found (looked in: {looked}); fetch it with: {self.fetch_command}")
+
+
+def find_model(name_or_path: str, models_dir: str | os.PathLike[str] | None = None) -> ModelRef | Absent:
+    """A model name or a GGUF path -> the ModelRef of the file, or `Absent` for a known name whose
+    file is nowhere yet (then `provision` or `Absent.fetch_command`). Reads the file system and the
+    hash cache, writes nothing. ModelNotFound for a missing path or an unknown name."""
     if _looks_like_path(name_or_path) or (name_or_path not in CATALOG and Path(name_or_path).is_file()):
         p = Path(name_or_path).expanduser()
         if not p.is_file():
@@ -190,21 +209,26 @@ def resolve_model(
                 name=entry.name, path=p.resolve(), size_bytes=p.stat().st_size, sha256=cached_sha256(p),
                 expected_sha256=entry.sha256, found_via=label,
             )
-    if entry.synth_preset:
-        dest = cache_models_dir()
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the model cache {dest} ({exc.strerror}); set $ABTEST_CACHE to a writable directory") from None
-        res = synth.write_synth(dest / entry.file_name, entry.synth_preset, "q4_0", 0, progress=progress)
-        remember_sha256(res.path, res.sha256)
-        return ModelRef(
-            name=entry.name, path=res.path.resolve(), size_bytes=res.size_bytes, sha256=res.sha256,
-            expected_sha256=entry.sha256, found_via="synthesised",
-        )
-    looked = ", ".join(str(d / entry.file_name) for _, d in dirs)
-    raise ModelNotFound(
-        f"model {entry.name!r} not found (looked in: {looked}); fetch it with: {entry.fetch_command(cache_models_dir())}"
+    return Absent(entry, tuple(d / entry.file_name for _, d in dirs))
+
+
+def provision(absent: Absent, progress: ProgressFn | None = None) -> ModelRef:
+    """Write a missing synthetic model into the cache (seed 0, Q4_0: the same bytes on every
+    machine; minutes for the big presets, progress(bytes_done, bytes_total) reports it) and
+    remember its SHA256. A download is not fetched: ModelNotFound with the command that does."""
+    entry = absent.entry
+    if entry.synth_preset is None:
+        raise absent.error()
+    dest = absent.dest.parent
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the model cache {dest} ({exc.strerror}); set $ABTEST_CACHE to a writable directory") from None
+    res = synth.write_synth(absent.dest, entry.synth_preset, "q4_0", 0, progress=progress)
+    remember_sha256(res.path, res.sha256)
+    return ModelRef(
+        name=entry.name, path=res.path.resolve(), size_bytes=res.size_bytes, sha256=res.sha256,
+        expected_sha256=entry.sha256, found_via="synthesised",
     )
 
 
@@ -217,8 +241,3 @@ def verify_sha256(ref: ModelRef, rehash: bool = False) -> str:
             "the file is corrupt or a different build: re-download it"
         )
     return digest
-
-
-# --- SHA256 with a stat-keyed cache -------------------------------------------------------------
-
-

@@ -1,7 +1,7 @@
-"""Reading GGUF metadata: architecture, expert counts, parameters, and where the bytes are.
+"""Reading GGUF headers: key/values and tensor infos, and the cheap sanity check run before any launch.
 
-`read_model_info` gives a `ModelInfo` (used to label evidence and to predict VRAM for
-`--n-cpu-moe N`); `check_gguf` is the cheap sanity check run before any launch.
+`read_header` parses a header into a `GGUFHeader`; `check_gguf` also checks that the tensors fit
+in the file; `models.desc.read_model` turns a header into the one model description.
 
 Only the header is read (key/values and tensor infos, a few MB even for a 200k-token vocab),
 never the tensor data. We parse the header here rather than through `gguf.GGUFReader`: the
@@ -61,13 +61,6 @@ class TensorInfo:
     ggml_type: int
     offset: int  # relative to the data section
     nbytes: int
-
-    @property
-    def n_elements(self) -> int:
-        n = 1
-        for x in self.shape:
-            n *= x
-        return n
 
 
 @dataclass(frozen=True)
@@ -226,49 +219,6 @@ def check_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
     return h
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a GGUF file holds, from its header. Bytes are tensor data sizes, without padding."""
-
-    path: str
-    name: str | None  # general.name
-    arch: str  # general.architecture, e.g. "qwen3moe"
-    quant: str  # the ggml type holding the most bytes, e.g. "Q4_0"
-    n_layer: int
-    n_embd: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int  # dense FFN width (0 if absent)
-    n_expert: int  # 0 for a dense model
-    n_expert_used: int
-    n_ff_exp: int  # expert FFN width (0 if absent)
-    n_vocab: int
-    context_length: int
-    total_params: int
-    expert_params: int  # in tensors --n-cpu-moe moves to system RAM
-    active_params: int  # per token: non-expert + n_expert_used / n_expert of expert params
-    file_size_bytes: int
-    tensor_bytes: int
-    nonlayer_bytes: int  # embeddings, output head, final norm
-    layer_expert_bytes: tuple[int, ...]  # per layer: routed-expert tensors
-    layer_other_bytes: tuple[int, ...]  # per layer: attention, norms, router, shared experts
-    synth_preset: str | None  # abtest.synth.preset when abtest wrote the file
-
-    def gpu_weight_bytes(self, n_cpu_moe: int = 0) -> int:
-        """Weight bytes left on the GPU with `-ngl 999 --n-cpu-moe N`: all but the experts of layers 0..N-1."""
-        n = max(0, min(n_cpu_moe, self.n_layer))
-        return self.tensor_bytes - sum(self.layer_expert_bytes[:n])
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        d = asdict(self)
-        d["layer_expert_bytes"] = list(self.layer_expert_bytes)
-        d["layer_other_bytes"] = list(self.layer_other_bytes)
-        return d
-
-
 def _int(v: Any, default: int = 0) -> int:
     """A scalar, or the max of a per-layer array (some archs vary heads/experts per layer)."""
     if v is None:
@@ -306,75 +256,3 @@ def vocab_size(h: GGUFHeader, arch: str) -> int:
     tok_embd = next((t for t in h.tensors if t.name == "token_embd.weight"), None)
     return _count(h.kv.get("tokenizer.ggml.tokens")) or arch_int(h, arch, "vocab_size") or (
         int(tok_embd.shape[1]) if tok_embd else 0)
-
-
-def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
-    """Read a GGUF's architecture, sizes and per-layer byte split (checks truncation first)."""
-    h = check_gguf(path)
-    kv = h.kv
-    arch = model_arch(h, path)
-
-    def a(key: str, default: int = 0) -> int:
-        return arch_int(h, arch, key, default)
-
-    n_layer = a("block_count")
-    n_embd = a("embedding_length")
-    n_head = a("attention.head_count")
-    n_head_kv = a("attention.head_count_kv", n_head)
-    head_dim = a("attention.key_length", n_embd // n_head if n_head else 0)
-    n_expert = a("expert_count")
-    n_expert_used = a("expert_used_count")
-
-    n_vocab = vocab_size(h, arch)
-
-    layer_expert = [0] * n_layer
-    layer_other = [0] * n_layer
-    nonlayer = 0
-    total = expert = 0
-    by_type: dict[int, int] = {}
-    for t in h.tensors:
-        n = t.n_elements
-        total += n
-        by_type[t.ggml_type] = by_type.get(t.ggml_type, 0) + t.nbytes
-        is_expert = EXPERT_TENSOR_RE.search(t.name) is not None
-        if is_expert:
-            expert += n
-        m = LAYER_RE.match(t.name)
-        if m and int(m.group(1)) < n_layer:
-            (layer_expert if is_expert else layer_other)[int(m.group(1))] += t.nbytes
-        else:  # includes nextn/MTP layers past block_count: not touched by --n-cpu-moe
-            nonlayer += t.nbytes
-    active = total - expert + (expert * n_expert_used // n_expert if n_expert else 0)
-    main_type = max(by_type, key=lambda k: by_type[k]) if by_type else 0
-    try:
-        quant = gguf.GGMLQuantizationType(main_type).name
-    except ValueError:
-        quant = f"type{main_type}"
-    preset = kv.get("abtest.synth.preset")
-    name = kv.get("general.name")
-    return ModelInfo(
-        path=str(path),
-        name=name if isinstance(name, str) else None,
-        arch=arch,
-        quant=quant,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-        head_dim=head_dim,
-        n_ff=a("feed_forward_length"),
-        n_expert=n_expert,
-        n_expert_used=n_expert_used,
-        n_ff_exp=a("expert_feed_forward_length"),
-        n_vocab=n_vocab,
-        context_length=a("context_length"),
-        total_params=total,
-        expert_params=expert,
-        active_params=active,
-        file_size_bytes=h.file_size_bytes,
-        tensor_bytes=sum(t.nbytes for t in h.tensors),
-        nonlayer_bytes=nonlayer,
-        layer_expert_bytes=tuple(layer_expert),
-        layer_other_bytes=tuple(layer_other),
-        synth_preset=preset if isinstance(preset, str) else None,
-    )

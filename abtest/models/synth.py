@@ -322,12 +322,17 @@ def synth_file_name(preset: str, qtype: str = "q4_0", seed: int = 0) -> str:
     return f"{preset}-{qtype}-seed{seed}.gguf"
 
 
+def header_name(p: Preset) -> str:
+    """The general.name written into a preset's file."""
+    return f"abtest synth {p.name}"
+
+
 def _add_metadata(writer: object, p: Preset, qtype: str, seed: int, vocab: Vocab) -> None:
     import gguf
 
     w: gguf.GGUFWriter = writer  # type: ignore[assignment]
     w.add_string("general.type", "model")
-    w.add_name(f"abtest synth {p.name}")
+    w.add_name(header_name(p))
     w.add_description(
         f"Random weights with the shapes of {p.imitates}; output is noise. "
         f"abtest synth v{SYNTH_VERSION}, preset {p.name}, qtype {qtype}, seed {seed}."

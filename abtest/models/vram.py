@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..records import GIB, MIB
-from .layout import ModelLayout, Tensor
+from .desc import ModelDesc, Tensor
 
 # ---------------------------------------------------------------------------------- constants
 
@@ -142,19 +142,19 @@ class Placement:
         return asdict(self)
 
 
-def placement(layout: ModelLayout, n_cpu_moe: int) -> Placement:
+def placement(model: ModelDesc, n_cpu_moe: int) -> Placement:
     """Pure: the GPU/host split of the weights for ``-ngl 99 --n-cpu-moe n_cpu_moe``."""
-    n = max(0, min(int(n_cpu_moe), layout.n_layer))
-    frac = layout.expert_fraction
+    n = max(0, min(int(n_cpu_moe), model.n_layer))
+    frac = model.expert_fraction
     gpu = host = gpu_exp = host_exp = max_host = 0
     gpu_read = host_read = 0.0
-    for t in layout.tensors:
-        layer = layout.layer_of(t)
-        expert = layout.is_expert(t)
+    for t in model.tensors:
+        layer = model.layer_of(t)
+        expert = model.is_expert(t)
         if t.name == "token_embd.weight":
             host += t.nbytes
-            host_read += t.nbytes / max(layout.n_vocab, 1)  # one row per token (get_rows)
-            if not layout.has_output():  # tied embeddings: the output matmul gets a GPU copy
+            host_read += t.nbytes / max(model.n_vocab, 1)  # one row per token (get_rows)
+            if not model.has_output():  # tied embeddings: the output matmul gets a GPU copy
                 gpu += cuda_alloc_bytes(t)
                 gpu_read += t.nbytes
             continue
@@ -213,7 +213,7 @@ def _pad(x: int, to: int) -> int:
     return -(-x // to) * to
 
 
-def kv_cache_bytes(layout: ModelLayout, ctx: ContextParams) -> int:
+def kv_cache_bytes(model: ModelDesc, ctx: ContextParams) -> int:
     """n_layer * cells * n_head_kv * (head_dim_k * bytes_k + head_dim_v * bytes_v)."""
     try:
         bk, bv = _KV_BYTES[ctx.cache_type_k], _KV_BYTES[ctx.cache_type_v]
@@ -221,8 +221,8 @@ def kv_cache_bytes(layout: ModelLayout, ctx: ContextParams) -> int:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown KV cache type {exc.args[0]!r}; known: {', '.join(_KV_BYTES)}") from None
-    per_cell = layout.n_head_kv * (layout.head_dim_k * bk + layout.head_dim_v * bv)
-    return round(layout.n_layer * ctx.n_ctx_total * per_cell)
+    per_cell = model.n_head_kv * (model.head_dim_k * bk + model.head_dim_v * bv)
+    return round(model.n_layer * ctx.n_ctx_total * per_cell)
 
 
 @dataclass(frozen=True)
@@ -237,28 +237,28 @@ class ComputeParts:
         return self.activations + self.mask + GRAPH_INPUTS_BYTES
 
 
-def compute_parts(layout: ModelLayout, ctx: ContextParams) -> ComputeParts:
+def compute_parts(model: ModelDesc, ctx: ContextParams) -> ComputeParts:
     t = ctx.n_tokens_reserve
-    residual = t * 4 * layout.n_embd
-    attn_out = t * 4 * layout.n_head * layout.head_dim_v
-    if layout.n_expert:
-        expert = t * 4 * layout.n_ff_exp * layout.n_expert_used
+    residual = t * 4 * model.n_embd
+    attn_out = t * 4 * model.n_head * model.head_dim_v
+    if model.n_expert:
+        expert = t * 4 * model.n_ff_exp * model.n_expert_used
         act = 3 * expert + 3 * residual + attn_out
     else:
         expert = 0
-        act = t * 4 * (layout.n_ff + 4 * layout.n_embd)
+        act = t * 4 * (model.n_ff + 4 * model.n_embd)
     n_kv = ctx.n_ctx_seq
     if ctx.flash_attn:
         mask = n_kv * t * 2
     else:
-        mask = n_kv * t * (4 * layout.n_head + 4)
+        mask = n_kv * t * (4 * model.n_head + 4)
     return ComputeParts(act, mask, expert, residual)
 
 
-def compute_buffer_bytes(layout: ModelLayout, ctx: ContextParams, offload_copy_bytes: int = 0) -> int:
+def compute_buffer_bytes(model: ModelDesc, ctx: ContextParams, offload_copy_bytes: int = 0) -> int:
     """The compute buffer of the backend running the layers; `offload_copy_bytes` is the largest
     host-resident weight the GPU copies in for a prompt batch (0 on the CPU, or all on the GPU)."""
-    p = compute_parts(layout, ctx)
+    p = compute_parts(model, ctx)
     if offload_copy_bytes and ctx.n_tokens_reserve >= OP_OFFLOAD_MIN_BATCH:
         with_copy = p.activations - p.expert_act - p.residual_act + offload_copy_bytes
         return max(p.activations, with_copy) + p.mask + GRAPH_INPUTS_BYTES
@@ -293,22 +293,22 @@ class VramPrediction:
 
 
 def predict(
-    layout: ModelLayout,
+    model: ModelDesc,
     n_cpu_moe: int,
     ctx: ContextParams,
     overhead_mib: float = CUDA_OVERHEAD_MIB,
 ) -> VramPrediction:
     """Pure: the GPU memory of ``llama-server -ngl 99 --n-cpu-moe n_cpu_moe`` with `ctx`."""
-    pl = placement(layout, n_cpu_moe)
-    kv = kv_cache_bytes(layout, ctx)
-    compute = compute_buffer_bytes(layout, ctx, pl.max_host_expert_tensor)
+    pl = placement(model, n_cpu_moe)
+    kv = kv_cache_bytes(model, ctx)
+    compute = compute_buffer_bytes(model, ctx, pl.max_host_expert_tensor)
     weights_mib = pl.gpu_bytes / MIB
     kv_mib = kv / MIB
     compute_mib = compute / MIB
     t = ctx.n_tokens_reserve
     # A prompt micro-batch of T tokens touches each expert with probability 1 - (1 - k/E)^T
     # (uniform routing); the scheduler copies only the experts used (ggml-backend.cpp).
-    used = 1.0 - (1.0 - layout.expert_fraction) ** t if layout.n_expert else 0.0
+    used = 1.0 - (1.0 - model.expert_fraction) ** t if model.n_expert else 0.0
     pcie = round(pl.host_expert_bytes * used) if t >= OP_OFFLOAD_MIN_BATCH else 0
     kv_cell = round(kv / max(ctx.n_ctx_total, 1))
     return VramPrediction(
@@ -323,9 +323,9 @@ def predict(
 
 
 def predict_all(
-    layout: ModelLayout, settings: Sequence[int], ctx: ContextParams, overhead_mib: float = CUDA_OVERHEAD_MIB
+    model: ModelDesc, settings: Sequence[int], ctx: ContextParams, overhead_mib: float = CUDA_OVERHEAD_MIB
 ) -> dict[int, VramPrediction]:
-    return {n: predict(layout, n, ctx, overhead_mib) for n in settings}
+    return {n: predict(model, n, ctx, overhead_mib) for n in settings}
 
 
 def smallest_fitting(predictions: dict[int, VramPrediction], limit_mib: float) -> int | None:
@@ -352,21 +352,21 @@ class CpuBuffers:
 
 
 def cpu_buffers(
-    layout: ModelLayout, ctx: ContextParams, offsets: dict[str, int] | None = None,
+    model: ModelDesc, ctx: ContextParams, offsets: dict[str, int] | None = None,
     repack_types: frozenset[int] = CPU_REPACK_TYPES,
 ) -> CpuBuffers:
-    """What the CPU build prints for this layout and context: the same KV and compute arithmetic
+    """What the CPU build prints for this model and context: the same KV and compute arithmetic
     as the GPU, and the model split into a repacked part and the mmapped range of the rest.
 
     `offsets`: tensor name -> offset in the data section (from the GGUF header), for the mapped
     range; without them the mapped size is the sum of the non-repacked tensors (a lower bound).
     Repacked: tensors of a repack type with ne1 % 8 == 0, except token_embd (a get_rows).
     """
-    repacked = [t for t in layout.tensors
+    repacked = [t for t in model.tensors
                 if t.ggml_type in repack_types and t.name != "token_embd.weight" and len(t.shape) > 1
                 and t.shape[1] % 8 == 0]
     names = {t.name for t in repacked}
-    rest = [t for t in layout.tensors if t.name not in names]
+    rest = [t for t in model.tensors if t.name not in names]
     if offsets and rest:
         mapped = max(offsets[t.name] + t.nbytes for t in rest) - min(offsets[t.name] for t in rest)
     else:
@@ -375,9 +375,9 @@ def cpu_buffers(
     return CpuBuffers(
         model_mapped_mib=mapped / MIB,
         model_repack_mib=sum(t.nbytes for t in repacked) / MIB,
-        kv_mib=kv_cache_bytes(layout, ctx) / MIB,
-        compute_mib=compute_buffer_bytes(layout, ctx) / MIB,
-        output_mib=out_rows * layout.n_vocab * 4 / MIB,
+        kv_mib=kv_cache_bytes(model, ctx) / MIB,
+        compute_mib=compute_buffer_bytes(model, ctx) / MIB,
+        output_mib=out_rows * model.n_vocab * 4 / MIB,
     )
 
 

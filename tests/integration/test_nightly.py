@@ -87,9 +87,9 @@ def test_a_model_gone_tonight_is_missing_not_compared_with_the_other(tmp_path: P
                                                                      tiny_moe: Path) -> None:
     """The issue's night: one model's file is gone. Its run exits 3, the gate names it missing (5);
     the other model is not compared with it; nightly.sh returns the run's 3, the cause."""
-    from abtest.models.gguf import read_model_info
+    from abtest.models.desc import read_model
 
-    name = read_model_info(tiny_moe).name  # the model's name as a run records it (its GGUF header)
+    name = read_model(tiny_moe).name  # the model's name as a run records it (its GGUF header)
     nights = _past_nights(tmp_path / "nightly", (name, "gone"))
     proc = subprocess.run(["bash", str(SCRIPT), "--config", str(_config(tmp_path, tiny_moe, tmp_path / "gone.gguf"))],
                           capture_output=True, text=True, timeout=300, env=_env(llama_server))

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from abtest.analysis.sweep import build_sweep_report, read_sidecar
 from abtest.cli import cli
 from abtest.evidence import read_evidence
-from abtest.models.layout import layout_from_gguf
+from abtest.models.desc import read_model
 from abtest.models.vram import ContextParams, cpu_buffers, gguf_offsets
 from abtest.server.log import parse_memory_breakdown
 from abtest.server.process import LaunchSpec, ServerProcess
@@ -101,7 +101,7 @@ def test_buffer_arithmetic_matches_the_server_log(tmp_path: Path, llama_server: 
     with ServerProcess(LaunchSpec(name="cal", argv=argv, log_path=log, health_timeout_s=60)).start():
         pass
     printed = parse_memory_breakdown(log.read_text())["buffers"]
-    pred = cpu_buffers(layout_from_gguf(tiny_moe), ContextParams(n_ctx=n_ctx), gguf_offsets(tiny_moe))
+    pred = cpu_buffers(read_model(tiny_moe), ContextParams(n_ctx=n_ctx), gguf_offsets(tiny_moe))
     assert round(pred.model_mapped_mib, 2) == printed["CPU_Mapped"]["model_mib"]
     assert round(pred.model_repack_mib, 2) == printed["CPU_REPACK"]["model_mib"]
     assert round(pred.kv_mib, 2) == printed["CPU"]["kv_mib"]

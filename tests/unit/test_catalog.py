@@ -1,4 +1,4 @@
-"""abtest.models.catalog: name resolution order, synth-on-first-use, cached SHA256; `abtest model` CLI."""
+"""abtest.models.catalog: name resolution order (pure), provisioning synthetic models, cached SHA256; `abtest model` CLI."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+def _found(name: str, models_dir: Path | None = None) -> catalog.ModelRef:
+    ref = catalog.find_model(name, models_dir)
+    assert isinstance(ref, catalog.ModelRef), ref
+    return ref
+
+
 def _fake_model(d: Path, name: str, content: bytes = b"GGUF fake") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     p = d / catalog.CATALOG[name].file_name
@@ -42,29 +48,30 @@ def test_catalog_lists_the_known_names_and_cites_every_hash() -> None:
 def test_a_path_is_used_as_is(tmp_path: Path) -> None:
     p = tmp_path / "m.gguf"
     p.write_bytes(b"GGUF")
-    ref = catalog.resolve_model(str(p))
+    ref = catalog.find_model(str(p))
+    assert isinstance(ref, catalog.ModelRef)
     assert ref.path == p.resolve() and ref.size_bytes == 4 and ref.found_via == "path" and ref.name == "m"
     with pytest.raises(ModelNotFound, match="not found; check the path"):
-        catalog.resolve_model(str(tmp_path / "absent.gguf"))
+        catalog.find_model(str(tmp_path / "absent.gguf"))
 
 
 def test_name_resolution_order(tmp_path: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cached = _fake_model(isolated_cache / "models", "gpt-oss-20b")
-    assert catalog.resolve_model("gpt-oss-20b").path == cached.resolve()
+    assert _found("gpt-oss-20b").path == cached.resolve()
     env_dir = tmp_path / "env"
     monkeypatch.setenv("ABTEST_MODELS", str(env_dir))
     from_env = _fake_model(env_dir, "gpt-oss-20b")
-    ref = catalog.resolve_model("gpt-oss-20b")
+    ref = _found("gpt-oss-20b")
     assert ref.path == from_env.resolve() and ref.found_via == "$ABTEST_MODELS"
     flag = _fake_model(tmp_path / "flag", "gpt-oss-20b")
-    ref = catalog.resolve_model("gpt-oss-20b", models_dir=tmp_path / "flag")
+    ref = _found("gpt-oss-20b", models_dir=tmp_path / "flag")
     assert ref.path == flag.resolve() and ref.found_via == "--models-dir"
 
 
 def test_missing_download_names_where_it_looked_and_how_to_fetch(tmp_path: Path, isolated_cache: Path) -> None:
-    with pytest.raises(ModelNotFound) as e:
-        catalog.resolve_model("gpt-oss-20b", models_dir=tmp_path / "mine")
-    msg = str(e.value)
+    found = catalog.find_model("gpt-oss-20b", models_dir=tmp_path / "mine")
+    assert isinstance(found, catalog.Absent)
+    msg = str(found.error())
     assert "\n" not in msg
     assert str(tmp_path / "mine" / "gpt-oss-20b-mxfp4.gguf") in msg
     assert str(isolated_cache / "models" / "gpt-oss-20b-mxfp4.gguf") in msg
@@ -73,17 +80,53 @@ def test_missing_download_names_where_it_looked_and_how_to_fetch(tmp_path: Path,
 
 def test_unknown_name_lists_known_ones() -> None:
     with pytest.raises(ModelNotFound, match="unknown model name 'llama-9000'.*tiny-moe"):
-        catalog.resolve_model("llama-9000")
+        catalog.find_model("llama-9000")
 
 
-def test_tiny_moe_is_synthesised_into_the_cache_once(isolated_cache: Path) -> None:
+def test_finding_a_missing_synthetic_name_writes_nothing(isolated_cache: Path, tmp_path: Path) -> None:
+    found = catalog.find_model("tiny-moe", models_dir=tmp_path / "mine")
+    assert isinstance(found, catalog.Absent) and found.entry.synth_preset == "tiny-moe"
+    assert found.looked_in == (tmp_path / "mine" / "tiny-moe-q4_0-seed0.gguf",
+                               isolated_cache / "models" / "tiny-moe-q4_0-seed0.gguf")
+    assert found.fetch_command == f"abtest model synth {isolated_cache / 'models' / 'tiny-moe-q4_0-seed0.gguf'} --preset tiny-moe"
+    assert not isolated_cache.exists()  # resolution is pure: no cache directory, no file, no hash cache
+
+
+def test_tiny_moe_is_provisioned_into_the_cache_once(isolated_cache: Path) -> None:
     calls: list[tuple[int, int]] = []
-    ref = catalog.resolve_model("tiny-moe", progress=lambda d, t: calls.append((d, t)))
+    found = catalog.find_model("tiny-moe")
+    assert isinstance(found, catalog.Absent)
+    ref = catalog.provision(found, progress=lambda d, t: calls.append((d, t)))
     assert ref.found_via == "synthesised" and calls
     assert ref.path == (isolated_cache / "models" / "tiny-moe-q4_0-seed0.gguf").resolve()
     assert ref.sha256 == hashlib.sha256(ref.path.read_bytes()).hexdigest()
-    again = catalog.resolve_model("tiny-moe", progress=lambda d, t: pytest.fail("synthesised twice"))
+    again = catalog.find_model("tiny-moe")
+    assert isinstance(again, catalog.ModelRef)
     assert again.found_via == "cache" and again.sha256 == ref.sha256  # digest known from the hash cache
+
+
+def test_a_download_is_never_provisioned(isolated_cache: Path) -> None:
+    found = catalog.find_model("gpt-oss-20b")
+    assert isinstance(found, catalog.Absent)
+    with pytest.raises(ModelNotFound, match="fetch it with: huggingface-cli download") as e:
+        catalog.provision(found)
+    assert str(e.value) == str(found.error())
+    assert not isolated_cache.exists()
+
+
+def test_run_provisions_a_synthetic_model_on_first_use_and_says_so(isolated_cache: Path) -> None:
+    from abtest.measure.arms import resolve_model
+
+    notes: list[str] = []
+    entry = resolve_model("tiny-moe", None, notes.append)
+    assert entry["sha256"] == catalog.SYNTH_SHA256["tiny-moe"]
+    assert entry["path"] == str((isolated_cache / "models" / "tiny-moe-q4_0-seed0.gguf").resolve())
+    cache = isolated_cache / "models"
+    assert notes == [f"synthesising tiny-moe (~0.003 GB, random weights, first use) into {cache}",
+                     "hashing tiny-moe-q4_0-seed0.gguf (3 MiB)"]
+    notes.clear()
+    resolve_model("tiny-moe", None, notes.append)
+    assert notes == ["hashing tiny-moe-q4_0-seed0.gguf (3 MiB)"]
 
 
 def test_sha256_file_streams_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

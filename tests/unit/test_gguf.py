@@ -1,4 +1,4 @@
-"""abtest.models.gguf: ModelInfo read back from synthetic files; check_gguf's one-line failures."""
+"""abtest.models.gguf and desc: ModelDesc read back from synthetic files; check_gguf's one-line failures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from abtest.errors import ConfigError, ModelNotFound
 from abtest.models import presets, synth
-from abtest.models.gguf import check_gguf, read_header, read_model_info
+from abtest.models.desc import read_model
+from abtest.models.gguf import check_gguf, read_header
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiny_moe_metadata_reads_back_as_the_preset(tiny: Path) -> None:
     p = presets.PRESETS["tiny-moe"]
-    i = read_model_info(tiny)
-    assert (i.arch, i.n_layer, i.n_embd, i.n_head, i.n_head_kv, i.head_dim) == (
+    i = read_model(tiny)
+    assert (i.arch, i.n_layer, i.n_embd, i.n_head, i.n_head_kv, i.head_dim_k) == (
         p.arch, p.n_layer, p.n_embd, p.n_head, p.n_head_kv, p.head_dim,
     )
     assert (i.n_expert, i.n_expert_used, i.n_ff_exp, i.n_vocab, i.context_length) == (
@@ -33,7 +34,7 @@ def test_tiny_moe_metadata_reads_back_as_the_preset(tiny: Path) -> None:
 
 
 def test_per_layer_bytes_add_up_and_drive_n_cpu_moe(tiny: Path) -> None:
-    i = read_model_info(tiny)
+    i = read_model(tiny)
     assert len(i.layer_expert_bytes) == len(i.layer_other_bytes) == i.n_layer
     assert sum(i.layer_expert_bytes) + sum(i.layer_other_bytes) + i.nonlayer_bytes == i.tensor_bytes
     # three expert tensors of n_ff_exp x n_embd x n_expert Q4_0 weights per layer
@@ -45,7 +46,7 @@ def test_per_layer_bytes_add_up_and_drive_n_cpu_moe(tiny: Path) -> None:
 
 
 def test_dense_model_has_no_expert_bytes(tmp_path: Path) -> None:
-    i = read_model_info(synth.write_synth(tmp_path / "d.gguf", "dense-small").path)
+    i = read_model(synth.write_synth(tmp_path / "d.gguf", "dense-small").path)
     assert i.arch == "gpt2" and i.n_expert == 0 and i.n_vocab == 50_257
     assert i.total_params == i.active_params == 124_439_808
     assert sum(i.layer_expert_bytes) == 0

@@ -17,7 +17,7 @@ from abtest.errors import ConfigError, EvidenceError
 from abtest.evidence import EvidenceWriter, read_evidence
 from abtest.measure.search import Measurement, judge, next_probe, search
 from abtest.measure.sweep import make_plan, measured_vram_mib, parse_ncmoe
-from abtest.models.layout import layout_from_preset
+from abtest.models.desc import preset_model
 from abtest.models.vram import ContextParams
 from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent
 from abtest.render.sweep import render_markdown, write_plot
@@ -197,7 +197,7 @@ def _req(arm: str, seq: int, tps: float, ttft: float, bucket: str = "tok128", n:
 def fabricate_sweep(path: Path, budget_mib: float = 9 * 1024, skip: tuple[int, ...] = (0,),
                     nvml: bool = True) -> Path:
     """A gpt-oss-20b-like sweep on a GPU: settings 24, 12, 8, 6 (7 implied), 0 skipped."""
-    lay = layout_from_preset("gpt-oss-20b-like")
+    lay = preset_model("gpt-oss-20b-like")
     plan = make_plan(lay, "/m/gpt-oss-20b-like.gguf", ContextParams(n_ctx=4096), None, budget_mib, 10 * 1024,
                      backend="cuda")
     speeds = {24: 30.0, 12: 60.0, 7: 80.0, 6: 84.0}
