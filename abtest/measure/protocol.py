@@ -206,27 +206,30 @@ class Tracker:
     def feed(self, data: bytes, t_ns: int) -> None:
         """Body bytes of one read, stamped ``t_ns``; keeps a trailing partial line for the next."""
         buf = self._buf
-        buf += data
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            line = bytes(buf[start:nl])
-            start = nl + 1
+        if buf:
+            buf += data
+            if b"\n" not in data:  # still no complete line: wait (and never re-scan a long line)
+                if len(buf) > MAX_LINE_BYTES:
+                    raise MalformedEvent(f"an SSE line longer than {MAX_LINE_BYTES >> 20} MiB")
+                return
+            data = bytes(buf)
+            buf.clear()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # the partial last line: b"" when the read ended at a newline
+        for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line or line[0] == 0x3A:  # b":": event separator or SSE comment (ping)
                 continue
             if line.startswith(b"data:"):
-                self._on_data(line[5:].lstrip(), t_ns)
+                self._on_data(line[5:], t_ns)
             elif line.startswith(b"error:"):
                 self.server_error = line[6:].strip().decode("utf-8", "replace")
             # other SSE fields (event:, id:, retry:) carry nothing we use
-        if start:
-            del buf[:start]
-        if len(buf) > MAX_LINE_BYTES:
-            raise MalformedEvent(f"an SSE line longer than {MAX_LINE_BYTES >> 20} MiB")
+        if tail:
+            buf += tail
+            if len(buf) > MAX_LINE_BYTES:
+                raise MalformedEvent(f"an SSE line longer than {MAX_LINE_BYTES >> 20} MiB")
 
     def end(self) -> str | None:
         """The stream is over: parse a last line sent without a newline; the request's error, if
@@ -241,7 +244,7 @@ class Tracker:
 
     # -- events ----------------------------------------------------------------------------------
     def _on_data(self, payload: bytes, t_ns: int) -> None:
-        if payload.strip() == b"[DONE]":
+        if payload.endswith(b"[DONE]") and payload.strip() == b"[DONE]":
             self.done = True
             return
         try:
@@ -279,23 +282,38 @@ class Tracker:
                 self.uncounted += 1
 
     def _on_completion(self, obj: dict[str, Any], t_ns: int) -> None:
-        predicted = _int(obj, "tokens_predicted")
-        tokens = obj.get("tokens")
-        if tokens is not None and (type(tokens) is not list or any(type(t) is not int for t in tokens)):
+        # The hot path (one call per event): the type checks are inline, the helpers only name the field.
+        get = obj.get
+        predicted = get("tokens_predicted")
+        if predicted is not None and (type(predicted) is not int or predicted < 0):
+            raise _bad("tokens_predicted", predicted, "a non-negative integer")
+        tokens = get("tokens")
+        if tokens is not None and (type(tokens) is not list or not all(type(t) is int for t in tokens)):
             raise _bad("tokens", tokens, "a list of integers")
-        content = _str(obj, "content")
-        timings = _timings(obj)
-        evaluated = _int(obj, "tokens_evaluated")
-        stop = obj.get("stop")
+        content = get("content")
+        if content is not None and type(content) is not str:
+            raise _bad("content", content, "a string")
+        stop = get("stop")
         if stop is not None and type(stop) is not bool:
             raise _bad("stop", stop, "true or false")
-        if predicted is not None and self._advance(predicted, t_ns) and tokens:
-            self.token_ids.extend(tokens)
-        self._text(content, t_ns, predicted is not None)
-        if timings is not None:
-            self.timings = timings
-        if evaluated is not None:
-            self.prompt_tokens = evaluated
+        if predicted is not None and predicted > self.counter:
+            self.counted.append((t_ns, predicted - self.counter))
+            self.counter = predicted
+            if tokens:
+                self.token_ids.extend(tokens)
+        if content:
+            self.text_parts.append(content)
+            self.content_times.append(t_ns)
+            if predicted is None:
+                self.uncounted += 1
+        if "timings" in obj:
+            timings = _timings(obj)
+            if timings is not None:
+                self.timings = timings
+        if "tokens_evaluated" in obj:
+            evaluated = _int(obj, "tokens_evaluated")
+            if evaluated is not None:
+                self.prompt_tokens = evaluated
         if stop:
             # /completion ends with a stop event and then closes; it sends no [DONE].
             self.done = True
