@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
+from abtest.measure import protocol
 from abtest.measure.protocol import StreamRequest, Tracker, assemble, implausible
 
 
@@ -70,3 +73,12 @@ def test_implausible_names_a_ttft_below_the_servers_prompt_time_and_a_single_rea
                         4_000_000))
     assert one_read.ok and implausible(one_read) == [
         "all 2 tokens arrived in one read (the client was stalled: TTFT and decode times are its delay)"]
+
+
+def test_an_endless_line_is_malformed_not_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_LINE_BYTES", 1024)
+    tr = Tracker("completion")
+    tr.feed(b"data: {\"content\":\"", 1)
+    with pytest.raises(protocol.MalformedEvent, match="longer than"):
+        for _ in range(200):
+            tr.feed(b"x" * 64, 2)  # no newline ever: the partial line grows until refused
