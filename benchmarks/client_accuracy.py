@@ -240,7 +240,7 @@ class Client:
 def _clients() -> dict[str, Client]:
     import httpx
 
-    from abtest.measure import rawclient, stream
+    from abtest.measure import protocol, rawclient, stream
 
     async def httpx_open(n: int) -> Any:
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4),
@@ -262,12 +262,12 @@ def _clients() -> dict[str, Client]:
         await c.aclose()
 
     async def raw_json_stream(c: Any, url: str, req: Any, limits: Any) -> Any:
-        saved = stream._loads
-        stream._loads = json.loads
+        saved = protocol.loads
+        protocol.loads = json.loads
         try:
             return await rawclient.stream_request(c, url, req, limits)
         finally:
-            stream._loads = saved
+            protocol.loads = saved
 
     clients = {
         "httpx": Client("httpx", f"abtest.measure.stream (httpx {httpx.__version__})", httpx_open, httpx_warm,
@@ -282,9 +282,9 @@ def _clients() -> dict[str, Client]:
 
 
 def _alt_clients() -> dict[str, Client]:
-    """httpcore without httpx, and aiohttp: the same _Tracker (token counting) on other transports."""
+    """httpcore without httpx, and aiohttp: the same protocol (token counting, record) on other transports."""
     out: dict[str, Client] = {}
-    from abtest.measure.stream import _feed_sse, _record, _Tracker, request_body
+    from abtest.measure.protocol import Tracker, assemble, request_body
 
     try:
         import httpcore
@@ -297,24 +297,26 @@ def _alt_clients() -> dict[str, Client]:
 
         async def hc_stream(c: Any, url: str, req: Any, limits: Any) -> Any:
             path, body = request_body(req)
-            tr = _Tracker(req.endpoint)
+            tr = Tracker(req.endpoint)
             payload = json.dumps(body).encode()
+
+            async def trace(name: str, info: Any) -> None:  # the send mark abtest.measure.stream uses
+                if name == "http11.send_request_body.started":
+                    tr.t_send_ns = time.perf_counter_ns()
+
             status, error = 0, None
             try:
                 async with c.stream("POST", url + path, content=payload,
                                     headers=[(b"Content-Type", b"application/json")],
-                                    extensions={"trace": tr.trace}) as resp:
+                                    extensions={"trace": trace}) as resp:
                     status = resp.status
-                    buf = bytearray()
                     async for part in resp.aiter_stream():
-                        t = time.perf_counter_ns()
-                        buf.extend(part)
-                        _feed_sse(buf, tr, t)
+                        tr.feed(part, time.perf_counter_ns())
                 if not tr.done:
                     error = "no end event"
             except Exception as exc:  # benchmark variant: any failure is data
                 error = f"{type(exc).__name__}: {exc}"
-            return _record(req, tr, status, error, time.perf_counter_ns(), "")
+            return assemble(req, tr, status, error, time.perf_counter_ns(), "")
 
         async def hc_close(c: Any) -> None:
             await c.aclose()
@@ -351,21 +353,18 @@ def _alt_clients() -> dict[str, Client]:
 
         async def ah_stream_traced(c: Any, url: str, req: Any, limits: Any) -> Any:
             path, body = request_body(req)
-            tr = _Tracker(req.endpoint)
+            tr = Tracker(req.endpoint)
             status, error = 0, None
             try:
                 async with c.post(url + path, json=body, trace_request_ctx=tr) as resp:
                     status = resp.status
-                    buf = bytearray()
                     async for part in resp.content.iter_any():
-                        t = time.perf_counter_ns()
-                        buf.extend(part)
-                        _feed_sse(buf, tr, t)
+                        tr.feed(part, time.perf_counter_ns())
                 if not tr.done:
                     error = "no end event"
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            return _record(req, tr, status, error, time.perf_counter_ns(), "")
+            return assemble(req, tr, status, error, time.perf_counter_ns(), "")
 
         out["aiohttp"] = Client("aiohttp", f"aiohttp {aiohttp.__version__} ClientSession, iter_any", ah_open_traced,
                                 ah_warm, ah_stream_traced, ah_close)

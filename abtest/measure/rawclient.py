@@ -3,45 +3,67 @@
 Why it exists (numbers in docs/performance.md, from ``benchmarks/client_accuracy.py``): httpx
 spends most of the client's CPU per SSE event in its layers (anyio stream, httpcore's h11 state
 machine, httpx's byte decoders), and on a 2-core box that CPU becomes queueing delay under
-concurrency: token arrivals are stamped late. This module keeps everything that defines a
-measurement from `abtest.measure.stream` -- the request body (`request_body`), the token counting and SSE
-parsing (`_Tracker`, `_feed_sse`) and the record (`_record`) -- and replaces only the transport:
+concurrency: token arrivals are stamped late. Everything that defines a measurement -- the request
+body, SSE parsing, token counting and the record -- is `abtest.measure.protocol`, shared with
+`abtest.measure.stream`; this module is only the transport:
 
 - one `asyncio.Protocol` per connection: bytes are timestamped in ``data_received``, with no
   StreamReader, anyio or h11 between the socket and the clock;
-- HTTP/1.1 written by hand: a request line, four headers, the JSON body in one ``write``; the
-  response's status line, headers and chunked (or Content-Length, or until-close) body parsed here;
-- "sent" is right after ``transport.write`` handed every request byte to the kernel (the write
-  buffer is empty then; otherwise at the transport's drain), the same mark as httpcore's
-  ``http11.send_request_body.complete`` that `abtest.measure.stream` uses;
+- the request written by hand in one ``write`` (a request line, a few headers, the JSON body);
+- the response framed by llhttp (`httptools`, the parser of uvloop and uvicorn): strict
+  HTTP/1.1 -- a chunk size, a Content-Length or a line ending that is not exactly right is a
+  protocol error at once, a 204/304 ends at its headers, response headers are capped at
+  ``MAX_HEAD_BYTES``; a body delimited by the connection's close is complete only on a clean close
+  (FIN), never on a reset;
+- "sent" is taken right before ``transport.write`` hands the request to the kernel, with nothing
+  awaited in between (after the write, a busy core can run the server first: a TTFT below the
+  server's own prompt time);
+- a stall is no byte for ``stall_timeout_s`` since the last one, checked against the last byte's
+  time (never a window re-armed in full, which would let a stall run to twice its setting);
 - keep-alive connections pooled per host, at most ``max_connections`` at once;
-  `RawClient.open_connections` opens them before timing, as the runner does with httpx;
-- the event JSON parsed with orjson when it is importable (same result as ``json.loads``).
+  `RawClient.open_connections` opens them before timing, as the runner does with httpx.
 
 Switching: ``async with RawClient(max_connections=n) as client: await stream_request(client, url,
-req, limits)`` where the runner had ``httpx.AsyncClient`` and ``abtest.stream.stream_request``. A
-failed request is a record with ``error`` set, as in `abtest.measure.stream`; it never raises.
+req, limits)`` where the runner had ``httpx.AsyncClient`` and ``abtest.measure.stream.stream_request``.
+A failed request is a record with ``error`` set, as in `abtest.measure.stream`; it never raises.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..records import RequestRecord
-from .stream import StreamLimits, StreamRequest, _end_of_stream, _feed_sse, _record, _Tracker, request_body
+import httptools
 
-__all__ = ["RawClient", "RawHTTPError", "stream_request"]
+from ..records import RequestRecord
+from .protocol import (
+    MalformedEvent,
+    StreamLimits,
+    StreamRequest,
+    Tracker,
+    assemble,
+    cannot_connect,
+    connection_cut,
+    encode_body,
+    http_status_error,
+    request_body,
+    stalled,
+    timed_out,
+)
+
+__all__ = ["MAX_HEAD_BYTES", "RawClient", "RawHTTPError", "stream_request"]
 
 _DEFAULT_LIMITS = StreamLimits()
+MAX_HEAD_BYTES = 64 << 10  # response status line + headers (llama-server sends ~250 bytes)
+Sink = Callable[[bytes, int], None]
 
 
 class RawHTTPError(Exception):
@@ -52,29 +74,30 @@ class RawHTTPError(Exception):
         self.kind = kind
 
 
-_HEAD, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _LENGTH, _UNTIL_CLOSE, _DONE = range(8)
-
-
 class _Conn(asyncio.Protocol):
-    """One HTTP/1.1 connection; parses one response at a time and hands body bytes to a sink."""
+    """One HTTP/1.1 connection; frames one response at a time (llhttp) and hands body bytes to a sink."""
 
     def __init__(self, key: tuple[str, str, int]) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.close_exc: BaseException | None = None
-        self._buf = bytearray()
-        self._state = _DONE
-        self._remaining = 0
         self.status = 0
         self.headers: dict[str, str] = {}
         self.keep_alive = True
         self.got_bytes = False
         self.last_rx_ns = 0
         self.t_headers_ns: int | None = None
-        self.sink: Any = None  # callable(bytes, t_ns) for body bytes
+        self.sink: Sink | None = None
         self.done: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head: dict[str, str] = {}  # headers of the head being parsed
+        self._head_bytes = 0  # bytes received while the final head is incomplete
+        self._in_head = False
+        self._until_close = False  # the body ends when the connection closes
+        self._complete = False
+        self._t_ns = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,11 +110,13 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.close_exc = exc
-        if self._state == _UNTIL_CLOSE:
-            self._state = _DONE
-            self._finish(None)
-        elif self._state != _DONE:
-            self._finish(RawHTTPError("closed", str(exc) if exc else "connection closed mid-response"))
+        if self._parser is not None and not self._complete:
+            if self._until_close and exc is None:
+                self._end(None)  # a clean close (FIN) ends a body delimited by close
+            elif self._until_close:
+                self._end(RawHTTPError("closed", f"reset by peer before the end of a body delimited by close: {exc}"))
+            else:
+                self._end(RawHTTPError("closed", str(exc) if exc else "connection closed mid-response"))
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -102,22 +127,70 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         t_ns = time.perf_counter_ns()  # the arrival stamp of every event in these bytes
         self.last_rx_ns = t_ns
-        if self._state == _DONE:
-            return  # bytes outside a response (none expected): ignore
-        self.got_bytes = True
-        buf = self._buf
-        buf += data
-        try:
-            self._parse(t_ns)
-        except Exception as exc:  # the sink raised (malformed event) or HTTP is broken
-            self._state = _DONE
+        parser = self._parser
+        if parser is None or self._complete:
+            # bytes outside a response: the connection's state is unknown, never reuse it
             self.keep_alive = False
-            self._finish(exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.got_bytes = True
+        self._t_ns = t_ns
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:  # the sink raised: a malformed event
+            self._fail(exc.__context__ or exc)
+            return
+        except Exception as exc:  # llhttp refused the bytes (HttpParserError and its kinds)
+            self._fail(RawHTTPError("protocol", str(exc) or type(exc).__name__))
+            return
+        if self._in_head and not self._complete:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(RawHTTPError("protocol", f"response headers larger than {MAX_HEAD_BYTES >> 10} KiB"))
+
+    # -- llhttp callbacks ---------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second response after ours: the connection is not in a known state
+            self.keep_alive = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if status < 200:  # 1xx: an interim response, another head follows
+            self._head = {}
+            return
+        self._in_head = False
+        self.status = status
+        self.headers = self._head
+        self.t_headers_ns = self._t_ns
+        self.keep_alive = self._parser.should_keep_alive()
+        framed = "content-length" in self._head or "chunked" in self._head.get("transfer-encoding", "").lower()
+        self._until_close = not framed and status not in (204, 304)
+        if self._until_close:
+            self.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink(body, self._t_ns)
+
+    def on_message_complete(self) -> None:
+        if self._in_head or self._complete:
+            return  # the end of a 1xx, or of a response after ours
+        self._complete = True
+        self._end(None)
 
     # -- requests ---------------------------------------------------------------------------------
-    def begin(self, sink: Any) -> asyncio.Future[None]:
-        self._buf.clear()
-        self._state = _HEAD
+    def begin(self, sink: Sink) -> asyncio.Future[None]:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head = {}
+        self._head_bytes = 0
+        self._in_head = True
+        self._until_close = False
+        self._complete = False
         self.status = 0
         self.headers = {}
         self.keep_alive = True
@@ -128,116 +201,29 @@ class _Conn(asyncio.Protocol):
         return self.done
 
     async def write(self, data: bytes) -> int:
-        """Write the request; the perf_counter_ns when every byte was handed to the kernel."""
+        """Write the request; the perf_counter_ns taken right before the bytes were handed to the kernel
+        (nothing awaited in between: a mark taken after the write can follow the server's own start)."""
         assert self.transport is not None
-        self.transport.write(data)
         t_ns = time.perf_counter_ns()
+        self.transport.write(data)
         while self.transport.get_write_buffer_size() and not self.closed:  # rare: a big body
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
-            t_ns = time.perf_counter_ns()
         return t_ns
 
-    def _finish(self, exc: BaseException | None) -> None:
+    def _fail(self, exc: BaseException) -> None:
+        self._complete = True
+        self.keep_alive = False
+        self._end(exc)
+
+    def _end(self, exc: BaseException | None) -> None:
+        self._complete = True
         fut = self.done
         if fut is not None and not fut.done():
             if exc is None:
                 fut.set_result(None)
             else:
                 fut.set_exception(exc)
-
-    def _parse(self, t_ns: int) -> None:
-        buf = self._buf
-        while True:
-            state = self._state
-            if state == _CHUNK_DATA:
-                n = min(self._remaining, len(buf))
-                if n == 0:
-                    return
-                part = bytes(buf[:n])
-                del buf[:n]
-                self._remaining -= n
-                self.sink(part, t_ns)
-                if self._remaining == 0:
-                    self._state = _CHUNK_CRLF
-            elif state == _CHUNK_SIZE:
-                nl = buf.find(b"\r\n")
-                if nl < 0:
-                    return
-                size = int(bytes(buf[:nl]).split(b";", 1)[0], 16)
-                del buf[: nl + 2]
-                if size == 0:
-                    self._state = _TRAILER
-                else:
-                    self._remaining = size
-                    self._state = _CHUNK_DATA
-            elif state == _CHUNK_CRLF:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise RawHTTPError("protocol", "chunk not followed by CRLF")
-                del buf[:2]
-                self._state = _CHUNK_SIZE
-            elif state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                self._head(bytes(buf[:end]), t_ns)
-                del buf[: end + 4]
-            elif state == _LENGTH:
-                n = min(self._remaining, len(buf))
-                if n:
-                    part = bytes(buf[:n])
-                    del buf[:n]
-                    self._remaining -= n
-                    self.sink(part, t_ns)
-                if self._remaining == 0:
-                    self._state = _DONE
-                    self._finish(None)
-                return
-            elif state == _UNTIL_CLOSE:
-                if buf:
-                    self.sink(bytes(buf), t_ns)
-                    buf.clear()
-                return
-            elif state == _TRAILER:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    return
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                if not line:  # end of trailers: the response is complete
-                    self._state = _DONE
-                    self._finish(None)
-                    return
-            else:  # _DONE
-                return
-
-    def _head(self, head: bytes, t_ns: int) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-            raise RawHTTPError("protocol", f"bad status line {lines[0][:80]!r}")
-        status = int(parts[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        if 100 <= status < 200:  # 1xx: another head follows
-            return
-        self.status = status
-        self.headers = headers
-        self.t_headers_ns = t_ns
-        conn = headers.get("connection", "").lower()
-        self.keep_alive = "close" not in conn and parts[0] != "HTTP/1.0"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._state = _CHUNK_SIZE
-        elif "content-length" in headers:
-            self._remaining = int(headers["content-length"])
-            self._state = _LENGTH
-        else:
-            self.keep_alive = False
-            self._state = _UNTIL_CLOSE
 
 
 class RawClient:
@@ -343,17 +329,28 @@ class RawClient:
                     stall_timeout_s: float | None) -> None:
         """Wait for the response to end; a stall (no byte for stall_timeout_s) raises ``stalled``.
 
-        One timer per stall window instead of one per received chunk: the window is re-armed from
-        the last byte's time only when it expires.
+        One timer per wait instead of one per received chunk: each wait lasts until the stall
+        deadline counted from the last byte's time (or the request's deadline, if sooner), so a
+        stall is reported stall_timeout_s after the last byte, not up to twice that.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         conn.last_rx_ns = time.perf_counter_ns()
         while True:
-            wait = stall_timeout_s
+            wait: float | None = None
+            if stall_timeout_s is not None:
+                wait = stall_timeout_s - (time.perf_counter_ns() - conn.last_rx_ns) / 1e9
+                if wait <= 0:
+                    if done.done():
+                        done.result()
+                        return
+                    raise RawHTTPError("stalled", f"no data for {stall_timeout_s:g} s")
             if deadline is not None:
                 left = deadline - loop.time()
                 if left <= 0:
+                    if done.done():
+                        done.result()
+                        return
                     raise asyncio.TimeoutError
                 wait = left if wait is None else min(wait, left)
             try:
@@ -363,10 +360,6 @@ class RawClient:
                 if done.done():
                     done.result()
                     return
-                if stall_timeout_s is not None:
-                    idle_s = (time.perf_counter_ns() - conn.last_rx_ns) / 1e9
-                    if idle_s >= stall_timeout_s:
-                        raise RawHTTPError("stalled", f"no data for {stall_timeout_s:g} s") from None
 
     async def get(self, url: str, timeout_s: float | None = 30.0) -> tuple[int, bytes]:
         """A plain GET (health checks, warm-up); the status and the whole body."""
@@ -384,29 +377,27 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
                          limits: StreamLimits = _DEFAULT_LIMITS) -> RequestRecord:
     """Send one streamed request and time every token-carrying event; never raises on failure.
 
-    The contract of `abtest.stream.stream_request` (same record, same errors as data), on `RawClient`.
+    The contract of `abtest.measure.stream.stream_request` (same record, same errors as data), on `RawClient`.
     """
     path, body = request_body(req)
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    tracker = _Tracker(req.endpoint)
+    payload = encode_body(body)
+    tracker = Tracker(req.endpoint)
     status = 0
     error: str | None = None
     sent_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     for attempt in (1, 2):
-        buffer = bytearray()
         err_body: list[bytes] = []
         conns: list[_Conn] = []
         tr = tracker
 
-        def sink(part: bytes, t_ns: int, buffer: bytearray = buffer, err_body: list[bytes] = err_body,
-                 conns: list[_Conn] = conns, tr: _Tracker = tr) -> None:
+        def sink(part: bytes, t_ns: int, err_body: list[bytes] = err_body, conns: list[_Conn] = conns,
+                 tr: Tracker = tr) -> None:
             if conns[0].status != 200:
                 err_body.append(part)  # an error answer's body: kept for the message, not parsed
-                return
-            buffer.extend(part)
-            _feed_sse(buffer, tr, t_ns)
+            else:
+                tr.feed(part, t_ns)
 
-        def on_sent(t_ns: int, tr: _Tracker = tr) -> None:
+        def on_sent(t_ns: int, tr: Tracker = tr) -> None:
             tr.t_send_ns = t_ns
 
         try:
@@ -416,11 +407,7 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
                 on_sent=on_sent, on_conn=conns.append)
             status = conn.status
             tracker.t_headers_ns = conn.t_headers_ns
-            if status != 200:
-                raw = b"".join(err_body)
-                error = f"HTTP {status}: {raw[:300].decode('utf-8', 'replace').strip()}"
-            else:
-                error = _end_of_stream(buffer, tracker)
+            error = http_status_error(status, b"".join(err_body)) if status != 200 else tracker.end()
             break
         except RawHTTPError as exc:
             got = bool(conns and conns[0].got_bytes) or bool(tracker.chunk_times)
@@ -428,28 +415,27 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
                 # A pooled keep-alive connection can be closed under us before the server read a
                 # byte of the request (llama-server closes after a streamed response): retry once,
                 # only when nothing at all came back, with a fresh timeline -- as abtest.measure.stream does.
-                tracker = _Tracker(req.endpoint)
+                tracker = Tracker(req.endpoint)
                 continue
-            status = conns[0].status if conns else 0
             if exc.kind == "connect":
-                error = f"cannot connect to {base_url} ({exc}) — is the server still running? see its log"
+                error = cannot_connect(base_url, str(exc))
             elif exc.kind == "stalled":
-                error = f"stream stalled: no data for {limits.stall_timeout_s:g} s (--stall-timeout)"
+                error = stalled(limits)
             elif exc.kind == "closed":
-                error = (f"connection closed after {tracker.predicted} tokens ({exc}) "
-                         "— the server died or cut the stream; see its log")
+                error = connection_cut(tracker, str(exc))
             else:
                 error = f"HTTP protocol error: {exc}"
-            break
         except asyncio.TimeoutError:
-            status = conns[0].status if conns else 0
-            error = f"request timed out after {limits.request_timeout_s:g} s (--request-timeout)"
-            break
-        except (ValueError, UnicodeDecodeError) as exc:
-            status = conns[0].status if conns else 0
+            error = timed_out(limits)
+        except MalformedEvent as exc:
             error = f"malformed event: {exc}"
-            break
-    return _record(req, tracker, status, error, time.perf_counter_ns(), sent_at)
+        except Exception as exc:  # never raises: anything else is a failed record that names it
+            error = f"client error ({type(exc).__name__}: {exc}) — please report it"
+        status = conns[0].status if conns else 0
+        if conns:
+            tracker.t_headers_ns = conns[0].t_headers_ns
+        break
+    return assemble(req, tracker, status, error, time.perf_counter_ns(), sent_at)
 
 
 _HEADERS = "Content-Type: application/json\r\nAccept-Encoding: identity\r\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from abtest.measure.stream import StreamRequest, _feed_sse, _record, _Tracker, request_body
+from abtest.measure.protocol import StreamRequest, Tracker, assemble, request_body
 
 
 def _ev(obj: dict) -> bytes:
@@ -17,7 +17,7 @@ def _req(endpoint: str = "completion") -> StreamRequest:
 
 
 def test_completion_tokens_counted_from_tokens_predicted_not_chunks() -> None:
-    tr = _Tracker("completion")
+    tr = Tracker("completion")
     tr.t_send_ns = 0
     stream = (
         _ev({"content": "", "tokens": [], "tokens_predicted": 0})  # begin, no token
@@ -28,33 +28,38 @@ def test_completion_tokens_counted_from_tokens_predicted_not_chunks() -> None:
         + _ev({"content": "", "tokens": [], "stop": True, "tokens_predicted": 5,
                "timings": {"predicted_n": 5, "prompt_n": 2, "cache_n": 0, "predicted_per_second": 10.0}})
     )
-    buf = bytearray()
     # Feed in odd-sized pieces to exercise partial lines.
     for i in range(0, len(stream), 7):
-        buf.extend(stream[i:i + 7])
-        _feed_sse(buf, tr, 1000 + i)
-    rec = _record(_req(), tr, 200, None, 10_000, "")
+        tr.feed(stream[i:i + 7], 1000 + i)
+    assert tr.end() is None
+    rec = assemble(_req(), tr, 200, None, 10_000, "")
     assert rec.completion_tokens == 5 == rec.server_predicted_n
     assert [e.n_tokens for e in rec.events] == [1, 1, 3]
     assert len(rec.chunk_times_ns) == 5  # every data event, token-carrying or not
     assert rec.token_ids is None  # 3 ids for 5 tokens: incomplete, left for the backfill
     assert rec.text == "a\u00e9x" and rec.cache_n == 0 and rec.prompt_tokens == 2
-    assert tr.done
+    assert tr.done and rec.ok
 
 
 def test_chat_role_chunk_is_not_a_token_and_usage_is_read() -> None:
-    tr = _Tracker("chat")
+    tr = Tracker("chat")
     tr.t_send_ns = 0
     role = {"choices": [{"delta": {"role": "assistant", "content": None}}], "timings": {"predicted_n": 0}}
     tok1 = {"choices": [{"delta": {"content": "Hi"}}], "timings": {"predicted_n": 1}}
     tok2 = {"choices": [{"delta": {"content": " there"}}], "timings": {"predicted_n": 3}}
     usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}
-    buf = bytearray(_ev(role) + _ev(tok1) + _ev(tok2) + _ev(usage) + b"data: [DONE]\n\n")
-    _feed_sse(buf, tr, 500)
-    rec = _record(_req("chat"), tr, 200, None, 900, "")
+    tr.feed(_ev(role) + _ev(tok1) + _ev(tok2) + _ev(usage) + b"data: [DONE]\n\n", 500)
+    rec = assemble(_req("chat"), tr, 200, tr.end(), 900, "")
     assert [e.n_tokens for e in rec.events] == [1, 2]
     assert rec.ttft_ms == 500 / 1e6
-    assert rec.text == "Hi there" and rec.prompt_tokens == 4 and tr.done
+    assert rec.text == "Hi there" and rec.prompt_tokens == 4 and tr.done and rec.ok
+
+
+def test_a_last_line_without_newline_is_parsed_at_the_end() -> None:
+    tr = Tracker("chat")
+    tr.feed(_ev({"choices": [{"delta": {"content": "Hi"}}], "timings": {"predicted_n": 1}}) + b"data: [DONE]", 5)
+    assert not tr.done
+    assert tr.end() is None and tr.done
 
 
 def test_request_body_pins_cache_eos_and_seed() -> None:
