@@ -19,6 +19,7 @@ from .errors import EvidenceError
 from .records import (
     ArmEnd,
     ArmStart,
+    NewerSchema,
     RequestRecord,
     RunEnd,
     RunManifest,
@@ -30,6 +31,8 @@ from .records import (
 
 # Refuse to start a run with less free space than this in the evidence directory.
 MIN_FREE_BYTES = 16 * 1024 * 1024
+# Bad lines named one by one in `Evidence.problems` (and so in the report's warnings); the rest counted.
+MAX_NAMED_BAD_LINES = 20
 # A sweep's search trail lies beside its evidence file: <run>.jsonl -> <run>.sweep.json.
 SWEEP_SIDECAR_SUFFIX = ".sweep.json"
 
@@ -106,6 +109,8 @@ class Evidence:
     arm_ends: list[ArmEnd] = field(default_factory=list)
     run_end: RunEnd | None = None
     problems: list[str] = field(default_factory=list)  # truncated lines, unknown kinds, ...
+    bad_lines: int = 0  # lines skipped (the first MAX_NAMED_BAD_LINES of them are named in problems)
+    newer_schema_lines: int = 0  # of those, lines of a schema newer than this abtest reads
 
     @property
     def partial(self) -> bool:
@@ -118,7 +123,11 @@ class Evidence:
 
 
 def read_evidence(path: Path) -> Evidence:
-    """Read one evidence file. Bad lines are skipped and named in `problems`, never fatal."""
+    """Read one evidence file. Never raises on its content: a line that is not a record of this
+    schema (malformed or truncated JSON, not an object, unknown kind, a field missing or of the wrong
+    type, a newer schema) is skipped, counted in `bad_lines` and named in `problems` (the first
+    `MAX_NAMED_BAD_LINES` of them; then one line with the total). EvidenceError only when the file
+    cannot be read at all."""
     path = Path(path)
     ev = Evidence(path=path)
     try:
@@ -126,23 +135,41 @@ def read_evidence(path: Path) -> Evidence:
     except OSError as exc:
         raise EvidenceError(f"cannot read evidence file {path}: {exc.strerror}") from exc
     lines = text.split("\n")
+    newest = 0
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            record = from_dict(obj)
+            record = from_dict(json.loads(line))
         except json.JSONDecodeError:
-            last = lineno == len(lines) or all(not rest.strip() for rest in lines[lineno:])
-            ev.problems.append(f"{path.name}:{lineno}: {'truncated last line' if last else 'malformed line'} skipped")
+            last = all(not rest.strip() for rest in lines[lineno:])
+            _bad(ev, f"{path.name}:{lineno}: {'truncated last line' if last else 'malformed line'} skipped")
             continue
-        except (ValueError, TypeError) as exc:
-            ev.problems.append(f"{path.name}:{lineno}: {exc}; skipped")
+        except NewerSchema as exc:
+            ev.newer_schema_lines += 1
+            newest = max(newest, exc.version)
+            _bad(ev, f"{path.name}:{lineno}: {exc}; skipped")
+            continue
+        except (ValueError, TypeError, RecursionError) as exc:
+            _bad(ev, f"{path.name}:{lineno}: {exc}; skipped")
             continue
         _add(ev, record)
+    if ev.bad_lines > MAX_NAMED_BAD_LINES:
+        ev.problems.append(f"{path.name}: {ev.bad_lines} bad lines skipped in all "
+                           f"({ev.bad_lines - MAX_NAMED_BAD_LINES} not named above)")
     if ev.manifest is None:
-        ev.problems.append(f"{path.name}: no run_start record")
+        if ev.newer_schema_lines:
+            ev.problems.append(f"{path.name}: no run_start record of a schema this abtest reads "
+                               f"({ev.newer_schema_lines} lines of schema {newest}); upgrade abtest")
+        else:
+            ev.problems.append(f"{path.name}: no run_start record")
     return ev
+
+
+def _bad(ev: Evidence, problem: str) -> None:
+    ev.bad_lines += 1
+    if ev.bad_lines <= MAX_NAMED_BAD_LINES:
+        ev.problems.append(problem)
 
 
 def _add(ev: Evidence, record: Any) -> None:
