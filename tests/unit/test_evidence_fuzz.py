@@ -25,11 +25,16 @@ from abtest.errors import AbtestError
 from abtest.evidence import read_evidence
 from abtest.records import KINDS, TokenEvent, _fields_of
 
-_BASE_DIR = Path(tempfile.mkdtemp(prefix="abtest-fuzz-"))
-_BASE = [json.loads(line) for line in fabricate(
-    _BASE_DIR / "base.jsonl", seed=5, arms=[Arm("baseline"), Arm("other", decode_tps=40.0)], runs=2,
-    prompts_per_bucket=1, warmup=1, completion_tokens=6,
-).read_text().splitlines()]
+with tempfile.TemporaryDirectory() as _tmp:
+    _BASE = [json.loads(line) for line in fabricate(
+        Path(_tmp) / "base.jsonl", seed=5, arms=[Arm("baseline"), Arm("other", decode_tps=40.0)], runs=2,
+        prompts_per_bucket=1, warmup=1, completion_tokens=6,
+    ).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
 
 JSON: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -92,11 +97,11 @@ LINE = st.one_of(JSON, mutated(), st.sampled_from(_BASE))
 @settings(deadline=None, max_examples=150, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(LINE, max_size=40), cut=st.booleans())
-def test_no_line_makes_the_reader_or_the_report_raise(lines: list[Any], cut: bool) -> None:
+def test_no_line_makes_the_reader_or_the_report_raise(work: Path, lines: list[Any], cut: bool) -> None:
     text = "".join(json.dumps(v) + "\n" for v in lines)
     if cut and text:
         text = text[: len(text) // 2]
-    path = _BASE_DIR / "fuzz.jsonl"
+    path = work / "fuzz.jsonl"
     path.write_text(text, encoding="utf-8")
     ev = read_evidence(path)
     assert ev.bad_lines <= len(lines)
@@ -106,8 +111,8 @@ def test_no_line_makes_the_reader_or_the_report_raise(lines: list[Any], cut: boo
         pass
 
 
-def test_the_unchanged_base_reads_clean_and_reports() -> None:
-    path = _BASE_DIR / "clean.jsonl"
+def test_the_unchanged_base_reads_clean_and_reports(work: Path) -> None:
+    path = work / "clean.jsonl"
     path.write_text("".join(json.dumps(v) + "\n" for v in _BASE), encoding="utf-8")
     ev = read_evidence(path)
     assert ev.problems == [] and ev.bad_lines == 0 and not ev.partial
@@ -115,8 +120,8 @@ def test_the_unchanged_base_reads_clean_and_reports() -> None:
 
 
 @pytest.mark.parametrize("value", [[1, 2], "text", 42, None])
-def test_the_values_of_the_issue(value: Any) -> None:
-    path = _BASE_DIR / "issue.jsonl"
+def test_the_values_of_the_issue(work: Path, value: Any) -> None:
+    path = work / "issue.jsonl"
     path.write_text("".join(json.dumps(v) + "\n" for v in [*_BASE, value]), encoding="utf-8")
     ev = read_evidence(path)
     assert ev.bad_lines == 1
