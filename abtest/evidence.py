@@ -40,14 +40,20 @@ SWEEP_SIDECAR_SUFFIX = ".sweep.json"
 class EvidenceWriter:
     """Append-only JSONL writer; one line per record, flushed (and fsynced) immediately."""
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, *, fsync: bool = True, new: bool = False) -> None:
+        """Append to `path`; with `new`, create a file of its own instead: `path` if it does not
+        exist, else the first free `<stem>-2<suffix>`, `-3`, ... (`self.path` is the one taken)."""
         self._fsync = fsync
-        check_writable(self.path.parent)
+        check_writable(Path(path).parent)
         try:
-            self._fh: IO[str] = open(self.path, "a", encoding="utf-8")
+            if new:
+                self.path, fd = create_new(Path(path))
+            else:
+                self.path = Path(path)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fh: IO[str] = open(fd, "a", encoding="utf-8")
         except OSError as exc:
-            raise EvidenceError(f"cannot open evidence file {self.path}: {exc.strerror} — pick another --out") from exc
+            raise EvidenceError(f"cannot open evidence file {path}: {exc.strerror} — pick another --out") from exc
 
     def write(self, record: Any) -> None:
         line = json.dumps(to_dict(record), separators=(",", ":"), ensure_ascii=False)
@@ -70,6 +76,30 @@ class EvidenceWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def create_new(path: Path, *, tries: int = 1000) -> tuple[Path, int]:
+    """Create a file no one else has (O_EXCL): `path`, else `<stem>-2<suffix>`, `-3`, ...; the name
+    taken and an fd open for appending. Two runs started in the same second with the same --out
+    get two files, never one merged file. OSError (FileExistsError after `tries` names) as raised."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-1:])
+    stem = path.name[: len(path.name) - len(suffix)]
+    for n in range(1, tries + 1):
+        candidate = path if n == 1 else path.with_name(f"{stem}-{n}{suffix}")
+        try:
+            return candidate, os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:
+            continue
+    raise FileExistsError(17, f"{tries} names taken", str(path))
+
+
+def reserve_new(path: Path) -> Path:
+    """Create an empty file of our own at `path` or the first free name after it (see `create_new`)
+    and return its name: a server log that another run, started the same second, cannot share."""
+    taken, fd = create_new(path)
+    os.close(fd)
+    return taken
 
 
 def check_writable(directory: Path) -> None:

@@ -31,7 +31,7 @@ import httpx
 from .. import __version__
 from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
 from ..errors import EvidenceError, LaunchError
-from ..evidence import EvidenceWriter, check_writable
+from ..evidence import EvidenceWriter, check_writable, reserve_new
 from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds, measured_window_ms
 from ..server.log import parse_memory_breakdown
 from ..server.process import (
@@ -130,8 +130,8 @@ class Runner:
         check_writable(Path(cfg.out_dir))  # fail fast, before launching anything
         cases = load_prompts(Path(cfg.prompts_path) if cfg.prompts_path else None, list(cfg.buckets) or None)
         arms = resolve_arms(cfg, self.progress.note)
-        path = evidence_path(cfg, cfg.model)
-        self.writer = EvidenceWriter(path)
+        self.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
+        path = self.writer.path  # the name taken: unique even for two runs started in the same second
         try:
             self.write(self.manifest(path, [a.model for a in arms], [a.spec for a in arms]))
             ctx = cfg.ctx_size or auto_ctx_size(
@@ -148,12 +148,20 @@ class Runner:
         return RunResult(path, self.n_requests, self.n_failed, self.arms_failed, time.perf_counter() - t0)
 
     # -- one arm -----------------------------------------------------------------------------
-    def _launch(self, arm: ResolvedArm, ctx: int, evidence: Path) -> ServerProcess:
+    def _log_path(self, arm: str, evidence: Path) -> Path:
+        """`<evidence stem>.<arm>.log`, created empty and ours alone (a name another run or an
+        earlier launch of this arm holds gets `-2`, `-3`, ...); the server's output is appended."""
+        try:
+            return reserve_new(evidence.with_name(f"{evidence.stem}.{arm}.log"))
+        except OSError as exc:
+            raise EvidenceError(f"cannot create the server log for arm '{arm}' beside {evidence}: "
+                                f"{exc.strerror} — pick another --out") from exc
+
+    def _launch(self, arm: ResolvedArm, ctx: int, log_path: Path) -> ServerProcess:
         cfg = self.cfg
         binary = arm.server["path"]
         fit = arm.spec.kind == "llama-server" and supports_flag(help_text(binary), "--fit")
         argv = final_argv(arm.spec, cfg, binary, arm.model["path"], ctx, fit)
-        log_path = evidence.with_name(f"{evidence.stem}.{arm.spec.name}.log")
         spec = LaunchSpec(
             name=arm.spec.name,
             argv=tuple(argv),
@@ -167,10 +175,11 @@ class Runner:
         self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path
     ) -> tuple[ServerProcess, VramSampler, list[FittedPrompt]] | None:
         name = arm.spec.name
+        log_path = self._log_path(name, evidence)
         try:
-            srv = self._launch(arm, ctx, evidence)
+            srv = self._launch(arm, ctx, log_path)
         except LaunchError as exc:
-            self._arm_failed(name, str(exc), evidence.with_name(f"{evidence.stem}.{name}.log"))
+            self._arm_failed(name, str(exc), log_path)
             return None
         sampler = VramSampler(self.nvml, name, srv.pid, srv.t_spawn_ns, self._write_sample, self.cfg.sample_interval_s)
         after_load = sampler.sample()

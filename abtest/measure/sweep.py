@@ -286,9 +286,9 @@ class SweepRunner:
         arms = tuple(ready_made_arm(arm_name(n)) for n in candidates)
         cfg = replace(cfg, ctx_size=n_ctx, arms=arms, extra={**cfg.extra, "sweep": plan.to_extra()})
         runner.cfg = cfg
-        path = evidence_path(cfg, cfg.model)
+        runner.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
+        path = runner.writer.path  # the name taken (unique, see EvidenceWriter)
         sidecar = path.with_name(path.stem + SWEEP_SIDECAR_SUFFIX)
-        runner.writer = EvidenceWriter(path)
 
         def measure(n: int) -> Measurement | None:
             free_now = free_vram_mib(runner.nvml)

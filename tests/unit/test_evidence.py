@@ -184,3 +184,22 @@ def test_every_record_field_has_a_json_check() -> None:
                 _conforms([[1, 2]], hint), _conforms({"k": [1]}, hint), _conforms(None, hint)
             except TypeError as exc:
                 pytest.fail(f"{cls.__name__}.{name}: {exc}")
+
+
+def test_new_writers_on_one_name_get_files_of_their_own(tmp_path: Path) -> None:
+    path = tmp_path / "20261201T000000-m.jsonl"
+    with EvidenceWriter(path, new=True) as a, EvidenceWriter(path, new=True) as b, \
+            EvidenceWriter(path, new=True) as c:
+        assert (a.path, b.path, c.path) == (path, tmp_path / "20261201T000000-m-2.jsonl",
+                                            tmp_path / "20261201T000000-m-3.jsonl")
+        a.write(_manifest())
+        b.write(RunEnd("t", 1.0, 1, 0, []))
+    assert read_evidence(a.path).run_end is None and read_evidence(b.path).manifest is None
+
+
+def test_a_reserved_log_name_is_never_shared(tmp_path: Path) -> None:
+    from abtest.evidence import reserve_new
+
+    log = tmp_path / "run.a.log"
+    assert reserve_new(log) == log and reserve_new(log) == tmp_path / "run.a-2.log"
+    assert log.read_bytes() == b""
