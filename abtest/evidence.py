@@ -1,8 +1,14 @@
-"""Evidence files: one JSON object per line, appended and flushed per record, read tolerantly.
+"""Evidence files: one JSON object per line, written off the event loop, read tolerantly.
 
 The file is opened (and its directory checked) before any server is launched, so a bad path fails
-early, and every record is flushed as it is written, so a crash loses at most the requests in
-flight. The reader never raises on a truncated last line or an unknown record: it reports them.
+early. `EvidenceWriter.write` only serialises the record (orjson) and queues the bytes: a writer
+thread writes them at once and fsyncs at least every `FLUSH_INTERVAL_S`, at every `sync()` (each
+arm's end) and at `close()`. So the loop that stamps tokens is never held by a disk, a crash or
+SIGKILL loses only the requests in flight (lines queued are written within milliseconds), and a
+power cut at most the last second. A write that fails (disk full, I/O error) stops the writer;
+the next `write`, `sync` or `close` raises EvidenceError naming the file and the cause, and what
+was written stays. The reader never raises on what a line holds: bad lines are skipped, counted
+and named.
 """
 
 from __future__ import annotations
@@ -11,9 +17,13 @@ import dataclasses
 import json
 import os
 import shutil
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+import orjson
 
 from .errors import EvidenceError
 from .records import (
@@ -27,55 +37,159 @@ from .records import (
     VramSample,
     from_dict,
     to_dict,
+    to_fields,
 )
 
 # Refuse to start a run with less free space than this in the evidence directory.
 MIN_FREE_BYTES = 16 * 1024 * 1024
+# The longest a written record waits for its fsync (lines reach the kernel within milliseconds).
+FLUSH_INTERVAL_S = 1.0
 # Bad lines named one by one in `Evidence.problems` (and so in the report's warnings); the rest counted.
 MAX_NAMED_BAD_LINES = 20
 # A sweep's search trail lies beside its evidence file: <run>.jsonl -> <run>.sweep.json.
 SWEEP_SIDECAR_SUFFIX = ".sweep.json"
+_ORJSON_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+
+
+def encode(record: Any) -> bytes:
+    """One evidence line (newline included) for a record: orjson over a shallow dict of the fields
+    (kind and schema first, events compact), ~30 µs for a 128-token request where
+    `dataclasses.asdict` + `json.dumps` took ~1.9 ms. A value orjson refuses (a float subclass, an
+    int beyond 64 bits) falls back to the stdlib on the deep dict, as before."""
+    try:
+        return orjson.dumps(to_fields(record), option=_ORJSON_OPTS)
+    except TypeError:
+        return (json.dumps(to_dict(record), separators=(",", ":"), ensure_ascii=False, default=str) + "\n").encode()
 
 
 class EvidenceWriter:
-    """Append-only JSONL writer; one line per record, flushed (and fsynced) immediately."""
+    """Append-only JSONL writer: `write` serialises and queues (microseconds, any thread); a thread
+    of its own writes and fsyncs (see the module docstring). Thread-safe."""
 
-    def __init__(self, path: Path, *, fsync: bool = True, new: bool = False) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, new: bool = False,
+                 flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
         """Append to `path`; with `new`, create a file of its own instead: `path` if it does not
         exist, else the first free `<stem>-2<suffix>`, `-3`, ... (`self.path` is the one taken)."""
         self._fsync = fsync
+        self._interval_s = flush_interval_s
         check_writable(Path(path).parent)
         try:
             if new:
-                self.path, fd = create_new(Path(path))
+                self.path, self._fd = create_new(Path(path))
             else:
                 self.path = Path(path)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._fh: IO[str] = open(fd, "a", encoding="utf-8")
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise EvidenceError(f"cannot open evidence file {path}: {exc.strerror} — pick another --out") from exc
+        self._cond = threading.Condition()
+        self._pending: list[bytes] = []
+        self._asked = 0  # sync() tickets handed out ...
+        self._synced = 0  # ... and the last one the thread has made durable
+        self._stopping = False
+        self._error: OSError | None = None
+        self._reported = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, name=f"evidence-{self.path.name}", daemon=True)
+        self._thread.start()
 
+    # -- the caller's side -------------------------------------------------------------------
     def write(self, record: Any) -> None:
-        line = json.dumps(to_dict(record), separators=(",", ":"), ensure_ascii=False)
-        try:
-            self._fh.write(line + "\n")
-            self._fh.flush()
-            if self._fsync:
-                os.fsync(self._fh.fileno())
-        except OSError as exc:
-            raise EvidenceError(
-                f"writing evidence to {self.path} failed ({exc.strerror}); records up to here are kept"
-            ) from exc
+        """Queue one record. EvidenceError if an earlier write failed (the run must stop)."""
+        line = encode(record)
+        with self._cond:
+            if self._error is not None:
+                raise self._failure()
+            if self._stopping:
+                raise EvidenceError(f"evidence file {self.path} is closed; {type(record).__name__} not written")
+            self._pending.append(line)
+            if len(self._pending) == 1:
+                self._cond.notify()
+
+    def sync(self) -> None:
+        """Block until every record queued so far is written (and fsynced). EvidenceError on failure."""
+        with self._cond:
+            self._asked += 1
+            ticket = self._asked
+            self._cond.notify()
+            while self._synced < ticket and self._error is None and self._thread.is_alive():
+                self._cond.wait(0.5)
+            if self._error is not None:
+                raise self._failure()
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        """Write what is queued, fsync, close. EvidenceError if a write failed and no call said so yet."""
+        if self._closed:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        self._closed = True
+        os.close(self._fd)
+        if self._error is not None and not self._reported:
+            raise self._failure()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def _failure(self) -> EvidenceError:
+        self._reported = True
+        err = self._error
+        assert err is not None
+        cause = err.strerror or str(err)
+        return EvidenceError(f"writing evidence to {self.path} failed ({cause}); records up to here are kept — "
+                             "free some space or pass another --out")
 
     def __enter__(self) -> EvidenceWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _drain(self) -> None:
+        dirty = False  # written, not yet fsynced
+        last_sync = time.monotonic()
+        while True:
+            with self._cond:
+                while not (self._pending or self._stopping or self._asked > self._synced):
+                    if dirty and self._fsync:
+                        left = last_sync + self._interval_s - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    else:
+                        self._cond.wait()
+                batch, self._pending = self._pending, []
+                ticket, stopping = self._asked, self._stopping
+            try:
+                if batch:
+                    self._write_all(b"".join(batch))
+                    dirty = True
+                now = time.monotonic()
+                if dirty and self._fsync and (stopping or ticket > self._synced or now - last_sync >= self._interval_s):
+                    os.fsync(self._fd)
+                    dirty, last_sync = False, now
+                elif dirty and not self._fsync:
+                    dirty = False
+            except OSError as exc:
+                with self._cond:
+                    self._error = exc
+                    self._pending.clear()
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._synced = max(self._synced, ticket)
+                self._cond.notify_all()
+                if stopping and not self._pending:
+                    return
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
 
 
 def create_new(path: Path, *, tries: int = 1000) -> tuple[Path, int]:

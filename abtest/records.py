@@ -196,6 +196,25 @@ KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
 T = TypeVar("T")
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def to_fields(record: Any) -> dict[str, Any]:
+    """A record as a shallow dict for a serialiser that takes nested dataclasses itself (orjson):
+    kind and schema first, then the fields in order, a request's events compact ([t_ns, n_tokens]).
+    The fast form of `to_dict`, same JSON."""
+    cls = type(record)
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    body = {"kind": KIND_OF[cls], "schema": SCHEMA_VERSION}
+    for name in names:
+        body[name] = getattr(record, name)
+    if cls is RequestRecord:
+        body["events"] = [[e.t_ns, e.n_tokens] for e in record.events]
+    return body
+
+
 def to_dict(record: Any) -> dict[str, Any]:
     """A record as the JSON object written to evidence (kind and schema first)."""
     body = dataclasses.asdict(record)

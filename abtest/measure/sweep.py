@@ -49,7 +49,7 @@ from ..records import ArmEnd, RequestRecord
 from .arms import ResolvedArm, evidence_path, longest_prompt_estimate
 from .arms import resolve_arms as resolve_run_arms
 from .progress import Progress
-from .runner import Runner
+from .runner import Runner, closing_writer
 from .search import Measurement, SearchResult, search
 
 DEFAULT_MARGIN_MIB = 512.0  # skip a setting predicted within this much of the free VRAM
@@ -322,7 +322,7 @@ class SweepRunner:
             note = (end.error or "") if end is not None else "no arm_end"
             return Measurement(ok=ok, vram_mib=vram, decode_tps=tps, note=note if not ok else "")
 
-        try:
+        with closing_writer(runner.writer):
             runner.write(runner.manifest(path, [resolved.model], arms))
 
             def pred(n: int) -> float:
@@ -332,8 +332,6 @@ class SweepRunner:
             runner.write(runner.run_end(t0))
             self._result = result
             self._write_sidecar(sidecar, plan)
-        finally:
-            runner.writer.close()
         return SweepResult(path, sidecar, plan, result, runner.n_requests, runner.n_failed, runner.arms_failed,
                            time.perf_counter() - t0, self.trail)
 

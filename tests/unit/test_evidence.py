@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,119 @@ def test_a_reserved_log_name_is_never_shared(tmp_path: Path) -> None:
     log = tmp_path / "run.a.log"
     assert reserve_new(log) == log and reserve_new(log) == tmp_path / "run.a-2.log"
     assert log.read_bytes() == b""
+
+
+# ------------------------------------------------------------------------------ the writer thread
+
+
+def test_write_returns_while_the_disk_is_still_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`write` only serialises and queues: a stuck fsync (a slow disk) never holds the caller."""
+    import threading
+
+    import abtest.evidence as evidence_mod
+
+    stuck = threading.Event()
+    entered = threading.Event()
+    real_fsync = evidence_mod.os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        stuck.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(evidence_mod.os, "fsync", slow_fsync)
+    w = EvidenceWriter(tmp_path / "e.jsonl", flush_interval_s=0.0)
+    w.write(_manifest())
+    assert entered.wait(10)  # the writer thread is inside fsync, and stays there
+    done = threading.Event()
+    threading.Thread(target=lambda: (w.write(_rec([(5, 1)], e2e_ms=1.0)), done.set()), daemon=True).start()
+    assert done.wait(10), "write() waited for the disk"
+    stuck.set()
+    w.close()
+    ev = read_evidence(w.path)
+    assert ev.manifest is not None and len(ev.requests) == 1
+
+
+def test_lines_reach_the_file_without_sync_and_are_fsynced_within_the_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import abtest.evidence as evidence_mod
+
+    synced: list[int] = []
+    real_fsync = evidence_mod.os.fsync
+    monkeypatch.setattr(evidence_mod.os, "fsync", lambda fd: (real_fsync(fd), synced.append(fd)))
+    w = EvidenceWriter(tmp_path / "e.jsonl", flush_interval_s=0.05)
+    w.write(_manifest())
+    deadline = time.monotonic() + 10
+    while not (synced and w.path.read_bytes().endswith(b"\n")):
+        assert time.monotonic() < deadline, "never written and fsynced without sync()"
+        time.sleep(0.01)
+    n = len(synced)
+    w.write(RunEnd("t", 1.0, 0, 0, []))
+    w.sync()  # durable now: written and fsynced before sync() returns
+    assert len(synced) > n and read_evidence(w.path).run_end is not None
+    w.close()
+
+
+@pytest.mark.parametrize(("seam", "errno_name"), [("write", "ENOSPC"), ("write", "EIO"), ("fsync", "EIO")])
+def test_a_failed_write_is_one_evidence_error_naming_the_file_and_the_cause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seam: str, errno_name: str) -> None:
+    import errno
+
+    import abtest.evidence as evidence_mod
+
+    code = getattr(errno, errno_name)
+    real = getattr(evidence_mod.os, seam)
+    calls = {"n": 0}
+
+    def failing(*a: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first call goes through: the manifest is kept
+            raise OSError(code, os.strerror(code))
+        return real(*a)
+
+    w = EvidenceWriter(tmp_path / "e.jsonl", flush_interval_s=0.0)
+    w.write(_manifest())
+    w.sync()
+    monkeypatch.setattr(evidence_mod.os, seam, failing)
+    with pytest.raises(EvidenceError) as info:
+        for _ in range(3):
+            w.write(_rec([(5, 1)], e2e_ms=1.0))
+            w.sync()
+    msg = str(info.value)
+    assert str(w.path) in msg and os.strerror(code) in msg and "\n" not in msg
+    assert w.failed
+    with pytest.raises(EvidenceError):
+        w.write(_rec([(5, 1)], e2e_ms=1.0))  # and every later write, so the run stops
+    w.close()  # already reported: close does not raise it again
+    monkeypatch.undo()
+    assert read_evidence(w.path).manifest is not None  # what was written is kept
+
+
+def test_a_failure_nobody_saw_is_raised_by_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import abtest.evidence as evidence_mod
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evidence_mod.os, "write", full)
+    w = EvidenceWriter(tmp_path / "e.jsonl")
+    w.write(_manifest())
+    with pytest.raises(EvidenceError, match="No space left on device"):
+        w.close()
+
+
+def test_a_real_full_device_gives_enospc(tmp_path: Path) -> None:
+    """/dev/full: every write fails with ENOSPC, from the kernel."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    link = tmp_path / "e.jsonl"
+    link.symlink_to("/dev/full")
+    w = EvidenceWriter(link)
+    w.write(_manifest())
+    with pytest.raises(EvidenceError, match=r"e\.jsonl failed \(No space left on device\)"):
+        w.sync()
+    w.close()
