@@ -123,7 +123,11 @@ class EvidenceWriter:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join()
+        try:
+            self._thread.join()
+        except KeyboardInterrupt:  # a second Ctrl-C: the queued lines still go out, then it goes on
+            self._thread.join(5)
+            raise
         self._closed = True
         os.close(self._fd)
         if self._error is not None and not self._reported:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import threading
@@ -69,7 +70,7 @@ async def _run(args: argparse.Namespace, mods: dict[str, Any], out_dir: Path) ->
     if not args.no_evidence:
         kw = {"new": True} if "new" in evidence_mod.EvidenceWriter.__init__.__code__.co_varnames else {}
         writer = evidence_mod.EvidenceWriter(out_dir / "bench.jsonl", **kw)
-    fake = SimpleNamespace(writer=writer, _lock=threading.Lock(), _listeners=[])
+    fake = SimpleNamespace(writer=writer, _lock=threading.Lock(), _listeners=[], _evidence_failure=None)
     write = partial(runner_mod.Runner.write, fake) if writer is not None else (lambda rec: None)
     fake.write = write
     sink = partial(runner_mod.Runner._write_sample, fake) if writer is not None else (lambda s: None)
@@ -151,7 +152,7 @@ def main() -> None:
         res = asyncio.run(_run(args, mods, Path(tmp)))
     res.update(label=label, load_avg_start=[round(x, 2) for x in load], load_avg_end=[round(x, 2) for x in os.getloadavg()],
                cpus=os.cpu_count(), python=platform.python_version(), at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               command="python benchmarks/evidence_write.py " + " ".join(sys.argv[1:]),
+               command=shlex.join(["python", "benchmarks/evidence_write.py", *sys.argv[1:]]),
                params={k: getattr(args, k) for k in ("streams", "itl_ms", "tokens", "records", "sample_ms")})
     b, e, c = res["block_ms"], res["event_late_ms"], res["control_ms"]
     line = (f"{label}: loop block per record p50 {b['p50']:.3f} ms, p99 {b['p99']:.3f} ms, max {b['max']:.3f} ms "
