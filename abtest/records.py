@@ -17,6 +17,9 @@ and keeps unknown keys out of the dataclasses, so newer minor additions never br
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -193,6 +196,25 @@ KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}
 T = TypeVar("T")
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def to_fields(record: Any) -> dict[str, Any]:
+    """A record as a shallow dict for a serialiser that takes nested dataclasses itself (orjson):
+    kind and schema first, then the fields in order, a request's events compact ([t_ns, n_tokens]).
+    The fast form of `to_dict`, same JSON."""
+    cls = type(record)
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    body = {"kind": KIND_OF[cls], "schema": SCHEMA_VERSION}
+    for name in names:
+        body[name] = getattr(record, name)
+    if cls is RequestRecord:
+        body["events"] = [[e.t_ns, e.n_tokens] for e in record.events]
+    return body
+
+
 def to_dict(record: Any) -> dict[str, Any]:
     """A record as the JSON object written to evidence (kind and schema first)."""
     body = dataclasses.asdict(record)
@@ -202,25 +224,152 @@ def to_dict(record: Any) -> dict[str, Any]:
     return {"kind": KIND_OF[type(record)], "schema": SCHEMA_VERSION, **body}
 
 
-def upgrade(obj: dict[str, Any]) -> dict[str, Any]:
-    """Bring an object of an older schema version up to SCHEMA_VERSION (no-op for version 1)."""
-    version = obj.get("schema", 1)
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ValueError(
-            f"evidence schema {version!r} is newer than this abtest understands ({SCHEMA_VERSION}); upgrade abtest"
+class NewerSchema(ValueError):
+    """An evidence object of a schema version newer than this abtest reads (upgrade abtest)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"evidence schema {version} is newer than this abtest understands ({SCHEMA_VERSION}); upgrade abtest"
         )
+        self.version = version
+
+
+def upgrade(obj: dict[str, Any]) -> dict[str, Any]:
+    """Bring an object of an older schema version up to SCHEMA_VERSION (no-op for version 1).
+    NewerSchema for a version above ours, ValueError for one that is not a version at all."""
+    version = obj.get("schema", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"evidence schema {version!r} is not a schema version")
+    if version > SCHEMA_VERSION:
+        raise NewerSchema(version)
     return obj
 
 
-def from_dict(obj: dict[str, Any]) -> Any:
-    """The dataclass for one evidence object; unknown keys are ignored, missing optional ones defaulted."""
+def from_dict(obj: Any) -> Any:
+    """The dataclass for one evidence object, its fields type-checked against the dataclass's
+    annotations; unknown keys are ignored, missing optional ones defaulted. ValueError (NewerSchema
+    for a newer version) names what is wrong: not an object, no such kind, a missing or ill-typed field."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"not a JSON object but {_json_name(obj)}")
     obj = upgrade(obj)
     kind = obj.get("kind")
-    cls = KINDS.get(kind)  # type: ignore[arg-type]
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown record kind {kind!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in obj.items() if k in names}
+    kwargs: dict[str, Any] = {}
+    for name, hint, required in _fields_of(cls):
+        if name not in obj:
+            if required:
+                raise ValueError(f"{kind} record without its {name!r} field")
+            continue
+        value = obj[name]
+        if not _conforms(value, hint):
+            raise ValueError(f"{kind} record: field {name!r} is {_json_name(value)}, not {_hint_name(hint)}")
+        kwargs[name] = value
+    why = _impossible_request(kwargs) if cls is RequestRecord else _impossible_memory(kwargs) if cls is VramSample else None
+    if why:
+        raise ValueError(f"{kind} record: {why}")
     if cls is RequestRecord:
-        kwargs["events"] = [TokenEvent(int(t), int(n)) for t, n in kwargs.get("events", [])]
+        kwargs["events"] = [TokenEvent(t, n) for t, n in kwargs["events"]]
     return cls(**kwargs)
+
+
+def _impossible_memory(s: dict[str, Any]) -> str | None:
+    """Memory, clocks, power and the time since spawn are never negative."""
+    for name, value in s.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            return f"{name!r} is negative"
+    if any(i < 0 for i in s.get("gpus") or []):
+        return "'gpus' holds a negative index"
+    return None
+
+
+def _impossible_request(r: dict[str, Any]) -> str | None:
+    """What no client measurement can give (the analysis divides by these): a token event of no
+    tokens, times before the send or going backwards, a negative duration or count."""
+    for name in ("events", "chunk_times_ns"):
+        times = [e[0] for e in r[name]] if name == "events" else r[name]
+        if any(t < 0 for t in times) or any(b < a for a, b in zip(times, times[1:], strict=False)):
+            return f"{name!r} times are negative or go backwards"
+    if any(n < 1 for _, n in r["events"]):
+        return "a token event of fewer than 1 token in 'events'"
+    for name in ("ttft_ms", "e2e_ms", "headers_ms", "client_overhead_ms", "completion_tokens"):
+        if (r.get(name) or 0) < 0:
+            return f"{name!r} is negative"
+    if r["concurrency"] < 1:
+        return "'concurrency' is below 1"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in r["timings"].values()):
+        return "'timings' holds a value that is not a finite number"
+    return None
+
+
+# -- the type check on read: the JSON shapes the annotations of the records allow -------------------
+
+_FIELDS: dict[type, list[tuple[str, Any, bool]]] = {}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _fields_of(cls: type) -> list[tuple[str, Any, bool]]:
+    """(name, resolved annotation, required) per field of a record class, cached."""
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        _FIELDS[cls] = [
+            (f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        ]
+    return _FIELDS[cls]
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits an annotation: int/float/str/bool/None, list[X], dict[str, X],
+    unions, Any; an int fits float, a bool fits neither; a TokenEvent is its [t_ns, n_tokens] pair."""
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # int64: what the analysis (numpy) and orjson take
+        return isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return isinstance(value, int) or math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is TokenEvent:  # the compact form: [t_ns, n_tokens]
+        return (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_conforms(value, a) for a in args)
+    if hint is list or origin is list:
+        return isinstance(value, list) and (not args or all(_conforms(v, args[0]) for v in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict) and (not args or all(_conforms(v, args[1]) for v in value.values()))
+    raise TypeError(f"no JSON check for the annotation {hint!r}")  # a record field of a new kind: extend
+
+
+def _hint_name(hint: Any) -> str:
+    if hint is TokenEvent:
+        return "[t_ns, n_tokens]"
+    if hint is type(None):
+        return "null"
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_hint_name(a) for a in args)
+    if args:
+        return f"{typing.get_origin(hint).__name__}[{', '.join(_hint_name(a) for a in args)}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _json_name(value: Any) -> str:
+    """A value as an error message names it: its JSON type, and the value itself when short."""
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    if value is None or isinstance(value, (dict, list)):
+        return kind
+    text = repr(value)
+    return f"{kind} ({text})" if len(text) <= 40 else kind

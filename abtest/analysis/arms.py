@@ -11,7 +11,7 @@ from typing import Any
 from ..argv import normalize
 from ..errors import ConfigError, EvidenceError
 from ..evidence import Evidence, read_evidence
-from ..records import ArmEnd, ArmStart, RequestRecord, VramSample
+from ..records import SCHEMA_VERSION, ArmEnd, ArmStart, RequestRecord, VramSample
 
 # Keys of manifest.host that identify a machine (volatile ones such as free memory are ignored).
 HOST_KEYS = ("hostname", "node", "machine", "cpu", "cpu_model", "cpu_count", "mem_total_mib")
@@ -229,6 +229,13 @@ def resolve_baseline(groups: Sequence[ArmGroup], evidences: Sequence[Evidence], 
     """--baseline NAME, else an arm called "baseline", else the config's first arm, else the first seen."""
     arms = list(dict.fromkeys(g.arm for g in groups))
     if not arms:
+        newer = [ev for ev in evidences if ev.newer_schema_lines]
+        if newer:  # not an empty run: a file of a newer abtest
+            raise EvidenceError(
+                f"{', '.join(ev.path.name for ev in newer)}: written by a newer abtest (evidence schema above "
+                f"{SCHEMA_VERSION}, {sum(ev.newer_schema_lines for ev in newer)} lines) — upgrade abtest "
+                "(pip install -U abtest-llm) to read it"
+            )
         raise EvidenceError("the evidence files hold no arms — was the run started? (no arm_start records)")
     if name is not None:
         if name not in arms:

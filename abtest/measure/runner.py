@@ -31,7 +31,7 @@ import httpx
 from .. import __version__
 from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
 from ..errors import EvidenceError, LaunchError
-from ..evidence import EvidenceWriter, check_writable
+from ..evidence import EvidenceWriter, check_writable, reserve_new
 from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds, measured_window_ms
 from ..server.log import parse_memory_breakdown
 from ..server.process import (
@@ -73,8 +73,8 @@ class Runner:
         self.nvml = Nvml()
         self.http = HttpTransport(self.cfg.http_client)
         self.client_nice = raise_client_priority()
-        self._lock = threading.Lock()
         self.writer: EvidenceWriter | None = None
+        self._evidence_failure: EvidenceError | None = None  # raised once: the run is stopping
         self.n_requests = 0
         self.n_failed = 0
         self.arms_failed: list[str] = []
@@ -87,19 +87,43 @@ class Runner:
         self._listeners.append(listener)
 
     def write(self, record: Any) -> None:
+        """One record into the evidence file: serialised here (tens of µs for a request, on the
+        loop), written and fsynced by the writer's thread, so a disk never holds up the loop.
+        EvidenceError once the file can no longer be written: the run stops.
+        The error is raised once, where it stops the run; the records written while the run unwinds
+        (other requests ending, arm_end) are dropped, as the file takes nothing any more."""
         assert self.writer is not None
-        with self._lock:  # the sampler thread writes too
-            self.writer.write(record)
+        if self._evidence_failure is not None:
+            return
+        try:
+            self.writer.write(record)  # thread-safe: the sampler thread writes too
+        except EvidenceError as exc:
+            self._evidence_failure = exc
+            raise
         for listener in self._listeners:
             listener(record)
+
+    def _sync(self) -> None:
+        """Every record so far written and fsynced (at each arm's end); EvidenceError as `write`."""
+        assert self.writer is not None
+        if self._evidence_failure is not None:
+            return
+        try:
+            self.writer.sync()
+        except EvidenceError as exc:
+            self._evidence_failure = exc
+            raise
 
     def _write_sample(self, record: Any) -> None:
         """The sampler thread's sink: an unwritable evidence file (disk full) is reported by the
         main thread's next write, which stops the run; the thread itself just stops writing."""
+        assert self.writer is not None
         try:
-            self.write(record)
+            self.writer.write(record)
         except EvidenceError:
-            pass
+            return
+        for listener in self._listeners:
+            listener(record)
 
     def manifest(self, path: Path, models: list[dict[str, Any]], arms: Sequence[ArmSpec]) -> RunManifest:
         """The run_start record: who, where, what (models deduplicated by SHA256), the full config."""
@@ -130,9 +154,9 @@ class Runner:
         check_writable(Path(cfg.out_dir))  # fail fast, before launching anything
         cases = load_prompts(Path(cfg.prompts_path) if cfg.prompts_path else None, list(cfg.buckets) or None)
         arms = resolve_arms(cfg, self.progress.note)
-        path = evidence_path(cfg, cfg.model)
-        self.writer = EvidenceWriter(path)
-        try:
+        self.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
+        path = self.writer.path  # the name taken: unique even for two runs started in the same second
+        with closing_writer(self.writer):
             self.write(self.manifest(path, [a.model for a in arms], [a.spec for a in arms]))
             ctx = cfg.ctx_size or auto_ctx_size(
                 longest_prompt_estimate(cases), cfg.max_tokens, cfg.parallel or cfg.concurrency
@@ -143,17 +167,23 @@ class Runner:
                 for arm in arms:
                     self.run_arm(arm, cases, ctx, path)
             self.write(self.run_end(t0))
-        finally:
-            self.writer.close()
         return RunResult(path, self.n_requests, self.n_failed, self.arms_failed, time.perf_counter() - t0)
 
     # -- one arm -----------------------------------------------------------------------------
-    def _launch(self, arm: ResolvedArm, ctx: int, evidence: Path) -> ServerProcess:
+    def _log_path(self, arm: str, evidence: Path) -> Path:
+        """`<evidence stem>.<arm>.log`, created empty and ours alone (a name another run or an
+        earlier launch of this arm holds gets `-2`, `-3`, ...); the server's output is appended."""
+        try:
+            return reserve_new(evidence.with_name(f"{evidence.stem}.{arm}.log"))
+        except OSError as exc:
+            raise EvidenceError(f"cannot create the server log for arm '{arm}' beside {evidence}: "
+                                f"{exc.strerror} — pick another --out") from exc
+
+    def _launch(self, arm: ResolvedArm, ctx: int, log_path: Path) -> ServerProcess:
         cfg = self.cfg
         binary = arm.server["path"]
         fit = arm.spec.kind == "llama-server" and supports_flag(help_text(binary), "--fit")
         argv = final_argv(arm.spec, cfg, binary, arm.model["path"], ctx, fit)
-        log_path = evidence.with_name(f"{evidence.stem}.{arm.spec.name}.log")
         spec = LaunchSpec(
             name=arm.spec.name,
             argv=tuple(argv),
@@ -167,10 +197,11 @@ class Runner:
         self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path
     ) -> tuple[ServerProcess, VramSampler, list[FittedPrompt]] | None:
         name = arm.spec.name
+        log_path = self._log_path(name, evidence)
         try:
-            srv = self._launch(arm, ctx, evidence)
+            srv = self._launch(arm, ctx, log_path)
         except LaunchError as exc:
-            self._arm_failed(name, str(exc), evidence.with_name(f"{evidence.stem}.{name}.log"))
+            self._arm_failed(name, str(exc), log_path)
             return None
         sampler = VramSampler(self.nvml, name, srv.pid, srv.t_spawn_ns, self._write_sample, self.cfg.sample_interval_s)
         after_load = sampler.sample()
@@ -257,6 +288,7 @@ class Runner:
                 log_tail=log_tail(srv.spec.log_path, 5),
             )
         )
+        self._sync()  # every arm's records durable at its end
         if error is None:
             self.progress.arm_end(name, True, f"{len(measured) - len(failed)}/{len(measured)} ok")
         elif not interrupted:
@@ -429,9 +461,15 @@ class Runner:
             interrupted = True
             raise
         finally:
-            for a, srv, sampler, _ in ups:
+            failure: EvidenceError | None = None
+            for a, srv, sampler, _ in ups:  # every server stopped, even once the evidence is unwritable
                 planned = sum(1 for r, _ in plans[a.spec.name] if not r.warmup)
-                self._arm_down(a.spec.name, srv, sampler, records[a.spec.name], planned, interrupted)
+                try:
+                    self._arm_down(a.spec.name, srv, sampler, records[a.spec.name], planned, interrupted)
+                except EvidenceError as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
 
     async def _drive_interleaved(self, urls: dict[str, str], plans: dict[str, list[tuple[StreamRequest, FittedPrompt]]],
                                  records: dict[str, list[RequestRecord]],
@@ -449,6 +487,20 @@ class Runner:
                         self._record(rec, records[name])
                         if alive is not None:
                             await _still_up(rec, alive[name])  # settles alive() for the next round
+
+
+@contextlib.contextmanager
+def closing_writer(writer: EvidenceWriter) -> Iterator[None]:
+    """Close the evidence file at the end of the run: what is queued written and fsynced. A failed
+    write surfaces as EvidenceError from the close, unless another error is already on its way out
+    (then that one is the run's end, and the evidence failure was its cause or came after)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(EvidenceError):
+            writer.close()
+        raise
+    writer.close()
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ from ..records import ArmEnd, RequestRecord
 from .arms import ResolvedArm, evidence_path, longest_prompt_estimate
 from .arms import resolve_arms as resolve_run_arms
 from .progress import Progress
-from .runner import Runner
+from .runner import Runner, closing_writer
 from .search import Measurement, SearchResult, search
 
 DEFAULT_MARGIN_MIB = 512.0  # skip a setting predicted within this much of the free VRAM
@@ -286,9 +286,9 @@ class SweepRunner:
         arms = tuple(ready_made_arm(arm_name(n)) for n in candidates)
         cfg = replace(cfg, ctx_size=n_ctx, arms=arms, extra={**cfg.extra, "sweep": plan.to_extra()})
         runner.cfg = cfg
-        path = evidence_path(cfg, cfg.model)
+        runner.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
+        path = runner.writer.path  # the name taken (unique, see EvidenceWriter)
         sidecar = path.with_name(path.stem + SWEEP_SIDECAR_SUFFIX)
-        runner.writer = EvidenceWriter(path)
 
         def measure(n: int) -> Measurement | None:
             free_now = free_vram_mib(runner.nvml)
@@ -322,7 +322,7 @@ class SweepRunner:
             note = (end.error or "") if end is not None else "no arm_end"
             return Measurement(ok=ok, vram_mib=vram, decode_tps=tps, note=note if not ok else "")
 
-        try:
+        with closing_writer(runner.writer):
             runner.write(runner.manifest(path, [resolved.model], arms))
 
             def pred(n: int) -> float:
@@ -332,8 +332,6 @@ class SweepRunner:
             runner.write(runner.run_end(t0))
             self._result = result
             self._write_sidecar(sidecar, plan)
-        finally:
-            runner.writer.close()
         return SweepResult(path, sidecar, plan, result, runner.n_requests, runner.n_failed, runner.arms_failed,
                            time.perf_counter() - t0, self.trail)
 

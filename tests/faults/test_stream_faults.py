@@ -198,15 +198,15 @@ def test_disk_full_mid_run_stops_servers_keeps_records(scripted, tiny_moe: Path,
     from abtest.cli import main
     from abtest.errors import EXIT_USAGE
 
-    real_fsync, calls = os.fsync, [0]
+    real_write, calls = os.write, [0]
 
-    def fsync(fd: int) -> None:
+    def write(fd: int, data: bytes) -> int:  # the writer thread's seam
         calls[0] += 1
         if calls[0] > 6:  # manifest, memory, arm_start, ... then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
+        return real_write(fd, data)
 
-    monkeypatch.setattr(evidence_mod.os, "fsync", fsync)
+    monkeypatch.setattr(evidence_mod.os, "write", write)
     wrapper = scripted({"schedule": {"itl_ms": 5}})
     with pytest.raises(SystemExit) as exc:
         main(["run", "--model", str(tiny_moe), "--server-bin", str(wrapper), "--arm", "a=-ngl 99", "--runs", "20",
