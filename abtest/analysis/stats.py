@@ -254,7 +254,8 @@ def bootstrap_t_bounds(theta: Any, se: Any, th_star: np.ndarray, se_star: np.nda
     with np.errstate(divide="ignore", invalid="ignore"):
         t_star = (th_star - th) / se_star
     q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=axis)
-    return np.expm1(theta - q_hi * se), np.expm1(theta - q_lo * se)
+    with np.errstate(over="ignore", invalid="ignore"):  # a degenerate sample: an unbounded interval
+        return np.expm1(theta - q_hi * se), np.expm1(theta - q_lo * se)
 
 
 def _log_ratio_and_se(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
