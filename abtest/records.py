@@ -51,7 +51,7 @@ class RunManifest:
     argv: list[str]
     host: dict[str, Any]
     gpu: dict[str, Any]  # {"available": bool, "reason": str|None, "driver": str|None, "devices": [...]}
-    models: list[dict[str, Any]]  # ModelRef dicts: name, path, size_bytes, sha256, arch, params
+    models: list[dict[str, Any]]  # per model: display name, path, size_bytes, sha256, then ModelDesc.to_dict() (arch, params, ...)
     config: dict[str, Any]  # the full RunConfig as a dict
 
 
@@ -89,7 +89,7 @@ class RequestRecord:
     warmup: bool  # warm-up requests are kept but left out of statistics
     endpoint: str  # "completion" or "chat"
     concurrency: int
-    t_send_ns: int  # perf_counter_ns when the request bytes were sent (absolute, this host's monotonic clock)
+    t_send_ns: int  # perf_counter_ns right before the request bytes were handed to the kernel (this host's monotonic clock)
     client_overhead_ms: float  # client work from "start request" until the bytes were sent
     status: int  # HTTP status; 0 when no response
     error: str | None
