@@ -143,7 +143,7 @@ def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, 
                 ci = stratified.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples, weights=w)
                 test = (stratified.stratified_welch(x, xs, y, ys, weights=w) if m.test == "welch"
                         else stratified.van_elteren(x, xs, y, ys))
-                base_mean, other_mean = _stratified_pair(x, xs, y, ys, w)
+                base_mean, other_mean = stratified.common_means(x, xs, y, ys, w)
             else:
                 ci = stats.ratio_ci(x, y, seed=seed, resamples=resamples)
                 test = stats.welch_t(x, y) if m.test == "welch" else stats.mann_whitney(x, y)
@@ -154,15 +154,6 @@ def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, 
                 base_mean=base_mean, other_mean=other_mean, ci=ci, p_value=test.p_value, test=test.test,
             ))
     return out
-
-
-def _stratified_pair(x: np.ndarray, xs: np.ndarray, y: np.ndarray, ys: np.ndarray,
-                     weights: dict[str, float]) -> tuple[float, float]:
-    """Both arms' stratified means over the buckets both hold (≥ 2 values each, as the Δ uses)."""
-    common = {b: w for b, w in weights.items() if (xs == b).sum() >= 2 and (ys == b).sum() >= 2}
-    if not common:
-        return math.nan, math.nan
-    return stratified.stratified_mean(x, xs, common), stratified.stratified_mean(y, ys, common)
 
 
 def headline(c: Comparison, comps: Sequence[Comparison], buckets: Sequence[BucketStats]) -> bool:

@@ -114,6 +114,19 @@ def van_elteren(
     return TestResult(float(z), float(p), "van-elteren")
 
 
+def common_means(
+    base: Sequence[float] | np.ndarray, base_strata: Sequence[str] | np.ndarray,
+    other: Sequence[float] | np.ndarray, other_strata: Sequence[str] | np.ndarray,
+    weights: Mapping[str, float] | None = None,
+) -> tuple[float, float]:
+    """Both arms' M = Σ w_h·mean_h over exactly the strata `ratio_ci_stratified` uses (≥ 2 finite
+    values in each arm), so that M_other / M_base − 1 is its Δ."""
+    strata = _common_strata(base, base_strata, other, other_strata, min_n=2, weights=weights)
+    if not strata:
+        return math.nan, math.nan
+    return (float(sum(w * xa.mean() for xa, _, w in strata)), float(sum(w * yb.mean() for _, yb, w in strata)))
+
+
 def ratio_ci_stratified(
     base: Sequence[float] | np.ndarray, base_strata: Sequence[str] | np.ndarray,
     other: Sequence[float] | np.ndarray, other_strata: Sequence[str] | np.ndarray,
