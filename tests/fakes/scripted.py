@@ -601,6 +601,24 @@ class ScriptedServer:
         await self._json(writer, 404, self._error_body(404, "File Not Found"))
         return True
 
+    # -- what /completion and the chat endpoint share -------------------------------------------
+    def _arrived(self) -> tuple[int, int]:
+        """(arrival time, index) of a new request, logged as its chunk 0."""
+        t_recv = time.perf_counter_ns()
+        index = self._n_requests
+        self._n_requests += 1
+        self._chunks.add(SentChunk(index, 0, "request", t_recv))
+        return t_recv, index
+
+    async def _http_error(self, index: int, fault: Any, writer: asyncio.StreamWriter) -> bool:
+        """Answer the request with the scripted HTTP error, if that is its fault; whether it did."""
+        if fault is None or fault.kind != "http_error":
+            return False
+        msg = fault.message or _REASONS.get(fault.status, "error")
+        t = await self._json(writer, fault.status, self._error_body(fault.status, msg))
+        self._chunks.add(SentChunk(index, 1, "http_error", t, note=str(fault.status)))
+        return True
+
     # -- /completion ----------------------------------------------------------------------------
     def _generated(self, start: int, n: int) -> bytes:
         text = self.script.text.encode("utf-8")
@@ -608,32 +626,22 @@ class ScriptedServer:
 
     async def _completion(self, req: dict[str, Any], reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> bool:
-        t_recv = time.perf_counter_ns()
-        index = self._n_requests
-        self._n_requests += 1
-        log = self._chunks.add
-        log(SentChunk(index, 0, "request", t_recv))
+        t_recv, index = self._arrived()
         n_predict = int(req.get("n_predict", req.get("max_tokens", self.script.n_predict)))
         if n_predict < 0:
             n_predict = self.script.n_predict
         n_prompt = _prompt_tokens(req.get("prompt", ""))
         sched = self.script.schedule_for(index)
         fault = self.script.fault_for(index)
-        if fault is not None and fault.kind == "http_error":
-            msg = fault.message or _REASONS.get(fault.status, "error")
-            t = await self._json(writer, fault.status, self._error_body(fault.status, msg))
-            log(SentChunk(index, 1, "http_error", t, note=str(fault.status)))
+        if await self._http_error(index, fault, writer):
             return True
         if not req.get("stream", False):
             return await self._completion_whole(req, index, n_predict, n_prompt, sched, fault, t_recv, reader, writer)
         return await self._completion_stream(index, n_predict, n_prompt, sched, fault, t_recv, reader, writer)
 
     async def _chat(self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        t_recv = time.perf_counter_ns()
-        index = self._n_requests
-        self._n_requests += 1
+        t_recv, index = self._arrived()
         log = self._chunks.add
-        log(SentChunk(index, 0, "request", t_recv))
         n_predict = int(req.get("max_tokens", req.get("max_completion_tokens", req.get("n_predict",
                                                                                          self.script.n_predict))))
         if n_predict < 0:
@@ -642,10 +650,7 @@ class ScriptedServer:
         n_prompt = _prompt_tokens("".join(str(m.get("content", "")) for m in messages if isinstance(m, dict)))
         sched = self.script.schedule_for(index)
         fault = self.script.fault_for(index)
-        if fault is not None and fault.kind == "http_error":
-            msg = fault.message or _REASONS.get(fault.status, "error")
-            t = await self._json(writer, fault.status, self._error_body(fault.status, msg))
-            log(SentChunk(index, 1, "http_error", t, note=str(fault.status)))
+        if await self._http_error(index, fault, writer):
             return True
         mode = self.script.chat_timings
         per_token = mode == "per_token" and bool(req.get("timings_per_token"))
