@@ -44,6 +44,10 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return lo, hi
 
 
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
 def judge(report: dict[str, Any]) -> dict[str, Any]:
     """The headline p-values and whether the verdict / any comparison claims a difference."""
     comps = report.get("comparisons", [])
@@ -96,7 +100,7 @@ def main() -> int:
         row = {"run": i, "file": str(files[-1]), **judge(json.loads(rep.stdout))}
         rows.append(row)
         p = row["p"]
-        print(f"run {i:3d}: decode p={p['decode_tps']!s:.6} ttft p={p['ttft_ms']!s:.6} "
+        print(f"run {i:3d}: decode p={_p(p['decode_tps'])} ttft p={_p(p['ttft_ms'])} "
               f"verdict_claims={row['verdict_claims']} any_claims={row['any_claims']}", flush=True)
     n = len(rows)
     summary: dict[str, Any] = {"n": n, "model": args.model, "arms": arms, "runs": args.runs, "buckets": args.buckets,
