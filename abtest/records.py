@@ -10,6 +10,11 @@ appears only as ISO-8601 labels (``*_at``).
 
 Schema history:
   1 — first version.
+  2 — server sessions and the applied load: `block` on arm_start, request, memory and arm_end
+      (the arm's server session, 0-based; an arm restarted per block has several); on a request
+      `t_scheduled_ns` (when an open loop had it due), `load` (the load actually applied) and
+      `suspect` (what the client saw that cannot be true, `measure.protocol.implausible`).
+      A version-1 line reads as block 0, no schedule, `load` {}, `suspect` [].
 A reader accepts any version <= SCHEMA_VERSION (`upgrade` fills fields added later with defaults)
 and keeps unknown keys out of the dataclasses, so newer minor additions never break old readers.
 """
@@ -24,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIB = 1024 * 1024  # bytes in the MiB of every ``_mib`` field
 GIB = 1024 * MIB
 
@@ -75,6 +80,7 @@ class ArmStart:
     # perf_counter_ns at spawn, on the clock of RequestRecord.t_send_ns: a memory sample's
     # absolute time is spawn_ns + t_ms * 1e6 (0 in files written before this field existed).
     spawn_ns: int = 0
+    block: int = 0  # which of the arm's server sessions (0-based; --blocks restarts the server per block)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,14 @@ class RequestRecord:
     cache_n: int | None  # timings.cache_n; must be 0 with cache_prompt false
     headers_ms: float | None = None  # send -> response headers (prompt processing *starts* here)
     sent_at: str = ""  # wall-clock label
+    block: int = 0  # the arm's server session this request went to (ArmStart.block)
+    # perf_counter_ns at which the schedule had this request due (open loop: start + its arrival
+    # offset); None in a closed loop, where a request is due when the previous one ends
+    t_scheduled_ns: int | None = None
+    # the load actually applied: {"mode": "closed"|"open"|"interleaved", "concurrency": int,
+    # "rate_rps": float|None, "arrivals": str|None, "connection_cap": int|None}
+    load: dict[str, Any] = field(default_factory=dict)
+    suspect: list[str] = field(default_factory=list)  # measure.protocol.implausible(self) when measured
 
     @property
     def ok(self) -> bool:
@@ -152,6 +166,7 @@ class VramSample:
     # NVML indices the device fields were read from: those the PID holds memory on, else every
     # visible one (None: no GPU, or a file written before the field existed)
     gpus: list[int] | None = None
+    block: int = 0  # the arm's server session (ArmStart.block)
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,7 @@ class ArmEnd:
     breakdown: dict[str, Any]  # parsed from the server log: buffers per device, offloaded layers
     log_path: str
     log_tail: list[str] = field(default_factory=list)
+    block: int = 0  # the arm's server session (ArmStart.block)
 
 
 @dataclass(frozen=True)
@@ -235,7 +251,8 @@ class NewerSchema(ValueError):
 
 
 def upgrade(obj: dict[str, Any]) -> dict[str, Any]:
-    """Bring an object of an older schema version up to SCHEMA_VERSION (no-op for version 1).
+    """Bring an object of an older schema version up to SCHEMA_VERSION (version 1 needs nothing: the
+    fields version 2 added all have defaults that say what a version-1 file meant).
     NewerSchema for a version above ours, ValueError for one that is not a version at all."""
     version = obj.get("schema", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
