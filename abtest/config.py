@@ -58,7 +58,8 @@ class ArmSpec:
 class RunConfig:
     model: str
     arms: tuple[ArmSpec, ...]
-    runs: int = 3
+    runs: int = 3  # repetitions of every prompt per block
+    blocks: int = 2  # server sessions per arm, in the order A B B A (a restart per block)
     warmup: int = 2
     max_tokens: int = 128
     concurrency: int = 1
@@ -233,9 +234,12 @@ def auto_ctx_size(longest_prompt_tokens: int, max_tokens: int, parallel: int) ->
 
 
 MAX_RUNS = 100_000  # repetitions of every prompt per arm: the plan is built in memory
+MAX_BLOCKS = 1_000  # server sessions per arm (each one a launch)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
+    if not 1 <= cfg.blocks <= MAX_BLOCKS:
+        raise ConfigError(f"--blocks must be 1 to {MAX_BLOCKS} server sessions per arm, got {cfg.blocks}")
     if cfg.runs <= 0:
         raise ConfigError(f"--runs must be >= 1, got {cfg.runs}")
     if cfg.runs > MAX_RUNS:

@@ -22,11 +22,13 @@ Examples:
   abtest run --model m.gguf --arms-file llama-server --buckets tok128,tok1024
   abtest run --model m.gguf --arms-file ./my-arms.toml --prompts ./my-prompts.jsonl
   abtest run --model m.gguf --concurrency 8 --rate 4 --arrivals poisson
+  abtest run --model tiny-moe --blocks 4 --runs 2
 
 \b
 Default arms: baseline (-ngl 99) and cpu-moe (-ngl 99 --cpu-moe); ncmoe<N> is
 -ngl 99 --n-cpu-moe N. Every arm gets the same pinned -ngl, --fit off, -c, -np,
--t and -fa unless it sets them. Evidence: OUT/<timestamp>-<model>.jsonl plus one
+-t and -fa unless it sets them. Each arm runs in --blocks server sessions, in the
+order A B B A, so time and restarts fall on both arms alike. Evidence: OUT/<timestamp>-<model>.jsonl plus one
 server log per arm; read it with `abtest report`.
 """
 
@@ -47,12 +49,16 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 @click.option("--arms-file", metavar="TOML|NAME",
               help=f"Arm profile: a TOML path, or the name of a shipped profile ({', '.join(shipped_profiles())}),"
                    " e.g. --arms-file llama-server.")
-@click.option("--runs", default=3, show_default=True, callback=_positive, help="Repetitions of every prompt per arm.")
+@click.option("--runs", default=3, show_default=True, callback=_positive,
+              help="Repetitions of every prompt per arm in each block.")
+@click.option("--blocks", default=2, show_default=True, type=click.IntRange(min=1, max=1000),
+              help="Server sessions per arm, run A B B A with a restart each: the report compares arms "
+                   "across sessions, so 2 or more are needed for a verdict.")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0),
               help="Warm-up requests per arm (recorded, flagged, left out of statistics).")
 @click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
               help="Tokens generated per request (ignore_eos: every arm generates exactly this many).")
-@click.option("--concurrency", default=1, show_default=True, callback=_positive, help="Requests in flight at once.")
+@click.option("--concurrency", default=1, show_default=True, callback=_positive, help="Requests in flight at once (closed loop); with --rate, the server's slots (-np).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Open-loop load: requests/s sent on a fixed schedule (not waiting for responses).")
 @click.option("--arrivals", type=click.Choice(["uniform", "poisson"]), default="uniform", show_default=True)
@@ -81,7 +87,7 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 @click.option("--request-timeout", default=600.0, show_default=True, type=_SECONDS,
               help="Seconds for a whole request.")
 @click.option("--quiet", "-q", is_flag=True, help="No live display (for cron); errors still go to stderr.")
-def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, warmup: int, max_tokens: int,
+def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, blocks: int, warmup: int, max_tokens: int,
         concurrency: int, rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
         buckets: str, seed: int, temperature: float, ctx_size: int | None, threads: int | None, flash_attn: str,
         http_client: str, server_bin: str | None, models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
@@ -98,7 +104,7 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
     bucket_list = [b for b in buckets.split(",") if b]
     _check_prompts(prompts, bucket_list)
     cfg = RunConfig(
-        model=model, arms=arms, runs=runs, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency,
+        model=model, arms=arms, runs=runs, blocks=blocks, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency,
         rate=rate, arrivals=arrivals, schedule=schedule, endpoint=endpoint, prompts_path=prompts,
         buckets=tuple(b for b in buckets.split(",") if b), seed=seed, temperature=temperature, ctx_size=ctx_size,
         threads=threads, flash_attn=flash_attn, http_client=http_client, out_dir=out_dir, models_dir=models_dir,

@@ -99,7 +99,7 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--ncmoe") from exc
     cfg = RunConfig(
-        model=model, arms=(), runs=runs, warmup=warmup, max_tokens=max_tokens, prompts_path=prompts,
+        model=model, arms=(), runs=runs, blocks=1, warmup=warmup, max_tokens=max_tokens, prompts_path=prompts,
         buckets=tuple(b for b in buckets.split(",") if b), seed=seed, ctx_size=ctx_size, threads=threads,
         flash_attn=flash_attn, out_dir=out_dir, models_dir=models_dir, server_bin=server_bin,
         health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout,

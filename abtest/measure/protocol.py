@@ -27,6 +27,7 @@ Why the care (each is a trap seen in peers):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -70,6 +71,9 @@ class StreamRequest:
     temperature: float = 0.0
     seed: int = 42
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the JSON body last
+    block: int = 0  # the arm's server session (RequestRecord.block)
+    t_scheduled_ns: int | None = None  # open loop: perf_counter_ns at which it is due
+    load: dict[str, Any] = field(default_factory=dict)  # the load applied (RequestRecord.load)
 
 
 @dataclass(frozen=True)
@@ -390,7 +394,7 @@ def assemble(req: StreamRequest, tr: Tracker, status: int, error: str | None, t_
         predicted_n = tr.usage_completion
     prompt_n = timings.get("prompt_n") if timings else None
     token_ids = tr.token_ids if (req.endpoint == "completion" and len(tr.token_ids) == completion_tokens) else None
-    return RequestRecord(
+    rec = RequestRecord(
         arm=req.arm,
         bucket=req.bucket,
         prompt_id=req.prompt_id,
@@ -416,7 +420,12 @@ def assemble(req: StreamRequest, tr: Tracker, status: int, error: str | None, t_
         cache_n=timings.get("cache_n") if timings else None,
         headers_ms=(tr.t_headers_ns - t_send) / 1e6 if tr.t_headers_ns is not None else None,
         sent_at=sent_at,
+        block=req.block,
+        t_scheduled_ns=req.t_scheduled_ns,
+        load=req.load,
     )
+    suspect = implausible(rec) if rec.ok else []
+    return dataclasses.replace(rec, suspect=suspect) if suspect else rec
 
 
 def implausible(rec: RequestRecord) -> list[str]:

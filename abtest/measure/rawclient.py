@@ -229,11 +229,13 @@ class _Conn(asyncio.Protocol):
 class RawClient:
     """A keep-alive HTTP/1.1 connection pool for streamed requests (``http`` and ``https``)."""
 
-    def __init__(self, max_connections: int = 100, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, max_connections: int | None = 100, connect_timeout_s: float = 10.0) -> None:
+        """`max_connections` None: no cap (an open loop: a request never waits for a connection)."""
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(max_connections) if max_connections is not None else contextlib.nullcontext())
         self._all: set[_Conn] = set()
 
     async def __aenter__(self) -> RawClient:
@@ -297,8 +299,7 @@ class RawClient:
         bytes were handed to the kernel; ``on_conn(conn)`` once a connection is taken. Returns the
         connection (its ``status`` and ``headers``)."""
         key, path = self._key(url)
-        await self._slots.acquire()
-        try:
+        async with self._slots:
             conn = self._take_idle(key) or await self._connect(key, connect_timeout_s or self.connect_timeout_s)
             if on_conn is not None:
                 on_conn(conn)
@@ -321,8 +322,6 @@ class RawClient:
                 raise
             self._release(conn, conn.keep_alive)
             return conn
-        finally:
-            self._slots.release()
 
     @staticmethod
     async def _wait(conn: _Conn, done: asyncio.Future[None], timeout_s: float | None,

@@ -2,13 +2,19 @@
 
     resolve binary + models (refuse bad input before launching anything)
     open evidence file, write the manifest
-    for each arm (sequential) or all arms at once (interleaved):
+    for each block, each arm in the block's order A B | B A (sequential), or all arms at once (interleaved):
         launch -> healthy -> memory after load -> cut prompts with this server's /tokenize
         -> arm_start -> warm-up (flagged) -> measured requests (+ memory samples every 100 ms)
         -> ids for requests whose streamed ids were incomplete -> stop -> arm_end
     run_end
 
-A failed arm or request is recorded and the run goes on. An interrupt (Ctrl-C, SIGTERM) stops every
+A block is one server session per arm (`--blocks`, default 2): every arm's server is started
+afresh for each, in a counterbalanced order (A0 B0 B1 A1 A2 B2 ...), so what drifts with time or
+with a server's start (a warmer box, the page cache, clocks) falls on both arms alike and the report
+can use the session as its unit of analysis.
+
+A failed arm or request is recorded and the run goes on; an arm that failed to start is not
+started again in later blocks (its arm_end says why). An interrupt (Ctrl-C, SIGTERM) stops every
 server, keeps every record already flushed, and leaves the file without run_end (a partial run).
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import signal
 import threading
@@ -45,7 +52,7 @@ from ..server.process import (
     supports_flag,
 )
 from .arms import ResolvedArm, evidence_path, host_info, longest_prompt_estimate, resolve_arms
-from .load import arrival_times
+from .load import applied_load, arrival_times, session_order
 from .progress import NullProgress, Progress
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
 from .sampler import Nvml, VramSampler, summarize
@@ -80,6 +87,8 @@ class Runner:
         self.arms_failed: list[str] = []
         self._prompt_text: dict[str, dict[str, str]] = {}  # arm -> prompt id -> text as sent
         self._listeners: list[Callable[[Any], None]] = []
+        self._next_seq: dict[str, int] = {}  # arm -> next seq (unique across the arm's blocks)
+        self._never_started: dict[str, str] = {}  # arm -> why it did not start (later blocks skip it)
 
     def subscribe(self, listener: Callable[[Any], None]) -> None:
         """Call `listener(record)` after each record is written (the sweep reads its measurements
@@ -162,19 +171,23 @@ class Runner:
                 longest_prompt_estimate(cases), cfg.max_tokens, cfg.parallel or cfg.concurrency
             )
             if cfg.schedule == "interleaved":
-                self._interleaved(arms, cases, ctx, path)
+                for block in range(cfg.blocks):
+                    self._interleaved(arms, cases, ctx, path, block)
             else:
-                for arm in arms:
-                    self.run_arm(arm, cases, ctx, path)
+                by_name = {a.spec.name: a for a in arms}
+                for block, name in session_order(list(by_name), cfg.blocks):
+                    self.run_arm(by_name[name], cases, ctx, path, block)
             self.write(self.run_end(t0))
         return RunResult(path, self.n_requests, self.n_failed, self.arms_failed, time.perf_counter() - t0)
 
     # -- one arm -----------------------------------------------------------------------------
-    def _log_path(self, arm: str, evidence: Path) -> Path:
-        """`<evidence stem>.<arm>.log`, created empty and ours alone (a name another run or an
-        earlier launch of this arm holds gets `-2`, `-3`, ...); the server's output is appended."""
+    def _log_path(self, arm: str, evidence: Path, block: int = 0) -> Path:
+        """`<evidence stem>.<arm>.log` (block 0; `.<arm>.b<N>.log` for block N), created empty and
+        ours alone (a name another run or an earlier launch of this arm holds gets `-2`, `-3`, ...);
+        the server's output is appended."""
+        suffix = f".b{block}" if block else ""
         try:
-            return reserve_new(evidence.with_name(f"{evidence.stem}.{arm}.log"))
+            return reserve_new(evidence.with_name(f"{evidence.stem}.{arm}{suffix}.log"))
         except OSError as exc:
             raise EvidenceError(f"cannot create the server log for arm '{arm}' beside {evidence}: "
                                 f"{exc.strerror} — pick another --out") from exc
@@ -194,16 +207,22 @@ class Runner:
         return ServerProcess(spec).start()
 
     def _arm_up(
-        self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path
+        self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path, block: int = 0
     ) -> tuple[ServerProcess, VramSampler, list[FittedPrompt]] | None:
         name = arm.spec.name
-        log_path = self._log_path(name, evidence)
+        if name in self._never_started:  # recorded, not announced again: the first failure was
+            self._arm_failed(name, f"not started in block {block}: {self._never_started[name]}", None, block,
+                             announce=False)
+            return None
+        log_path = self._log_path(name, evidence, block)
         try:
             srv = self._launch(arm, ctx, log_path)
         except LaunchError as exc:
-            self._arm_failed(name, str(exc), log_path)
+            self._never_started[name] = f"it failed to start in block {block}"
+            self._arm_failed(name, str(exc), log_path, block)
             return None
-        sampler = VramSampler(self.nvml, name, srv.pid, srv.t_spawn_ns, self._write_sample, self.cfg.sample_interval_s)
+        sampler = VramSampler(self.nvml, name, srv.pid, srv.t_spawn_ns, self._write_sample, self.cfg.sample_interval_s,
+                              block)
         after_load = sampler.sample()
         try:
             fitted = fit_prompts(cases, srv.base_url)
@@ -211,7 +230,7 @@ class Runner:
             died = "" if srv.alive() else f" (the server {describe_exit(srv.proc.returncode if srv.proc else 0)})"
             srv.stop()
             self._arm_failed(name, f"cutting prompts with /tokenize failed on arm '{name}'{died}: {exc}",
-                             srv.spec.log_path)
+                             srv.spec.log_path, block)
             return None
         except BaseException:
             srv.stop()  # interrupted: leave no server behind
@@ -234,20 +253,21 @@ class Runner:
                 log_path=str(srv.spec.log_path),
                 prompt_tokens={f.case.id: f.n_tokens for f in fitted},
                 memory_after_load=asdict(after_load),
+                block=block,
             )
         )
         sampler.start()
         return srv, sampler, fitted
 
     def _arm_down(self, name: str, srv: ServerProcess, sampler: VramSampler, records: list[RequestRecord],
-                  planned: int = 0, interrupted: bool = False) -> None:
+                  planned: int = 0, interrupted: bool = False, block: int = 0) -> None:
         """Stop the arm's server and write its arm_end. A second Ctrl-C / SIGTERM meanwhile is held
         until the server is down and the record written (then raised), so no server is orphaned."""
         with _signals_deferred():
-            self._arm_down_now(name, srv, sampler, records, planned, interrupted)
+            self._arm_down_now(name, srv, sampler, records, planned, interrupted, block)
 
     def _arm_down_now(self, name: str, srv: ServerProcess, sampler: VramSampler, records: list[RequestRecord],
-                      planned: int, interrupted: bool) -> None:
+                      planned: int, interrupted: bool, block: int) -> None:
         sampler.stop()
         after_load = sampler.samples[0] if sampler.samples else None
         died = srv.proc is not None and srv.proc.poll() is not None  # gone before we stopped it
@@ -271,7 +291,7 @@ class Runner:
                 f"{len(failed)} of {len(measured)} measured requests failed, {max(planned - len(measured), 0)} not sent; "
                 f"{cause} — see {srv.spec.log_path}"
             )
-            self.arms_failed.append(name)
+            self._failed(name)
         self.write(
             ArmEnd(
                 arm=name,
@@ -286,45 +306,61 @@ class Runner:
                 breakdown=parse_memory_breakdown(log_text),
                 log_path=str(srv.spec.log_path),
                 log_tail=log_tail(srv.spec.log_path, 5),
+                block=block,
             )
         )
         self._sync()  # every arm's records durable at its end
         if error is None:
-            self.progress.arm_end(name, True, f"{len(measured) - len(failed)}/{len(measured)} ok")
+            self.progress.arm_end(name, True, f"{len(measured) - len(failed)}/{len(measured)} ok{self._of_blocks(block)}")
         elif not interrupted:
             self.progress.arm_end(name, False, error)
 
-    def _arm_failed(self, name: str, message: str, log_path: Path) -> None:
-        self.arms_failed.append(name)
+    def _arm_failed(self, name: str, message: str, log_path: Path | None, block: int = 0,
+                    announce: bool = True) -> None:
+        self._failed(name)
         self.write(
             ArmEnd(
                 arm=name, status="failed", error=message, exit_code=None, stop_ms=None, n_requests=0, n_failed=0,
-                memory={}, breakdown={}, log_path=str(log_path), log_tail=log_tail(log_path, 8),
+                memory={}, breakdown={}, log_path=str(log_path or ""),
+                log_tail=log_tail(log_path, 8) if log_path is not None else [], block=block,
             )
         )
-        self.progress.arm_end(name, False, message)
+        if announce:
+            self.progress.arm_end(name, False, message)
 
-    def _plan(self, arm: str, fitted: list[FittedPrompt]) -> list[tuple[StreamRequest, FittedPrompt]]:
-        """Warm-up requests first (flagged), then runs x prompts, in a stable order."""
+    def _failed(self, name: str) -> None:
+        if name not in self.arms_failed:
+            self.arms_failed.append(name)
+
+    def _of_blocks(self, block: int) -> str:
+        """" (block 2 of 3)" when the run has several blocks, else ""."""
+        return f" (block {block + 1} of {self.cfg.blocks})" if self.cfg.blocks > 1 else ""
+
+    def _plan(self, arm: str, fitted: list[FittedPrompt], block: int = 0) -> list[tuple[StreamRequest, FittedPrompt]]:
+        """One block's requests: warm-up first (flagged), then runs x prompts, in a stable order.
+        `seq` goes on across the arm's blocks and `run_index` counts repetitions over the whole
+        run (block b holds b*runs ... b*runs + runs - 1), so (arm, seq) names one request."""
         cfg = self.cfg
         plan: list[tuple[StreamRequest, FittedPrompt]] = []
-        seq = 0
+        seq = self._next_seq.get(arm, 0)
+        load = applied_load(cfg)
 
         def req(f: FittedPrompt, run_index: int, warm: bool) -> StreamRequest:
             return StreamRequest(
                 arm=arm, bucket=f.case.bucket, prompt_id=f.case.id, prompt=f.text, run_index=run_index, seq=seq,
                 warmup=warm, endpoint=cfg.endpoint, concurrency=cfg.concurrency, max_tokens=cfg.max_tokens,
-                temperature=cfg.temperature, seed=cfg.seed,
+                temperature=cfg.temperature, seed=cfg.seed, block=block, load=load,
             )
 
         for i in range(cfg.warmup):
             f = fitted[i % len(fitted)]
             plan.append((req(f, -1, True), f))
             seq += 1
-        for run_index in range(cfg.runs):
+        for run_index in range(block * cfg.runs, (block + 1) * cfg.runs):
             for f in fitted:
                 plan.append((req(f, run_index, False), f))
                 seq += 1
+        self._next_seq[arm] = seq
         return plan
 
     def _limits(self) -> StreamLimits:
@@ -338,14 +374,14 @@ class Runner:
             self.n_failed += 0 if rec.ok else 1
         self.progress.request_done(rec)
 
-    def run_arm(self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path) -> None:
-        """One arm on its own: launch, warm-up, measured requests, memory samples, arm_end."""
-        up = self._arm_up(arm, cases, ctx, evidence)
+    def run_arm(self, arm: ResolvedArm, cases: list[PromptCase], ctx: int, evidence: Path, block: int = 0) -> None:
+        """One arm's block on its own: launch, warm-up, measured requests, memory samples, arm_end."""
+        up = self._arm_up(arm, cases, ctx, evidence, block)
         if up is None:
             return
         srv, sampler, fitted = up
         records: list[RequestRecord] = []
-        plan = self._plan(arm.spec.name, fitted)
+        plan = self._plan(arm.spec.name, fitted, block)
         interrupted = False
         try:
             self.progress.arm_begin(arm.spec.name, len(plan))
@@ -358,7 +394,7 @@ class Runner:
             raise
         finally:
             planned = sum(1 for r, _ in plan if not r.warmup)
-            self._arm_down(arm.spec.name, srv, sampler, records, planned, interrupted)
+            self._arm_down(arm.spec.name, srv, sampler, records, planned, interrupted, block)
 
     async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord],
                      alive: Callable[[], bool] = lambda: True) -> None:
@@ -369,7 +405,9 @@ class Runner:
         warm = [p for p in plan if p[0].warmup]
         timed = [p for p in plan if not p[0].warmup]
         http = self.http
-        async with http.client(cfg.concurrency + 4) as client:
+        # Open loop: no connection cap (a cap would hold requests back unrecorded: coordinated
+        # omission); closed loop: the workers are the cap.
+        async with http.client(None if cfg.rate else cfg.concurrency + 4) as client:
             for r, _ in warm:  # warm-up one at a time: it also opens a kept-alive connection
                 rec = await http.stream(client, base_url, r, limits)
                 self._record(rec, records)
@@ -401,16 +439,26 @@ class Runner:
     async def _open_loop(self, client: Any, base_url: str, reqs: list[StreamRequest],
                          limits: StreamLimits, records: list[RequestRecord],
                          alive: Callable[[], bool] = lambda: True) -> None:
-        """Send on a schedule of absolute times: a slow response never delays later sends."""
+        """Send on a schedule of absolute times: a slow response never delays later sends, and no
+        connection cap holds a request back. Each record carries the time it was due
+        (`t_scheduled_ns`), so latency can be counted from the schedule as well as from the send."""
         times = arrival_times(len(reqs), self.cfg.rate or 1.0, self.cfg.arrivals, self.cfg.seed)
-        loop = asyncio.get_running_loop()
-        start = loop.time() + 0.05
+        start_ns = time.perf_counter_ns() + 50_000_000
+        in_flight = 0
 
         async def send_at(at: float, r: StreamRequest) -> None:
-            await asyncio.sleep(max(0.0, start + at - loop.time()))
+            nonlocal in_flight
+            due_ns = start_ns + round(at * 1e9)
+            await asyncio.sleep(max(0.0, (due_ns - time.perf_counter_ns()) / 1e9))
             if not alive():
                 return
-            self._record(await self.http.stream(client, base_url, r, limits), records)
+            in_flight += 1
+            r = dataclasses.replace(r, t_scheduled_ns=due_ns, load={**r.load, "in_flight_at_send": in_flight})
+            try:
+                rec = await self.http.stream(client, base_url, r, limits)
+            finally:
+                in_flight -= 1
+            self._record(rec, records)
 
         await asyncio.gather(*(send_at(t, r) for t, r in zip(times, reqs, strict=True)))
 
@@ -437,15 +485,19 @@ class Runner:
                     self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=ids, source="non-streamed return_tokens"))
 
     # -- interleaved ---------------------------------------------------------------------------
-    def _interleaved(self, arms: list[ResolvedArm], cases: list[PromptCase], ctx: int, evidence: Path) -> None:
-        """All arms up at once; each (run, prompt) goes to every arm, order alternating A B, B A."""
+    def _interleaved(self, arms: list[ResolvedArm], cases: list[PromptCase], ctx: int, evidence: Path,
+                     block: int = 0) -> None:
+        """One block with all arms up at once; each (run, prompt) goes to every arm, order
+        alternating A B, B A. Servers start in the block's order (A B, then B A next block)."""
         ups = []
-        for arm in arms:
-            up = self._arm_up(arm, cases, ctx, evidence)
+        order = arms if block % 2 == 0 else arms[::-1]
+        for arm in order:
+            up = self._arm_up(arm, cases, ctx, evidence, block)
             if up is not None:
                 ups.append((arm, *up))
+        ups.sort(key=lambda u: arms.index(u[0]))  # requests alternate in the arms' own order
         records: dict[str, list[RequestRecord]] = {a.spec.name: [] for a, *_ in ups}
-        plans = {a.spec.name: self._plan(a.spec.name, fitted) for a, _, _, fitted in ups}
+        plans = {a.spec.name: self._plan(a.spec.name, fitted, block) for a, _, _, fitted in ups}
         interrupted = False
         try:
             for a, *_ in ups:
@@ -465,7 +517,7 @@ class Runner:
             for a, srv, sampler, _ in ups:  # every server stopped, even once the evidence is unwritable
                 planned = sum(1 for r, _ in plans[a.spec.name] if not r.warmup)
                 try:
-                    self._arm_down(a.spec.name, srv, sampler, records[a.spec.name], planned, interrupted)
+                    self._arm_down(a.spec.name, srv, sampler, records[a.spec.name], planned, interrupted, block)
                 except EvidenceError as exc:
                     failure = failure or exc
             if failure is not None:

@@ -220,10 +220,12 @@ class VramSampler:
     """Samples one PID every `interval_s` on a thread; hands each `VramSample` to `sink`."""
 
     def __init__(
-        self, nvml: Nvml, arm: str, pid: int, t0_ns: int, sink: Callable[[VramSample], None], interval_s: float = 0.1
+        self, nvml: Nvml, arm: str, pid: int, t0_ns: int, sink: Callable[[VramSample], None], interval_s: float = 0.1,
+        block: int = 0,
     ) -> None:
         self.nvml = nvml
         self.arm = arm
+        self.block = block
         self.pid = pid
         self.t0_ns = t0_ns
         self.sink = sink
@@ -247,6 +249,7 @@ class VramSampler:
             host_rss_anon_mib=anon,
             host_rss_file_mib=file_,
             gpus=dev.get("gpus"),
+            block=self.block,
         )
         self.samples.append(s)
         return s

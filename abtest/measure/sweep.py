@@ -236,7 +236,7 @@ class SweepRunner:
         argv: Sequence[str] = (),
     ) -> None:
         probe_arm = ready_made_arm("ncmoe0")
-        self.runner = Runner(replace(cfg, arms=(probe_arm,)), progress, argv)
+        self.runner = Runner(replace(cfg, arms=(probe_arm,), blocks=1), progress, argv)
         self.runner.subscribe(self._observe)
         self.progress = self.runner.progress
         self.ncmoe = ncmoe
@@ -284,7 +284,7 @@ class SweepRunner:
                          backend=str(resolved.server.get("backend", "unknown")), offsets=gguf_offsets(model_path))
         candidates = sorted(set(plan.settings) | {0, layout.n_layer})
         arms = tuple(ready_made_arm(arm_name(n)) for n in candidates)
-        cfg = replace(cfg, ctx_size=n_ctx, arms=arms, extra={**cfg.extra, "sweep": plan.to_extra()})
+        cfg = replace(cfg, ctx_size=n_ctx, arms=arms, blocks=1, extra={**cfg.extra, "sweep": plan.to_extra()})
         runner.cfg = cfg
         runner.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
         path = runner.writer.path  # the name taken (unique, see EvidenceWriter)

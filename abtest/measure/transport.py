@@ -25,7 +25,8 @@ class HttpTransport:
             raise ValueError(f"unknown HTTP client {kind!r}")
         self.kind = kind
 
-    def client(self, n_connections: int) -> Any:
+    def client(self, n_connections: int | None) -> Any:
+        """A connection pool of at most `n_connections` (None: no cap, for an open loop)."""
         if self.kind == "raw":
             return rawclient.RawClient(max_connections=n_connections)
         pool = httpx.Limits(max_connections=n_connections, max_keepalive_connections=n_connections)

@@ -49,7 +49,7 @@ def cfg_for(tmp_path: Path, tiny_moe: Path, prompts: Path) -> Callable[..., RunC
     def make(server_bin: Path | str, arms: list[str] | None = None, **kw: Any) -> RunConfig:
         base: dict[str, Any] = dict(
             model=str(tiny_moe), arms=resolve_arms([f"{a}=-ngl 99" if "=" not in a else a for a in arms or ["a"]], None),
-            runs=1, warmup=0, max_tokens=8, prompts_path=str(prompts), out_dir=str(tmp_path / "evidence"),
+            runs=1, blocks=1, warmup=0, max_tokens=8, prompts_path=str(prompts), out_dir=str(tmp_path / "evidence"),
             server_bin=str(server_bin), threads=1, health_timeout_s=10.0, stall_timeout_s=0.5,
             request_timeout_s=5.0,
         )

@@ -48,7 +48,7 @@ def matrix_run(tmp_path_factory: pytest.TempPathFactory, tiny_moe: Path):
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(f'{{"id": "p{i}", "bucket": "b", "text": "prompt {i}"}}\n' for i in range(N_REQUESTS)))
     cfg = RunConfig(
-        model=str(tiny_moe), arms=resolve_arms(["a=-ngl 99", "b=-ngl 99"], None), runs=1, warmup=0, max_tokens=8,
+        model=str(tiny_moe), arms=resolve_arms(["a=-ngl 99", "b=-ngl 99"], None), runs=1, blocks=1, warmup=0, max_tokens=8,
         prompts_path=str(prompts), out_dir=str(tmp / "evidence"), server_bin=str(wrapper), threads=1,
         health_timeout_s=10, stall_timeout_s=0.8, request_timeout_s=1.0,
     )
@@ -158,7 +158,7 @@ def test_cli_exit_code_for_failed_requests_is_partial(scripted, tiny_moe: Path, 
 
     wrapper = scripted({"faults": [{"kind": "http_error", "on": [0], "status": 500}]})
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--model", str(tiny_moe), "--server-bin", str(wrapper), "--arm", "a=-ngl 99", "--runs", "1",
+        main(["run", "--model", str(tiny_moe), "--server-bin", str(wrapper), "--arm", "a=-ngl 99", "--runs", "1", "--blocks", "1",
               "--warmup", "0", "--max-tokens", "4", "--prompts", str(prompts), "--out", str(tmp_path / "ev"), "--quiet"])
     assert exc.value.code == EXIT_PARTIAL
     ev = read_ok(only_jsonl(tmp_path / "ev"))
