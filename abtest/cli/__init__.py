@@ -16,6 +16,7 @@ import click
 from .. import __version__
 from ..cache import cache_root
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AbtestError
+from ..interrupts import ignore_interrupts
 from .model import model
 from .report import report
 from .run import run
@@ -58,10 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the click group, map AbtestError to one line on stderr and its exit code."""
     try:
         cli.main(args=argv, prog_name="abtest", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("abtest: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        ignore_interrupts()  # a second Ctrl-C now would end abtest by the signal (-2), not with 130
         click.echo("abtest: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:

@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from ..config import RunConfig, resolve_arms, shipped_profiles
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, ConfigError
+from ..interrupts import ignore_interrupts
 from .progress import QuietProgress, RichProgress, sigterm_as_interrupt
 
 EPILOG = """\b
@@ -120,14 +121,14 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
             runner = Runner(cfg, display, argv=["abtest", *sys.argv[1:]])
             result = runner.execute()
     except KeyboardInterrupt:
+        ignore_interrupts()
         # The runner has stopped every server and flushed what was measured; the file has no
         # run_end record, so `abtest report` shows the run as partial.
         kept = runner.writer.path if runner is not None and runner.writer is not None else None
         where = f"; partial evidence kept: {kept} (abtest report {kept})" if kept else "; nothing was measured"
         click.echo(f"abtest: interrupted — servers stopped{where}", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGTERM, previous)  # not on the way out of an interrupt: that ignores it
     click.echo(str(result.evidence_path))
     if not quiet:
         console.print(

@@ -24,8 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +37,7 @@ from .. import __version__
 from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
 from ..errors import EvidenceError, LaunchError
 from ..evidence import EvidenceWriter, check_writable, reserve_new
+from ..interrupts import ignore_interrupts, signals_deferred
 from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds, measured_window_ms
 from ..server.log import parse_memory_breakdown
 from ..server.process import (
@@ -263,7 +262,7 @@ class Runner:
                   planned: int = 0, interrupted: bool = False, block: int = 0) -> None:
         """Stop the arm's server and write its arm_end. A second Ctrl-C / SIGTERM meanwhile is held
         until the server is down and the record written (then raised), so no server is orphaned."""
-        with _signals_deferred():
+        with signals_deferred():
             self._arm_down_now(name, srv, sampler, records, planned, interrupted, block)
 
     def _arm_down_now(self, name: str, srv: ServerProcess, sampler: VramSampler, records: list[RequestRecord],
@@ -390,6 +389,7 @@ class Runner:
             if srv.alive():
                 asyncio.run(self._backfill_ids(srv.base_url, records))
         except KeyboardInterrupt:
+            ignore_interrupts()  # stopping now: a second Ctrl-C must not cut the cleanup short
             interrupted = True
             raise
         finally:
@@ -510,6 +510,7 @@ class Runner:
                 if srv.alive():
                     asyncio.run(self._backfill_ids(srv.base_url, records[a.spec.name]))
         except KeyboardInterrupt:
+            ignore_interrupts()  # stopping now: a second Ctrl-C must not cut the cleanup short
             interrupted = True
             raise
         finally:
@@ -588,32 +589,6 @@ async def _still_up(rec: RequestRecord, alive: Callable[[], bool]) -> bool:
         if not alive():
             return False
     return True
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM during cleanup; raise KeyboardInterrupt after it if one came.
-
-    A user who presses Ctrl-C again while llama-server takes its few seconds to exit would otherwise
-    interrupt the wait and leave the arm's record unwritten. Only the main thread can set handlers;
-    elsewhere (a test driving the runner from a thread) this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        caught.append(signum)
-
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def _now() -> str:

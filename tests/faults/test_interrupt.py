@@ -112,3 +112,25 @@ def test_abtest_killed_by_sigkill_takes_its_servers_along(scripted, tiny_moe: Pa
     assert ev.manifest is not None and ev.partial and len(ev.requests) >= 2
     assert all("truncated last line" in p for p in ev.problems), ev.problems
     assert_no_orphans([ev.arm_starts[0].pid], marker=tmp_path)
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.5, 1.05])
+def test_a_storm_of_ctrl_c_during_the_exit_still_ends_with_130(delay_s: float, scripted, tiny_moe: Path,
+                                                                prompts: Path, tmp_path: Path) -> None:
+    """Ctrl-C, then Ctrl-C every 10 ms until abtest is gone (an impatient user, a supervisor's
+    repeated SIGINT): the cleanup still finishes and the exit is 130, never death by the signal
+    (-2, which every storm gave before interrupts were ignored once abtest was stopping)."""
+    out = tmp_path / "evidence"
+    proc = _start_run(scripted(SLOW), tiny_moe, prompts, out)
+    _wait_for_requests(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(delay_s)  # before, during and after the server's 1 s exit
+    deadline = time.monotonic() + 15
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    ev = read_ok(only_jsonl(out))
+    assert ev.partial and [e.arm for e in ev.arm_ends] == ["a"]
+    assert_no_orphans([ev.arm_starts[0].pid], marker=tmp_path)
