@@ -74,6 +74,27 @@ def server_decode_tps(r: RequestRecord) -> float | None:
     return float(v) if v else None
 
 
+def send_lag_ms(r: RequestRecord) -> float | None:
+    """Open loop: the schedule's due time -> the request's bytes sent (the client's own delay:
+    timer lateness, a connection opened on demand). None in a closed loop (nothing was due)."""
+    if r.t_scheduled_ns is None:
+        return None
+    return (r.t_send_ns - r.t_scheduled_ns) / 1e6
+
+
+def ttft_from_schedule_ms(r: RequestRecord) -> float | None:
+    """Open loop: due time -> first token (what AIPerf and guidellm report for a rate run, and
+    what a user arriving at that moment waits): `send_lag_ms` + `ttft_ms`."""
+    lag, t = send_lag_ms(r), ttft_ms(r)
+    return None if lag is None or t is None else lag + t
+
+
+def e2e_from_schedule_ms(r: RequestRecord) -> float | None:
+    """Open loop: due time -> end of the stream."""
+    lag = send_lag_ms(r)
+    return None if lag is None or r.e2e_ms is None else lag + r.e2e_ms
+
+
 @dataclass(frozen=True)
 class MetricDef:
     """How a metric is shown and judged: its label and unit, which way is better, the test used."""

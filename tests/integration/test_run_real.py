@@ -34,6 +34,7 @@ def evidence(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         model=str(tiny_moe),
         arms=resolve_arms([], None),
         runs=2,
+        blocks=2,  # the default: A B B A, a server session per block
         warmup=1,
         max_tokens=MAX_TOKENS,
         buckets=("seed004", "tok128"),
@@ -50,8 +51,10 @@ def evidence(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 def test_evidence_is_complete(evidence) -> None:
     assert evidence.problems == []
     assert not evidence.partial
-    assert [a.arm for a in evidence.arm_starts] == ["baseline", "cpu-moe"]
-    assert [a.status for a in evidence.arm_ends] == ["ok", "ok"]
+    assert [(a.arm, a.block) for a in evidence.arm_starts] == [("baseline", 0), ("cpu-moe", 0),
+                                                                ("cpu-moe", 1), ("baseline", 1)]
+    assert [a.status for a in evidence.arm_ends] == ["ok"] * 4
+    assert len({a.pid for a in evidence.arm_starts}) == 4
     m = evidence.manifest
     assert m is not None and len(m.models[0]["sha256"]) == 64
     assert m.gpu["available"] is False and m.gpu["reason"]  # no GPU here: said, not crashed
@@ -61,10 +64,11 @@ def test_evidence_is_complete(evidence) -> None:
         assert start.ready_ms > 0
         assert start.prompt_tokens["tok128-systems"] == 128
     assert "--cpu-moe" in evidence.arm_starts[1].argv
-    # 8 prompts x 2 runs measured per arm, 1 warm-up each
+    # 8 prompts x 2 runs x 2 blocks measured per arm, 1 warm-up per session
     measured = [r for r in evidence.requests if not r.warmup]
-    assert len(measured) == 2 * 8 * 2
-    assert sum(r.warmup for r in evidence.requests) == 2
+    assert len(measured) == 2 * 8 * 2 * 2
+    assert sum(r.warmup for r in evidence.requests) == 4
+    assert {(r.arm, r.block) for r in measured} == {(a.arm, a.block) for a in evidence.arm_starts}
     assert len(evidence.memory) > 0
 
 
