@@ -28,6 +28,7 @@ from .findings import (
     ReportWarning,
     findings_for,
 )
+from .openloop import LoadRow, load_rows
 from .memory import MemoryRow, memory_row
 from .verdict import verdict_lines
 
@@ -65,6 +66,7 @@ class Report:
     baseline_groups: list[str]  # the labels of the baseline arm (several when shown side by side)
     failed_requests: dict[str, int]
     paired_baseline: dict[str, str] = field(default_factory=dict)  # group -> the baseline group it is compared with
+    load: list[LoadRow] = field(default_factory=list)  # open-loop groups (--rate): latency from the schedule
     abtest_version: str = __version__
 
     def vram_peak_change(self, group: str) -> float:
@@ -153,6 +155,7 @@ def build_report(
         baseline_groups=[g.label for g in baselines],
         failed_requests=failed,
         paired_baseline={g.label: b.label for g, b in pairs if b is not None},
+        load=load_rows(groups),
     )
     report.verdict = verdict_lines(report, groups, pairs)
     return report

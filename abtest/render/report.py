@@ -44,6 +44,8 @@ def sections(report: Report) -> list[Section]:
         out.append(Section("Warnings", bullets=[str(w) for w in report.warnings]))
 
     out.append(_bucket_section(report))
+    if report.load:
+        out.append(_load_section(report))
     out.append(_memory_section(report))
     eq = _equivalence_section(report)
     if eq is not None:
@@ -102,6 +104,28 @@ def _bucket_section(report: Report) -> Section:
                 row += [f"{fmt_pct(c.ci.delta)}{ci}", fmt_p_cell(c.p_value, missing="n/a")]
             rows.append(row)
         sec.tables.append(Table(f"bucket: {bucket}", headers, rows, right=set(range(1, len(headers)))))
+    return sec
+
+
+def _load_section(report: Report) -> Section:
+    """Open-loop arms: the load offered and achieved, TTFT from the send and from the schedule."""
+    rows = []
+    for lr in report.load:
+        growth = ""
+        if lr.first_quarter_ttft_ms and lr.last_quarter_ttft_ms is not None:
+            growth = f"{lr.last_quarter_ttft_ms / lr.first_quarter_ttft_ms:.1f}×" + (" ↑" if lr.queue_growing else "")
+        rows.append([lr.group, fmt_num(lr.rate_rps), fmt_num(lr.achieved_rps), str(lr.max_in_flight or "—"),
+                     fmt_num(lr.send_lag_p99_ms), fmt_num(lr.ttft_p50_ms), fmt_num(lr.ttft_from_schedule_p50_ms),
+                     fmt_num(lr.ttft_from_schedule_p99_ms), growth])
+    sec = Section("Open loop", paragraphs=[
+        "rate, done: req/s offered and completed; flight: most requests in flight at a send; ms. Each request was "
+        "sent when the schedule had it due, with no connection cap. TTFT is from the send (the "
+        "server's answer time); sch(edule) adds the client's send lag: what a user arriving then "
+        "waits, the rate-run figure of AIPerf and guidellm. growth: the from-schedule TTFT of the "
+        "last quarter of a session's requests over its first; ↑ at 2× or more, a queue building up "
+        "(the offered rate is above what the arm serves)."])
+    sec.tables.append(Table("", ["arm", "rate", "done", "flight", "lag p99", "TTFT p50", "sch p50", "sch p99",
+                                 "growth"], rows, right=set(range(1, 9))))
     return sec
 
 

@@ -84,3 +84,29 @@ def test_applied_load_labels() -> None:
     assert opened == {"mode": "open", "concurrency": None, "rate_rps": 2.0, "arrivals": "poisson",
                       "connection_cap": None, "server_slots": 8}
     assert applied_load(RunConfig(model="m", arms=(), schedule="interleaved"))["mode"] == "interleaved"
+
+
+def test_the_report_shows_latency_from_the_schedule_and_a_growing_queue(scripted, cfg_for, spawned,
+                                                                        tmp_path: Path) -> None:
+    """A server whose answers slow down request after request (a queue building up) is flagged;
+    one that keeps its pace is not; both show TTFT from the send beside TTFT from the schedule."""
+    from abtest.analysis.report import build_report
+    from abtest.render.report import render
+
+    growing = {str(i): {"ttft_ms": 20 + 15 * i} for i in range(20)}
+    ev = {}
+    for name, script in (("steady", {"schedule": {"ttft_ms": 20, "itl_ms": 2}}),
+                         ("growing", {"schedule": {"ttft_ms": 20, "itl_ms": 2}, "requests": growing})):
+        cfg = cfg_for(scripted(script), arms=["a"], runs=10, rate=20.0, out_dir=str(tmp_path / name))
+        ev[name] = read_ok(Runner(cfg).execute().evidence_path)
+    rows = {name: build_report([e]).load for name, e in ev.items()}
+    (steady,), (grow,) = rows["steady"], rows["growing"]
+    assert not steady.queue_growing and grow.queue_growing
+    assert steady.n == grow.n == 20 and steady.rate_rps == 20.0
+    assert grow.ttft_from_schedule_p99_ms is not None and grow.ttft_from_schedule_p99_ms > 200
+    assert steady.ttft_from_schedule_p50_ms is not None and steady.ttft_p50_ms is not None
+    assert steady.ttft_from_schedule_p50_ms >= steady.ttft_p50_ms  # the send lag is never negative
+    text = render(build_report([ev["growing"]]), "markdown")
+    assert "## Open loop" in text and "↑" in text
+    closed = cfg_for(scripted({}), arms=["a"], out_dir=str(tmp_path / "closed"))
+    assert build_report([read_ok(Runner(closed).execute().evidence_path)]).load == []

@@ -15,7 +15,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "abtest"
 
 # Top-level modules: the contract (records, the evidence files), shared leaves and the config.
-LEAVES = {"abtest", "abtest.errors", "abtest.records", "abtest.cache", "abtest.fmt", "abtest.argv"}
+LEAVES = {"abtest", "abtest.errors", "abtest.records", "abtest.cache", "abtest.fmt", "abtest.argv", "abtest.interrupts"}
 STAGE_OF_TOP = {"abtest.config": "config", "abtest.evidence": "evidence", "abtest.__main__": "cli"}
 # stage -> the stages it may import (leaves are always allowed)
 ALLOWED: dict[str, set[str]] = {
