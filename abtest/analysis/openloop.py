@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics
 from ..records import RequestRecord
+from . import metrics
 from .arms import ArmGroup
 
 # The queue is "growing" when the from-schedule TTFT of the last quarter of the requests (by due

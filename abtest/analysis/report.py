@@ -28,8 +28,8 @@ from .findings import (
     ReportWarning,
     findings_for,
 )
-from .openloop import LoadRow, load_rows
 from .memory import MemoryRow, memory_row
+from .openloop import LoadRow, load_rows
 from .verdict import verdict_lines
 
 
