@@ -108,6 +108,13 @@ def request_body(req: StreamRequest) -> tuple[str, dict[str, Any]]:
     return path, body
 
 
+def request_id(req: StreamRequest) -> str:
+    """The `X-Request-Id` header of a request: `abtest-<arm>-b<block>-s<seq>`, unique in a run, so
+    a server's log (llama-server's, the scripted server's) can be matched with the evidence.
+    Arm names are letters, digits, '_', '.' and '-' (config), so the value is a plain token."""
+    return f"abtest-{req.arm}-b{req.block}-s{req.seq}"
+
+
 def encode_body(body: dict[str, Any]) -> bytes:
     """The request's bytes: both transports send exactly these."""
     return json.dumps(body, separators=(",", ":")).encode()

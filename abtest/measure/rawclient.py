@@ -55,6 +55,7 @@ from .protocol import (
     encode_body,
     http_status_error,
     request_body,
+    request_id,
     stalled,
     timed_out,
 )
@@ -384,6 +385,7 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
     status = 0
     error: str | None = None
     sent_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    headers = f"{_HEADERS}X-Request-Id: {request_id(req)}\r\n"
     for attempt in (1, 2):
         err_body: list[bytes] = []
         conns: list[_Conn] = []
@@ -401,7 +403,7 @@ async def stream_request(client: RawClient, base_url: str, req: StreamRequest,
 
         try:
             conn = await client.request(
-                "POST", base_url + path, payload, sink, headers=_HEADERS, timeout_s=limits.request_timeout_s,
+                "POST", base_url + path, payload, sink, headers=headers, timeout_s=limits.request_timeout_s,
                 stall_timeout_s=limits.stall_timeout_s, connect_timeout_s=limits.connect_timeout_s,
                 on_sent=on_sent, on_conn=conns.append)
             status = conn.status

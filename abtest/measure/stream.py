@@ -37,6 +37,7 @@ from .protocol import (
     encode_body,
     http_status_error,
     request_body,
+    request_id,
     stalled,
     timed_out,
 )
@@ -74,7 +75,8 @@ async def stream_request(
     async def exchange() -> None:
         nonlocal status, error
         async with client.stream(
-            "POST", base_url + path, content=payload, headers=_JSON_HEADERS, timeout=timeout,
+            "POST", base_url + path, content=payload, headers={**_JSON_HEADERS, "X-Request-Id": request_id(req)},
+            timeout=timeout,
             extensions={"trace": _tracing(tracker)},
         ) as response:
             status = response.status_code
