@@ -41,7 +41,7 @@ stage_setup() {
   if [ -d "$here/.whl" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$here"/.whl/*.whl
   fi
-  python3 -c "import gguf, httpx, click, rich, numpy, scipy, matplotlib, pynvml; print('python deps ok')"
+  python3 -c "import gguf, httpx, httptools, orjson, click, rich, numpy, scipy, matplotlib, pynvml; print('python deps ok')"
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$WORK/gpu.csv"
   nproc; free -g | head -2
 }
