@@ -39,9 +39,14 @@ log() { echo "[$(date +%H:%M:%S)] $*"; }
 
 stage_setup() {
   if [ -d "$here/.whl" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$here"/.whl/*.whl
+    # every carried dependency, not abtest's own wheel: /tmp/site comes first on PYTHONPATH and
+    # would shadow the checkout (the wheel stage installs that one apart, into /tmp/wheelsite)
+    local deps=()
+    for w in "$here"/.whl/*.whl; do case "$(basename "$w")" in abtest_llm-*) ;; *) deps+=("$w") ;; esac; done
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${deps[@]}"
   fi
   python3 -c "import gguf, httpx, httptools, orjson, click, rich, numpy, scipy, matplotlib, pynvml; print('python deps ok')"
+  python3 -c "import abtest; print('abtest', abtest.__version__, 'from', abtest.__file__)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv | tee "$WORK/gpu.csv"
   nproc; free -g | head -2
 }
