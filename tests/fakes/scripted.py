@@ -107,22 +107,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FAULT_KINDS", "Fault", "Schedule", "Script", "ScriptedServer", "SentChunk", "main"]
+__all__ = ["FAULT_KINDS", "Fault", "Schedule", "Script", "ScriptedServer", "SentChunk", "Slots", "main", "pair_requests",
+           "prompt_key", "read_chunk_log"]
 
 FAULT_KINDS = ("die", "stall", "malformed", "close", "error_event", "http_error")
 LOAD_FAULTS = (None, "exit", "never_healthy")
 CHAT_TIMINGS = ("per_token", "last", "none")
+AUTO_PARALLEL = 4  # llama-server's -np -1 (auto): "using n_parallel = 4 and kv_unified = true"
 TOKEN_OFFSET = 3  # ids 0..2 are specials (1 = BOS); id = byte + 3
 BOS = 1
 DEFAULT_LOAD_ERROR = (
@@ -164,21 +169,35 @@ class Schedule:
         if any(g < 0 for g in _cycle(self.itl_ms)) or self.ttft_ms < 0 or self.headers_delay_ms < 0:
             raise ValueError("times must be >= 0")
 
-    def plan(self, n_tokens: int) -> list[tuple[float, int]]:
-        """[(send offset in ms from receipt, tokens carried), ...] for a request of n_tokens."""
-        gaps, sizes = _cycle(self.itl_ms), _cycle(self.tokens_per_event)
-        t_token = []  # production time of every token
-        t = float(self.ttft_ms)
+    def token_times_ms(self, n_tokens: int) -> list[float]:
+        """When each token is produced, in ms from the request's receipt."""
+        gaps = _cycle(self.itl_ms)
+        out, t = [], float(self.ttft_ms)
         for i in range(n_tokens):
             if i:
                 t += float(gaps[(i - 1) % len(gaps)])
-            t_token.append(t)
-        events, i, e = [], 0, 0
+            out.append(t)
+        return out
+
+    def event_sizes(self, n_tokens: int) -> list[int]:
+        """Tokens carried by each event of a request of n_tokens (``tokens_per_event`` cycled, the
+        last event cut short). The slot model uses these and nothing else of the schedule."""
+        sizes = _cycle(self.tokens_per_event)
+        out: list[int] = []
+        i = 0
         while i < n_tokens:
-            k = min(int(sizes[e % len(sizes)]), n_tokens - i)
-            events.append((t_token[i + k - 1], k))
+            k = min(int(sizes[len(out) % len(sizes)]), n_tokens - i)
+            out.append(k)
             i += k
-            e += 1
+        return out
+
+    def plan(self, n_tokens: int) -> list[tuple[float, int]]:
+        """[(send offset in ms from receipt, tokens carried), ...] for a request of n_tokens."""
+        t_token = self.token_times_ms(n_tokens)
+        events, i = [], 0
+        for k in self.event_sizes(n_tokens):
+            i += k
+            events.append((t_token[i - 1], k))
         return events
 
 
@@ -204,6 +223,35 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Slots:
+    """The slot model: llama-server's continuous batching at a known cost (see the module docstring)."""
+
+    n: int | None = None  # slots; None: the command line's -np (none, or -1: 4, llama-server's auto)
+    step_ms: float = 10.0  # one decode step: one token for every slot past its prompt
+    step_ms_per_slot: float = 0.0  # + this for every slot busy in the step
+    prompt_ms_per_token: float = 0.0  # + this for every prompt token the step processes
+    batch_tokens: int = 0  # prompt tokens one step may process, all slots together (-b); 0: no limit
+
+    def __post_init__(self) -> None:
+        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
+            raise ValueError(f"slots.n must be an integer >= 1 or null, got {self.n!r}")
+        if not self.step_ms > 0:
+            raise ValueError(f"slots.step_ms must be > 0, got {self.step_ms!r}")
+        if self.step_ms_per_slot < 0 or self.prompt_ms_per_token < 0 or self.batch_tokens < 0:
+            raise ValueError("slots.step_ms_per_slot, prompt_ms_per_token and batch_tokens must be >= 0")
+
+    def n_slots(self, n_parallel: int | None) -> int:
+        """The slots in force: the script's ``n``, else ``-np`` (absent or < 1: llama-server's auto, 4)."""
+        if self.n is not None:
+            return self.n
+        return n_parallel if n_parallel is not None and n_parallel >= 1 else AUTO_PARALLEL
+
+    def step_ms_for(self, busy: int, prompt_tokens: int) -> float:
+        """The length of one step with `busy` slots holding a request and `prompt_tokens` processed."""
+        return self.step_ms + self.step_ms_per_slot * busy + self.prompt_ms_per_token * prompt_tokens
+
+
+@dataclass(frozen=True)
 class Script:
     schedule: Schedule = field(default_factory=Schedule)
     requests: dict[int, Schedule] = field(default_factory=dict)  # per-request schedule overrides
@@ -218,6 +266,7 @@ class Script:
     text: str = "The quick brown fox jumps over the lazy dog. "
     chat_timings: str = "per_token"  # "per_token" (llama-server) | "last" | "none" (other OpenAI servers)
     chat_usage: bool = True  # the usage chunk when the request asks stream_options.include_usage
+    slots: Slots | None = None  # the slot model; None: every request on its own schedule, no queue
 
     def __post_init__(self) -> None:
         if self.chat_timings not in CHAT_TIMINGS:
@@ -245,7 +294,13 @@ class Script:
             _refuse_unknown(f, Fault, "fault")
             on = f.get("on")
             faults.append(Fault(**{**f, "on": None if on is None else tuple(int(i) for i in _cycle(on))}))
-        return cls(schedule=base, requests=requests, faults=tuple(faults), **obj)
+        slots = obj.pop("slots", None)
+        if slots is not None:
+            if not isinstance(slots, dict):
+                raise ValueError(f"slots must be an object or null, got {slots!r}")
+            _refuse_unknown(slots, Slots, "slots")
+            slots = Slots(**slots)
+        return cls(schedule=base, requests=requests, faults=tuple(faults), slots=slots, **obj)
 
     @classmethod
     def from_json(cls, text: str) -> Script:
@@ -299,14 +354,14 @@ def _prompt_tokens(prompt: Any) -> int:
 
 @dataclass(frozen=True)
 class SentChunk:
-    """One thing the server sent (or received: kind "request"), with its time.
+    """One line of the chunk log: something a request did or was sent, or one step of the slot model.
 
-    req: request index (/completion order, 0-based); seq: order within the request.
-    kind: "request" (body fully read), "headers", "data" (a token event), "ping", "malformed",
-          "error_event", "stop" (the final event), "end" (the chunked body's terminator),
-          "http_error", "fault" (a fault struck: die, stall, close).
-    t_ns: perf_counter_ns right after the bytes were handed to the kernel.
-    planned_ns: perf_counter_ns the script wanted (None when unplanned).
+    req: request index (arrival order, 0-based; -1 for a "step"); seq: order within the request
+      (for a "step": the step's number).
+    kind: what happened (see "The chunk log" in the module docstring for every kind's fields).
+    t_ns: perf_counter_ns (CLOCK_MONOTONIC): right after the bytes were handed to the kernel for a
+      thing sent, when it was seen for a thing received or decided.
+    planned_ns: perf_counter_ns the script (or the slot model) wanted it (None when unplanned).
     n_tokens: tokens this event carried; tokens_predicted: cumulative after it.
     """
 
@@ -320,36 +375,378 @@ class SentChunk:
     content_bytes: int = 0
     nbytes: int = 0
     note: str = ""
+    slot: int | None = None  # "slot", "summary": the slot id
+    busy: int = 0  # "step": slots holding a request during the step
+    n_prompt: int = 0  # "request": prompt tokens; "step": prompt tokens processed in the step
+    n_predict: int = 0  # "request": tokens asked for
+    key: str = ""  # "request": prompt_key() of the prompt, for pairing with client records
+    client_id: str = ""  # "request": the X-Request-Id header, if the client sent one
+    peer: str = ""  # "request": the client's address:port
+    ttft_ms: float | None = None  # "summary": arrive -> first token-carrying chunk written
+    queue_ms: float | None = None  # "summary": arrive -> slot granted (slot model only)
+
+
+_SENT_FIELDS = frozenset(f.name for f in dataclasses.fields(SentChunk))
 
 
 class _ChunkLog:
+    """Every SentChunk in memory (`sent`) and, with a path, appended as JSON lines by a writer
+    thread. The event loop only appends to a list and wakes the thread (~1 µs a line: no
+    serialising, no syscall on the loop); the thread serialises in batches of `BATCH`, handing the
+    GIL back between batches, and writes each batch at once, so a line is in the kernel's page
+    cache a fraction of a millisecond after its event (a SIGKILL loses about that much) and a busy
+    log holds the loop for at most one batch's worth of GIL. `close` writes everything left."""
+
+    BATCH = 64  # lines serialised per hold of the GIL (~0.3 ms)
+
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.sent: list[SentChunk] = []
-        self._fh: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._pending: list[SentChunk] = []
         self._lock = threading.Lock()
+        self._fh: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._more = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        if self._fh is not None:
+            self._thread = threading.Thread(target=self._run, name="scripted-chunk-log", daemon=True)
+            self._thread.start()
 
     def add(self, chunk: SentChunk) -> None:
         with self._lock:
             self.sent.append(chunk)
-            if self._fh is not None:
-                self._fh.write(json.dumps(dataclasses.asdict(chunk), separators=(",", ":")) + "\n")
-                self._fh.flush()
+            if self._fh is None:
+                return
+            self._pending.append(chunk)
+        if not self._more.is_set():  # set, it has not been cleared yet: the thread will see this line
+            self._more.set()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._more.wait()
+            self._more.clear()
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        fh = self._fh
+        if fh is None or fh.closed:
+            return
+        for i in range(0, len(pending), self.BATCH):
+            fh.write("".join(json.dumps(c.__dict__, separators=(",", ":")) + "\n" for c in pending[i:i + self.BATCH]))
+            fh.flush()  # a syscall: the GIL goes to the event loop meanwhile
 
     def close(self) -> None:
+        self._stop = True
+        self._more.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        self._flush()
         if self._fh is not None and not self._fh.closed:
             self._fh.close()
 
 
 def read_chunk_log(path: str | os.PathLike[str]) -> list[SentChunk]:
-    """The chunk log written by ``--chunk-log`` (a cut last line is skipped)."""
+    """The chunk log written by ``--chunk-log`` (a cut last line is skipped, unknown keys ignored)."""
     out = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError, TypeError):
-            out.append(SentChunk(**json.loads(line)))
+        with contextlib.suppress(json.JSONDecodeError, TypeError, AttributeError):
+            obj = json.loads(line)
+            out.append(SentChunk(**{k: v for k, v in obj.items() if k in _SENT_FIELDS}))
+    return out
+
+
+def prompt_key(prompt: Any) -> str:
+    """The ``key`` of a "request" line: 16 hex digits of SHA-256 over the prompt's UTF-8 text. A
+    /completion prompt that is not a string is keyed by its compact JSON; a chat request by the
+    concatenated ``content`` of its messages (abtest sends one user message: the prompt itself)."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def pair_requests(sent: Iterable[SentChunk], sends: Sequence[tuple[str, int]], by: str = "key") -> list[int | None]:
+    """The server request index of each client send, or None where no arrival fits.
+
+    `sends`: one (id, t_send_ns) per client request, id being `prompt_key` of its prompt (or the
+    X-Request-Id it sent, with ``by="client_id"``), t_send_ns on the same monotonic clock. Within
+    one id the k-th send in time is paired with the k-th arrival in time, and a pair whose arrival
+    precedes its send is refused (None). Exact when ids are unique; with a repeated id, exact as
+    long as sends of that id are further apart than the server's read order jitter (a fraction of
+    a millisecond on loopback), which a closed loop over several prompts always is."""
+    arrivals: dict[str, list[tuple[int, int]]] = {}
+    t_arrive = {c.req: c.t_ns for c in sent if c.kind == "arrive"}
+    for c in sent:
+        if c.kind == "request":
+            arrivals.setdefault(getattr(c, by), []).append((t_arrive.get(c.req, c.t_ns), c.req))
+    order: dict[str, list[int]] = {}
+    for i, (ident, t) in sorted(enumerate(sends), key=lambda x: x[1][1]):
+        order.setdefault(ident, []).append(i)
+    out: list[int | None] = [None] * len(sends)
+    for ident, idx in order.items():
+        for i, (t_arr, req) in zip(idx, sorted(arrivals.get(ident, [])), strict=False):
+            if t_arr >= sends[i][1]:
+                out[i] = req
     return out
 
 
 # ------------------------------------------------------------------------------ the server
+
+
+async def _sleep_until(t_ns: int) -> None:
+    delay = (t_ns - time.perf_counter_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+@dataclass
+class _Req:
+    """One /completion or chat request while it is served: its index, stamps and log lines."""
+
+    index: int
+    t_arrive_ns: int
+    t_recv_ns: int
+    add: Callable[[SentChunk], None]
+    seq: int = 0
+    t_slot_ns: int | None = None
+    slot: int | None = None
+    t_first_ns: int | None = None  # first token-carrying chunk written
+    tokens_sent: int = 0
+    outcome: str = "ok"
+
+    def log(self, kind: str, t_ns: int, **kw: Any) -> None:
+        self.add(SentChunk(self.index, self.seq, kind, t_ns, **kw))
+        self.seq += 1
+        if kind == "data" and kw.get("n_tokens", 0) > 0:
+            self.t_first_ns = t_ns if self.t_first_ns is None else self.t_first_ns
+            self.tokens_sent = kw.get("tokens_predicted", self.tokens_sent)
+
+    def summary(self) -> None:
+        ttft = (self.t_first_ns - self.t_arrive_ns) / 1e6 if self.t_first_ns is not None else None
+        queue = (self.t_slot_ns - self.t_arrive_ns) / 1e6 if self.t_slot_ns is not None else None
+        self.log("summary", time.perf_counter_ns(), n_tokens=self.tokens_sent, tokens_predicted=self.tokens_sent,
+                 slot=self.slot, ttft_ms=ttft, queue_ms=queue, note=self.outcome)
+
+
+class _Task:
+    """A request as the slot engine sees it: its prompt left to process, the tokens produced."""
+
+    def __init__(self, n_prompt: int, n_predict: int) -> None:
+        self.n_predict = n_predict
+        self.prompt_left = max(n_prompt, 0)
+        self.produced = 0
+        self.t_tokens_ns: list[int] = []  # planned production time of every token (a step's end)
+        self.t_prompt_done_ns: int | None = None  # planned end of the step that finished the prompt
+        self.slot: int | None = None
+        self.t_slot_ns: int | None = None  # when the engine gave it the slot (perf_counter_ns)
+        self.slot_planned_ns: int | None = None  # the step boundary it was given the slot at
+        self.admitted = -1  # admission order (prompt processing is FIFO in it)
+        self.step_prompt = 0  # prompt tokens taken in the step under way
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self._changed.set()
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def holding_slot(self) -> None:
+        await self._until(lambda: self.slot is not None)
+
+    async def tokens(self, n: int) -> int:
+        """Wait until `n` tokens are produced (n = 0: the prompt processed); the planned time of the last."""
+        await self._until(lambda: self.produced >= n and self.t_prompt_done_ns is not None)
+        return self.t_tokens_ns[n - 1] if n else self.t_prompt_done_ns  # type: ignore[return-value]
+
+
+class _Alarm:
+    """Wake-ups on time: a thread sleeps (clock_nanosleep, ~0.1 ms late) and wakes the event loop
+    through call_soon_threadsafe. asyncio's own timers ride on epoll's millisecond timeout, rounded
+    up: measured 1.2 ms p50, 2.3 ms p99 late for a 10 ms step, which the slot model would turn into
+    every token's lateness."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._q: queue.SimpleQueue[tuple[int, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="scripted-alarm", daemon=True)
+        self._thread.start()
+
+    async def at(self, t_ns: int) -> None:
+        if t_ns <= time.perf_counter_ns():
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._q.put((t_ns, fut))
+        await fut
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            t_ns, fut = item
+            delay = (t_ns - time.perf_counter_ns()) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._loop.call_soon_threadsafe(_wake, fut)
+
+    def close(self) -> None:
+        self._q.put(None)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Engine:
+    """llama-server's slot loop, scripted: at most n requests hold a slot; the others wait FIFO.
+
+    A step starts when the previous one was planned to end (absolute times: no drift from sleep
+    overshoot) or, after idling, when a request comes. At its start, free slots go to the queue's
+    head (lowest slot id first); the step then takes the prompt tokens of the slots still in their
+    prompt (FIFO by admission, at most `batch_tokens`), lasts ``step_ms_for(busy, prompt tokens)``
+    and, at its end, gives one token to every slot past its prompt -- a slot whose prompt finished
+    in this step included, as llama-server samples right after the prompt's batch. A slot whose
+    request has all its tokens is free for the next step; a request that goes away frees its slot
+    at once (the next step gives it to the queue)."""
+
+    def __init__(self, cfg: Slots, n_slots: int, add: Callable[[SentChunk], None]) -> None:
+        self.cfg = cfg
+        self.slots: list[_Task | None] = [None] * n_slots
+        self.queue: deque[_Task] = deque()
+        self._add = add
+        self._wake = asyncio.Event()
+        self._admitted = 0
+        self.steps = 0
+        self._alarm: _Alarm | None = None
+
+    def submit(self, task: _Task) -> None:
+        self.queue.append(task)
+        self._wake.set()
+
+    def cancel(self, task: _Task) -> None:
+        """The request is over (done, failed, client gone): out of the queue or its slot."""
+        if task.slot is None:
+            with contextlib.suppress(ValueError):
+                self.queue.remove(task)
+        elif self.slots[task.slot] is task:
+            self.slots[task.slot] = None
+
+    def _admit(self, t_at_ns: int) -> None:
+        for i, held in enumerate(self.slots):
+            if held is None and self.queue:
+                task = self.queue.popleft()
+                self.slots[i] = task
+                task.slot, task.t_slot_ns, task.slot_planned_ns = i, time.perf_counter_ns(), t_at_ns
+                task.admitted = self._admitted
+                self._admitted += 1
+                task.notify()
+
+    async def run(self) -> None:
+        self._alarm = _Alarm(asyncio.get_running_loop())
+        try:
+            await self._steps()
+        finally:
+            self._alarm.close()
+
+    async def _steps(self) -> None:
+        cfg = self.cfg
+        assert self._alarm is not None
+        t_next: int | None = None  # planned start of the next step; None: idle
+        while True:
+            t_start = time.perf_counter_ns() if t_next is None else t_next
+            self._admit(t_start)
+            busy = [t for t in self.slots if t is not None]
+            if not busy:
+                t_next = None
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            budget = cfg.batch_tokens or sys.maxsize
+            prompt_tokens = 0
+            for task in sorted(busy, key=lambda t: t.admitted):
+                take = min(task.prompt_left, budget)
+                task.step_prompt = take
+                budget -= take
+                prompt_tokens += take
+            t_end = t_start + int(cfg.step_ms_for(len(busy), prompt_tokens) * 1e6)
+            await self._alarm.at(t_end)
+            produced = 0
+            for task in busy:
+                if task.slot is None or self.slots[task.slot] is not task:
+                    continue  # gone during the step
+                task.prompt_left -= task.step_prompt
+                task.step_prompt = 0
+                if task.prompt_left:
+                    continue
+                if task.t_prompt_done_ns is None:
+                    task.t_prompt_done_ns = t_end
+                if task.produced < task.n_predict:
+                    task.produced += 1
+                    task.t_tokens_ns.append(t_end)
+                    produced += 1
+                if task.produced >= task.n_predict:
+                    self.slots[task.slot] = None
+                task.notify()
+            self._add(SentChunk(-1, self.steps, "step", time.perf_counter_ns(), t_end, produced, busy=len(busy),
+                                n_prompt=prompt_tokens))
+            self.steps += 1
+            t_next = t_end
+
+
+class _SchedulePace:
+    """Tokens on the request's own schedule: token i at its planned offset from the receipt."""
+
+    def __init__(self, sched: Schedule, n_tokens: int, r: _Req) -> None:
+        self._sched, self._r = sched, r
+        self._t = [r.t_recv_ns + int(ms * 1e6) for ms in sched.token_times_ms(n_tokens)]
+        plan = sched.plan(n_tokens)
+        self.first_event_ns = r.t_recv_ns + int(plan[0][0] * 1e6) if plan else None
+
+    async def begin(self) -> None:
+        """Streamed: before the headers (``headers_delay_ms``)."""
+        await _sleep_until(self._r.t_recv_ns + int(self._sched.headers_delay_ms * 1e6))
+
+    async def tokens(self, n: int) -> int:
+        planned = self._t[n - 1] if n else self._r.t_recv_ns + int(self._sched.ttft_ms * 1e6)
+        await _sleep_until(planned)
+        return planned
+
+    def release(self) -> None:
+        pass
+
+
+class _SlotPace:
+    """Tokens from the slot engine: wait in the queue for a slot, then for the steps."""
+
+    def __init__(self, engine: _Engine, n_prompt: int, n_predict: int, r: _Req) -> None:
+        self._engine, self._r = engine, r
+        self._task = _Task(n_prompt, n_predict)
+        self._submitted = False
+        self.first_event_ns: int | None = None
+
+    async def begin(self) -> None:
+        """Queue, wait for a slot, log it (llama-server sends the headers only then)."""
+        if self._submitted:
+            return
+        self._submitted = True
+        task, r = self._task, self._r
+        self._engine.submit(task)
+        await task.holding_slot()
+        r.t_slot_ns, r.slot = task.t_slot_ns, task.slot
+        r.log("slot", task.t_slot_ns or 0, planned_ns=task.slot_planned_ns, slot=task.slot)
+
+    async def tokens(self, n: int) -> int:
+        await self.begin()
+        planned = await self._task.tokens(n)
+        if self.first_event_ns is None and self._task.t_tokens_ns:
+            self.first_event_ns = self._task.t_tokens_ns[0]
+        return planned
+
+    def release(self) -> None:
+        if self._submitted:
+            self._engine.cancel(self._task)
+
+
 
 
 class _Died(Exception):
@@ -369,6 +766,7 @@ class ScriptedServer:
         model: str = "scripted.gguf",
         in_process: bool = True,
         log: IO[str] | None = None,
+        n_parallel: int | None = None,
     ) -> None:
         self.script = script or Script()
         self.host = host
@@ -377,6 +775,9 @@ class ScriptedServer:
         self.in_process = in_process
         self._log_fh = log
         self._chunks = _ChunkLog(chunk_log)
+        self.n_parallel = n_parallel  # -np from the command line (the slot model's n when the script has none)
+        self._engine: _Engine | None = None
+        self._conn: dict[asyncio.StreamWriter, tuple[int, int, dict[str, str], str]] = {}  # per request read
         self._n_requests = 0
         self._is_loaded = False
         self._t_start = time.monotonic()
@@ -401,8 +802,14 @@ class ScriptedServer:
 
     @property
     def n_requests(self) -> int:
-        """/completion requests received so far."""
+        """/completion and chat requests received so far."""
         return self._n_requests
+
+    @property
+    def n_slots(self) -> int | None:
+        """The slot model's slots in force (the script's n, else -np, else 4); None without the model."""
+        s = self.script.slots
+        return None if s is None else s.n_slots(self.n_parallel)
 
     def start_in_thread(self) -> ScriptedServer:
         """Bind (port 0: a free one), serve on a daemon thread, return once listening."""
@@ -440,12 +847,22 @@ class ScriptedServer:
         self._say(f"srv          init: scripted llama-server (tests/fakes/scripted.py), pid {os.getpid()}")
         self._say(f"main: HTTP server is listening, hostname: {self.host}, port: {self.port}, http threads: 1")
         self._say(f"srv    load_model: loading model '{self.model}'")
+        slots = self.script.slots
+        engine_task = None
+        if slots is not None:
+            self._engine = _Engine(slots, slots.n_slots(self.n_parallel), self._chunks.add)
+            engine_task = asyncio.ensure_future(self._engine.run())
+            self._say(f"srv    load_model: initializing, n_slots = {len(self._engine.slots)} (scripted slot model: "
+                      f"step_ms {slots.step_ms}, +{slots.step_ms_per_slot} per busy slot, "
+                      f"+{slots.prompt_ms_per_token} per prompt token, batch_tokens {slots.batch_tokens or 'unlimited'})")
         self._ready.set()
         loader = asyncio.ensure_future(self._load())
         try:
             await self._stopped.wait()
         finally:
             loader.cancel()
+            if engine_task is not None:
+                engine_task.cancel()
             self._server.close()
             for w in list(self._writers):
                 w.transport.abort()
@@ -512,12 +929,15 @@ class ScriptedServer:
     # -- HTTP --------------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        peer = writer.get_extra_info("peername")
+        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
         try:
             while True:
                 try:
                     line = await asyncio.wait_for(reader.readline(), 5.0)  # keep-alive timeout
                 except asyncio.TimeoutError:
                     break
+                t_arrive = time.perf_counter_ns()  # the request line is in: its first bytes arrived by now
                 if not line:
                     break
                 parts = line.decode("latin-1").split()
@@ -532,6 +952,7 @@ class ScriptedServer:
                     k, _, v = h.decode("latin-1").partition(":")
                     headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                self._conn[writer] = (t_arrive, time.perf_counter_ns(), headers, peer_s)
                 path = target.split("?", 1)[0]
                 keep = await self._route(method, path, body, reader, writer)
                 self._say(f"srv  log_server_r: request: {method} {path} {self.host}")
@@ -543,6 +964,7 @@ class ScriptedServer:
             pass
         finally:
             self._writers.discard(writer)
+            self._conn.pop(writer, None)
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -602,22 +1024,57 @@ class ScriptedServer:
         return True
 
     # -- what /completion and the chat endpoint share -------------------------------------------
-    def _arrived(self) -> tuple[int, int]:
-        """(arrival time, index) of a new request, logged as its chunk 0."""
-        t_recv = time.perf_counter_ns()
+    def _arrived(self, writer: asyncio.StreamWriter, endpoint: str, n_prompt: int, n_predict: int,
+                 prompt: Any) -> _Req:
+        """A new request: its index (arrival order), its "arrive" and "request" lines."""
+        t_arrive, t_recv, headers, peer = self._conn.get(writer) or (time.perf_counter_ns(),) * 2 + ({}, "")
         index = self._n_requests
         self._n_requests += 1
-        self._chunks.add(SentChunk(index, 0, "request", t_recv))
-        return t_recv, index
+        r = _Req(index, t_arrive, t_recv, self._chunks.add)
+        r.log("arrive", t_arrive)
+        r.log("request", t_recv, n_prompt=n_prompt, n_predict=n_predict, key=prompt_key(prompt),
+              client_id=headers.get("x-request-id", ""), peer=peer, note=endpoint)
+        return r
 
-    async def _http_error(self, index: int, fault: Any, writer: asyncio.StreamWriter) -> bool:
+    def _pace(self, r: _Req, sched: Schedule, n_prompt: int, n_predict: int) -> _SchedulePace | _SlotPace:
+        if self._engine is not None:
+            return _SlotPace(self._engine, n_prompt, n_predict, r)
+        return _SchedulePace(sched, n_predict, r)
+
+    async def _http_error(self, r: _Req, fault: Any, writer: asyncio.StreamWriter) -> bool:
         """Answer the request with the scripted HTTP error, if that is its fault; whether it did."""
         if fault is None or fault.kind != "http_error":
             return False
         msg = fault.message or _REASONS.get(fault.status, "error")
+        r.outcome = f"http_error {fault.status}"
         t = await self._json(writer, fault.status, self._error_body(fault.status, msg))
-        self._chunks.add(SentChunk(index, 1, "http_error", t, note=str(fault.status)))
+        r.log("http_error", t, note=str(fault.status))
         return True
+
+    async def _serve(self, req: dict[str, Any], endpoint: str, n_predict: int, n_prompt: int, prompt: Any,
+                     chat: dict[str, Any] | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """One /completion or chat request from arrival to its "summary" line."""
+        r = self._arrived(writer, endpoint, n_prompt, n_predict, prompt)
+        sched = self.script.schedule_for(r.index)
+        fault = self.script.fault_for(r.index)
+        pace = self._pace(r, sched, n_prompt, n_predict)
+        try:
+            if await self._http_error(r, fault, writer):
+                return True
+            if not req.get("stream", False):
+                if chat is not None:
+                    return await self._chat_whole(r, n_predict, n_prompt, pace, writer)
+                return await self._completion_whole(req, r, n_predict, n_prompt, fault, pace, reader, writer)
+            return await self._completion_stream(r, n_predict, n_prompt, sched, fault, pace, reader, writer, chat)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            r.outcome = "client gone"
+            raise
+        except asyncio.CancelledError:
+            r.outcome = "server stopped"
+            raise
+        finally:
+            pace.release()
+            r.summary()
 
     # -- /completion ----------------------------------------------------------------------------
     def _generated(self, start: int, n: int) -> bytes:
@@ -626,50 +1083,38 @@ class ScriptedServer:
 
     async def _completion(self, req: dict[str, Any], reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> bool:
-        t_recv, index = self._arrived()
         n_predict = int(req.get("n_predict", req.get("max_tokens", self.script.n_predict)))
         if n_predict < 0:
             n_predict = self.script.n_predict
-        n_prompt = _prompt_tokens(req.get("prompt", ""))
-        sched = self.script.schedule_for(index)
-        fault = self.script.fault_for(index)
-        if await self._http_error(index, fault, writer):
-            return True
-        if not req.get("stream", False):
-            return await self._completion_whole(req, index, n_predict, n_prompt, sched, fault, t_recv, reader, writer)
-        return await self._completion_stream(index, n_predict, n_prompt, sched, fault, t_recv, reader, writer)
+        prompt = req.get("prompt", "")
+        return await self._serve(req, "completion", n_predict, _prompt_tokens(prompt), prompt, None, reader, writer)
 
     async def _chat(self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        t_recv, index = self._arrived()
-        log = self._chunks.add
         n_predict = int(req.get("max_tokens", req.get("max_completion_tokens", req.get("n_predict",
                                                                                          self.script.n_predict))))
         if n_predict < 0:
             n_predict = self.script.n_predict
         messages = req.get("messages") or []
-        n_prompt = _prompt_tokens("".join(str(m.get("content", "")) for m in messages if isinstance(m, dict)))
-        sched = self.script.schedule_for(index)
-        fault = self.script.fault_for(index)
-        if await self._http_error(index, fault, writer):
-            return True
+        text = "".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         mode = self.script.chat_timings
         per_token = mode == "per_token" and bool(req.get("timings_per_token"))
         chat = {"timings": "none" if mode == "none" else ("per_token" if per_token else "last"),
                 "usage": self.script.chat_usage and bool((req.get("stream_options") or {}).get("include_usage"))}
-        if not req.get("stream", False):
-            plan = sched.plan(n_predict)
-            await self._sleep_until(t_recv + int((plan[-1][0] if plan else sched.ttft_ms) * 1e6))
-            raw = self._generated(0, n_predict)
-            obj = {"id": "chatcmpl-scripted", "object": "chat.completion", "model": self.model,
-                   "choices": [{"index": 0, "finish_reason": "length",
-                                "message": {"role": "assistant", "content": raw.decode("utf-8", "replace")}}]}
-            if self.script.chat_usage:
-                obj["usage"] = _usage(n_prompt, n_predict)
-            if mode != "none":
-                obj["timings"] = _timings(n_prompt, n_predict, t_recv, None, None)
-            log(SentChunk(index, 1, "data", await self._json(writer, 200, obj), None, n_predict, n_predict))
-            return True
-        return await self._completion_stream(index, n_predict, n_prompt, sched, fault, t_recv, reader, writer, chat)
+        return await self._serve(req, "chat", n_predict, _prompt_tokens(text), text, chat, reader, writer)
+
+    async def _chat_whole(self, r: _Req, n_predict: int, n_prompt: int, pace: _SchedulePace | _SlotPace,
+                          writer: asyncio.StreamWriter) -> bool:
+        await pace.tokens(n_predict)
+        raw = self._generated(0, n_predict)
+        obj: dict[str, Any] = {"id": "chatcmpl-scripted", "object": "chat.completion", "model": self.model,
+                               "choices": [{"index": 0, "finish_reason": "length",
+                                            "message": {"role": "assistant", "content": raw.decode("utf-8", "replace")}}]}
+        if self.script.chat_usage:
+            obj["usage"] = _usage(n_prompt, n_predict)
+        if self.script.chat_timings != "none":
+            obj["timings"] = _timings(n_prompt, n_predict, r.t_recv_ns, None, None)
+        r.log("data", await self._json(writer, 200, obj), n_tokens=n_predict, tokens_predicted=n_predict)
+        return True
 
     def _chat_chunk(self, delta: dict[str, Any], finish: str | None = None, timings: dict[str, Any] | None = None,
                     usage: dict[str, Any] | None = None, choices: bool = True) -> bytes:
@@ -684,23 +1129,20 @@ class ScriptedServer:
         return _sse(obj)
 
     async def _sleep_until(self, t_ns: int) -> None:
-        delay = (t_ns - time.perf_counter_ns()) / 1e9
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await _sleep_until(t_ns)
 
     async def _chunk(self, writer: asyncio.StreamWriter, data: bytes) -> int:
         return await self._send(writer, f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
-    async def _strike(self, fault: Fault, index: int, seq: int, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> bool:
+    async def _strike(self, fault: Fault, r: _Req, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Carry out a stream fault. True: go on streaming; False: this response is over."""
-        log = self._chunks.add
+        r.outcome = f"fault {fault.kind}"
         if fault.kind == "die":
-            log(SentChunk(index, seq, "fault", time.perf_counter_ns(), note="die"))
+            r.log("fault", time.perf_counter_ns(), note="die")
             self._say(f"srv    scripted: dying mid-stream (exit {fault.exit_code})")
             self._exit(fault.exit_code)
         if fault.kind == "stall":
-            log(SentChunk(index, seq, "fault", time.perf_counter_ns(), note="stall"))
+            r.log("fault", time.perf_counter_ns(), note="stall")
             try:  # wait for the client to hang up (EOF), or for stall_s
                 await asyncio.wait_for(reader.read(), fault.stall_s)
                 return False  # client gone
@@ -708,62 +1150,58 @@ class ScriptedServer:
                 return True
         if fault.kind == "malformed":
             t = await self._chunk(writer, b'data: {"index":0,"content":"cut sho\n\n')
-            log(SentChunk(index, seq, "malformed", t))
+            r.log("malformed", t)
             return True
         if fault.kind == "error_event":
             body = self._error_body(500, fault.message or "scripted error mid-stream")
             t = await self._chunk(writer, b"data: " + json.dumps(body).encode() + b"\n\n")
-            log(SentChunk(index, seq, "error_event", t))
-            t = await self._send(writer, b"0\r\n\r\n")
-            log(SentChunk(index, seq + 1, "end", t))
+            r.log("error_event", t)
+            r.log("end", await self._send(writer, b"0\r\n\r\n"))
             return False
         if fault.kind == "close":
-            log(SentChunk(index, seq, "fault", time.perf_counter_ns(), note="close abrupt" if fault.abrupt else "close"))
+            r.log("fault", time.perf_counter_ns(), note="close abrupt" if fault.abrupt else "close")
             if fault.abrupt:
                 writer.transport.abort()
                 raise ConnectionResetError("scripted abrupt close")
-            t = await self._send(writer, b"0\r\n\r\n")
-            log(SentChunk(index, seq + 1, "end", t))
+            r.log("end", await self._send(writer, b"0\r\n\r\n"))
             return False
         raise AssertionError(fault.kind)
 
-    async def _completion_stream(self, index: int, n_predict: int, n_prompt: int, sched: Schedule,
-                                 fault: Fault | None, t_recv: int, reader: asyncio.StreamReader,
+    async def _completion_stream(self, r: _Req, n_predict: int, n_prompt: int, sched: Schedule, fault: Fault | None,
+                                 pace: _SchedulePace | _SlotPace, reader: asyncio.StreamReader,
                                  writer: asyncio.StreamWriter, chat: dict[str, Any] | None = None) -> bool:
         """A streamed /completion, or (``chat``: {"timings": "per_token"|"last"|"none", "usage": bool})
-        a streamed chat completion on the same schedule."""
-        log = self._chunks.add
-        await self._sleep_until(t_recv + int(sched.headers_delay_ms * 1e6))
+        a streamed chat completion on the same schedule (or slot model)."""
+        await pace.begin()
+        slot_model = isinstance(pace, _SlotPace)
+        t_start = r.t_slot_ns if r.t_slot_ns is not None else r.t_recv_ns  # prompt processing starts
         head = (
             "HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\nX-Accel-Buffering: no\r\n"
             "Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5, max=100\r\n\r\n"
         )
-        seq = 1
-        log(SentChunk(index, seq, "headers", await self._send(writer, head.encode())))
+        r.log("headers", await self._send(writer, head.encode()))
+        role = b""  # the slot model sends the role chunk in one chunk with the first token, as llama-server
         if chat is not None:  # llama-server's first chat chunk: the role, no token
-            seq += 1
-            role_timings = _timings(n_prompt, 0, t_recv, None, None) if chat["timings"] == "per_token" else None
-            payload = self._chat_chunk({"role": "assistant", "content": None}, timings=role_timings)
-            log(SentChunk(index, seq, "role", await self._chunk(writer, payload), None, 0, 0, 0, len(payload)))
+            role_timings = _timings(n_prompt, 0, t_start, None, None) if chat["timings"] == "per_token" else None
+            role = self._chat_chunk({"role": "assistant", "content": None}, timings=role_timings)
+            if not slot_model:
+                r.log("role", await self._chunk(writer, role), nbytes=len(role))
+                role = b""
         pending = fault  # a stream fault strikes once
         produced = 0  # tokens generated so far
         sent_tokens = 0  # tokens_predicted of the last event sent (what the client has seen)
         held = b""  # content held back (empty-content events, incomplete UTF-8)
         t_first = t_last = None
         token_events = 0
-        for n_event, (offset_ms, k) in enumerate(sched.plan(n_predict)):
+        for n_event, k in enumerate(sched.event_sizes(n_predict)):
             if pending is not None and sent_tokens >= pending.after_tokens:
-                seq += 1
-                go_on = await self._strike(pending, index, seq, reader, writer)
-                seq += 1
+                go_on = await self._strike(pending, r, reader, writer)
                 pending = None
                 if not go_on:
                     return False
-            planned = t_recv + int(offset_ms * 1e6)
-            await self._sleep_until(planned)
+            planned = await pace.tokens(produced + k)
             if sched.ping_every and (n_event + 1) % sched.ping_every == 0:
-                seq += 1
-                log(SentChunk(index, seq, "ping", await self._chunk(writer, b": ping\n\n")))
+                r.log("ping", await self._chunk(writer, b": ping\n\n"))
             raw = held + self._generated(produced, k)
             produced += k
             hold_all = bool(sched.empty_every) and (token_events + 1) % sched.empty_every == 0
@@ -783,76 +1221,73 @@ class ScriptedServer:
                 payload = _sse(event)
             else:
                 t_now = time.perf_counter_ns()
-                partial = (_timings(n_prompt, sent_tokens, t_recv, t_first or t_now, t_now)
+                partial = (_timings(n_prompt, sent_tokens, t_start, t_first or t_now, t_now)
                            if chat["timings"] == "per_token" else None)
-                payload = self._chat_chunk({"content": content} if content else {}, timings=partial)
-            seq += 1
+                payload = role + self._chat_chunk({"content": content} if content else {}, timings=partial)
+            note = "with role" if role and chat is not None else ""
+            role = b""
             t = await self._chunk(writer, payload)
-            log(SentChunk(index, seq, "data", t, planned, k, sent_tokens, len(content_b), len(payload)))
+            r.log("data", t, planned_ns=planned, n_tokens=k, tokens_predicted=sent_tokens,
+                  content_bytes=len(content_b), nbytes=len(payload), note=note)
             t_first = t if t_first is None else t_first
             t_last = t
         if pending is not None:
-            seq += 1
-            if not await self._strike(pending, index, seq, reader, writer):
+            if not await self._strike(pending, r, reader, writer):
                 return False
-            seq += 1
+        if slot_model and n_predict == 0:
+            await pace.tokens(0)  # no token, but the prompt's step
+        if role:
+            r.log("role", await self._chunk(writer, role), nbytes=len(role))
         sent_tokens = produced
-        timings = _timings(n_prompt, sent_tokens, t_recv, t_first, t_last)
+        timings = _timings(n_prompt, sent_tokens, t_start, t_first, t_last)
         if chat is not None:
-            return await self._chat_end(index, seq, held, sent_tokens, n_prompt, timings, chat, writer)
-        final = {"index": 0, "content": held.decode("utf-8", "replace"), "tokens": [], "id_slot": 0, "stop": True,
-                 "model": self.model, "tokens_predicted": sent_tokens, "tokens_evaluated": n_prompt,
+            return await self._chat_end(r, held, sent_tokens, n_prompt, timings, chat, writer)
+        final = {"index": 0, "content": held.decode("utf-8", "replace"), "tokens": [], "id_slot": r.slot or 0,
+                 "stop": True, "model": self.model, "tokens_predicted": sent_tokens, "tokens_evaluated": n_prompt,
                  "prompt": "", "has_new_line": False, "truncated": False, "stop_type": "limit",
                  "stopping_word": "", "tokens_cached": n_prompt + sent_tokens, "timings": timings}
-        seq += 1
-        log(SentChunk(index, seq, "stop", await self._chunk(writer, _sse(final)), None, 0, sent_tokens))
-        seq += 1
-        log(SentChunk(index, seq, "end", await self._send(writer, b"0\r\n\r\n")))
+        r.log("stop", await self._chunk(writer, _sse(final)), tokens_predicted=sent_tokens)
+        r.log("end", await self._send(writer, b"0\r\n\r\n"))
         return True
 
-    async def _chat_end(self, index: int, seq: int, held: bytes, n_tokens: int, n_prompt: int,
-                        timings: dict[str, Any], chat: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
+    async def _chat_end(self, r: _Req, held: bytes, n_tokens: int, n_prompt: int, timings: dict[str, Any],
+                        chat: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
         """The last chat chunks: finish_reason (with the held text and, unless "none", the timings),
         the usage chunk when asked and scripted, ``[DONE]``, the chunked body's end."""
-        log = self._chunks.add
         delta = {"content": held.decode("utf-8", "replace")} if held else {}
         final = self._chat_chunk(delta, "length", timings=None if chat["timings"] == "none" else timings)
-        seq += 1
-        log(SentChunk(index, seq, "stop", await self._chunk(writer, final), None, 0, n_tokens))
+        r.log("stop", await self._chunk(writer, final), tokens_predicted=n_tokens)
         if chat["usage"]:
-            seq += 1
             usage = self._chat_chunk({}, usage=_usage(n_prompt, n_tokens), choices=False)
-            log(SentChunk(index, seq, "usage", await self._chunk(writer, usage), None, 0, n_tokens))
-        seq += 1
-        log(SentChunk(index, seq, "done", await self._chunk(writer, b"data: [DONE]\n\n")))
-        seq += 1
-        log(SentChunk(index, seq, "end", await self._send(writer, b"0\r\n\r\n")))
+            r.log("usage", await self._chunk(writer, usage), tokens_predicted=n_tokens)
+        r.log("done", await self._chunk(writer, b"data: [DONE]\n\n"))
+        r.log("end", await self._send(writer, b"0\r\n\r\n"))
         return True
 
-    async def _completion_whole(self, req: dict[str, Any], index: int, n_predict: int, n_prompt: int,
-                                sched: Schedule, fault: Fault | None, t_recv: int, reader: asyncio.StreamReader,
+    async def _completion_whole(self, req: dict[str, Any], r: _Req, n_predict: int, n_prompt: int,
+                                fault: Fault | None, pace: _SchedulePace | _SlotPace, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> bool:
-        plan = sched.plan(n_predict)
         if fault is not None:  # stream faults strike before the answer
             if fault.kind == "die":
-                await self._strike(fault, index, 1, reader, writer)
-            if fault.kind in ("stall", "close") and not await self._strike(fault, index, 1, reader, writer):
+                await self._strike(fault, r, reader, writer)
+            if fault.kind in ("stall", "close") and not await self._strike(fault, r, reader, writer):
                 return False
-        await self._sleep_until(t_recv + int((plan[-1][0] if plan else sched.ttft_ms) * 1e6))
-        t_first = t_recv + int(plan[0][0] * 1e6) if plan else None
+        await pace.tokens(n_predict)
+        t_first = pace.first_event_ns
         t_last = time.perf_counter_ns()
         raw = self._generated(0, n_predict)
         ids = [b + TOKEN_OFFSET for b in raw]
         obj = {"index": 0, "content": raw.decode("utf-8", "replace"),
-               "tokens": ids if req.get("return_tokens") else [], "id_slot": 0, "stop": True, "model": self.model,
-               "tokens_predicted": n_predict, "tokens_evaluated": n_prompt, "stop_type": "limit",
-               "timings": _timings(n_prompt, n_predict, t_recv, t_first, t_last)}
+               "tokens": ids if req.get("return_tokens") else [], "id_slot": r.slot or 0, "stop": True,
+               "model": self.model, "tokens_predicted": n_predict, "tokens_evaluated": n_prompt, "stop_type": "limit",
+               "timings": _timings(n_prompt, n_predict, r.t_slot_ns or r.t_recv_ns, t_first, t_last)}
         if fault is not None and fault.kind == "malformed":
+            r.outcome = "fault malformed"
             t = await self._send(writer, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                          b"Content-Length: 9\r\n\r\n{\"index\":")
-            self._chunks.add(SentChunk(index, 1, "malformed", t))
+            r.log("malformed", t)
             return True
-        self._chunks.add(SentChunk(index, 1, "data", await self._json(writer, 200, obj), None, n_predict, n_predict))
+        r.log("data", await self._json(writer, 200, obj), n_tokens=n_predict, tokens_predicted=n_predict)
         return True
 
 
@@ -902,7 +1337,7 @@ usage: llama-server [options]   (tests/fakes/scripted.py: a scripted impostor; e
 -ngl,  --gpu-layers N         (ignored)
 -fit,  --fit [on|off]         (ignored)
 -c,    --ctx-size N           (ignored)
--np,   --parallel N           (ignored)
+-np,   --parallel N           server slots: the slot model's n when the script's slots.n is null
 -t,    --threads N            (ignored)
 -fa,   --flash-attn [on|off|auto]  (ignored)
 -lv,   --verbosity N          (ignored)
@@ -911,7 +1346,7 @@ usage: llama-server [options]   (tests/fakes/scripted.py: a scripted impostor; e
 --host HOST                   listen address (default: 127.0.0.1)
 --port PORT                   listen port (default: 8080)
 --script JSON|@FILE           the script (see the docstring of tests/fakes/scripted.py)
---chunk-log PATH              append one JSON line per chunk sent (send times, perf_counter_ns)
+--chunk-log PATH              append one JSON line per arrival, slot, chunk sent, step (perf_counter_ns)
 """
 
 
@@ -946,8 +1381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host = _opt(argv, "--host") or "127.0.0.1"
     port = int(_opt(argv, "--port") or 8080)
+    try:
+        np_arg = _opt(argv, "-np", "--parallel")
+        n_parallel = int(np_arg) if np_arg is not None else None
+    except ValueError:
+        print(f"error: invalid value for n_parallel: {np_arg!r}", file=sys.stderr)
+        return 2
     server = ScriptedServer(script, host, port, _opt(argv, "--chunk-log"), model=_opt(argv, "-m", "--model") or "?",
-                            in_process=False, log=sys.stderr)
+                            in_process=False, log=sys.stderr, n_parallel=n_parallel)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -967,5 +1408,92 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ measuring the slot model
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def _drive(port: int, clients: int, n_predict: int, seconds: float) -> int:
+    """`clients` kept-alive connections, each sending streamed /completions back to back; requests done."""
+    body = json.dumps({"prompt": "measure", "n_predict": n_predict, "stream": True}).encode()
+    head = f"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    request, t_end, done = head.encode() + body, time.monotonic() + seconds, 0
+
+    async def client() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < t_end:
+            writer.write(request)
+            tail, in_body = b"", False
+            while not (in_body and tail.endswith(b"\r\n0\r\n\r\n")):
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("server closed the connection")
+                tail = (tail + data)[-4096:]
+                if not in_body and b"\r\n\r\n" in tail:
+                    in_body, tail = True, tail.split(b"\r\n\r\n", 1)[1]
+            done += 1
+        writer.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done
+
+
+def measure_slots(n_slots: int, step_ms: float = 10.0, n_predict: int = 64, seconds: float = 5.0,
+                  cpus: tuple[int, int] | None = (0, 1)) -> dict[str, Any]:
+    """Run the server as its own process (pinned to cpus[1]) with `n_slots` slots, keep 2 x n_slots
+    clients (this process, cpus[0]) streaming, and compare its "step" lines with the model:
+    interval = actual time between consecutive full steps (all slots busy) vs step_ms; late = a
+    step's actual end minus its planned end; chunk_late = a data chunk's send minus its token's
+    planned time; tok_s = tokens of the full steps over their actual span vs n_slots / step_ms."""
+    import subprocess  # noqa: PLC0415  (the server itself never needs it)
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "chunks.jsonl"
+        script = json.dumps({"slots": {"n": n_slots, "step_ms": step_ms}})
+        server_cpu = {cpus[1]} if cpus else None
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--port", "0", "--chunk-log", str(log), "--script", script],
+            stderr=subprocess.PIPE, text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, server_cpu)) if server_cpu else None)  # noqa: PLW1509
+        try:
+            assert proc.stderr is not None
+            port = next(int(line.split("port: ")[1].split(",")[0]) for line in proc.stderr if "listening, hostname" in line)
+            if cpus:
+                os.sched_setaffinity(0, {cpus[0]})
+            time.sleep(0.2)  # loaded (load_s 0) and the engine running
+            requests = asyncio.run(_drive(port, 2 * n_slots, n_predict, seconds))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        sent = read_chunk_log(log)
+    full = [c for c in sent if c.kind == "step" and c.busy == n_slots]
+    pairs = [(a, b) for a, b in zip(full, full[1:], strict=False) if b.seq == a.seq + 1]
+    interval = [(b.t_ns - a.t_ns) / 1e6 for a, b in pairs]
+    late = [(c.t_ns - (c.planned_ns or c.t_ns)) / 1e6 for c in full]
+    chunk_late = [(c.t_ns - c.planned_ns) / 1e6 for c in sent if c.kind == "data" and c.planned_ns is not None]
+    span_s = (full[-1].t_ns - full[0].t_ns) / 1e9 if len(full) > 1 else float("nan")
+    tok_s = sum(c.n_tokens for c in full[1:]) / span_s if len(full) > 1 else float("nan")
+    return {"n_slots": n_slots, "step_ms": step_ms, "requests": requests, "full_steps": len(full),
+            "interval_ms": {q: round(_pct(interval, q), 3) for q in (0.01, 0.5, 0.99)},
+            "late_ms": {q: round(_pct(late, q), 3) for q in (0.5, 0.99, 1.0)},
+            "chunk_late_ms": {q: round(_pct(chunk_late, q), 3) for q in (0.5, 0.99, 1.0)},
+            "tok_s": round(tok_s, 1), "model_tok_s": round(n_slots / step_ms * 1e3, 1)}
+
+
+def _measure_main(argv: Sequence[str]) -> int:
+    ns = [int(n) for n in (_opt(argv, "--measure-slots") or "4,32").split(",")]
+    step_ms = float(_opt(argv, "--step-ms") or 10.0)
+    seconds = float(_opt(argv, "--seconds") or 5.0)
+    cpus = None if "--no-pin" in argv or (os.cpu_count() or 1) < 2 else (0, 1)
+    for n in ns:
+        print(json.dumps(measure_slots(n, step_ms, seconds=seconds, cpus=cpus)))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_measure_main(sys.argv[1:]) if "--measure-slots" in sys.argv else main())
