@@ -168,6 +168,21 @@ def test_step_costs_prompt_processing_and_busy_slots(batch_tokens: int, first_ms
     assert rec.timings["prompt_ms"] >= first_ms * 0.99  # llama-server's prompt_ms: from the slot, not the arrival
 
 
+def test_the_schedule_still_groups_tokens_and_sends_empty_events() -> None:
+    """Under the slot model an event still carries `tokens_per_event` tokens, sent at the step that
+    produced its last one; `empty_every` and pings still apply."""
+    script = {"slots": {"n": 1, "step_ms": 5}, "schedule": {"tokens_per_event": [1, 3], "empty_every": 2,
+                                                           "ping_every": 2}}
+    (rec,), sent = _run(script, _requests(1, "completion", 9))
+    assert rec.error is None and rec.completion_tokens == 9 == rec.server_predicted_n
+    assert [e.n_tokens for e in rec.events] == [1, 3, 1, 3, 1]
+    chunks = _by_req(sent)[0]
+    data, slot = _data(chunks), _one(chunks, "slot")
+    assert [(c.planned_ns - slot.planned_ns) // MS for c in data] == [5, 20, 25, 40, 45]  # type: ignore[operator]
+    assert [c.content_bytes == 0 for c in data] == [False, True, False, True, False]
+    assert sum(1 for c in chunks if c.kind == "ping") == 2
+
+
 def test_a_client_that_hangs_up_frees_its_slot_for_the_queue() -> None:
     """N=1. A streams, then hangs up after its first token; B (queued behind it) gets the slot within
     a few steps, not after A's 60 tokens; C hangs up while queued and never gets one."""
