@@ -12,8 +12,9 @@ As a process (what a test points ``--server-bin`` at, through a two-line shell w
     python tests/fakes/scripted.py ... --script @script.json --chunk-log sends.jsonl
 
 Every llama-server flag is accepted and ignored except ``--host``, ``--port``, ``-np`` (the slot
-model's slots when the script leaves ``slots.n`` null) and ``-m`` (for the log); ``--version``, ``--help`` (which lists ``--fit``) and ``--list-devices`` (none: a CPU build)
-answer like llama-server and exit.
+model's slots when the script leaves ``slots.n`` null) and ``-m`` (for the log); ``--version``,
+``--help`` (which lists ``--fit``) and ``--list-devices`` (none: a CPU build) answer like
+llama-server and exit.
 
 In-process (a test or a benchmark that wants the server in its own process)::
 
@@ -99,11 +100,13 @@ the faults still apply per request:
   follows abtest's setting as llama-server would.
 - /completion and chat requests, streamed or not, queue FIFO in arrival order (body read); at
   most ``n`` hold a slot. A queued request gets *nothing*, not even the response headers, until
-  it holds a slot: measured on the pinned llama-server (0.5.0-dev 0c1e570, CPU, ``-np 1``, two
-  concurrent streams of 200 tokens and a 1100-token prompt): the second request's ``200`` headers
-  came when the first one's slot freed (890 ms), the first token ~220 ms later after its prompt;
-  the first request's headers came at once (2 ms), its first token after the prompt (223 ms).
-  So here: headers when the slot is granted, the first token after the prompt's step. A chat
+  it holds a slot. Measured on the pinned llama-server (0.5.0-dev 0c1e570, CPU, tiny model,
+  ``-np 1``, two streams of 200 tokens sent 10 ms apart, raw sockets): /completion with a long
+  prompt, the first request's headers came after 2 ms and its first token after 223 ms (the
+  prompt); the second's headers after 891 ms, when the first one's slot freed, and its first
+  token 220 ms after those. Chat with a 1117-token prompt: headers 4 ms, first token 127 ms;
+  the second's headers at 591 ms (the first ended at 598 ms). So here: headers when the slot is
+  granted, the first token after the prompt's step. A chat
   stream's role chunk goes in one chunk with the first token (as llama-server sends it; the
   schedule mode sends it after the headers). Tokenize, detokenize, health never queue; an
   ``http_error`` fault is answered at once and takes no slot.
@@ -123,12 +126,15 @@ the faults still apply per request:
 - Step ends are waited for by a thread (clock_nanosleep), not asyncio's timers, whose epoll
   timeout is rounded up to the millisecond (1.2 ms p50 / 2.3 ms p99 late at step_ms 10).
   Measured with ``python tests/fakes/scripted.py --measure-slots 4,32 --seconds 5`` (server
-  pinned to CPU 1 with the chunk log on, 2n stdlib clients of 64 tokens on CPU 0, step_ms 10;
-  this 2-core box, load average 1.2-1.7 from other work): interval between full steps p1 / p50 /
-  p99 9.37 / 10.00 / 10.66 ms at n=4 and 9.13 / 10.00 / 10.80 ms at n=32; a step's end late by
-  0.22 / 1.13 ms p50 / p99 (n=4) and 0.25 / 1.13 ms (n=32); a token's chunk written after its
-  step's planned end by 0.52 / 1.87 ms (n=4) and 1.55 / 4.57 ms (n=32: 32 chunks written one after
-  another, ~50 µs each); tokens/s 400.0 of 400 and 3200.0 of 3200 (planned times do not drift).
+  pinned to CPU 1 with the chunk log on, 2n stdlib clients of 64 tokens on CPU 0, step_ms 10; this
+  2-core box, 2026-12-02). Load average 1.2-1.7 from other work: interval between full steps
+  p1 / p50 / p99 9.37 / 10.00 / 10.66 ms at n=4 and 9.13 / 10.00 / 10.80 ms at n=32; a step's end
+  late by 0.22 / 1.13 ms p50 / p99 (n=4) and 0.25 / 1.13 ms (n=32); a token's chunk written after
+  its step's planned end by 0.52 / 1.87 ms (n=4) and 1.55 / 4.57 ms (n=32: 32 chunks written one
+  after another, ~40 µs each). Three more runs at load 3.4-3.6 (other sessions' llama-server
+  tests): the same p50s (step end 0.22-0.31 ms late, chunks 0.51-0.59 / 1.26-1.49 ms), p99s of
+  1.5-175 ms, which is the box preempting the server, not the model. tokens/s 399.5-400.0 of 400
+  and 3200.0-3200.2 of 3200 in every run: planned times do not drift.
   The chunk log holds the actual times: compare with them, not with the model.
 
 Request index: /completion and chat requests (streamed or not) are numbered 0, 1, 2... in arrival order.
@@ -207,8 +213,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FAULT_KINDS", "Fault", "Schedule", "Script", "ScriptedServer", "SentChunk", "Slots", "main", "pair_requests",
-           "prompt_key", "read_chunk_log"]
+__all__ = ["FAULT_KINDS", "Fault", "Schedule", "Script", "ScriptedServer", "SentChunk", "Slots", "main",
+           "pair_requests", "prompt_key", "read_chunk_log"]
 
 FAULT_KINDS = ("die", "stall", "malformed", "close", "error_event", "http_error")
 LOAD_FAULTS = (None, "exit", "never_healthy")
@@ -947,7 +953,8 @@ class ScriptedServer:
             engine_task = asyncio.ensure_future(self._engine.run())
             self._say(f"srv    load_model: initializing, n_slots = {len(self._engine.slots)} (scripted slot model: "
                       f"step_ms {slots.step_ms}, +{slots.step_ms_per_slot} per busy slot, "
-                      f"+{slots.prompt_ms_per_token} per prompt token, batch_tokens {slots.batch_tokens or 'unlimited'})")
+                      f"+{slots.prompt_ms_per_token} per prompt token, "
+                      f"batch_tokens {slots.batch_tokens or 'unlimited'})")
         self._ready.set()
         loader = asyncio.ensure_future(self._load())
         try:
@@ -1201,9 +1208,9 @@ class ScriptedServer:
                           writer: asyncio.StreamWriter) -> bool:
         await pace.tokens(n_predict)
         raw = self._generated(0, n_predict)
+        message = {"role": "assistant", "content": raw.decode("utf-8", "replace")}
         obj: dict[str, Any] = {"id": "chatcmpl-scripted", "object": "chat.completion", "model": self.model,
-                               "choices": [{"index": 0, "finish_reason": "length",
-                                            "message": {"role": "assistant", "content": raw.decode("utf-8", "replace")}}]}
+                               "choices": [{"index": 0, "finish_reason": "length", "message": message}]}
         if self.script.chat_usage:
             obj["usage"] = _usage(n_prompt, n_predict)
         if self.script.chat_timings != "none":
@@ -1515,7 +1522,8 @@ def _pct(values: Sequence[float], q: float) -> float:
 async def _drive(port: int, clients: int, n_predict: int, seconds: float) -> int:
     """`clients` kept-alive connections, each sending streamed /completions back to back; requests done."""
     body = json.dumps({"prompt": "measure", "n_predict": n_predict, "stream": True}).encode()
-    head = f"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (f"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
     request, t_end, done = head.encode() + body, time.monotonic() + seconds, 0
 
     async def client() -> None:
@@ -1558,7 +1566,8 @@ def measure_slots(n_slots: int, step_ms: float = 10.0, n_predict: int = 64, seco
             preexec_fn=(lambda: os.sched_setaffinity(0, server_cpu)) if server_cpu else None)  # noqa: PLW1509
         try:
             assert proc.stderr is not None
-            port = next(int(line.split("port: ")[1].split(",")[0]) for line in proc.stderr if "listening, hostname" in line)
+            port = next(int(line.split("port: ")[1].split(",")[0])
+                        for line in proc.stderr if "listening, hostname" in line)
             if cpus:
                 os.sched_setaffinity(0, {cpus[0]})
             time.sleep(0.2)  # loaded (load_s 0) and the engine running
