@@ -211,7 +211,9 @@ def test_process_mode_chunk_log_and_sigterm_delay(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     chunks = read_chunk_log(log)
-    assert [c.kind for c in chunks] == ["request", "headers", "data", "data", "data", "data", "stop", "end"]
+    assert [c.kind for c in chunks] == ["arrive", "request", "headers", "data", "data", "data", "data", "stop", "end",
+                                        "summary"]
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert all(a.t_ns <= b.t_ns for a, b in zip(chunks, chunks[1:], strict=False))
     assert_no_orphans([proc.pid])
 
