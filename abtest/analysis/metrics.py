@@ -40,6 +40,7 @@ ONE_EVENT = "all tokens in one event"
 ONE_READ = "all tokens in one read"
 FEW_AFTER_FIRST = "too few tokens after the first read"
 SHORT_WINDOW = f"decode window under {MIN_DECODE_WINDOW_MS:g} ms"
+OUT_OF_ORDER = "token events out of time order"  # not from abtest's client: a hand-edited or corrupt file
 
 
 def ttft_ms(r: RequestRecord) -> float | None:
@@ -83,7 +84,7 @@ def decode_unmeasurable(r: RequestRecord) -> str | None:
     """Why this request has no decode rate (nor ITL, nor TPOT), or None when it has one.
 
     In order: the request failed; fewer than 2 tokens; every token in one event, or in one read;
-    too few tokens after the first read for the window's start to be known within the tolerance
+    event times that go backwards (a corrupt file); too few tokens after the first read for the window's start to be known within the tolerance
     (N tokens after the first read, the next event carrying n: needs N >= n * TOKENS_PER_NEXT_EVENT);
     a window shorter than MIN_DECODE_WINDOW_MS, which the client's stamp lag alone could move by
     more than the tolerance (tokens delivered in a burst: the rate would be the client's read
@@ -98,9 +99,11 @@ def decode_unmeasurable(r: RequestRecord) -> str | None:
     reads = token_reads(r)
     if len(reads) == 1:
         return ONE_READ
+    if any(b[0] < a[0] for a, b in zip(reads, reads[1:], strict=False)):
+        return OUT_OF_ORDER
     after = r.completion_tokens - reads[0][1]
-    first_later = next(e.n_tokens for e in r.events if e.t_ns > reads[0][0])
-    if after < first_later * TOKENS_PER_NEXT_EVENT - 1e-9:
+    in_first_read = next(i for i, e in enumerate(r.events) if e.t_ns != reads[0][0])
+    if after < r.events[in_first_read].n_tokens * TOKENS_PER_NEXT_EVENT - 1e-9:
         return FEW_AFTER_FIRST
     if (reads[-1][0] - reads[0][0]) / 1e6 < MIN_DECODE_WINDOW_MS:
         return SHORT_WINDOW

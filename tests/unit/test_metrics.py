@@ -104,7 +104,9 @@ def test_the_issue_21_burst_is_not_a_rate() -> None:
     (request([(10 * MS, 1), (50 * MS, 31)], e2e_ms=51.0), metrics.FEW_AFTER_FIRST),
     # 64 tokens delivered 20 us apart: the window (1.26 ms) is under 2.5 ms (the old rate: 50,000 tok/s)
     (streamed(64, itl_ms=0.02), metrics.SHORT_WINDOW),
-], ids=["failed", "one-token", "one-event", "one-read", "8-tokens", "two-events", "burst"])
+    # a corrupt file: times that go backwards are no window at all
+    (request([(10 * MS, 1), (9 * MS, 1), (30 * MS, 20)], e2e_ms=31.0), metrics.OUT_OF_ORDER),
+], ids=["failed", "one-token", "one-event", "one-read", "8-tokens", "two-events", "burst", "out-of-order"])
 def test_unmeasurable_requests_say_why_and_have_no_rate_itl_or_tpot(rec, why: str) -> None:
     assert decode_unmeasurable(rec) == why
     assert decode_tps(rec) is None and tpot_ms(rec) is None and itl_ms(rec) == []
