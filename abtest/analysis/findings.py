@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from .arms import (
 )
 from .compare import BucketStats, Comparison, headline
 from .memory import measured_window_samples
-from .metrics import METRIC_BY_KEY
+from .metrics import METRIC_BY_KEY, decode_unmeasurable
 
 # Warning thresholds (docs/report.md explains each)
 MIN_N = 10  # fewer measured requests than this: p95 and intervals are unreliable
@@ -73,6 +74,11 @@ class ReportWarning(enum.Enum):
         "{n} requests reused the prompt cache (cache_n > 0), so TTFT is understated — send "
         "cache_prompt: false"
     )
+    DECODE_UNMEASURABLE = (
+        "decode tok/s, ITL and TPOT not measurable for {n} of {total} successful measured requests "
+        "({reasons}), left out of those statistics (docs/metrics.md); their tokens arrived too close "
+        "together to time — raise --max-tokens, or quiet the machine"
+    )
 
     def format(self, **kw: Any) -> str:
         return self.value.format(**kw)
@@ -105,6 +111,11 @@ def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], com
             cached = [r for r in measured if r.ok and (r.cache_n or 0) > 0]
             if cached:
                 out.append(Finding(ReportWarning.PROMPT_CACHE, subj, ReportWarning.PROMPT_CACHE.format(n=len(cached))))
+            ok = [r for r in measured if r.ok]
+            why = Counter(w for r in ok if (w := decode_unmeasurable(r)))
+            if why:
+                out.append(Finding(ReportWarning.DECODE_UNMEASURABLE, subj, ReportWarning.DECODE_UNMEASURABLE.format(
+                    n=sum(why.values()), total=len(ok), reasons=", ".join(f"{k} {w}" for w, k in why.most_common()))))
             out += _first_outlier(run, subj)
             window = measured_window_samples(run)
             clocks = [s.sm_clock_mhz for s in window if s.sm_clock_mhz]

@@ -402,15 +402,16 @@ def e2e_ms(r: RequestRecord) -> float:
 
 
 def decode_tps(r: RequestRecord) -> float:
-    """Tokens after the first / (last token arrival - first token arrival) (metrics.decode_tps)."""
+    """Tokens after the first read / (last token read - first token read); nan when not measurable
+    (metrics.decode_tps, metrics.decode_unmeasurable)."""
     return _nan(metrics.decode_tps(r))
 
 
 def tpot_ms(r: RequestRecord) -> float:
-    """(E2E - TTFT) / (tokens - 1) (metrics.tpot_ms)."""
+    """(last token arrival - TTFT) / (tokens - 1), vLLM's TPOT; nan when not measurable (metrics.tpot_ms)."""
     return _nan(metrics.tpot_ms(r))
 
 
 def itl_ms(r: RequestRecord) -> np.ndarray:
-    """Per-token inter-token latency, ms (metrics.itl_ms)."""
+    """Per-token inter-token latency, ms; empty when not measurable (metrics.itl_ms)."""
     return np.asarray(metrics.itl_ms(r), dtype=float)

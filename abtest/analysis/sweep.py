@@ -11,8 +11,8 @@ Numbers, per setting:
 * VRAM: measured = per-PID NVML peak over the arm (``arm_end.memory.peak.pid_vram_mib``; the
   steady value is the median sample); predicted = `vram.predict` as written before launch;
   error = measured - predicted.
-* decode tok/s = `metrics.decode_tps` per request (tokens after the first over first->last token
-  arrival); the buckets' means weighted by their share of the requests, σ within buckets and a
+* decode tok/s = `metrics.decode_tps` per request (tokens after the first read over first->last
+  token read; requests it cannot measure left out); the buckets' means weighted by their share of the requests, σ within buckets and a
   stratified t-interval (`stratified.mean_ci_stratified`: the spread between buckets is not
   noise); × reference = the ratio to the all-experts-on-CPU setting, compared within buckets
   (`stratified.ratio_ci_stratified`).

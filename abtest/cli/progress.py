@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from ..analysis.metrics import decode_tps
+from ..analysis.metrics import decode_tps, decode_unmeasurable
 from ..records import RequestRecord
 
 
 class RichProgress:
-    """Live display: arm, bucket, run i/N, last decode tok/s."""
+    """Live display: arm, bucket, run i/N, the last request's decode tok/s (or why it has none)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -44,9 +44,12 @@ class RichProgress:
 
     @staticmethod
     def decode_label(r: RequestRecord) -> str:
-        """The request's decode rate as the report defines it (`metrics.decode_tps`), or ""."""
+        """The request's decode rate as the report defines it (`metrics.decode_tps`), or why it
+        is not measurable (`metrics.decode_unmeasurable`); "" for a failed request (counted apart)."""
         rate = decode_tps(r)
-        return f"{rate:.1f} tok/s" if rate is not None else ""
+        if rate is not None:
+            return f"{rate:.1f} tok/s"
+        return f"decode n/a ({decode_unmeasurable(r)})" if r.ok else ""
 
     def request_done(self, r: RequestRecord) -> None:
         task = self.tasks.get(r.arm)

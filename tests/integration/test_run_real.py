@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from abtest.analysis.metrics import decode_tps, server_decode_tps
+from abtest.analysis.metrics import decode_tps, decode_unmeasurable, server_decode_tps
 from abtest.config import RunConfig, resolve_arms
 from abtest.evidence import read_evidence
 from abtest.measure.protocol import implausible
@@ -98,13 +98,14 @@ def test_client_decode_rate_agrees_with_server(evidence) -> None:
     with the server's own — no bias (median within 3 %) and most requests within 10 % (three
     CPU hogs beside it on 2 cores left 26 of 32 within; a quiet box all 32). A request the client
     could not observe — every token in one read because the client was descheduled (tiny-moe makes
-    96 tokens in ~30 ms) — is flagged by `protocol.implausible` and left out, but at most a quarter
-    may be. The every-request bar of a quiet box is the accuracy benchmark's (docs/performance.md)."""
+    96 tokens in ~30 ms) — is flagged by `protocol.implausible`, or has no rate
+    (`metrics.decode_unmeasurable`), and is left out, but at most a quarter may be. The
+    every-request bar of a quiet box is the accuracy benchmark's (docs/performance.md)."""
     ratios, stalled = [], []
     for r in evidence.requests:
         if r.warmup:
             continue
-        if implausible(r):
+        if implausible(r) or decode_unmeasurable(r):
             stalled.append(r.seq)
             continue
         ours, theirs = decode_tps(r), server_decode_tps(r)

@@ -269,15 +269,16 @@ def _record(events, e2e_ms, ttft_ms=None, ok=True):
 
 
 def test_per_request_metric_definitions():
-    # 1 + 1 + 3 + 1 = 6 tokens; first at 100 ms, stream ends at 160 ms
-    r = _record([(100.0, 1), (110.0, 1), (140.0, 3), (150.0, 1)], e2e_ms=160.0)
+    # 1 + 10 x 1 + 3 + 1 = 15 tokens; first at 100 ms, last at 240 ms, stream ends at 250 ms
+    r = _record([(100.0, 1), *[(100.0 + 10 * k, 1) for k in range(1, 11)], (230.0, 3), (240.0, 1)], e2e_ms=250.0)
     assert stats.ttft_ms(r) == 100.0
-    assert stats.e2e_ms(r) == 160.0
-    # decode: the 5 tokens after the first event over first -> last token event (50 ms)
-    assert stats.decode_tps(r) == pytest.approx((6 - 1) / ((150.0 - 100.0) / 1000))
-    assert stats.tpot_ms(r) == pytest.approx((160.0 - 100.0) / (6 - 1))
-    # ITL per token: 10 ms; 30 ms / 3 tokens -> three 10 ms; 10 ms
-    np.testing.assert_allclose(stats.itl_ms(r), [10.0, 10.0, 10.0, 10.0, 10.0])
+    assert stats.e2e_ms(r) == 250.0
+    # decode: the 14 tokens after the first event over first -> last token event (140 ms)
+    assert stats.decode_tps(r) == pytest.approx((15 - 1) / ((240.0 - 100.0) / 1000))
+    # TPOT as vLLM's: to the last token (240 ms), not the end of the stream
+    assert stats.tpot_ms(r) == pytest.approx((240.0 - 100.0) / (15 - 1))
+    # ITL per token: 10 ms each; 30 ms / 3 tokens -> three 10 ms; 10 ms
+    np.testing.assert_allclose(stats.itl_ms(r), [10.0] * 14)
 
 
 def test_per_request_metrics_undefined_cases():
