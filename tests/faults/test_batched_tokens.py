@@ -37,7 +37,7 @@ def _run(tmp_path: Path, tiny_moe: Path, prompts: Path, schedule: dict[str, Any]
     (d / "script.json").write_text(json.dumps({"schedule": schedule}))
     wrapper = write_wrapper(d, target=f"{PY} {SCRIPTED_PY} --script @{d / 'script.json'}")
     out = d / "evidence"
-    argv = ["run", "--model", str(tiny_moe), "--server-bin", str(wrapper), "--runs", str(runs), "--warmup", "0",
+    argv = ["run", "--model", str(tiny_moe), "--server-bin", str(wrapper), "--runs", str(runs), "--blocks", "1", "--warmup", "0",
             "--max-tokens", str(max_tokens), "--prompts", str(prompts), "--out", str(out), "--quiet"]
     for a in arms:
         argv += ["--arm", f"{a}=-ngl 99"]
