@@ -81,11 +81,6 @@ class Comparison:
         """Server sessions with values: (baseline, arm)."""
         return self.inference.k_base, self.inference.k_other
 
-    def at(self, confidence: float) -> stats.RatioCI:
-        """The interval at another level (the verdict quotes each claim at its Holm level)."""
-        lo, hi = self.inference.interval(confidence)
-        return stats.RatioCI(self.ci.delta, lo, hi, confidence, self.ci.method, 0, None)
-
     @property
     def reason(self) -> str:
         """Why there is no interval and no p-value, in words ("" when there are both)."""
@@ -208,9 +203,8 @@ def session_means(s: BucketStats, metric: str, n_sessions: int) -> list[float]:
     """Each session's mean of one row (index = the session's place in the group's `runs`): the
     weighted bucket means of its own requests for the "all" row, the plain mean for a bucket."""
     values = s.samples[metric]
-    n = n_sessions
     out = []
-    for j in range(n):
+    for j in range(n_sessions):
         mine = s.sessions == j
         v = values[mine]
         if s.pooled and s.strata is not None and s.weights is not None:

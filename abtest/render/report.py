@@ -314,7 +314,8 @@ def to_json(report: Report) -> dict[str, Any]:
              "n_arm": c.n_other, "base_mean": c.base_mean, "arm_mean": c.other_mean, "delta": c.ci.delta,
              "ci_low": c.ci.low, "ci_high": c.ci.high, "p_value": c.p_value, "test": c.test,
              "significant": c.significant, "sessions_base": c.sessions[0], "sessions_arm": c.sessions[1],
-             "se_log": c.inference.se, "df": c.inference.df, "no_inference": c.reason or None}
+             "se_log": c.inference.se, "df": c.inference.df, "within_floor": c.inference.within_floor,
+             "no_inference": c.reason or None}
             for c in report.comparisons
         ],
         "sessions": [vars(r) for r in report.sessions],
