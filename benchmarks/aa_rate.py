@@ -13,6 +13,8 @@ whose report claims a difference that cannot be there:
     python benchmarks/aa_rate.py --n 40 --blocks 2                # tiny-moe, CPU server
     python benchmarks/aa_rate.py --n 20 --blocks 2 --time-limit-s 480 --out /tmp/aa-gpu
     python benchmarks/aa_rate.py --arm baseline="-ngl 99" --arm cpu-moe="-ngl 99 --cpu-moe"   # the CPU demo's A/A
+    python benchmarks/aa_rate.py --n 20 --pool 2     # two plain runs per trial, reported together (A B A B)
+    python benchmarks/aa_rate.py --reanalyse DIR --pool 2 --out /tmp/re   # report evidence already there
 
 Prints the rates with Clopper–Pearson 95 % intervals and a check of the headline p-values against
 the uniform distribution (two-sided Kolmogorov–Smirnov, and one-sided for too many small ones),
@@ -79,6 +81,23 @@ def judge(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _report(i: int, files: list[Path], abtest: list[str], arms: list[str], args: argparse.Namespace
+            ) -> dict[str, Any] | None:
+    """`abtest report --format json` of one trial's files, judged (None when the report failed)."""
+    rep = subprocess.run([*abtest, "report", "--format", "json", "--baseline", arms[0].split("=", 1)[0],
+                          *([] if args.recognise else ["--no-recognise-identical"]), *map(str, files)],
+                         capture_output=True, text=True)
+    if rep.returncode != 0:
+        print(f"run {i}: abtest report failed (exit {rep.returncode}): {rep.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    row = {"run": i, "file": ",".join(map(str, files)), **judge(json.loads(rep.stdout))}
+    p = row["p"]
+    print(f"run {i:3d}: decode p={_p(p['decode_tps'])} (Holm {_p(row['p_holm']['decode_tps'])}) "
+          f"ttft p={_p(p['ttft_ms'])} (Holm {_p(row['p_holm']['ttft_ms'])}) "
+          f"verdict_claims={row['verdict_claims']} any_claims={row['any_claims']} {row['status']}", flush=True)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=40, help="A/A runs (default 40)")
@@ -88,6 +107,10 @@ def main() -> int:
     ap.add_argument("--buckets", default="tok8,tok128")
     ap.add_argument("--blocks", type=int, default=0,
                     help="--blocks of each abtest run: server sessions per arm (0: leave it to abtest run)")
+    ap.add_argument("--pool", type=int, default=1,
+                    help="abtest runs per A/A trial, reported together (their sessions pooled; default 1)")
+    ap.add_argument("--reanalyse", type=Path, metavar="DIR",
+                    help="run nothing: report the evidence files under DIR (sorted by name), --pool at a time")
     ap.add_argument("--recognise", action="store_true",
                     help="let the report recognise arms that cannot differ (off by default: a calibration)")
     ap.add_argument("--extra", default="", help="more `abtest run` options, one string")
@@ -100,34 +123,37 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
-    for i in range(args.n):
+    found = sorted(args.reanalyse.rglob("*.jsonl"), key=lambda f: f.name) if args.reanalyse else []
+    trials = len(found) // args.pool if args.reanalyse else args.n
+    for i in range(trials):
         if args.time_limit_s and time.monotonic() - t0 > args.time_limit_s:
             print(f"time limit reached after {i} runs", file=sys.stderr)
             break
+        if args.reanalyse:
+            row = _report(i, found[i * args.pool:(i + 1) * args.pool], abtest, arms, args)
+            rows += [row] if row else []
+            continue
         run_dir = args.out / f"run{i:03d}"
         cmd = [*abtest, "run", "--model", args.model, "--runs", str(args.runs), "--buckets", args.buckets,
                "--out", str(run_dir), "--quiet", *[x for a in arms for x in ("--arm", a)],
                *(["--blocks", str(args.blocks)] if args.blocks else []), *args.extra.split()]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        failed = None
+        for _ in range(args.pool):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode not in (0, 1):
+                failed = f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
+                break
         files = sorted(run_dir.glob("*.jsonl"))
-        if proc.returncode not in (0, 1) or not files:
-            print(f"run {i}: abtest run failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}", file=sys.stderr)
+        if failed or len(files) < args.pool:
+            print(f"run {i}: abtest run failed ({failed or f'{len(files)} of {args.pool} files'})", file=sys.stderr)
             continue
-        rep = subprocess.run([*abtest, "report", "--format", "json", "--baseline", arms[0].split("=", 1)[0],
-                              *([] if args.recognise else ["--no-recognise-identical"]), str(files[-1])],
-                             capture_output=True, text=True)
-        if rep.returncode != 0:
-            print(f"run {i}: abtest report failed (exit {rep.returncode}): {rep.stderr.strip()[-300:]}", file=sys.stderr)
-            continue
-        row = {"run": i, "file": str(files[-1]), **judge(json.loads(rep.stdout))}
-        rows.append(row)
-        p = row["p"]
-        print(f"run {i:3d}: decode p={_p(p['decode_tps'])} (Holm {_p(row['p_holm']['decode_tps'])}) "
-              f"ttft p={_p(p['ttft_ms'])} (Holm {_p(row['p_holm']['ttft_ms'])}) "
-              f"verdict_claims={row['verdict_claims']} any_claims={row['any_claims']} {row['status']}", flush=True)
+        row = _report(i, files, abtest, arms, args)
+        rows += [row] if row else []
     n = len(rows)
     summary: dict[str, Any] = {"n": n, "model": args.model, "arms": arms, "runs": args.runs, "buckets": args.buckets,
-                               "blocks": args.blocks, "recognise": args.recognise, "extra": args.extra, "wall_s": round(time.monotonic() - t0, 1),
+                               "blocks": args.blocks, "pool": args.pool, "recognise": args.recognise,
+                               "reanalyse": str(args.reanalyse) if args.reanalyse else None,
+                               "extra": args.extra, "wall_s": round(time.monotonic() - t0, 1),
                                "load_before": load0, "load_after": os.getloadavg()[0]}
     for key in ("verdict_claims", "any_claims"):
         k = sum(1 for r in rows if r[key])
