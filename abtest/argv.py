@@ -23,6 +23,17 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "batch_size": ("-b", "--batch-size"),
     "ubatch_size": ("-ub", "--ubatch-size"),
 }
+# Flags that only say where weights, KV cache and ops live (host or a GPU), with whether they
+# take a value: on a server with no GPU backend they change nothing (the report's recogniser of
+# arms that cannot differ, `abtest.analysis.equivalence.cannot_differ`).
+OFFLOAD: dict[str, bool] = {
+    "-ngl": True, "--gpu-layers": True, "--n-gpu-layers": True,
+    "-cmoe": False, "--cpu-moe": False, "-ncmoe": True, "--n-cpu-moe": True,
+    "-ot": True, "--override-tensor": True, "-ts": True, "--tensor-split": True,
+    "-mg": True, "--main-gpu": True, "-sm": True, "--split-mode": True, "-dev": True, "--device": True,
+    "-nkvo": False, "--no-kv-offload": False, "-kvo": False, "--kv-offload": False,
+    "--op-offload": False, "--no-op-offload": False,
+}
 # Options whose value differs run to run without changing what is measured, and their mask.
 MASKED: dict[str, str] = {"--port": "<port>", "-m": "<model>", "--model": "<model>", "--log-file": "<log>"}
 
@@ -70,3 +81,21 @@ def normalize(argv: Sequence[str]) -> tuple[str, ...]:
             continue
         out.append(arg)
     return tuple(out)
+
+
+def split_offload(argv: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(argv without the `OFFLOAD` flags and their values, those flags with their values)."""
+    rest: list[str] = []
+    offload: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        key, eq, _ = arg.partition("=")
+        if key in OFFLOAD:
+            offload.append(arg)
+            if OFFLOAD[key] and not eq:
+                value = next(it, None)
+                if value is not None:
+                    offload.append(value)
+            continue
+        rest.append(arg)
+    return tuple(rest), tuple(offload)

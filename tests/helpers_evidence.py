@@ -4,7 +4,9 @@
 arm_end per arm, run_end) through the real `EvidenceWriter`, so the report reads exactly what a run
 would have written. Every knob a report test needs is a keyword: per-arm speeds and VRAM, failures,
 divergent outputs, clock and temperature drift, a slow first request, a truncated last line, a
-partial run, different host / GPU / driver / model / server build.
+partial run, different host / GPU / driver / model / server build, and server sessions: `blocks=N`
+restarts every arm N times in the counterbalanced order of `abtest run --blocks` (A0 B0 B1 A1 …),
+each session with its own offset (`Arm.session_sd`, `Arm.block_factors`).
 
 Per-request decode tok/s is drawn as Normal(decode_tps, cv·decode_tps), and token events are laid
 out so that the metric, (tokens - 1) / (last token - first token), gives back exactly that draw; the
@@ -51,6 +53,10 @@ class Arm:
     temperature_c: tuple[int, int] = (55, 57)
     first_request_factor: float = 1.0  # >1 makes the first measured request that much slower
     breakdown: dict = field(default_factory=lambda: {})
+    # server sessions (fabricate(blocks=N)): each session's decode rate is multiplied, and its TTFT
+    # divided, by exp(Normal(0, session_sd)) and by block_factors[block] (1 where not given)
+    session_sd: float = 0.0
+    block_factors: tuple[float, ...] = ()
 
 
 def default_arms() -> list[Arm]:
@@ -85,6 +91,8 @@ def fabricate(
     temperature: float | None = 0.0,
     partial: bool = False,
     truncate_last_line: bool = False,
+    blocks: int = 1,
+    backend: str = "cuda",
 ) -> Path:
     """Write one fabricated evidence file to `path` and return the path."""
     path = Path(path)
@@ -123,31 +131,41 @@ def fabricate(
     arms_failed: list[str] = []
     t_host_ns = 10_000_000_000  # this host's monotonic clock, advanced as requests "run"
 
+    # the sessions in the order they run: every arm once per block, the order reversed every other
+    # block (A0 B0 B1 A1 A2 B2 ...), as `abtest run --blocks` counterbalances them
+    order = [(j, ai) for j in range(blocks) for ai in (range(len(arms)) if j % 2 == 0 else
+                                                         reversed(range(len(arms))))]
+    seqs = [0] * len(arms)
+
     with EvidenceWriter(path, fsync=False) as w:
         w.write(manifest)
-        for ai, arm in enumerate(arms):
-            port = port_base + ai
+        for block, ai in order:
+            arm = arms[ai]
+            port = port_base + ai + 100 * block
             argv = ["/opt/llama/bin/llama-server", "-m", model_path, "--port", str(port), *arm.extra_argv]
             build = {"version_text": f"version: 6000 ({server_build_id})", "build_id": server_build_id,
-                     "backend": "cuda", "found_via": "cache"}
-            log_path = f"/tmp/abtest/{arm.name}.log"
+                     "backend": backend, "found_via": "cache"}
+            log_path = f"/tmp/abtest/{arm.name}.log" if blocks == 1 else f"/tmp/abtest/{arm.name}-b{block}.log"
             if arm.failed:
-                arms_failed.append(arm.name)
+                if arm.name not in arms_failed:
+                    arms_failed.append(arm.name)
                 w.write(ArmEnd(arm=arm.name, status="failed", error="llama-server exited (code 1) before /health",
                                exit_code=1, stop_ms=None, n_requests=0, n_failed=0, memory={}, breakdown={},
-                               log_path=log_path, log_tail=["CUDA error: out of memory"]))
+                               log_path=log_path, log_tail=["CUDA error: out of memory"], block=block))
                 continue
+            offset = float(np.exp(rng.normal(0.0, arm.session_sd))) if arm.session_sd > 0 else 1.0
+            if block < len(arm.block_factors):
+                offset *= arm.block_factors[block]
             ready_ms = 4000.0
-            after_load = _vram_dict(arm, ready_ms, arm.vram_mib, arm.clock_mhz[0], arm.temperature_c[0])
+            after_load = _vram_dict(arm, ready_ms, arm.vram_mib, arm.clock_mhz[0], arm.temperature_c[0], block)
             w.write(ArmStart(arm=arm.name, model_path=model_path, model_sha256=model_sha256,
-                             server_bin=argv[0], server_build=build, argv=argv, port=port, pid=4000 + ai,
+                             server_bin=argv[0], server_build=build, argv=argv, port=port, pid=4000 + ai + 100 * block,
                              ready_ms=ready_ms, started_at=started_at, log_path=log_path,
                              prompt_tokens={pid: 32 if b == "short" else 512 for b, pid in prompts},
-                             memory_after_load=after_load))
+                             memory_after_load=after_load, block=block))
             # requests: warm-up first, then runs x prompts in order
             schedule = [(True, 0, prompts[i % len(prompts)]) for i in range(warmup)]
             schedule += [(False, r, p) for r in range(runs) for p in prompts]
-            seq = 0
             n_fail = 0
             measured_seen = 0
             t_first_ns = t_host_ns
@@ -161,11 +179,11 @@ def fabricate(
                 ids = [int(x) for x in vocab[pidx, run_index % runs]]
                 if arm.diverge_at is not None and (pidx % arm.diverge_every == 0):
                     ids[arm.diverge_at] = (ids[arm.diverge_at] + 1) % 32000
-                rec = _request(rng, arm, bucket, prompt_id, run_index, seq, is_warm, concurrency, t_host_ns,
-                               completion_tokens, ids, with_token_ids, fail, factor)
+                rec = _request(rng, arm, bucket, prompt_id, run_index, seqs[ai], is_warm, concurrency, t_host_ns,
+                               completion_tokens, ids, with_token_ids, fail, factor, offset, block)
                 records.append(rec)
                 t_host_ns += int(((rec.e2e_ms or 5.0) + 2.0) * 1e6)
-                seq += 1
+                seqs[ai] += 1
                 n_fail += fail
             for rec in records:
                 w.write(rec)
@@ -183,13 +201,13 @@ def fabricate(
                     clock, temp = 345, arm.temperature_c[0]
                 else:
                     vram = None if arm.vram_mib is None else arm.vram_mib + arm.vram_peak_extra_mib * frac
-                w.write(VramSample(**_vram_dict(arm, t_ms, vram, clock, temp)))
+                w.write(VramSample(**_vram_dict(arm, t_ms, vram, clock, temp, block)))
             peak = _vram_dict(arm, ready_ms + span_ms, None if arm.vram_mib is None
-                              else arm.vram_mib + arm.vram_peak_extra_mib, arm.clock_mhz[1], arm.temperature_c[1])
+                              else arm.vram_mib + arm.vram_peak_extra_mib, arm.clock_mhz[1], arm.temperature_c[1], block)
             w.write(ArmEnd(arm=arm.name, status="ok", error=None, exit_code=0, stop_ms=150.0,
                            n_requests=len(records), n_failed=n_fail,
                            memory={"after_load": after_load, "steady": after_load, "peak": peak},
-                           breakdown=arm.breakdown or _breakdown(arm), log_path=log_path))
+                           breakdown=arm.breakdown or _breakdown(arm), log_path=log_path, block=block))
             n_req_total += len(records)
             n_fail_total += n_fail
             t_host_ns += 3_000_000_000
@@ -202,12 +220,12 @@ def fabricate(
     return path
 
 
-def _vram_dict(arm: Arm, t_ms: float, vram: float | None, clock: int, temp: int) -> dict:
+def _vram_dict(arm: Arm, t_ms: float, vram: float | None, clock: int, temp: int, block: int = 0) -> dict:
     return dataclasses.asdict(VramSample(
         arm=arm.name, t_ms=t_ms, pid_vram_mib=vram,
         device_used_mib=None if vram is None else vram + 500.0,
         sm_clock_mhz=clock, temperature_c=temp, power_w=300.0,
-        host_rss_anon_mib=arm.rss_anon_mib, host_rss_file_mib=arm.rss_file_mib,
+        host_rss_anon_mib=arm.rss_anon_mib, host_rss_file_mib=arm.rss_file_mib, block=block,
     ))
 
 
@@ -225,18 +243,19 @@ def _breakdown(arm: Arm) -> dict:
 
 
 def _request(rng, arm: Arm, bucket: str, prompt_id: str, run_index: int, seq: int, warm: bool, concurrency: int,
-             t_send_ns: int, n_tok: int, ids: list[int], with_ids: bool, fail: bool, factor: float) -> RequestRecord:
+             t_send_ns: int, n_tok: int, ids: list[int], with_ids: bool, fail: bool, factor: float,
+             offset: float = 1.0, block: int = 0) -> RequestRecord:
     if fail:
         return RequestRecord(arm=arm.name, bucket=bucket, prompt_id=prompt_id, run_index=run_index, seq=seq,
                              warmup=warm, endpoint="completion", concurrency=concurrency, t_send_ns=t_send_ns,
                              client_overhead_ms=0.3, status=500, error="HTTP 500: slot unavailable",
                              ttft_ms=None, e2e_ms=4.0, prompt_tokens=None, completion_tokens=0,
                              server_predicted_n=None, events=[], chunk_times_ns=[], token_ids=None, text="",
-                             timings={}, cache_n=None)
-    tps = max(rng.normal(arm.decode_tps, arm.decode_cv * arm.decode_tps), 0.05 * arm.decode_tps) / factor
+                             timings={}, cache_n=None, block=block)
+    tps = max(rng.normal(arm.decode_tps, arm.decode_cv * arm.decode_tps), 0.05 * arm.decode_tps) / factor * offset
     s2 = np.log(1 + arm.ttft_cv**2)
     scale = 4.0 if bucket == "long" else 1.0
-    ttft = float(rng.lognormal(np.log(arm.ttft_ms * scale) - s2 / 2, np.sqrt(s2))) * factor
+    ttft = float(rng.lognormal(np.log(arm.ttft_ms * scale) - s2 / 2, np.sqrt(s2))) * factor / offset
     itl_ms = 1000.0 / tps
     t0_ns = int(ttft * 1e6)
     events = [TokenEvent(t0_ns + int(round(k * itl_ms * 1e6)), 1) for k in range(n_tok)]
@@ -250,7 +269,7 @@ def _request(rng, arm: Arm, bucket: str, prompt_id: str, run_index: int, seq: in
         completion_tokens=n_tok, server_predicted_n=n_tok, events=events,
         chunk_times_ns=[e.t_ns for e in events], token_ids=ids if with_ids else None,
         text=" ".join(f"t{i}" for i in ids), timings={"predicted_n": n_tok, "cache_n": 0}, cache_n=0,
-        headers_ms=ttft * 0.2, sent_at="2026-11-20T01:00:00Z",
+        headers_ms=ttft * 0.2, sent_at="2026-11-20T01:00:00Z", block=block,
     )
 
 

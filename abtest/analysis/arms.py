@@ -1,4 +1,12 @@
-"""Arms as the evidence recorded them: identities, pooling of files into groups, the baseline."""
+"""Arms as the evidence recorded them: server sessions, identities, pooling into groups, the baseline.
+
+The unit the report's inference counts is the server session: one (file, arm, block) — an arm's
+server from its start to its stop (`ArmRun`). An arm restarted per block (`abtest run --blocks N`)
+has several sessions in one file; files of the same identity pooled into one `ArmGroup` add theirs.
+Requests of one session share that session's state (where the weights landed, the box's load while
+it ran), so they are not independent samples of the arm: `stratified.session_ratio` compares arms
+over sessions.
+"""
 
 from __future__ import annotations
 
@@ -83,17 +91,20 @@ def build_id(build: dict[str, Any] | None) -> str:
 
 @dataclass
 class ArmRun:
-    """One arm as one evidence file recorded it."""
+    """One server session: one arm's server from its start to its stop, as one evidence file
+    recorded it (an arm restarted per block has one ArmRun per block)."""
 
     evidence: Evidence
     arm: str
     start: ArmStart | None
     end: ArmEnd | None
-    requests: list[RequestRecord]  # every request of the arm, warm-up included
+    requests: list[RequestRecord]  # every request of the session, warm-up included
     memory: list[VramSample]
     identity: Identity
     model_name: str
     model_entry: dict[str, Any]
+    block: int = 0  # `ArmStart.block`: which of the arm's sessions in this file (0-based)
+    order: int = 0  # the session's place among every arm's sessions of its file (0 = first started)
 
     @property
     def failed(self) -> bool:
@@ -106,12 +117,12 @@ class ArmRun:
 
 @dataclass
 class ArmGroup:
-    """One or more ArmRuns pooled (identical identity), reported as one column."""
+    """One or more server sessions pooled (identical identity), reported as one column."""
 
     label: str
     arm: str
     identity: Identity
-    runs: list[ArmRun]
+    runs: list[ArmRun]  # the sessions, in the order they ran (files by start time, then file order)
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -123,7 +134,18 @@ class ArmGroup:
 
     @property
     def sources(self) -> list[Path]:
-        return [run.evidence.path for run in self.runs]
+        """The evidence files the sessions came from, each once."""
+        return list(dict.fromkeys(run.evidence.path for run in self.runs))
+
+    def session_label(self, run: ArmRun) -> str:
+        """How a warning or the sessions table names one session: the file when the group pools
+        several, the block when its file holds several of this arm ("" for a lone session)."""
+        parts = []
+        if len(self.sources) > 1:
+            parts.append(run.evidence.path.name)
+        if sum(1 for r in self.runs if r.evidence.path == run.evidence.path) > 1:
+            parts.append(f"block {run.block}")
+        return " ".join(parts)
 
     @property
     def model_name(self) -> str:
@@ -146,16 +168,25 @@ def _model_entry(ev: Evidence, start: ArmStart | None) -> tuple[str, dict[str, A
     return "?", {}
 
 
+def _sessions(ev: Evidence) -> list[tuple[str, int]]:
+    """Every (arm, block) of one file in the order the sessions started: arm_start order, then
+    sessions known only from an arm_end (a server that never became healthy) or from requests."""
+    keys = [(a.arm, a.block) for a in ev.arm_starts]
+    keys += [(a.arm, a.block) for a in ev.arm_ends]
+    keys += [(r.arm, r.block) for r in ev.requests]
+    return list(dict.fromkeys(keys))
+
+
 def arm_runs(ev: Evidence) -> list[ArmRun]:
-    """The arms of one file, in file order (arms seen only in request records included)."""
-    names = list(dict.fromkeys(ev.arms() + [r.arm for r in ev.requests]))
+    """The server sessions of one file, in the order they started (arms seen only in request
+    records included); a version-1 file has one session per arm (block 0)."""
     manifest = ev.manifest
     host = manifest.host if manifest else {}
     gpu = manifest.gpu if manifest else {}
     out = []
-    for name in names:
-        start = next((a for a in reversed(ev.arm_starts) if a.arm == name), None)
-        end = next((a for a in reversed(ev.arm_ends) if a.arm == name), None)
+    for order, (name, block) in enumerate(_sessions(ev)):
+        start = next((a for a in reversed(ev.arm_starts) if a.arm == name and a.block == block), None)
+        end = next((a for a in reversed(ev.arm_ends) if a.arm == name and a.block == block), None)
         model_name, entry = _model_entry(ev, start)
         sha = start.model_sha256 if start else str(entry.get("sha256", ""))
         ident = Identity(
@@ -167,10 +198,16 @@ def arm_runs(ev: Evidence) -> list[ArmRun]:
         )
         out.append(ArmRun(
             evidence=ev, arm=name, start=start, end=end,
-            requests=[r for r in ev.requests if r.arm == name],
-            memory=[m for m in ev.memory if m.arm == name],
-            identity=ident, model_name=model_name, model_entry=entry,
+            requests=[r for r in ev.requests if r.arm == name and r.block == block],
+            memory=[m for m in ev.memory if m.arm == name and m.block == block],
+            identity=ident, model_name=model_name, model_entry=entry, block=block, order=order,
         ))
+    # a session whose server never started (no arm_start) is still that arm's: it takes the identity
+    # of a session of the same arm that did, so that it is not shown as another configuration
+    for run in out:
+        twin = next((r for r in out if r.arm == run.arm and r.start is not None), None)
+        if run.start is None and twin is not None:
+            run.identity, run.model_name, run.model_entry = twin.identity, twin.model_name, twin.model_entry
     return out
 
 
@@ -199,6 +236,10 @@ def group_runs(runs: Sequence[ArmRun]) -> tuple[list[ArmGroup], list[str]]:
             groups.append(ArmGroup(label=run.arm, arm=run.arm, identity=run.identity, runs=[run]))
         else:
             g.runs.append(run)
+    files = {p: i for i, p in enumerate(dict.fromkeys(run.evidence.path for run in runs))}
+    for g in groups:  # the order the sessions ran: files by start time, then the order in the file
+        g.runs.sort(key=lambda r: (r.evidence.manifest.started_at if r.evidence.manifest else "",
+                                   files[r.evidence.path], r.order))
     notes = []
     by_arm: dict[str, list[ArmGroup]] = {}
     for g in groups:
@@ -206,8 +247,8 @@ def group_runs(runs: Sequence[ArmRun]) -> tuple[list[ArmGroup], list[str]]:
     used = set()
     for arm, gs in by_arm.items():
         if len(gs) == 1:
-            if len(gs[0].runs) > 1:
-                notes.append(f"{arm}: pooled {len(gs[0].runs)} files ({', '.join(p.name for p in gs[0].sources)})")
+            if len(gs[0].sources) > 1:
+                notes.append(f"{arm}: pooled {len(gs[0].sources)} files ({', '.join(p.name for p in gs[0].sources)})")
             continue
         diffs = sorted({d for g in gs[1:] for d in gs[0].identity.differences(g.identity)})
         for g in gs:

@@ -1,4 +1,9 @@
-"""Per-bucket statistics of each arm group and their comparisons with the baseline."""
+"""Per-bucket statistics of each arm group and their comparisons with the baseline.
+
+A comparison's unit of analysis is the server session (`stratified.session_ratio`): its 95 %
+interval and its p-value are one t statistic over sessions, so they agree by construction, and
+with fewer than 2 sessions on a side there is an estimate but neither (docs/report.md, "Inference").
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,16 @@ from . import stats, stratified
 from .arms import ArmGroup
 from .metrics import METRIC_BY_KEY, METRICS
 
-ALPHA = 0.05  # a delta is "significant" when p < ALPHA and its 95 % CI excludes 0
+ALPHA = 0.05  # a delta is "significant" when p < ALPHA, which is when its 95 % interval excludes 0
+
+# Why a comparison has no interval or p-value, in words (SessionRatio.reason -> text)
+ONE_SESSION_TEXT = ("{who}: a session difference cannot be told from an arm difference; run with --blocks 2 "
+                    "or more, or pool more files")
+REASON_TEXT = {
+    stratified.NO_DATA: "no bucket with 2 or more values in both arms",
+    stratified.NOT_POSITIVE: "a mean that is not positive has no ratio",
+    stratified.NO_VARIANCE: "no variance between or within server sessions: nothing to test",
+}
 
 
 @dataclass
@@ -29,6 +43,7 @@ class BucketStats:
     samples: dict[str, np.ndarray]  # per request; itl_ms per request = that request's mean ITL
     itl_tokens: np.ndarray  # every token's ITL, pooled (the ITL summary is over these)
     prompt_ids: np.ndarray  # each sample's prompt (repeats of one prompt share it)
+    sessions: np.ndarray  # each sample's server session: its index in the group's `runs`
     pooled: bool = False  # the "all" row: every bucket of this concurrency together
     strata: np.ndarray | None = None  # pooled rows: each sample's bucket (compared within buckets)
     # pooled rows: each bucket's share of the plan (requests of every arm, failed included); the
@@ -42,25 +57,44 @@ class Comparison:
     baseline: str
     bucket: str
     metric: str
-    n_base: int
+    n_base: int  # finite per-request values
     n_other: int
     base_mean: float
     other_mean: float
-    ci: stats.RatioCI
-    p_value: float
+    ci: stats.RatioCI  # the 95 % interval of `inference` (unbounded when it has none)
+    p_value: float  # the p-value of the same statistic (nan when it has none)
     test: str
+    inference: stratified.SessionRatio
 
     @property
     def significant(self) -> bool:
-        """p < ALPHA and the 95 % interval excludes 0."""
-        if not math.isfinite(self.ci.low):
-            return False
-        return self.p_value < ALPHA and not self.ci.covers(0.0)
+        """p < ALPHA, which is exactly when the 95 % interval excludes 0 (one statistic)."""
+        return math.isfinite(self.p_value) and self.p_value < ALPHA
 
     @property
     def better(self) -> bool:
         up = self.ci.delta > 0
         return up if METRIC_BY_KEY[self.metric].higher_is_better else not up
+
+    @property
+    def sessions(self) -> tuple[int, int]:
+        """Server sessions with values: (baseline, arm)."""
+        return self.inference.k_base, self.inference.k_other
+
+    @property
+    def reason(self) -> str:
+        """Why there is no interval and no p-value, in words ("" when there are both)."""
+        code = self.inference.reason
+        if code == stratified.ONE_SESSION:
+            kb, ko = self.sessions
+            if kb < 2 and ko < 2:
+                who = "one server session per arm"
+            else:
+                who = f"only one server session of {self.baseline if kb < 2 else self.group}"
+            if max(self.inference.k_base_any, self.inference.k_other_any) > max(kb, ko):
+                who += " in a bucket (its sessions ran different buckets)"
+            return ONE_SESSION_TEXT.format(who=who)
+        return REASON_TEXT.get(code, code)
 
 
 def _bucket_label(bucket: str, concurrency: int, all_c1: bool) -> str:
@@ -75,14 +109,15 @@ def bucket_stats(groups: Sequence[ArmGroup]) -> list[BucketStats]:
     out: list[BucketStats] = []
     for g in groups:
         mine = g.measured
+        session_of = {id(r): j for j, run in enumerate(g.runs) for r in run.requests}
         for bucket, conc in keys:
             reqs = [r for r in mine if r.bucket == bucket and r.concurrency == conc]
             if reqs or not mine:
-                out.append(_one_bucket(_bucket_label(bucket, conc, all_c1), g.label, conc, reqs))
+                out.append(_one_bucket(_bucket_label(bucket, conc, all_c1), g.label, conc, reqs, session_of))
         for conc in concs:
             if sum(1 for b, c in keys if c == conc) > 1:
                 reqs = [r for r in mine if r.concurrency == conc]
-                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs,
+                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs, session_of,
                                        weights=plan_weights(measured, conc)))
     return out
 
@@ -99,7 +134,7 @@ def plan_weights(measured: Sequence[RequestRecord], concurrency: int) -> dict[st
     return {b: n / total for b, n in counts.items()} if total else {}
 
 
-def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord],
+def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord], session_of: dict[int, int],
                 weights: dict[str, float] | None = None) -> BucketStats:
     ok = [r for r in reqs if r.ok]
     itl_each = [stats.itl_ms(r) for r in ok]
@@ -112,20 +147,23 @@ def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]
     }
     itl_tokens = np.concatenate(itl_each) if itl_each else np.empty(0)
     prompts = np.array([r.prompt_id for r in ok])
+    sessions = np.array([session_of.get(id(r), 0) for r in ok], dtype=int)
     if weights is None:
         summaries = {k: stats.summarize(v) for k, v in samples.items()}
         summaries["itl_ms"] = stats.summarize(itl_tokens)
-        return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts)
+        return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts,
+                           sessions)
     # the "all" row: only the stratified mean (a pooled σ, median or p95 would mix the buckets)
     strata = np.array([r.bucket for r in ok])
     nan = math.nan
     summaries = {k: stats.Summary(int(np.isfinite(v).sum()), stratified.stratified_mean(v, strata, weights),
                                   nan, nan, nan, nan, nan) for k, v in samples.items()}
     return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts,
-                       pooled=True, strata=strata, weights=weights)
+                       sessions, pooled=True, strata=strata, weights=weights)
 
 
-def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, seed: int, resamples: int) -> list[Comparison]:
+def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats]) -> list[Comparison]:
+    """Every metric of every bucket both groups hold, compared over server sessions."""
     mine = {s.bucket: s for s in buckets if s.group == g.label}
     base = {s.bucket: s for s in buckets if s.group == b.label}
     out = []
@@ -135,24 +173,45 @@ def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats], *, 
             continue
         for m in METRICS:
             x, y = bs.samples[m.key], s.samples[m.key]
-            fx, fy = np.isfinite(x), np.isfinite(y)
-            x, y = x[fx], y[fy]
-            if s.strata is not None and bs.strata is not None and s.weights is not None:
-                # buckets pooled: compare within buckets, then combine (see stats, "Stratified")
-                xs, ys, w = bs.strata[fx], s.strata[fy], s.weights
-                ci = stratified.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples, weights=w)
-                test = (stratified.stratified_welch(x, xs, y, ys, weights=w) if m.test == "welch"
-                        else stratified.van_elteren(x, xs, y, ys))
-                base_mean, other_mean = stratified.common_means(x, xs, y, ys, w)
+            pooled = s.strata is not None and bs.strata is not None and s.weights is not None
+            # buckets pooled: compare within buckets, then combine (stratified), sessions the unit
+            inf = stratified.session_ratio(x, bs.sessions, y, s.sessions,
+                                           bs.strata if pooled else None, s.strata if pooled else None,
+                                           s.weights if pooled else None)
+            lo, hi = inf.interval(0.95)
+            base_mean, other_mean = inf.base_mean, inf.other_mean
+            if inf.reason == stratified.NO_DATA and not pooled:  # a value a side: the plain ratio, no more
+                fx, fy = x[np.isfinite(x)], y[np.isfinite(y)]
+                base_mean = float(fx.mean()) if fx.size else math.nan
+                other_mean = float(fy.mean()) if fy.size else math.nan
+            if math.isfinite(inf.delta):
+                delta = inf.delta
             else:
-                ci = stats.ratio_ci(x, y, seed=seed, resamples=resamples)
-                test = stats.welch_t(x, y) if m.test == "welch" else stats.mann_whitney(x, y)
-                base_mean = float(np.mean(x)) if x.size else math.nan
-                other_mean = float(np.mean(y)) if y.size else math.nan
+                delta = other_mean / base_mean - 1 if base_mean > 0 else math.nan
+            method = f"session-t ({inf.df:.0f} df)" if not inf.reason else f"none ({inf.reason})"
+            ci = stats.RatioCI(float(delta), lo, hi, 0.95, method, 0, None)
             out.append(Comparison(
-                group=g.label, baseline=b.label, bucket=label, metric=m.key, n_base=int(x.size), n_other=int(y.size),
-                base_mean=base_mean, other_mean=other_mean, ci=ci, p_value=test.p_value, test=test.test,
+                group=g.label, baseline=b.label, bucket=label, metric=m.key,
+                n_base=int(np.isfinite(x).sum()), n_other=int(np.isfinite(y).sum()),
+                base_mean=base_mean, other_mean=other_mean, ci=ci, p_value=inf.p_value,
+                test="session-t", inference=inf,
             ))
+    return out
+
+
+def session_means(s: BucketStats, metric: str, n_sessions: int) -> list[float]:
+    """Each session's mean of one row (index = the session's place in the group's `runs`): the
+    weighted bucket means of its own requests for the "all" row, the plain mean for a bucket."""
+    values = s.samples[metric]
+    out = []
+    for j in range(n_sessions):
+        mine = s.sessions == j
+        v = values[mine]
+        if s.pooled and s.strata is not None and s.weights is not None:
+            out.append(stratified.stratified_mean(v, s.strata[mine], s.weights))
+        else:
+            fv = v[np.isfinite(v)]
+            out.append(float(fv.mean()) if fv.size else math.nan)
     return out
 
 

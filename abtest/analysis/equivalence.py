@@ -1,4 +1,9 @@
-"""Output equivalence: do two arms generate the same tokens for the same prompt and run?"""
+"""Equivalence of two arms: can they differ at all, and do they generate the same tokens?
+
+`cannot_differ` recognises arms whose servers compute the same thing (the same effective command
+line, or only offload flags apart on a server with no GPU to offload to): the verdict says so
+instead of ranking them. `equivalence_of` compares the generated tokens for the same prompt and run.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..argv import split_offload
 from ..records import RequestRecord
 from .arms import ArmGroup
 
@@ -54,13 +60,50 @@ def first_divergence(a: Sequence[Any], b: Sequence[Any]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def _no_gpu_backend(g: ArmGroup) -> str:
+    """Why the group's servers had no GPU to offload to ("" when they may have had one): a build
+    without a GPU backend, or a host where the manifest found no GPU."""
+    backends = {str((run.start.server_build or {}).get("backend") or "") for run in g.runs if run.start}
+    if backends == {"cpu"}:
+        return "the server build has no GPU backend (cpu)"
+    gpus = [run.evidence.manifest.gpu for run in g.runs if run.evidence.manifest]
+    if gpus and all(gpu and gpu.get("available") is False for gpu in gpus):
+        return "the host had no GPU (manifest)"
+    return ""
+
+
+def cannot_differ(g: ArmGroup, b: ArmGroup) -> str | None:
+    """Why arm group `g` cannot differ from `b`, or None when it can.
+
+    Both ran the same model file and server build on the same host and GPU (their `Identity`
+    apart from the argv), and either the same command line after `argv.normalize` (port, model
+    path and log file masked), or command lines that differ only in `argv.OFFLOAD` flags on servers
+    with no GPU to offload to (a CPU build, or no GPU on the host)."""
+    a, c = g.identity, b.identity
+    if not g.runs or not b.runs or any(r.start is None for r in (*g.runs, *b.runs)):
+        return None
+    if (a.host, a.gpu, a.model_sha256, a.server_build) != (c.host, c.gpu, c.model_sha256, c.server_build):
+        return None
+    if a.argv == c.argv:
+        return ("the same server command line after normalisation (port, model path and log file masked), "
+                "the same model, build, host and GPU")
+    (rest_a, off_a), (rest_c, off_c) = split_offload(a.argv), split_offload(c.argv)
+    why = _no_gpu_backend(g)
+    if rest_a == rest_c and why and why == _no_gpu_backend(b):
+        flags = " vs ".join(" ".join(f) or "none" for f in (off_a, off_c))
+        return f"only offload flags differ ({flags}) and {why}: there is nothing to offload to"
+    return None
+
+
 def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
-    base_index: dict[tuple[Path | None, str, int], RequestRecord] = {}
+    # the same prompt and run of the same session (file, block), else of the same file, else any
+    base_index: dict[tuple[Path | None, int | None, str, int], RequestRecord] = {}
     for run in b.runs:
         for r in run.measured:
             if r.ok:
-                base_index.setdefault((run.evidence.path, r.prompt_id, r.run_index), r)
-                base_index.setdefault((None, r.prompt_id, r.run_index), r)
+                base_index.setdefault((run.evidence.path, run.block, r.prompt_id, r.run_index), r)
+                base_index.setdefault((run.evidence.path, None, r.prompt_id, r.run_index), r)
+                base_index.setdefault((None, None, r.prompt_id, r.run_index), r)
     pairs = identical = 0
     used: set[str] = set()
     divs: list[Divergence] = []
@@ -68,8 +111,9 @@ def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
         for r in run.measured:
             if not r.ok:
                 continue
-            other = base_index.get((run.evidence.path, r.prompt_id, r.run_index)) or base_index.get(
-                (None, r.prompt_id, r.run_index))
+            other = (base_index.get((run.evidence.path, run.block, r.prompt_id, r.run_index))
+                     or base_index.get((run.evidence.path, None, r.prompt_id, r.run_index))
+                     or base_index.get((None, None, r.prompt_id, r.run_index)))
             if other is None:
                 continue
             pairs += 1

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from ..fmt import fmt_num, fmt_pct
-from . import stats
+from . import stats, stratified
 from .arms import (
     ArmGroup,
     ArmRun,
 )
-from .compare import BucketStats, Comparison, headline
+from .compare import BucketStats, Comparison, headline, plan_weights
 from .memory import measured_window_samples
 from .metrics import METRIC_BY_KEY, decode_unmeasurable
 
@@ -38,6 +38,10 @@ CLOCK_SPREAD = 0.10  # SM clock range / max under load
 TEMPERATURE_SPREAD_C = 10
 
 
+DRIFT_MIN = 0.05  # the first and last session of an arm this far apart (and the interval excludes 0)
+DRIFT_METRICS = ("decode_tps", "ttft_ms")
+
+
 class ReportWarning(enum.Enum):
     """What can make a number untrustworthy, each with the flag or action that fixes it."""
 
@@ -46,8 +50,8 @@ class ReportWarning(enum.Enum):
         "more — raise --runs"
     )
     UNRESOLVED = (
-        "{metric}: Δ {delta} with 95 % CI {ci} on {n} requests per arm cannot rule out a {mde} "
-        "change; about {need} per arm would — raise --runs"
+        "{metric}: Δ {delta} with 95 % CI {ci} over {n} server sessions per arm cannot rule out a {mde} "
+        "change; about {need} sessions per arm would — raise --blocks"
     )
     HIGH_CV = (
         "{metric} varies a lot between repeats of the same prompt (coefficient of variation up to "
@@ -79,6 +83,12 @@ class ReportWarning(enum.Enum):
         "({reasons}), left out of those statistics (docs/metrics.md); their tokens arrived too close "
         "together to time — raise --max-tokens, or quiet the machine"
     )
+    SESSION_DRIFT = (
+        "{metric} moved {delta} from its first server session ({first}) to its last ({last}), 95 % CI "
+        "{ci} over their requests: the box drifted or its sessions differ; the comparisons count it as "
+        "noise between sessions, which widens them — quiet the machine, lock GPU clocks, raise --warmup "
+        "or --blocks"
+    )
 
     def format(self, **kw: Any) -> str:
         return self.value.format(**kw)
@@ -94,11 +104,68 @@ class Finding:
         return f"{self.subject}: {self.text}"
 
 
-def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], comps: Sequence[Comparison]) -> list[Finding]:
+@dataclass(frozen=True)
+class Drift:
+    """The first and the last server session of one arm group compared, over their requests
+    (stratified by bucket, the studentized bootstrap of `stratified.ratio_ci_stratified`): within
+    one arm, requests are the unit, and any difference is the box or the session, not the arm."""
+
+    group: str
+    metric: str
+    first: str  # the sessions, as `ArmGroup.session_label` names them
+    last: str
+    n_first: int
+    n_last: int
+    ci: stats.RatioCI  # Δ = mean(last) / mean(first) − 1
+
+    @property
+    def flagged(self) -> bool:
+        """Beyond DRIFT_MIN with an interval that excludes 0 (a SESSION_DRIFT warning)."""
+        return (math.isfinite(self.ci.low) and not self.ci.covers(0.0)
+                and abs(self.ci.delta) >= DRIFT_MIN)
+
+
+def drift_of(g: ArmGroup, *, seed: int, resamples: int) -> list[Drift]:
+    """Per headline metric, the group's last session against its first (none with one session)."""
+    if len(g.runs) < 2:
+        return []
+    first, last = g.runs[0], g.runs[-1]
+    weights = {f"{k[0]}|c{k[1]}": v for k, v in _plan_shares(g).items()}
+    out = []
+    for key in DRIFT_METRICS:
+        fn = stats.decode_tps if key == "decode_tps" else stats.ttft_ms
+        parts = []
+        for run in (first, last):
+            ok = [r for r in run.measured if r.ok]
+            parts.append((np.array([fn(r) for r in ok], dtype=float),
+                          np.array([f"{r.bucket}|c{r.concurrency}" for r in ok])))
+        (x, xs), (y, ys) = parts
+        ci = stratified.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples, weights=weights)
+        if not math.isfinite(ci.delta):  # no bucket in common (files of different plans pooled)
+            continue
+        out.append(Drift(g.label, key, g.session_label(first), g.session_label(last),
+                         int(np.isfinite(x).sum()), int(np.isfinite(y).sum()), ci))
+    return out
+
+
+def _plan_shares(g: ArmGroup) -> dict[tuple[str, int], float]:
+    """Each (bucket, concurrency)'s share of the group's measured requests (failed included)."""
+    measured = g.measured
+    out: dict[tuple[str, int], float] = {}
+    for conc in dict.fromkeys(r.concurrency for r in measured):
+        for bucket, share in plan_weights(measured, conc).items():
+            out[(bucket, conc)] = share
+    total = sum(out.values())
+    return {k: v / total for k, v in out.items()} if total else {}
+
+
+def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], comps: Sequence[Comparison],
+                 drift: Sequence[Drift] = ()) -> list[Finding]:
     out: list[Finding] = []
     for g in groups:
         for run in g.runs:
-            subj = g.label if len(g.runs) == 1 else f"{g.label} ({run.evidence.path.name})"
+            where = g.session_label(run)
+            subj = f"{g.label} ({where})" if where else g.label
             log = run.end.log_path if run.end else (run.start.log_path if run.start else "?")
             if run.failed:
                 out.append(Finding(ReportWarning.ARM_FAILED, subj,
@@ -155,7 +222,7 @@ def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], com
         if not headline(c, comps, buckets) or c.metric not in ("decode_tps", "ttft_ms"):
             continue
         if math.isfinite(c.ci.low) and c.ci.covers(0.0) and max(-c.ci.low, c.ci.high) > MIN_DETECTABLE:
-            n = min(c.n_base, c.n_other)
+            n = min(c.sessions)
             m = METRIC_BY_KEY[c.metric]
             out.append(Finding(ReportWarning.UNRESOLVED, f"{c.group} vs {c.baseline}",
                                ReportWarning.UNRESOLVED.format(
@@ -163,6 +230,12 @@ def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], com
                                    ci=f"{fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)}", n=n,
                                    mde=f"{MIN_DETECTABLE:.0%}",
                                    need=stats.required_n_from_ci(n, c.ci.low, c.ci.high, MIN_DETECTABLE))))
+    for d in drift:
+        if d.flagged:
+            m = METRIC_BY_KEY[d.metric]
+            out.append(Finding(ReportWarning.SESSION_DRIFT, d.group, ReportWarning.SESSION_DRIFT.format(
+                metric=f"{m.label} {m.unit}", delta=fmt_pct(d.ci.delta), first=d.first, last=d.last,
+                ci=f"{fmt_pct(d.ci.low)} … {fmt_pct(d.ci.high)}")))
     return out
 
 

@@ -20,17 +20,20 @@ from .arms import (
     host_label,
     resolve_baseline,
 )
-from .compare import BucketStats, Comparison, bucket_stats, compare_groups
+from .compare import BucketStats, Comparison, bucket_stats, compare_groups, session_means
 from .cost import DEFAULT_GPU_HOUR_COST, CostRow, cost_rows
 from .equivalence import Equivalence, equivalence_of
 from .findings import (
+    Drift,
     Finding,
     ReportWarning,
+    drift_of,
     findings_for,
 )
 from .memory import MemoryRow, memory_row
 from .openloop import LoadRow, load_rows
 from .verdict import verdict_lines
+from .verdict import VerdictLine, verdict_lines
 
 
 @dataclass
@@ -45,6 +48,20 @@ class ProvenanceRow:
     date: str
     abtest_version: str
     files: list[str]
+
+
+@dataclass
+class SessionRow:
+    """One server session of an arm group: where it came from and its headline means."""
+
+    group: str
+    session: str  # `ArmGroup.session_label` ("" for a group's only session)
+    file: str
+    block: int
+    n: int  # measured requests, failed included
+    n_failed: int
+    buckets: list[str]  # the buckets its measured requests ran
+    means: dict[str, float]  # headline metric -> the session's (stratified) mean
 
 
 @dataclass
@@ -67,6 +84,10 @@ class Report:
     failed_requests: dict[str, int]
     paired_baseline: dict[str, str] = field(default_factory=dict)  # group -> the baseline group it is compared with
     load: list[LoadRow] = field(default_factory=list)  # open-loop groups (--rate): latency from the schedule
+    verdicts: list[VerdictLine] = field(default_factory=list)  # the verdict as data (`verdict` is its text)
+    sessions: list[SessionRow] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)
+    recognise_identical: bool = True  # whether the verdict names arms that cannot differ
     abtest_version: str = __version__
 
     def vram_peak_change(self, group: str) -> float:
@@ -108,8 +129,13 @@ def build_report(
     allow_mixed_models: bool = False,
     seed: int = stats.DEFAULT_SEED,
     resamples: int = stats.DEFAULT_RESAMPLES,
+    recognise_identical: bool = True,
 ) -> Report:
-    """Everything the report says, as data. Raises ConfigError for mixed models or a bad --baseline."""
+    """Everything the report says, as data. Raises ConfigError for mixed models or a bad --baseline.
+
+    `seed` and `resamples` drive the one bootstrap left, the drift between an arm's first and last
+    session; `recognise_identical` False lets the verdict rank arms that cannot differ (the A/A
+    calibration runs so)."""
     runs = [run for ev in evidences for run in arm_runs(ev)]
     check_models(runs, allow_mixed_models=allow_mixed_models)
     groups, notes = group_runs(runs)
@@ -131,11 +157,12 @@ def build_report(
     for g, b in pairs:
         if b is None:
             continue
-        comparisons += compare_groups(g, b, per_bucket, seed=seed, resamples=resamples)
+        comparisons += compare_groups(g, b, per_bucket)
     memory = [memory_row(g) for g in groups]
     equivalence = [equivalence_of(g, b) for g, b in pairs if b is not None]
     cost = cost_rows(groups, memory, gpu_hour_cost)
-    findings += findings_for(groups, per_bucket, comparisons)
+    drift = [d for g in groups for d in drift_of(g, seed=seed, resamples=resamples)]
+    findings += findings_for(groups, per_bucket, comparisons, drift)
     failed = {g.label: sum(1 for r in g.measured if not r.ok) for g in groups}
     report = Report(
         baseline=base_name,
@@ -156,6 +183,29 @@ def build_report(
         failed_requests=failed,
         paired_baseline={g.label: b.label for g, b in pairs if b is not None},
         load=load_rows(groups),
+        sessions=_session_rows(groups, per_bucket),
+        drift=drift,
+        recognise_identical=recognise_identical,
     )
-    report.verdict = verdict_lines(report, groups, pairs)
+    report.verdicts = verdict_lines(report, groups, pairs, recognise_identical=recognise_identical)
+    report.verdict = [v.text for v in report.verdicts]
     return report
+
+
+def _session_rows(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats]) -> list[SessionRow]:
+    """Every session of every group, with its means of the headline row (the "all" row of the
+    first concurrency, or the group's only bucket)."""
+    out = []
+    for g in groups:
+        mine = [s for s in buckets if s.group == g.label]
+        head = next((s for s in mine if s.pooled), mine[0] if len(mine) == 1 else None)
+        means = {key: session_means(head, key, len(g.runs)) if head is not None else [] for key in ("decode_tps", "ttft_ms")}
+        for j, run in enumerate(g.runs):
+            measured = run.measured
+            out.append(SessionRow(
+                group=g.label, session=g.session_label(run), file=run.evidence.path.name, block=run.block,
+                n=len(measured), n_failed=sum(1 for r in measured if not r.ok),
+                buckets=list(dict.fromkeys(r.bucket for r in measured)),
+                means={key: v[j] if j < len(v) else math.nan for key, v in means.items()},
+            ))
+    return out

@@ -128,6 +128,27 @@ def mann_whitney(
     return TestResult(float(res.statistic), float(res.pvalue), "mann-whitney")
 
 
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[tuple[float, float]]:
+    """Holm's step-down procedure over one family of tests (Holm 1979), in the given order: each
+    p-value's adjusted p, max over i ≤ j of min(1, (m − i + 1)·p_(i)) for the j-th smallest, and
+    the level α_j it was tested at: α/(m − j + 1) up to the first p-value that is not rejected,
+    whose level the rest keep. A (1 − α_j) interval from the same statistic as its p-value therefore
+    excludes 0 exactly when the adjusted p < α. A nan p-value is not in the family (nan, nan)."""
+    order = sorted((i for i, p in enumerate(p_values) if math.isfinite(p)), key=lambda i: p_values[i])
+    m = len(order)
+    out = [(math.nan, math.nan)] * len(p_values)
+    running = 0.0
+    stopped: float | None = None
+    for j, i in enumerate(order):
+        p = float(p_values[i])
+        running = max(running, min(1.0, (m - j) * p))
+        level = alpha / (m - j)
+        if stopped is None and not p < level:
+            stopped = level
+        out[i] = (running, level if stopped is None else stopped)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Outliers
 

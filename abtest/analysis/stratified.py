@@ -1,9 +1,14 @@
-"""Comparisons of several buckets pooled in one row: within buckets, then combined.
+"""Comparisons within buckets, then combined; and over server sessions (`session_ratio`).
 
 Buckets differ by design (a 32-token prompt's TTFT is not a 3k-token prompt's), and both arms run
 the same bucket mix. Treating the pooled requests as one sample would count the spread between
 buckets as noise and make every interval and p-value far too wide; these compare within buckets
 and combine (weights: each bucket's share of the plan, or of both arms' requests by default).
+
+Requests of one server session share that session's drift, so the report's comparisons count
+sessions, not requests: `session_ratio` (docs/report.md, "Inference"). The request-level functions
+above remain for what compares requests of one arm (the drift between its first and last session)
+and for the nightly gate.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as _st
@@ -205,3 +211,153 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> M
     """The plain one-sample t-interval of the mean (the one-bucket case)."""
     x = np.asarray(values, dtype=float).ravel()
     return mean_ci_stratified(x, np.zeros(x.size, dtype=int), {0: 1.0}, confidence)  # type: ignore[dict-item]
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparisons over server sessions: the report's inference
+
+# Why a comparison has no interval or p-value (SessionRatio.reason); "" when it has both.
+NO_DATA = "no-data"  # no bucket with ≥ 2 finite values in both arms
+ONE_SESSION = "one-session"  # fewer than 2 server sessions on a side
+NO_VARIANCE = "no-variance"  # nothing varies, between sessions or within them: not testable
+NOT_POSITIVE = "not-positive"  # a mean ≤ 0 has no log ratio
+# a standard error of the log ratio below this is "no variance": identical values, up to rounding
+NO_VARIANCE_SE = 1e-9
+
+
+@dataclass(frozen=True)
+class SessionRatio:
+    """Δ = M_other / M_base − 1 with its inference over server sessions.
+
+    θ = log(M_other / M_base); `se` its standard error and `df` its degrees of freedom, from the
+    spread between sessions (never below the spread within them); the interval θ ± t(df)·se and
+    the p-value of t = θ/se are one statistic, so the (1 − α) interval excludes 0 exactly when
+    p < α. No interval and no p-value when `reason` says why (fewer than 2 sessions a side, ...).
+    """
+
+    base_mean: float
+    other_mean: float
+    theta: float
+    se: float
+    df: float
+    k_base: int  # server sessions per arm: the fewest that any compared bucket has values from
+    k_other: int
+    reason: str = ""
+    within_floor: bool = False  # an arm's between-session spread was below its within-session one
+    k_base_any: int = 0  # sessions with values in any compared bucket (more than k_base when
+    k_other_any: int = 0  # sessions ran different buckets, as files of different plans pooled do)
+
+    @property
+    def delta(self) -> float:
+        return math.expm1(self.theta) if math.isfinite(self.theta) else math.nan
+
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """The two-sided `confidence` interval of Δ (nan, nan without an inference)."""
+        if self.reason:
+            return math.nan, math.nan
+        half = float(_st.t.ppf(0.5 + confidence / 2, self.df)) * self.se
+        return math.expm1(self.theta - half), math.expm1(self.theta + half)
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided p of t = θ/se on `df` degrees of freedom (nan without an inference)."""
+        if self.reason:
+            return math.nan
+        return float(2 * _st.t.sf(abs(self.theta / self.se), self.df))
+
+
+def _session_parts(
+    x: np.ndarray, sess: np.ndarray, strata: np.ndarray, used: Sequence[tuple[str, float]],
+) -> tuple[float, float, float, int, int]:
+    """One arm: M = Σ w_h·mean_h over the used strata (the request means), the cluster-robust
+    variance of M over its sessions, k/(k−1)·Σ_s e_s² with e_s = Σ_h w_h·(n_sh/N_h)·(m_sh − mean_h)
+    (s²_sessions/k when sessions are of equal size), the within-session variance Σ_h w_h²·s²_w,h/N_h
+    (s²_w,h pooled around each session's own mean), the fewest sessions any stratum has values
+    from (a stratum seen by one session says nothing about the spread between sessions) and the
+    sessions with values at all."""
+    keep = np.isfinite(x)
+    labels = list(dict.fromkeys(sess[keep & np.isin(strata, [h for h, _ in used])].tolist()))
+    k_any = len(labels)
+    k = k_any
+    e = np.zeros(k_any)
+    mean = within = 0.0
+    for h, w in used:
+        in_h = keep & (strata == h)
+        xs, ss = x[in_h], sess[in_h]
+        n_h = xs.size
+        m_h = float(xs.mean())
+        mean += w * m_h
+        sq, k_h = 0.0, 0
+        for j, lab in enumerate(labels):
+            v = xs[ss == lab]
+            if v.size:
+                e[j] += w * v.size / n_h * (float(v.mean()) - m_h)
+                sq += float(np.sum((v - v.mean()) ** 2))
+                k_h += 1
+        if n_h > k_h:
+            within += w**2 * (sq / (n_h - k_h)) / n_h
+        k = min(k, k_h)
+    between = k_any / (k_any - 1) * float(np.sum(e**2)) if k_any >= 2 else math.nan
+    return mean, between, within, k, k_any
+
+
+def session_ratio(
+    base: Sequence[float] | np.ndarray, base_sessions: Sequence[Any] | np.ndarray,
+    other: Sequence[float] | np.ndarray, other_sessions: Sequence[Any] | np.ndarray,
+    base_strata: Sequence[str] | np.ndarray | None = None, other_strata: Sequence[str] | np.ndarray | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> SessionRatio:
+    """Compare two arms with the server session as the unit of analysis.
+
+    M = Σ w_h·mean_h per arm over the strata both arms hold (≥ 2 finite values each; one stratum
+    without `*_strata`), the same means the tables show. Each arm's Var(M) is the cluster-robust
+    variance over its sessions, floored at the within-session variance (a session's mean cannot vary
+    less than its own requests say; a chance agreement of 2 sessions is not read as no noise). On
+    the log scale, U = Var(M)/M², pooled over both arms as the per-session variance
+    s²_p = ((k_b−1)·k_b·U_b + (k_o−1)·k_o·U_o)/(k_b + k_o − 2), se² = s²_p·(1/k_b + 1/k_o),
+    df = k_b + k_o − 2: the t-test of a nested (sessions within arms) random-effects model, which
+    in a balanced design is the F-test of the arms against the between-session mean square.
+    """
+    x, y = np.asarray(base, dtype=float).ravel(), np.asarray(other, dtype=float).ravel()
+    xs = np.asarray(base_sessions).ravel()
+    ys = np.asarray(other_sessions).ravel()
+    xh = np.zeros(x.size, dtype=int).astype(str) if base_strata is None else np.asarray(base_strata).ravel().astype(str)
+    yh = np.zeros(y.size, dtype=int).astype(str) if other_strata is None else np.asarray(other_strata).ravel().astype(str)
+    w = None if weights is None else {str(k): v for k, v in weights.items()}
+    nan = math.nan
+    found = _common_strata_labels(x, xh, y, yh, min_n=2, weights=w)
+    if not found:
+        return SessionRatio(nan, nan, nan, nan, nan, 0, 0, NO_DATA)
+    ma, va, wa, ka, ka_any = _session_parts(x, xs, xh, found)
+    mb, vb, wb, kb, kb_any = _session_parts(y, ys, yh, found)
+    if ma <= 0 or mb <= 0:
+        return SessionRatio(ma, mb, nan, nan, nan, ka, kb, NOT_POSITIVE, k_base_any=ka_any, k_other_any=kb_any)
+    theta = float(np.log(mb / ma))
+    if ka < 2 or kb < 2:
+        return SessionRatio(ma, mb, theta, nan, nan, ka, kb, ONE_SESSION, k_base_any=ka_any, k_other_any=kb_any)
+    # each mean's cluster-robust variance is over every session that holds values; pooled with the
+    # count, and on the df, of the fewest sessions a stratum has (what the spread was measured on)
+    ua, ub = max(va, wa) / ma**2, max(vb, wb) / mb**2
+    df = ka + kb - 2
+    s2 = ((ka - 1) * ka * ua + (kb - 1) * kb * ub) / df
+    se = math.sqrt(s2 * (1 / ka + 1 / kb))
+    floor = wa > va or wb > vb
+    reason = "" if se > NO_VARIANCE_SE else NO_VARIANCE
+    return SessionRatio(ma, mb, theta, se, float(df), ka, kb, reason, floor, k_base_any=ka_any, k_other_any=kb_any)
+
+
+def _common_strata_labels(
+    x: np.ndarray, xh: np.ndarray, y: np.ndarray, yh: np.ndarray, min_n: int,
+    weights: Mapping[str, float] | None,
+) -> list[tuple[str, float]]:
+    """(stratum, weight) of `_common_strata`'s selection, weights renormalised over it."""
+    found = []
+    for label in dict.fromkeys(xh.tolist()):
+        na = int(np.sum((xh == label) & np.isfinite(x)))
+        nb = int(np.sum((yh == label) & np.isfinite(y)))
+        if na >= min_n and nb >= min_n:
+            found.append((label, float(weights.get(label, 0.0)) if weights is not None else float(na + nb)))
+    total = sum(w for _, w in found)
+    if total <= 0:
+        return []
+    return [(label, w / total) for label, w in found if w > 0]

@@ -1,62 +1,138 @@
-"""The verdict: one sentence per arm, quoting only the comparisons that settle a claim."""
+"""The verdict: one sentence per arm, quoting only the comparisons that settle a claim.
+
+A verdict is one claim: that the arm differs from its baseline (or not). It quotes the headline
+comparisons, decode tok/s and TTFT of the "all" row (or of the only bucket), as one family: their
+p-values are adjusted by Holm's procedure and each is quoted with the interval at the level Holm
+tested it at, so an interval excludes 0 exactly when the adjusted p < 0.05, and a verdict claims a
+difference with probability ≤ 5 % when there is none (whatever the number of metrics it quotes).
+VRAM is a measurement, not a sample: a change is claimed only beyond `VRAM_FLOOR_MIB` and
+`VRAM_FLOOR_FRAC` (identical servers differ by a few MiB), never as a significance claim.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..fmt import fmt_p, fmt_pct
 from .arms import ArmGroup
-from .compare import Comparison, headline
+from .compare import ALPHA, Comparison, headline
+from .equivalence import cannot_differ
 from .metrics import METRIC_BY_KEY
+from .stats import holm
 
 if TYPE_CHECKING:  # the report holds the verdict; the verdict reads the report
     from .report import Report
 
+# The comparisons a verdict quotes, in the order it quotes them (of the headline row).
+VERDICT_METRICS = ("decode_tps", "ttft_ms")
+# A VRAM peak change the verdict claims: more than both (the nightly gate's floors, docs/nightly.md).
+VRAM_FLOOR_MIB = 64.0
+VRAM_FLOOR_FRAC = 0.02
 
-def _overall(report: Report, group: str, metric: str) -> Comparison | None:
+# VerdictLine.status
+DIFFERS = "differs"  # a quoted comparison is significant after Holm
+NO_DIFFERENCE = "no-difference-detected"  # every quoted comparison has an inference; none is significant
+NO_INFERENCE = "no-inference"  # estimates only (e.g. one server session per arm)
+CANNOT_DIFFER = "cannot-differ"  # the recogniser: the arms compute the same thing
+FAILED = "failed"  # the arm (or all its requests) failed
+NO_BASELINE = "no-baseline"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One comparison of a verdict's family, with its Holm adjustment."""
+
+    comparison: Comparison
+    p_holm: float  # Holm-adjusted p-value over the family
+    confidence: float  # 1 − the level Holm tested it at (0.975 for the first of two, then 0.95)
+    low: float  # the interval of Δ at `confidence`: excludes 0 exactly when p_holm < ALPHA
+    high: float
+
+    @property
+    def claim(self) -> bool:
+        return self.p_holm < ALPHA
+
+
+@dataclass(frozen=True)
+class VerdictLine:
+    """One arm's verdict, as text and as the data behind it."""
+
+    group: str
+    baseline: str | None
+    text: str
+    status: str
+    family: tuple[Claim, ...] = ()
+    vram_claim: bool = False  # a VRAM change beyond the floors is stated
+    cannot_differ: str | None = None  # why the arms cannot differ (recogniser on), else None
+    sessions: tuple[int, int] = (0, 0)  # server sessions with values of the headline row: (baseline, arm)
+
+    @property
+    def claims_difference(self) -> bool:
+        """Whether the sentence claims any difference (a metric after Holm, or VRAM)."""
+        return self.status == DIFFERS or self.vram_claim
+
+
+def family(comps: Sequence[Comparison], alpha: float = ALPHA) -> list[Claim]:
+    """The verdict's family: Holm over the comparisons with an inference, each with the interval at
+    the level it was tested at. Comparisons without a p-value are not in it."""
+    with_p = [c for c in comps if math.isfinite(c.p_value)]
+    out = []
+    for c, (p_adj, level) in zip(with_p, holm([c.p_value for c in with_p], alpha), strict=True):
+        lo, hi = c.inference.interval(1 - level)
+        out.append(Claim(c, p_adj, 1 - level, lo, hi))
+    return out
+
+
+def _headline(report: Report, group: str, metric: str) -> Comparison | None:
     return next((c for c in report.comparisons if c.group == group and c.metric == metric
                  and headline(c, report.comparisons, report.buckets)), None)
 
 
-def verdict_lines(report: Report, groups: Sequence[ArmGroup], pairs: Sequence[tuple[ArmGroup, ArmGroup | None]]) -> list[str]:
+def _name(metric: str) -> str:
+    return "decode tok/s" if metric == "decode_tps" else "TTFT"
+
+
+def _vram(report: Report, g: ArmGroup, b: ArmGroup) -> tuple[str, bool]:
     mem = {m.group: m for m in report.memory}
+    vg, vb = mem[g.label].vram_peak_mib, mem[b.label].vram_peak_mib
+    change = report.vram_peak_change(g.label)
+    if not math.isfinite(change):
+        return "", False
+    pct = fmt_pct(change, signed=True)
+    if abs(vg - vb) <= VRAM_FLOOR_MIB or abs(change) <= VRAM_FLOOR_FRAC:
+        return f"has the same VRAM peak within {VRAM_FLOOR_MIB:.0f} MiB ({pct})", False
+    diff = (vb - vg) / 1024.0
+    if diff >= 0:
+        return f"saves {diff:.1f} GiB VRAM ({pct})", True
+    return f"uses {-diff:.1f} GiB more VRAM ({pct})", True
+
+
+def _ci(lo: float, hi: float, confidence: float) -> str:
+    return f"{confidence * 100:g} % CI {fmt_pct(lo)} … {fmt_pct(hi)}"
+
+
+def verdict_lines(report: Report, groups: Sequence[ArmGroup], pairs: Sequence[tuple[ArmGroup, ArmGroup | None]],
+                  *, recognise_identical: bool = True) -> list[VerdictLine]:
     eq = {e.group: e for e in report.equivalence}
-    out = []
+    out: list[VerdictLine] = []
     for g, b in pairs:
         if b is None:
-            out.append(f"{g.label}: no baseline arm {report.baseline!r} to compare with.")
+            out.append(VerdictLine(g.label, None, f"{g.label}: no baseline arm {report.baseline!r} to compare with.",
+                                   NO_BASELINE))
             continue
         if not g.ok:
             why = "failed" if any(r.failed for r in g.runs) else "has no successful measured requests"
-            out.append(f"{g.label} {why}; nothing to compare with {b.label}.")
+            out.append(VerdictLine(g.label, b.label, f"{g.label} {why}; nothing to compare with {b.label}.", FAILED))
             continue
-        parts: list[str] = []
+        quoted = [c for m in VERDICT_METRICS if (c := _headline(report, g.label, m)) is not None
+                  and math.isfinite(c.ci.delta)]
+        claims = family(quoted)
+        by_metric = {cl.comparison.metric: cl for cl in claims}
+        sessions = max((c.sessions for c in quoted), default=(0, 0), key=lambda k: min(k))
         tail: list[str] = []
-        vg, vb = mem[g.label].vram_peak_mib, mem[b.label].vram_peak_mib
-        change = report.vram_peak_change(g.label)
-        if math.isfinite(change):
-            diff = (vb - vg) / 1024.0
-            pct = fmt_pct(change, signed=True)
-            if diff >= 0:
-                parts.append(f"saves {diff:.1f} GiB VRAM ({pct})")
-            else:
-                parts.append(f"uses {-diff:.1f} GiB more VRAM ({pct})")
-        for metric in ("decode_tps", "ttft_ms"):
-            c = _overall(report, g.label, metric)
-            if c is None or not math.isfinite(c.ci.delta):
-                continue
-            name = "decode tok/s" if metric == "decode_tps" else "TTFT"
-            if c.significant:
-                if not c.better:
-                    verb = "costs"
-                else:
-                    verb = "gains" if METRIC_BY_KEY[metric].higher_is_better else "cuts"
-                parts.append(f"{verb} {fmt_pct(c.ci.delta)} {name} ({fmt_p(c.p_value)})")
-            else:
-                parts.append(f"shows no significant change in {name} ({fmt_pct(c.ci.delta)}, "
-                             f"95 % CI {fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)}, {fmt_p(c.p_value)})")
         e = eq.get(g.label)
         if e and e.pairs:
             kind = "greedy requests" if e.greedy else "requests"
@@ -66,12 +142,56 @@ def verdict_lines(report: Report, groups: Sequence[ArmGroup], pairs: Sequence[tu
                 first = min(e.divergences, key=lambda d: d.position)
                 unit = "character" if e.compared_by == "text" else "token"
                 tail.append(f"outputs identical on {e.identical}/{e.pairs} {kind} "
-                             f"(earliest divergence at {unit} {first.position}, {first.prompt_id})")
+                            f"(earliest divergence at {unit} {first.position}, {first.prompt_id})")
         failed = report.failed_requests.get(g.label, 0)
         if failed:
             tail.append(f"{failed} of {len(g.measured)} measured requests failed")
-        text = "; ".join(filter(None, [_join_parts(parts), *tail]))
-        out.append(f"{g.label} (vs {b.label}) {text}." if text else f"{g.label}: no measurements to compare.")
+
+        same = cannot_differ(g, b) if recognise_identical else None
+        if same is not None:
+            measured = ", ".join(f"{_name(c.metric)} {fmt_pct(c.ci.delta)}" for c in quoted)
+            head = f"cannot differ from {b.label}: {same}; not ranked"
+            if measured:
+                head += f" (measured Δ {measured}: server-session noise)"
+            text = "; ".join([head, *tail])
+            out.append(VerdictLine(g.label, b.label, f"{g.label} (vs {b.label}) {text}.", CANNOT_DIFFER,
+                                   tuple(claims), cannot_differ=same, sessions=sessions))
+            continue
+
+        parts: list[str] = []
+        vram_text, vram_claim = _vram(report, g, b)
+        if vram_text:
+            parts.append(vram_text)
+        estimates = []
+        for c in quoted:
+            cl = by_metric.get(c.metric)
+            name = _name(c.metric)
+            if cl is None:  # no inference: the estimate alone
+                estimates.append(f"{fmt_pct(c.ci.delta)} {name}")
+                continue
+            holm_p = f"{fmt_p(cl.p_holm)}, Holm"
+            if cl.claim:
+                verb = ("gains" if METRIC_BY_KEY[c.metric].higher_is_better else "cuts") if c.better else "costs"
+                parts.append(f"{verb} {fmt_pct(c.ci.delta)} {name} ({_ci(cl.low, cl.high, cl.confidence)}, {holm_p})")
+            else:
+                parts.append(f"shows no significant change in {name} ({fmt_pct(c.ci.delta)}, "
+                             f"{_ci(cl.low, cl.high, cl.confidence)}, {holm_p})")
+        if estimates:
+            parts.append("measures " + " and ".join(estimates))
+        reasons = list(dict.fromkeys(c.reason for c in quoted if c.metric not in by_metric))
+        notes: list[str] = [f"no significance claim: {r}" for r in reasons]
+        if claims:
+            kb, ko = sessions
+            notes.append(f"{kb} server sessions per arm" if kb == ko
+                         else f"{ko} server sessions of {g.label}, {kb} of {b.label}")
+        if any(cl.claim for cl in claims):
+            status = DIFFERS
+        else:
+            status = NO_DIFFERENCE if claims else NO_INFERENCE
+        text = "; ".join(filter(None, [_join_parts(parts), *notes, *tail]))
+        out.append(VerdictLine(g.label, b.label,
+                               f"{g.label} (vs {b.label}) {text}." if text else f"{g.label}: no measurements to compare.",
+                               status, tuple(claims), vram_claim=vram_claim, sessions=sessions))
     return out
 
 

@@ -51,6 +51,9 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
               help="USD per GPU-hour for the cost columns.")
 @click.option("--allow-mixed-models", is_flag=True,
               help="Show files whose model SHA256 differs for one model name side by side instead of refusing.")
+@click.option("--no-recognise-identical", "no_recognise", is_flag=True,
+              help="Rank arms even when they cannot differ (the same effective command line, or only offload "
+                   "flags on a server without a GPU): what an A/A calibration needs.")
 @click.option("--decode-threshold", type=click.FloatRange(min=0), default=Thresholds.decode_pct,
               show_default=True, help="History: % decode tok/s drop that counts as a regression.")
 @click.option("--ttft-threshold", type=click.FloatRange(min=0), default=Thresholds.ttft_pct,
@@ -74,6 +77,7 @@ def report(
     out_dir: Path | None,
     gpu_hour_cost: float,
     allow_mixed_models: bool,
+    no_recognise: bool,
     decode_threshold: float,
     ttft_threshold: float,
     vram_threshold: float,
@@ -113,7 +117,7 @@ def report(
     if night is not None:
         raise click.UsageError("--night needs --history DIR")
     data = build_report(load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
-                            allow_mixed_models=allow_mixed_models)
+                        allow_mixed_models=allow_mixed_models, recognise_identical=not no_recognise)
     if out_dir is not None:
         from ..render import plots
 

@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..analysis import stats
+from ..analysis.compare import ALPHA
 from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
+from ..analysis.verdict import VerdictLine
 from ..errors import ConfigError
 from ..fmt import fmt_count, fmt_gib, fmt_money, fmt_num, fmt_p_cell, fmt_pct
 from .tables import Section, Table, cell, flatten, markdown_table
@@ -46,6 +48,8 @@ def sections(report: Report) -> list[Section]:
     out.append(_bucket_section(report))
     if report.load:
         out.append(_load_section(report))
+    if any(n > 1 for n in _session_counts(report).values()):
+        out.append(_session_section(report))
     out.append(_memory_section(report))
     eq = _equivalence_section(report)
     if eq is not None:
@@ -61,16 +65,18 @@ def _bucket_section(report: Report) -> Section:
     """Per bucket: each arm's mean ± σ, p50, p95 and its Δ to the baseline."""
     bucket_order = list(dict.fromkeys(s.bucket for s in report.buckets))
     sec = Section("Latency and throughput per bucket",
-                  paragraphs=["mean ± σ, then median and p95; Δ is the arm's mean over the baseline's, "
-                              "with a 95 % studentized-bootstrap interval and a p-value (Welch's t for "
-                              "tok/s, Mann-Whitney for latencies). Warm-up and failed requests are left out.",
+                  paragraphs=["mean ± σ, then median and p95 over requests; Δ is the arm's mean over the "
+                              "baseline's. Its 95 % interval and p-value count server sessions, not requests: "
+                              "one t statistic on the log ratio whose error is the spread between sessions "
+                              "(never less than the spread within them), so the interval excludes 0 exactly "
+                              "when p < 0.05. They are unadjusted; the verdict adjusts the ones it quotes "
+                              "(Holm). Warm-up and failed requests are left out.",
                               "The \"all\" row holds one number per arm: each bucket's mean weighted by "
                               "that bucket's share of the plan (every arm's requests, failed ones included); "
                               "its Δ compares within buckets and combines them with the same weights."])
-    if any(c.ci.method.startswith("welch-log (") for c in report.comparisons):
-        sec.paragraphs.append(f"Where an arm has fewer than {stats.STUDENTIZED_MIN_N} requests in a bucket, the "
-                              "interval is the closed-form Welch-log one (the bootstrap's coverage was not "
-                              "measured that low); raise --runs for a bootstrap interval.")
+    reasons = list(dict.fromkeys(c.reason for c in report.comparisons if c.reason and math.isfinite(c.ci.delta)))
+    for reason in reasons:
+        sec.paragraphs.append(f"No interval or p-value where {reason}.")
     for bucket in bucket_order:
         rows_by_group = {s.group: s for s in report.buckets if s.bucket == bucket}
         groups = [g for g in report.groups if g in rows_by_group]
@@ -126,6 +132,34 @@ def _load_section(report: Report) -> Section:
         "(the offered rate is above what the arm serves)."])
     sec.tables.append(Table("", ["arm", "rate", "done", "flight", "lag p99", "TTFT p50", "sch p50", "sch p99",
                                  "growth"], rows, right=set(range(1, 9))))
+    return sec
+
+
+def _session_counts(report: Report) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in report.sessions:
+        counts[row.group] = counts.get(row.group, 0) + 1
+    return counts
+
+
+def _session_section(report: Report) -> Section:
+    """Each server session of each arm: the unit the intervals count, and the drift between them."""
+    rows = [[r.group, r.session or "—", ", ".join(r.buckets), f"{r.n - r.n_failed} ({r.n_failed})",
+             fmt_num(r.means.get("decode_tps")), fmt_num(r.means.get("ttft_ms"))] for r in report.sessions]
+    sec = Section("Server sessions", paragraphs=[
+        "Each arm's server sessions in the order they ran (a block of `abtest run --blocks`, or a pooled "
+        "file), with the means of the headline row: these, not the requests, are the samples the "
+        "comparisons count."],
+        tables=[Table("", ["arm", "session", "buckets", "n (failed)", "decode tok/s", "TTFT ms"], rows,
+                      right={3, 4, 5})])
+    drift = [[d.group, f"{METRIC_BY_KEY[d.metric].label} {METRIC_BY_KEY[d.metric].unit}", f"{d.first} → {d.last}",
+              fmt_pct(d.ci.delta),
+              f"{fmt_pct(d.ci.low)} … {fmt_pct(d.ci.high)}" if math.isfinite(d.ci.low) else "—"]
+             for d in report.drift]
+    if drift:
+        sec.tables.append(Table("drift: each arm's last session against its first, over their requests "
+                                "(studentized bootstrap, within buckets)",
+                                ["arm", "metric", "sessions", "Δ", "95 % CI"], drift, right={3, 4}))
     return sec
 
 
@@ -209,8 +243,12 @@ def _provenance_section(report: Report) -> Section:
              p.abtest_version, ", ".join(p.files)] for p in report.provenance]
     return Section("Provenance", tables=[Table("", ["arm", "model (sha256)", "server build", "GPU · driver",
                                                          "host", "date", "abtest", "files"], rows)],
-                       paragraphs=[f"report by abtest {report.abtest_version}; bootstrap seed {report.seed}, "
-                                   f"{report.resamples} resamples; baseline arm: {report.baseline}"])
+                       paragraphs=[f"report by abtest {report.abtest_version}; comparisons over server "
+                                   f"sessions (session-t, Holm over the verdict's metrics); drift intervals by "
+                                   f"bootstrap, seed {report.seed}, {report.resamples} resamples; baseline arm: "
+                                   f"{report.baseline}"
+                                   + ("" if report.recognise_identical
+                                      else "; arms that cannot differ are not recognised")])
 
 
 def render_markdown(report: Report) -> str:
@@ -281,9 +319,13 @@ def to_json(report: Report) -> dict[str, Any]:
         "abtest_version": report.abtest_version,
         "baseline": report.baseline,
         "settings": {"gpu_hour_cost": report.gpu_hour_cost, "bootstrap_seed": report.seed,
-                     "bootstrap_resamples": report.resamples, "ci": "studentized bootstrap, 95 %"},
+                     "bootstrap_resamples": report.resamples,
+                     "ci": "95 %, t over server sessions on the log ratio (session-t); the verdict's at Holm levels",
+                     "alpha": ALPHA, "recognise_identical": report.recognise_identical},
         "provenance": [vars(p) for p in report.provenance],
         "verdict": report.verdict,
+        "verdicts": [_verdict_dict(v) for v in report.verdicts],
+        "claims_difference": any(v.claims_difference for v in report.verdicts),
         "warnings": [{"kind": w.kind.name, "subject": w.subject, "text": w.text} for w in report.warnings],
         "buckets": [
             {"bucket": s.bucket, "arm": s.group, "concurrency": s.concurrency, "n": s.n, "n_failed": s.n_failed,
@@ -295,9 +337,15 @@ def to_json(report: Report) -> dict[str, Any]:
             {"arm": c.group, "baseline": c.baseline, "bucket": c.bucket, "metric": c.metric, "n_base": c.n_base,
              "n_arm": c.n_other, "base_mean": c.base_mean, "arm_mean": c.other_mean, "delta": c.ci.delta,
              "ci_low": c.ci.low, "ci_high": c.ci.high, "p_value": c.p_value, "test": c.test,
-             "significant": c.significant}
+             "significant": c.significant, "sessions_base": c.sessions[0], "sessions_arm": c.sessions[1],
+             "se_log": c.inference.se, "df": c.inference.df, "within_floor": c.inference.within_floor,
+             "no_inference": c.reason or None}
             for c in report.comparisons
         ],
+        "sessions": [vars(r) for r in report.sessions],
+        "drift": [{"arm": d.group, "metric": d.metric, "first": d.first, "last": d.last, "n_first": d.n_first,
+                   "n_last": d.n_last, "delta": d.ci.delta, "ci_low": d.ci.low, "ci_high": d.ci.high,
+                   "flagged": d.flagged} for d in report.drift],
         "memory": [
             {"arm": m.group, "vram_after_load_mib": m.vram_after_load_mib, "vram_peak_mib": m.vram_peak_mib,
              "device_peak_mib": m.device_peak_mib, "rss_anon_peak_mib": m.rss_anon_peak_mib,
@@ -322,6 +370,18 @@ def to_json(report: Report) -> dict[str, Any]:
         "notes": report.notes,
     }
     return _jsonable(d)
+
+
+def _verdict_dict(v: VerdictLine) -> dict[str, Any]:
+    """One verdict as data: what the A/A benchmark counts (`claims_difference`) and why."""
+    return {
+        "arm": v.group, "baseline": v.baseline, "text": v.text, "status": v.status,
+        "claims_difference": v.claims_difference, "vram_claim": v.vram_claim, "cannot_differ": v.cannot_differ,
+        "sessions_base": v.sessions[0], "sessions_arm": v.sessions[1],
+        "family": [{"metric": c.comparison.metric, "bucket": c.comparison.bucket, "delta": c.comparison.ci.delta,
+                    "p_value": c.comparison.p_value, "p_holm": c.p_holm, "confidence": c.confidence,
+                    "ci_low": c.low, "ci_high": c.high, "claim": c.claim} for c in v.family],
+    }
 
 
 CSV_COLUMNS = ["section", "arm", "bucket", "metric", "stat", "value", "unit"]
@@ -374,8 +434,11 @@ def render_csv(report: Report) -> str:
             w.writerow(["cost", cr.group, f"c={cr.concurrency}", "", stat, num(v), unit])
     for f in report.warnings:
         w.writerow(["warning", f.subject, "", "", f.kind.name, f.text, ""])
-    for v in report.verdict:
-        w.writerow(["verdict", "", "", "", "", v, ""])
+    for v in report.verdicts:
+        w.writerow(["verdict", v.group, "", "", v.status, v.text, ""])
+        for claim in v.family:
+            w.writerow(["verdict", v.group, claim.comparison.bucket, claim.comparison.metric, "p_holm",
+                        num(claim.p_holm), ""])
     return buf.getvalue()
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from helpers_evidence import SHA_B, Arm, default_arms, fabricate, read_lines, write_lines
 from rich.console import Console
-from scipy import stats as st
 
 from abtest.analysis import stats, stratified
 from abtest.analysis.arms import expand_paths, load_evidence
@@ -38,6 +37,13 @@ def kinds(report):
 @pytest.fixture(scope="module")
 def one(tmp_path_factory):
     path = fabricate(tmp_path_factory.mktemp("ev") / "run.jsonl", seed=1)
+    return path, build([path])
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """Two server sessions per arm (abtest run --blocks 2): what intervals and p-values need."""
+    path = fabricate(tmp_path_factory.mktemp("ev2") / "run.jsonl", seed=1, blocks=2)
     return path, build([path])
 
 
@@ -74,50 +80,46 @@ def test_warmup_requests_are_left_out(one):
     assert next(s for s in rep.buckets if s.group == "baseline" and s.bucket == "all").n == 24
 
 
-def test_comparisons_use_ratio_of_means_welch_and_mann_whitney(one):
-    _, rep = one
+def test_comparisons_are_ratios_of_means_over_server_sessions(two):
+    _, rep = two
     by = {(s.group, s.bucket): s for s in rep.buckets}
     for c in rep.comparisons:
         bs, s = by[(c.baseline, c.bucket)], by[(c.group, c.bucket)]
         x, y = bs.samples[c.metric], s.samples[c.metric]
         assert c.ci.low <= c.ci.delta <= c.ci.high
+        assert c.test == "session-t" and c.sessions == (2, 2) and c.inference.df == 2
+        assert c.significant == (not c.ci.covers(0.0)) == (c.p_value < 0.05)  # one statistic
         if s.pooled:  # "all": compared within buckets, then combined
-            assert c.ci.method == "studentized-stratified"
-            assert c.ci == stratified.ratio_ci_stratified(x, bs.strata, y, s.strata)
-            expected = (stratified.stratified_welch if c.metric == "decode_tps" else stratified.van_elteren)(x, bs.strata, y,
-                                                                                                 s.strata)
-            assert (c.test, c.p_value) == (expected.test, pytest.approx(expected.p_value))
-            continue
-        assert c.ci.delta == pytest.approx(y.mean() / x.mean() - 1)
-        if c.metric == "decode_tps":
-            assert c.test == "welch"
-            assert c.p_value == pytest.approx(st.ttest_ind(x, y, equal_var=False).pvalue)
+            expected = stratified.session_ratio(x, bs.sessions, y, s.sessions, bs.strata, s.strata, s.weights)
         else:
-            assert c.test == "mann-whitney"
-            assert c.p_value == pytest.approx(st.mannwhitneyu(x, y).pvalue)
+            assert c.ci.delta == pytest.approx(y.mean() / x.mean() - 1)
+            expected = stratified.session_ratio(x, bs.sessions, y, s.sessions)
+        assert (c.ci.delta, c.p_value) == pytest.approx((expected.delta, expected.p_value))
     decode = next(c for c in rep.comparisons if c.metric == "decode_tps" and c.bucket == "all")
     assert decode.ci.delta == pytest.approx(9.0 / 80.0 - 1, abs=0.01)
     assert decode.significant and not decode.better
 
 
-def test_pooled_row_is_not_inflated_by_the_spread_between_buckets(one):
+def test_pooled_row_is_not_inflated_by_the_spread_between_buckets(two):
     """TTFT of short and long prompts differs 4x; compared within buckets, the "all" interval is
     about as tight as each bucket's, not as wide as one sample of the mix would give."""
-    _, rep = one
+    _, rep = two
     ttft = {c.bucket: c for c in rep.comparisons if c.metric == "ttft_ms"}
     width = {b: c.ci.high - c.ci.low for b, c in ttft.items()}
     assert width["all"] < max(width["short"], width["long"])
     by = {(s.group, s.bucket): s for s in rep.buckets}
-    naive = stats.ratio_ci(by[("baseline", "all")].samples["ttft_ms"], by[("cpu-moe", "all")].samples["ttft_ms"])
-    assert width["all"] < (naive.high - naive.low) / 3
+    base, arm = by[("baseline", "all")], by[("cpu-moe", "all")]
+    naive = stratified.session_ratio(base.samples["ttft_ms"], base.sessions, arm.samples["ttft_ms"], arm.sessions)
+    lo, hi = naive.interval()
+    assert width["all"] < (hi - lo) / 3
 
 
-def test_verdict_names_vram_decode_and_output_equivalence(one):
-    _, rep = one
+def test_verdict_names_vram_decode_and_output_equivalence(two):
+    _, rep = two
     (v,) = rep.verdict
     assert v.startswith("cpu-moe (vs baseline) saves 10.1 GiB VRAM (−86 %)")
-    assert "costs −89 % decode tok/s (p < 0.001)" in v
-    assert "outputs identical on 24/24 greedy requests" in v
+    assert "costs −89 % decode tok/s (97.5 % CI −89 % … −88 %, p < 0.001, Holm)" in v
+    assert "outputs identical on 48/48 greedy requests" in v
 
 
 def test_memory_rows(one):
@@ -294,16 +296,17 @@ def test_first_divergence():
 
 
 def test_warning_few_samples_and_unresolved_claim(tmp_path):
-    arms = [Arm("baseline", ["-ngl", "99"], decode_cv=0.06), Arm("other", ["-ngl", "98"], decode_cv=0.06)]
-    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms, runs=1, prompts_per_bucket=3, seed=4)])
+    arms = [Arm("baseline", ["-ngl", "99"], decode_cv=0.06, session_sd=0.03),
+            Arm("other", ["-ngl", "98"], decode_cv=0.06, session_sd=0.03)]
+    rep = build([fabricate(tmp_path / "r.jsonl", arms=arms, runs=1, prompts_per_bucket=2, seed=4, blocks=2)])
     few = [w for w in rep.warnings if w.kind is W.FEW_SAMPLES]
     assert [w.subject for w in few] == ["baseline", "other"]  # one line per arm, buckets listed
-    assert "only 3 successful measured requests per bucket (short, long)" in few[0].text
+    assert "only 4 successful measured requests per bucket (short, long)" in few[0].text
     unresolved = [w for w in rep.warnings if w.kind is W.UNRESOLVED]  # only the verdict's claims ("all")
     assert sorted(w.text.split(":")[0] for w in unresolved) == ["TTFT ms", "decode tok/s"]
     for w in unresolved:
         assert w.subject == "other vs baseline"
-        assert "--runs" in w.text and "on 6 requests per arm cannot rule out a 5% change" in w.text
+        assert "--blocks" in w.text and "over 2 server sessions per arm cannot rule out a 5% change" in w.text
 
 
 def test_warning_high_cv(tmp_path):
