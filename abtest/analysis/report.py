@@ -32,7 +32,6 @@ from .findings import (
 )
 from .memory import MemoryRow, memory_row
 from .openloop import LoadRow, load_rows
-from .verdict import verdict_lines
 from .verdict import VerdictLine, verdict_lines
 
 

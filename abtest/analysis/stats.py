@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats as _st
 
 from ..records import RequestRecord
 from . import metrics
@@ -37,6 +36,14 @@ STUDENTIZED_MIN_N = 5  # the smallest n per arm whose coverage docs/report.md me
 _MAD_SCALE = 0.6745
 
 Method = Literal["studentized", "percentile", "bca", "welch-log"]
+
+
+def scipy_stats() -> Any:
+    """scipy.stats, imported on first use: it costs ~0.8 s of CPU, which `abtest run` (and every
+    command but report) never needs (the CLI imports the report command's modules to build --help)."""
+    from scipy import stats
+
+    return stats
 
 
 def _clean(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -113,7 +120,7 @@ def welch_t(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, al
     if np.ptp(x) == 0 and np.ptp(y) == 0:
         # Two constant samples: equal means are no evidence of a difference, unequal ones are total.
         return TestResult(math.nan, 1.0 if x[0] == y[0] else 0.0, "welch")
-    res = _st.ttest_ind(x, y, equal_var=False, alternative=alternative)
+    res = scipy_stats().ttest_ind(x, y, equal_var=False, alternative=alternative)
     return TestResult(float(res.statistic), float(res.pvalue), "welch")
 
 
@@ -124,7 +131,7 @@ def mann_whitney(
     x, y = _clean(a), _clean(b)
     if x.size < 1 or y.size < 1:
         return TestResult(math.nan, math.nan, "mann-whitney")
-    res = _st.mannwhitneyu(x, y, alternative=alternative)
+    res = scipy_stats().mannwhitneyu(x, y, alternative=alternative)
     return TestResult(float(res.statistic), float(res.pvalue), "mann-whitney")
 
 
@@ -317,7 +324,7 @@ def ratio_ci_batch(
         ub = other.var(axis=-1, ddof=1) / (nb * mb**2)
         with np.errstate(divide="ignore", invalid="ignore"):
             nu = (ua + ub) ** 2 / (ua**2 / (na - 1) + ub**2 / (nb - 1))
-        tq = _st.t.ppf(1 - alpha / 2, np.where(np.isfinite(nu), nu, na + nb - 2))
+        tq = scipy_stats().t.ppf(1 - alpha / 2, np.where(np.isfinite(nu), nu, na + nb - 2))
         return delta, np.expm1(theta - tq * se), np.expm1(theta + tq * se)
 
     n_exp = base.shape[0]
@@ -354,7 +361,7 @@ def _bca_bounds(
     e, n_b = th_star.shape
     prop = (th_star < theta[:, None]).mean(axis=1)
     prop = np.clip(prop, 1.0 / (n_b + 1), 1 - 1.0 / (n_b + 1))
-    z0 = _st.norm.ppf(prop)
+    z0 = scipy_stats().norm.ppf(prop)
     # Jackknife: leave one out of a (b whole), then one out of b (a whole).
     na, nb = a.shape[1], b.shape[1]
     sa, sb = a.sum(axis=1), b.sum(axis=1)
@@ -367,8 +374,8 @@ def _bca_bounds(
         acc = (d**3).sum(axis=1) / (6.0 * ((d**2).sum(axis=1)) ** 1.5)
     acc = np.nan_to_num(acc)
     out = []
-    for z in (_st.norm.ppf(alpha / 2), _st.norm.ppf(1 - alpha / 2)):
-        adj = _st.norm.cdf(z0 + (z0 + z) / (1 - acc * (z0 + z)))
+    for z in (scipy_stats().norm.ppf(alpha / 2), scipy_stats().norm.ppf(1 - alpha / 2)):
+        adj = scipy_stats().norm.cdf(z0 + (z0 + z) / (1 - acc * (z0 + z)))
         out.append(np.array([np.quantile(th_star[i], adj[i]) for i in range(e)]))
     return out[0], out[1]
 
@@ -384,8 +391,8 @@ def required_n_from_ci(n: int, low: float, high: float, mde: float, *, alpha: fl
     if not (n > 0 and mde > 0 and math.isfinite(low) and math.isfinite(high) and low > -1):
         return 0
     half = (math.log1p(high) - math.log1p(low)) / 2
-    z = _st.norm.ppf(1 - alpha / 2)
-    factor = ((z + _st.norm.ppf(power)) / z) ** 2
+    z = scipy_stats().norm.ppf(1 - alpha / 2)
+    factor = ((z + scipy_stats().norm.ppf(power)) / z) ** 2
     return int(math.ceil(n * (half / math.log1p(mde)) ** 2 * factor))
 
 
@@ -396,7 +403,7 @@ def prediction_bound(values: Sequence[float] | np.ndarray, *, alpha: float, uppe
     if a.size < 2:
         return math.nan
     s = float(np.std(a, ddof=1))
-    half = float(_st.t.ppf(1 - alpha, a.size - 1)) * s * math.sqrt(1 + 1 / a.size)
+    half = float(scipy_stats().t.ppf(1 - alpha, a.size - 1)) * s * math.sqrt(1 + 1 / a.size)
     return float(np.mean(a)) + (half if upper else -half)
 
 

@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as _st
 
-from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, RatioCI, TestResult, bootstrap_t_bounds, log_ratio_and_se
+from .stats import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    RatioCI,
+    TestResult,
+    bootstrap_t_bounds,
+    log_ratio_and_se,
+    scipy_stats,
+)
 
 
 def _common_strata(
@@ -83,11 +90,11 @@ def stratified_welch(
     t = (ma - mb) / math.sqrt(va + vb)
     dof = (va + vb) ** 2 / dof_den
     if alternative == "less":
-        p = _st.t.cdf(t, dof)
+        p = scipy_stats().t.cdf(t, dof)
     elif alternative == "greater":
-        p = _st.t.sf(t, dof)
+        p = scipy_stats().t.sf(t, dof)
     else:
-        p = 2 * _st.t.sf(abs(t), dof)
+        p = 2 * scipy_stats().t.sf(abs(t), dof)
     return TestResult(float(t), float(p), "welch-stratified")
 
 
@@ -102,7 +109,7 @@ def van_elteren(
     for xa, yb, _ in _common_strata(a, a_strata, b, b_strata, min_n=1):
         n1, n2 = xa.size, yb.size
         n = n1 + n2
-        ranks = _st.rankdata(np.concatenate([xa, yb]))
+        ranks = scipy_stats().rankdata(np.concatenate([xa, yb]))
         _, ties = np.unique(ranks, return_counts=True)
         tie = float(np.sum(ties**3 - ties)) / (n * (n - 1)) if n > 1 else 0.0
         w = 1.0 / (n + 1)
@@ -112,11 +119,11 @@ def van_elteren(
         return TestResult(math.nan, math.nan, "van-elteren")
     z = num / math.sqrt(var)
     if alternative == "less":
-        p = _st.norm.cdf(z)
+        p = scipy_stats().norm.cdf(z)
     elif alternative == "greater":
-        p = _st.norm.sf(z)
+        p = scipy_stats().norm.sf(z)
     else:
-        p = 2 * _st.norm.sf(abs(z))
+        p = 2 * scipy_stats().norm.sf(abs(z))
     return TestResult(float(z), float(p), "van-elteren")
 
 
@@ -203,7 +210,7 @@ def mean_ci_stratified(
     if var_m <= 0:
         return MeanCI(n, mean, sd, mean, mean)
     dof = var_m**2 / sum(a**2 / (k - 1) for a, k in u)
-    half = float(_st.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(var_m)
+    half = float(scipy_stats().t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(var_m)
     return MeanCI(n, mean, sd, mean - half, mean + half)
 
 
@@ -255,7 +262,7 @@ class SessionRatio:
         """The two-sided `confidence` interval of Δ (nan, nan without an inference)."""
         if self.reason:
             return math.nan, math.nan
-        half = float(_st.t.ppf(0.5 + confidence / 2, self.df)) * self.se
+        half = float(scipy_stats().t.ppf(0.5 + confidence / 2, self.df)) * self.se
         return math.expm1(self.theta - half), math.expm1(self.theta + half)
 
     @property
@@ -263,7 +270,7 @@ class SessionRatio:
         """Two-sided p of t = θ/se on `df` degrees of freedom (nan without an inference)."""
         if self.reason:
             return math.nan
-        return float(2 * _st.t.sf(abs(self.theta / self.se), self.df))
+        return float(2 * scipy_stats().t.sf(abs(self.theta / self.se), self.df))
 
 
 def _session_parts(
