@@ -80,6 +80,8 @@ class Point:
     ttft_err_ms: dict[str, float] = field(default_factory=dict)
     lag_ms: dict[str, float] = field(default_factory=dict)
     sched_err_ms: dict[str, float] = field(default_factory=dict)
+    transit_ms: dict[str, float] = field(default_factory=dict)  # client send -> server's "arrive"
+    first_lag_ms: dict[str, float] = field(default_factory=dict)  # first token: client read - server write
     tokens: int = 0
     cpu_s: float | None = None
     wall_s: float = 0.0
@@ -174,7 +176,7 @@ def measure(p: Point, base: Path, client_cpu: int | None, server_cpu: int | None
     for c in sent:
         by_req.setdefault(c.req, []).append(c)
     req_of_id = {c.client_id: c.req for c in sent if c.kind == "request" and c.client_id}
-    ttft_err, lags, sched_err = [], [], []
+    ttft_err, lags, sched_err, transit, first_lag = [], [], [], [], []
     queue: list[tuple[int, float]] = []  # (due time, the server's arrive -> slot) per measured request
     exact = True
     measured = [r for r in ev.requests if not r.warmup]
@@ -195,6 +197,11 @@ def measure(p: Point, base: Path, client_cpu: int | None, server_cpu: int | None
             exact = False
         if summary is not None and summary.ttft_ms is not None and r.ttft_ms is not None:
             ttft_err.append(r.ttft_ms - summary.ttft_ms)
+        arrive = next((c for c in lines if c.kind == "arrive"), None)
+        if arrive is not None:
+            transit.append((arrive.t_ns - r.t_send_ns) / 1e6)
+        if data and r.events:
+            first_lag.append((r.t_send_ns + r.events[0].t_ns - data[0].t_ns) / 1e6)
         if len(data) == len(r.events):
             lags += [(r.t_send_ns + e.t_ns - c.t_ns) / 1e6 for e, c in zip(r.events, data, strict=True)]
         if r.t_scheduled_ns is not None and summary is not None and summary.queue_ms is not None:
@@ -205,6 +212,7 @@ def measure(p: Point, base: Path, client_cpu: int | None, server_cpu: int | None
             sched_err.append(client - server)
     p.counts_exact = exact if p.n_ok else None
     p.ttft_err_ms, p.lag_ms, p.sched_err_ms = _pcts(ttft_err), _pcts(lags), _pcts(sched_err)
+    p.transit_ms, p.first_lag_ms = _pcts(transit), _pcts(first_lag)
     if p.rate:
         p.open_loop = _open_loop_view(ev_file, [q for _, q in sorted(queue)])
     p.errors = sorted(set(p.errors))[:3]
@@ -243,15 +251,21 @@ def plan(quick: bool) -> list[Point]:
         Point("chat-c32-no-timings-no-usage", endpoint="chat", concurrency=32, runs=runs_c32,
               script={**sched, "chat_timings": "none", "chat_usage": False}),
         Point("open-2x-capacity", rate=24.0, runs=runs_c32 // 2 if quick else 12, script=slots),
+        # abtest's own CPU per token at c=32: two runs that differ only in their number of requests
+        Point("cpu-c32-small", concurrency=32, runs=4, max_tokens=256, script=sched),
+        Point("cpu-c32-big", concurrency=32, runs=8 if quick else 32, max_tokens=256, script=sched),
     ]
 
 
 def _cpu_marginal(points: list[Point]) -> dict[str, float | None]:
-    start = next((p for p in points if p.name == "startup"), None)
-    out: dict[str, float | None] = {"startup_cpu_s": start.cpu_s if start else None}
-    for p in points:
-        if p.name != "startup" and start and p.cpu_s is not None and start.cpu_s is not None and p.tokens > start.tokens:
-            out[p.name] = round((p.cpu_s - start.cpu_s) / (p.tokens - start.tokens) * 1000, 4)
+    """Start-up: the CPU of the smallest run (one request per prompt, 32 tokens). Marginal at c=32:
+    the CPU difference of two c=32 runs of 256-token requests over their token difference (the
+    fixed costs, imports, launch and prompt fitting, cancel out)."""
+    by = {p.name: p for p in points}
+    start, small, big = by.get("startup"), by.get("cpu-c32-small"), by.get("cpu-c32-big")
+    out: dict[str, float | None] = {"startup_cpu_s": start.cpu_s if start else None, "marginal_c32_s_per_1k": None}
+    if small and big and small.cpu_s is not None and big.cpu_s is not None and big.tokens > small.tokens:
+        out["marginal_c32_s_per_1k"] = round((big.cpu_s - small.cpu_s) / (big.tokens - small.tokens) * 1000, 4)
     return out
 
 
@@ -263,20 +277,27 @@ def render(res: dict[str, Any]) -> str:
         "each point in the table. Command: `python benchmarks/run_accuracy.py"
         f"{' --quick' if res['quick'] else ''}`.",
         "",
-        "| point | ok/n | counts exact | TTFT err p50 / p99 ms | arrival lag p50 / p99 ms | "
-        "from-schedule err p99 ms | abtest CPU s | load |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
+        "| point | ok/n | counts exact | TTFT err p50 / p99 ms | send → server read p50 / p99 ms | "
+        "first-token lag p99 ms | arrival lag p50 / p99 ms | from-schedule err p99 ms | abtest CPU s | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for p in res["points"]:
         t, lag, sch = p["ttft_err_ms"], p["lag_ms"], p["sched_err_ms"]
+        tr, fl = p["transit_ms"], p["first_lag_ms"]
         lines.append(
             f"| {p['name']} | {p['n_ok']}/{p['n']} | {p['counts_exact']} | "
-            f"{t.get('p50', '—')} / {t.get('p99', '—')} | {lag.get('p50', '—')} / {lag.get('p99', '—')} | "
+            f"{t.get('p50', '—')} / {t.get('p99', '—')} | {tr.get('p50', '—')} / {tr.get('p99', '—')} | "
+            f"{fl.get('p99', '—')} | {lag.get('p50', '—')} / {lag.get('p99', '—')} | "
             f"{sch.get('p99', '—')} | {p['cpu_s']} | {p['load'][0]}–{p['load'][1]} |")
     lines.append("")
     cpu = res["cpu_per_1k_tokens_s"]
-    lines.append(f"abtest process CPU: start-up (a one-request run) {cpu.get('startup_cpu_s')} s; marginal per "
-                 f"1k tokens: " + ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "startup_cpu_s") + ".")
+    lines.append(f"abtest process CPU (its own, servers excluded): start-up (the smallest run: 8 requests, "
+                 f"imports, launch, prompt fitting) {cpu.get('startup_cpu_s')} s; marginal at concurrency 32 "
+                 f"{cpu.get('marginal_c32_s_per_1k')} s per 1k tokens (cpu-c32-big minus cpu-c32-small).")
+    lines.append("TTFT error = client TTFT − the server's own (its read of the request line → its write of "
+                 "the first token): it holds the time the request spends between the client's send and the "
+                 "server's read (column 5: kernel and the fake server reading 32 requests in turn, which a "
+                 "user waits for too) and the client's own lag in reading the first token (column 6).")
     for p in res["points"]:
         if p["errors"]:
             lines.append(f"- {p['name']}: requests failed as: {'; '.join(e[:160] for e in p['errors'])}")
