@@ -248,7 +248,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.max_tokens < 2:
-        raise ConfigError(f"--max-tokens must be >= 2 (decode rate needs two tokens), got {cfg.max_tokens}")
+        raise ConfigError(f"--max-tokens must be >= 2 (TTFT and one decode step), got {cfg.max_tokens}; "
+                          "a decode rate needs at least 12 (docs/metrics.md)")
     if cfg.concurrency < 1:
         raise ConfigError(f"--concurrency must be >= 1, got {cfg.concurrency}")
     if cfg.rate is not None and cfg.rate <= 0:

@@ -189,23 +189,23 @@ def e2e_from_schedule_ms(r: RequestRecord) -> float | None:
 
 @dataclass(frozen=True)
 class MetricDef:
-    """How a metric is shown and judged: its label and unit, which way is better, the test used."""
+    """How a metric is shown: its label and unit, and which way is better (every comparison of two
+    arms uses the one session-level test, `stratified.session_ratio`)."""
 
     key: str
     label: str
     unit: str
     higher_is_better: bool
-    test: str  # "welch" or "mann-whitney" for per-request metrics; "" for per-arm ones
 
 
 # Per-request metrics, in the order the report's tables show them.
 METRICS: tuple[MetricDef, ...] = (
-    MetricDef("ttft_ms", "TTFT", "ms", False, "mann-whitney"),
-    MetricDef("itl_ms", "ITL", "ms", False, "mann-whitney"),
-    MetricDef("decode_tps", "decode", "tok/s", True, "welch"),
-    MetricDef("e2e_ms", "end-to-end", "ms", False, "mann-whitney"),
-    MetricDef("tpot_ms", "TPOT", "ms", False, "mann-whitney"),
+    MetricDef("ttft_ms", "TTFT", "ms", False),
+    MetricDef("itl_ms", "ITL", "ms", False),
+    MetricDef("decode_tps", "decode", "tok/s", True),
+    MetricDef("e2e_ms", "end-to-end", "ms", False),
+    MetricDef("tpot_ms", "TPOT", "ms", False),
 )
 # Per-arm: the server process's VRAM peak over the run (the nightly gate watches it).
-VRAM_PEAK = MetricDef("vram_peak_mib", "VRAM peak", "MiB", False, "")
+VRAM_PEAK = MetricDef("vram_peak_mib", "VRAM peak", "MiB", False)
 METRIC_BY_KEY = {m.key: m for m in (*METRICS, VRAM_PEAK)}
