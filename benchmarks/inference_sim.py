@@ -29,10 +29,9 @@ import numpy as np
 from scipy import stats as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the simulator lives with its test
 
-from abtest.analysis import stats, stratified  # noqa: E402
-from abtest.analysis.compare import Comparison  # noqa: E402
-from abtest.analysis.verdict import family  # noqa: E402
+from sessions_sim import simulate  # noqa: E402
 
 # (decode, TTFT): session offset sd, drift per session slot, request CV; "unequal": arm B's
 # sessions 4× as spread as A's (variance 16×) — the case the pooled variance is weakest in
@@ -42,37 +41,6 @@ SCENARIOS = {
     "no session effect": {"tau": (0.0, 0.0), "drift": (0.0, 0.0), "cv": (0.05, 0.20)},
     "unequal sessions": {"tau": (0.01, 0.02), "tau_b": (0.04, 0.08), "drift": (0.0, 0.0), "cv": (0.05, 0.20)},
 }
-
-
-def _comparison(metric: str, inf: stratified.SessionRatio) -> Comparison:
-    lo, hi = inf.interval(0.95)
-    return Comparison("B", "A", "all", metric, 0, 0, inf.base_mean, inf.other_mean,
-                      stats.RatioCI(inf.delta, lo, hi, 0.95, "session-t", 0, None), inf.p_value, "session-t", inf)
-
-
-def simulate(rng: np.random.Generator, blocks: int, tau: tuple[float, float], drift: tuple[float, float],
-             cv: tuple[float, float], tau_b: tuple[float, float] | None = None, effect_decode: float = 1.0,
-             per_bucket: int = 12) -> bool:
-    """Whether one simulated comparison's verdict claims a difference."""
-    order = [arm for j in range(blocks) for arm in (("A", "B") if j % 2 == 0 else ("B", "A"))]
-    data: dict[str, dict[str, list[np.ndarray]]] = {a: {"d": [], "t": [], "s": [], "h": []} for a in "AB"}
-    strata = np.repeat(["short", "long"], per_bucket)
-    s2 = math.log(1 + cv[1] ** 2)
-    for slot, arm in enumerate(order):
-        t = tau_b if (arm == "B" and tau_b is not None) else tau
-        d = data[arm]
-        fd = math.exp(rng.normal(0, t[0]) - drift[0] * slot) * (effect_decode if arm == "B" else 1.0)
-        ft = math.exp(rng.normal(0, t[1]) + drift[1] * slot)
-        d["d"].append(rng.normal(80.0, cv[0] * 80.0, 2 * per_bucket) * fd)
-        d["t"].append(rng.lognormal(np.log(np.repeat([120.0, 480.0], per_bucket)) - s2 / 2, math.sqrt(s2)) * ft)
-        d["s"].append(np.full(2 * per_bucket, len(d["s"])))
-        d["h"].append(strata)
-    a = {k: np.concatenate(v) for k, v in data["A"].items()}
-    b = {k: np.concatenate(v) for k, v in data["B"].items()}
-    w = {"short": 0.5, "long": 0.5}
-    comps = [_comparison(m, stratified.session_ratio(a[k], a["s"], b[k], b["s"], a["h"], b["h"], w))
-             for m, k in (("decode_tps", "d"), ("ttft_ms", "t"))]
-    return any(c.claim for c in family(comps))
 
 
 def alternatives(rng: np.random.Generator, blocks: int, tau: tuple[float, float], drift: tuple[float, float],
@@ -127,8 +95,8 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     for name, kw in SCENARIOS.items():
         for blocks in args.blocks:
-            aa = sum(simulate(rng, blocks, **kw) for _ in range(args.n)) / args.n
-            power = sum(simulate(rng, blocks, effect_decode=0.8, **kw) for _ in range(args.n)) / args.n
+            aa = sum(simulate(rng, blocks, **kw)[0] for _ in range(args.n)) / args.n
+            power = sum(simulate(rng, blocks, effect_decode=0.8, **kw)[0] for _ in range(args.n)) / args.n
             print(f"| {name} | {blocks} | {aa:.1%} | {power:.1%} |", flush=True)
     return 0
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers_evidence import Arm, fabricate, read_lines, write_lines
 from scipy import stats as st
+from sessions_sim import comparison, simulate
 
 from abtest.analysis import stats, stratified
 from abtest.analysis.arms import arm_runs, group_runs, load_evidence
@@ -165,9 +166,7 @@ def test_holm_adjusts_and_names_the_level_each_was_tested_at():
 
 
 def _comparison(metric: str, inf: stratified.SessionRatio, bucket: str = "all") -> Comparison:
-    lo, hi = inf.interval(0.95)
-    return Comparison("b", "a", bucket, metric, 0, 0, inf.base_mean, inf.other_mean,
-                      stats.RatioCI(inf.delta, lo, hi, 0.95, "session-t", 0, None), inf.p_value, "session-t", inf)
+    return comparison(metric, inf, bucket, arm="b", base="a")
 
 
 def test_the_family_quotes_each_claim_at_its_holm_level():
@@ -292,33 +291,6 @@ def test_the_report_runs_the_same_inference_as_the_simulation(tmp_path):
 # ------------------------------------------------------------------ the A/A calibration, simulated
 
 
-def _simulate(rng, blocks: int, tau: tuple[float, float], drift: tuple[float, float], cv: tuple[float, float],
-              effect_decode: float = 1.0, per_bucket: int = 12) -> tuple[bool, list[float]]:
-    """One comparison of arm B with arm A as `abtest run --blocks` lays it out (A0 B0 B1 A1 ...):
-    two buckets 4× apart in TTFT, `per_bucket` requests per bucket and session; each session a
-    log-normal offset of sd `tau` (decode, TTFT), a linear drift per session slot, per-request noise
-    of CV `cv`. Returns whether the verdict's family claims a difference, and its raw p-values."""
-    order = [arm for j in range(blocks) for arm in (("A", "B") if j % 2 == 0 else ("B", "A"))]
-    data: dict[str, dict[str, list[np.ndarray]]] = {a: {"d": [], "t": [], "s": [], "h": []} for a in "AB"}
-    strata = np.repeat(["short", "long"], per_bucket)
-    s2 = math.log(1 + cv[1] ** 2)
-    for slot, arm in enumerate(order):
-        d = data[arm]
-        fd = math.exp(rng.normal(0, tau[0]) - drift[0] * slot) * (effect_decode if arm == "B" else 1.0)
-        ft = math.exp(rng.normal(0, tau[1]) + drift[1] * slot)
-        d["d"].append(rng.normal(80.0, cv[0] * 80.0, 2 * per_bucket) * fd)
-        d["t"].append(rng.lognormal(np.log(np.repeat([120.0, 480.0], per_bucket)) - s2 / 2, math.sqrt(s2)) * ft)
-        d["s"].append(np.full(2 * per_bucket, len(d["s"])))
-        d["h"].append(strata)
-    a = {k: np.concatenate(v) for k, v in data["A"].items()}
-    b = {k: np.concatenate(v) for k, v in data["B"].items()}
-    w = {"short": 0.5, "long": 0.5}
-    comps = [_comparison(m, stratified.session_ratio(a[k], a["s"], b[k], b["s"], a["h"], b["h"], w))
-             for m, k in (("decode_tps", "d"), ("ttft_ms", "t"))]
-    fam = family(comps)
-    return any(c.claim for c in fam), [c.p_value for c in comps]
-
-
 # Session offsets, drift per session slot and request noise (decode, TTFT): a quiet GPU, and a busy
 # 2-core CPU box like the one issue 21 measured (A/A sessions 10-20 % apart).
 GPU = {"tau": (0.01, 0.03), "drift": (0.002, 0.005), "cv": (0.02, 0.10)}
@@ -336,7 +308,7 @@ def test_simulated_aa_verdicts_claim_a_difference_at_most_5_percent_of_the_time(
     for blocks in (2, 3, 4):
         for scenario in (GPU, CPU):
             for _ in range(334):
-                claim, ps = _simulate(rng, blocks, **scenario)
+                claim, ps = simulate(rng, blocks, **scenario)
                 claims += claim
                 small += np.array(ps) < 0.05
                 n += 1
@@ -347,5 +319,5 @@ def test_simulated_aa_verdicts_claim_a_difference_at_most_5_percent_of_the_time(
 
 def test_simulated_20_percent_decode_loss_is_found_with_two_blocks_on_a_quiet_gpu():
     rng = np.random.default_rng(2113)
-    found = sum(_simulate(rng, 2, effect_decode=0.8, **GPU)[0] for _ in range(500))
+    found = sum(simulate(rng, 2, effect_decode=0.8, **GPU)[0] for _ in range(500))
     assert found >= 0.9 * 500, found / 500
