@@ -27,7 +27,7 @@ done
 [ -f "$config" ] || { echo "nightly: no config at $config — copy scripts/nightly.conf.example there or pass --config FILE" >&2; exit "$EXIT_USAGE"; }
 # shellcheck source=/dev/null
 . "$config"
-: "${MODELS:?nightly: MODELS is empty in $config}" "${ARMS:=baseline cpu-moe}" "${RUNS:=5}" "${BUCKETS:=}"
+: "${MODELS:?nightly: MODELS is empty in $config}" "${ARMS:=baseline cpu-moe}" "${RUNS:=5}" "${BLOCKS:=2}" "${BUCKETS:=}"
 : "${MAX_TOKENS:=128}" "${EVIDENCE_DIR:=evidence/nightly}" "${RETENTION_DAYS:=60}" "${REPORT_FLAGS:=}"
 case "$EVIDENCE_DIR" in /*) ;; *) EVIDENCE_DIR="$here/$EVIDENCE_DIR" ;; esac
 mkdir -p "$EVIDENCE_DIR" || { echo "nightly: cannot create $EVIDENCE_DIR" >&2; exit "$EXIT_USAGE"; }
@@ -55,7 +55,7 @@ bucket_flags=()
 status=0
 for model in $MODELS; do
   say "run $model"
-  abtest run --model "$model" "${arm_flags[@]}" --runs "$RUNS" --max-tokens "$MAX_TOKENS" \
+  abtest run --model "$model" "${arm_flags[@]}" --runs "$RUNS" --blocks "$BLOCKS" --max-tokens "$MAX_TOKENS" \
     "${bucket_flags[@]}" --out "$out" --quiet >> "$log" 2>&1
   rc=$?
   say "run $model exit $rc"
