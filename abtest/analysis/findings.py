@@ -83,6 +83,10 @@ class ReportWarning(enum.Enum):
         "({reasons}), left out of those statistics (docs/metrics.md); their tokens arrived too close "
         "together to time — raise --max-tokens, or quiet the machine"
     )
+    SUSPECT_REQUESTS = (
+        "{n} of {total} successful measured requests carry what cannot be true (the first: {first}); "
+        "they are kept as measured — a busy client box stamps late: quiet the machine"
+    )
     SESSION_DRIFT = (
         "{metric} moved {delta} from its first server session ({first}) to its last ({last}), 95 % CI "
         "{ci} over their requests: the box drifted or its sessions differ; the comparisons count it as "
@@ -183,6 +187,10 @@ def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], com
             if why:
                 out.append(Finding(ReportWarning.DECODE_UNMEASURABLE, subj, ReportWarning.DECODE_UNMEASURABLE.format(
                     n=sum(why.values()), total=len(ok), reasons=", ".join(f"{k} {w}" for w, k in why.most_common()))))
+            suspect = [r for r in ok if r.suspect]
+            if suspect:
+                out.append(Finding(ReportWarning.SUSPECT_REQUESTS, subj, ReportWarning.SUSPECT_REQUESTS.format(
+                    n=len(suspect), total=len(ok), first=suspect[0].suspect[0])))
             out += _first_outlier(run, subj)
             window = measured_window_samples(run)
             clocks = [s.sm_clock_mhz for s in window if s.sm_clock_mhz]

@@ -454,3 +454,32 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert code == 2 and "no evidence given" in err
     code, _, err = run_cli(["report", str(a), "--baseline", "nope"], capsys)
     assert code == 2 and "not an arm" in err
+
+
+def test_suspect_requests_are_named_in_the_warnings(tmp_path) -> None:
+    """A record that says what cannot be true (RequestRecord.suspect, set at run time) is counted
+    per arm in the warnings, with its first reason; the request itself stays in the statistics."""
+    import dataclasses
+
+    from helpers_evidence import fabricate, read_lines, write_lines
+
+    from abtest.analysis.findings import ReportWarning
+    from abtest.analysis.report import build_report
+    from abtest.evidence import read_evidence
+    from abtest.records import RequestRecord, from_dict, to_dict
+
+    path = fabricate(tmp_path / "ev.jsonl")
+    lines = read_lines(path)
+    marked = 0
+    for i, obj in enumerate(lines):
+        if obj.get("kind") == "request" and not obj["warmup"] and obj["arm"] == "baseline" and marked < 3:
+            rec = from_dict(obj)
+            assert isinstance(rec, RequestRecord)
+            lines[i] = to_dict(dataclasses.replace(rec, suspect=["TTFT 1.000 ms is below the server's own prompt "
+                                                                 "time 2.000 ms (the send mark was taken late)"]))
+            marked += 1
+    write_lines(path, lines)
+    report = build_report([read_evidence(path)])
+    found = [w for w in report.warnings if w.kind is ReportWarning.SUSPECT_REQUESTS]
+    assert len(found) == 1 and found[0].subject.startswith("baseline") and "3 of " in str(found[0])
+    assert "below the server's own prompt time" in str(found[0])
