@@ -85,7 +85,8 @@ class ReportWarning(enum.Enum):
     )
     SUSPECT_REQUESTS = (
         "{n} of {total} successful measured requests carry what cannot be true (the first: {first}); "
-        "they are kept as measured — a busy client box stamps late: quiet the machine"
+        "they are kept as measured — a client that shares its cores with the server stamps late: quiet the "
+        "machine, or leave the client a core (--threads below the core count)"
     )
     SESSION_DRIFT = (
         "{metric} moved {delta} from its first server session ({first}) to its last ({last}), 95 % CI "
