@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,37 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a background job of a non-interactive shell
 
 
+def _default_sigint() -> None:
+    # As a terminal's foreground job gets it, whatever this test process inherited: `make test`
+    # run with SIGINT ignored (nohup, cron, `cmd &` in a script) passes SIG_IGN on to children,
+    # and Python leaves an ignored SIGINT ignored, so the Ctrl-C these tests send would do nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_left_behind() -> Iterator[None]:
+    """A test that fails (a timeout) must not leave its `abtest run` (and so its servers) behind."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
 def _start_run(wrapper: Path, model: Path, prompts: Path, out: Path, background: bool = False) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "abtest", "run", "--model", str(model), "--server-bin", str(wrapper),
          "--arm", "a=-ngl 99", "--arm", "b=-ngl 99", "--runs", "50", "--warmup", "0", "--max-tokens", "20",
          "--prompts", str(prompts), "--out", str(out), "--quiet", "--stall-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigint if background else None,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ignore_sigint if background else _default_sigint,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def _wait_for_requests(out: Path, n: int, proc: subprocess.Popen[str], timeout_s: float = 30.0) -> None:

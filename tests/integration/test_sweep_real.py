@@ -30,7 +30,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, llama_server: Path, tiny_moe
     out = tmp_path_factory.mktemp("sweep")
     res = CliRunner().invoke(
         cli,
-        ["sweep", "--model", str(tiny_moe), "--ncmoe", "0,3,6", "--runs", "1", "--max-tokens", "16",
+        ["sweep", "--model", str(tiny_moe), "--ncmoe", "0,3,6", "--runs", "1", "--max-tokens", "64",
          "--buckets", "seed004", "--server-bin", str(llama_server), "--threads", "1", "--out", str(out), "--quiet"],
         catch_exceptions=False,
     )
@@ -69,7 +69,9 @@ def test_sweep_report_reads_the_evidence(swept: tuple[Path, str]) -> None:
     rep = build_sweep_report(ev, read_sidecar(ev.path))
     assert [r.n for r in rep.rows] == [0, 3, 6]
     n_prompts = len(ev.arm_starts[0].prompt_tokens)
-    assert all(r.status == "measured" and r.decode.n == n_prompts for r in rep.rows)
+    # a decode rate needs enough separately read tokens (docs/metrics.md); on a busy box a request
+    # whose tokens came in a burst has none, and the sweep's mean is over the others
+    assert all(r.status == "measured" and 1 <= r.decode.n <= n_prompts for r in rep.rows)
     assert rep.best in (0, 3, 6) and rep.reference == 6
     assert rep.advice.startswith("with no VRAM budget (no GPU seen), use `")
     md = (out / "sweep-report.md").read_text()

@@ -144,9 +144,9 @@ def test_installed_abtest_runs_an_ab_and_reports_it(venv: Path, llama_server: Pa
     assert ran.returncode == 0, ran.stdout + ran.stderr
     evidence_file = Path(ran.stdout.strip().splitlines()[-1])
     ev = read_evidence(evidence_file)
-    assert [a.arm for a in ev.arm_starts] == ["baseline", "cpu-moe"]
-    assert [a.status for a in ev.arm_ends] == ["ok", "ok"]
-    assert len(ev.requests) == 2 * 4 and all(r.ok for r in ev.requests)
+    assert [a.arm for a in ev.arm_starts] == ["baseline", "cpu-moe", "cpu-moe", "baseline"]  # --blocks 2: A B B A
+    assert [a.status for a in ev.arm_ends] == ["ok"] * 4
+    assert len(ev.requests) == 2 * 2 * 4 and all(r.ok for r in ev.requests)  # arms x blocks x prompts
     assert {a.server_bin for a in ev.arm_starts} == {str(llama_server)}
 
     rep = subprocess.run([abtest, "report", str(evidence_file), "--format", "markdown"],
