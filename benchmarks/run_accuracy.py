@@ -9,8 +9,8 @@ request arrived, when each token chunk was written and its own from-arrival TTFT
 `X-Request-Id: abtest-<arm>-b<block>-s<seq>` with every request, so each evidence record pairs
 with its server lines exactly. Per point:
 
-- TTFT error    = client TTFT (send -> first token event read) - server TTFT (request line read ->
-                  first token chunk written);
+- TTFT error    = client TTFT (send -> first token event read) - server TTFT (the request's first
+                  bytes in the server process -> first token chunk written);
 - arrival lag   = client read time of a token event - server write time of that event;
 - counts        = client token count vs max tokens vs the server's tokens sent;
 - CPU           = user+system CPU of the abtest process itself (from /proc/PID/stat, servers
@@ -294,10 +294,11 @@ def render(res: dict[str, Any]) -> str:
     lines.append(f"abtest process CPU (its own, servers excluded): start-up (the smallest run: 8 requests, "
                  f"imports, launch, prompt fitting) {cpu.get('startup_cpu_s')} s; marginal at concurrency 32 "
                  f"{cpu.get('marginal_c32_s_per_1k')} s per 1k tokens (cpu-c32-big minus cpu-c32-small).")
-    lines.append("TTFT error = client TTFT − the server's own (its read of the request line → its write of "
-                 "the first token): it holds the time the request spends between the client's send and the "
-                 "server's read (column 5: kernel and the fake server reading 32 requests in turn, which a "
-                 "user waits for too) and the client's own lag in reading the first token (column 6).")
+    lines.append("TTFT error = client TTFT − the server's own (the request's first bytes in its process → its "
+                 "write of the first token): it holds the time the request spends between the client's send and "
+                 "the server's recv (column 5: the kernel, and the server's loop busy with other requests' "
+                 "tokens, which a user waits for too) and the client's own lag in reading the first token "
+                 "(column 6).")
     for p in res["points"]:
         if p["errors"]:
             lines.append(f"- {p['name']}: requests failed as: {'; '.join(e[:160] for e in p['errors'])}")

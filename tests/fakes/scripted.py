@@ -159,7 +159,14 @@ kernel for something sent, when it was seen for something received. ``planned_ns
 script (or the slot model) wanted it. Per /completion or chat request ``req`` (arrival index),
 ``seq`` 0, 1, ... in order:
 
-  arrive       the request line was read (its first bytes were in by then)
+  arrive       the request's first bytes reached the process: the time taken in the connection's
+               ``data_received`` (the event loop's ``recv`` has just returned them) of the data its
+               request line starts in -- not when the handler coroutine got round to reading the
+               line, which with 32 requests at once was milliseconds later. On a kept-alive
+               connection each request gets the data its own request line starts in (a request
+               sent right behind the previous one, in the same data, gets that data's time).
+               Time in the kernel's socket buffer is still before "arrive": while the loop is busy
+               writing other requests' tokens the bytes wait there, unread.
   request      the body was read; ``key`` (`prompt_key`), ``client_id`` (an ``X-Request-Id``
                header), ``peer`` (address:port), ``n_prompt``, ``n_predict``, ``note`` the endpoint
   slot         (slot model) the slot was granted: ``slot`` its id, ``planned_ns`` the step boundary
@@ -199,6 +206,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -590,6 +598,45 @@ async def _sleep_until(t_ns: int) -> None:
         await asyncio.sleep(delay)
 
 
+class _Arrivals:
+    """When a connection's bytes came in: a mark (bytes received so far, perf_counter_ns) per
+    `data_received`, and the time of the data holding a given byte of the stream (a request
+    line's first). Appending a tuple and reading a vDSO clock: no syscall on the loop."""
+
+    __slots__ = ("_marks", "_received")
+
+    def __init__(self) -> None:
+        self._marks: deque[tuple[int, int]] = deque()
+        self._received = 0
+
+    def came(self, n_bytes: int, t_ns: int) -> None:
+        self._received += n_bytes
+        self._marks.append((self._received, t_ns))
+
+    def at(self, offset: int) -> int | None:
+        """When the data holding byte `offset` (0-based, of all the connection received) came in;
+        marks of data wholly before it are dropped (the stream is read forward only)."""
+        marks = self._marks
+        while marks and marks[0][0] <= offset:
+            marks.popleft()
+        return marks[0][1] if marks else None
+
+
+class _StampingProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, plus a stamp of every `data_received` into `_Arrivals`, taken
+    before the bytes are fed to the reader (which only then wakes the handler)."""
+
+    def __init__(self, arrivals: _Arrivals, reader: asyncio.StreamReader,
+                 connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, connected, loop=loop)
+        self._arrivals = arrivals
+
+    def data_received(self, data: bytes) -> None:
+        self._arrivals.came(len(data), time.perf_counter_ns())
+        super().data_received(data)
+
+
 @dataclass
 class _Req:
     """One /completion or chat request while it is served: its index, stamps and log lines."""
@@ -941,7 +988,14 @@ class ScriptedServer:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._t_start = time.monotonic()
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        loop = self._loop
+
+        def connection() -> _StampingProtocol:  # asyncio.start_server's factory, with the stamps
+            arrivals = _Arrivals()
+            return _StampingProtocol(arrivals, asyncio.StreamReader(loop=loop),
+                                     functools.partial(self._handle, arrivals=arrivals), loop)
+
+        self._server = await loop.create_server(connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._say(f"srv          init: scripted llama-server (tests/fakes/scripted.py), pid {os.getpid()}")
         self._say(f"main: HTTP server is listening, hostname: {self.host}, port: {self.port}, http threads: 1")
@@ -1027,19 +1081,23 @@ class ScriptedServer:
         asyncio.run(run())  # cancels the connection handlers left when stopped
 
     # -- HTTP --------------------------------------------------------------------------------
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      arrivals: _Arrivals | None = None) -> None:
         self._writers.add(writer)
         peer = writer.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+        consumed = 0  # bytes of the connection read so far: the next request line starts here
         try:
             while True:
                 try:
                     line = await asyncio.wait_for(reader.readline(), 5.0)  # keep-alive timeout
                 except asyncio.TimeoutError:
                     break
-                t_arrive = time.perf_counter_ns()  # the request line is in: its first bytes arrived by now
                 if not line:
                     break
+                # "arrive": when the data holding this request line's first byte came in (see the docstring)
+                t_arrive = (arrivals.at(consumed) if arrivals is not None else None) or time.perf_counter_ns()
+                consumed += len(line)
                 parts = line.decode("latin-1").split()
                 if len(parts) != 3:
                     break
@@ -1047,11 +1105,13 @@ class ScriptedServer:
                 headers: dict[str, str] = {}
                 while True:
                     h = await reader.readline()
+                    consumed += len(h)
                     if h in (b"\r\n", b"\n", b""):
                         break
                     k, _, v = h.decode("latin-1").partition(":")
                     headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                consumed += len(body)
                 self._conn[writer] = (t_arrive, time.perf_counter_ns(), headers, peer_s)
                 path = target.split("?", 1)[0]
                 keep = await self._route(method, path, body, reader, writer)

@@ -15,7 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 from fakes import SCRIPTED_PY
-from fakes.scripted import Schedule, Script, ScriptedServer, detokenize, read_chunk_log, tokenize
+from fakes.scripted import (
+    Schedule,
+    Script,
+    ScriptedServer,
+    SentChunk,
+    detokenize,
+    prompt_key,
+    read_chunk_log,
+    tokenize,
+)
 from faultkit import PY, assert_no_orphans
 
 from abtest.measure.stream import StreamLimits, StreamRequest, stream_request
@@ -108,6 +117,74 @@ def test_schedule_timing_and_chunk_log() -> None:
         assert 0 <= (c.t_ns - c.planned_ns) / 1e6 < 100  # type: ignore[operator]  # never early; late only by scheduling
     # the client stamps its send after the bytes left: on a busy box that stamp can be a few ms late
     assert rec.ttft_ms is not None and rec.ttft_ms >= 50
+
+
+def _request_bytes(prompt: str, n_predict: int = 2) -> bytes:
+    data = json.dumps({"prompt": prompt, "n_predict": n_predict, "stream": True}).encode()
+    return (b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(data)).encode() + b"\r\n\r\n" + data)
+
+
+def _read_responses(sock: socket.socket, n: int) -> None:
+    """Read until `n` chunked streaming responses have ended."""
+    buf = b""
+    while buf.count(b"\r\n0\r\n\r\n") < n:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed"
+        buf += chunk
+
+
+def _per_request(sent: list[SentChunk]) -> dict[str, dict[str, SentChunk]]:
+    """prompt key -> {kind: the first line of that kind}, for every request."""
+    by_req: dict[int, dict[str, SentChunk]] = {}
+    for c in sent:
+        by_req.setdefault(c.req, {}).setdefault(c.kind, c)
+    return {r["request"].key: r for r in by_req.values() if "request" in r}
+
+
+def test_arrive_is_when_the_first_bytes_came_in_not_when_the_line_was_read() -> None:
+    """A request line cut in two, 150 ms apart: "arrive" is the first part's time (the bytes were
+    in the process), "request" (the body read) comes after the second part."""
+    with ScriptedServer(Script(schedule=Schedule(ttft_ms=1, itl_ms=1))).start_in_thread() as srv:
+        whole = _request_bytes("cut")
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+            t_first = time.perf_counter_ns()
+            sock.sendall(whole[:7])  # b"POST /c": not even the request line
+            time.sleep(0.15)
+            t_rest = time.perf_counter_ns()
+            sock.sendall(whole[7:])
+            _read_responses(sock, 1)
+    lines = _per_request(srv.sent)[prompt_key("cut")]
+    arrive, request = lines["arrive"], lines["request"]
+    assert t_first <= arrive.t_ns < t_rest, (arrive.t_ns - t_first) / 1e6
+    assert request.t_ns >= t_rest  # the body read: as before
+
+
+def test_arrive_on_a_kept_alive_connection_belongs_to_each_request_line() -> None:
+    """Three requests on one connection: the first alone, then two pipelined in one write while
+    nothing else is in flight. Each "arrive" is its own request line's data: the first's is not
+    reused for the later ones, and the pipelined third's is its write's time, not when the server
+    got round to it (after streaming the second, >= 80 ms later)."""
+    with ScriptedServer(Script(schedule=Schedule(ttft_ms=80, itl_ms=1))).start_in_thread() as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+            t1 = time.perf_counter_ns()
+            sock.sendall(_request_bytes("one"))
+            _read_responses(sock, 1)
+            time.sleep(0.02)
+            t23 = time.perf_counter_ns()
+            sock.sendall(_request_bytes("two") + _request_bytes("three"))
+            t23_sent = time.perf_counter_ns()
+            _read_responses(sock, 2)
+    per = _per_request(srv.sent)  # once stopped: every "summary" is in (the last comes after "end")
+    one, two, three = (per[prompt_key(p)] for p in ("one", "two", "three"))
+    assert t1 <= one["arrive"].t_ns < t23
+    assert t23 <= two["arrive"].t_ns <= three["arrive"].t_ns
+    assert three["arrive"].t_ns < two["data"].t_ns  # in before two was answered
+    assert three["request"].t_ns >= two["summary"].t_ns  # read after two was done
+    assert (three["arrive"].t_ns - t23_sent) / 1e6 < 40  # not two's 80 ms later
+    # every line kind kept, "arrive" first; the server TTFT counts from it
+    assert list(three)[:3] == ["arrive", "request", "headers"]
+    assert three["summary"].ttft_ms == pytest.approx((three["data"].t_ns - three["arrive"].t_ns) / 1e6)
 
 
 def test_empty_content_events_and_pings() -> None:
