@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,9 @@ class RunConfig:
     warmup: int = 2
     max_tokens: int = 128
     concurrency: int = 1
+    # closed-loop load levels (`--concurrency 1,2,4`): each arm session runs every level in turn,
+    # low to high, each with its own warm-up; () = the one level `concurrency`
+    concurrency_levels: tuple[int, ...] = ()
     rate: float | None = None  # requests/s, open loop; None = closed loop at `concurrency`
     arrivals: str = "uniform"  # "uniform" | "poisson"
     schedule: str = "sequential"  # "sequential" | "interleaved"
@@ -88,6 +91,17 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def levels(self) -> list[RunConfig]:
+        """The load levels a session runs, each as the config of a one-level run."""
+        if not self.concurrency_levels:
+            return [self]
+        return [replace(self, concurrency=c, concurrency_levels=()) for c in self.concurrency_levels]
+
+    @property
+    def server_slots(self) -> int:
+        """`-np` for every server: --parallel, else the highest concurrency the run applies."""
+        return self.parallel or max((self.concurrency, *self.concurrency_levels))
 
 
 def parse_arm(text: str) -> ArmSpec:
@@ -210,7 +224,7 @@ def final_argv(
     if not has_flag(arm.args, *FLAGS["ctx_size"]):
         pinned += ["-c", str(ctx_size)]
     if not has_flag(arm.args, *FLAGS["parallel"]):
-        pinned += ["-np", str(cfg.parallel or cfg.concurrency)]
+        pinned += ["-np", str(cfg.server_slots)]
     if not has_flag(arm.args, *FLAGS["threads"]):
         pinned += ["-t", str(cfg.threads or default_threads())]
     if not has_flag(arm.args, *FLAGS["flash_attn"]):
@@ -250,13 +264,17 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.max_tokens < 2:
         raise ConfigError(f"--max-tokens must be >= 2 (TTFT and one decode step), got {cfg.max_tokens}; "
                           "a decode rate needs at least 12 (docs/metrics.md)")
-    if cfg.concurrency < 1:
-        raise ConfigError(f"--concurrency must be >= 1, got {cfg.concurrency}")
+    if cfg.concurrency < 1 or any(c < 1 for c in cfg.concurrency_levels):
+        raise ConfigError(f"--concurrency must be >= 1, got {cfg.concurrency_levels or cfg.concurrency}")
+    if len(set(cfg.concurrency_levels)) != len(cfg.concurrency_levels):
+        raise ConfigError(f"--concurrency levels must differ, got {','.join(map(str, cfg.concurrency_levels))}")
+    if cfg.concurrency_levels and cfg.rate is not None:
+        raise ConfigError("--concurrency levels are a closed loop: drop --rate (rate levels are not supported yet)")
     if cfg.rate is not None and cfg.rate <= 0:
         raise ConfigError(f"--rate must be > 0 requests/s, got {cfg.rate}")
     if cfg.schedule not in ("sequential", "interleaved"):
         raise ConfigError(f"--schedule must be sequential or interleaved, got {cfg.schedule!r}")
-    if cfg.schedule == "interleaved" and (cfg.concurrency > 1 or cfg.rate is not None):
+    if cfg.schedule == "interleaved" and (cfg.concurrency > 1 or cfg.rate is not None or cfg.concurrency_levels):
         raise ConfigError("--schedule interleaved runs one request at a time: drop --concurrency/--rate "
                           f"(got --concurrency {cfg.concurrency}, --rate {cfg.rate})")
     if cfg.endpoint not in ("completion", "chat"):

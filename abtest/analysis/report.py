@@ -30,6 +30,7 @@ from .findings import (
     drift_of,
     findings_for,
 )
+from .levels import LevelRow, level_rows
 from .memory import MemoryRow, memory_row
 from .openloop import LoadRow, load_rows
 from .verdict import VerdictLine, verdict_lines
@@ -83,6 +84,7 @@ class Report:
     failed_requests: dict[str, int]
     paired_baseline: dict[str, str] = field(default_factory=dict)  # group -> the baseline group it is compared with
     load: list[LoadRow] = field(default_factory=list)  # open-loop groups (--rate): latency from the schedule
+    levels: list[LevelRow] = field(default_factory=list)  # load levels (--concurrency 1,2,4): the curve
     verdicts: list[VerdictLine] = field(default_factory=list)  # the verdict as data (`verdict` is its text)
     sessions: list[SessionRow] = field(default_factory=list)
     drift: list[Drift] = field(default_factory=list)
@@ -182,6 +184,7 @@ def build_report(
         failed_requests=failed,
         paired_baseline={g.label: b.label for g, b in pairs if b is not None},
         load=load_rows(groups),
+        levels=level_rows(groups),
         sessions=_session_rows(groups, per_bucket),
         drift=drift,
         recognise_identical=recognise_identical,

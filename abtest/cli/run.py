@@ -23,6 +23,7 @@ Examples:
   abtest run --model m.gguf --arms-file llama-server --buckets tok128,tok1024
   abtest run --model m.gguf --arms-file ./my-arms.toml --prompts ./my-prompts.jsonl
   abtest run --model m.gguf --concurrency 8 --rate 4 --arrivals poisson
+  abtest run --model m.gguf --concurrency 1,2,4,8 --runs 2
   abtest run --model tiny-moe --blocks 4 --runs 2
 
 \b
@@ -32,6 +33,19 @@ Default arms: baseline (-ngl 99) and cpu-moe (-ngl 99 --cpu-moe); ncmoe<N> is
 order A B B A, so time and restarts fall on both arms alike. Evidence: OUT/<timestamp>-<model>.jsonl plus one
 server log per arm; read it with `abtest report`.
 """
+
+
+def _levels(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    """"4" -> (4,); "1,2,4" -> (1, 2, 4): integers >= 1, each once, in the order given."""
+    try:
+        levels = tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected N or a list N,N,... of integers, got {value!r}") from None
+    if not levels or any(v < 1 for v in levels):
+        raise click.BadParameter(f"every level must be >= 1, got {value!r}")
+    if len(set(levels)) != len(levels):
+        raise click.BadParameter(f"levels must differ, got {value!r}")
+    return levels
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -59,7 +73,10 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Warm-up requests per arm (recorded, flagged, left out of statistics).")
 @click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
               help="Tokens generated per request (ignore_eos: every arm generates exactly this many).")
-@click.option("--concurrency", default=1, show_default=True, callback=_positive, help="Requests in flight at once (closed loop); with --rate, the server's slots (-np).")
+@click.option("--concurrency", default="1", show_default=True, callback=_levels, metavar="N[,N...]",
+              help="Requests in flight at once (closed loop); a list (1,2,4,8) runs each level in turn in every "
+                   "session, each with its warm-up, the servers started with -np of the highest. With --rate: "
+                   "the server's slots (-np).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Open-loop load: requests/s sent on a fixed schedule (not waiting for responses).")
 @click.option("--arrivals", type=click.Choice(["uniform", "poisson"]), default="uniform", show_default=True)
@@ -89,7 +106,7 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Seconds for a whole request.")
 @click.option("--quiet", "-q", is_flag=True, help="No live display (for cron); errors still go to stderr.")
 def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, blocks: int, warmup: int, max_tokens: int,
-        concurrency: int, rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
+        concurrency: tuple[int, ...], rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
         buckets: str, seed: int, temperature: float, ctx_size: int | None, threads: int | None, flash_attn: str,
         http_client: str, server_bin: str | None, models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
         request_timeout: float, quiet: bool) -> None:
@@ -100,12 +117,15 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         arms = resolve_arms(list(arm_flags), arms_file)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    if schedule == "interleaved" and (concurrency > 1 or rate):
+    if len(concurrency) > 1 and rate:
+        raise click.UsageError("--concurrency levels are a closed loop: drop --rate (one --rate is an open loop)")
+    if schedule == "interleaved" and (max(concurrency) > 1 or rate):
         raise click.UsageError("--schedule interleaved runs one request at a time: drop --concurrency/--rate")
     bucket_list = [b for b in buckets.split(",") if b]
     _check_prompts(prompts, bucket_list)
     cfg = RunConfig(
-        model=model, arms=arms, runs=runs, blocks=blocks, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency,
+        model=model, arms=arms, runs=runs, blocks=blocks, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency[0],
+        concurrency_levels=concurrency if len(concurrency) > 1 else (),
         rate=rate, arrivals=arrivals, schedule=schedule, endpoint=endpoint, prompts_path=prompts,
         buckets=tuple(b for b in buckets.split(",") if b), seed=seed, temperature=temperature, ctx_size=ctx_size,
         threads=threads, flash_attn=flash_attn, http_client=http_client, out_dir=out_dir, models_dir=models_dir,

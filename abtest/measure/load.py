@@ -35,7 +35,7 @@ def session_order(arms: list[str], blocks: int) -> list[tuple[int, str]]:
 def applied_load(cfg: RunConfig) -> dict[str, Any]:
     """What every request of the run is labelled with (`RequestRecord.load`): the mode and the
     parameters that were in force. An open loop's records add `in_flight_at_send` each."""
-    slots = cfg.parallel or cfg.concurrency
+    slots = cfg.server_slots
     if cfg.schedule == "interleaved":
         return {"mode": "interleaved", "concurrency": 1, "rate_rps": None, "arrivals": None,
                 "connection_cap": None, "server_slots": slots}

@@ -3,6 +3,7 @@
     resolve binary + models (refuse bad input before launching anything)
     open evidence file, write the manifest
     for each block, each arm in the block's order A B | B A (sequential), or all arms at once (interleaved):
+        (with load levels, --concurrency 1,2,4: every level in turn inside each session, low to high)
         launch -> healthy -> memory after load -> cut prompts with this server's /tokenize
         -> arm_start -> warm-up (flagged) -> measured requests (+ memory samples every 100 ms)
         -> ids for requests whose streamed ids were incomplete -> stop -> arm_end
@@ -167,7 +168,7 @@ class Runner:
         with closing_writer(self.writer):
             self.write(self.manifest(path, [a.model for a in arms], [a.spec for a in arms]))
             ctx = cfg.ctx_size or auto_ctx_size(
-                longest_prompt_estimate(cases), cfg.max_tokens, cfg.parallel or cfg.concurrency
+                longest_prompt_estimate(cases), cfg.max_tokens, cfg.server_slots
             )
             if cfg.schedule == "interleaved":
                 for block in range(cfg.blocks):
@@ -335,14 +336,19 @@ class Runner:
         """" (block 2 of 3)" when the run has several blocks, else ""."""
         return f" (block {block + 1} of {self.cfg.blocks})" if self.cfg.blocks > 1 else ""
 
-    def _plan(self, arm: str, fitted: list[FittedPrompt], block: int = 0) -> list[tuple[StreamRequest, FittedPrompt]]:
-        """One block's requests: warm-up first (flagged), then runs x prompts, in a stable order.
-        `seq` goes on across the arm's blocks and `run_index` counts repetitions over the whole
-        run (block b holds b*runs ... b*runs + runs - 1), so (arm, seq) names one request."""
-        cfg = self.cfg
+    def _plan(self, arm: str, fitted: list[FittedPrompt], block: int = 0, level: RunConfig | None = None,
+              level_index: int | None = None) -> list[tuple[StreamRequest, FittedPrompt]]:
+        """One block's (or one load level's) requests: warm-up first (flagged), then runs x prompts,
+        in a stable order. `seq` goes on across the arm's blocks and levels, and `run_index` counts
+        repetitions over the run's blocks (block b holds b*runs ... b*runs + runs - 1), so
+        (arm, seq) names one request. A level's requests carry its concurrency and, in `load`, its
+        index among the run's levels."""
+        cfg = level or self.cfg
         plan: list[tuple[StreamRequest, FittedPrompt]] = []
         seq = self._next_seq.get(arm, 0)
         load = applied_load(cfg)
+        if level_index is not None:
+            load = {**load, "level": level_index, "levels": len(self.cfg.levels())}
 
         def req(f: FittedPrompt, run_index: int, warm: bool) -> StreamRequest:
             return StreamRequest(
@@ -380,12 +386,18 @@ class Runner:
             return
         srv, sampler, fitted = up
         records: list[RequestRecord] = []
-        plan = self._plan(arm.spec.name, fitted, block)
+        levels = self.cfg.levels()
+        plans = [self._plan(arm.spec.name, fitted, block, lv, i if len(levels) > 1 else None)
+                 for i, lv in enumerate(levels)]
+        plan = [p for level_plan in plans for p in level_plan]
         interrupted = False
         try:
             self.progress.arm_begin(arm.spec.name, len(plan))
             with no_gc_pauses():
-                asyncio.run(self._drive(srv.base_url, plan, records, srv.alive))
+                for lv, level_plan in zip(levels, plans, strict=True):  # low to high, each with its warm-up
+                    asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
+                    if not srv.alive():
+                        break
             if srv.alive():
                 asyncio.run(self._backfill_ids(srv.base_url, records))
         except KeyboardInterrupt:
@@ -397,10 +409,11 @@ class Runner:
             self._arm_down(arm.spec.name, srv, sampler, records, planned, interrupted, block)
 
     async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord],
-                     alive: Callable[[], bool] = lambda: True) -> None:
-        """Send the plan; once the server has died (a request failed and `alive()` is false) the rest
-        of the plan is not sent: arm_end says how many were left."""
-        cfg = self.cfg
+                     alive: Callable[[], bool] = lambda: True, level: RunConfig | None = None) -> None:
+        """Send the plan at one load level (`level`, default the run's config); once the server has
+        died (a request failed and `alive()` is false) the rest of the plan is not sent: arm_end
+        says how many were left."""
+        cfg = level or self.cfg
         limits = self._limits()
         warm = [p for p in plan if p[0].warmup]
         timed = [p for p in plan if not p[0].warmup]
@@ -417,11 +430,12 @@ class Runner:
             if cfg.rate:
                 await self._open_loop(client, base_url, [r for r, _ in timed], limits, records, alive)
             else:
-                await self._closed_loop(client, base_url, [r for r, _ in timed], limits, records, alive)
+                await self._closed_loop(client, base_url, [r for r, _ in timed], limits, records, alive,
+                                        cfg.concurrency)
 
     async def _closed_loop(self, client: Any, base_url: str, reqs: list[StreamRequest],
                            limits: StreamLimits, records: list[RequestRecord],
-                           alive: Callable[[], bool] = lambda: True) -> None:
+                           alive: Callable[[], bool] = lambda: True, concurrency: int | None = None) -> None:
         queue: asyncio.Queue[StreamRequest] = asyncio.Queue()
         for r in reqs:
             queue.put_nowait(r)
@@ -434,7 +448,7 @@ class Runner:
                 if not await _still_up(rec, alive):
                     return
 
-        await asyncio.gather(*(worker() for _ in range(self.cfg.concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency or self.cfg.concurrency)))
 
     async def _open_loop(self, client: Any, base_url: str, reqs: list[StreamRequest],
                          limits: StreamLimits, records: list[RequestRecord],

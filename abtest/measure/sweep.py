@@ -157,7 +157,7 @@ def context_params(cfg: RunConfig, n_ctx: int, extra_args: Sequence[str] = ()) -
 
     return ContextParams(
         n_ctx=n_ctx,
-        n_parallel=cfg.parallel or cfg.concurrency,
+        n_parallel=cfg.server_slots,
         n_batch=int_flag(extra_args, FLAGS["batch_size"], DEFAULT_N_BATCH),
         n_ubatch=int_flag(extra_args, FLAGS["ubatch_size"], DEFAULT_N_UBATCH),
         flash_attn=cfg.flash_attn != "off",
@@ -275,7 +275,7 @@ class SweepRunner:
         else:
             self.settings = parse_ncmoe(",".join(str(n) for n in self.ncmoe), layout.n_layer)
         n_ctx = cfg.ctx_size or auto_ctx_size(
-            longest_prompt_estimate(cases), cfg.max_tokens, cfg.parallel or cfg.concurrency
+            longest_prompt_estimate(cases), cfg.max_tokens, cfg.server_slots
         )
         ctx = context_params(cfg, n_ctx)
         free = free_vram_mib(runner.nvml)

@@ -46,6 +46,8 @@ def sections(report: Report) -> list[Section]:
         out.append(Section("Warnings", bullets=[str(w) for w in report.warnings]))
 
     out.append(_bucket_section(report))
+    if report.levels:
+        out.append(_levels_section(report))
     if report.load:
         out.append(_load_section(report))
     if any(n > 1 for n in _session_counts(report).values()):
@@ -110,6 +112,21 @@ def _bucket_section(report: Report) -> Section:
                 row += [f"{fmt_pct(c.ci.delta)}{ci}", fmt_p_cell(c.p_value, missing="n/a")]
             rows.append(row)
         sec.tables.append(Table(f"bucket: {bucket}", headers, rows, right=set(range(1, len(headers)))))
+    return sec
+
+
+def _levels_section(report: Report) -> Section:
+    """Load levels: per arm and concurrency, throughput and latency (the curve)."""
+    rows = [[lr.group, str(lr.concurrency), f"{lr.n - lr.n_failed} ({lr.n_failed})", fmt_num(lr.req_per_s),
+             fmt_num(lr.output_tok_per_s), fmt_num(lr.ttft_p50_ms), fmt_num(lr.ttft_p95_ms), fmt_num(lr.tpot_p50_ms),
+             fmt_num(lr.tpot_p95_ms)] for lr in report.levels]
+    sec = Section("Load levels", paragraphs=[
+        "Each session ran every concurrency level in turn, low to high, on one server (-np of the "
+        "highest level), each level after its own warm-up. req/s and tok/s: completed requests and "
+        "generated tokens over the level's wall time (first send to last end), summed over sessions; "
+        "latencies in ms over the level's requests. No SLO or capacity verdict yet."])
+    sec.tables.append(Table("", ["arm", "conc", "n (failed)", "req/s", "tok/s", "TTFT p50", "TTFT p95",
+                                 "TPOT p50", "TPOT p95"], rows, right=set(range(1, 9))))
     return sec
 
 

@@ -110,3 +110,60 @@ def test_the_report_shows_latency_from_the_schedule_and_a_growing_queue(scripted
     assert "## Open loop" in text and "↑" in text
     closed = cfg_for(scripted({}), arms=["a"], out_dir=str(tmp_path / "closed"))
     assert build_report([read_ok(Runner(closed).execute().evidence_path)]).load == []
+
+
+def test_concurrency_levels_run_in_turn_in_every_session(scripted, cfg_for, spawned, tmp_path: Path) -> None:
+    """`--concurrency 1,4`: one server per session, started with -np 4 (the highest level); each
+    level in turn, low to high, with its own warm-up; every record labelled with its level."""
+    cfg = cfg_for(scripted({"schedule": {"ttft_ms": 5, "itl_ms": 2}}), arms=["a"], runs=2, warmup=1,
+                  concurrency_levels=(1, 4), blocks=2)
+    result = Runner(cfg).execute()
+    ev = read_ok(result.evidence_path)
+    assert len(ev.arm_starts) == 2 and len(spawned) == 2  # levels share a session's server
+    for start in ev.arm_starts:
+        argv = start.argv
+        assert argv[argv.index("-np") + 1] == "4"
+    for block in (0, 1):
+        reqs = [r for r in ev.requests if r.block == block]
+        assert [(r.warmup, r.concurrency) for r in reqs] == [(True, 1)] + [(False, 1)] * 4 + [(True, 4)] + [(False, 4)] * 4
+        assert [r.load["level"] for r in reqs] == [0] * 5 + [1] * 5 and all(r.load["levels"] == 2 for r in reqs)
+        assert [r.load["concurrency"] for r in reqs if not r.warmup] == [1] * 4 + [4] * 4
+    assert [r.seq for r in ev.requests] == list(range(20))
+    assert result.n_requests == 16 and ev.arm_ends[0].n_requests == 8
+
+
+def test_levels_are_validated() -> None:
+    import pytest
+
+    from abtest.config import RunConfig, validate
+    from abtest.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="differ"):
+        validate(RunConfig(model="m", arms=(), concurrency_levels=(2, 2)))
+    with pytest.raises(ConfigError, match="closed loop"):
+        validate(RunConfig(model="m", arms=(), concurrency_levels=(1, 2), rate=3.0))
+    with pytest.raises(ConfigError, match="interleaved"):
+        validate(RunConfig(model="m", arms=(), concurrency_levels=(1, 2), schedule="interleaved"))
+    assert RunConfig(model="m", arms=(), concurrency_levels=(1, 8, 2)).server_slots == 8
+
+
+def test_the_report_shows_each_level_of_a_slot_limited_server(scripted, cfg_for, spawned, tmp_path: Path) -> None:
+    """A 2-slot server (the scripted slot model, 10 ms a step): at concurrency 1 one request is
+    decoded at a time, at 4 two are and two wait — throughput rises to about twice, TTFT p95
+    rises as requests queue. The Load levels section shows both levels of every arm."""
+    from abtest.analysis.report import build_report
+    from abtest.render.report import render
+
+    server = scripted({"slots": {"n": 2, "step_ms": 10}})
+    cfg = cfg_for(server, arms=["a", "b"], runs=4, warmup=1, max_tokens=12, concurrency_levels=(1, 4),
+                  request_timeout_s=30.0)
+    ev = read_ok(Runner(cfg).execute().evidence_path)
+    rows = build_report([ev]).levels
+    assert [(r.group, r.concurrency) for r in rows] == [("a", 1), ("a", 4), ("b", 1), ("b", 4)]
+    for arm in ("a", "b"):
+        one, four = (r for r in rows if r.group == arm)
+        assert one.n == four.n == 8 and one.n_failed == four.n_failed == 0
+        assert one.req_per_s and four.req_per_s and four.req_per_s > 1.4 * one.req_per_s  # 2 slots, not 1
+        assert one.ttft_p95_ms and four.ttft_p95_ms and four.ttft_p95_ms > one.ttft_p95_ms  # the queue
+    text = render(build_report([ev]), "markdown")
+    assert "## Load levels" in text
