@@ -49,3 +49,14 @@ def test_a_huge_runs_is_refused_before_a_plan_is_built():
     with pytest.raises(ConfigError, match="--runs"):
         validate(_cfg(runs=10**9))
     validate(_cfg(runs=1000))
+
+
+@pytest.mark.parametrize("value, words", [("1,x", "integers"), ("0,2", ">= 1"), ("2,2", "differ"), (",", ">= 1")])
+def test_bad_concurrency_levels_are_a_usage_error(value: str, words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from abtest.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--model", "m.gguf", "--concurrency", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--concurrency" in err and words in err and "Traceback" not in err
