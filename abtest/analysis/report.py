@@ -33,6 +33,7 @@ from .findings import (
 from .levels import LevelRow, level_rows
 from .memory import MemoryRow, memory_row
 from .openloop import LoadRow, load_rows
+from .slo import Objective
 from .verdict import VerdictLine, verdict_lines
 
 
@@ -85,6 +86,7 @@ class Report:
     paired_baseline: dict[str, str] = field(default_factory=dict)  # group -> the baseline group it is compared with
     load: list[LoadRow] = field(default_factory=list)  # open-loop groups (--rate): latency from the schedule
     levels: list[LevelRow] = field(default_factory=list)  # load levels (--concurrency 1,2,4): the curve
+    slo: tuple[Objective, ...] = ()  # report --slo: the objectives the levels are judged against
     verdicts: list[VerdictLine] = field(default_factory=list)  # the verdict as data (`verdict` is its text)
     sessions: list[SessionRow] = field(default_factory=list)
     drift: list[Drift] = field(default_factory=list)
@@ -131,6 +133,7 @@ def build_report(
     seed: int = stats.DEFAULT_SEED,
     resamples: int = stats.DEFAULT_RESAMPLES,
     recognise_identical: bool = True,
+    slo: Sequence[Objective] = (),
 ) -> Report:
     """Everything the report says, as data. Raises ConfigError for mixed models or a bad --baseline.
 
@@ -184,7 +187,8 @@ def build_report(
         failed_requests=failed,
         paired_baseline={g.label: b.label for g, b in pairs if b is not None},
         load=load_rows(groups),
-        levels=level_rows(groups),
+        levels=level_rows(groups, slo),
+        slo=tuple(slo),
         sessions=_session_rows(groups, per_bucket),
         drift=drift,
         recognise_identical=recognise_identical,

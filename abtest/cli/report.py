@@ -49,6 +49,9 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
               help="Also write report.md, report.json, report.csv and PNG plots to this directory.")
 @click.option("--gpu-hour-cost", type=click.FloatRange(min=0), default=DEFAULT_GPU_HOUR_COST, show_default=True,
               help="USD per GPU-hour for the cost columns.")
+@click.option("--slo", metavar="OBJECTIVES",
+              help='Judge load levels (run --concurrency 1,2,4): e.g. "ttft_p95<=500ms,tpot_p95<=60ms,e2e_p99<=10s"; '
+                   "adds goodput and the highest level each arm carries within them.")
 @click.option("--allow-mixed-models", is_flag=True,
               help="Show files whose model SHA256 differs for one model name side by side instead of refusing.")
 @click.option("--no-recognise-identical", "no_recognise", is_flag=True,
@@ -76,6 +79,7 @@ def report(
     fmt: str,
     out_dir: Path | None,
     gpu_hour_cost: float,
+    slo: str | None,
     allow_mixed_models: bool,
     no_recognise: bool,
     decode_threshold: float,
@@ -116,8 +120,15 @@ def report(
         raise click.UsageError("no evidence given: pass FILES (e.g. evidence/*.jsonl) or --history DIR")
     if night is not None:
         raise click.UsageError("--night needs --history DIR")
+    from ..analysis.slo import parse_slo
+
+    try:
+        objectives = parse_slo(slo) if slo else ()
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--slo'") from exc
     data = build_report(load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
-                        allow_mixed_models=allow_mixed_models, recognise_identical=not no_recognise)
+                        allow_mixed_models=allow_mixed_models, recognise_identical=not no_recognise,
+                        slo=objectives)
     if out_dir is not None:
         from ..render import plots
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..analysis import stats
 from ..analysis.compare import ALPHA
+from ..analysis.levels import capacity_line
 from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
 from ..analysis.verdict import VerdictLine
@@ -124,9 +125,17 @@ def _levels_section(report: Report) -> Section:
         "Each session ran every concurrency level in turn, low to high, on one server (-np of the "
         "highest level), each level after its own warm-up. req/s and tok/s: completed requests and "
         "generated tokens over the level's wall time (first send to last end), summed over sessions; "
-        "latencies in ms over the level's requests. No SLO or capacity verdict yet."])
-    sec.tables.append(Table("", ["arm", "conc", "n (failed)", "req/s", "tok/s", "TTFT p50", "TTFT p95",
-                                 "TPOT p50", "TPOT p95"], rows, right=set(range(1, 9))))
+        "latencies in ms over the level's requests."])
+    headers = ["arm", "conc", "n (failed)", "req/s", "tok/s", "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95"]
+    if report.slo:
+        for row, lr in zip(rows, report.levels, strict=True):
+            row += [fmt_num(lr.goodput_rps), {True: "yes", False: "no", None: "—"}[lr.meets_slo]]
+        headers += ["goodput/s", "meets SLO"]
+        sec.paragraphs.append(f"SLO: {', '.join(map(str, report.slo))} — a level meets it when its "
+                              "percentiles do (failed requests count as misses); goodput counts the "
+                              "requests that meet every limit themselves, per second (vLLM's and AIPerf's "
+                              "goodput). " + (capacity_line(report.levels, report.slo) or ""))
+    sec.tables.append(Table("", headers, rows, right=set(range(1, len(headers)))))
     return sec
 
 

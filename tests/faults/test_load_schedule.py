@@ -167,3 +167,13 @@ def test_the_report_shows_each_level_of_a_slot_limited_server(scripted, cfg_for,
         assert one.ttft_p95_ms and four.ttft_p95_ms and four.ttft_p95_ms > one.ttft_p95_ms  # the queue
     text = render(build_report([ev]), "markdown")
     assert "## Load levels" in text
+    # within a TTFT p95 of 60 ms (one 10 ms step to the first token, alone; a queued request waits
+    # for a whole request of 12 steps): concurrency 1 meets it, 4 does not
+    from abtest.analysis.slo import parse_slo
+
+    judged = build_report([ev], slo=parse_slo("ttft_p95<=60ms"))
+    assert [r.meets_slo for r in judged.levels] == [True, False, True, False]
+    assert all(r.goodput_rps is not None and r.req_per_s and r.goodput_rps <= r.req_per_s + 1e-9
+               for r in judged.levels)
+    text = render(judged, "markdown")
+    assert "within TTFT p95 ≤ 60 ms: a carries concurrency 1" in text and "not 4" in text

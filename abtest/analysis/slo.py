@@ -1,0 +1,79 @@
+"""Service-level objectives: `--slo "ttft_p95<=500ms,tpot_p95<=60ms,e2e_p99<=10s"` parsed, a load
+level judged against them, and goodput (requests that meet every objective, per second)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..records import RequestRecord
+from . import metrics
+
+# metric name in an SLO -> its per-request definition (docs/metrics.md), all in ms
+METRIC_OF: dict[str, Callable[[RequestRecord], float | None]] = {
+    "ttft": metrics.ttft_ms,
+    "tpot": metrics.tpot_ms,
+    "e2e": metrics.e2e_ms,
+}
+_UNIT_MS = {"ms": 1.0, "s": 1000.0}
+_TERM = re.compile(r"^\s*(ttft|tpot|e2e)_p(\d{1,2}(?:\.\d+)?)\s*<=\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """`metric_pQ <= limit`: the Q-th percentile of the metric over a level's requests at most
+    `limit_ms`; for goodput the same limit applies to each request (vLLM's and AIPerf's goodput)."""
+
+    metric: str
+    percentile: float
+    limit_ms: float
+
+    def __str__(self) -> str:
+        limit = f"{self.limit_ms / 1000:g} s" if self.limit_ms >= 1000 else f"{self.limit_ms:g} ms"
+        return f"{self.metric.upper()} p{self.percentile:g} ≤ {limit}"
+
+
+def parse_slo(text: str) -> tuple[Objective, ...]:
+    """"ttft_p95<=500ms,tpot_p95<=60ms" -> objectives; ConfigError naming the term that is wrong."""
+    out = []
+    for term in text.split(","):
+        m = _TERM.match(term)
+        if not m:
+            raise ConfigError(f"--slo term {term.strip()!r} is not METRIC_pQ<=LIMIT with METRIC ttft, tpot or e2e "
+                              "and LIMIT in ms or s, e.g. ttft_p95<=500ms,tpot_p95<=60ms,e2e_p99<=10s")
+        q = float(m.group(2))
+        if not 0 < q < 100:
+            raise ConfigError(f"--slo term {term.strip()!r}: the percentile must be between 0 and 100")
+        out.append(Objective(m.group(1), q, float(m.group(3)) * _UNIT_MS[m.group(4)]))
+    if len({o.metric for o in out}) != len(out):
+        raise ConfigError(f"--slo {text!r} names a metric twice")
+    return tuple(out)
+
+
+def meets_each(r: RequestRecord, slo: Sequence[Objective]) -> bool:
+    """Whether one request meets every objective's limit (goodput's per-request test); a failed
+    request, or one whose metric is undefined, does not."""
+    if not r.ok:
+        return False
+    for o in slo:
+        v = METRIC_OF[o.metric](r)
+        if v is None or v > o.limit_ms:
+            return False
+    return True
+
+
+def level_meets(requests: Sequence[RequestRecord], slo: Sequence[Objective]) -> bool | None:
+    """Whether a level's requests meet every objective at its percentile (failed requests count as
+    misses: an infinite latency); None without requests."""
+    if not requests:
+        return None
+    for o in slo:
+        values = [METRIC_OF[o.metric](r) if r.ok else None for r in requests]
+        xs = np.array([np.inf if v is None else v for v in values], dtype=float)
+        if float(np.percentile(xs, o.percentile)) > o.limit_ms:
+            return False
+    return True

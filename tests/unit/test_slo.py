@@ -1,0 +1,39 @@
+"""SLO parsing, the per-request test of goodput and a level's percentile test."""
+
+from __future__ import annotations
+
+import pytest
+from factories import streamed
+
+from abtest.analysis.slo import Objective, level_meets, meets_each, parse_slo
+from abtest.errors import ConfigError
+
+
+def test_parse_the_issue_example() -> None:
+    assert parse_slo("ttft_p95<=500ms,tpot_p95<=60ms,e2e_p99<=10s") == (
+        Objective("ttft", 95, 500.0), Objective("tpot", 95, 60.0), Objective("e2e", 99, 10_000.0))
+    assert str(parse_slo("e2e_p99<=10s")[0]) == "E2E p99 ≤ 10 s"
+
+
+@pytest.mark.parametrize("text", ["ttft<=500ms", "ttft_p95<500ms", "itl_p95<=5ms", "ttft_p95<=500", "ttft_p0<=1ms",
+                                  "ttft_p95<=1ms,ttft_p99<=2ms", ""])
+def test_bad_slo_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="--slo"):
+        parse_slo(text)
+
+
+def test_goodput_counts_a_request_only_when_it_meets_every_limit() -> None:
+    slo = parse_slo("ttft_p95<=50ms,e2e_p99<=200ms")
+    fast = streamed(16, ttft_ms=20, itl_ms=5)  # e2e ≈ 20 + 75 + 1.1
+    late = streamed(16, ttft_ms=80, itl_ms=5)
+    slow_tail = streamed(16, ttft_ms=20, itl_ms=20)  # e2e ≈ 321
+    assert meets_each(fast, slo) and not meets_each(late, slo) and not meets_each(slow_tail, slo)
+
+
+def test_a_level_is_judged_at_its_percentile_and_failures_count_as_misses() -> None:
+    slo = parse_slo("ttft_p50<=50ms")
+    good = [streamed(16, ttft_ms=20, itl_ms=5)] * 3
+    bad = [streamed(16, ttft_ms=80, itl_ms=5)] * 2
+    assert level_meets(good + bad, slo) is True  # the median is a good one
+    assert level_meets(good[:1] + bad, slo) is False
+    assert level_meets([], slo) is None
