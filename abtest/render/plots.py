@@ -46,16 +46,49 @@ def _safe(name: str) -> str:
 
 
 def write_report_plots(report: Report, out: Path | str) -> list[Path]:
-    """Distributions of TTFT and decode tok/s per bucket and arm, VRAM over time per arm, and the
-    memory breakdown per arm. Returns the files written."""
+    """Distributions of TTFT and decode tok/s per bucket and arm, VRAM over time per arm, the
+    memory breakdown per arm and, for load levels, the throughput curves. Returns the files written."""
     d = _out_dir(out)
     paths = [
         _distribution(report, "ttft_ms", "TTFT (ms)", d / "ttft_ms.png"),
         _distribution(report, "decode_tps", "decode (tok/s)", d / "decode_tps.png"),
         _vram_over_time(report, d / "vram_over_time.png"),
         _memory_breakdown(report, d / "memory_breakdown.png"),
+        _levels(report, d / "load_levels.png"),
     ]
     return [p for p in paths if p is not None]
+
+
+def _levels(report: Report, path: Path) -> Path | None:
+    """Load levels: aggregate tok/s against TTFT p95 per arm (the Pareto view), each point a level
+    labelled with its concurrency, and tok/s against the concurrency."""
+    rows = [r for r in report.levels if r.output_tok_per_s and r.ttft_p95_ms]
+    if not rows:
+        return None
+    fig = Figure(figsize=(11, 4.2))
+    pareto, curve = fig.subplots(1, 2)
+    for group in dict.fromkeys(r.group for r in rows):
+        mine = [r for r in rows if r.group == group]
+        x = [r.ttft_p95_ms for r in mine]
+        y = [r.output_tok_per_s for r in mine]
+        pareto.plot(x, y, marker="o", label=group)
+        for r in mine:
+            pareto.annotate(f"c={r.concurrency}", (r.ttft_p95_ms, r.output_tok_per_s), fontsize=7,
+                            textcoords="offset points", xytext=(4, 4))
+        curve.plot([r.concurrency for r in mine], y, marker="o", label=group)
+    pareto.set_xlabel("TTFT p95 (ms)")
+    pareto.set_ylabel("output tok/s (all requests in flight)")
+    pareto.set_title("throughput against TTFT p95, per load level")
+    curve.set_xlabel("concurrency")
+    curve.set_xscale("log", base=2)
+    conc = sorted({r.concurrency for r in rows})
+    curve.set_xticks(conc, [str(c) for c in conc])
+    curve.set_ylabel("output tok/s")
+    curve.set_title("throughput against load")
+    for ax in (pareto, curve):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
 
 
 def _distribution(report: Report, key: str, ylabel: str, path: Path) -> Path | None:

@@ -177,3 +177,8 @@ def test_the_report_shows_each_level_of_a_slot_limited_server(scripted, cfg_for,
                for r in judged.levels)
     text = render(judged, "markdown")
     assert "within TTFT p95 ≤ 60 ms: a carries concurrency 1" in text and "not 4" in text
+    from abtest.render.plots import write_report_plots
+
+    written = write_report_plots(judged, tmp_path / "plots")
+    assert (tmp_path / "plots" / "load_levels.png") in written
+    assert (tmp_path / "plots" / "load_levels.png").stat().st_size > 5000
