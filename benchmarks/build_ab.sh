@@ -40,6 +40,7 @@ CONFIGS="${CONFIGS:-gpu=-ngl 99;cpumoe=-ngl 99 --cpu-moe}"
 RUNS="${RUNS:-3}"
 BLOCKS="${BLOCKS:-2}"
 BUCKETS="${BUCKETS:-seed004,tok128}"
+[ $# -gt 0 ] || { sed -n '7,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 mkdir -p "$OUT" "$WORK" "$MODELS"
 
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -93,7 +94,6 @@ stage_ab() {
 
 stage_all() { stage_pinned && stage_new && stage_synth && stage_ab; }
 
-[ $# -gt 0 ] || { sed -n '7,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 for stage in "$@"; do
   case "$stage" in
     pinned|new|synth|ab|all) "stage_$stage" ;;
