@@ -4,6 +4,12 @@ Arms come from three places, in this order of precedence: ``--arm NAME="ARGS"`` 
 ``--arms-file`` profile (a TOML path, or the name of one shipped in abtest/data/servers/), and the defaults for a MoE model (``baseline``:
 ``-ngl 99``; ``cpu-moe``: ``-ngl 99 --cpu-moe``). A name ``ncmoe<N>`` with no args is the
 ready-made arm ``-ngl 99 --n-cpu-moe N``.
+
+An arm may run its own llama-server (implementations as arms: build A against build B): in the
+profile ``server_bin = "PATH"`` or ``build = "NAME"`` (a cache build named by ``abtest server
+install --name``, or its build id); on the command line ``--arm-server ARM=PATH`` and
+``--arm-build ARM=NAME`` (`bind_servers`). An arm without either runs the run's ``--server-bin``
+or the discovered one.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
@@ -52,6 +59,7 @@ class ArmSpec:
     listen_args: tuple[str, ...] = LLAMA_LISTEN
     model_args: tuple[str, ...] = ("-m", "{model}")
     pin: bool = True  # add llama-server's pinning flags where the arm does not set them
+    build: str | None = None  # a cache build's name or id (`abtest server install --name`); not with server_bin
 
 
 @dataclass(frozen=True)
@@ -173,12 +181,19 @@ def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
                               "(it names the server log file)")
         if not isinstance(body, dict) or not isinstance(body.get("args", []), list):
             raise ConfigError(f"--arms-file {p}: [arms.{name}] needs args = [\"...\", ...]")
+        for key in ("server_bin", "build", "model"):
+            if key in body and not (isinstance(body[key], str) and body[key]):
+                raise ConfigError(f"--arms-file {p}: [arms.{name}] {key} must be a non-empty string")
+        if body.get("server_bin") and body.get("build"):
+            raise ConfigError(f"--arms-file {p}: [arms.{name}] sets both server_bin and build; an arm runs one "
+                              "server: a path (server_bin) or a cache build's name (build)")
         arms.append(
             ArmSpec(
                 name=name,
                 args=tuple(str(a) for a in body.get("args", [])),
                 model=body.get("model"),
                 server_bin=body.get("server_bin"),
+                build=body.get("build"),
                 kind=kind,
                 listen_args=listen,
                 model_args=model_args,
@@ -188,7 +203,11 @@ def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
     return arms
 
 
-def resolve_arms(arm_flags: list[str], arms_file: str | None) -> tuple[ArmSpec, ...]:
+def resolve_arms(
+    arm_flags: list[str], arms_file: str | None, *, servers: Sequence[str] = (), builds: Sequence[str] = ()
+) -> tuple[ArmSpec, ...]:
+    """The run's arms: the profile's, replaced or joined by the --arm flags (else the defaults),
+    then the per-arm binaries of --arm-server (`servers`) and --arm-build (`builds`) applied."""
     arms: list[ArmSpec] = []
     if arms_file:
         arms.extend(load_arms_file(arms_file))
@@ -201,7 +220,33 @@ def resolve_arms(arm_flags: list[str], arms_file: str | None) -> tuple[ArmSpec, 
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ConfigError(f"arm names must be unique; repeated: {', '.join(sorted(dupes))}")
-    return tuple(arms)
+    return bind_servers(tuple(arms), servers=servers, builds=builds)
+
+
+def bind_servers(
+    arms: tuple[ArmSpec, ...], *, servers: Sequence[str] = (), builds: Sequence[str] = ()
+) -> tuple[ArmSpec, ...]:
+    """Arms with ``ARM=PATH`` (--arm-server) and ``ARM=NAME`` (--arm-build) applied: a flag
+    replaces what the profile said for that arm (its server_bin or build)."""
+    by_name = {a.name: a for a in arms}
+    seen: set[str] = set()
+    for flag, values, key in (("--arm-server", servers, "server_bin"), ("--arm-build", builds, "build")):
+        for text in values:
+            arm, sep, value = text.partition("=")
+            arm, value = arm.strip(), value.strip()
+            example = "cpu-moe=/opt/llama-b2/llama-server" if key == "server_bin" else "cpu-moe=new"
+            if not sep or not arm or not value:
+                raise ConfigError(f"{flag} {text!r}: expected ARM=VALUE, e.g. {flag} {example}")
+            if arm not in by_name:
+                raise ConfigError(f"{flag} {text!r}: no arm named {arm!r}; the arms are {', '.join(by_name)}")
+            if arm in seen:
+                raise ConfigError(f"{flag} {text!r}: arm {arm!r} already has a server from --arm-server/--arm-build")
+            seen.add(arm)
+            if key == "server_bin":
+                by_name[arm] = replace(by_name[arm], server_bin=value, build=None)
+            else:
+                by_name[arm] = replace(by_name[arm], build=value, server_bin=None)
+    return tuple(by_name[a.name] for a in arms)
 
 
 def final_argv(

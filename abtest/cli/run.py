@@ -25,6 +25,7 @@ Examples:
   abtest run --model m.gguf --concurrency 8 --rate 4 --arrivals poisson
   abtest run --model m.gguf --concurrency 1,2,4,8 --runs 2
   abtest run --model tiny-moe --blocks 4 --runs 2
+  abtest run --model m.gguf --arm old="--cpu-moe" --arm new="--cpu-moe" --arm-build new=new
 
 \b
 Default arms: baseline (-ngl 99) and cpu-moe (-ngl 99 --cpu-moe); ncmoe<N> is
@@ -95,6 +96,10 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 @click.option("--http-client", type=click.Choice(["raw", "httpx"]), default="raw", show_default=True,
               help="HTTP layer of the timed requests: raw asyncio (least client delay, docs/performance.md) or httpx.")
 @click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
+@click.option("--arm-server", "arm_servers", multiple=True, metavar="ARM=PATH",
+              help="The llama-server of one arm (build A vs build B); the others use --server-bin. Repeatable.")
+@click.option("--arm-build", "arm_builds", multiple=True, metavar="ARM=NAME",
+              help="One arm runs the cache build of this name (abtest server install --name) or id. Repeatable.")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Where model names are looked up first.")
 @click.option("--out", "out_dir", default="evidence", show_default=True, type=click.Path(file_okay=False),
               help="Evidence directory.")
@@ -108,13 +113,14 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, blocks: int, warmup: int, max_tokens: int,
         concurrency: tuple[int, ...], rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
         buckets: str, seed: int, temperature: float, ctx_size: int | None, threads: int | None, flash_attn: str,
-        http_client: str, server_bin: str | None, models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
+        http_client: str, server_bin: str | None, arm_servers: tuple[str, ...], arm_builds: tuple[str, ...],
+        models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
         request_timeout: float, quiet: bool) -> None:
     """Measure arms of an inference server on the same prompts; write evidence JSONL."""
     from ..measure.runner import Runner
 
     try:
-        arms = resolve_arms(list(arm_flags), arms_file)
+        arms = resolve_arms(list(arm_flags), arms_file, servers=arm_servers, builds=arm_builds)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if len(concurrency) > 1 and rate:

