@@ -225,3 +225,13 @@ def test_active_without_embedding_keeps_a_tied_table() -> None:
     assert dense.active_params_excl_embd == dense.active_params == dense.total_params
     oss = preset_model("gpt-oss-20b-arch")
     assert oss.active_params - oss.active_params_excl_embd == 2880 * 201_088
+
+
+def test_docs_table_has_the_catalog_digests_and_sizes() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    for name in TINY:
+        row = next(line for line in doc.splitlines() if line.startswith(f"| {name} |"))
+        assert f"`{CATALOG[name].sha256}`" in row, name
+        plan_size = synth.summarize_plan(name).tensor_bytes
+        size = int(row.split("|")[3].strip().replace(",", ""))
+        assert 0 < size - plan_size < 1e6, name  # the file: tensor data plus a header under 1 MB
