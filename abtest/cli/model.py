@@ -106,20 +106,23 @@ Examples:
   abtest model synth tiny.gguf --preset tiny-moe
   abtest model synth /data/gguf --preset gpt-oss-20b-like           # writes /data/gguf/gpt-oss-20b-like-q4_0-seed0.gguf
   abtest model synth q.gguf --preset qwen3-30b-a3b-like --qtype q8_0 --seed 7
+  abtest model synth /data/gguf --preset gpt-oss-20b-arch           # gpt-oss's own graph, MXFP4 experts
 Same preset, qtype and seed -> byte-identical file (same SHA256 on every machine).
 """)
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--preset", required=True, type=click.Choice(list(presets.PRESETS)), help="Architecture to imitate.")
-@click.option("--qtype", type=click.Choice(list(synth.QTYPES)), default="q4_0", show_default=True,
-              help="Type of the weight matrices (norms and router stay F32).")
+@click.option("--qtype", type=click.Choice(list(synth.QTYPES)), default=None,
+              help="Type of the weight matrices (norms and router stay F32; mxfp4: MXFP4 experts, Q8_0 "
+                   "the rest). Default: the preset's own (q4_0 for the stand-ins, the common file's mix for *-arch).")
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def synth_cmd(out_path: Path, preset: str, qtype: str, seed: int, force: bool) -> None:
+def synth_cmd(out_path: Path, preset: str, qtype: str | None, seed: int, force: bool) -> None:
     """Write a random-weight GGUF with the real shapes and metadata of a model; print `<sha256>  <path>`.
 
     Real memory and compute, noise as text: a stand-in for speed and VRAM measurements. Written
     tensor by tensor (peak memory well under 2 GB for any preset). OUT may be a directory.
     """
+    qtype = synth.resolve_qtype(preset, qtype)
     if out_path.is_dir():
         out_path = out_path / synth.synth_file_name(preset, qtype, seed)
     if out_path.exists() and not force:

@@ -4,8 +4,9 @@ Resolution order for a *name* (`find_model`): ``--models-dir``, then ``$ABTEST_M
 the cache (``$ABTEST_CACHE`` or ``~/.cache/abtest``, subdirectory ``models/``). A *path* is used as
 is. Finding has no side effects: a known name whose file is nowhere is an `Absent`, which says
 where abtest looked and the command that gets it. Getting it is a separate, explicit step:
-`provision` writes a synthetic preset (``tiny-moe``, ``dense-small``, ``*-like``) into the cache
-(seed 0, Q4_0; deterministic, so every machine gets the same bytes), and for a download raises
+`provision` writes a synthetic preset (``tiny-moe``, ``dense-small``, ``*-like``, ``*-arch``) into
+the cache (seed 0, the preset's default qtype -- Q4_0 for the stand-ins; deterministic, so every
+machine gets the same bytes), and for a download raises
 ModelNotFound with the exact command to fetch it. `abtest run` and `abtest model info` provision
 on first use.
 
@@ -69,7 +70,7 @@ class ModelRef:
     found_via: str = "path"  # "path", "--models-dir", "$ABTEST_MODELS", "cache", "synthesised"
 
 
-# SHA256 of each synthetic preset as the catalog caches it (q4_0, seed 0), for synth.SYNTH_VERSION 1,
+# SHA256 of each synthetic preset as the catalog caches it (its default qtype, seed 0), for synth.SYNTH_VERSION 1,
 # as published in docs/models.md (measured there; tiny-moe and dense-small are re-checked by the unit
 # tests). A different digest on another machine means different bytes: the A/B is not comparable.
 SYNTH_SHA256 = {
@@ -77,16 +78,22 @@ SYNTH_SHA256 = {
     "dense-small": "0dbf7cb18153203edb740213ae995579a7554d0f366b7eae5b4902f71df4f92c",
     "gpt-oss-20b-like": "d6916e50278f2f70de4d43638d9021aec2268d7c74a45e37bbd7508c7b690e10",
     "qwen3-30b-a3b-like": "c74f15bd5b58d1456c6e3ee2d8d9292edda724817559de717b14dc1c804a4029",
+    # the reduced -arch presets, each in its default qtype (re-checked by tests/unit/test_arch_presets.py)
+    "gpt-oss-20b-arch-tiny": "8eedffdb20e59e2a8385e362622b7af16e41c16d7ee52120cd5ac3c6ac1a7340",
+    "qwen3-30b-a3b-arch-tiny": "45a3bad0c6f1eab227af44a88328475c8829d835f9c4147c0fca3d63dcbaa099",
+    "phi-3.5-moe-arch-tiny": "2f0d16fd7add98c7fdce2eb6ad3f0a937f61bcebd32731c9387b5dbefc1eeb14",
+    "deepseek-moe-16b-arch-tiny": "b144698bdb2e12c3c3cbb6e8fc63bcfe9b5cf3d49db2ea715f0c9e00ba9e1517",
+    "deepseek-v2-lite-arch-tiny": "fa92d5f3af9b3841a14afb54a3c4e4e7f405e1285a65d5cd1e7faa4b7e2339ee",
 }
 SYNTH_SHA256_VERSION = 1
 
 
 def _synth_entry(preset: str) -> CatalogEntry:
     p = presets.PRESETS[preset]
-    size = synth.summarize_plan(p, "q4_0").tensor_bytes
+    size = synth.summarize_plan(p, p.default_qtype).tensor_bytes
     digest = SYNTH_SHA256.get(preset) if synth.SYNTH_VERSION == SYNTH_SHA256_VERSION else None
     return CatalogEntry(
-        name=preset, file_name=synth.synth_file_name(preset, "q4_0", 0), quant="Q4_0",
+        name=preset, file_name=synth.synth_file_name(preset, p.default_qtype, 0), quant=p.default_qtype.upper(),
         approx_size_gb=round(size / 1e9, 3), description=f"synthetic, random weights: {p.imitates}",
         synth_preset=preset, sha256=digest,
         sha256_source=f"docs/models.md (abtest synth v{SYNTH_SHA256_VERSION})" if digest else None,
@@ -213,7 +220,7 @@ def find_model(name_or_path: str, models_dir: str | os.PathLike[str] | None = No
 
 
 def provision(absent: Absent, progress: ProgressFn | None = None) -> ModelRef:
-    """Write a missing synthetic model into the cache (seed 0, Q4_0: the same bytes on every
+    """Write a missing synthetic model into the cache (seed 0, the preset's qtype: the same bytes on every
     machine; minutes for the big presets, progress(bytes_done, bytes_total) reports it) and
     remember its SHA256. A download is not fetched: ModelNotFound with the command that does."""
     entry = absent.entry
@@ -224,7 +231,7 @@ def provision(absent: Absent, progress: ProgressFn | None = None) -> ModelRef:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the model cache {dest} ({exc.strerror}); set $ABTEST_CACHE to a writable directory") from None
-    res = synth.write_synth(absent.dest, entry.synth_preset, "q4_0", 0, progress=progress)
+    res = synth.write_synth(absent.dest, entry.synth_preset, None, 0, progress=progress)
     remember_sha256(res.path, res.sha256)
     return ModelRef(
         name=entry.name, path=res.path.resolve(), size_bytes=res.size_bytes, sha256=res.sha256,

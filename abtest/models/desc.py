@@ -5,8 +5,14 @@ model info`, the VRAM prediction (`vram`, from the tensor list) and the sweep (`
 preset's description is the one reading the file it would write gives, less the file's path and
 size (tests/unit/test_vram.py checks that), so the sweep can be planned without writing anything.
 
-Bytes are tensor data sizes, without padding. Parameters are counted from the tensor shapes;
-"active" is the non-expert parameters plus n_expert_used / n_expert of the expert parameters.
+Bytes are tensor data sizes, without padding. Parameters are counted from the tensor shapes, the
+same count llama.cpp prints as "model params". "Active" (per token) is every parameter outside
+the routed experts -- attention, norms, the router, the dense leading layers of deepseek and
+deepseek2, their *shared* experts (``ffn_*_shexp``, which every token runs), embeddings and the
+output head -- plus n_expert_used / n_expert of the routed-expert parameters (``ffn_*_exps``,
+weights and biases, `EXPERT_TENSOR_RE`). That is how Qwen, Microsoft and DeepSeek count their
+published "activated" figures; OpenAI's gpt-oss model card leaves the input embedding table out
+(a row lookup, not a matmul): `active_params_excl_embd`.
 """
 
 from __future__ import annotations
@@ -80,12 +86,20 @@ class ModelDesc:
     n_ff: int  # dense FFN width (0 if absent)
     n_expert: int  # 0 for a dense model
     n_expert_used: int
-    n_ff_exp: int  # expert FFN width (0 if absent)
+    n_ff_exp: int  # routed-expert FFN width: expert_feed_forward_length, else read off ffn_up_exps (phimoe has no key); 0 for dense
     n_vocab: int
     context_length: int
     file_size_bytes: int | None  # None for a preset's plan
     synth_preset: str | None  # abtest.synth.preset when abtest wrote (or would write) the file
     tensors: tuple[Tensor, ...] = field(repr=False)
+    # Architecture extras (not in to_dict/summary, whose keys the evidence format pins):
+    n_layer_dense_lead: int = 0  # leading_dense_block_count: blocks with a dense FFN (deepseek, deepseek2)
+    n_expert_shared: int = 0  # expert_shared_count: always-active shared experts (deepseek, deepseek2)
+    kv_lora_rank: int = 0  # attention.kv_lora_rank: deepseek2's compressed KV (MLA when head_dim_k_mla is set)
+    head_dim_k_mla: int = 0  # attention.key_length_mla (0: no MLA)
+    head_dim_v_mla: int = 0  # attention.value_length_mla
+    n_swa: int = 0  # attention.sliding_window, in tokens (0: none)
+    swa_layers: tuple[int, ...] = ()  # the blocks llama.cpp runs with sliding-window attention
 
     @property
     def display_name(self) -> str:
@@ -153,10 +167,26 @@ class ModelDesc:
 
     @property
     def active_params(self) -> int:
-        """Per token: non-expert parameters + n_expert_used / n_expert of the expert parameters."""
+        """Per token: non-expert parameters (shared experts and dense layers included) +
+        n_expert_used / n_expert of the routed-expert parameters."""
         s = self._split
         return s.total_params - s.expert_params + (
             s.expert_params * self.n_expert_used // self.n_expert if self.n_expert else 0)
+
+    @property
+    def active_params_excl_embd(self) -> int:
+        """`active_params` less the input embedding table, which a token only reads one row of
+        (OpenAI's convention for gpt-oss). With tied embeddings the table is also the output
+        matmul, so it stays in."""
+        if not self.has_output():
+            return self.active_params
+        embd = sum(t.n_elements for t in self.tensors if t.name == "token_embd.weight")
+        return self.active_params - embd
+
+    @property
+    def is_mla(self) -> bool:
+        """deepseek2 with multi-head latent attention: the cache holds kv_lora_rank + n_rot per token."""
+        return self.head_dim_k_mla > 0
 
     @property
     def tensor_bytes(self) -> int:
@@ -232,11 +262,13 @@ def read_model(path: str | os.PathLike[str]) -> ModelDesc:
     head_k = a("attention.key_length", n_embd // n_head if n_head else 0)
     name = h.kv.get("general.name")
     preset = h.kv.get("abtest.synth.preset")
+    n_layer = a("block_count")
+    n_swa = a("attention.sliding_window")
     return ModelDesc(
         path=str(path),
         name=name if isinstance(name, str) else None,
         arch=arch,
-        n_layer=a("block_count"),
+        n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=a("attention.head_count_kv", n_head),
@@ -245,25 +277,62 @@ def read_model(path: str | os.PathLike[str]) -> ModelDesc:
         n_ff=a("feed_forward_length"),
         n_expert=a("expert_count"),
         n_expert_used=a("expert_used_count"),
-        n_ff_exp=a("expert_feed_forward_length"),
+        n_ff_exp=a("expert_feed_forward_length") or _expert_width(h.tensors),
         n_vocab=vocab_size(h, arch),
         context_length=a("context_length"),
         file_size_bytes=h.file_size_bytes,
         synth_preset=preset if isinstance(preset, str) else None,
         tensors=_tensors(h.tensors),
+        n_layer_dense_lead=a("leading_dense_block_count"),
+        n_expert_shared=a("expert_shared_count"),
+        kv_lora_rank=a("attention.kv_lora_rank"),
+        head_dim_k_mla=a("attention.key_length_mla"),
+        head_dim_v_mla=a("attention.value_length_mla"),
+        n_swa=n_swa,
+        swa_layers=swa_layers(arch, n_layer, n_swa, h.kv.get(f"{arch}.attention.sliding_window_pattern")),
     )
 
 
-def preset_model(preset: str, qtype: str = "q4_0") -> ModelDesc:
+def _expert_width(tensors: Iterable[TensorLike]) -> int:
+    """n_ff_exp read off the first ffn_up_exps ([n_embd, n_ff_exp, n_expert]) or ffn_down_exps
+    ([n_ff_exp, n_embd, n_expert]); 0 when there is none."""
+    for t in tensors:
+        if ".ffn_up_exps.weight" in t.name and len(t.shape) == 3:
+            return int(t.shape[1])
+        if ".ffn_down_exps.weight" in t.name and len(t.shape) == 3:
+            return int(t.shape[0])
+    return 0
+
+
+def swa_layers(arch: str, n_layer: int, n_swa: int, pattern: Any = None) -> tuple[int, ...]:
+    """The blocks llama.cpp runs with sliding-window attention. An explicit per-layer
+    sliding_window_pattern array wins; gpt-oss otherwise alternates from block 0
+    (openai-moe.cpp: load_swa_pattern(ml, 2), is_swa(il) = il % n < n - 1). phi3/phimoe files
+    carry a window that llama.cpp ignores (phi3.cpp disables it), so they have none; other
+    architectures are not modelled here."""
+    if not n_swa:
+        return ()
+    if isinstance(pattern, list):
+        return tuple(i for i, v in enumerate(pattern[:n_layer]) if v)
+    if arch == "gpt-oss":
+        n = int(pattern) if isinstance(pattern, int) and pattern > 0 else 2
+        return tuple(i for i in range(n_layer) if i % n < n - 1)
+    return ()
+
+
+def preset_model(preset: str, qtype: str | None = None) -> ModelDesc:
     """The description of the file `synth.write_synth(…, preset, qtype)` would write, from its
-    tensor plan (writes nothing; no path, no file size)."""
+    tensor plan (writes nothing; no path, no file size). qtype None: the preset's default."""
     from . import presets, synth
 
     p = presets.get_preset(preset)
     return ModelDesc(
         path=None, name=synth.header_name(p), arch=p.arch, n_layer=p.n_layer, n_embd=p.n_embd,
-        n_head=p.n_head, n_head_kv=p.n_head_kv, head_dim_k=p.head_dim, head_dim_v=p.head_dim, n_ff=p.n_ff,
+        n_head=p.n_head, n_head_kv=p.n_head_kv, head_dim_k=p.head_dim, head_dim_v=p.head_dim_value, n_ff=p.n_ff,
         n_expert=p.n_expert, n_expert_used=p.n_expert_used, n_ff_exp=p.n_ff_exp, n_vocab=p.n_vocab,
         context_length=p.context_length, file_size_bytes=None, synth_preset=p.name,
         tensors=_tensors(synth.tensor_plan(p, qtype)),
+        n_layer_dense_lead=p.n_layer_dense_lead, n_expert_shared=p.n_expert_shared,
+        kv_lora_rank=p.kv_lora_rank, head_dim_k_mla=p.head_dim_k_mla, head_dim_v_mla=p.head_dim_v_mla,
+        n_swa=p.sliding_window, swa_layers=swa_layers(p.arch, p.n_layer, p.sliding_window),
     )

@@ -11,11 +11,18 @@ come out of random bytes):
 
     Q4_0 block (18 bytes): fp16 d, 16 bytes of nibbles q;  w = (q - 8) * d
     Q8_0 block (34 bytes): fp16 d, 32 int8 q;              w = q * d
+    MXFP4 block (17 bytes): u8 e, 16 bytes of nibbles q;   w = kvalues_mxfp4[q] * 2**(e - 128)
 
 q is uniform random, so std(q - 8) = sqrt(21.5) and std(int8) = sqrt(5461.5); d is chosen so the
 weights of a row have std ~ 1/sqrt(fan_in) (activations keep their scale through a layer), with a
 random sign (the -0.5 mean of q - 8 would otherwise be a bias shared by every row) and a +-25 %
 magnitude jitter. |d| is far inside fp16's normal range, so every scale is finite and non-zero.
+MXFP4's scale is a power of two: e is the nearest one, the same for every block of a tensor (the
+e2m1 values are symmetric, so there is no bias to cancel). F16 matrices are uniform floats with
+the same std.
+
+Each architecture's tensor list (`tensor_plan`) follows what its src/models/<arch>.cpp in the
+vendored llama.cpp creates; `qtype` picks the type of the weight matrices (`QTYPES`).
 
 Data is written tensor by tensor in chunks of `CHUNK_BLOCKS` blocks: peak memory is a few tens of
 MB whatever the preset (the 17 GB qwen3-30b-a3b-like included).
@@ -47,23 +54,45 @@ CHUNK_BLOCKS = 1 << 20
 # F32 values generated per chunk.
 CHUNK_F32 = 1 << 22
 
-QTYPES = ("q4_0", "q8_0")
+# The type of the weight matrices: every matrix the same (q4_0, q8_0, f16), or mxfp4: the routed
+# experts in MXFP4 and the other matrices Q8_0, as ggml-org's gpt-oss GGUF ships them (llama.cpp
+# calls the mix MXFP4_MOE). Norms, biases, the router, sinks and rope factors are F32 in every
+# case, as conversion/base.py keeps them.
+QTYPES = ("q4_0", "q8_0", "f16", "mxfp4")
 ALIGNMENT = 32  # GGUF default data alignment (gguf.GGUF_DEFAULT_ALIGNMENT)
 
 # GGML type ids and (elements per block, bytes per block), as in ggml.h / gguf-py constants.
 GGML_F32 = 0
+GGML_F16 = 1
 GGML_Q4_0 = 2
 GGML_Q8_0 = 8
-_BLOCK = {GGML_F32: (1, 4), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34)}
-_QTYPE_ID = {"q4_0": GGML_Q4_0, "q8_0": GGML_Q8_0}
-_FILE_TYPE = {"q4_0": 2, "q8_0": 7}  # llama_ftype: LLAMA_FTYPE_MOSTLY_Q4_0 / _Q8_0
-# std of the integer part of a weight with uniform random q: sqrt(E[(q-8)^2]) and sqrt(E[q^2]).
-_Q_STD = {GGML_Q4_0: math.sqrt(21.5), GGML_Q8_0: math.sqrt(5461.5)}
+GGML_MXFP4 = 39
+_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34), GGML_MXFP4: (32, 17)}
+# qtype -> (type of the routed experts, type of every other matrix)
+_QTYPE_IDS = {
+    "q4_0": (GGML_Q4_0, GGML_Q4_0), "q8_0": (GGML_Q8_0, GGML_Q8_0), "f16": (GGML_F16, GGML_F16),
+    "mxfp4": (GGML_MXFP4, GGML_Q8_0),
+}
+# llama_ftype (include/llama.h): MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_F16, MOSTLY_MXFP4_MOE
+_FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1, "mxfp4": 38}
+# std of the integer part of a weight with uniform random q: sqrt(E[(q-8)^2]) and sqrt(E[q^2]);
+# MXFP4: the doubled e2m1 values of ggml's kvalues_mxfp4, sqrt(mean(v^2)) = sqrt(34.25).
+_Q_STD = {GGML_Q4_0: math.sqrt(21.5), GGML_Q8_0: math.sqrt(5461.5), GGML_MXFP4: math.sqrt(34.25)}
 
 # Token types (llama_token_type): NORMAL and CONTROL.
 _TOKEN_NORMAL = 1
 _TOKEN_CONTROL = 3
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# llama-vocab.cpp sets token attributes by general.name: a name containing "phi-3" must have
+# these (Phi-3's SentencePiece vocabulary has them as ids 0-2), or the vocabulary fails to load
+# with "unordered_map::at".
+PHI3_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+
+
+def special_tokens(p: Preset) -> tuple[str, ...]:
+    """The CONTROL tokens at the end of a preset's vocabulary; the first is bos = eos = pad."""
+    name = header_name(p).lower()
+    return SPECIAL_TOKENS + PHI3_SPECIAL_TOKENS if "phi-3" in name or "phi3" in name else SPECIAL_TOKENS
 
 
 @dataclass(frozen=True)
@@ -72,8 +101,8 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    ggml_type: int  # GGML_F32, GGML_Q4_0 or GGML_Q8_0
-    fill: str  # "quant" (random blocks), "ones" (near-1 norm weights), "uniform" (F32, std ~ 1/sqrt(ne0)), "small"
+    ggml_type: int  # GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0 or GGML_MXFP4
+    fill: str  # "quant" (a weight matrix: random blocks, or uniform F16), "ones" (near-1 norm weights), "uniform" (F32, std ~ 1/sqrt(ne0)), "small"
 
     @property
     def n_elements(self) -> int:
@@ -103,63 +132,195 @@ class SynthResult:
     elapsed_s: float
 
 
-def _check_qtype(qtype: str) -> int:
-    if qtype not in _QTYPE_ID:
+def _check_qtype(qtype: str) -> tuple[int, int]:
+    if qtype not in _QTYPE_IDS:
         raise ConfigError(f"unknown qtype {qtype!r}; choose one of: {', '.join(QTYPES)}")
-    return _QTYPE_ID[qtype]
+    return _QTYPE_IDS[qtype]
 
 
-def tensor_plan(preset: str | Preset, qtype: str = "q4_0") -> list[TensorSpec]:
-    """Every tensor of the preset, in file order: (name, ggml shape, type). Writes nothing."""
+def resolve_qtype(preset: str | Preset, qtype: str | None) -> str:
+    """qtype, or the preset's own default (the tensor types the real model's common file ships)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    q = _check_qtype(qtype)
+    return p.default_qtype if qtype is None else qtype
+
+
+def tensor_plan(preset: str | Preset, qtype: str | None = None) -> list[TensorSpec]:
+    """Every tensor of the preset, in file order: (name, ggml shape, type). Writes nothing.
+
+    qtype None means the preset's default (`Preset.default_qtype`)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    q_exp, q = _check_qtype(resolve_qtype(p, qtype))
     d, v = p.n_embd, p.n_vocab
     specs: list[TensorSpec] = []
 
     def add(name: str, shape: tuple[int, ...], ggml_type: int, fill: str) -> None:
         specs.append(TensorSpec(name, shape, ggml_type, fill))
 
-    add("token_embd.weight", (d, v), q, "quant")
+    def mat(name: str, shape: tuple[int, ...]) -> None:
+        add(name, shape, q_exp if EXPERT_TENSOR_RE.search(name) else q, "quant")
+
+    mat("token_embd.weight", (d, v))
     if p.arch == "gpt2":
         add("position_embd.weight", (d, p.context_length), GGML_F32, "uniform")
     add("output_norm.weight", (d,), GGML_F32, "ones")
-    if p.arch == "gpt2":
+    if p.arch in ("gpt2", "phimoe"):
         add("output_norm.bias", (d,), GGML_F32, "small")
     if not p.tied_embeddings:
-        add("output.weight", (d, v), q, "quant")
+        mat("output.weight", (d, v))
+    if p.arch == "phimoe":
+        add("output.bias", (v,), GGML_F32, "small")
+        # one pair for all blocks (llama.cpp duplicates block 0's); rope_dims / 2 long
+        add("rope_factors_long.weight", (p.n_rot // 2,), GGML_F32, "ones")
+        add("rope_factors_short.weight", (p.n_rot // 2,), GGML_F32, "ones")
 
-    q_dim, kv_dim = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+    layer = _LAYER_PLANS.get(p.arch)
+    if layer is None:  # pragma: no cover - presets are defined in presets.py
+        raise ConfigError(f"preset {p.name!r} has unsupported arch {p.arch!r}")
     for i in range(p.n_layer):
-        b = f"blk.{i}."
-        if p.arch == "qwen3moe":
-            add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
-            add(b + "attn_q.weight", (d, q_dim), q, "quant")
-            add(b + "attn_k.weight", (d, kv_dim), q, "quant")
-            add(b + "attn_v.weight", (d, kv_dim), q, "quant")
-            add(b + "attn_output.weight", (q_dim, d), q, "quant")
-            add(b + "attn_q_norm.weight", (p.head_dim,), GGML_F32, "ones")
-            add(b + "attn_k_norm.weight", (p.head_dim,), GGML_F32, "ones")
-            add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
-            add(b + "ffn_gate_inp.weight", (d, p.n_expert), GGML_F32, "uniform")
-            add(b + "ffn_gate_exps.weight", (d, p.n_ff_exp, p.n_expert), q, "quant")
-            add(b + "ffn_down_exps.weight", (p.n_ff_exp, d, p.n_expert), q, "quant")
-            add(b + "ffn_up_exps.weight", (d, p.n_ff_exp, p.n_expert), q, "quant")
-        elif p.arch == "gpt2":
-            add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
-            add(b + "attn_norm.bias", (d,), GGML_F32, "small")
-            add(b + "attn_qkv.weight", (d, q_dim + 2 * kv_dim), q, "quant")
-            add(b + "attn_qkv.bias", (q_dim + 2 * kv_dim,), GGML_F32, "small")
-            add(b + "attn_output.weight", (q_dim, d), q, "quant")
-            add(b + "attn_output.bias", (d,), GGML_F32, "small")
-            add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
-            add(b + "ffn_norm.bias", (d,), GGML_F32, "small")
-            add(b + "ffn_up.weight", (d, p.n_ff), q, "quant")
-            add(b + "ffn_up.bias", (p.n_ff,), GGML_F32, "small")
-            add(b + "ffn_down.weight", (p.n_ff, d), q, "quant")
-            add(b + "ffn_down.bias", (d,), GGML_F32, "small")
-        else:  # pragma: no cover - presets are defined above
-            raise ConfigError(f"preset {p.name!r} has unsupported arch {p.arch!r}")
+        layer(p, i, f"blk.{i}.", add, mat)
     return specs
+
+
+_Add = Callable[[str, tuple[int, ...], int, str], None]
+_Mat = Callable[[str, tuple[int, ...]], None]
+
+
+def _qwen3moe_layer(p: Preset, i: int, b: str, add: _Add, mat: _Mat) -> None:
+    d = p.n_embd
+    q_dim, kv_dim = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+    add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+    mat(b + "attn_q.weight", (d, q_dim))
+    mat(b + "attn_k.weight", (d, kv_dim))
+    mat(b + "attn_v.weight", (d, kv_dim))
+    mat(b + "attn_output.weight", (q_dim, d))
+    add(b + "attn_q_norm.weight", (p.head_dim,), GGML_F32, "ones")
+    add(b + "attn_k_norm.weight", (p.head_dim,), GGML_F32, "ones")
+    add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
+    add(b + "ffn_gate_inp.weight", (d, p.n_expert), GGML_F32, "uniform")
+    mat(b + "ffn_gate_exps.weight", (d, p.n_ff_exp, p.n_expert))
+    mat(b + "ffn_down_exps.weight", (p.n_ff_exp, d, p.n_expert))
+    mat(b + "ffn_up_exps.weight", (d, p.n_ff_exp, p.n_expert))
+
+
+def _gpt2_layer(p: Preset, i: int, b: str, add: _Add, mat: _Mat) -> None:
+    d = p.n_embd
+    q_dim, kv_dim = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+    add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+    add(b + "attn_norm.bias", (d,), GGML_F32, "small")
+    mat(b + "attn_qkv.weight", (d, q_dim + 2 * kv_dim))
+    add(b + "attn_qkv.bias", (q_dim + 2 * kv_dim,), GGML_F32, "small")
+    mat(b + "attn_output.weight", (q_dim, d))
+    add(b + "attn_output.bias", (d,), GGML_F32, "small")
+    add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
+    add(b + "ffn_norm.bias", (d,), GGML_F32, "small")
+    mat(b + "ffn_up.weight", (d, p.n_ff))
+    add(b + "ffn_up.bias", (p.n_ff,), GGML_F32, "small")
+    mat(b + "ffn_down.weight", (p.n_ff, d))
+    add(b + "ffn_down.bias", (d,), GGML_F32, "small")
+
+
+def _gpt_oss_layer(p: Preset, i: int, b: str, add: _Add, mat: _Mat) -> None:
+    """src/models/openai-moe.cpp: q/k/v/o with biases, sinks, post-attention norm, biased router and experts."""
+    d, e, f = p.n_embd, p.n_expert, p.n_ff_exp
+    q_dim, kv_dim = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+    add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+    mat(b + "attn_q.weight", (d, q_dim))
+    add(b + "attn_q.bias", (q_dim,), GGML_F32, "small")
+    mat(b + "attn_k.weight", (d, kv_dim))
+    add(b + "attn_k.bias", (kv_dim,), GGML_F32, "small")
+    mat(b + "attn_v.weight", (d, kv_dim))
+    add(b + "attn_v.bias", (kv_dim,), GGML_F32, "small")
+    mat(b + "attn_output.weight", (q_dim, d))
+    add(b + "attn_output.bias", (d,), GGML_F32, "small")
+    add(b + "attn_sinks.weight", (p.n_head,), GGML_F32, "small")
+    add(b + "post_attention_norm.weight", (d,), GGML_F32, "ones")
+    add(b + "ffn_gate_inp.weight", (d, e), GGML_F32, "uniform")
+    add(b + "ffn_gate_inp.bias", (e,), GGML_F32, "small")
+    mat(b + "ffn_gate_exps.weight", (d, f, e))
+    add(b + "ffn_gate_exps.bias", (f, e), GGML_F32, "small")
+    mat(b + "ffn_down_exps.weight", (f, d, e))
+    add(b + "ffn_down_exps.bias", (d, e), GGML_F32, "small")
+    mat(b + "ffn_up_exps.weight", (d, f, e))
+    add(b + "ffn_up_exps.bias", (f, e), GGML_F32, "small")
+
+
+def _phimoe_layer(p: Preset, i: int, b: str, add: _Add, mat: _Mat) -> None:
+    """src/models/phimoe.cpp: biased norms and attention, experts n_ff wide, no shared expert."""
+    d, e, f = p.n_embd, p.n_expert, p.n_ff
+    kv_dim = p.n_head_kv * (d // p.n_head)
+    add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+    add(b + "attn_norm.bias", (d,), GGML_F32, "small")
+    mat(b + "attn_q.weight", (d, d))
+    add(b + "attn_q.bias", (d,), GGML_F32, "small")
+    mat(b + "attn_k.weight", (d, kv_dim))
+    add(b + "attn_k.bias", (kv_dim,), GGML_F32, "small")
+    mat(b + "attn_v.weight", (d, kv_dim))
+    add(b + "attn_v.bias", (kv_dim,), GGML_F32, "small")
+    mat(b + "attn_output.weight", (d, d))
+    add(b + "attn_output.bias", (d,), GGML_F32, "small")
+    add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
+    add(b + "ffn_norm.bias", (d,), GGML_F32, "small")
+    add(b + "ffn_gate_inp.weight", (d, e), GGML_F32, "uniform")
+    mat(b + "ffn_gate_exps.weight", (d, f, e))
+    mat(b + "ffn_down_exps.weight", (f, d, e))
+    mat(b + "ffn_up_exps.weight", (d, f, e))
+
+
+def _deepseek_ffn(p: Preset, i: int, b: str, add: _Add, mat: _Mat) -> None:
+    """The FFN of deepseek and deepseek2: dense in the leading blocks, else routed + shared experts."""
+    d, e, f = p.n_embd, p.n_expert, p.n_ff_exp
+    add(b + "ffn_norm.weight", (d,), GGML_F32, "ones")
+    if i < p.n_layer_dense_lead:
+        mat(b + "ffn_gate.weight", (d, p.n_ff))
+        mat(b + "ffn_down.weight", (p.n_ff, d))
+        mat(b + "ffn_up.weight", (d, p.n_ff))
+        return
+    add(b + "ffn_gate_inp.weight", (d, e), GGML_F32, "uniform")
+    mat(b + "ffn_gate_exps.weight", (d, f, e))
+    mat(b + "ffn_down_exps.weight", (f, d, e))
+    mat(b + "ffn_up_exps.weight", (d, f, e))
+    mat(b + "ffn_gate_shexp.weight", (d, p.n_ff_shexp))
+    mat(b + "ffn_down_shexp.weight", (p.n_ff_shexp, d))
+    mat(b + "ffn_up_shexp.weight", (d, p.n_ff_shexp))
+
+
+def _deepseek_layer(p: Preset, i: int, b: str, add: _Add, mat: _Mat) -> None:
+    """src/models/deepseek.cpp: plain MHA (q and o are n_embd x n_embd)."""
+    d = p.n_embd
+    kv_dim = p.n_head_kv * (d // p.n_head)
+    add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+    mat(b + "attn_q.weight", (d, d))
+    mat(b + "attn_k.weight", (d, kv_dim))
+    mat(b + "attn_v.weight", (d, kv_dim))
+    mat(b + "attn_output.weight", (d, d))
+    _deepseek_ffn(p, i, b, add, mat)
+
+
+def _deepseek2_layer(p: Preset, i: int, b: str, add: _Add, mat: _Mat) -> None:
+    """src/models/deepseek2.cpp with MLA (key_length_mla set) and no q compression (V2-Lite):
+    attn_q, the joint KV down-projection attn_kv_a_mqa (kv_lora_rank + rope dims), its norm, and
+    the per-head up-projections attn_k_b / attn_v_b."""
+    d, h, rope = p.n_embd, p.n_head, p.n_rot
+    nope = p.head_dim_k_mla - rope
+    add(b + "attn_norm.weight", (d,), GGML_F32, "ones")
+    if p.q_lora_rank:
+        add(b + "attn_q_a_norm.weight", (p.q_lora_rank,), GGML_F32, "ones")
+        mat(b + "attn_q_a.weight", (d, p.q_lora_rank))
+        mat(b + "attn_q_b.weight", (p.q_lora_rank, h * p.head_dim_k_mla))
+    else:
+        mat(b + "attn_q.weight", (d, h * p.head_dim_k_mla))
+    add(b + "attn_kv_a_norm.weight", (p.kv_lora_rank,), GGML_F32, "ones")
+    mat(b + "attn_kv_a_mqa.weight", (d, p.kv_lora_rank + rope))
+    mat(b + "attn_k_b.weight", (nope, p.kv_lora_rank, h))
+    mat(b + "attn_v_b.weight", (p.kv_lora_rank, p.head_dim_v_mla, h))
+    mat(b + "attn_output.weight", (h * p.head_dim_v_mla, d))
+    _deepseek_ffn(p, i, b, add, mat)
+
+
+_LAYER_PLANS: dict[str, Callable[[Preset, int, str, _Add, _Mat], None]] = {
+    "qwen3moe": _qwen3moe_layer, "gpt2": _gpt2_layer, "gpt-oss": _gpt_oss_layer, "phimoe": _phimoe_layer,
+    "deepseek": _deepseek_layer, "deepseek2": _deepseek2_layer,
+}
 
 
 @dataclass(frozen=True)
@@ -168,11 +329,11 @@ class PlanSummary:
 
     total_params: int
     expert_params: int
-    active_params: int  # non-expert + n_expert_used / n_expert of the expert params
+    active_params: int  # non-expert (shared experts and dense layers included) + n_expert_used / n_expert of the routed-expert params
     tensor_bytes: int  # sum of tensor data, without alignment padding
 
 
-def summarize_plan(preset: str | Preset, qtype: str = "q4_0") -> PlanSummary:
+def summarize_plan(preset: str | Preset, qtype: str | None = None) -> PlanSummary:
     p = get_preset(preset) if isinstance(preset, str) else preset
     specs = tensor_plan(p, qtype)
     total = sum(s.n_elements for s in specs)
@@ -209,18 +370,18 @@ class Vocab:
     eos_id: int
 
 
-def build_vocab(n_vocab: int) -> Vocab:
+def build_vocab(n_vocab: int, specials: tuple[str, ...] = SPECIAL_TOKENS) -> Vocab:
     """A byte-level BPE vocabulary of exactly n_vocab tokens that llama.cpp's "gpt2" tokenizer accepts.
 
     Tokens 0..255 are the byte alphabet; each merged token k is an earlier token followed by one
     byte character (mostly lowercase letters or 'Ġ'), so lengths grow like log(k) rather than k;
-    the merge list holds "A B" for each in order; the last tokens are `SPECIAL_TOKENS` (CONTROL).
+    the merge list holds "A B" for each in order; the last tokens are `specials` (CONTROL).
     Texts are unique (llama.cpp asserts it). Depends only on n_vocab.
     """
     base = bytes_to_unicode()
-    n_merges = n_vocab - len(base) - len(SPECIAL_TOKENS)
+    n_merges = n_vocab - len(base) - len(specials)
     if n_merges < 0:
-        raise ConfigError(f"n_vocab {n_vocab} is too small; it must be at least {len(base) + len(SPECIAL_TOKENS)}")
+        raise ConfigError(f"n_vocab {n_vocab} is too small; it must be at least {len(base) + len(specials)}")
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġ"]
     bitgen = np.random.PCG64(np.random.SeedSequence([0x70CAB, n_vocab]))
     tokens = list(base)
@@ -243,9 +404,9 @@ def build_vocab(n_vocab: int) -> Vocab:
         seen.add(text)
         tokens.append(text)
         merges.append(f"{left} {right}")
-    tokens.extend(SPECIAL_TOKENS)
-    types = [_TOKEN_NORMAL] * (n_vocab - len(SPECIAL_TOKENS)) + [_TOKEN_CONTROL] * len(SPECIAL_TOKENS)
-    return Vocab(tokens=tokens, token_types=types, merges=merges, eos_id=n_vocab - len(SPECIAL_TOKENS))
+    tokens.extend(specials)
+    types = [_TOKEN_NORMAL] * (n_vocab - len(specials)) + [_TOKEN_CONTROL] * len(specials)
+    return Vocab(tokens=tokens, token_types=types, merges=merges, eos_id=n_vocab - len(specials))
 
 
 # --- random data ------------------------------------------------------------------------------
@@ -307,9 +468,44 @@ def _f32_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
         yield np.float32(lo) + _unit_f32(payload, m) * np.float32(width)
 
 
+def mxfp4_exponent(spec: TensorSpec) -> int:
+    """The E8M0 byte of every block of an MXFP4 tensor: ggml reads a weight as
+    kvalues_mxfp4[q] * 2**(e - 128) (ggml_e8m0_to_fp32_half), so e is the power of two nearest
+    to the scale that gives a row std ~ 1/sqrt(fan_in). No jitter: the scale is a power of two,
+    and the e2m1 values are symmetric, so no sign is needed either."""
+    return 128 + round(math.log2(1.0 / (math.sqrt(spec.shape[0]) * _Q_STD[GGML_MXFP4])))
+
+
+def _mxfp4_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    """MXFP4 block (17 bytes): u8 E8M0 exponent e, 16 bytes of e2m1 nibbles (ggml-common.h block_mxfp4)."""
+    n_blocks = spec.n_elements // 32
+    e = np.uint8(mxfp4_exponent(spec))
+    payload, _ = _tensor_bitgens(seed, spec.name)
+    for start in range(0, n_blocks, CHUNK_BLOCKS):
+        m = min(CHUNK_BLOCKS, n_blocks - start)
+        out = np.empty((m, 17), dtype=np.uint8)
+        out[:, 0] = e
+        out[:, 1:] = _raw_bytes(payload, m * 16).reshape(m, 16)
+        yield out
+
+
+def _f16_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    """An F16 weight matrix: uniform on [-a, a], std 1/sqrt(fan_in), computed in float32, rounded once."""
+    payload, _ = _tensor_bitgens(seed, spec.name)
+    a = math.sqrt(3.0 / spec.shape[0])
+    n = spec.n_elements
+    for start in range(0, n, CHUNK_F32):
+        m = min(CHUNK_F32, n - start)
+        yield (np.float32(-a) + _unit_f32(payload, m) * np.float32(2 * a)).astype(np.float16)
+
+
 def tensor_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
     """The tensor's bytes, in order, as arrays of at most a few tens of MB."""
     if spec.fill == "quant":
+        if spec.ggml_type == GGML_MXFP4:
+            return _mxfp4_chunks(spec, seed)
+        if spec.ggml_type == GGML_F16:
+            return _f16_chunks(spec, seed)
         return _quant_chunks(spec, seed)
     return _f32_chunks(spec, seed)
 
@@ -317,9 +513,9 @@ def tensor_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
 # --- writing ----------------------------------------------------------------------------------
 
 
-def synth_file_name(preset: str, qtype: str = "q4_0", seed: int = 0) -> str:
-    """The file name the catalog caches a synthetic model under."""
-    return f"{preset}-{qtype}-seed{seed}.gguf"
+def synth_file_name(preset: str, qtype: str | None = "q4_0", seed: int = 0) -> str:
+    """The file name the catalog caches a synthetic model under (qtype None: the preset's default)."""
+    return f"{preset}-{qtype if qtype is not None else get_preset(preset).default_qtype}-seed{seed}.gguf"
 
 
 def header_name(p: Preset) -> str:
@@ -350,13 +546,15 @@ def _add_metadata(writer: object, p: Preset, qtype: str, seed: int, vocab: Vocab
         w.add_layer_norm_eps(1e-5)
     else:
         w.add_key_length(p.head_dim)
-        w.add_value_length(p.head_dim)
+        w.add_value_length(p.head_dim_value)
         w.add_rope_freq_base(p.rope_freq_base)
-        w.add_layer_norm_rms_eps(1e-6)
+        w.add_layer_norm_rms_eps(p.norm_eps)
     if p.n_expert:
         w.add_expert_count(p.n_expert)
         w.add_expert_used_count(p.n_expert_used)
-        w.add_expert_feed_forward_length(p.n_ff_exp)
+        if p.arch != "phimoe":  # phimoe's experts are feed_forward_length wide; conversion/phi.py writes no such key
+            w.add_expert_feed_forward_length(p.n_ff_exp)
+    _add_arch_metadata(w, p)
     w.add_file_type(_FILE_TYPE[qtype])
     w.add_quantization_version(2)  # GGML_QNT_VERSION
     w.add_vocab_size(p.n_vocab)
@@ -371,6 +569,42 @@ def _add_metadata(writer: object, p: Preset, qtype: str, seed: int, vocab: Vocab
     w.add_add_bos_token(False)
 
 
+def _add_arch_metadata(w: object, p: Preset) -> None:
+    """The keys only some architectures read (all absent for the stand-in presets, whose files
+    are unchanged): as the vendored conversion/<arch>.py writes them, read by src/models/<arch>.cpp."""
+    import gguf
+
+    assert isinstance(w, gguf.GGUFWriter)
+    if p.n_rot:
+        w.add_rope_dimension_count(p.n_rot)
+    if p.rope_scaling:
+        w.add_rope_scaling_type(gguf.RopeScalingType(p.rope_scaling))
+    if p.rope_scaling_factor:
+        w.add_rope_scaling_factor(p.rope_scaling_factor)
+    if p.rope_orig_ctx:
+        w.add_rope_scaling_orig_ctx_len(p.rope_orig_ctx)
+    if p.rope_yarn_log_mul:
+        w.add_rope_scaling_yarn_log_mul(p.rope_yarn_log_mul)
+    if p.rope_attn_factor:
+        w.add_rope_scaling_attn_factors(p.rope_attn_factor)
+    if p.sliding_window:
+        w.add_sliding_window(p.sliding_window)
+    if p.arch in ("deepseek", "deepseek2"):
+        # both read expert_shared_count as required; leading_dense_block_count defaults to 0
+        w.add_leading_dense_block_count(p.n_layer_dense_lead)
+        w.add_expert_shared_count(p.n_expert_shared)
+    if p.expert_weights_scale:
+        w.add_expert_weights_scale(p.expert_weights_scale)
+    if p.arch == "deepseek2":
+        # deepseek2.cpp requires q_lora_rank unless n_layer is 26 or 27 ("lite"): the reduced
+        # preset has to say 0 (a plain attn_q) where the real V2-Lite file says nothing.
+        if p.q_lora_rank or p.n_layer not in (26, 27):
+            w.add_q_lora_rank(p.q_lora_rank)
+        w.add_kv_lora_rank(p.kv_lora_rank)
+        w.add_key_length_mla(p.head_dim_k_mla)
+        w.add_value_length_mla(p.head_dim_v_mla)
+
+
 def _pad(n: int) -> int:
     return -n % ALIGNMENT
 
@@ -378,23 +612,24 @@ def _pad(n: int) -> int:
 def write_synth(
     out: str | os.PathLike[str],
     preset: str,
-    qtype: str = "q4_0",
+    qtype: str | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthResult:
     """Write the preset's random-weight GGUF to `out` (atomically: a temp file, then rename).
 
-    progress(bytes_written, bytes_total) is called after each chunk. Returns the size and the
-    SHA256, computed while writing (no second read).
+    qtype None means the preset's default. progress(bytes_written, bytes_total) is called after
+    each chunk. Returns the size and the SHA256, computed while writing (no second read).
     """
     import gguf
 
     p = get_preset(preset)
+    qtype = resolve_qtype(p, qtype)
     _check_qtype(qtype)
     if seed < 0 or seed >= 2**64:
         raise ConfigError(f"seed {seed} out of range; use 0 <= seed < 2**64")
     specs = tensor_plan(p, qtype)
-    vocab = build_vocab(p.n_vocab)
+    vocab = build_vocab(p.n_vocab, special_tokens(p))
     path = Path(out)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give a file name, e.g. {path / synth_file_name(preset, qtype, seed)}")
