@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -30,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from llama_http import free_port, get_status
 
 from abtest.models import presets, synth
 from abtest.models.desc import ModelDesc, read_model
@@ -55,22 +55,6 @@ def test_every_arch_has_a_reduced_preset() -> None:
     assert {presets.PRESETS[n].arch for n in TINY} == archs == {"gpt-oss", "qwen3moe", "phimoe", "deepseek", "deepseek2"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code  # 503 while loading
-    except OSError:
-        return None
-
-
 def _complete(base: str, prompt: str) -> list[int]:
     body = {"prompt": prompt, "n_predict": 8, "temperature": 0, "ignore_eos": True, "cache_prompt": False,
             "return_tokens": True}
@@ -84,7 +68,7 @@ def _complete(base: str, prompt: str) -> list[int]:
 
 def _serve(server: Path, model: Path, log_path: Path) -> tuple[list[int], list[int], str]:
     """Launch, wait for /health, two greedy completions, stop; the two token lists and the log."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -94,7 +78,7 @@ def _serve(server: Path, model: Path, log_path: Path) -> tuple[list[int], list[i
         )
         try:
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
-            while _get_status(f"{base}/health") != 200:
+            while get_status(f"{base}/health") != 200:
                 if proc.poll() is not None:
                     tail = log_path.read_text(errors="replace")[-3000:]
                     pytest.fail(f"llama-server exited with {proc.returncode} loading {model.name}:\n{tail}")

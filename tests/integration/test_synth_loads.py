@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,28 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from llama_http import free_port, get_status
 
 from abtest.models import presets, synth
 
 pytestmark = pytest.mark.integration
 
 HEALTH_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code  # 503 while loading
-    except OSError:
-        return None  # not listening yet
 
 
 def _post_json(url: str, body: dict[str, object], timeout: float = 120) -> dict[str, object]:
@@ -52,7 +36,7 @@ def _post_json(url: str, body: dict[str, object], timeout: float = 120) -> dict[
 def test_synthetic_model_generates_varied_tokens(preset: str, tmp_path: Path, llama_server: Path) -> None:
     server = llama_server
     model = synth.write_synth(tmp_path / f"{preset}.gguf", preset).path
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server.log"
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
@@ -62,7 +46,7 @@ def test_synthetic_model_generates_varied_tokens(preset: str, tmp_path: Path, ll
         )
         try:
             deadline = time.monotonic() + HEALTH_TIMEOUT_S
-            while _get_status(f"{base}/health") != 200:
+            while get_status(f"{base}/health") != 200:
                 if proc.poll() is not None:
                     tail = log_path.read_text(errors="replace")[-2000:]
                     pytest.fail(f"llama-server exited with {proc.returncode} loading {preset}:\n{tail}")
