@@ -315,11 +315,18 @@ class SweepRunner:
             tps = statistics.mean(rates) if rates else None
             vram = measured_vram_mib(end, used_before)
             ok = end is not None and end.status == "ok" and bool(rates)
+            error = None if end is None else end.error
+            if end is not None and end.status == "ok" and not rates:
+                from ..analysis.metrics import decode_unmeasurable
+
+                why = next((w for r in recs if (w := decode_unmeasurable(r))), "no successful request")
+                error = (f"no request of this setting has a decode rate ({why}; docs/metrics.md) — "
+                         "raise --max-tokens (a rate needs 12 tokens read apart) or quiet the machine")
             entry.update(status="measured" if ok else "failed", vram_mib=vram, decode_tps=tps,
-                         device_used_before_mib=used_before, error=None if end is None else end.error)
+                         device_used_before_mib=used_before, error=error)
             self.trail.append(entry)
             self._write_sidecar(sidecar, plan, entry_only=True)
-            note = (end.error or "") if end is not None else "no arm_end"
+            note = (error or "") if end is not None else "no arm_end"
             return Measurement(ok=ok, vram_mib=vram, decode_tps=tps, note=note if not ok else "")
 
         with closing_writer(runner.writer):
