@@ -42,7 +42,11 @@ def provenance_line(report: Report) -> str:
 
 def sections(report: Report) -> list[Section]:
     """The report as titled sections of text and tables (shared by Markdown and terminal output)."""
-    out = [Section("Verdict", paragraphs=list(report.verdict) or ["No arm to compare with the baseline."])]
+    verdict = list(report.verdict) or ["No arm to compare with the baseline."]
+    capacity = capacity_line(report.levels, report.slo)
+    if capacity:  # a load-level run judged against an SLO: the capacity is the answer it asked for
+        verdict.insert(0, capacity[0].upper() + capacity[1:] + ".")
+    out = [Section("Verdict", paragraphs=verdict)]
     if report.warnings:
         out.append(Section("Warnings", bullets=[str(w) for w in report.warnings]))
 

@@ -177,6 +177,8 @@ def test_the_report_shows_each_level_of_a_slot_limited_server(scripted, cfg_for,
                for r in judged.levels)
     text = render(judged, "markdown")
     assert "within TTFT p95 ≤ 60 ms: a carries concurrency 1" in text and "not 4" in text
+    verdict = text.split("## Verdict", 1)[1].split("##", 1)[0]
+    assert "Within TTFT p95 ≤ 60 ms: a carries concurrency 1" in verdict  # the capacity leads the verdict
     from abtest.render.plots import write_report_plots
 
     written = write_report_plots(judged, tmp_path / "plots")
