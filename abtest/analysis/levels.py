@@ -31,6 +31,7 @@ class LevelRow:
     tpot_p95_ms: float | None
     goodput_rps: float | None = None  # requests meeting every SLO limit / the level's wall time (with --slo)
     meets_slo: bool | None = None  # the level's percentiles meet every objective (None: no --slo)
+    sessions_meeting: int | None = None  # sessions whose own requests at this level meet them
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -72,6 +73,7 @@ def level_rows(groups: Sequence[ArmGroup], slo: Sequence[Objective] = ()) -> lis
                 tpot_p95_ms=_pct(tpot, 95),
                 goodput_rps=good_n / span_s if slo and span_s else None,
                 meets_slo=level_meets(reqs, slo) if slo else None,
+                sessions_meeting=sum(1 for s in sessions.values() if level_meets(s, slo)) if slo else None,
             ))
     return out
 
@@ -92,6 +94,8 @@ def capacity_line(rows: Sequence[LevelRow], slo: Sequence[Objective]) -> str | N
         best = max(ok, key=lambda r: r.concurrency)
         rate = f"{best.req_per_s:.3g} req/s" if best.req_per_s else "—"
         above = [r.concurrency for r in mine if r.concurrency > best.concurrency]
-        parts.append(f"{group} carries concurrency {best.concurrency} ({rate})"
+        agree = (f", {best.sessions_meeting} of {best.sessions} sessions alone"
+                 if best.sessions > 1 and best.sessions_meeting is not None else "")
+        parts.append(f"{group} carries concurrency {best.concurrency} ({rate}{agree})"
                      + (f", not {min(above)}" if above else ", the highest run"))
     return f"within {', '.join(map(str, slo))}: " + "; ".join(parts) + " — among the levels run, no interval yet"
