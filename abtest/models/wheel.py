@@ -45,9 +45,14 @@ class Extracted:
     wheel: Path
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no output)"
+def _pip_reason(stderr: str, stdout: str) -> str:
+    """The line that says why pip failed: its last ERROR line, else the last line of stderr, else of stdout."""
+    err = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in err if ln.startswith("ERROR")]
+    if errors:
+        return errors[-1]
+    out = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    return (err or out or ["(no output)"])[-1]
 
 
 def download_wheel(requirement: str, dest_dir: Path, python: str = sys.executable,
@@ -66,10 +71,10 @@ def download_wheel(requirement: str, dest_dir: Path, python: str = sys.executabl
     except subprocess.TimeoutExpired:
         raise ProvisionError(f"pip download {requirement} took over {timeout_s:.0f} s; {hint}") from None
     if proc.returncode != 0:
-        err = proc.stderr + proc.stdout
-        if "No module named pip" in err:
+        if "No module named pip" in proc.stderr + proc.stdout:
             raise ProvisionError(f"pip is not installed for {python} (python -m ensurepip installs it); {hint}")
-        raise ProvisionError(f"pip could not download {requirement} (exit {proc.returncode}: {_last_line(err)}); {hint}")
+        reason = _pip_reason(proc.stderr, proc.stdout)
+        raise ProvisionError(f"pip could not download {requirement} (exit {proc.returncode}: {reason}); {hint}")
     name = requirement.split("==")[0].replace("-", "_").lower()
     wheels = sorted(p for p in dest_dir.glob("*.whl") if p.name.lower().startswith(name + "-"))
     if not wheels:

