@@ -94,7 +94,7 @@ def _greedy(server: Path, model: Path, log_path: Path, extra: tuple[str, ...] = 
 
 
 def _first_divergence(a: list[int], b: list[int]) -> str:
-    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return f"first divergent token at {i}: {a[i:i + 4]} vs {b[i:i + 4]}"
 
 
@@ -114,6 +114,6 @@ def test_upcycled_moe_generates_the_dense_models_tokens(models: tuple[Path, Path
 
     for label, extra in (("moe", ()), ("moe --cpu-moe", ("--cpu-moe",))):
         got = _greedy(llama_server, moe, tmp_path / f"{label.replace(' ', '_')}.log", extra)
-        for prompt, (want_ids, want_text), (ids, text) in zip(PROMPTS, ref, got):
+        for prompt, (want_ids, want_text), (ids, text) in zip(PROMPTS, ref, got, strict=True):
             assert ids == want_ids, (f"{label} on {prompt!r}: {_first_divergence(want_ids, ids)}\n"
                                      f"dense: {want_text!r}\n{label}: {text!r}")
