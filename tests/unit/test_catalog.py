@@ -42,7 +42,7 @@ def test_catalog_lists_the_known_names_and_cites_every_hash() -> None:
     assert {"gpt-oss-20b-like", "qwen3-30b-a3b-like", "dense-small"} <= names
     for e in catalog.catalog_entries():
         assert (e.sha256 is None) == (e.sha256_source is None), e.name  # no uncited hashes
-        assert e.hf_repo or e.synth_preset, e.name
+        assert e.hf_repo or e.synth_preset or e.wheel, e.name
 
 
 def test_a_path_is_used_as_is(tmp_path: Path) -> None:
