@@ -71,7 +71,7 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Server sessions per arm, run A B B A with a restart each: the report compares arms "
                    "across sessions, so 2 or more are needed for a verdict.")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0),
-              help="Warm-up requests per arm (recorded, flagged, left out of statistics).")
+              help="Warm-up requests per server session and load level (recorded, flagged, left out of statistics).")
 @click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
               help="Tokens generated per request (ignore_eos: every arm generates exactly this many).")
 @click.option("--concurrency", default="1", show_default=True, callback=_levels, metavar="N[,N...]",
