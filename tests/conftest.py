@@ -25,3 +25,12 @@ def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny-moe.gguf"
     write_synth(out, "tiny-moe", "q4_0", seed=0)
     return out
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """abtest's per-user cache in this test's tmp dir (models, hashes, builds), no $ABTEST_MODELS."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ABTEST_CACHE", str(cache))
+    monkeypatch.delenv("ABTEST_MODELS", raising=False)
+    return cache

@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from llama_http import free_port, get_status
+from llama_http import running_server
 
 from abtest.errors import ProvisionError
 from abtest.models import catalog, upcycle
@@ -57,40 +54,16 @@ def _post_json(url: str, body: dict[str, object], timeout: float = 300) -> dict[
 
 def _greedy(server: Path, model: Path, log_path: Path, extra: tuple[str, ...] = ()) -> list[tuple[list[int], str]]:
     """(token ids, text) of greedy N_PREDICT-token completions of PROMPTS on a fresh llama-server."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "512", "-np", "1",
-             "-ngl", "0", "-t", "2", *extra],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group, killed below
-        )
-        try:
-            deadline = time.monotonic() + HEALTH_TIMEOUT_S
-            while get_status(f"{base}/health") != 200:
-                if proc.poll() is not None:
-                    pytest.fail(f"llama-server exited with {proc.returncode} on {model.name}:\n"
-                                f"{log_path.read_text(errors='replace')[-2000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama-server not healthy after {HEALTH_TIMEOUT_S}s; log: {log_path}")
-                time.sleep(0.2)
-            out = []
-            for prompt in PROMPTS:
-                res = _post_json(f"{base}/completion", {
-                    "prompt": prompt, "n_predict": N_PREDICT, "temperature": 0, "top_k": 1, "ignore_eos": True,
-                    "cache_prompt": False, "return_tokens": True, "seed": 0,
-                })
-                out.append((list(res["tokens"]), str(res["content"])))  # type: ignore[arg-type]
-            return out
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    args = ("-c", "512", "-np", "1", "-ngl", "0", "-t", "2", *extra)
+    with running_server(server, model, log_path, args, HEALTH_TIMEOUT_S) as base:
+        out = []
+        for prompt in PROMPTS:
+            res = _post_json(f"{base}/completion", {
+                "prompt": prompt, "n_predict": N_PREDICT, "temperature": 0, "top_k": 1, "ignore_eos": True,
+                "cache_prompt": False, "return_tokens": True, "seed": 0,
+            })
+            out.append((list(res["tokens"]), str(res["content"])))  # type: ignore[arg-type]
+        return out
 
 
 def _first_divergence(a: list[int], b: list[int]) -> str:

@@ -19,17 +19,13 @@ Self-contained (stdlib HTTP, own process handling), as test_synth_loads.py.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from llama_http import free_port, get_status
+from llama_http import running_server
 
 from abtest.models import presets, synth
 from abtest.models.desc import ModelDesc, read_model
@@ -68,34 +64,10 @@ def _complete(base: str, prompt: str) -> list[int]:
 
 def _serve(server: Path, model: Path, log_path: Path) -> tuple[list[int], list[int], str]:
     """Launch, wait for /health, two greedy completions, stop; the two token lists and the log."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(N_CTX),
-             "-np", "1", "-ngl", "0", "-t", "1", "-fa", "on", "-lv", "4"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group, killed below
-        )
-        try:
-            deadline = time.monotonic() + HEALTH_TIMEOUT_S
-            while get_status(f"{base}/health") != 200:
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    pytest.fail(f"llama-server exited with {proc.returncode} loading {model.name}:\n{tail}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama-server not healthy after {HEALTH_TIMEOUT_S}s; log: {log_path}")
-                time.sleep(0.1)
-            a = _complete(base, "the quick brown fox jumps over the lazy dog")
-            b = _complete(base, "hello world")
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    args = ("-c", str(N_CTX), "-np", "1", "-ngl", "0", "-t", "1", "-fa", "on", "-lv", "4")
+    with running_server(server, model, log_path, args, HEALTH_TIMEOUT_S) as base:
+        a = _complete(base, "the quick brown fox jumps over the lazy dog")
+        b = _complete(base, "hello world")
     return a, b, log_path.read_text(errors="replace")
 
 

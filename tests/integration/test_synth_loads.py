@@ -8,16 +8,12 @@ Self-contained on purpose (stdlib HTTP, own process handling): it tests synth, n
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from llama_http import free_port, get_status
+from llama_http import running_server
 
 from abtest.models import presets, synth
 
@@ -36,36 +32,12 @@ def _post_json(url: str, body: dict[str, object], timeout: float = 120) -> dict[
 def test_synthetic_model_generates_varied_tokens(preset: str, tmp_path: Path, llama_server: Path) -> None:
     server = llama_server
     model = synth.write_synth(tmp_path / f"{preset}.gguf", preset).path
-    port = free_port()
     log_path = tmp_path / "server.log"
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "512", "-ngl", "0", "-t", "2"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own process group, killed below
-        )
-        try:
-            deadline = time.monotonic() + HEALTH_TIMEOUT_S
-            while get_status(f"{base}/health") != 200:
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    pytest.fail(f"llama-server exited with {proc.returncode} loading {preset}:\n{tail}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama-server not healthy after {HEALTH_TIMEOUT_S}s; log: {log_path}")
-                time.sleep(0.2)
-            res = _post_json(f"{base}/completion", {
-                "prompt": "hello", "n_predict": 16, "temperature": 0, "ignore_eos": True,
-                "cache_prompt": False, "return_tokens": True,
-            })
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with running_server(server, model, log_path, ("-c", "512", "-ngl", "0", "-t", "2"), HEALTH_TIMEOUT_S) as base:
+        res = _post_json(f"{base}/completion", {
+            "prompt": "hello", "n_predict": 16, "temperature": 0, "ignore_eos": True,
+            "cache_prompt": False, "return_tokens": True,
+        })
     assert res["tokens_predicted"] == 16
     tokens = res["tokens"]
     assert isinstance(tokens, list) and len(tokens) == 16

@@ -16,11 +16,9 @@ from abtest.models import catalog, hashing, synth
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("ABTEST_CACHE", str(cache))
-    monkeypatch.delenv("ABTEST_MODELS", raising=False)
-    return cache
+def _cache(isolated_cache: Path) -> Path:
+    """Every test here runs on its own cache (tests/conftest.py's isolated_cache)."""
+    return isolated_cache
 
 
 def _found(name: str, models_dir: Path | None = None) -> catalog.ModelRef:

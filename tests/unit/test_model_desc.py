@@ -107,8 +107,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABTEST_CACHE", str(tmp_path / "cache"))
+def _cache(isolated_cache: Path) -> Path:
+    """Every test here runs on its own cache (tests/conftest.py's isolated_cache)."""
+    return isolated_cache
 
 
 @pytest.mark.parametrize("name", list(MANIFEST))

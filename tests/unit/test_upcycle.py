@@ -17,8 +17,9 @@ Q4_1 = gguf.GGMLQuantizationType.Q4_1
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABTEST_CACHE", str(tmp_path / "cache"))
+def _cache(isolated_cache: Path) -> Path:
+    """Every test here runs on its own cache (tests/conftest.py's isolated_cache)."""
+    return isolated_cache
 
 
 def _q4_1(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:

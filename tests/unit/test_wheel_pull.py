@@ -21,11 +21,9 @@ MEMBER = "llm_fake/fake.gguf"
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("ABTEST_CACHE", str(cache))
-    monkeypatch.delenv("ABTEST_MODELS", raising=False)
-    return cache
+def _cache(isolated_cache: Path) -> Path:
+    """Every test here runs on its own cache (tests/conftest.py's isolated_cache)."""
+    return isolated_cache
 
 
 def _wheel(path: Path, content: bytes = FAKE_GGUF, member: str = MEMBER) -> Path:
