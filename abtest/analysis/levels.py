@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..records import RequestRecord
 from . import metrics
 from .arms import ArmGroup
 from .slo import Objective, level_meets, meets_each
+from .stats import percentile_or_none
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,6 @@ class LevelRow:
     goodput_rps: float | None = None  # requests meeting every SLO limit / the level's wall time (with --slo)
     meets_slo: bool | None = None  # the level's percentiles meet every objective (None: no --slo)
     sessions_meeting: int | None = None  # sessions whose own requests at this level meet them
-
-
-def _pct(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 def level_rows(groups: Sequence[ArmGroup], slo: Sequence[Objective] = ()) -> list[LevelRow]:
@@ -69,8 +64,8 @@ def level_rows(groups: Sequence[ArmGroup], slo: Sequence[Objective] = ()) -> lis
             out.append(LevelRow(
                 group=g.label, concurrency=conc, n=len(reqs), n_failed=len(reqs) - len(ok), sessions=len(sessions),
                 req_per_s=done / span_s if span_s else None, output_tok_per_s=tokens / span_s if span_s else None,
-                ttft_p50_ms=_pct(ttft, 50), ttft_p95_ms=_pct(ttft, 95), tpot_p50_ms=_pct(tpot, 50),
-                tpot_p95_ms=_pct(tpot, 95),
+                ttft_p50_ms=percentile_or_none(ttft, 50), ttft_p95_ms=percentile_or_none(ttft, 95), tpot_p50_ms=percentile_or_none(tpot, 50),
+                tpot_p95_ms=percentile_or_none(tpot, 95),
                 goodput_rps=good_n / span_s if slo and span_s else None,
                 meets_slo=level_meets(reqs, slo) if slo else None,
                 sessions_meeting=sum(1 for s in sessions.values() if level_meets(s, slo)) if slo else None,

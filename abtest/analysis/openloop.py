@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..records import RequestRecord
 from . import metrics
 from .arms import ArmGroup
+from .stats import percentile_or_none
 
 # The queue is "growing" when the from-schedule TTFT of the last quarter of the requests (by due
 # time) is this many times that of the first quarter: a server below its capacity keeps them
@@ -40,10 +39,6 @@ class LoadRow:
     def queue_growing(self) -> bool:
         lo, hi = self.first_quarter_ttft_ms, self.last_quarter_ttft_ms
         return lo is not None and hi is not None and lo > 0 and hi >= GROWTH_FACTOR * lo
-
-
-def _pct(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 def _sessions(g: ArmGroup) -> list[list[RequestRecord]]:
@@ -91,13 +86,13 @@ def load_row(g: ArmGroup) -> LoadRow | None:
         n=len(reqs),
         achieved_rps=n_done / span_s if span_s > 0 else None,
         max_in_flight=max(counts) if counts else None,
-        send_lag_p50_ms=_pct(lag, 50),
-        send_lag_p99_ms=_pct(lag, 99),
-        ttft_p50_ms=_pct(ttft, 50),
-        ttft_from_schedule_p50_ms=_pct(sched, 50),
-        ttft_from_schedule_p99_ms=_pct(sched, 99),
-        first_quarter_ttft_ms=_pct(firsts, 50),
-        last_quarter_ttft_ms=_pct(lasts, 50),
+        send_lag_p50_ms=percentile_or_none(lag, 50),
+        send_lag_p99_ms=percentile_or_none(lag, 99),
+        ttft_p50_ms=percentile_or_none(ttft, 50),
+        ttft_from_schedule_p50_ms=percentile_or_none(sched, 50),
+        ttft_from_schedule_p99_ms=percentile_or_none(sched, 99),
+        first_quarter_ttft_ms=percentile_or_none(firsts, 50),
+        last_quarter_ttft_ms=percentile_or_none(lasts, 50),
     )
 
 

@@ -99,6 +99,12 @@ def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(a, q)) if a.size else math.nan
 
 
+def percentile_or_none(values: Sequence[float] | np.ndarray, q: float) -> float | None:
+    """`percentile`, None where there is nothing to take it of (the report shows "—")."""
+    v = percentile(values, q)
+    return None if math.isnan(v) else v
+
+
 # --------------------------------------------------------------------------------------------------
 # Tests
 
