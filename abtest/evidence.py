@@ -14,11 +14,13 @@ and named.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import shutil
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,9 +281,17 @@ def read_evidence(path: Path) -> Evidence:
     path = Path(path)
     ev = Evidence(path=path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
     except OSError as exc:
         raise EvidenceError(f"cannot read evidence file {path}: {exc.strerror}") from exc
+    if raw[:2] == _GZIP_MAGIC:  # evidence committed gzipped (docs/results) reads as it is
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            # a cut-off .gz: keep what decompresses, as a cut-off .jsonl keeps its whole lines
+            raw = _gunzip_prefix(raw)
+            ev.problems.append(f"{path.name}: gzip data is damaged ({exc}); read what precedes the damage")
+    text = raw.decode("utf-8", errors="replace")
     lines = text.split("\n")
     newest = 0
     for lineno, line in enumerate(lines, 1):
@@ -312,6 +322,21 @@ def read_evidence(path: Path) -> Evidence:
         else:
             ev.problems.append(f"{path.name}: no run_start record")
     return ev
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gunzip_prefix(raw: bytes) -> bytes:
+    """What a damaged or truncated gzip stream decompresses to before the damage."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = []
+    for i in range(0, len(raw), 1 << 16):
+        try:
+            out.append(d.decompress(raw[i:i + (1 << 16)]))
+        except zlib.error:
+            break
+    return b"".join(out)
 
 
 def _bad(ev: Evidence, problem: str) -> None:

@@ -16,6 +16,15 @@
 #   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto (bounded by timeout $SWEEP_LIMIT, 540 s)
 #   wheel      the README's A/B (tiny-moe) from the carried abtest wheel (.whl/abtest_llm-*.whl),
 #              installed non-editable into /tmp/wheelsite and run from outside the checkout
+#   synth_arch gpt-oss-20b-arch (gpt-oss's own graph, MXFP4 experts, about 12 GB) into $MODELS
+#   buildarch  build and synth_arch at once
+#   smolparts  append the carried parts of SmolLM2's GGUF (.carry/smol*/part*) under $MODELS and,
+#              once all are there, assemble and check its SHA256 (it is larger than one transfer)
+#   acc        benchmarks/run_accuracy.py --write-doc, client and server on CPUs 2 and 3
+#   smol       SmolLM2 real weights: upcycled 4x2 and 64x2 MoEs, baseline vs cpu-moe (blocks 2), and
+#              the dense original; greedy outputs compared across arms
+#   cap        load levels: gpt-oss-20b-arch, baseline / ncmoe12 / cpu-moe at concurrency 1-16
+#              (-np 16), 24 requests of tok128 per level, 64 tokens each, blocks 2 ($RUN_LIMIT)
 #   aa         benchmarks/aa_rate.py: A/A runs of tiny-moe (a="-ngl 99" vs b="-ngl 99"), bounded by
 #              $AA_LIMIT seconds (420), into $WORK/aa-$AA_TAG
 # Results land in $OUT (tarred: the device tool brings back at most 8 files).
@@ -32,6 +41,9 @@ export PYTHONPATH="/tmp/site:$here${PYTHONPATH:+:$PYTHONPATH}"
 ABTEST=(python3 -m abtest)
 GPT="$MODELS/gpt-oss-20b-like-q4_0-seed0.gguf"
 QWEN="$MODELS/qwen3-30b-a3b-like-q4_0-seed0.gguf"
+GPTA="$MODELS/gpt-oss-20b-arch-mxfp4-seed0.gguf"
+SMOL="$MODELS/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 ARMS=(--arm baseline --arm ncmoe12 --arm cpu-moe)
 COMMON=(--runs 5 --ctx-size 4096 --quiet)
 
@@ -75,6 +87,66 @@ stage_synth() {
   local t0=$SECONDS
   [ -f "$GPT" ] || "${ABTEST[@]}" model synth "$MODELS" --preset gpt-oss-20b-like
   log "synth stage: $((SECONDS - t0)) s"; ls -la "$MODELS"
+}
+
+stage_synth_arch() {
+  local t0=$SECONDS
+  [ -f "$GPTA" ] || "${ABTEST[@]}" model synth "$MODELS" --preset gpt-oss-20b-arch
+  log "synth-arch stage: $((SECONDS - t0)) s"; ls -la "$MODELS"
+}
+
+stage_buildarch() {
+  stage_synth_arch > "$WORK/synth-arch.log" 2>&1 &
+  local synth_pid=$!
+  stage_build
+  wait "$synth_pid"; cat "$WORK/synth-arch.log"
+}
+
+stage_smolparts() {
+  mkdir -p "$MODELS/smolparts"
+  for p in "$here"/.carry/smol*/part*; do [ -f "$p" ] && cp "$p" "$MODELS/smolparts/"; done
+  ls -la "$MODELS/smolparts"
+  if [ ! -f "$SMOL" ] && [ "$(ls "$MODELS/smolparts" | wc -l)" -ge 3 ]; then
+    cat "$MODELS"/smolparts/part* > "$SMOL.part" && mv "$SMOL.part" "$SMOL"
+  fi
+  [ -f "$SMOL" ] && echo "$SMOL_SHA  $SMOL" | sha256sum -c -
+}
+
+stage_acc() {
+  pkill -x llama-server; sleep 1
+  uptime
+  python3 "$here/benchmarks/run_accuracy.py" --client-cpu 2 --server-cpu 3 --write-doc --out "$WORK/acc"
+  cp "$here/docs/performance.md" "$WORK/acc/performance.md"
+  uptime
+}
+
+stage_smol() {
+  local t0=$SECONDS m4="$MODELS/smollm2-135m-4x2.gguf" m64="$MODELS/smollm2-135m-64x2.gguf"
+  [ -f "$m4" ] || "${ABTEST[@]}" model upcycle "$SMOL" "$m4" --experts 4 --used 2
+  [ -f "$m64" ] || "${ABTEST[@]}" model upcycle "$SMOL" "$m64" --experts 64 --used 2
+  log "upcycle: $((SECONDS - t0)) s"; ls -la "$MODELS"
+  smi_start
+  pkill -x llama-server; sleep 1
+  for m in "$m4" "$m64"; do
+    timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$m" --arm baseline --arm cpu-moe --runs 3 \
+      --buckets seed004,tok8,tok128 --quiet --out "$WORK/evidence-smol"
+    log "smol run $(basename "$m") exit $?: $((SECONDS - t0)) s"
+  done
+  timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$SMOL" --arm baseline --runs 3 \
+    --buckets seed004,tok8,tok128 --quiet --out "$WORK/evidence-smol"
+  log "smol dense exit $?: $((SECONDS - t0)) s"
+  smi_stop
+}
+
+stage_cap() {
+  local t0=$SECONDS
+  stage_synth_arch
+  smi_start
+  pkill -x llama-server; sleep 1
+  timeout "${RUN_LIMIT:-540}" "${ABTEST[@]}" run --model "$GPTA" "${ARMS[@]}" --concurrency 1,2,4,8,16 \
+    --runs "${CAP_RUNS:-6}" --buckets tok128 --max-tokens 64 --quiet --out "$WORK/evidence-cap"
+  log "cap exit $?: $((SECONDS - t0)) s"
+  smi_stop
 }
 
 # nvidia-smi's own per-process view, for the cross-check with abtest's NVML samples.

@@ -320,3 +320,25 @@ def test_a_real_full_device_gives_enospc(tmp_path: Path) -> None:
     with pytest.raises(EvidenceError, match=r"e\.jsonl failed \(No space left on device\)"):
         w.sync()
     w.close()
+
+
+def test_gzipped_evidence_reads_as_the_plain_file_and_a_cut_gz_keeps_its_head(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "e.jsonl"
+    with EvidenceWriter(path) as w:
+        w.write(_manifest())
+        for i in range(200):
+            w.write(_rec([(5, 1), (9, 2)], e2e_ms=1.0 + i))
+        w.write(RunEnd("t", 1.0, 200, 0, []))
+    plain = read_evidence(path)
+    gz = tmp_path / "e.jsonl.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    packed = read_evidence(gz)
+    assert packed.problems == plain.problems == [] and not packed.partial
+    assert [r.e2e_ms for r in packed.requests] == [r.e2e_ms for r in plain.requests]
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gz.read_bytes()[: gz.stat().st_size // 2])
+    head = read_evidence(cut)  # what decompresses is read; the damage is named, never raised
+    assert head.manifest is not None and 0 < len(head.requests) < 200
+    assert any("gzip data is damaged" in p for p in head.problems)
