@@ -291,7 +291,7 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
             ttft={b: mean_ci([v for r in rs if r.bucket == b and (v := ttft_ms(r)) is not None]) for b in buckets},
             prompt_tokens={b: float(np.mean([r.prompt_tokens or 0 for r in rs if r.bucket == b]))
                            for b in buckets if any(r.bucket == b for r in rs)},
-            depth_tokens=depth, sessions=len({r.block for r in rs}),
+            depth_tokens=depth, sessions=len(set(_rates(rs)[2].tolist())),
         )
         _traffic(row, backend, long_bucket)
         return row
@@ -377,7 +377,7 @@ def _fit_row(arm: str, es: list[ArmEnd], rs: list[RequestRecord], t: dict[str, A
             placement["gpu_buffers"] = gpu
     return FitRow(arm=arm, status=status, reason=reason, target=dict(t.get("fit_target") or {}), placement=placement,
                   plan=dict(t.get("fit_params") or {}), vram_peak_mib=peak,
-                  decode=mean_ci_stratified(*_rates(rs)[:2], weights), sessions=len({r.block for r in rs}),
+                  decode=mean_ci_stratified(*_rates(rs)[:2], weights), sessions=len(set(_rates(rs)[2].tolist())),
                   over_budget=budget is not None and peak is not None and peak > budget)
 
 

@@ -252,6 +252,8 @@ def write_frontier_plot(frontiers: list[tuple[float | None, list[FrontierPoint]]
             ax.plot([p.n_ctx for p in fit], [p.fit_decode_tps or math.nan for p in fit], "s--", color=f"C{i}", alpha=0.6,
                     label=f"--fit, {label}")
     ax.set_xscale("log", base=2)
+    ticks = sorted({p.n_ctx for _, pts in frontiers for p in pts})
+    ax.set_xticks(ticks, [f"{t // 1024}k" if t % 1024 == 0 else str(t) for t in ticks])
     ax.set_xlabel("context size (-c, tokens)")
     ax.set_ylabel("decode tok/s (labels: --n-cpu-moe N)")
     ax.grid(alpha=0.3)
