@@ -1,4 +1,4 @@
-"""The sweep analysis: VRAM vs speed per ``--n-cpu-moe N``, the frontier, one line of advice.
+"""The sweep analysis: VRAM vs speed per ``--n-cpu-moe N``, against ``--fit``, per context; one line of advice.
 
 Reads evidence only: the JSONL a sweep wrote (predictions in the manifest's
 ``config.extra["sweep"]``, measurements in ``arm_end`` and the request records) and, when it lies
@@ -15,7 +15,11 @@ Numbers, per setting:
   token read; requests it cannot measure left out); the buckets' means weighted by their share of the requests, σ within buckets and a
   stratified t-interval (`stratified.mean_ci_stratified`: the spread between buckets is not
   noise); × reference = the ratio to the all-experts-on-CPU setting, compared within buckets
-  (`stratified.ratio_ci_stratified`).
+  and over server sessions (`stratified.session_ratio`: no interval with one session a side).
+* Comparisons the advice rests on (`Versus`): the pick against its runner-up, against llama.cpp's
+  ``--fit`` arm (`FitRow`) and against itself loaded with ``--load-mode none``, over sessions;
+  `recommend` says whose flags the advice gives. A frontier sweep (``--ctx``) has one report per
+  context and a `FrontierPoint` each (`build_frontier`).
 * TTFT ms = `metrics.ttft_ms`, per prompt bucket.
 * Bytes per decoded token: from GPU memory, every GPU weight a token touches (all non-expert GPU
   tensors, n_expert_used / n_expert of each GPU layer's experts) plus the KV cache up to the mean
