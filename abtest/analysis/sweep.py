@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,13 +433,27 @@ def _mark_frontier(rows: list[SettingRow]) -> None:
         r.on_frontier = not any((v2 <= v and s2 > s) or (v2 < v and s2 >= s) for r2, v2, s2 in pts if r2 is not r)
 
 
-def pick_best(rows: list[SettingRow], budget_mib: float | None) -> int | None:
-    """The fastest measured setting whose VRAM (measured peak, else predicted) is under budget."""
-    ok = [r for r in rows if r.status == "measured" and math.isfinite(r.decode.mean) and r.vram_mib is not None
+def decode_score(row: SettingRow) -> float:
+    """The "speed" objective: the setting's stratified mean decode tok/s."""
+    return row.decode.mean
+
+
+# What "best" means. The hook for `abtest sweep --objective capacity --slo ...` (issue 17): a
+# score per setting row -- e.g. the highest load level whose percentiles meet the SLO
+# (analysis/slo.py, levels.py, built in parallel) -- registered here; the measure side then runs
+# each candidate at load levels (RunConfig.levels) instead of at concurrency 1.
+OBJECTIVES: dict[str, Callable[[SettingRow], float]] = {"speed": decode_score}
+
+
+def pick_best(rows: list[SettingRow], budget_mib: float | None, objective: str = "speed") -> int | None:
+    """The best measured setting (the fastest, for "speed") whose VRAM (measured peak, else
+    predicted) is under budget."""
+    score = OBJECTIVES[objective]
+    ok = [r for r in rows if r.status == "measured" and math.isfinite(score(r)) and r.vram_mib is not None
           and (budget_mib is None or r.vram_mib <= budget_mib)]
     if not ok:
         return None
-    return max(ok, key=lambda r: (r.decode.mean, -r.n)).n
+    return max(ok, key=lambda r: (score(r), -r.n)).n
 
 
 # ----------------------------------------------------------------------------- words

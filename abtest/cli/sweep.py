@@ -82,6 +82,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 @click.option("--load-mode", type=click.Choice(["mmap", "none", "both"]), default="mmap", show_default=True,
               help="How weights load: mmap (the server's default), none (--load-mode none for every arm), "
                    "both (the pick measured again with --load-mode none).")
+@click.option("--objective", type=click.Choice(["speed", "capacity"]), default="speed", show_default=True,
+              help="What the pick maximises: decode tok/s at concurrency 1. capacity (with --slo) is not wired yet.")
+@click.option("--slo", default=None, metavar="SPEC", help="For --objective capacity (not wired yet; issue 17).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Server threads (-t). Default: all cores but one.")
 @click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
 @click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
@@ -98,7 +101,8 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
           runs: int, warmup: int, max_tokens: int, prompts: str | None, buckets: str, seed: int, ctx_size: int | None,
           threads: int | None, flash_attn: str, server_bin: str | None, models_dir: str | None, out_dir: str,
           health_timeout: float, stall_timeout: float, request_timeout: float, report_path: str | None,
-          quiet: bool, ctx_list: str | None, fit_competitor: str, finalist_sessions: int, load_mode: str) -> None:
+          quiet: bool, ctx_list: str | None, fit_competitor: str, finalist_sessions: int, load_mode: str,
+          objective: str, slo: str | None) -> None:
     """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
     from ..analysis.sweep import report_from_file
 
@@ -107,6 +111,11 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
         return
     if not model:
         raise click.UsageError("--model is required (or --report FILE to re-make a report)")
+    if objective == "capacity" or slo:
+        # the hook: analysis.sweep.OBJECTIVES takes a capacity score once analysis/levels.py and
+        # slo.py (issue 17) land; until then say so instead of sweeping for the wrong objective
+        raise click.UsageError("--objective capacity / --slo: not wired into the sweep yet (issue 17: the "
+                               "capacity analysis is being built); the sweep picks by decode tok/s")
 
     from ..measure.sweep import SweepRunner, parse_ctx_list, parse_ncmoe
     from ..models.vram import CUDA_OVERHEAD_MIB

@@ -321,3 +321,12 @@ def test_frontier_report_from_a_sweep_at_two_contexts(tmp_path: Path) -> None:
     md = frontier_markdown(reps, points)
     assert "4k ctx → --n-cpu-moe 7, 80.0 tok/s; 16k → 10, 70.0 tok/s" in md and "## -c 16384" in md
     assert write_frontier_plot([(reps[0].budget_mib, points)], tmp_path / "f.png") is not None
+
+
+def test_capacity_objective_is_refused_until_wired() -> None:
+    from click.testing import CliRunner
+
+    from abtest.cli import cli
+
+    res = CliRunner().invoke(cli, ["sweep", "--model", "tiny-moe", "--objective", "capacity"])
+    assert res.exit_code == 2 and "not wired into the sweep yet" in res.output
