@@ -96,7 +96,8 @@ class ReportWarning(enum.Enum):
     )
 
     SERVER_WARNING = (
-        "the server's own log says: {text} (from `arm_end.server_warnings`; {sessions} server session(s))"
+        "the server's own log says: {text} ({sessions} server session(s)); its words say what to change — "
+        "for the mmap one, `abtest sweep --load-mode both` measures --load-mode none"
     )
 
     def format(self, **kw: Any) -> str:
