@@ -24,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .argv import FLAGS, has_flag
+from .argv import FLAGS, flag_value, has_flag
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -262,7 +262,10 @@ def final_argv(
     if not arm.pin:
         return argv
     pinned: list[str] = []
-    if not has_flag(arm.args, *FLAGS["gpu_layers"]):
+    # An arm that turns --fit on places the layers itself: a pinned -ngl would make fit abort
+    # ("n_gpu_layers already set by user", common/fit.cpp, common_params_fit_impl).
+    fit_on = (flag_value(arm.args, FLAGS["fit"]) or "").lower() in ("on", "1", "true", "yes")
+    if not has_flag(arm.args, *FLAGS["gpu_layers"]) and not fit_on:
         pinned += ["-ngl", "99"]
     if supports_fit and not has_flag(arm.args, *FLAGS["fit"]):
         pinned += ["--fit", "off"]

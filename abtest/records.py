@@ -185,6 +185,9 @@ class ArmEnd:
     log_path: str
     log_tail: list[str] = field(default_factory=list)
     block: int = 0  # the arm's server session (ArmStart.block)
+    # the server's own warning/error lines from its log ("W llama_model_loader: ..."), each once, in
+    # order (`server.log.server_warnings`); [] in files written before this field existed
+    server_warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,11 @@ class ReportWarning(enum.Enum):
         "or --blocks"
     )
 
+    SERVER_WARNING = (
+        "the server's own log says: {text} ({sessions} server session(s)); its words say what to change — "
+        "for the mmap one, `abtest sweep --load-mode both` measures --load-mode none"
+    )
+
     def format(self, **kw: Any) -> str:
         return self.value.format(**kw)
 
@@ -204,6 +209,7 @@ def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], com
             if temps and max(temps) - min(temps) > TEMPERATURE_SPREAD_C:
                 out.append(Finding(ReportWarning.TEMPERATURE_MOVED, subj,
                                    ReportWarning.TEMPERATURE_MOVED.format(lo=min(temps), hi=max(temps))))
+    out += _server_warnings(groups)
     # per arm, one line per kind: the buckets it concerns and the worst value
     few: dict[str, list[BucketStats]] = {}
     noisy: dict[tuple[str, str], list[tuple[BucketStats, float]]] = {}
@@ -245,6 +251,25 @@ def findings_for(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats], com
             out.append(Finding(ReportWarning.SESSION_DRIFT, d.group, ReportWarning.SESSION_DRIFT.format(
                 metric=f"{m.label} {m.unit}", delta=fmt_pct(d.ci.delta), first=d.first, last=d.last,
                 ci=f"{fmt_pct(d.ci.low)} … {fmt_pct(d.ci.high)}")))
+    return out
+
+
+def _server_warnings(groups: Sequence[ArmGroup]) -> list[Finding]:
+    """Each warning line the servers printed (W/E, `server.log.server_warnings`), once, naming the
+    arms whose sessions printed it ("every arm" when all did)."""
+    by_text: dict[str, list[str]] = {}
+    count: Counter[str] = Counter()
+    for g in groups:
+        for run in g.runs:
+            for w in (run.end.server_warnings if run.end else []):
+                if g.label not in by_text.setdefault(w, []):
+                    by_text[w].append(g.label)
+                count[w] += 1
+    out = []
+    for text, labels in by_text.items():
+        subj = "every arm" if len(labels) == len(groups) and len(groups) > 1 else ", ".join(labels)
+        out.append(Finding(ReportWarning.SERVER_WARNING, subj,
+                           ReportWarning.SERVER_WARNING.format(text=text, sessions=count[text])))
     return out
 
 

@@ -1,4 +1,4 @@
-"""The sweep analysis: VRAM vs speed per ``--n-cpu-moe N``, the frontier, one line of advice.
+"""The sweep analysis: VRAM vs speed per ``--n-cpu-moe N``, against ``--fit``, per context; one line of advice.
 
 Reads evidence only: the JSONL a sweep wrote (predictions in the manifest's
 ``config.extra["sweep"]``, measurements in ``arm_end`` and the request records) and, when it lies
@@ -15,7 +15,11 @@ Numbers, per setting:
   token read; requests it cannot measure left out); the buckets' means weighted by their share of the requests, σ within buckets and a
   stratified t-interval (`stratified.mean_ci_stratified`: the spread between buckets is not
   noise); × reference = the ratio to the all-experts-on-CPU setting, compared within buckets
-  (`stratified.ratio_ci_stratified`).
+  and over server sessions (`stratified.session_ratio`: no interval with one session a side).
+* Comparisons the advice rests on (`Versus`): the pick against its runner-up, against llama.cpp's
+  ``--fit`` arm (`FitRow`) and against itself loaded with ``--load-mode none``, over sessions;
+  `recommend` says whose flags the advice gives. A frontier sweep (``--ctx``) has one report per
+  context and a `FrontierPoint` each (`build_frontier`).
 * TTFT ms = `metrics.ttft_ms`, per prompt bucket.
 * Bytes per decoded token: from GPU memory, every GPU weight a token touches (all non-expert GPU
   tensors, n_expert_used / n_expert of each GPU layer's experts) plus the KV cache up to the mean
@@ -31,6 +35,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,15 +46,37 @@ import numpy as np
 from ..evidence import SWEEP_SIDECAR_SUFFIX, Evidence, read_evidence
 from ..fmt import fmt_fixed, fmt_gib
 from ..records import GIB, MIB, ArmEnd, RequestRecord
-from . import stats
 from .metrics import decode_tps, ttft_ms
-from .stratified import MeanCI, mean_ci, mean_ci_stratified, ratio_ci_stratified
+from .stratified import MeanCI, SessionRatio, mean_ci, mean_ci_stratified, session_ratio
 
 CONFIDENCE = 0.95
 
 
+# ncmoe<N> | fit, then -lmnone (loaded with --load-mode none), then -c<ctx> (a frontier sweep)
+_ARM = re.compile(r"^(?:ncmoe(?P<n>\d+)|(?P<fit>fit))(?P<lm>-lmnone)?(?:-c(?P<ctx>\d+))?$")
+
+
+@dataclass(frozen=True)
+class ArmKey:
+    """What a sweep arm's name says: the setting (None for fit), fit, --load-mode none, the context."""
+
+    n: int | None
+    fit: bool
+    load_none: bool
+    n_ctx: int | None  # None: the sweep's only context
+
+
+def parse_sweep_arm(name: str) -> ArmKey | None:
+    m = _ARM.match(name)
+    if not m:
+        return None
+    return ArmKey(int(m["n"]) if m["n"] else None, bool(m["fit"]), bool(m["lm"]),
+                  int(m["ctx"]) if m["ctx"] else None)
+
+
 def _arm_n(name: str) -> int | None:
-    return int(name[5:]) if name.startswith("ncmoe") and name[5:].isdigit() else None
+    k = parse_sweep_arm(name)
+    return k.n if k is not None and not k.fit and not k.load_none and k.n_ctx is None else None
 
 
 @dataclass
@@ -66,7 +94,8 @@ class SettingRow:
     ttft: dict[str, MeanCI]  # per bucket
     prompt_tokens: dict[str, float]  # per bucket, mean
     depth_tokens: float  # mean context depth during decode
-    speedup: stats.RatioCI | None = None  # vs the reference setting
+    speedup: SessionRatio | None = None  # vs the reference setting, over server sessions
+    sessions: int = 0  # server sessions with measured requests
     on_frontier: bool = False
     gpu_bytes_per_token: float = math.nan
     host_bytes_per_token: float = math.nan
@@ -113,9 +142,48 @@ class SweepReport:
     notes: list[str] = field(default_factory=list)
     trail: list[dict[str, Any]] = field(default_factory=list)
     cpu_build: dict[str, float] = field(default_factory=dict)  # vram.cpu_buffers as predicted
+    fit: FitRow | None = None  # llama.cpp's --fit at the same budget (None: not in this sweep)
+    load_none: SettingRow | None = None  # the pick loaded with --load-mode none, when measured
+    versus: list[Versus] = field(default_factory=list)  # the comparisons the advice rests on
+    recommend: str = "pick"  # "pick" | "fit" | "none"
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # arm -> the server's own warnings
+    time_to_advice_s: float | None = None
+    n_sessions: int = 0  # server sessions started (every arm, every session)
 
     def row(self, n: int) -> SettingRow | None:
         return next((r for r in self.rows if r.n == n), None)
+
+
+@dataclass
+class FitRow:
+    """The fit competitor: its target, fit's placement (server log) and plan (llama-fit-params), measured."""
+
+    arm: str
+    status: str  # "measured" | "failed" | "skipped" | "not run"
+    reason: str
+    target: dict[str, Any]  # server.fit.FitTarget as a dict: margin_mib, free_mib, budget_mib, derivation
+    placement: dict[str, Any]  # server.log.parse_fit_log of its server log (+ offloaded layers)
+    plan: dict[str, Any]  # server.fit.FitPlan as a dict (llama-fit-params' output)
+    vram_peak_mib: float | None
+    decode: MeanCI
+    sessions: int
+    over_budget: bool
+
+    @property
+    def qualified(self) -> bool:
+        return self.status == "measured" and not self.over_budget
+
+
+@dataclass(frozen=True)
+class Versus:
+    """One comparison of decode tok/s over server sessions: Δ = other / base − 1."""
+
+    base: str  # arm
+    other: str
+    ratio: SessionRatio
+
+    def interval(self) -> tuple[float, float]:
+        return self.ratio.interval(CONFIDENCE)
 
 
 # ----------------------------------------------------------------------------- building
@@ -138,26 +206,44 @@ def _buffers(end: ArmEnd | None) -> dict[str, dict[str, float]]:
     return {k: dict(v) for k, v in b.items() if isinstance(v, dict)}
 
 
-def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> SweepReport:
-    """Everything the sweep report shows, from one evidence file (and its trail, if given)."""
+def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ctx: int | None = None) -> SweepReport:
+    """Everything the sweep report shows, from one evidence file (and its trail, if given).
+
+    A frontier sweep (``--ctx A,B,C``) holds one stage per context: `n_ctx` picks one (default
+    the first); `build_frontier` reads them all."""
     from ..errors import EvidenceError
 
     if ev.manifest is None:
         raise EvidenceError(f"{ev.path}: no run_start record; not a complete evidence file")
-    sweep = (ev.manifest.config.get("extra") or {}).get("sweep")
-    if not isinstance(sweep, dict):
+    top = (ev.manifest.config.get("extra") or {}).get("sweep")
+    if not isinstance(top, dict):
         raise EvidenceError(f"{ev.path}: not a sweep (no config.extra.sweep in the manifest); use `abtest report`")
+    contexts = top.get("contexts") if isinstance(top.get("contexts"), dict) else None
+    sweep = top
+    stage_ctx: int | None = None  # the -c<ctx> arm suffix of this stage (None: no suffix)
+    if contexts:
+        keys = [int(k) for k in contexts]
+        stage_ctx = n_ctx if n_ctx is not None else keys[0]
+        if str(stage_ctx) not in contexts:
+            raise EvidenceError(f"{ev.path}: no stage at -c {stage_ctx}; the sweep ran {keys}")
+        sweep = contexts[str(stage_ctx)]
     layout = sweep.get("layout", {})
     n_layer = int(layout.get("n_layer", 0))
     preds: dict[int, dict[str, Any]] = {int(k): v for k, v in sweep.get("predictions", {}).items()}
     backend = str(sweep.get("backend", "unknown"))
-    trail = list((sidecar or {}).get("trail", []))
-    trail_by_n = {int(t["n"]): t for t in trail if "n" in t}
-    ends = {e.arm: e for e in ev.arm_ends}
-    started = {s.arm for s in ev.arm_starts}
+    trail_all = list((sidecar or {}).get("trail", []))
+    keyed = {a: k for a in {e.arm for e in ev.arm_ends} | {s.arm for s in ev.arm_starts} | {r.arm for r in ev.requests}
+             | {str(t.get("arm")) for t in trail_all} if (k := parse_sweep_arm(a)) is not None and k.n_ctx == stage_ctx}
+    trail = [t for t in trail_all if str(t.get("arm")) in keyed]
+    trail_first = {str(t["arm"]): t for t in reversed(trail) if int(t.get("block") or 0) == 0}
+    ends: dict[str, list[ArmEnd]] = {}
+    for e in ev.arm_ends:
+        if e.arm in keyed:
+            ends.setdefault(e.arm, []).append(e)
+    started = {s.arm for s in ev.arm_starts if s.arm in keyed}
     reqs: dict[str, list[RequestRecord]] = {}
     for r in ev.requests:
-        if not r.warmup and r.ok:
+        if not r.warmup and r.ok and r.arm in keyed:
             reqs.setdefault(r.arm, []).append(r)
     buckets = sorted({r.bucket for rs in reqs.values() for r in rs})
     # each bucket's share of the plan (the ok measured requests of every setting): decode rates of
@@ -168,55 +254,65 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> S
         b: float(np.mean([r.prompt_tokens or 0 for rs in reqs.values() for r in rs if r.bucket == b])) for b in buckets
     }
     long_bucket = max(buckets, key=lambda b: mean_prompt[b]) if buckets else None
+    settings = {a: k.n for a, k in keyed.items() if not k.fit and not k.load_none and k.n is not None}
+    by_n = {n: a for a, n in settings.items()}
 
-    ran = sorted({n for a in set(ends) | started if (n := _arm_n(a)) is not None})
+    ran = sorted({settings[a] for a in set(ends) | started if a in settings})
     listed = [int(n) for n in sweep.get("settings", [])] if sweep.get("mode") == "list" else []
-    shown = sorted(set(ran) | set(listed) | {n for n, t in trail_by_n.items() if t.get("status") == "skipped"})
+    skipped_trail = {int(t["n"]) for t in trail if t.get("status") == "skipped" and t.get("n") is not None
+                     and str(t.get("arm")) in settings}
+    shown = sorted(set(ran) | set(listed) | skipped_trail)
     skipped_start = {int(k): v for k, v in (sweep.get("skipped_at_start") or {}).items()}
+    suffix = f"-c{stage_ctx}" if stage_ctx is not None else ""
 
-    rows: list[SettingRow] = []
-    for n in shown:
-        arm = f"ncmoe{n}"
-        end = ends.get(arm)
+    def make_row(n: int, arm: str) -> SettingRow:
+        es = ends.get(arm, [])
         rs = reqs.get(arm, [])
-        t = trail_by_n.get(n, {})
-        if end is not None and end.status == "ok" and rs:
+        t = trail_first.get(arm, {})
+        ok_ends = [e for e in es if e.status == "ok"]
+        if ok_ends and rs:
             status, reason = "measured", ""
-        elif end is not None:
-            status, reason = "failed", end.error or f"{end.n_failed} of {end.n_requests} requests failed"
-        elif t.get("status") == "skipped" or n in skipped_start:
+        elif es:
+            bad = next((e for e in es if e.status != "ok"), es[-1])
+            status, reason = "failed", bad.error or f"{bad.n_failed} of {bad.n_requests} requests failed"
+        elif t.get("status") == "skipped" or (n in skipped_start and arm == by_n.get(n)):
             status, reason = "skipped", t.get("reason") or skipped_start.get(n, "")
         else:
             status, reason = "not run", "interrupted before this setting"
         peak = steady = None
         basis = "predicted"
-        if end is not None and end.memory:
-            pk = (end.memory.get("peak") or {}).get("pid_vram_mib")
-            sd = (end.memory.get("steady") or {}).get("pid_vram_mib")
-            if pk is not None:
-                peak, steady, basis = float(pk), (float(sd) if sd is not None else None), "nvml per-PID"
-            elif t.get("vram_mib") is not None:
-                peak, basis = float(t["vram_mib"]), "device used delta"
+        pks = [float(v) for e in es if e.memory and (v := (e.memory.get("peak") or {}).get("pid_vram_mib")) is not None]
+        sds = [float(v) for e in es if e.memory and (v := (e.memory.get("steady") or {}).get("pid_vram_mib")) is not None]
+        if pks:  # held against the budget: the largest peak over the setting's sessions
+            peak, steady, basis = max(pks), (float(np.median(sds)) if sds else None), "nvml per-PID"
+        elif t.get("vram_mib") is not None:
+            peak, basis = float(t["vram_mib"]), "device used delta"
         depth = float(np.mean([(r.prompt_tokens or 0) + r.completion_tokens / 2 for r in rs])) if rs else math.nan
         row = SettingRow(
             n=n, arm=arm, status=status, reason=reason, predicted=preds.get(n, {}), vram_peak_mib=peak,
-            vram_steady_mib=steady, vram_basis=basis, buffers=_buffers(end),
-            decode=mean_ci_stratified(*_rates(rs), weights),
+            vram_steady_mib=steady, vram_basis=basis, buffers=_buffers(ok_ends[-1] if ok_ends else (es[-1] if es else None)),
+            decode=mean_ci_stratified(*_rates(rs)[:2], weights),
             ttft={b: mean_ci([v for r in rs if r.bucket == b and (v := ttft_ms(r)) is not None]) for b in buckets},
             prompt_tokens={b: float(np.mean([r.prompt_tokens or 0 for r in rs if r.bucket == b]))
                            for b in buckets if any(r.bucket == b for r in rs)},
-            depth_tokens=depth,
+            depth_tokens=depth, sessions=len(set(_rates(rs)[2].tolist())),
         )
         _traffic(row, backend, long_bucket)
-        rows.append(row)
+        return row
+
+    rows = [make_row(n, by_n.get(n, f"ncmoe{n}{suffix}")) for n in shown]
+
+    def versus(base: str, other: str) -> SessionRatio:
+        bv, bs, bb = _rates(reqs.get(base, []))
+        ov, os_, ob = _rates(reqs.get(other, []))
+        return session_ratio(bv, bb, ov, ob, bs, os_, weights=weights)
 
     measured = [r for r in rows if r.status == "measured" and r.decode.n > 0]
     reference = max((r.n for r in measured), default=None)
     if reference is not None:
-        ref_vals, ref_strata = _rates(reqs.get(f"ncmoe{reference}", []))
+        ref_arm = next(r.arm for r in measured if r.n == reference)
         for row in measured:
-            vals, strata = _rates(reqs.get(row.arm, []))
-            row.speedup = ratio_ci_stratified(ref_vals, ref_strata, vals, strata, weights=weights)
+            row.speedup = versus(ref_arm, row.arm)
     _mark_frontier(measured)
 
     budget = sweep.get("budget_mib")
@@ -228,17 +324,89 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None) -> S
         free_mib=sweep.get("free_mib"), overhead_mib=float(sweep.get("overhead_mib", math.nan)), rows=rows,
         reference=reference, best=best, advice="", long_bucket=long_bucket, trail=trail,
         cpu_build=dict(sweep.get("cpu_build") or {}),
+        time_to_advice_s=(sidecar or {}).get("time_to_advice_s"),
+        n_sessions=sum(len(v) for v in ends.values()),
     )
+    # the pick's runner-up, fit, and the pick without mmap: the comparisons over sessions
+    if best is not None:
+        pick = rep.row(best)
+        assert pick is not None
+        others = sorted((r for r in measured if r.n != best and r.vram_mib is not None
+                         and (budget is None or r.vram_mib <= budget)), key=lambda r: -r.decode.mean)
+        if others:
+            rep.versus.append(Versus(others[0].arm, pick.arm, versus(others[0].arm, pick.arm)))
+        lm_arm = next((a for a, k in keyed.items() if k.load_none and k.n == best), None)
+        if lm_arm is not None:
+            rep.load_none = make_row(best, lm_arm)
+            if rep.load_none.status == "measured":
+                rep.versus.append(Versus(pick.arm, lm_arm, versus(pick.arm, lm_arm)))
+    fit_arm = next((a for a, k in keyed.items() if k.fit), None)
+    if fit_arm is not None:
+        rep.fit = _fit_row(fit_arm, ends.get(fit_arm, []), reqs.get(fit_arm, []), trail_first.get(fit_arm, {}),
+                           weights, budget)
+        if rep.fit.qualified and best is not None:
+            pick_arm = next(r.arm for r in rows if r.n == best)
+            rep.versus.append(Versus(fit_arm, pick_arm, versus(fit_arm, pick_arm)))
+    rep.recommend = recommend(rep)
+    rep.warnings = {a: list(dict.fromkeys(w for e in es for w in e.server_warnings))
+                    for a, es in ends.items() if any(e.server_warnings for e in es)}
     rep.advice = advice_line(rep)
     rep.explanation = explain(rep)
     rep.notes = _notes(rep, ev)
     return rep
 
 
-def _rates(rs: list[RequestRecord]) -> tuple[np.ndarray, np.ndarray]:
-    """The decode rates that can be measured, and each one's bucket."""
-    pairs = [(v, r.bucket) for r in rs if (v := decode_tps(r)) is not None]
-    return np.array([v for v, _ in pairs], dtype=float), np.array([b for _, b in pairs])
+def _fit_row(arm: str, es: list[ArmEnd], rs: list[RequestRecord], t: dict[str, Any], weights: dict[str, float],
+             budget: float | None) -> FitRow:
+    ok_ends = [e for e in es if e.status == "ok"]
+    if ok_ends and rs:
+        status, reason = "measured", ""
+    elif es:
+        status, reason = "failed", next((e.error for e in es if e.error), "") or "requests failed"
+    elif t.get("status") == "skipped":
+        status, reason = "skipped", str(t.get("reason", ""))
+    else:
+        status, reason = "not run", "interrupted before the fit arm"
+    pks = [float(v) for e in es if e.memory and (v := (e.memory.get("peak") or {}).get("pid_vram_mib")) is not None]
+    peak = max(pks) if pks else (float(t["vram_mib"]) if t.get("vram_mib") is not None else None)
+    end = ok_ends[0] if ok_ends else (es[0] if es else None)
+    placement = dict((end.breakdown or {}).get("fit") or {}) if end is not None else dict(t.get("placement") or {})
+    if end is not None:
+        for k in ("offloaded_layers", "total_layers", "load_mode"):
+            if k in (end.breakdown or {}):
+                placement[k] = end.breakdown[k]
+        gpu = {k: v for k, v in ((end.breakdown or {}).get("buffers") or {}).items()
+               if isinstance(v, dict) and not k.startswith("CPU") and not k.endswith("_Host")}
+        if gpu:
+            placement["gpu_buffers"] = gpu
+    return FitRow(arm=arm, status=status, reason=reason, target=dict(t.get("fit_target") or {}), placement=placement,
+                  plan=dict(t.get("fit_params") or {}), vram_peak_mib=peak,
+                  decode=mean_ci_stratified(*_rates(rs)[:2], weights), sessions=len(set(_rates(rs)[2].tolist())),
+                  over_budget=budget is not None and peak is not None and peak > budget)
+
+
+def recommend(rep: SweepReport) -> str:
+    """"pick" when abtest's pick is shown faster than fit (its interval over sessions above 0) or
+    fit is out (skipped, failed, over budget); "fit" when fit is under budget and wins, ties, or
+    the difference has no interval (one session each: the pick is not shown to beat it); "none"
+    when nothing fits."""
+    fit_ok = rep.fit is not None and rep.fit.qualified
+    if rep.best is None:
+        return "fit" if fit_ok else "none"
+    if not fit_ok:
+        return "pick"
+    v = next((v for v in rep.versus if rep.fit is not None and v.base == rep.fit.arm), None)
+    if v is None:
+        return "fit"
+    lo, _ = v.interval()
+    return "pick" if math.isfinite(lo) and lo > 0 else "fit"
+
+
+def _rates(rs: list[RequestRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decode rates that can be measured, each one's bucket, and its server session (block)."""
+    trip = [(v, r.bucket, r.block) for r in rs if (v := decode_tps(r)) is not None]
+    return (np.array([v for v, _, _ in trip], dtype=float), np.array([b for _, b, _ in trip]),
+            np.array([k for _, _, k in trip], dtype=int))
 
 
 def _traffic(row: SettingRow, backend: str, long_bucket: str | None) -> None:
@@ -265,13 +433,27 @@ def _mark_frontier(rows: list[SettingRow]) -> None:
         r.on_frontier = not any((v2 <= v and s2 > s) or (v2 < v and s2 >= s) for r2, v2, s2 in pts if r2 is not r)
 
 
-def pick_best(rows: list[SettingRow], budget_mib: float | None) -> int | None:
-    """The fastest measured setting whose VRAM (measured peak, else predicted) is under budget."""
-    ok = [r for r in rows if r.status == "measured" and math.isfinite(r.decode.mean) and r.vram_mib is not None
+def decode_score(row: SettingRow) -> float:
+    """The "speed" objective: the setting's stratified mean decode tok/s."""
+    return row.decode.mean
+
+
+# What "best" means. The hook for `abtest sweep --objective capacity --slo ...` (issue 17): a
+# score per setting row -- e.g. the highest load level whose percentiles meet the SLO
+# (analysis/slo.py, levels.py, built in parallel) -- registered here; the measure side then runs
+# each candidate at load levels (RunConfig.levels) instead of at concurrency 1.
+OBJECTIVES: dict[str, Callable[[SettingRow], float]] = {"speed": decode_score}
+
+
+def pick_best(rows: list[SettingRow], budget_mib: float | None, objective: str = "speed") -> int | None:
+    """The best measured setting (the fastest, for "speed") whose VRAM (measured peak, else
+    predicted) is under budget."""
+    score = OBJECTIVES[objective]
+    ok = [r for r in rows if r.status == "measured" and math.isfinite(score(r)) and r.vram_mib is not None
           and (budget_mib is None or r.vram_mib <= budget_mib)]
     if not ok:
         return None
-    return max(ok, key=lambda r: (r.decode.mean, -r.n)).n
+    return max(ok, key=lambda r: (score(r), -r.n)).n
 
 
 # ----------------------------------------------------------------------------- words
@@ -290,9 +472,104 @@ def flag_of(n: int, n_layer: int) -> str:
     return f"--n-cpu-moe {n}"
 
 
+def _pct_ci(v: Versus) -> str:
+    """'+12 % (95 % CI +4 % … +20 %, 2 vs 2 server sessions)', or the estimate and why there is no interval."""
+    d = v.ratio.delta
+    lo, hi = v.interval()
+    sess = f"{v.ratio.k_base} vs {v.ratio.k_other} server sessions"
+    if not math.isfinite(d):
+        return "not comparable (no common bucket with decode rates)"
+    if math.isfinite(lo):
+        return f"{d * 100:+.1f} % (95 % CI {lo * 100:+.1f} % … {hi * 100:+.1f} %, {sess})"
+    return f"{d * 100:+.1f} % (estimate only: {sess}, no interval — --finalist-sessions 2 or more)"
+
+
+def fit_flags(fit: FitRow) -> str:
+    m = fit.target.get("margin_mib")
+    return "--fit on" + (f" --fit-target {m}" if m is not None else "")
+
+
+def fit_placement_text(fit: FitRow) -> str:
+    """'25/25 layers on the GPU, 7 with experts on the CPU (CUDA0), -c 4096 (user), fit took 1.2 s'."""
+    p = fit.placement
+    bits = []
+    if "offloaded_layers" in p:
+        bits.append(f"{p['offloaded_layers']}/{p.get('total_layers', '?')} layers on the GPU")
+    for dev, d in (p.get("devices") or {}).items():
+        bits.append(f"{dev}: {d.get('layers')} layers, {d.get('overflowing', 0)} with experts on the CPU, "
+                    f"fit projected {d.get('used_mib')} MiB used / {d.get('free_mib')} MiB left free")
+    if p.get("status") == "no change":
+        bits.append(f"fit changed nothing (would leave {p.get('left_mib')} ≥ {p.get('margin_mib')} MiB free)")
+    elif p.get("status") in ("failed", "error"):
+        bits.append(f"fit {p['status']}: {p.get('reason', '')}")
+    if "n_ctx" in p:
+        bits.append(f"-c {p['n_ctx']} ({'set by the sweep' if p.get('ctx_by') == 'user' else 'chosen by fit'})")
+    if "load_mode" in p:
+        bits.append(f"load_mode {p['load_mode']}")
+    plan = fit.plan
+    if plan.get("stdout"):
+        ot = plan.get("overrides") or []
+        bits.append(f"llama-fit-params: -ngl {plan.get('n_gpu_layers')}, {len(ot)} tensor override(s)"
+                    + (f" (experts of layers {_ranges(plan.get('cpu_expert_layers') or [])} on the CPU"
+                       + (f", part of layer {_ranges(plan.get('partial_layers') or [])}" if plan.get("partial_layers") else "")
+                       + ")" if ot else ""))
+    elif plan.get("error"):
+        bits.append(f"llama-fit-params: {plan['error']}")
+    return "; ".join(bits) if bits else "no fit lines in the server log (it needs -lv 4)"
+
+
+def _ranges(ns: Sequence[int]) -> str:
+    xs = sorted(set(int(n) for n in ns))
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        out.append(f"{xs[i]}" if i == j else f"{xs[i]}–{xs[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def fit_sentence(rep: SweepReport) -> str:
+    """How abtest's pick stands against llama.cpp's --fit at the same budget, in one sentence."""
+    fit = rep.fit
+    if fit is None:
+        return ""
+    if fit.status == "skipped":
+        return f"llama.cpp's --fit was not measured: {fit.reason}"
+    if fit.status != "measured":
+        return f"llama.cpp's `{fit_flags(fit)}` failed: {fit.reason}"
+    vram = f"{fmt_gib(fit.vram_peak_mib, 2)} GiB" if fit.vram_peak_mib is not None else "VRAM not measured"
+    if fit.over_budget and rep.budget_mib is not None:
+        return (f"llama.cpp's `{fit_flags(fit)}` used {vram} > the {budget_label(rep.budget_mib)} budget: "
+                f"disqualified ({fmt_fixed(fit.decode.mean)} tok/s)")
+    head = f"llama.cpp's `{fit_flags(fit)}`: {vram}, {fmt_fixed(fit.decode.mean)} tok/s"
+    v = next((v for v in rep.versus if v.base == fit.arm), None)
+    if v is None or rep.best is None:
+        return head
+    lo, hi = v.interval()
+    if math.isfinite(lo) and lo > 0:
+        verdict = "abtest's pick beats it by"
+    elif math.isfinite(hi) and hi < 0:
+        verdict = "fit beats abtest's pick: the pick's Δ is"
+    elif math.isfinite(lo):
+        verdict = "no difference detected — use fit (no tuning); the pick's Δ is"
+    else:
+        verdict = "the pick is not shown to beat it — use fit; the pick's Δ is"
+    return f"{head}; {verdict} {_pct_ci(v)}"
+
+
 def advice_line(rep: SweepReport) -> str:
-    """'with 9 GiB, use `--n-cpu-moe N`: X GiB, Y ± σ tok/s (Z× the speed of --cpu-moe)'."""
+    """'with 9 GiB, use `--n-cpu-moe N`: X GiB, Y ± σ tok/s (Z× the speed of --cpu-moe)'; or fit's
+    flags when fit is under budget and abtest's pick is not shown to beat it."""
     head = f"with {budget_label(rep.budget_mib)}" if rep.budget_mib is not None else "with no VRAM budget (no GPU seen)"
+    if rep.recommend == "fit" and rep.fit is not None:
+        fit = rep.fit
+        vram = f"{fmt_gib(fit.vram_peak_mib, 1)} GiB" if fit.vram_peak_mib is not None else "VRAM not measured"
+        why = "nothing abtest tried fits" if rep.best is None else (
+            f"abtest's pick `{flag_of(rep.best, rep.n_layer)}` is not shown faster")
+        return (f"{head}, use `{fit_flags(fit)}` (llama.cpp's own placement): {vram}, "
+                f"{fmt_fixed(fit.decode.mean)} ± {fmt_fixed(fit.decode.std)} tok/s; {why}")
     if rep.best is None:
         measured = [r for r in rep.rows if r.vram_mib is not None and r.status == "measured"]
         if not measured:
@@ -307,7 +584,95 @@ def advice_line(rep: SweepReport) -> str:
     ref = ""
     if row.speedup is not None and rep.reference is not None and math.isfinite(row.speedup.delta):
         ref = f" ({1 + row.speedup.delta:.1f}× the speed of {flag_of(rep.reference, rep.n_layer)})"
-    return f"{head}, use `{flag_of(row.n, rep.n_layer)}`: {vram}, {speed}{ref}"
+    flags = flag_of(row.n, rep.n_layer)
+    lm = next((v for v in rep.versus if rep.load_none is not None and v.other == rep.load_none.arm), None)
+    if lm is not None:
+        lo, _ = lm.interval()
+        if math.isfinite(lo) and lo > 0:
+            flags += " --load-mode none"
+    return f"{head}, use `{flags}`: {vram}, {speed}{ref}"
+
+
+def load_mode_sentence(rep: SweepReport) -> str:
+    v = next((v for v in rep.versus if rep.load_none is not None and v.other == rep.load_none.arm), None)
+    if v is None or rep.best is None:
+        return ""
+    return (f"`{flag_of(rep.best, rep.n_layer)} --load-mode none` against the default mmap load: decode "
+            f"{_pct_ci(v)}")
+
+
+# ----------------------------------------------------------------------------- the frontier
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One context size of a frontier sweep: the fastest setting measured under the budget."""
+
+    n_ctx: int
+    predicted_n: int | None  # the smallest N predicted to fit (most weights on the GPU)
+    n: int | None  # the fastest measured setting under budget; None: nothing fits
+    decode_tps: float
+    vram_mib: float | None
+    fit_decode_tps: float | None = None  # llama.cpp's --fit at this context, when measured under budget
+
+
+def predicted_boundary(predictions: Mapping[int, float], budget_mib: float | None) -> int | None:
+    """The smallest N whose predicted total fits the budget (None: none does; no budget: 0)."""
+    if budget_mib is None:
+        return min(predictions, default=None)
+    fits = [n for n, v in predictions.items() if v <= budget_mib]
+    return min(fits) if fits else None
+
+
+def frontier_point(n_ctx: int, predictions: Mapping[int, float],
+                   measured: Sequence[tuple[int, float | None, float]], budget_mib: float | None,
+                   fit_tps: float | None = None) -> FrontierPoint:
+    """Pure: `measured` is (N, VRAM MiB or None, decode tok/s) per setting run at this context; the
+    point is the fastest whose VRAM (measured, else predicted) is within the budget."""
+    ok = []
+    for n, vram, tps in measured:
+        v = vram if vram is not None else predictions.get(n)
+        if v is not None and math.isfinite(tps) and (budget_mib is None or v <= budget_mib):
+            ok.append((tps, -n, n, v))
+    pb = predicted_boundary(predictions, budget_mib)
+    if not ok:
+        return FrontierPoint(n_ctx, pb, None, math.nan, None, fit_tps)
+    tps, _, n, v = max(ok)
+    return FrontierPoint(n_ctx, pb, n, tps, v, fit_tps)
+
+
+def build_frontier(ev: Evidence, sidecar: dict[str, Any] | None = None) -> tuple[list[SweepReport], list[FrontierPoint]]:
+    """Every stage of a sweep (one per --ctx) and the frontier point of each."""
+    top = ((ev.manifest.config.get("extra") or {}).get("sweep") if ev.manifest else None) or {}
+    ctxs: list[int | None] = [int(k) for k in (top.get("contexts") or {})] or [None]
+    reps = [build_sweep_report(ev, sidecar, c) for c in ctxs]
+    points = []
+    for rep in reps:
+        preds = {r.n: float(r.predicted["total_mib"]) for r in rep.rows if r.predicted}
+        stage = (top.get("contexts") or {}).get(str(rep.n_ctx)) or top
+        preds.update({int(k): float(v["total_mib"]) for k, v in (stage.get("predictions") or {}).items()})
+        meas = [(r.n, r.vram_peak_mib, r.decode.mean) for r in rep.rows if r.status == "measured"]
+        fit = rep.fit.decode.mean if rep.fit is not None and rep.fit.qualified else None
+        points.append(frontier_point(rep.n_ctx, preds, meas, rep.budget_mib, fit))
+    return reps, points
+
+
+def _k(n_ctx: int) -> str:
+    return f"{n_ctx // 1024}k" if n_ctx % 1024 == 0 else str(n_ctx)
+
+
+def frontier_sentence(points: Sequence[FrontierPoint], budget_mib: float | None, n_layer: int) -> str:
+    """'at 12 GiB: 4k ctx → --n-cpu-moe 6, 82 tok/s; 16k → 9, 61 tok/s; 64k → nothing fits'."""
+    head = f"at {budget_label(budget_mib)}" if budget_mib is not None else "with no budget"
+    parts = []
+    for i, p in enumerate(points):
+        c = _k(p.n_ctx) + (" ctx" if i == 0 else "")
+        if p.n is None:
+            parts.append(f"{c} → nothing fits")
+        else:
+            flag = flag_of(p.n, n_layer) if i == 0 else (str(p.n) if 0 < p.n < n_layer else flag_of(p.n, n_layer))
+            parts.append(f"{c} → {flag}, {fmt_fixed(p.decode_tps)} tok/s")
+    return f"{head}: " + "; ".join(parts)
 
 
 def explain(rep: SweepReport) -> list[str]:
@@ -370,9 +735,21 @@ def _notes(rep: SweepReport, ev: Evidence) -> list[str]:
     for r in rep.rows:
         if r.status in ("failed", "skipped", "not run"):
             notes.append(f"{r.arm}: {r.status}" + (f" — {r.reason}" if r.reason else ""))
+    singles = [r.arm for r in rep.rows if r.status == "measured" and r.sessions == 1]
+    if singles:
+        notes.append("one server session each for " + ", ".join(singles) + ": their × and Δ are estimates, "
+                     "without an interval (the unit of inference is the server session, docs/report.md "
+                     "\"Inference\"); the finalists run --finalist-sessions sessions")
+    if rep.fit is not None and rep.fit.target.get("derivation"):
+        notes.append(f"{rep.fit.arm}: --fit-target derived as {rep.fit.target['derivation']}")
     return notes
 
 
-def report_from_file(path: Path | str) -> SweepReport:
+def report_from_file(path: Path | str, n_ctx: int | None = None) -> SweepReport:
     p = Path(path)
-    return build_sweep_report(read_evidence(p), read_sidecar(p))
+    return build_sweep_report(read_evidence(p), read_sidecar(p), n_ctx)
+
+
+def frontier_from_file(path: Path | str) -> tuple[list[SweepReport], list[FrontierPoint]]:
+    p = Path(path)
+    return build_frontier(read_evidence(p), read_sidecar(p))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -18,6 +20,8 @@ Examples:
   abtest sweep --model m.gguf --ncmoe 0,8,16,24 --runs 5
   abtest sweep --model m.gguf --vram-budget 12GiB --quiet --out out/sweep
   abtest sweep --report out/sweep/20250101T000000-m.jsonl        # re-make the report only
+  abtest sweep --model m.gguf --vram-budget 12GiB --ctx 4096,16384,65536   # the frontier
+  abtest sweep --model m.gguf --vram-budget 9GiB --load-mode both --finalist-sessions 3
 
 \b
 Each setting N runs as arm ncmoe<N> (-ngl 99 --n-cpu-moe N; -c, -np, -t, -fa,
@@ -26,6 +30,15 @@ launched, every setting's VRAM is predicted from the GGUF's tensor sizes and
 written into the manifest; a setting predicted over the free VRAM (less
 --margin) is skipped, never launched. At the end: the advice line and a
 Markdown table on stdout, OUT/sweep-report.md and OUT/sweep-vram-speed.png.
+
+\b
+Beside the settings: llama.cpp's own placement at the same budget (arm "fit":
+--fit on, --fit-target = free VRAM - budget, no -ngl; skipped on a CPU build),
+and the finalists (the pick, its runner-up, fit) in --finalist-sessions server
+sessions each, so that "pick vs fit" has an interval over sessions. If fit is
+under budget and the pick is not shown faster, the advice is fit's flags.
+With --ctx A,B,C: each context size in turn, and the frontier (fastest
+setting that fits per context) in OUT/sweep-frontier.md and .png.
 """
 
 
@@ -60,6 +73,18 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 @click.option("--seed", default=42, show_default=True, help="Sampling seed sent with every request.")
 @click.option("--ctx-size", type=click.IntRange(min=64), default=None,
               help="Server context (-c). Default: longest prompt + max tokens.")
+@click.option("--ctx", "ctx_list", default=None, metavar="N,N,...",
+              help="Context sizes for the frontier, e.g. 4096,16384,65536 (or 4k,16k,64k); one sweep per size.")
+@click.option("--fit-competitor", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Measure llama.cpp's --fit at the same budget: auto = when a GPU is seen; on = also on a CPU build.")
+@click.option("--finalist-sessions", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Server sessions for the pick, its runner-up and fit (1: estimates, no intervals).")
+@click.option("--load-mode", type=click.Choice(["mmap", "none", "both"]), default="mmap", show_default=True,
+              help="How weights load: mmap (the server's default), none (--load-mode none for every arm), "
+                   "both (the pick measured again with --load-mode none).")
+@click.option("--objective", type=click.Choice(["speed", "capacity"]), default="speed", show_default=True,
+              help="What the pick maximises: decode tok/s at concurrency 1. capacity (with --slo) is not wired yet.")
+@click.option("--slo", default=None, metavar="SPEC", help="For --objective capacity (not wired yet; issue 17).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Server threads (-t). Default: all cores but one.")
 @click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
 @click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
@@ -76,28 +101,37 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
           runs: int, warmup: int, max_tokens: int, prompts: str | None, buckets: str, seed: int, ctx_size: int | None,
           threads: int | None, flash_attn: str, server_bin: str | None, models_dir: str | None, out_dir: str,
           health_timeout: float, stall_timeout: float, request_timeout: float, report_path: str | None,
-          quiet: bool) -> None:
+          quiet: bool, ctx_list: str | None, fit_competitor: str, finalist_sessions: int, load_mode: str,
+          objective: str, slo: str | None) -> None:
     """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
-    from pathlib import Path
-
     from ..analysis.sweep import report_from_file
-    from ..render.sweep import render_markdown, write_outputs
 
     if report_path:
-        rep = report_from_file(report_path)
-        md, png = write_outputs(rep, Path(report_path).parent)
-        click.echo(render_markdown(rep), nl=False)
+        click.echo(_outputs(report_path, Path(report_path).parent), nl=False)
         return
     if not model:
         raise click.UsageError("--model is required (or --report FILE to re-make a report)")
+    if objective == "capacity" or slo:
+        # the hook: analysis.sweep.OBJECTIVES takes a capacity score once analysis/levels.py and
+        # slo.py (issue 17) land; until then say so instead of sweeping for the wrong objective
+        raise click.UsageError("--objective capacity / --slo: not wired into the sweep yet (issue 17: the "
+                               "capacity analysis is being built); the sweep picks by decode tok/s")
 
-    from ..measure.sweep import SweepRunner, parse_ncmoe
+    from ..measure.sweep import SweepRunner, parse_ctx_list, parse_ncmoe
     from ..models.vram import CUDA_OVERHEAD_MIB
 
     try:
         parse_ncmoe(ncmoe, 10**6)  # syntax only here; the model's layer count is checked once it is read
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--ncmoe") from exc
+    try:
+        contexts = parse_ctx_list(ctx_list)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ctx") from exc
+    if contexts and ctx_size is not None and len(contexts) == 1:
+        raise click.UsageError("give the context once: --ctx-size N or --ctx N,N,...")
+    if contexts and len(contexts) == 1:
+        ctx_size, contexts = contexts[0], None
     cfg = RunConfig(
         model=model, arms=(), runs=runs, blocks=1, warmup=warmup, max_tokens=max_tokens, prompts_path=prompts,
         buckets=tuple(b for b in buckets.split(",") if b), seed=seed, ctx_size=ctx_size, threads=threads,
@@ -111,15 +145,36 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
         with display:
             runner = SweepRunner(cfg, ncmoe, vram_budget, margin if margin is not None else 512.0,
                                  CUDA_OVERHEAD_MIB if cuda_overhead is None else cuda_overhead, display,
-                                 argv=["abtest", *sys.argv[1:]])
+                                 argv=["abtest", *sys.argv[1:]], contexts=contexts, fit_competitor=fit_competitor,
+                                 finalist_sessions=finalist_sessions, load_mode=load_mode)
             result = runner.execute()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    rep = report_from_file(result.evidence_path)
-    md, png = write_outputs(rep, out_dir)
+    # time to advice: the sweep's start to the advice built from the evidence (printed, and kept in
+    # the trail so that a re-made report shows it too)
+    report_from_file(result.evidence_path)
+    runner.record_time_to_advice(time.perf_counter() - runner.t0)
     click.echo(str(result.evidence_path))
-    click.echo(render_markdown(rep), nl=False)
-    if not quiet:
-        console.print(f"report: {md}" + (f", plot: {png}" if png else ""))
+    click.echo(_outputs(result.evidence_path, Path(out_dir), console=None if quiet else console), nl=False)
     if result.arms_failed or result.n_failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _outputs(evidence: str | Path, out_dir: Path, console: Console | None = None) -> str:
+    """Write the report files (and, for a frontier sweep, the frontier's); return the Markdown to print."""
+    from ..analysis.sweep import frontier_from_file
+    from ..render.sweep import frontier_markdown, render_markdown, write_frontier_plot, write_outputs
+
+    reps, points = frontier_from_file(evidence)
+    md, png = write_outputs(reps[0], out_dir)
+    if len(reps) == 1:
+        if console is not None:
+            console.print(f"report: {md}" + (f", plot: {png}" if png else ""))
+        return render_markdown(reps[0])
+    text = frontier_markdown(reps, points)
+    fmd = out_dir / "sweep-frontier.md"
+    fmd.write_text(text, encoding="utf-8")
+    fpng = write_frontier_plot([(reps[0].budget_mib, points)], out_dir / "sweep-frontier.png", reps[0].model)
+    if console is not None:
+        console.print(f"report: {fmd}" + (f", plot: {fpng}" if fpng else ""))
+    return text

@@ -40,7 +40,7 @@ from ..errors import EvidenceError, LaunchError
 from ..evidence import EvidenceWriter, check_writable, reserve_new
 from ..interrupts import ignore_interrupts, signals_deferred
 from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds, measured_window_ms
-from ..server.log import parse_memory_breakdown
+from ..server.log import parse_memory_breakdown, server_warnings
 from ..server.process import (
     LaunchSpec,
     ServerProcess,
@@ -307,6 +307,7 @@ class Runner:
                 log_path=str(srv.spec.log_path),
                 log_tail=log_tail(srv.spec.log_path, 5),
                 block=block,
+                server_warnings=server_warnings(log_text),
             )
         )
         self._sync()  # every arm's records durable at its end
@@ -323,6 +324,7 @@ class Runner:
                 arm=name, status="failed", error=message, exit_code=None, stop_ms=None, n_requests=0, n_failed=0,
                 memory={}, breakdown={}, log_path=str(log_path or ""),
                 log_tail=log_tail(log_path, 8) if log_path is not None else [], block=block,
+                server_warnings=_warnings_of(log_path),
             )
         )
         if announce:
@@ -612,3 +614,12 @@ def _now() -> str:
 def run(cfg: RunConfig, progress: Progress | None = None, argv: Sequence[str] = ()) -> RunResult:
     return Runner(cfg, progress, argv).execute()
 
+
+def _warnings_of(log_path: Path | None) -> list[str]:
+    """The warning lines of a server log that may not exist (a launch that failed early)."""
+    if log_path is None:
+        return []
+    try:
+        return server_warnings(log_path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return []

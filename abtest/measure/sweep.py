@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import __version__
 from ..argv import FLAGS, int_flag
-from ..config import RunConfig, auto_ctx_size, ready_made_arm
+from ..config import ArmSpec, RunConfig, auto_ctx_size, ready_made_arm
 from ..errors import ConfigError
 from ..evidence import SWEEP_SIDECAR_SUFFIX, EvidenceWriter, check_writable
 from ..models.desc import ModelDesc
@@ -58,12 +58,55 @@ DEFAULT_MARGIN_MIB = 512.0  # skip a setting predicted within this much of the f
 # ----------------------------------------------------------------------------- settings
 
 
-def arm_name(n: int) -> str:
-    return f"ncmoe{n}"
+FIT_ARM = "fit"  # llama.cpp's own placement (--fit on), the competitor
+LOAD_NONE_SUFFIX = "-lmnone"  # the same setting loaded with --load-mode none (no mmap)
+LOAD_MODES = ("mmap", "none", "both")
+DEFAULT_FINALIST_SESSIONS = 2
+# A setting predicted this far over the budget (after the error seen so far) is not launched: the
+# prediction's accuracy bar, max(2 %, 128 MiB) of the budget (docs/sweep.md, "What happens").
+FAR_FRACTION, FAR_MIN_MIB = 0.02, 128.0
+
+
+def arm_name(n: int, ctx_suffix: str = "", load_none: bool = False) -> str:
+    """``ncmoe<N>``; ``-lmnone`` when loaded with --load-mode none; ``-c<ctx>`` in a frontier sweep."""
+    return f"ncmoe{n}" + (LOAD_NONE_SUFFIX if load_none else "") + ctx_suffix
 
 
 def n_of_arm(name: str) -> int | None:
     return int(name[5:]) if name.startswith("ncmoe") and name[5:].isdigit() else None
+
+
+def ctx_suffix(n_ctx: int, frontier: bool) -> str:
+    return f"-c{n_ctx}" if frontier else ""
+
+
+def far_over_budget(predicted_mib: float, bias_mib: float, budget_mib: float | None) -> bool:
+    """Whether a setting is predicted so far over the budget that launching it would only confirm it."""
+    if budget_mib is None:
+        return False
+    return predicted_mib + bias_mib > budget_mib + max(FAR_FRACTION * budget_mib, FAR_MIN_MIB)
+
+
+def parse_ctx_list(text: str | None) -> list[int] | None:
+    """'4096,16384,65536' (also 4k, 16k) -> [4096, 16384, 65536]; None/'' -> None."""
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        p = part.strip().lower()
+        if not p:
+            continue
+        mult = 1024 if p.endswith("k") else 1
+        try:
+            v = int(p[:-1] if mult > 1 else p) * mult
+        except ValueError:
+            raise ConfigError(f"--ctx {text!r}: {part!r} is not a context size; use e.g. 4096,16384,65536") from None
+        if v < 64:
+            raise ConfigError(f"--ctx {text!r}: {v} is below 64 tokens")
+        out.append(v)
+    if not out:
+        raise ConfigError(f"--ctx {text!r}: no context sizes; use e.g. 4096,16384,65536")
+    return list(dict.fromkeys(out))
 
 
 def parse_ncmoe(text: str, n_layer: int) -> list[int] | None:
@@ -223,6 +266,10 @@ class SweepRunner:
     The Runner does each arm (`Runner.run_arm`: launch, warm-up, measured requests, memory
     sampling, arm_end); this class decides the next arm from the measurements of the previous
     ones, which it reads by subscribing to the records the Runner writes.
+
+    Per context size (one, or each of ``contexts`` for the frontier): the search over N, then the
+    fit competitor (`abtest.server.fit`), then the finalists' further server sessions, so that the
+    comparisons the advice quotes (pick vs runner-up, pick vs fit) have an interval over sessions.
     """
 
     def __init__(
@@ -234,7 +281,17 @@ class SweepRunner:
         overhead_mib: float = CUDA_OVERHEAD_MIB,
         progress: Progress | None = None,
         argv: Sequence[str] = (),
+        contexts: Sequence[int] | None = None,
+        fit_competitor: str = "auto",
+        finalist_sessions: int = DEFAULT_FINALIST_SESSIONS,
+        load_mode: str = "mmap",
     ) -> None:
+        if fit_competitor not in ("auto", "on", "off"):
+            raise ConfigError(f"--fit-competitor {fit_competitor!r}: use auto, on or off")
+        if load_mode not in LOAD_MODES:
+            raise ConfigError(f"--load-mode {load_mode!r}: use one of {', '.join(LOAD_MODES)}")
+        if finalist_sessions < 1:
+            raise ConfigError("--finalist-sessions must be at least 1")
         probe_arm = ready_made_arm("ncmoe0")
         self.runner = Runner(replace(cfg, arms=(probe_arm,), blocks=1), progress, argv)
         self.runner.subscribe(self._observe)
@@ -244,10 +301,20 @@ class SweepRunner:
         self.budget_mib = budget_mib
         self.margin_mib = margin_mib
         self.overhead_mib = overhead_mib
+        self.contexts = list(contexts) if contexts else None
+        self.fit_competitor = fit_competitor
+        self.finalist_sessions = finalist_sessions
+        self.load_mode = load_mode
         self._arm_ends: dict[str, ArmEnd] = {}
         self._records: dict[str, list[RequestRecord]] = {}
         self._result: SearchResult | None = None
+        self._results: dict[int, dict[str, Any]] = {}
         self.trail: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+        self.sidecar: Path | None = None
+        self._plan: SweepPlan | None = None
+        self._used_before: float | None = None
+        self.time_to_advice_s: float | None = None
 
     def _observe(self, record: Any) -> None:
         if isinstance(record, ArmEnd):
@@ -256,13 +323,13 @@ class SweepRunner:
             self._records.setdefault(record.arm, []).append(record)
 
     def execute(self) -> SweepResult:
-        from ..analysis.metrics import decode_tps
         from ..models.desc import read_model
+        from ..server.process import help_text, supports_flag
         from .prompts import load_prompts
 
         runner = self.runner
         cfg = runner.cfg
-        t0 = time.perf_counter()
+        self.t0 = t0 = time.perf_counter()
         check_writable(Path(cfg.out_dir))
         cases = load_prompts(Path(cfg.prompts_path) if cfg.prompts_path else None, list(cfg.buckets) or None)
         resolved = resolve_run_arms(cfg, self.progress.note)[0]
@@ -274,80 +341,235 @@ class SweepRunner:
             self.settings = parse_ncmoe(self.ncmoe or "auto", layout.n_layer)
         else:
             self.settings = parse_ncmoe(",".join(str(n) for n in self.ncmoe), layout.n_layer)
-        n_ctx = cfg.ctx_size or auto_ctx_size(
-            longest_prompt_estimate(cases), cfg.max_tokens, cfg.server_slots
-        )
-        ctx = context_params(cfg, n_ctx)
+        # --load-mode none: this llama.cpp's spelling (common/arg.cpp "-lm/--load-mode"); older
+        # builds spell the same thing --no-mmap
+        self._load_none_args: tuple[str, ...] = ()
+        if self.load_mode != "mmap":
+            helptext = help_text(resolved.server["path"])
+            if supports_flag(helptext, "--load-mode"):
+                self._load_none_args = ("--load-mode", "none")
+            elif supports_flag(helptext, "--no-mmap"):
+                self._load_none_args = ("--no-mmap",)
+            else:
+                raise ConfigError(f"--load-mode {self.load_mode}: {resolved.server['path']} has neither --load-mode "
+                                  "nor --no-mmap; use --load-mode mmap")
+        auto_ctx = cfg.ctx_size or auto_ctx_size(longest_prompt_estimate(cases), cfg.max_tokens, cfg.server_slots)
+        frontier = self.contexts is not None and len(self.contexts) > 1
+        contexts = self.contexts or [auto_ctx]
         free = free_vram_mib(runner.nvml)
         budget = self.budget_mib if self.budget_mib is not None else free
-        plan = make_plan(layout, model_path, ctx, self.settings, budget, free, self.margin_mib, self.overhead_mib,
-                         backend=str(resolved.server.get("backend", "unknown")), offsets=gguf_offsets(model_path))
-        candidates = sorted(set(plan.settings) | {0, layout.n_layer})
-        arms = tuple(ready_made_arm(arm_name(n)) for n in candidates)
-        cfg = replace(cfg, ctx_size=n_ctx, arms=arms, blocks=1, extra={**cfg.extra, "sweep": plan.to_extra()})
+        backend = str(resolved.server.get("backend", "unknown"))
+        offsets = gguf_offsets(model_path)
+        plans = {c: make_plan(layout, model_path, context_params(cfg, c), self.settings, budget, free, self.margin_mib,
+                              self.overhead_mib, backend=backend, offsets=offsets) for c in contexts}
+        plan = plans[contexts[0]]
+        self._plan = plan
+        extra = plan.to_extra()
+        extra.update(fit_competitor=self.fit_competitor, finalist_sessions=self.finalist_sessions,
+                     load_mode=self.load_mode, load_none_args=list(self._load_none_args))
+        if frontier:
+            extra["contexts"] = {str(c): p.to_extra() for c, p in plans.items()}
+        arms = tuple(ready_made_arm(arm_name(n)) for n in sorted(set(plan.settings) | {0, layout.n_layer}))
+        cfg = replace(cfg, ctx_size=contexts[0], arms=arms, blocks=1, extra={**cfg.extra, "sweep": extra})
         runner.cfg = cfg
         runner.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
         path = runner.writer.path  # the name taken (unique, see EvidenceWriter)
         sidecar = path.with_name(path.stem + SWEEP_SIDECAR_SUFFIX)
+        self.sidecar = sidecar
+        sessions: dict[str, int] = {}  # arm -> sessions run so far (the next one's block)
 
-        def measure(n: int) -> Measurement | None:
+        def launch(spec: ArmSpec, n_ctx: int) -> tuple[ArmEnd | None, list[RequestRecord], float | None, float | None]:
+            """One server session of `spec`; (arm_end, its measured requests, VRAM, free before)."""
             free_now = free_vram_mib(runner.nvml)
-            reason = plan.skip_reason(n, free_now)
-            entry: dict[str, Any] = {"n": n, "arm": arm_name(n), "free_mib_before": free_now,
-                                     "predicted_mib": plan.predictions[n].total_mib, "at": _now()}
-            if reason:
-                entry.update(status="skipped", reason=reason)
-                self.trail.append(entry)
-                self.progress.note(f"{arm_name(n)}: skipped, {reason}")
-                self._write_sidecar(sidecar, plan, entry_only=True)
-                return None
             used_before = runner.nvml.device_sample().get("device_used_mib")
-            spec = ready_made_arm(arm_name(n))
-            arm = ResolvedArm(spec, resolved.server, resolved.model)
-            self.progress.note(
-                f"{arm_name(n)}: predicted {plan.predictions[n].total_mib / 1024:.2f} GiB"
-                + (f", free {free_now / 1024:.2f} GiB" if free_now is not None else "")
-            )
-            runner.run_arm(arm, cases, n_ctx, path)
+            self._used_before = used_before
+            block = sessions.get(spec.name, 0)
+            sessions[spec.name] = block + 1
+            self._arm_ends.pop(spec.name, None)
+            self._records.pop(spec.name, None)
+            runner.run_arm(ResolvedArm(spec, resolved.server, resolved.model), cases, n_ctx, path, block)
             end = self._arm_ends.get(spec.name)
-            recs = self._records.get(spec.name, [])
+            return end, self._records.get(spec.name, []), measured_vram_mib(end, used_before), free_now
+
+        def outcome(end: ArmEnd | None, recs: list[RequestRecord]) -> tuple[bool, float | None, str | None]:
+            from ..analysis.metrics import decode_tps, decode_unmeasurable
+
             rates = [v for v in (decode_tps(r) for r in recs) if v is not None]
-            tps = statistics.mean(rates) if rates else None
-            vram = measured_vram_mib(end, used_before)
             ok = end is not None and end.status == "ok" and bool(rates)
             error = None if end is None else end.error
             if end is not None and end.status == "ok" and not rates:
-                from ..analysis.metrics import decode_unmeasurable
-
                 why = next((w for r in recs if (w := decode_unmeasurable(r))), "no successful request")
                 error = (f"no request of this setting has a decode rate ({why}; docs/metrics.md) — "
                          "raise --max-tokens (a rate needs 12 tokens read apart) or quiet the machine")
-            entry.update(status="measured" if ok else "failed", vram_mib=vram, decode_tps=tps,
-                         device_used_before_mib=used_before, error=error)
-            self.trail.append(entry)
-            self._write_sidecar(sidecar, plan, entry_only=True)
-            note = (error or "") if end is not None else "no arm_end"
-            return Measurement(ok=ok, vram_mib=vram, decode_tps=tps, note=note if not ok else "")
+            return ok, (statistics.mean(rates) if rates else None), error
 
         with closing_writer(runner.writer):
             runner.write(runner.manifest(path, [resolved.model], arms))
-
-            def pred(n: int) -> float:
-                return plan.predictions[n].total_mib
-
-            result = search(layout.n_layer, budget, measure, pred, self.settings)
+            for n_ctx in contexts:
+                self._stage(plans[n_ctx], n_ctx, ctx_suffix(n_ctx, frontier), layout.n_layer, budget, launch,
+                            outcome, sidecar, resolved.server["path"], model_path)
             runner.write(runner.run_end(t0))
-            self._result = result
             self._write_sidecar(sidecar, plan)
-        return SweepResult(path, sidecar, plan, result, runner.n_requests, runner.n_failed, runner.arms_failed,
+        first = self._results.get(contexts[0], {}).get("search")
+        assert isinstance(first, SearchResult)
+        return SweepResult(path, sidecar, plan, first, runner.n_requests, runner.n_failed, runner.arms_failed,
                            time.perf_counter() - t0, self.trail)
+
+    # -- one context size: search, fit, finalists -------------------------------------------
+    def _stage(self, plan: SweepPlan, n_ctx: int, suffix: str, n_layer: int, budget: float | None,
+               launch: Any, outcome: Any, sidecar: Path, server_bin: str, model_path: str) -> None:
+        load_args = self._load_none_args if self.load_mode == "none" else ()
+
+        def spec_of(n: int, load_none: bool = False) -> ArmSpec:
+            base = ready_made_arm(f"ncmoe{n}")
+            extra = self._load_none_args if load_none else load_args
+            return replace(base, name=arm_name(n, suffix, load_none), args=base.args + extra)
+
+        def bias() -> float:
+            errs = [t["vram_mib"] - t["predicted_mib"] for t in self.trail
+                    if t.get("n_ctx") == n_ctx and t.get("status") == "measured"
+                    and isinstance(t.get("vram_mib"), (int, float)) and isinstance(t.get("predicted_mib"), (int, float))]
+            return statistics.median(errs) if errs else 0.0
+
+        def measure(n: int) -> Measurement | None:
+            free_now = free_vram_mib(self.runner.nvml)
+            pred = plan.predictions[n].total_mib
+            reason = plan.skip_reason(n, free_now)
+            if reason is None and far_over_budget(pred, bias(), budget):
+                reason = (f"predicted {pred / 1024:.2f} GiB (+{bias():.0f} MiB error seen) > budget "
+                          f"{(budget or 0) / 1024:.2f} GiB + max(2 %, 128 MiB): not launched")
+            spec = spec_of(n)
+            entry: dict[str, Any] = {"n": n, "arm": spec.name, "n_ctx": n_ctx, "block": 0,
+                                     "free_mib_before": free_now, "predicted_mib": pred, "at": _now()}
+            if reason:
+                entry.update(status="skipped", reason=reason)
+                self.trail.append(entry)
+                self.progress.note(f"{spec.name}: skipped, {reason}")
+                self._write_sidecar(sidecar, plan)
+                return None
+            self.progress.note(f"{spec.name}: predicted {pred / 1024:.2f} GiB"
+                               + (f", free {free_now / 1024:.2f} GiB" if free_now is not None else ""))
+            end, recs, vram, _ = launch(spec, n_ctx)
+            ok, tps, error = outcome(end, recs)
+            entry.update(status="measured" if ok else "failed", vram_mib=vram, decode_tps=tps, error=error,
+                         device_used_before_mib=self._used_before)
+            self.trail.append(entry)
+            self._write_sidecar(sidecar, plan)
+            note = (error or "") if end is not None else "no arm_end"
+            return Measurement(ok=ok, vram_mib=vram, decode_tps=tps, note=note if not ok else "")
+
+        def pred(n: int) -> float:
+            return plan.predictions[n].total_mib
+
+        result = search(n_layer, budget, measure, pred, self.settings)
+        stage: dict[str, Any] = {"search": result}
+        self._results[n_ctx] = stage
+        if self._result is None:
+            self._result = result
+        # the fit competitor
+        fit_spec, fit_ok = self._fit_arm(plan, n_ctx, suffix, budget, launch, outcome, sidecar, server_bin,
+                                         model_path, load_args)
+        # the finalists: pick, runner-up, fit (when under budget), the pick loaded without mmap
+        under = sorted((p for p in result.probes if p.under_budget and p.decode_tps is not None),
+                       key=lambda p: -(p.decode_tps or 0.0))
+        finalists: list[ArmSpec] = [spec_of(p.n) for p in under[:2]]
+        if fit_spec is not None and fit_ok:
+            finalists.append(fit_spec)
+        if self.load_mode == "both" and under and under[0].n > 0:
+            lm = spec_of(under[0].n, load_none=True)
+            end, recs, vram, free_now = launch(lm, n_ctx)
+            ok, tps, error = outcome(end, recs)
+            self.trail.append({"n": under[0].n, "arm": lm.name, "n_ctx": n_ctx, "block": 0, "status":
+                               "measured" if ok else "failed", "vram_mib": vram, "decode_tps": tps, "error": error,
+                               "free_mib_before": free_now, "predicted_mib": pred(under[0].n), "role": "load-mode none",
+                               "at": _now()})
+            self._write_sidecar(sidecar, plan)
+            if ok:
+                finalists.append(lm)
+        # further sessions in reverse order of the first ones (A B C, then C B A, ...): the
+        # comparisons count server sessions (analysis.stratified.session_ratio)
+        order = list(finalists)
+        for k in range(1, self.finalist_sessions):
+            order.reverse()
+            for spec in order:
+                self.progress.note(f"{spec.name}: server session {k + 1} of {self.finalist_sessions} (finalist)")
+                end, recs, vram, free_now = launch(spec, n_ctx)
+                ok, tps, error = outcome(end, recs)
+                self.trail.append({"n": n_of_arm(spec.name.split("-")[0]), "arm": spec.name, "n_ctx": n_ctx,
+                                   "block": k, "status": "measured" if ok else "failed", "vram_mib": vram,
+                                   "decode_tps": tps, "error": error, "free_mib_before": free_now,
+                                   "role": "finalist", "at": _now()})
+                self._write_sidecar(sidecar, plan)
+
+    def _fit_arm(self, plan: SweepPlan, n_ctx: int, suffix: str, budget: float | None, launch: Any, outcome: Any,
+                 sidecar: Path, server_bin: str, model_path: str,
+                 load_args: tuple[str, ...]) -> tuple[ArmSpec | None, bool]:
+        """llama.cpp's own placement at the same budget: derive --fit-target, record llama-fit-params'
+        plan, measure the arm like any other; (its spec, whether it ran and is under budget)."""
+        from ..server.fit import fit_args, fit_params_binary, fit_target_for_budget, run_fit_params
+
+        name = FIT_ARM + suffix
+        entry: dict[str, Any] = {"n": None, "arm": name, "n_ctx": n_ctx, "block": 0, "role": "fit", "at": _now()}
+        free_now = free_vram_mib(self.runner.nvml)
+        target = fit_target_for_budget(free_now, budget)
+        entry["fit_target"] = target.to_dict()
+        if self.fit_competitor == "off":
+            entry.update(status="skipped", reason="--fit-competitor off")
+        elif plan.backend == "cpu" and self.fit_competitor == "auto":
+            entry.update(status="skipped", reason="a CPU build: --fit has no device to place layers on (common/fit.cpp "
+                                                  "fits host memory only), so there is no competitor to measure; "
+                                                  "--fit-competitor on runs it anyway")
+        elif target.margin_mib is None and self.fit_competitor == "auto":
+            entry.update(status="skipped", reason=target.reason)
+        if entry.get("status") == "skipped":
+            self.trail.append(entry)
+            self.progress.note(f"{name}: skipped, {entry['reason']}")
+            self._write_sidecar(sidecar, plan)
+            return None, False
+        spec = ArmSpec(name=name, args=fit_args(target) + load_args)
+        ctxp = plan.ctx
+        tool = fit_params_binary(server_bin)
+        if tool is not None:
+            cfg = self.runner.cfg
+            tool_args = [*spec.args, "-c", str(n_ctx), "-fa", cfg.flash_attn, "-lv", "4"]
+            if ctxp.n_batch != DEFAULT_N_BATCH:
+                tool_args += ["-b", str(ctxp.n_batch)]
+            if ctxp.n_ubatch != DEFAULT_N_UBATCH:
+                tool_args += ["-ub", str(ctxp.n_ubatch)]
+            # -np is a server-only flag (common/arg.cpp: set_examples({LLAMA_EXAMPLE_SERVER})):
+            # llama-fit-params plans one sequence
+            entry["fit_params"] = run_fit_params(tool, model_path, tool_args).to_dict()
+        else:
+            entry["fit_params"] = {"error": f"no llama-fit-params beside {server_bin}"}
+        self.progress.note(f"{name}: --fit on, " + (f"--fit-target {target.margin_mib} ({target.derivation})"
+                                                   if target.margin_mib is not None else target.reason))
+        end, recs, vram, _ = launch(spec, n_ctx)
+        ok, tps, error = outcome(end, recs)
+        over = budget is not None and vram is not None and vram > budget
+        entry.update(status="measured" if ok else "failed", vram_mib=vram, decode_tps=tps, error=error,
+                     free_mib_before=free_now, over_budget=over,
+                     placement=(end.breakdown.get("fit", {}) if end is not None else {}))
+        self.trail.append(entry)
+        self._write_sidecar(sidecar, plan)
+        return spec, ok and not over
+
+    def record_time_to_advice(self, seconds: float) -> None:
+        """The sweep's start to its advice (the report built), into the trail: the report prints it."""
+        self.time_to_advice_s = round(seconds, 2)
+        if self.sidecar is not None and self._plan is not None:
+            self._write_sidecar(self.sidecar, self._plan)
 
     def _write_sidecar(self, sidecar: Path, plan: SweepPlan, entry_only: bool = False) -> None:
         """Rewritten after every probe (a crash keeps the trail so far), atomically."""
         body: dict[str, Any] = {"abtest_version": __version__, "mode": plan.mode, "budget_mib": plan.budget_mib,
-                                "free_mib": plan.free_mib, "margin_mib": plan.margin_mib, "trail": self.trail}
+                                "free_mib": plan.free_mib, "margin_mib": plan.margin_mib, "trail": self.trail,
+                                "elapsed_s": round(time.perf_counter() - self.t0, 2)}
+        if self.time_to_advice_s is not None:
+            body["time_to_advice_s"] = self.time_to_advice_s
         if not entry_only and self._result is not None:
             body["result"] = self._result.to_dict()
+            if len(self._results) > 1:
+                body["results"] = {str(c): st["search"].to_dict() for c, st in self._results.items()}
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(body, indent=1, default=_json_default) + "\n", encoding="utf-8")
         os.replace(tmp, sidecar)
@@ -375,6 +597,6 @@ def measured_vram_mib(end: ArmEnd | None, device_used_before_mib: float | None =
 
 
 __all__ = [
-    "SweepPlan", "SweepResult", "SweepRunner", "arm_name", "context_params", "make_plan", "measured_vram_mib",
-    "n_of_arm", "parse_ncmoe",
+    "FIT_ARM", "LOAD_MODES", "SweepPlan", "SweepResult", "SweepRunner", "arm_name", "context_params",
+    "far_over_budget", "make_plan", "measured_vram_mib", "n_of_arm", "parse_ctx_list", "parse_ncmoe",
 ]

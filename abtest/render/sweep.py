@@ -8,9 +8,15 @@ from pathlib import Path
 from ..analysis.stratified import MeanCI
 from ..analysis.sweep import (
     MIB,
+    FrontierPoint,
     SweepReport,
     budget_label,
+    fit_flags,
+    fit_placement_text,
+    fit_sentence,
     flag_of,
+    frontier_sentence,
+    load_mode_sentence,
 )
 from ..fmt import fmt_fixed, fmt_gib
 from .tables import Table, markdown_table
@@ -41,8 +47,9 @@ def main_table(rep: SweepReport) -> str:
         sp = r.speedup
         t = r.ttft.get(rep.long_bucket) if rep.long_bucket else None
         meas = fmt_gib(r.vram_peak_mib) if r.vram_peak_mib is not None else ("—" if r.status == "measured" else r.status)
-        if sp is not None and math.isfinite(sp.low):
-            speed = f"{1 + sp.delta:.2f} [{1 + sp.low:.2f}–{1 + sp.high:.2f}]"
+        lo, hi = sp.interval() if sp is not None else (math.nan, math.nan)
+        if sp is not None and math.isfinite(lo):
+            speed = f"{1 + sp.delta:.2f} [{1 + lo:.2f}–{1 + hi:.2f}]"
         elif sp is not None and math.isfinite(sp.delta):
             speed = f"{1 + sp.delta:.2f}"
         else:
@@ -106,13 +113,24 @@ def render_markdown(rep: SweepReport) -> str:
         bits.append(f"budget {budget_label(rep.budget_mib)}")
     if rep.free_mib is not None:
         bits.append(f"free at start {fmt_gib(rep.free_mib)} GiB")
-    parts += [f"_{', '.join(bits)}; evidence {rep.evidence_path.name}_", "", f"**{rep.advice}**", "", main_table(rep), ""]
+    parts += [f"_{', '.join(bits)}; evidence {rep.evidence_path.name}_", "", f"**{rep.advice}**", ""]
+    fs = fit_sentence(rep)
+    if fs:
+        parts += [f"vs llama.cpp's own placement: {fs}.", ""]
+    ls = load_mode_sentence(rep)
+    if ls:
+        parts += [f"{ls}.", ""]
+    if rep.time_to_advice_s is not None:
+        parts += [f"Time to advice: {rep.time_to_advice_s:.0f} s from the sweep's start ({rep.n_sessions} "
+                  "server sessions).", ""]
+    parts += [main_table(rep), ""]
     fl = frontier_line(rep)
     if fl:
         parts += [fl, ""]
     parts.append("VRAM meas = per-PID NVML peak; decode = buckets' means weighted by their share of the requests, "
                  "± σ within buckets [95 % stratified t-interval]; TTFT = mean ± σ [95 % t-interval]; "
-                 "× = ratio of decode rates, compared within buckets, with a studentized bootstrap interval; MiB/tok = weight (+KV) bytes "
+                 "× = ratio of decode rates, compared within buckets, with a 95 % interval over server sessions "
+                 "(none with one session a side); MiB/tok = weight (+KV) bytes "
                  "each decoded token reads; GB/s = that × decode tok/s; ★ = on the VRAM/speed frontier; ← = advice.")
     if rep.explanation:
         parts += ["", "## What limits speed", ""] + [f"- {e}" for e in rep.explanation]
@@ -120,6 +138,12 @@ def render_markdown(rep: SweepReport) -> str:
         bks = sorted({b for r in rep.rows for b in r.ttft})
         rows = [[str(r.n)] + [_pm_ci(r.ttft[b], 0) if b in r.ttft else "—" for b in bks] for r in rep.rows]
         parts += ["", "## TTFT ms per bucket", "", _table(["N"] + bks, rows, set(range(1, len(bks) + 1)))]
+    if rep.fit is not None:
+        parts += ["", "## llama.cpp's --fit at the same budget", "", fit_section(rep)]
+    if rep.versus:
+        parts += ["", "## Comparisons over server sessions (decode tok/s)", "", versus_table(rep)]
+    if rep.warnings:
+        parts += ["", "## The server's own warnings", ""] + warning_lines(rep)
     bt = buffers_table(rep)
     if bt:
         parts += ["", "## Predicted buffers vs the server log (MiB)", "", bt]
@@ -133,6 +157,111 @@ def render_markdown(rep: SweepReport) -> str:
     if rep.notes:
         parts += ["", "## Notes", ""] + [f"- {n}" for n in rep.notes]
     return "\n".join(parts) + "\n"
+
+
+def fit_section(rep: SweepReport) -> str:
+    fit = rep.fit
+    assert fit is not None
+    t = fit.target
+    lines = [f"- arm `{fit.arm}`: `{fit_flags(fit)}` (no -ngl: fit aborts when it is set), {fit.status}"
+             + (f" — {fit.reason}" if fit.reason else "")]
+    if t:
+        lines.append(f"- fit-target: {t.get('derivation') or t.get('reason')}")
+    if fit.status == "measured":
+        vram = f"{fmt_gib(fit.vram_peak_mib, 2)} GiB" if fit.vram_peak_mib is not None else "not measured"
+        lines.append(f"- measured: per-PID peak {vram}"
+                     + (" — over the budget, disqualified" if fit.over_budget else "")
+                     + f"; decode {_pm_ci(fit.decode)} tok/s over {fit.sessions} server session(s)")
+    if fit.placement or fit.plan:
+        lines.append(f"- placement: {fit_placement_text(fit)}")
+    if fit.plan.get("stdout"):
+        out = fit.plan["stdout"]
+        lines.append(f"- llama-fit-params printed: `{out if len(out) <= 160 else out[:157] + '...'}`")
+    return "\n".join(lines)
+
+
+_NO_INTERVAL = {"one-session": "one server session on a side", "no-data": "no common bucket",
+                "no-variance": "nothing varies", "not-positive": "a mean ≤ 0"}
+
+
+def versus_table(rep: SweepReport) -> str:
+    rows = []
+    for v in rep.versus:
+        lo, hi = v.interval()
+        p = v.ratio.p_value
+        rows.append([f"`{v.other}` vs `{v.base}`", f"{v.ratio.delta * 100:+.1f} %" if math.isfinite(v.ratio.delta) else "—",
+                     f"{lo * 100:+.1f} % … {hi * 100:+.1f} %" if math.isfinite(lo) else "no interval",
+                     f"{p:.3f}" if math.isfinite(p) else "n/a", f"{v.ratio.k_other} / {v.ratio.k_base}",
+                     _NO_INTERVAL.get(v.ratio.reason, v.ratio.reason)])
+    return _table(["comparison", "Δ decode", "95 % CI", "p", "sessions", "why no interval"], rows, {1, 2, 3})
+
+
+def warning_lines(rep: SweepReport) -> list[str]:
+    """Each warning once, with the arms that printed it."""
+    by_text: dict[str, list[str]] = {}
+    for arm, ws in rep.warnings.items():
+        for w in ws:
+            by_text.setdefault(w, []).append(arm)
+    out = []
+    for w, arms in by_text.items():
+        who = "every arm" if len(arms) == len(rep.warnings) and len(arms) > 1 else ", ".join(arms)
+        out.append(f"- `{w}` ({who})")
+    return out
+
+
+def frontier_markdown(reps: list[SweepReport], points: list[FrontierPoint]) -> str:
+    """The context × offload frontier: one row per context, the sentence, then each stage's report."""
+    if not reps:
+        return ""
+    rep0 = reps[0]
+    rows = []
+    for p, r in zip(points, reps, strict=True):
+        rows.append([str(p.n_ctx), flag_of(p.predicted_n, r.n_layer) if p.predicted_n is not None else "—",
+                     f"`{flag_of(p.n, r.n_layer)}`" if p.n is not None else "nothing fits",
+                     fmt_gib(p.vram_mib) if p.vram_mib is not None else "—",
+                     fmt_fixed(p.decode_tps) if math.isfinite(p.decode_tps) else "—",
+                     fmt_fixed(p.fit_decode_tps) if p.fit_decode_tps is not None else "—", r.advice])
+    parts = [f"# abtest sweep frontier: {rep0.model}", "",
+             f"**{frontier_sentence(points, rep0.budget_mib, rep0.n_layer)}**", "",
+             _table(["-c", "predicted boundary", "fastest measured", "VRAM GiB", "decode tok/s", "fit tok/s", "advice"],
+                    rows, {3, 4, 5}), ""]
+    for r in reps:
+        parts.append(render_markdown(r).replace("# abtest sweep:", f"## -c {r.n_ctx}:", 1))
+    return "\n".join(parts)
+
+
+def write_frontier_plot(frontiers: list[tuple[float | None, list[FrontierPoint]]], path: Path,
+                        title: str = "") -> Path | None:
+    """Decode tok/s against context size, one line per budget (and fit's, dashed, where measured)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not any(p.n is not None for _, pts in frontiers for p in pts):
+        return None
+    fig = Figure(figsize=(6.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (budget, pts) in enumerate(frontiers):
+        ok = [p for p in pts if p.n is not None]
+        label = budget_label(budget) if budget is not None else "no budget"
+        ax.plot([p.n_ctx for p in ok], [p.decode_tps for p in ok], "o-", color=f"C{i}", label=f"abtest's pick, {label}")
+        for p in ok:
+            ax.annotate(f"{p.n}", (p.n_ctx, p.decode_tps), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        fit = [p for p in pts if p.fit_decode_tps is not None]
+        if fit:
+            ax.plot([p.n_ctx for p in fit], [p.fit_decode_tps or math.nan for p in fit], "s--", color=f"C{i}", alpha=0.6,
+                    label=f"--fit, {label}")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p.n_ctx for _, pts in frontiers for p in pts})
+    ax.set_xticks(ticks, [f"{t // 1024}k" if t % 1024 == 0 else str(t) for t in ticks])
+    ax.set_xlabel("context size (-c, tokens)")
+    ax.set_ylabel("decode tok/s (labels: --n-cpu-moe N)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
 
 
 def write_plot(rep: SweepReport, path: Path) -> Path | None:

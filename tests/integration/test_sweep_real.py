@@ -31,7 +31,8 @@ def swept(tmp_path_factory: pytest.TempPathFactory, llama_server: Path, tiny_moe
     res = CliRunner().invoke(
         cli,
         ["sweep", "--model", str(tiny_moe), "--ncmoe", "0,3,6", "--runs", "1", "--max-tokens", "64",
-         "--buckets", "seed004", "--server-bin", str(llama_server), "--threads", "1", "--out", str(out), "--quiet"],
+         "--buckets", "seed004", "--server-bin", str(llama_server), "--threads", "1", "--out", str(out), "--quiet",
+         "--finalist-sessions", "1"],
         catch_exceptions=False,
     )
     assert res.exit_code == 0, res.output
@@ -60,7 +61,10 @@ def test_sweep_writes_one_evidence_file_with_an_arm_per_setting(swept: tuple[Pat
     assert sweep["predictions"]["0"]["total_mib"] > sweep["predictions"]["6"]["total_mib"]
     assert sweep["backend"] == "cpu" and sweep["free_mib"] is None  # no GPU here: nothing skipped
     side = read_sidecar(files[0])
-    assert side is not None and [t["status"] for t in side["trail"]] == ["measured"] * 3
+    assert side is not None and [t["status"] for t in side["trail"][:3]] == ["measured"] * 3
+    # a CPU build: the fit competitor is skipped, with the reason
+    assert side["trail"][3]["arm"] == "fit" and side["trail"][3]["status"] == "skipped"
+    assert "CPU build" in side["trail"][3]["reason"]
 
 
 def test_sweep_report_reads_the_evidence(swept: tuple[Path, str]) -> None:
@@ -109,3 +113,47 @@ def test_buffer_arithmetic_matches_the_server_log(tmp_path: Path, llama_server: 
     assert round(pred.kv_mib, 2) == printed["CPU"]["kv_mib"]
     assert round(pred.compute_mib, 2) == printed["CPU"]["compute_mib"]
     assert round(pred.output_mib, 2) == printed["CPU"]["output_mib"]
+
+
+def test_fit_competitor_load_mode_and_frontier_on_the_cpu_build(tmp_path: Path, llama_server: Path,
+                                                                tiny_moe: Path) -> None:
+    """--fit-competitor on runs llama.cpp's --fit arm even here (no device: fit fits host memory);
+    --load-mode both measures the pick again with --load-mode none; two contexts make a frontier;
+    the finalists get 2 server sessions. Checks the real server's log lines the parsers read."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli,
+        ["sweep", "--model", str(tiny_moe), "--ncmoe", "0,6", "--runs", "2", "--max-tokens", "128",
+         "--buckets", "seed004", "--server-bin", str(llama_server), "--threads", "1", "--out", str(out), "--quiet",
+         "--fit-competitor", "on", "--load-mode", "both", "--ctx", "256,1024"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code in (0, 4), res.output
+    path = next(out.glob("*.jsonl"))
+    ev = read_evidence(path)
+    starts = {(a.arm, a.block): a for a in ev.arm_starts}
+    fit = starts[("fit-c256", 0)]
+    assert "-ngl" not in fit.argv and fit.argv[fit.argv.index("--fit") + 1] == "on"
+    assert "--fit-target" not in fit.argv  # no device memory figure: fit's default margin
+    lm = next(a for (name, _), a in starts.items() if "-lmnone" in name)
+    assert lm.argv[lm.argv.index("--load-mode") + 1] == "none"
+    ends = {(e.arm, e.block): e for e in ev.arm_ends}
+    fit_end = ends[("fit-c256", 0)]
+    assert fit_end.breakdown["fit"]["status"] == "no change" and fit_end.breakdown["fit"]["memory"] == "host"
+    assert fit_end.breakdown["load_mode"] == "mmap"
+    # every server warns about the API key; an arm with experts overridden to the CPU and mmap on
+    # warns about the load mode (src/llama-model-loader.cpp), the --load-mode none arm does not
+    assert all(any("no API key" in w for w in e.server_warnings) for e in ev.arm_ends)
+    mmap_warning = "consider using --load-mode none"
+    assert any(mmap_warning in w for w in ends[("ncmoe6-c256", 0)].server_warnings)
+    assert not any(mmap_warning in w for w in ends[(lm.arm, 0)].server_warnings)
+    assert not any(mmap_warning in w for w in ends[("ncmoe0-c256", 0)].server_warnings)
+    # finalists ran a second session
+    assert {a for a, b in starts if b == 1} >= {"fit-c256", "fit-c1024"}
+    side = read_sidecar(path)
+    assert side is not None and side["time_to_advice_s"] > 0
+    plan = next(t for t in side["trail"] if t["arm"] == "fit-c256")["fit_params"]
+    assert plan["exit_code"] == 0 and plan["stdout"].startswith("-c 256 -ngl ")
+    md = (out / "sweep-frontier.md").read_text()
+    assert "# abtest sweep frontier" in md and "## -c 1024" in md and "The server's own warnings" in md
+    assert (out / "sweep-frontier.png").stat().st_size > 1000

@@ -483,3 +483,22 @@ def test_suspect_requests_are_named_in_the_warnings(tmp_path) -> None:
     found = [w for w in report.warnings if w.kind is ReportWarning.SUSPECT_REQUESTS]
     assert len(found) == 1 and found[0].subject.startswith("baseline") and "3 of " in str(found[0])
     assert "below the server's own prompt time" in str(found[0])
+
+
+def test_server_warnings_from_the_arm_logs_are_findings(tmp_path):
+    """arm_end.server_warnings (the W/E lines of the server log) become SERVER_WARNING findings, one
+    per text, naming the arms that printed it; files without the field read as no warnings."""
+    objs = read_lines(fabricate(tmp_path / "run.jsonl", seed=1))
+    mmap = ("W llama_model_loader: tensor overrides to CPU are used with mmap enabled - consider using "
+            "--load-mode none for better performance")
+    key = "W srv  llama_server: security: no API key is set"
+    arms = [o["arm"] for o in objs if o["kind"] == "arm_end"]
+    for o in objs:
+        if o["kind"] == "arm_end":
+            o["server_warnings"] = [key] + ([mmap] if o["arm"] == arms[-1] else [])
+    rep = build([write_lines(tmp_path / "w.jsonl", objs)])
+    found = [w for w in rep.warnings if w.kind is W.SERVER_WARNING]
+    assert len(found) == 2
+    assert next(w for w in found if key in w.text).subject == "every arm"
+    assert next(w for w in found if mmap in w.text).subject == arms[-1]
+    assert W.SERVER_WARNING not in kinds(build([fabricate(tmp_path / "plain.jsonl", seed=1)]))
