@@ -118,7 +118,8 @@ def test_parse_fit_log_no_change_and_failure() -> None:
 
 def test_server_warnings_keeps_w_and_e_lines_once() -> None:
     text = FIT_LOG + "0.02 W llama_model_loader: tensor overrides to CPU are used with mmap enabled - consider using " \
-                     "--load-mode none for better performance\n0.03 E srv  boom\n# abtest: starting [...]\n"
+                     "--load-mode none for better performance\n0.03 E srv  boom\n# abtest: starting [...]\n" \
+                     "0.04 W srv  llama_server: security: no API key is set and CORS allows all origins\n"
     ws = server_warnings(text)
     assert ws == ["W llama_model_loader: tensor overrides to CPU are used with mmap enabled - consider using "
                   "--load-mode none for better performance", "E srv  boom"]
