@@ -204,6 +204,9 @@ def _session_rows(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats]) ->
     out = []
     for g in groups:
         mine = [s for s in buckets if s.group == g.label]
+        if mine:  # with load levels: the lowest level's rows (its "all" row, or its only bucket)
+            low = min(s.concurrency for s in mine)
+            mine = [s for s in mine if s.concurrency == low]
         head = next((s for s in mine if s.pooled), mine[0] if len(mine) == 1 else None)
         means = {key: session_means(head, key, len(g.runs)) if head is not None else [] for key in ("decode_tps", "ttft_ms")}
         for j, run in enumerate(g.runs):

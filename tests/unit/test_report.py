@@ -502,3 +502,17 @@ def test_server_warnings_from_the_arm_logs_are_findings(tmp_path):
     assert next(w for w in found if key in w.text).subject == "every arm"
     assert next(w for w in found if mmap in w.text).subject == arms[-1]
     assert W.SERVER_WARNING not in kinds(build([fabricate(tmp_path / "plain.jsonl", seed=1)]))
+
+
+def test_sessions_of_a_load_level_run_show_the_lowest_levels_means() -> None:
+    """Committed H200 evidence with `--concurrency 1,2,4,8,16` and one bucket (no "all" row): every
+    session's row carries the means of its lowest level, not dashes."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "docs" / "results" / "h200-2026-12-02-load"
+    report = build_report(load_evidence(sorted(root.glob("*.jsonl.gz"))))
+    assert len(report.sessions) == 4
+    for row in report.sessions:
+        assert math.isfinite(row.means["decode_tps"]) and math.isfinite(row.means["ttft_ms"]), row
+    cpu = [r.means["decode_tps"] for r in report.sessions if r.group == "cpu-moe"]
+    assert len(cpu) == 2 and cpu[0] != cpu[1]
