@@ -516,3 +516,6 @@ def test_sessions_of_a_load_level_run_show_the_lowest_levels_means() -> None:
         assert math.isfinite(row.means["decode_tps"]) and math.isfinite(row.means["ttft_ms"]), row
     cpu = [r.means["decode_tps"] for r in report.sessions if r.group == "cpu-moe"]
     assert len(cpu) == 2 and cpu[0] != cpu[1]
+    # 2 warm-up requests per level, 5 levels: the warm-up advice quotes the level's, not 10
+    outlier = [w.text for w in report.warnings if "first measured request" in w.text]
+    assert outlier and all("(it was 2 per load level)" in t for t in outlier)
