@@ -25,6 +25,9 @@
 #              the dense original; greedy outputs compared across arms
 #   cap        load levels: gpt-oss-20b-arch, baseline / ncmoe12 / cpu-moe at concurrency 1-16
 #              (-np 16), 24 requests of tok128 per level, 64 tokens each, blocks 2 ($RUN_LIMIT)
+#   seedsys    one seed system at full size on its own graph ($PRESET, e.g. phi-3.5-moe-arch;
+#              $QTYPE optional): synth, then baseline / ncmoe$NCMOE / cpu-moe on seed004,tok128,
+#              2 runs, blocks 2 ($RUN_LIMIT); the GGUF is deleted after unless KEEP=1 (64 GiB disk)
 #   aa         benchmarks/aa_rate.py: A/A runs of tiny-moe (a="-ngl 99" vs b="-ngl 99"), bounded by
 #              $AA_LIMIT seconds (420), into $WORK/aa-$AA_TAG
 # Results land in $OUT (tarred: the device tool brings back at most 8 files).
@@ -147,6 +150,22 @@ stage_cap() {
     --runs "${CAP_RUNS:-6}" --buckets tok128 --max-tokens 64 --quiet --out "$WORK/evidence-cap"
   log "cap exit $?: $((SECONDS - t0)) s"
   smi_stop
+}
+
+stage_seedsys() {
+  local t0=$SECONDS preset="${PRESET:?set PRESET}" q=() m
+  [ -n "${QTYPE:-}" ] && q=(--qtype "$QTYPE")
+  m="$("${ABTEST[@]}" model synth "$MODELS" --preset "$preset" "${q[@]}" 2>&1 | tee -a "$WORK/synth-$preset.log" | awk '/^[0-9a-f]{64}  /{print $2}')"
+  [ -z "$m" ] && m="$(ls "$MODELS/$preset"-*.gguf 2>/dev/null | head -1)"
+  log "seedsys $preset synth: $((SECONDS - t0)) s -> $m"; df -h "$MODELS" | tail -1
+  [ -f "$m" ] || return 1
+  smi_start
+  pkill -x llama-server; sleep 1
+  timeout "${RUN_LIMIT:-480}" "${ABTEST[@]}" run --model "$m" --arm baseline --arm "ncmoe${NCMOE:-12}" --arm cpu-moe \
+    --runs 2 --buckets seed004,tok128 --quiet --out "$WORK/evidence-$preset"
+  log "seedsys $preset exit $?: $((SECONDS - t0)) s"
+  smi_stop
+  [ "${KEEP:-0}" = 1 ] || rm -f "$m"
 }
 
 # nvidia-smi's own per-process view, for the cross-check with abtest's NVML samples.
