@@ -75,6 +75,9 @@ class RunConfig:
     # low to high, each with its own warm-up; () = the one level `concurrency`
     concurrency_levels: tuple[int, ...] = ()
     rate: float | None = None  # requests/s, open loop; None = closed loop at `concurrency`
+    # open-loop load levels (`--rate 0.5,1,2,4`): each arm session offers every rate in turn, low to
+    # high, each with its own warm-up, on one server of `server_slots` slots; () = the one `rate`
+    rate_levels: tuple[float, ...] = ()
     arrivals: str = "uniform"  # "uniform" | "poisson"
     schedule: str = "sequential"  # "sequential" | "interleaved"
     endpoint: str = "completion"  # "completion" | "chat"
@@ -102,13 +105,16 @@ class RunConfig:
 
     def levels(self) -> list[RunConfig]:
         """The load levels a session runs, each as the config of a one-level run."""
+        if self.rate_levels:
+            return [replace(self, rate=r, rate_levels=()) for r in self.rate_levels]
         if not self.concurrency_levels:
             return [self]
         return [replace(self, concurrency=c, concurrency_levels=()) for c in self.concurrency_levels]
 
     @property
     def server_slots(self) -> int:
-        """`-np` for every server: --parallel, else the highest concurrency the run applies."""
+        """`-np` for every server: --parallel, else the highest concurrency the run applies (an open
+        loop, one rate or rate levels, applies --concurrency as its slots: default 1)."""
         return self.parallel or max((self.concurrency, *self.concurrency_levels))
 
 
@@ -313,13 +319,19 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--concurrency must be >= 1, got {cfg.concurrency_levels or cfg.concurrency}")
     if len(set(cfg.concurrency_levels)) != len(cfg.concurrency_levels):
         raise ConfigError(f"--concurrency levels must differ, got {','.join(map(str, cfg.concurrency_levels))}")
-    if cfg.concurrency_levels and cfg.rate is not None:
-        raise ConfigError("--concurrency levels are a closed loop: drop --rate (rate levels are not supported yet)")
-    if cfg.rate is not None and cfg.rate <= 0:
-        raise ConfigError(f"--rate must be > 0 requests/s, got {cfg.rate}")
+    if cfg.concurrency_levels and (cfg.rate is not None or cfg.rate_levels):
+        raise ConfigError("--concurrency levels are a closed loop: drop --rate (or give --rate levels and one "
+                          "--concurrency, the server's slots)")
+    if cfg.rate is not None and cfg.rate <= 0 or any(not r > 0 for r in cfg.rate_levels):
+        raise ConfigError(f"--rate must be > 0 requests/s, got {cfg.rate_levels or cfg.rate}")
+    if len(set(cfg.rate_levels)) != len(cfg.rate_levels):
+        raise ConfigError(f"--rate levels must differ, got {','.join(f'{r:g}' for r in cfg.rate_levels)}")
+    if cfg.parallel is not None and cfg.parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1 slots, got {cfg.parallel}")
     if cfg.schedule not in ("sequential", "interleaved"):
         raise ConfigError(f"--schedule must be sequential or interleaved, got {cfg.schedule!r}")
-    if cfg.schedule == "interleaved" and (cfg.concurrency > 1 or cfg.rate is not None or cfg.concurrency_levels):
+    if cfg.schedule == "interleaved" and (cfg.concurrency > 1 or cfg.rate is not None or cfg.concurrency_levels
+                                          or cfg.rate_levels):
         raise ConfigError("--schedule interleaved runs one request at a time: drop --concurrency/--rate "
                           f"(got --concurrency {cfg.concurrency}, --rate {cfg.rate})")
     if cfg.endpoint not in ("completion", "chat"):

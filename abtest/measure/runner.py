@@ -3,7 +3,8 @@
     resolve binary + models (refuse bad input before launching anything)
     open evidence file, write the manifest
     for each block, each arm in the block's order A B | B A (sequential), or all arms at once (interleaved):
-        (with load levels, --concurrency 1,2,4: every level in turn inside each session, low to high)
+        (with load levels, --concurrency 1,2,4 or --rate 1,2,4: every level in turn inside each session;
+         a capacity search, --rate auto: the levels its search picks, one after another)
         launch -> healthy -> memory after load -> cut prompts with this server's /tokenize
         -> arm_start -> warm-up (flagged) -> measured requests (+ memory samples every 100 ms)
         -> ids for requests whose streamed ids were incomplete -> stop -> arm_end
@@ -428,7 +429,7 @@ class Runner:
                     return
             await http.open_connections(client, base_url, cfg.concurrency)
             if cfg.rate:
-                await self._open_loop(client, base_url, [r for r, _ in timed], limits, records, alive)
+                await self._open_loop(client, base_url, [r for r, _ in timed], limits, records, alive, cfg)
             else:
                 await self._closed_loop(client, base_url, [r for r, _ in timed], limits, records, alive,
                                         cfg.concurrency)
@@ -452,11 +453,13 @@ class Runner:
 
     async def _open_loop(self, client: Any, base_url: str, reqs: list[StreamRequest],
                          limits: StreamLimits, records: list[RequestRecord],
-                         alive: Callable[[], bool] = lambda: True) -> None:
+                         alive: Callable[[], bool] = lambda: True, level: RunConfig | None = None) -> None:
         """Send on a schedule of absolute times: a slow response never delays later sends, and no
         connection cap holds a request back. Each record carries the time it was due
-        (`t_scheduled_ns`), so latency can be counted from the schedule as well as from the send."""
-        times = arrival_times(len(reqs), self.cfg.rate or 1.0, self.cfg.arrivals, self.cfg.seed)
+        (`t_scheduled_ns`), so latency can be counted from the schedule as well as from the send.
+        `level`: the rate level's config (default the run's)."""
+        cfg = level or self.cfg
+        times = arrival_times(len(reqs), cfg.rate or 1.0, cfg.arrivals, cfg.seed)
         start_ns = time.perf_counter_ns() + 50_000_000
         in_flight = 0
 
