@@ -34,8 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from .. import __version__
+from ..analysis import metrics
+from ..analysis.slo import Objective, level_meets, level_span, parse_slo
 from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
 from ..errors import EvidenceError, LaunchError
 from ..evidence import EvidenceWriter, check_writable, reserve_new
@@ -52,6 +55,7 @@ from ..server.process import (
     raise_client_priority,
     supports_flag,
 )
+from . import capsearch
 from .arms import ResolvedArm, evidence_path, host_info, longest_prompt_estimate, resolve_arms
 from .load import applied_load, arrival_times, session_order
 from .progress import NullProgress, Progress
@@ -76,6 +80,7 @@ class RunResult:
 class Runner:
     def __init__(self, cfg: RunConfig, progress: Progress | None = None, argv: Sequence[str] = ()) -> None:
         self.cfg = validate(cfg)
+        self.slo: tuple[Objective, ...] = parse_slo(cfg.slo) if cfg.slo else ()  # ConfigError on a bad one
         self.progress = progress or NullProgress()
         self.argv = list(argv)
         self.nvml = Nvml()
@@ -338,18 +343,21 @@ class Runner:
         return f" (block {block + 1} of {self.cfg.blocks})" if self.cfg.blocks > 1 else ""
 
     def _plan(self, arm: str, fitted: list[FittedPrompt], block: int = 0, level: RunConfig | None = None,
-              level_index: int | None = None) -> list[tuple[StreamRequest, FittedPrompt]]:
+              level_index: int | None = None, search: str | None = None) -> list[tuple[StreamRequest, FittedPrompt]]:
         """One block's (or one load level's) requests: warm-up first (flagged), then runs x prompts,
         in a stable order. `seq` goes on across the arm's blocks and levels, and `run_index` counts
         repetitions over the run's blocks (block b holds b*runs ... b*runs + runs - 1), so
         (arm, seq) names one request. A level's requests carry its concurrency and, in `load`, its
-        index among the run's levels."""
+        index among the run's levels (a capacity search's probe: its index, `levels` None, `search`
+        the kind)."""
         cfg = level or self.cfg
         plan: list[tuple[StreamRequest, FittedPrompt]] = []
         seq = self._next_seq.get(arm, 0)
         load = applied_load(cfg)
         if level_index is not None:
-            load = {**load, "level": level_index, "levels": len(self.cfg.levels())}
+            load = {**load, "level": level_index, "levels": None if search else len(self.cfg.levels())}
+            if search:
+                load["search"] = search
 
         def req(f: FittedPrompt, run_index: int, warm: bool) -> StreamRequest:
             return StreamRequest(
@@ -388,17 +396,20 @@ class Runner:
         srv, sampler, fitted = up
         records: list[RequestRecord] = []
         levels = self.cfg.levels()
-        plans = [self._plan(arm.spec.name, fitted, block, lv, i if len(levels) > 1 else None)
-                 for i, lv in enumerate(levels)]
+        plans = [] if self.cfg.search else [self._plan(arm.spec.name, fitted, block, lv, i if len(levels) > 1 else None)
+                                            for i, lv in enumerate(levels)]
         plan = [p for level_plan in plans for p in level_plan]
         interrupted = False
         try:
-            self.progress.arm_begin(arm.spec.name, len(plan))
             with no_gc_pauses():
-                for lv, level_plan in zip(levels, plans, strict=True):  # low to high, each with its warm-up
-                    asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
-                    if not srv.alive():
-                        break
+                if self.cfg.search:
+                    self._search(arm.spec.name, srv, fitted, block, records, plan)
+                else:
+                    self.progress.arm_begin(arm.spec.name, len(plan))
+                    for lv, level_plan in zip(levels, plans, strict=True):  # in turn, each with its warm-up
+                        asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
+                        if not srv.alive():
+                            break
             if srv.alive():
                 asyncio.run(self._backfill_ids(srv.base_url, records))
         except KeyboardInterrupt:
@@ -408,6 +419,41 @@ class Runner:
         finally:
             planned = sum(1 for r, _ in plan if not r.warmup)
             self._arm_down(arm.spec.name, srv, sampler, records, planned, interrupted, block)
+
+    def _search(self, name: str, srv: ServerProcess, fitted: list[FittedPrompt], block: int,
+                records: list[RequestRecord], done: list[tuple[StreamRequest, FittedPrompt]]) -> None:
+        """A capacity search in one session: probe the loads `capsearch.next_probe` picks, each a
+        load level with its own warm-up, judged against the run's SLO; every probe's plan is added
+        to `done` as it starts (what arm_end counts as planned)."""
+        cfg = self.cfg
+        assert cfg.search is not None
+        spec = capsearch.SearchSpec(cfg.search, start=cfg.search_start or 1.0, max_load=cfg.search_max
+                                    or (float(cfg.server_slots) if cfg.search == "concurrency" else None),
+                                    time_s=cfg.search_time_s)
+        probes: list[capsearch.ProbeResult] = []
+        t0 = time.perf_counter()
+        while srv.alive():
+            d = capsearch.next_probe(spec, probes, time.perf_counter() - t0)
+            if d.load is None:
+                self.progress.note(f"{name}: capacity search done ({d.reason}): met {d.low if d.low is not None else '—'}"
+                                   f", failed {d.high if d.high is not None else '—'}{self._of_blocks(block)}")
+                break
+            lv = cfg.at_load(d.load)
+            level_plan = self._plan(name, fitted, block, lv, len(probes), cfg.search)
+            done += level_plan
+            self.progress.arm_begin(name, len(level_plan))
+            t_probe = time.perf_counter()
+            n_before = len(records)
+            asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
+            mine = [r for r in records[n_before:] if not r.warmup]
+            ttft = [v for r in mine if r.ok and (v := metrics.ttft_ms(r)) is not None]
+            probe = capsearch.ProbeResult(d.load, bool(level_meets(mine, self.slo)), level_span(mine).req_per_s,
+                                          float(np.percentile(ttft, 95)) if ttft else None,
+                                          time.perf_counter() - t_probe)
+            probes.append(probe)
+            unit = "" if cfg.search == "concurrency" else " req/s"
+            self.progress.note(f"{name}: {cfg.search} {d.load:g}{unit} {'meets' if probe.meets else 'fails'} "
+                               f"{', '.join(map(str, self.slo))} ({d.phase})")
 
     async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord],
                      alive: Callable[[], bool] = lambda: True, level: RunConfig | None = None) -> None:
