@@ -262,9 +262,15 @@ def capacities(groups: Sequence[ArmGroup], slo: Sequence[Objective],
     return caps, deltas
 
 
-def _value(iv: Interval, unit: str = "") -> str:
-    rng = f" ({fmt_num(iv.low)}–{fmt_num(iv.high)})" if math.isfinite(iv.low) else ""
-    return f"{fmt_num(iv.mean)}{unit}{rng}"
+def _num(v: float) -> str:
+    """A load as the levels name it (4, 0.5) when it is one, else `fmt_num`."""
+    return f"{v:g}" if math.isfinite(v) and v == round(v, 3) else fmt_num(v)
+
+
+def _value(iv: Interval, unit: str = "", load: bool = False) -> str:
+    show = _num if load else fmt_num
+    rng = f" ({show(iv.low)}–{show(iv.high)})" if math.isfinite(iv.low) else ""
+    return f"{show(iv.mean)}{unit}{rng}"
 
 
 def arm_phrase(c: ArmCapacity) -> str:
@@ -272,13 +278,14 @@ def arm_phrase(c: ArmCapacity) -> str:
     if c.status == NONE_MET:
         lowest = min((s.high for s in c.sessions if s.high is not None), default=math.nan)
         unit = "concurrency " if c.kind == CONCURRENCY else ""
-        return f"{c.group} meets it at none of the levels run (lowest {unit}{fmt_num(lowest)}" + (
+        return f"{c.group} meets it at none of the levels run (lowest {unit}{_num(lowest)}" + (
             " req/s)" if c.kind == RATE else ")")
     bound = "at least " if c.status in (AT_LEAST, "mixed") else ""
     if c.kind == RATE:
-        text = f"{c.group} carries {bound}{_value(c.load, ' req/s')}"
+        text = f"{c.group} carries {bound}{_value(c.load, ' req/s', load=c.status != BRACKETED)}"
     else:
-        text = f"{c.group} carries {bound}{_value(c.req_per_s, ' req/s')} at concurrency {_value(c.load)}"
+        text = (f"{c.group} carries {bound}{_value(c.req_per_s, ' req/s')} at concurrency "
+                f"{_value(c.load, load=c.status != BRACKETED)}")
     if c.status == AT_LEAST:
         text += " (every level run met it)"
     elif c.status == "mixed":

@@ -20,7 +20,7 @@ from .arms import (
     host_label,
     resolve_baseline,
 )
-from .capacity import ArmCapacity, CapacityDelta, capacities
+from .capacity import ArmCapacity, CapacityDelta, capacities, capacity_verdict
 from .compare import BucketStats, Comparison, bucket_stats, compare_groups, session_means
 from .cost import DEFAULT_GPU_HOUR_COST, CostRow, cost_rows
 from .equivalence import Equivalence, equivalence_of
@@ -199,6 +199,9 @@ def build_report(
     report.capacity, report.capacity_deltas = capacities(groups, slo, report.paired_baseline)
     report.verdicts = verdict_lines(report, groups, pairs, recognise_identical=recognise_identical)
     report.verdict = [v.text for v in report.verdicts]
+    capacity = capacity_verdict(report.capacity, report.capacity_deltas, slo)
+    if capacity:  # a load-level run judged against an SLO: the capacity is the answer it asked for
+        report.verdict.insert(0, capacity)
     return report
 
 

@@ -72,8 +72,16 @@ def observed(requests: Sequence[RequestRecord], o: Objective) -> float:
     if not requests:
         return float("nan")
     values = [METRIC_OF[o.metric](r) if r.ok else None for r in requests]
-    xs = np.array([np.inf if v is None else v for v in values], dtype=float)
-    return float(np.percentile(xs, o.percentile))
+    xs = np.sort(np.array([np.inf if v is None else v for v in values], dtype=float))
+    # numpy's linear percentile, by hand: its interpolation gives nan next to an infinite value
+    h = (xs.size - 1) * o.percentile / 100.0
+    i = int(np.floor(h))
+    frac = h - i
+    if frac == 0 or i + 1 >= xs.size:
+        return float(xs[i])
+    if not np.isfinite(xs[i + 1]):
+        return float("inf")
+    return float(xs[i] + frac * (xs[i + 1] - xs[i]))
 
 
 def level_meets(requests: Sequence[RequestRecord], slo: Sequence[Objective]) -> bool | None:

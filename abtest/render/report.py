@@ -43,9 +43,6 @@ def provenance_line(report: Report) -> str:
 def sections(report: Report) -> list[Section]:
     """The report as titled sections of text and tables (shared by Markdown and terminal output)."""
     verdict = list(report.verdict) or ["No arm to compare with the baseline."]
-    capacity = cap.capacity_verdict(report.capacity, report.capacity_deltas, report.slo)
-    if capacity:  # a load-level run judged against an SLO: the capacity is the answer it asked for
-        verdict.insert(0, capacity)
     out = [Section("Verdict", paragraphs=verdict)]
     if report.warnings:
         out.append(Section("Warnings", bullets=[str(w) for w in report.warnings]))
@@ -431,13 +428,14 @@ def to_json(report: Report) -> dict[str, Any]:
         "notes": report.notes,
     }
     if report.levels:  # only for level runs: older reports' JSON stays as it was
-        d["levels"] = [{**vars(lr), "load": lr.point.label, "load_kind": lr.point.kind, "load_value": lr.point.value}
-                       for lr in report.levels]
+        d["levels"] = [{"arm": lr.group, **{k: v for k, v in vars(lr).items() if k != "group"}, "load": lr.point.label,
+                        "load_kind": lr.point.kind, "load_value": lr.point.value} for lr in report.levels]
     if report.slo:
         d["slo"] = [str(o) for o in report.slo]
     if report.capacity:
         d["capacity"] = [_capacity_dict(c) for c in report.capacity]
-        d["capacity_deltas"] = [vars(x) for x in report.capacity_deltas]
+        d["capacity_deltas"] = [{"arm": x.group, **{k: v for k, v in vars(x).items() if k != "group"}}
+                                for x in report.capacity_deltas]
         d["capacity_line"] = cap.capacity_verdict(report.capacity, report.capacity_deltas, report.slo)
     return _jsonable(d)
 

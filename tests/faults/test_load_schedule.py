@@ -128,7 +128,7 @@ def test_concurrency_levels_run_in_turn_in_every_session(scripted, cfg_for, spaw
         assert [(r.warmup, r.concurrency) for r in reqs] == [(True, 1)] + [(False, 1)] * 4 + [(True, 4)] + [(False, 4)] * 4
         assert [r.load["level"] for r in reqs] == [0] * 5 + [1] * 5 and all(r.load["levels"] == 2 for r in reqs)
         assert [r.load["concurrency"] for r in reqs if not r.warmup] == [1] * 4 + [4] * 4
-    assert [r.seq for r in ev.requests] == list(range(20))
+    assert sorted(r.seq for r in ev.requests) == list(range(20))  # written as they end: c=4 may reorder
     assert result.n_requests == 16 and ev.arm_ends[0].n_requests == 8
 
 

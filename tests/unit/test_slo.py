@@ -37,3 +37,17 @@ def test_a_level_is_judged_at_its_percentile_and_failures_count_as_misses() -> N
     assert level_meets(good + bad, slo) is True  # the median is a good one
     assert level_meets(good[:1] + bad, slo) is False
     assert level_meets([], slo) is None
+
+
+def test_a_percentile_among_failed_requests_is_infinite_not_nan() -> None:
+    import math
+
+    from abtest.analysis.slo import observed
+
+    (o,) = parse_slo("ttft_p95<=50ms")
+    ok = [streamed(16, ttft_ms=20 + i, itl_ms=5) for i in range(18)]
+    failed = [streamed(16, ttft_ms=20, itl_ms=5, error="boom")] * 2
+    assert observed(ok + failed, o) == math.inf  # numpy's percentile gives nan here (inf - inf)
+    assert observed(ok, o) == pytest.approx(20 + 17 * 0.95 + 0.0, abs=0.02)
+    (med,) = parse_slo("ttft_p50<=50ms")
+    assert observed(ok[:2] + failed[:1], med) == pytest.approx(21.0, abs=0.02)  # lands on the finite value
