@@ -63,3 +63,19 @@ def test_the_time_bound_ends_the_search(scripted, cfg_for, spawned, tmp_path: Pa
                   search_start=4.0, search_time_s=0.05, parallel=2, request_timeout_s=30.0)
     ev = read_ok(Runner(cfg).execute().evidence_path)
     assert {r.load["rate_rps"] for r in ev.requests} == {4.0}  # the second probe would pass 0.05 s
+
+
+def test_a_concurrency_search_ends_between_neighbours(scripted, cfg_for, spawned, tmp_path: Path) -> None:
+    """2 slots: concurrency 2 never queues (TTFT one 10 ms step), 3 makes one request in three wait
+    a whole request (8 steps): the search must end with the bracket 2–3."""
+    server = scripted({"slots": {"n": 2, "step_ms": 10}})
+    cfg = cfg_for(server, arms=["a"], runs=6, warmup=1, max_tokens=8, search="concurrency", slo="ttft_p95<=60ms",
+                  search_max=8, request_timeout_s=30.0)
+    ev = read_ok(Runner(cfg).execute().evidence_path)
+    (start,) = ev.arm_starts
+    assert start.argv[start.argv.index("-np") + 1] == "8"  # slots for the highest concurrency it may probe
+    probed = list(dict.fromkeys(r.load["concurrency"] for r in ev.requests if not r.warmup))
+    assert probed[:3] == [1, 2, 4] and all(r.load["search"] == "concurrency" for r in ev.requests)
+    (c,) = build_report([ev], slo=parse_slo("ttft_p95<=60ms")).capacity
+    (s,) = c.sessions
+    assert (s.low, s.high) == (2, 3) and c.kind == "concurrency"
