@@ -77,14 +77,16 @@ def judge_levels(requests_by_load: Mapping[float, Sequence[RequestRecord]],
     return out
 
 
-def session_capacity(levels: Sequence[LevelJudged], slo: Sequence[Objective]) -> SessionCapacity:
+def session_capacity(levels: Sequence[LevelJudged], slo: Sequence[Objective], integer: bool = False) -> SessionCapacity:
     """The highest load meeting every objective, from one session's levels (low to high).
 
     `high` is the lowest level that fails, `low` the highest that meets below it. Between them each
     failing objective's observed/limit ratio is taken as linear in the load, and the capacity is
     where the first one reaches 1; a ratio that is infinite at `high` (a failed request at the
     percentile) gives `low` itself. The throughput is interpolated at the same point. Every level
-    meeting it: at least the highest (censored); none: below the lowest."""
+    meeting it: at least the highest (censored); none: below the lowest. `integer` (concurrency
+    levels): the capacity is the highest whole concurrency at or below that point — a fractional
+    concurrency cannot be applied, and between neighbouring levels the bracket is already exact."""
     levels = sorted(levels, key=lambda lv: lv.load)
     if not levels or not slo:
         return SessionCapacity(None, None, NO_DATA)
@@ -109,6 +111,9 @@ def session_capacity(levels: Sequence[LevelJudged], slo: Sequence[Objective]) ->
             x = lo.load + (1.0 - r_lo) / (r_hi - r_lo) * (hi.load - lo.load)
         if x < best or not which:
             best, which = min(best, x), str(o)
+    if integer:
+        best = max(lo.load, float(math.floor(best + 1e-9)))
+        best = min(best, hi.load - 1) if hi.load - 1 >= lo.load else lo.load
     rps = None
     if lo.req_per_s is not None and hi.req_per_s is not None:
         rps = lo.req_per_s + (best - lo.load) / (hi.load - lo.load) * (hi.req_per_s - lo.req_per_s)
@@ -124,10 +129,10 @@ def _binding(lv: LevelJudged, slo: Sequence[Objective]) -> str:
 
 
 def capacity_from_levels(requests_by_load: Mapping[float, Sequence[RequestRecord]],
-                         slo: Sequence[Objective]) -> SessionCapacity:
-    """One session's (or one sweep setting's) capacity from its measured requests per load level:
-    what `abtest sweep --objective capacity` can rank settings by."""
-    return session_capacity(judge_levels(requests_by_load, slo), slo)
+                         slo: Sequence[Objective], integer: bool = False) -> SessionCapacity:
+    """One session's (or one sweep setting's) capacity from its measured requests per load level
+    (`integer`: concurrency levels): what `abtest sweep --objective capacity` can rank settings by."""
+    return session_capacity(judge_levels(requests_by_load, slo), slo, integer)
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,7 @@ def arm_capacity(g: ArmGroup, slo: Sequence[Objective]) -> list[ArmCapacity]:
             continue
         caps = []
         for i, levels in sorted(by_kind[kind].items()):
-            cap = capacity_from_levels(levels, slo)
+            cap = capacity_from_levels(levels, slo, integer=kind == CONCURRENCY)
             caps.append(SessionCapacity(**{**cap.__dict__, "session": g.session_label(g.runs[i])}))
         statuses = {c.status for c in caps if c.status != NO_DATA}
         status = statuses.pop() if len(statuses) == 1 else ("mixed" if statuses else NO_DATA)

@@ -110,3 +110,13 @@ def test_the_verdict_line_quotes_each_arm_with_its_interval() -> None:
     assert "one session: no interval" in arm_phrase(_arm("x", RATE, [3.0]))
     assert "at least" in arm_phrase(_arm("x", RATE, [3.0, 3.0], AT_LEAST))
     assert capacity_verdict([], [], SLO) is None
+
+
+def test_a_concurrency_capacity_is_a_whole_concurrency() -> None:
+    # the crossing interpolates to 12.7 between 12 (met) and 13 (failed): 12.7 concurrent requests
+    # cannot be applied, 12 is the highest that meets it
+    cap = session_capacity([lv(12, 0.08, rps=37.0), lv(13, 1.36, rps=38.0)], SLO, integer=True)
+    assert cap.load == 12 and cap.req_per_s == pytest.approx(37.0)
+    wide = session_capacity([lv(8, 0.5, rps=8.0), lv(16, 1.5, rps=12.0)], SLO, integer=True)
+    assert wide.load == 12 and wide.req_per_s == pytest.approx(10.0)  # crossing at 12 exactly
+    assert session_capacity([lv(8, 0.5), lv(16, 1.6)], SLO, integer=True).load == 11  # 8 + 0.5/1.1·8 = 11.6
