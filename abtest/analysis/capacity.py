@@ -290,7 +290,7 @@ def arm_phrase(c: ArmCapacity) -> str:
         text = f"{c.group} carries {bound}{_value(c.load, ' req/s', load=c.status != BRACKETED)}"
     else:
         text = (f"{c.group} carries {bound}{_value(c.req_per_s, ' req/s')} at concurrency "
-                f"{_value(c.load, load=c.status != BRACKETED)}")
+                f"{_value(c.load, load=True)}")
     if c.status == AT_LEAST:
         text += " (every level run met it)"
     elif c.status == "mixed":
