@@ -273,7 +273,8 @@ def _num(v: float) -> str:
 
 
 def _value(iv: Interval, unit: str = "", load: bool = False) -> str:
-    show = _num if load else fmt_num
+    """"7.80 (7.10–8.40)"; a load that is a whole level with no interval reads as the level: "12"."""
+    show = _num if load and not math.isfinite(iv.low) else fmt_num
     rng = f" ({show(iv.low)}–{show(iv.high)})" if math.isfinite(iv.low) else ""
     return f"{show(iv.mean)}{unit}{rng}"
 
