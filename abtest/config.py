@@ -75,6 +75,16 @@ class RunConfig:
     # low to high, each with its own warm-up; () = the one level `concurrency`
     concurrency_levels: tuple[int, ...] = ()
     rate: float | None = None  # requests/s, open loop; None = closed loop at `concurrency`
+    # open-loop load levels (`--rate 0.5,1,2,4`): each arm session offers every rate in turn, low to
+    # high, each with its own warm-up, on one server of `server_slots` slots; () = the one `rate`
+    rate_levels: tuple[float, ...] = ()
+    # a capacity search (`--concurrency auto` / `--rate auto` with --slo): each session probes the
+    # loads `measure.capsearch` picks until the SLO fails or the arm saturates, then bisects
+    search: str | None = None  # None | "concurrency" | "rate"
+    slo: str | None = None  # the objectives each probe is judged by (the report's default --slo)
+    search_time_s: float = 300.0  # per arm session: no probe starts that would end past this
+    search_max: float | None = None  # the highest load probed (concurrency: default 32, the -np)
+    search_start: float | None = None  # the first load probed (default 1: concurrency 1, 1 req/s)
     arrivals: str = "uniform"  # "uniform" | "poisson"
     schedule: str = "sequential"  # "sequential" | "interleaved"
     endpoint: str = "completion"  # "completion" | "chat"
@@ -100,15 +110,26 @@ class RunConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def at_load(self, load: float) -> RunConfig:
+        """The config of one probe of a capacity search at `load` (a concurrency or a rate)."""
+        if self.search == "concurrency":
+            return replace(self, concurrency=int(load), concurrency_levels=(), search=None)
+        return replace(self, rate=float(load), rate_levels=(), search=None)
+
     def levels(self) -> list[RunConfig]:
         """The load levels a session runs, each as the config of a one-level run."""
+        if self.rate_levels:
+            return [replace(self, rate=r, rate_levels=()) for r in self.rate_levels]
         if not self.concurrency_levels:
             return [self]
         return [replace(self, concurrency=c, concurrency_levels=()) for c in self.concurrency_levels]
 
     @property
     def server_slots(self) -> int:
-        """`-np` for every server: --parallel, else the highest concurrency the run applies."""
+        """`-np` for every server: --parallel, else the highest concurrency the run applies (an open
+        loop, one rate or rate levels, applies --concurrency as its slots: default 1)."""
+        if self.search == "concurrency":
+            return self.parallel or int(self.search_max or SEARCH_MAX_CONCURRENCY)
         return self.parallel or max((self.concurrency, *self.concurrency_levels))
 
 
@@ -282,6 +303,31 @@ def final_argv(
     return argv + pinned
 
 
+def _validate_search(cfg: RunConfig) -> None:
+    flag = f"--{cfg.search} auto"
+    if cfg.search not in ("concurrency", "rate"):
+        raise ConfigError(f"a capacity search is over concurrency or rate, got {cfg.search!r}")
+    if not cfg.slo:
+        raise ConfigError(f"{flag} searches for the highest load within an SLO: give --slo, "
+                          "e.g. --slo ttft_p95<=500ms")
+    if cfg.concurrency_levels or cfg.rate_levels or (cfg.search == "concurrency" and cfg.rate is not None):
+        raise ConfigError(f"{flag} picks its own levels: drop the --concurrency/--rate list")
+    if cfg.schedule == "interleaved":
+        raise ConfigError(f"{flag} needs --schedule sequential (interleaved runs one request at a time)")
+    if not cfg.search_time_s > 0:
+        raise ConfigError(f"--search-time-s must be > 0 seconds, got {cfg.search_time_s}")
+    for name, v in (("--search-max", cfg.search_max), ("--search-start", cfg.search_start)):
+        if v is not None and not v > 0:
+            raise ConfigError(f"{name} must be > 0, got {v}")
+        if v is not None and cfg.search == "concurrency" and v != int(v):
+            raise ConfigError(f"{name} of a concurrency search must be a whole number, got {v}")
+    if cfg.search_max is not None and cfg.search_start is not None and cfg.search_start > cfg.search_max:
+        raise ConfigError(f"--search-start {cfg.search_start:g} is above --search-max {cfg.search_max:g}")
+    if cfg.search == "concurrency" and cfg.search_max and cfg.parallel and cfg.parallel < cfg.search_max:
+        raise ConfigError(f"--parallel {cfg.parallel} gives fewer slots than --search-max {cfg.search_max:g}: "
+                          "the higher concurrencies would queue in the server")
+
+
 def default_threads() -> int:
     """All cores but one: llama-server's worker threads spin, and a client starved of CPU
     stamps arrivals late (seen on a 2-core box: 8 ms send delays with -t 2, 0.1 ms with -t 1)."""
@@ -295,6 +341,7 @@ def auto_ctx_size(longest_prompt_tokens: int, max_tokens: int, parallel: int) ->
     return -(-total // 256) * 256
 
 
+SEARCH_MAX_CONCURRENCY = 32  # a concurrency search's ceiling (and -np) without --search-max or --parallel
 MAX_RUNS = 100_000  # repetitions of every prompt per arm: the plan is built in memory
 MAX_BLOCKS = 1_000  # server sessions per arm (each one a launch)
 
@@ -316,15 +363,23 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--concurrency must be >= 1, got {cfg.concurrency_levels or cfg.concurrency}")
     if len(set(cfg.concurrency_levels)) != len(cfg.concurrency_levels):
         raise ConfigError(f"--concurrency levels must differ, got {','.join(map(str, cfg.concurrency_levels))}")
-    if cfg.concurrency_levels and cfg.rate is not None:
-        raise ConfigError("--concurrency levels are a closed loop: drop --rate (rate levels are not supported yet)")
-    if cfg.rate is not None and cfg.rate <= 0:
-        raise ConfigError(f"--rate must be > 0 requests/s, got {cfg.rate}")
+    if cfg.concurrency_levels and (cfg.rate is not None or cfg.rate_levels):
+        raise ConfigError("--concurrency levels are a closed loop: drop --rate (or give --rate levels and one "
+                          "--concurrency, the server's slots)")
+    if cfg.rate is not None and cfg.rate <= 0 or any(not r > 0 for r in cfg.rate_levels):
+        raise ConfigError(f"--rate must be > 0 requests/s, got {cfg.rate_levels or cfg.rate}")
+    if len(set(cfg.rate_levels)) != len(cfg.rate_levels):
+        raise ConfigError(f"--rate levels must differ, got {','.join(f'{r:g}' for r in cfg.rate_levels)}")
+    if cfg.parallel is not None and cfg.parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1 slots, got {cfg.parallel}")
     if cfg.schedule not in ("sequential", "interleaved"):
         raise ConfigError(f"--schedule must be sequential or interleaved, got {cfg.schedule!r}")
-    if cfg.schedule == "interleaved" and (cfg.concurrency > 1 or cfg.rate is not None or cfg.concurrency_levels):
+    if cfg.schedule == "interleaved" and (cfg.concurrency > 1 or cfg.rate is not None or cfg.concurrency_levels
+                                          or cfg.rate_levels):
         raise ConfigError("--schedule interleaved runs one request at a time: drop --concurrency/--rate "
                           f"(got --concurrency {cfg.concurrency}, --rate {cfg.rate})")
+    if cfg.search is not None:
+        _validate_search(cfg)
     if cfg.endpoint not in ("completion", "chat"):
         raise ConfigError(f"--endpoint must be completion or chat, got {cfg.endpoint!r}")
     if cfg.http_client not in ("raw", "httpx"):

@@ -16,6 +16,7 @@ import numpy as np
 from ..records import RequestRecord
 from . import stats, stratified
 from .arms import ArmGroup
+from .loadpoint import is_level_run
 from .metrics import METRIC_BY_KEY, METRICS
 
 ALPHA = 0.05  # a delta is "significant" when p < ALPHA, which is when its 95 % interval excludes 0
@@ -97,38 +98,55 @@ class Comparison:
         return REASON_TEXT.get(code, code)
 
 
-def _bucket_label(bucket: str, concurrency: int, all_c1: bool) -> str:
-    return bucket if all_c1 else f"{bucket} c={concurrency}"
+Level = tuple[int, float | None]  # (concurrency, offered rate of a rate-level run, else None)
+
+
+def level_of(r: RequestRecord) -> Level:
+    """The level a request is tabled at: its concurrency and, in a run of rate levels (`--rate
+    0.5,1,2`, a rate search), its offered rate, so that those levels are not pooled."""
+    rate = r.load.get("rate_rps") if is_level_run(r) and r.load.get("mode") == "open" else None
+    return r.concurrency, float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
+
+
+def level_tag(level: Level) -> str:
+    """"c4", or "r2.5" for a rate level: the level part of a stratum's name."""
+    return f"r{level[1]:g}" if level[1] is not None else f"c{level[0]}"
+
+
+def _bucket_label(bucket: str, level: Level, all_c1: bool) -> str:
+    if level[1] is not None:
+        return f"{bucket} r={level[1]:g}"
+    return bucket if all_c1 else f"{bucket} c={level[0]}"
 
 
 def bucket_stats(groups: Sequence[ArmGroup]) -> list[BucketStats]:
     measured = [r for g in groups for r in g.measured]
-    all_c1 = all(r.concurrency == 1 for r in measured)
-    keys = list(dict.fromkeys((r.bucket, r.concurrency) for r in measured))
-    concs = list(dict.fromkeys(c for _, c in keys))
+    all_c1 = all(level_of(r) == (1, None) for r in measured)
+    keys = list(dict.fromkeys((r.bucket, level_of(r)) for r in measured))
+    levels = list(dict.fromkeys(lv for _, lv in keys))
     out: list[BucketStats] = []
     for g in groups:
         mine = g.measured
         session_of = {id(r): j for j, run in enumerate(g.runs) for r in run.requests}
-        for bucket, conc in keys:
-            reqs = [r for r in mine if r.bucket == bucket and r.concurrency == conc]
+        for bucket, lv in keys:
+            reqs = [r for r in mine if r.bucket == bucket and level_of(r) == lv]
             if reqs or not mine:
-                out.append(_one_bucket(_bucket_label(bucket, conc, all_c1), g.label, conc, reqs, session_of))
-        for conc in concs:
-            if sum(1 for b, c in keys if c == conc) > 1:
-                reqs = [r for r in mine if r.concurrency == conc]
-                out.append(_one_bucket(_bucket_label("all", conc, all_c1), g.label, conc, reqs, session_of,
-                                       weights=plan_weights(measured, conc)))
+                out.append(_one_bucket(_bucket_label(bucket, lv, all_c1), g.label, lv[0], reqs, session_of))
+        for lv in levels:
+            if sum(1 for b, c in keys if c == lv) > 1:
+                reqs = [r for r in mine if level_of(r) == lv]
+                out.append(_one_bucket(_bucket_label("all", lv, all_c1), g.label, lv[0], reqs, session_of,
+                                       weights=plan_weights(measured, lv)))
     return out
 
 
-def plan_weights(measured: Sequence[RequestRecord], concurrency: int) -> dict[str, float]:
-    """Each bucket's share of the measured requests of every arm at this concurrency, failed ones
+def plan_weights(measured: Sequence[RequestRecord], level: Level) -> dict[str, float]:
+    """Each bucket's share of the measured requests of every arm at this level, failed ones
     included: what the plan asked for, the same for every arm, so a bucket that failed more in one
     arm does not shift that arm's pooled mean towards the other buckets."""
     counts: dict[str, int] = {}
     for r in measured:
-        if r.concurrency == concurrency:
+        if level_of(r) == level:
             counts[r.bucket] = counts.get(r.bucket, 0) + 1
     total = sum(counts.values())
     return {b: n / total for b, n in counts.items()} if total else {}

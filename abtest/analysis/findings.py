@@ -17,7 +17,7 @@ from .arms import (
     ArmGroup,
     ArmRun,
 )
-from .compare import BucketStats, Comparison, headline, plan_weights
+from .compare import BucketStats, Comparison, Level, headline, level_of, level_tag, plan_weights
 from .memory import measured_window_samples
 from .metrics import METRIC_BY_KEY, decode_unmeasurable
 
@@ -140,7 +140,7 @@ def drift_of(g: ArmGroup, *, seed: int, resamples: int) -> list[Drift]:
     if len(g.runs) < 2:
         return []
     first, last = g.runs[0], g.runs[-1]
-    weights = {f"{k[0]}|c{k[1]}": v for k, v in _plan_shares(g).items()}
+    weights = {f"{k[0]}|{level_tag(k[1])}": v for k, v in _plan_shares(g).items()}
     out = []
     for key in DRIFT_METRICS:
         fn = stats.decode_tps if key == "decode_tps" else stats.ttft_ms
@@ -148,7 +148,7 @@ def drift_of(g: ArmGroup, *, seed: int, resamples: int) -> list[Drift]:
         for run in (first, last):
             ok = [r for r in run.measured if r.ok]
             parts.append((np.array([fn(r) for r in ok], dtype=float),
-                          np.array([f"{r.bucket}|c{r.concurrency}" for r in ok])))
+                          np.array([f"{r.bucket}|{level_tag(level_of(r))}" for r in ok])))
         (x, xs), (y, ys) = parts
         ci = stratified.ratio_ci_stratified(x, xs, y, ys, seed=seed, resamples=resamples, weights=weights)
         if not math.isfinite(ci.delta):  # no bucket in common (files of different plans pooled)
@@ -158,13 +158,13 @@ def drift_of(g: ArmGroup, *, seed: int, resamples: int) -> list[Drift]:
     return out
 
 
-def _plan_shares(g: ArmGroup) -> dict[tuple[str, int], float]:
-    """Each (bucket, concurrency)'s share of the group's measured requests (failed included)."""
+def _plan_shares(g: ArmGroup) -> dict[tuple[str, Level], float]:
+    """Each (bucket, level)'s share of the group's measured requests (failed included)."""
     measured = g.measured
-    out: dict[tuple[str, int], float] = {}
-    for conc in dict.fromkeys(r.concurrency for r in measured):
-        for bucket, share in plan_weights(measured, conc).items():
-            out[(bucket, conc)] = share
+    out: dict[tuple[str, Level], float] = {}
+    for lv in dict.fromkeys(level_of(r) for r in measured):
+        for bucket, share in plan_weights(measured, lv).items():
+            out[(bucket, lv)] = share
     total = sum(out.values())
     return {k: v / total for k, v in out.items()} if total else {}
 
@@ -285,7 +285,7 @@ def _first_outlier(run: ArmRun, subj: str) -> list[Finding]:
     if not measured:
         return []
     first = measured[0]
-    same = [r for r in measured if r.concurrency == first.concurrency]
+    same = [r for r in measured if level_of(r) == level_of(first)]
     prompts = np.array([f"{r.bucket}\x00{r.prompt_id}" for r in same])
     warm = [r for r in run.requests if r.warmup]
     per_level = sum(1 for r in warm if r.concurrency == first.concurrency)

@@ -1,4 +1,4 @@
-"""Open-loop runs (`--rate`): the load applied, latency from the schedule beside latency from the
+"""Open-loop runs (`--rate`, one rate or levels): per rate, the load applied, latency from the schedule beside latency from the
 send, and whether a queue built up over the run."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..records import RequestRecord
 from . import metrics
 from .arms import ArmGroup
+from .loadpoint import is_level_run, load_point
 from .stats import percentile_or_none
 
 # The queue is "growing" when the from-schedule TTFT of the last quarter of the requests (by due
@@ -41,23 +42,35 @@ class LoadRow:
         return lo is not None and hi is not None and lo > 0 and hi >= GROWTH_FACTOR * lo
 
 
-def _sessions(g: ArmGroup) -> list[list[RequestRecord]]:
-    """The group's open-loop requests per server session (file, block), each in due-time order."""
-    by: dict[tuple[int, int], list[RequestRecord]] = {}
+def _sessions(g: ArmGroup) -> dict[float | None, list[list[RequestRecord]]]:
+    """The group's open-loop requests per rate level (None: a run of one rate), then per server
+    session (file, block), each in due-time order."""
+    by: dict[float | None, dict[tuple[int, int], list[RequestRecord]]] = {}
     for i, run in enumerate(g.runs):
         for r in run.measured:
             if r.t_scheduled_ns is not None:
-                by.setdefault((i, r.block), []).append(r)
-    return [sorted(v, key=lambda r: r.t_scheduled_ns or 0) for v in by.values()]
+                lv = load_point(r).value if is_level_run(r) else None
+                by.setdefault(lv, {}).setdefault((i, r.block), []).append(r)
+    return {lv: [sorted(v, key=lambda r: r.t_scheduled_ns or 0) for v in sessions.values()]
+            for lv, sessions in sorted(by.items(), key=lambda kv: kv[0] or 0.0)}
 
 
 def load_row(g: ArmGroup) -> LoadRow | None:
-    """The group's open-loop summary; None when none of its requests had a due time (closed loop).
-    A session's schedule starts afresh with its server, so the achieved rate and the growth of the
-    queue are taken per session (the medians of the sessions' quarters are shown)."""
-    sessions = _sessions(g)
-    if not sessions:
-        return None
+    """The group's open-loop summary (its first rate level's, in a run of several); None when none
+    of its requests had a due time (closed loop)."""
+    rows = group_load_rows(g)
+    return rows[0] if rows else None
+
+
+def group_load_rows(g: ArmGroup) -> list[LoadRow]:
+    """One row per rate level the group ran (one for a run of one --rate); [] for a closed loop."""
+    return [_row(g, sessions) for sessions in _sessions(g).values()]
+
+
+def _row(g: ArmGroup, sessions: list[list[RequestRecord]]) -> LoadRow:
+    """A session's schedule starts afresh with its server (and with each rate level), so the
+    achieved rate and the growth of the queue are taken per session (the medians of the sessions'
+    quarters are shown)."""
     reqs = [r for s in sessions for r in s]
     ok = [r for r in reqs if r.ok]
     lag = [v for r in reqs if (v := metrics.send_lag_ms(r)) is not None]
@@ -97,4 +110,4 @@ def load_row(g: ArmGroup) -> LoadRow | None:
 
 
 def load_rows(groups: Sequence[ArmGroup]) -> list[LoadRow]:
-    return [row for g in groups if (row := load_row(g)) is not None]
+    return [row for g in groups for row in group_load_rows(g)]

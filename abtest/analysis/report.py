@@ -20,6 +20,7 @@ from .arms import (
     host_label,
     resolve_baseline,
 )
+from .capacity import ArmCapacity, CapacityDelta, capacities, capacity_verdict
 from .compare import BucketStats, Comparison, bucket_stats, compare_groups, session_means
 from .cost import DEFAULT_GPU_HOUR_COST, CostRow, cost_rows
 from .equivalence import Equivalence, equivalence_of
@@ -87,6 +88,8 @@ class Report:
     load: list[LoadRow] = field(default_factory=list)  # open-loop groups (--rate): latency from the schedule
     levels: list[LevelRow] = field(default_factory=list)  # load levels (--concurrency 1,2,4): the curve
     slo: tuple[Objective, ...] = ()  # report --slo: the objectives the levels are judged against
+    capacity: list[ArmCapacity] = field(default_factory=list)  # with --slo and levels: per arm, over sessions
+    capacity_deltas: list[CapacityDelta] = field(default_factory=list)  # each arm's capacity over its baseline's
     verdicts: list[VerdictLine] = field(default_factory=list)  # the verdict as data (`verdict` is its text)
     sessions: list[SessionRow] = field(default_factory=list)
     drift: list[Drift] = field(default_factory=list)
@@ -193,8 +196,12 @@ def build_report(
         drift=drift,
         recognise_identical=recognise_identical,
     )
+    report.capacity, report.capacity_deltas = capacities(groups, slo, report.paired_baseline)
     report.verdicts = verdict_lines(report, groups, pairs, recognise_identical=recognise_identical)
     report.verdict = [v.text for v in report.verdicts]
+    capacity = capacity_verdict(report.capacity, report.capacity_deltas, slo)
+    if capacity:  # a load-level run judged against an SLO: the capacity is the answer it asked for
+        report.verdict.insert(0, capacity)
     return report
 
 

@@ -66,14 +66,56 @@ def meets_each(r: RequestRecord, slo: Sequence[Objective]) -> bool:
     return True
 
 
+def observed(requests: Sequence[RequestRecord], o: Objective) -> float:
+    """The objective's percentile over a level's requests, failed ones (and undefined values) as an
+    infinite latency; nan without requests."""
+    if not requests:
+        return float("nan")
+    values = [METRIC_OF[o.metric](r) if r.ok else None for r in requests]
+    xs = np.sort(np.array([np.inf if v is None else v for v in values], dtype=float))
+    # numpy's linear percentile, by hand: its interpolation gives nan next to an infinite value
+    h = (xs.size - 1) * o.percentile / 100.0
+    i = int(np.floor(h))
+    frac = h - i
+    if frac == 0 or i + 1 >= xs.size:
+        return float(xs[i])
+    if not np.isfinite(xs[i + 1]):
+        return float("inf")
+    return float(xs[i] + frac * (xs[i + 1] - xs[i]))
+
+
 def level_meets(requests: Sequence[RequestRecord], slo: Sequence[Objective]) -> bool | None:
     """Whether a level's requests meet every objective at its percentile (failed requests count as
     misses: an infinite latency); None without requests."""
     if not requests:
         return None
-    for o in slo:
-        values = [METRIC_OF[o.metric](r) if r.ok else None for r in requests]
-        xs = np.array([np.inf if v is None else v for v in values], dtype=float)
-        if float(np.percentile(xs, o.percentile)) > o.limit_ms:
-            return False
-    return True
+    return all(observed(requests, o) <= o.limit_ms for o in slo)
+
+
+@dataclass(frozen=True)
+class Span:
+    """One server session's requests at one level: what completed over the level's wall time."""
+
+    done: int  # completed requests
+    tokens: int  # their generated tokens
+    good: int  # completed requests meeting every objective (goodput's count; 0 without objectives)
+    span_s: float  # first send to last end; 0.0 when nothing completed
+
+    @property
+    def req_per_s(self) -> float | None:
+        return self.done / self.span_s if self.span_s > 0 else None
+
+
+def level_span(requests: Sequence[RequestRecord], slo: Sequence[Objective] = ()) -> Span:
+    """Throughput and goodput of one session's requests at one level: completed requests,
+    tokens and requests meeting every limit over first send → last end (vLLM's and AIPerf's
+    goodput divide by the benchmark's duration the same way)."""
+    good = [r for r in requests if r.ok]
+    if not good:
+        return Span(0, 0, 0, 0.0)
+    t0 = min(r.t_send_ns for r in requests)
+    t1 = max(r.t_send_ns + (r.e2e_ms or 0.0) * 1e6 for r in good)
+    if t1 <= t0:
+        return Span(0, 0, 0, 0.0)
+    return Span(len(good), sum(r.completion_tokens for r in good),
+                sum(1 for r in good if slo and meets_each(r, slo)), (t1 - t0) / 1e9)

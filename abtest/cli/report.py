@@ -51,7 +51,8 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
               help="USD per GPU-hour for the cost columns.")
 @click.option("--slo", metavar="OBJECTIVES",
               help='Judge load levels (run --concurrency 1,2,4): e.g. "ttft_p95<=500ms,tpot_p95<=60ms,e2e_p99<=10s"; '
-                   "adds goodput and the highest level each arm carries within them.")
+                   "adds goodput and each arm's capacity within them, with intervals over sessions. "
+                   "Default: the --slo the run searched with (run --rate auto), if any.")
 @click.option("--allow-mixed-models", is_flag=True,
               help="Show files whose model SHA256 differs for one model name side by side instead of refusing.")
 @click.option("--no-recognise-identical", "no_recognise", is_flag=True,
@@ -122,11 +123,15 @@ def report(
         raise click.UsageError("--night needs --history DIR")
     from ..analysis.slo import parse_slo
 
+    evidences = load_evidence(files)
+    if not slo:  # a capacity search's run recorded the SLO it searched with: judge by it again
+        slo = next((ev.manifest.config.get("slo") for ev in evidences if ev.manifest is not None
+                    and isinstance(ev.manifest.config.get("slo"), str)), None)
     try:
         objectives = parse_slo(slo) if slo else ()
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="'--slo'") from exc
-    data = build_report(load_evidence(files), baseline=baseline, gpu_hour_cost=gpu_hour_cost,
+    data = build_report(evidences, baseline=baseline, gpu_hour_cost=gpu_hour_cost,
                         allow_mixed_models=allow_mixed_models, recognise_identical=not no_recognise,
                         slo=objectives)
     if out_dir is not None:

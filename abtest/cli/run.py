@@ -24,6 +24,9 @@ Examples:
   abtest run --model m.gguf --arms-file ./my-arms.toml --prompts ./my-prompts.jsonl
   abtest run --model m.gguf --concurrency 8 --rate 4 --arrivals poisson
   abtest run --model m.gguf --concurrency 1,2,4,8 --runs 2
+  abtest run --model m.gguf --rate 0.5,1,2,4 --parallel 8 --runs 4
+  abtest run --model m.gguf --rate auto --slo "ttft_p95<=500ms" --parallel 8
+  abtest run --model m.gguf --concurrency auto --slo "tpot_p95<=60ms" --search-max 16
   abtest run --model tiny-moe --blocks 4 --runs 2
   abtest run --model m.gguf --arm old="--cpu-moe" --arm new="--cpu-moe" --arm-build new=new
 
@@ -36,8 +39,13 @@ server log per arm; read it with `abtest report`.
 """
 
 
-def _levels(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    """"4" -> (4,); "1,2,4" -> (1, 2, 4): integers >= 1, each once, in the order given."""
+AUTO = "auto"
+
+
+def _levels(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...] | str:
+    """"4" -> (4,); "1,2,4" -> (1, 2, 4): integers >= 1, each once, in the order given; "auto"."""
+    if str(value).strip().lower() == AUTO:
+        return AUTO
     try:
         levels = tuple(int(v) for v in str(value).split(",") if v.strip())
     except ValueError:
@@ -47,6 +55,23 @@ def _levels(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int
     if len(set(levels)) != len(levels):
         raise click.BadParameter(f"levels must differ, got {value!r}")
     return levels
+
+
+def _rates(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | str:
+    """None -> (); "4" -> (4.0,); "0.5,1,2" -> (0.5, 1.0, 2.0): requests/s > 0, each once; "auto"."""
+    if value is None:
+        return ()
+    if str(value).strip().lower() == AUTO:
+        return AUTO
+    try:
+        rates = tuple(float(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected requests/s R or a list R,R,..., got {value!r}") from None
+    if not rates or any(not r > 0 or r == float("inf") for r in rates):
+        raise click.BadParameter(f"every rate must be > 0 requests/s, got {value!r}")
+    if len(set(rates)) != len(rates):
+        raise click.BadParameter(f"rates must differ, got {value!r}")
+    return rates
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -74,12 +99,28 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Warm-up requests per server session and load level (recorded, flagged, left out of statistics).")
 @click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
               help="Tokens generated per request (ignore_eos: every arm generates exactly this many).")
-@click.option("--concurrency", default="1", show_default=True, callback=_levels, metavar="N[,N...]",
+@click.option("--concurrency", default="1", show_default=True, callback=_levels, metavar="N[,N...]|auto",
               help="Requests in flight at once (closed loop); a list (1,2,4,8) runs each level in turn in every "
-                   "session, each with its warm-up, the servers started with -np of the highest. With --rate: "
-                   "the server's slots (-np).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Open-loop load: requests/s sent on a fixed schedule (not waiting for responses).")
+                   "session, each with its warm-up, the servers started with -np of the highest; auto (with "
+                   "--slo) searches for the highest concurrency within the SLO. With --rate: the server's slots (-np).")
+@click.option("--rate", default=None, callback=_rates, metavar="R[,R...]|auto",
+              help="Open-loop load: requests/s sent on a fixed schedule (not waiting for responses); a list "
+                   "(0.5,1,2,4) offers each rate in turn in every session, each with its warm-up, on one "
+                   "server whose slots (-np) are --parallel, else --concurrency; auto (with --slo) searches for "
+                   "the highest rate within the SLO.")
+@click.option("--slo", metavar="OBJECTIVES",
+              help='With --rate auto / --concurrency auto: the objectives each probe is judged by, e.g. '
+                   '"ttft_p95<=500ms,tpot_p95<=60ms"; recorded, and the report\'s default --slo.')
+@click.option("--search-time-s", default=300.0, show_default=True, type=_SECONDS,
+              help="Capacity search: seconds per arm session; no probe starts that would end past it.")
+@click.option("--search-max", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Capacity search: the highest load probed (concurrency: default 32, also the -np; rate: none).")
+@click.option("--search-start", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Capacity search: the first load probed (default 1: concurrency 1, or 1 req/s); it then "
+                   "doubles until the SLO fails or the arm saturates, and bisects.")
+@click.option("--parallel", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Server slots (-np) of every arm. Default: the highest --concurrency (with --rate: "
+                   "--concurrency, default 1). Recorded in every request's load label (server_slots).")
 @click.option("--arrivals", type=click.Choice(["uniform", "poisson"]), default="uniform", show_default=True)
 @click.option("--schedule", type=click.Choice(["sequential", "interleaved"]), default="sequential", show_default=True,
               help="sequential: one server up at a time; interleaved: all up, requests alternate A B B A.")
@@ -111,7 +152,8 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Seconds for a whole request.")
 @click.option("--quiet", "-q", is_flag=True, help="No live display (for cron); errors still go to stderr.")
 def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, blocks: int, warmup: int, max_tokens: int,
-        concurrency: tuple[int, ...], rate: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
+        concurrency: tuple[int, ...] | str, rate: tuple[float, ...] | str, parallel: int | None, slo: str | None,
+        search_time_s: float, search_max: float | None, search_start: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
         buckets: str, seed: int, temperature: float, ctx_size: int | None, threads: int | None, flash_attn: str,
         http_client: str, server_bin: str | None, arm_servers: tuple[str, ...], arm_builds: tuple[str, ...],
         models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
@@ -123,8 +165,27 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         arms = resolve_arms(list(arm_flags), arms_file, servers=arm_servers, builds=arm_builds)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    search = "concurrency" if concurrency == AUTO else "rate" if rate == AUTO else None
+    if concurrency == AUTO and rate == AUTO:
+        raise click.UsageError("search one of --concurrency auto and --rate auto, not both")
+    if search and not slo:
+        raise click.UsageError(f"--{search} auto searches for the highest load within an SLO: give --slo, "
+                               'e.g. --slo "ttft_p95<=500ms"')
+    if slo:
+        from ..analysis.slo import parse_slo
+
+        try:
+            parse_slo(slo)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--slo'") from exc
+    if search == "concurrency" and rate:
+        raise click.UsageError("--concurrency auto is a closed loop: drop --rate")
+    concurrency = (1,) if concurrency == AUTO else concurrency
+    rate = () if rate == AUTO else rate
+    assert not isinstance(concurrency, str) and not isinstance(rate, str)
     if len(concurrency) > 1 and rate:
-        raise click.UsageError("--concurrency levels are a closed loop: drop --rate (one --rate is an open loop)")
+        raise click.UsageError("--concurrency levels are a closed loop: drop --rate, or give --rate levels and one "
+                               "--concurrency (the server's slots; or --parallel)")
     if schedule == "interleaved" and (max(concurrency) > 1 or rate):
         raise click.UsageError("--schedule interleaved runs one request at a time: drop --concurrency/--rate")
     bucket_list = [b for b in buckets.split(",") if b]
@@ -132,7 +193,9 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
     cfg = RunConfig(
         model=model, arms=arms, runs=runs, blocks=blocks, warmup=warmup, max_tokens=max_tokens, concurrency=concurrency[0],
         concurrency_levels=concurrency if len(concurrency) > 1 else (),
-        rate=rate, arrivals=arrivals, schedule=schedule, endpoint=endpoint, prompts_path=prompts,
+        rate=rate[0] if len(rate) == 1 else None, rate_levels=rate if len(rate) > 1 else (), parallel=parallel,
+        search=search, slo=slo, search_time_s=search_time_s, search_max=search_max, search_start=search_start,
+        arrivals=arrivals, schedule=schedule, endpoint=endpoint, prompts_path=prompts,
         buckets=tuple(b for b in buckets.split(",") if b), seed=seed, temperature=temperature, ctx_size=ctx_size,
         threads=threads, flash_attn=flash_attn, http_client=http_client, out_dir=out_dir, models_dir=models_dir,
         server_bin=server_bin,

@@ -3,7 +3,8 @@
     resolve binary + models (refuse bad input before launching anything)
     open evidence file, write the manifest
     for each block, each arm in the block's order A B | B A (sequential), or all arms at once (interleaved):
-        (with load levels, --concurrency 1,2,4: every level in turn inside each session, low to high)
+        (with load levels, --concurrency 1,2,4 or --rate 1,2,4: every level in turn inside each session;
+         a capacity search, --rate auto: the levels its search picks, one after another)
         launch -> healthy -> memory after load -> cut prompts with this server's /tokenize
         -> arm_start -> warm-up (flagged) -> measured requests (+ memory samples every 100 ms)
         -> ids for requests whose streamed ids were incomplete -> stop -> arm_end
@@ -33,8 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from .. import __version__
+from ..analysis import metrics
+from ..analysis.slo import Objective, level_meets, level_span, parse_slo
 from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
 from ..errors import EvidenceError, LaunchError
 from ..evidence import EvidenceWriter, check_writable, reserve_new
@@ -51,6 +55,7 @@ from ..server.process import (
     raise_client_priority,
     supports_flag,
 )
+from . import capsearch
 from .arms import ResolvedArm, evidence_path, host_info, longest_prompt_estimate, resolve_arms
 from .load import applied_load, arrival_times, session_order
 from .progress import NullProgress, Progress
@@ -75,6 +80,7 @@ class RunResult:
 class Runner:
     def __init__(self, cfg: RunConfig, progress: Progress | None = None, argv: Sequence[str] = ()) -> None:
         self.cfg = validate(cfg)
+        self.slo: tuple[Objective, ...] = parse_slo(cfg.slo) if cfg.slo else ()  # ConfigError on a bad one
         self.progress = progress or NullProgress()
         self.argv = list(argv)
         self.nvml = Nvml()
@@ -339,18 +345,21 @@ class Runner:
         return f" (block {block + 1} of {self.cfg.blocks})" if self.cfg.blocks > 1 else ""
 
     def _plan(self, arm: str, fitted: list[FittedPrompt], block: int = 0, level: RunConfig | None = None,
-              level_index: int | None = None) -> list[tuple[StreamRequest, FittedPrompt]]:
+              level_index: int | None = None, search: str | None = None) -> list[tuple[StreamRequest, FittedPrompt]]:
         """One block's (or one load level's) requests: warm-up first (flagged), then runs x prompts,
         in a stable order. `seq` goes on across the arm's blocks and levels, and `run_index` counts
         repetitions over the run's blocks (block b holds b*runs ... b*runs + runs - 1), so
         (arm, seq) names one request. A level's requests carry its concurrency and, in `load`, its
-        index among the run's levels."""
+        index among the run's levels (a capacity search's probe: its index, `levels` None, `search`
+        the kind)."""
         cfg = level or self.cfg
         plan: list[tuple[StreamRequest, FittedPrompt]] = []
         seq = self._next_seq.get(arm, 0)
         load = applied_load(cfg)
         if level_index is not None:
-            load = {**load, "level": level_index, "levels": len(self.cfg.levels())}
+            load = {**load, "level": level_index, "levels": None if search else len(self.cfg.levels())}
+            if search:
+                load["search"] = search
 
         def req(f: FittedPrompt, run_index: int, warm: bool) -> StreamRequest:
             return StreamRequest(
@@ -389,17 +398,20 @@ class Runner:
         srv, sampler, fitted = up
         records: list[RequestRecord] = []
         levels = self.cfg.levels()
-        plans = [self._plan(arm.spec.name, fitted, block, lv, i if len(levels) > 1 else None)
-                 for i, lv in enumerate(levels)]
+        plans = [] if self.cfg.search else [self._plan(arm.spec.name, fitted, block, lv, i if len(levels) > 1 else None)
+                                            for i, lv in enumerate(levels)]
         plan = [p for level_plan in plans for p in level_plan]
         interrupted = False
         try:
-            self.progress.arm_begin(arm.spec.name, len(plan))
             with no_gc_pauses():
-                for lv, level_plan in zip(levels, plans, strict=True):  # low to high, each with its warm-up
-                    asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
-                    if not srv.alive():
-                        break
+                if self.cfg.search:
+                    self._search(arm.spec.name, srv, fitted, block, records, plan)
+                else:
+                    self.progress.arm_begin(arm.spec.name, len(plan))
+                    for lv, level_plan in zip(levels, plans, strict=True):  # in turn, each with its warm-up
+                        asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
+                        if not srv.alive():
+                            break
             if srv.alive():
                 asyncio.run(self._backfill_ids(srv.base_url, records))
         except KeyboardInterrupt:
@@ -409,6 +421,41 @@ class Runner:
         finally:
             planned = sum(1 for r, _ in plan if not r.warmup)
             self._arm_down(arm.spec.name, srv, sampler, records, planned, interrupted, block)
+
+    def _search(self, name: str, srv: ServerProcess, fitted: list[FittedPrompt], block: int,
+                records: list[RequestRecord], done: list[tuple[StreamRequest, FittedPrompt]]) -> None:
+        """A capacity search in one session: probe the loads `capsearch.next_probe` picks, each a
+        load level with its own warm-up, judged against the run's SLO; every probe's plan is added
+        to `done` as it starts (what arm_end counts as planned)."""
+        cfg = self.cfg
+        assert cfg.search is not None
+        spec = capsearch.SearchSpec(cfg.search, start=cfg.search_start or 1.0, max_load=cfg.search_max
+                                    or (float(cfg.server_slots) if cfg.search == "concurrency" else None),
+                                    time_s=cfg.search_time_s)
+        probes: list[capsearch.ProbeResult] = []
+        t0 = time.perf_counter()
+        while srv.alive():
+            d = capsearch.next_probe(spec, probes, time.perf_counter() - t0)
+            if d.load is None:
+                self.progress.note(f"{name}: capacity search done ({d.reason}): met {d.low if d.low is not None else '—'}"
+                                   f", failed {d.high if d.high is not None else '—'}{self._of_blocks(block)}")
+                break
+            lv = cfg.at_load(d.load)
+            level_plan = self._plan(name, fitted, block, lv, len(probes), cfg.search)
+            done += level_plan
+            self.progress.arm_begin(name, len(level_plan))
+            t_probe = time.perf_counter()
+            n_before = len(records)
+            asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
+            mine = [r for r in records[n_before:] if not r.warmup]
+            ttft = [v for r in mine if r.ok and (v := metrics.ttft_ms(r)) is not None]
+            probe = capsearch.ProbeResult(d.load, bool(level_meets(mine, self.slo)), level_span(mine).req_per_s,
+                                          float(np.percentile(ttft, 95)) if ttft else None,
+                                          time.perf_counter() - t_probe)
+            probes.append(probe)
+            unit = "" if cfg.search == "concurrency" else " req/s"
+            self.progress.note(f"{name}: {cfg.search} {d.load:g}{unit} {'meets' if probe.meets else 'fails'} "
+                               f"{', '.join(map(str, self.slo))} ({d.phase})")
 
     async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord],
                      alive: Callable[[], bool] = lambda: True, level: RunConfig | None = None) -> None:
@@ -430,7 +477,7 @@ class Runner:
                     return
             await http.open_connections(client, base_url, cfg.concurrency)
             if cfg.rate:
-                await self._open_loop(client, base_url, [r for r, _ in timed], limits, records, alive)
+                await self._open_loop(client, base_url, [r for r, _ in timed], limits, records, alive, cfg)
             else:
                 await self._closed_loop(client, base_url, [r for r, _ in timed], limits, records, alive,
                                         cfg.concurrency)
@@ -454,11 +501,13 @@ class Runner:
 
     async def _open_loop(self, client: Any, base_url: str, reqs: list[StreamRequest],
                          limits: StreamLimits, records: list[RequestRecord],
-                         alive: Callable[[], bool] = lambda: True) -> None:
+                         alive: Callable[[], bool] = lambda: True, level: RunConfig | None = None) -> None:
         """Send on a schedule of absolute times: a slow response never delays later sends, and no
         connection cap holds a request back. Each record carries the time it was due
-        (`t_scheduled_ns`), so latency can be counted from the schedule as well as from the send."""
-        times = arrival_times(len(reqs), self.cfg.rate or 1.0, self.cfg.arrivals, self.cfg.seed)
+        (`t_scheduled_ns`), so latency can be counted from the schedule as well as from the send.
+        `level`: the rate level's config (default the run's)."""
+        cfg = level or self.cfg
+        times = arrival_times(len(reqs), cfg.rate or 1.0, cfg.arrivals, cfg.seed)
         start_ns = time.perf_counter_ns() + 50_000_000
         in_flight = 0
 

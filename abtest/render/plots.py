@@ -47,7 +47,7 @@ def _safe(name: str) -> str:
 
 def write_report_plots(report: Report, out: Path | str) -> list[Path]:
     """Distributions of TTFT and decode tok/s per bucket and arm, VRAM over time per arm, the
-    memory breakdown per arm and, for load levels, the throughput curves. Returns the files written."""
+    memory breakdown per arm and, for load levels, the throughput curves and each metric against load. Returns the files written."""
     d = _out_dir(out)
     paths = [
         _distribution(report, "ttft_ms", "TTFT (ms)", d / "ttft_ms.png"),
@@ -55,13 +55,14 @@ def write_report_plots(report: Report, out: Path | str) -> list[Path]:
         _vram_over_time(report, d / "vram_over_time.png"),
         _memory_breakdown(report, d / "memory_breakdown.png"),
         _levels(report, d / "load_levels.png"),
+        _load_metrics(report, d / "load_metrics.png"),
     ]
     return [p for p in paths if p is not None]
 
 
 def _levels(report: Report, path: Path) -> Path | None:
     """Load levels: aggregate tok/s against TTFT p95 per arm (the Pareto view), each point a level
-    labelled with its concurrency, and tok/s against the concurrency."""
+    labelled with its load (c=N or r=X), and tok/s against the load."""
     rows = [r for r in report.levels if r.output_tok_per_s and r.ttft_p95_ms]
     if not rows:
         return None
@@ -73,21 +74,66 @@ def _levels(report: Report, path: Path) -> Path | None:
         y = [r.output_tok_per_s for r in mine]
         pareto.plot(x, y, marker="o", label=group)
         for r in mine:
-            pareto.annotate(f"c={r.concurrency}", (r.ttft_p95_ms, r.output_tok_per_s), fontsize=7,
+            pareto.annotate(r.point.label, (r.ttft_p95_ms, r.output_tok_per_s), fontsize=7,
                             textcoords="offset points", xytext=(4, 4))
-        curve.plot([r.concurrency for r in mine], y, marker="o", label=group)
+        curve.plot([r.point.value for r in mine], y, marker="o", label=group)
+    for o in report.slo:
+        if o.metric == "ttft" and o.percentile == 95:
+            pareto.axvline(o.limit_ms, color="grey", ls="--", lw=1, label=str(o))
     pareto.set_xlabel("TTFT p95 (ms)")
     pareto.set_ylabel("output tok/s (all requests in flight)")
     pareto.set_title("throughput against TTFT p95, per load level")
-    curve.set_xlabel("concurrency")
-    curve.set_xscale("log", base=2)
-    conc = sorted({r.concurrency for r in rows})
-    curve.set_xticks(conc, [str(c) for c in conc])
+    _load_axis(curve, rows)
     curve.set_ylabel("output tok/s")
     curve.set_title("throughput against load")
     for ax in (pareto, curve):
         ax.grid(alpha=0.3)
         ax.legend()
+    return _save(fig, path)
+
+
+def _load_axis(ax: Any, rows: Any) -> None:
+    kinds = {r.point.kind for r in rows}
+    ax.set_xlabel(" / ".join(sorted("concurrency" if k == "concurrency" else "req/s offered" for k in kinds)))
+    values = sorted({r.point.value for r in rows})
+    if values and min(values) > 0 and max(values) / min(values) >= 4:
+        ax.set_xscale("log", base=2)
+        if len(values) <= 12:
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+
+
+# (attribute of LevelRow, axis label, SLO metric drawn as a limit line)
+_LOAD_METRICS = (("req_per_s", "req/s completed", None), ("output_tok_per_s", "output tok/s", None),
+                 ("ttft_p95_ms", "TTFT p95 (ms)", "ttft"), ("tpot_p95_ms", "TPOT p95 (ms)", "tpot"))
+
+
+def _load_metrics(report: Report, path: Path) -> Path | None:
+    """Each metric against the load, per arm: req/s, tok/s, TTFT p95, TPOT p95, with the SLO's
+    limits (p95 objectives) as dashed lines and each arm's capacity as a dotted vertical line."""
+    rows = list(report.levels)
+    if not rows:
+        return None
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2).ravel()
+    groups = list(dict.fromkeys(r.group for r in rows))
+    colors = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    for ax, (attr, label, metric) in zip(axes, _LOAD_METRICS, strict=True):
+        for g in groups:
+            mine = [r for r in rows if r.group == g and getattr(r, attr) is not None]
+            ax.plot([r.point.value for r in mine], [getattr(r, attr) for r in mine], marker="o", label=g,
+                    color=colors[g])
+        for o in report.slo:
+            if o.metric == metric and o.percentile == 95:
+                ax.axhline(o.limit_ms, color="grey", ls="--", lw=1, label=str(o))
+        for c in report.capacity:
+            if c.group in colors and math.isfinite(c.load.mean):
+                ax.axvline(c.load.mean, color=colors[c.group], ls=":", lw=1)
+        _load_axis(ax, rows)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[2].legend(fontsize=7)
+    fig.suptitle("each metric against load, per arm" + (" (dotted: capacity at the SLO)" if report.capacity else ""))
     return _save(fig, path)
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis import capacity as cap
 from ..analysis import stats
 from ..analysis.compare import ALPHA
-from ..analysis.levels import capacity_line
 from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
 from ..analysis.verdict import VerdictLine
@@ -43,9 +43,6 @@ def provenance_line(report: Report) -> str:
 def sections(report: Report) -> list[Section]:
     """The report as titled sections of text and tables (shared by Markdown and terminal output)."""
     verdict = list(report.verdict) or ["No arm to compare with the baseline."]
-    capacity = capacity_line(report.levels, report.slo)
-    if capacity:  # a load-level run judged against an SLO: the capacity is the answer it asked for
-        verdict.insert(0, capacity[0].upper() + capacity[1:] + ".")
     out = [Section("Verdict", paragraphs=verdict)]
     if report.warnings:
         out.append(Section("Warnings", bullets=[str(w) for w in report.warnings]))
@@ -53,6 +50,8 @@ def sections(report: Report) -> list[Section]:
     out.append(_bucket_section(report))
     if report.levels:
         out.append(_levels_section(report))
+    if report.capacity:
+        out.append(_capacity_section(report))
     if report.load:
         out.append(_load_section(report))
     if any(n > 1 for n in _session_counts(report).values()):
@@ -121,25 +120,54 @@ def _bucket_section(report: Report) -> Section:
 
 
 def _levels_section(report: Report) -> Section:
-    """Load levels: per arm and concurrency, throughput and latency (the curve)."""
-    rows = [[lr.group, str(lr.concurrency), f"{lr.n - lr.n_failed} ({lr.n_failed})", fmt_num(lr.req_per_s),
+    """Load levels: per arm and level (concurrency or rate), throughput and latency (the curve)."""
+    rows = [[lr.group, lr.point.label, f"{lr.n - lr.n_failed} ({lr.n_failed})", fmt_num(lr.req_per_s),
              fmt_num(lr.output_tok_per_s), fmt_num(lr.ttft_p50_ms), fmt_num(lr.ttft_p95_ms), fmt_num(lr.tpot_p50_ms),
              fmt_num(lr.tpot_p95_ms)] for lr in report.levels]
     sec = Section("Load levels", paragraphs=[
-        "Each session ran every concurrency level in turn, low to high, on one server (-np of the "
-        "highest level), each level after its own warm-up. req/s and tok/s: completed requests and "
-        "generated tokens over the level's wall time (first send to last end), summed over sessions; "
-        "latencies in ms over the level's requests."])
-    headers = ["arm", "conc", "n (failed)", "req/s", "tok/s", "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95"]
+        "Each session ran every load level in turn on one server (-np: the slots of the highest "
+        "concurrency, or --parallel), each level after its own warm-up: c=N a closed loop of N "
+        "requests in flight, r=X an open loop offering X req/s (a capacity search probes levels it "
+        "picks). req/s and tok/s: completed requests and generated tokens over the level's wall time "
+        "(first send to last end), summed over sessions; latencies in ms over the level's requests."])
+    headers = ["arm", "load", "n (failed)", "req/s", "tok/s", "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95"]
     if report.slo:  # the p50s make way for the goodput and the judgement (80 columns)
         rows = [[*row[:5], row[6], row[8], fmt_num(lr.goodput_rps), {True: "yes", False: "no", None: "—"}[lr.meets_slo]]
                 for row, lr in zip(rows, report.levels, strict=True)]
-        headers = ["arm", "conc", "n (fail)", "req/s", "tok/s", "TTFT p95", "TPOT p95", "good/s", "SLO ok"]
+        headers = ["arm", "load", "n (fail)", "req/s", "tok/s", "TTFT p95", "TPOT p95", "good/s", "SLO ok"]
         sec.paragraphs.append(f"SLO: {', '.join(map(str, report.slo))} — a level meets it when its "
                               "percentiles do (failed requests count as misses); goodput counts the "
                               "requests that meet every limit themselves, per second (vLLM's and AIPerf's "
-                              "goodput). " + (capacity_line(report.levels, report.slo) or ""))
+                              "goodput).")
     sec.tables.append(Table("", headers, rows, right=set(range(1, len(headers)))))
+    return sec
+
+
+def _capacity_section(report: Report) -> Section:
+    """Capacity at the SLO: per arm over its sessions, with intervals, and each arm over its baseline."""
+    def iv(i: cap.Interval) -> str:
+        return f"{fmt_num(i.low)}–{fmt_num(i.high)}" if math.isfinite(i.low) else "—"
+
+    rows = [[c.group, c.kind, str(len(c.sessions)), fmt_num(c.load.mean), iv(c.load), fmt_num(c.req_per_s.mean),
+             iv(c.req_per_s), c.status] for c in report.capacity]
+    sec = Section("Capacity", paragraphs=[
+        f"Within {', '.join(map(str, report.slo))}: the highest load each server session carries, "
+        "between the last level that meets every objective and the first that does not (each "
+        "failing objective's percentile/limit taken as linear in the load there; req/s interpolated "
+        "at the same point), then the mean over sessions with a 95 % t-interval over sessions (log "
+        "scale). at-least: every level run met it (raise the levels); none-met: even the lowest failed. "
+        "Ratios: each arm's capacity (rate levels: req/s offered; concurrency levels: req/s carried) "
+        "over its baseline's, one t statistic over sessions on the log ratio."])
+    sec.tables.append(Table("", ["arm", "levels", "sess", "load", "95 % CI", "req/s", "95 % CI", "status"], rows,
+                            right={2, 3, 4, 5, 6}))
+    per = [[c.group, s.session or "—", fmt_num(s.low), fmt_num(s.high), fmt_num(s.load), fmt_num(s.req_per_s),
+            s.limited_by or "—"] for c in report.capacity for s in c.sessions]
+    if any(len(c.sessions) > 1 for c in report.capacity):
+        sec.tables.append(Table("per session: the bracketing levels and the estimate",
+                                ["arm", "session", "met", "failed", "load", "req/s", "limited by"], per,
+                                right={2, 3, 4, 5}))
+    for d in report.capacity_deltas:
+        sec.paragraphs.append(cap.delta_phrase(d) + ".")
     return sec
 
 
@@ -399,7 +427,25 @@ def to_json(report: Report) -> dict[str, Any]:
         "failed_requests": report.failed_requests,
         "notes": report.notes,
     }
+    if report.levels:  # only for level runs: older reports' JSON stays as it was
+        d["levels"] = [{"arm": lr.group, **{k: v for k, v in vars(lr).items() if k != "group"}, "load": lr.point.label,
+                        "load_kind": lr.point.kind, "load_value": lr.point.value} for lr in report.levels]
+    if report.slo:
+        d["slo"] = [str(o) for o in report.slo]
+    if report.capacity:
+        d["capacity"] = [_capacity_dict(c) for c in report.capacity]
+        d["capacity_deltas"] = [{"arm": x.group, **{k: v for k, v in vars(x).items() if k != "group"}}
+                                for x in report.capacity_deltas]
+        d["capacity_line"] = cap.capacity_verdict(report.capacity, report.capacity_deltas, report.slo)
     return _jsonable(d)
+
+
+def _capacity_dict(c: cap.ArmCapacity) -> dict[str, Any]:
+    return {"arm": c.group, "load_kind": c.kind, "status": c.status, "limited_by": c.limited_by,
+            "load": c.load.mean, "load_low": c.load.low, "load_high": c.load.high,
+            "req_per_s": c.req_per_s.mean, "req_per_s_low": c.req_per_s.low, "req_per_s_high": c.req_per_s.high,
+            "headline": c.headline.mean, "headline_low": c.headline.low, "headline_high": c.headline.high,
+            "sessions": [vars(s) for s in c.sessions]}
 
 
 def _verdict_dict(v: VerdictLine) -> dict[str, Any]:

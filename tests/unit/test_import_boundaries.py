@@ -30,8 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"cli", "config", "evidence", "models", "server", "measure", "analysis", "render"},
 }
 # Single modules another stage may use: the one definition of each metric serves run's live
-# display and the sweep as well as the report.
-ALLOWED_MODULES: dict[str, set[str]] = {"measure": {"abtest.analysis.metrics"}}
+# display and the sweep as well as the report; the one SLO judgement (analysis.slo, itself on
+# metrics only) serves the capacity search's probes as well as the report.
+ALLOWED_MODULES: dict[str, set[str]] = {"measure": {"abtest.analysis.metrics", "abtest.analysis.slo"}}
 
 
 def stage(module: str) -> str:
