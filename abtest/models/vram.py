@@ -95,9 +95,11 @@ GRAPH_INPUTS_BYTES = 10 * 1024
 # ggml type ids and (elements per block, bytes per block) for the types we size here; anything
 # else falls back to the gguf package's table.
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0 = 0, 1, 2, 8
-# Types this CPU build repacks into interleaved layouts (CPU_REPACK buffer) on x86 with AVX2:
-# seen for Q4_0, not for Q8_0. ggml's source also repacks Q4_K and IQ4_NL (not checked here).
-CPU_REPACK_TYPES = frozenset({GGML_Q4_0})
+GGML_Q4_K, GGML_IQ4_NL, GGML_MXFP4 = 12, 20, 39
+# Types the CPU build repacks into interleaved layouts (CPU_REPACK buffer) on x86 with AVX2
+# (ggml-cpu/repack.cpp, ggml_repack_get_optimal_repack_type): Q4_0, Q4_K, IQ4_NL and MXFP4, each
+# when ne1 % 8 == 0. Q8_0, Q5_K and Q6_K are repacked on ARM only; Q2_K needs AVX-512.
+CPU_REPACK_TYPES = frozenset({GGML_Q4_0, GGML_Q4_K, GGML_IQ4_NL, GGML_MXFP4})
 _KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
              "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}
 
@@ -188,6 +190,7 @@ class ContextParams:
     kv_unified: bool = False
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
+    swa_full: bool = False  # --swa-full: the sliding-window layers get a full-size cache
 
     @property
     def n_ctx_seq(self) -> int:
@@ -213,16 +216,62 @@ def _pad(x: int, to: int) -> int:
     return -(-x // to) * to
 
 
-def kv_cache_bytes(model: ModelDesc, ctx: ContextParams) -> int:
-    """n_layer * cells * n_head_kv * (head_dim_k * bytes_k + head_dim_v * bytes_v)."""
+@dataclass(frozen=True)
+class KvCache:
+    """One of llama.cpp's KV caches: the layers it holds, cells per stream, bytes per cell and layer."""
+
+    kind: str  # "full" (every non-SWA layer) or "swa" (the sliding-window layers)
+    n_layer: int
+    cells: int  # per stream (the n_kv of the worst-case graph's mask)
+    n_stream: int  # -np when the cache is not unified, else 1
+    k_bytes_per_cell: float  # one layer's K row: n_head_kv * head_dim_k in the K type
+    v_bytes_per_cell: float  # 0 for MLA: V is read out of the cached latent
+
+    @property
+    def nbytes(self) -> int:
+        return round(self.n_layer * self.cells * self.n_stream * (self.k_bytes_per_cell + self.v_bytes_per_cell))
+
+
+def _kv_bytes(cache_type: str) -> float:
     try:
-        bk, bv = _KV_BYTES[ctx.cache_type_k], _KV_BYTES[ctx.cache_type_v]
-    except KeyError as exc:
+        return _KV_BYTES[cache_type]
+    except KeyError:
         from ..errors import ConfigError
 
-        raise ConfigError(f"unknown KV cache type {exc.args[0]!r}; known: {', '.join(_KV_BYTES)}") from None
-    per_cell = model.n_head_kv * (model.head_dim_k * bk + model.head_dim_v * bv)
-    return round(model.n_layer * ctx.n_ctx_total * per_cell)
+        raise ConfigError(f"unknown KV cache type {cache_type!r}; known: {', '.join(_KV_BYTES)}") from None
+
+
+def kv_caches(model: ModelDesc, ctx: ContextParams) -> tuple[KvCache, ...]:
+    """The caches llama.cpp creates (llama-kv-cache.cpp, llama-kv-cache-iswa.cpp), in its order.
+
+    * Non-SWA layers: n_ctx_seq cells per stream (n_ctx padded to 256; per sequence unless the
+      cache is unified), K and V of n_head_kv * head_dim each.
+    * Sliding-window layers (gpt-oss: every even block): their own cache of
+      ``pad256(min(n_ctx_seq, n_swa * (n_seq if unified else 1) + n_ubatch))`` cells per stream,
+      or n_ctx_seq with --swa-full.
+    * MLA (deepseek2 with key_length_mla): K only, one "head" of kv_lora_rank + n_rot per token
+      (the latent and the rope part); no V tensor, with or without flash attention.
+    """
+    bk, bv = _kv_bytes(ctx.cache_type_k), _kv_bytes(ctx.cache_type_v)
+    n_stream = 1 if ctx.kv_unified else max(ctx.n_parallel, 1)
+    k_cell = model.n_head_kv * model.head_dim_k * bk
+    v_cell = 0.0 if model.is_mla else model.n_head_kv * model.head_dim_v * bv
+    n_swa_layers = len(model.swa_layers)
+    out = [KvCache("full", model.n_layer - n_swa_layers, ctx.n_ctx_seq, n_stream, k_cell, v_cell)]
+    if n_swa_layers:
+        if ctx.swa_full:
+            cells = ctx.n_ctx_seq
+        else:
+            n_seq = max(ctx.n_parallel, 1) if ctx.kv_unified else 1
+            ubatch = min(ctx.n_ctx, ctx.n_batch, ctx.n_ubatch)  # cparams.n_ubatch (llama-context.cpp)
+            cells = _pad(min(ctx.n_ctx_seq, model.n_swa * n_seq + ubatch), CTX_PAD)
+        out.append(KvCache("swa", n_swa_layers, cells, n_stream, k_cell, v_cell))
+    return tuple(c for c in out if c.n_layer)
+
+
+def kv_cache_bytes(model: ModelDesc, ctx: ContextParams) -> int:
+    """All KV caches: sum over `kv_caches` of layers * cells * streams * (K + V bytes per cell)."""
+    return sum(c.nbytes for c in kv_caches(model, ctx))
 
 
 @dataclass(frozen=True)
@@ -360,11 +409,11 @@ def cpu_buffers(
 
     `offsets`: tensor name -> offset in the data section (from the GGUF header), for the mapped
     range; without them the mapped size is the sum of the non-repacked tensors (a lower bound).
-    Repacked: tensors of a repack type with ne1 % 8 == 0, except token_embd (a get_rows).
+    Repacked (`is_repacked`): a weight of a repack type with ne1 % 8 == 0 that feeds a 2-D
+    MUL_MAT or, as a routed expert, a 3-D MUL_MAT_ID; never token_embd (a get_rows) nor another
+    3-D weight (deepseek2's per-head attn_k_b / attn_v_b stay in the mapped file).
     """
-    repacked = [t for t in model.tensors
-                if t.ggml_type in repack_types and t.name != "token_embd.weight" and len(t.shape) > 1
-                and t.shape[1] % 8 == 0]
+    repacked = [t for t in model.tensors if is_repacked(model, t, repack_types)]
     names = {t.name for t in repacked}
     rest = [t for t in model.tensors if t.name not in names]
     if offsets and rest:
@@ -379,6 +428,16 @@ def cpu_buffers(
         compute_mib=compute_buffer_bytes(model, ctx) / MIB,
         output_mib=out_rows * model.n_vocab * 4 / MIB,
     )
+
+
+def is_repacked(model: ModelDesc, t: Tensor, repack_types: frozenset[int] = CPU_REPACK_TYPES) -> bool:
+    """Whether the CPU backend moves `t` into its CPU_REPACK buffer (ggml-cpu/repack.cpp
+    extra_buffer_type::supports_op: MUL_MAT with a 2-D weight, MUL_MAT_ID with a 3-D one)."""
+    if t.ggml_type not in repack_types or t.name == "token_embd.weight" or len(t.shape) < 2:
+        return False
+    if t.shape[1] % 8:
+        return False
+    return len(t.shape) == 2 or (len(t.shape) == 3 and model.is_expert(t))
 
 
 def gguf_offsets(path: str | os.PathLike[str]) -> dict[str, int]:
