@@ -234,6 +234,8 @@ def info_cmd(path_or_name: str, models_dir: str | None, n_cpu_moe: int | None, a
         d = info.to_dict()
         if n_cpu_moe is not None:
             d["gpu_weight_bytes"] = info.gpu_weight_bytes(n_cpu_moe)
+        if info.arch_extras():
+            d["arch_extras"] = info.arch_extras()
         click.echo(json.dumps(d, indent=2))
         return
     _print_info(info, n_cpu_moe)
@@ -249,6 +251,8 @@ def _print_info(i: ModelDesc, n_cpu_moe: int | None) -> None:
     t.add_row("layers", str(i.n_layer))
     t.add_row("d_model", str(i.n_embd))
     t.add_row("heads", f"{i.n_head} (KV {i.n_head_kv}), head_dim {i.head_dim_k}")
+    for label, text in i.arch_rows():
+        t.add_row(label, text)
     if i.n_expert:
         t.add_row("experts", f"{i.n_expert}, {i.n_expert_used} used per token, expert FFN {i.n_ff_exp}")
     else:
