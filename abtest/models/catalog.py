@@ -87,10 +87,10 @@ SYNTH_SHA256 = {
     "qwen3-30b-a3b-like": "c74f15bd5b58d1456c6e3ee2d8d9292edda724817559de717b14dc1c804a4029",
     # the reduced -arch presets, each in its default qtype (re-checked by tests/unit/test_arch_presets.py)
     "gpt-oss-20b-arch-tiny": "8eedffdb20e59e2a8385e362622b7af16e41c16d7ee52120cd5ac3c6ac1a7340",
-    "qwen3-30b-a3b-arch-tiny": "45a3bad0c6f1eab227af44a88328475c8829d835f9c4147c0fca3d63dcbaa099",
+    "qwen3-30b-a3b-arch-tiny": "c8cddd264c9b45d5e57476709415175e420b202c04dc7a96545974ac39050ebe",
     "phi-3.5-moe-arch-tiny": "2f0d16fd7add98c7fdce2eb6ad3f0a937f61bcebd32731c9387b5dbefc1eeb14",
     "deepseek-moe-16b-arch-tiny": "b144698bdb2e12c3c3cbb6e8fc63bcfe9b5cf3d49db2ea715f0c9e00ba9e1517",
-    "deepseek-v2-lite-arch-tiny": "fa92d5f3af9b3841a14afb54a3c4e4e7f405e1285a65d5cd1e7faa4b7e2339ee",
+    "deepseek-v2-lite-arch-tiny": "1936769fdf4c116ea2fe34966337e7ce9de4155b73fa414e8b4b8f90c547211f",
 }
 SYNTH_SHA256_VERSION = 1
 
