@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..records import GIB, MIB
+from . import galloc
 from .desc import ModelDesc, Tensor
 
 # ---------------------------------------------------------------------------------- constants
@@ -304,14 +305,30 @@ def compute_parts(model: ModelDesc, ctx: ContextParams) -> ComputeParts:
     return ComputeParts(act, mask, expert, residual)
 
 
-def compute_buffer_bytes(model: ModelDesc, ctx: ContextParams, offload_copy_bytes: int = 0) -> int:
-    """The compute buffer of the backend running the layers; `offload_copy_bytes` is the largest
-    host-resident weight the GPU copies in for a prompt batch (0 on the CPU, or all on the GPU)."""
-    p = compute_parts(model, ctx)
+def graph_bytes(model: ModelDesc, ctx: ContextParams, alignment: int = galloc.CPU_ALIGNMENT) -> int:
+    """The worst-case prompt graph's buffer: with flash attention, the architecture's recorded
+    ggml-alloc program replayed (`galloc`: exact on every shape it was checked on, the CPU
+    server's own figure); otherwise, or for an architecture without a program (gpt2), the
+    arithmetic of `compute_parts`."""
+    events = galloc.program(model.arch) if ctx.flash_attn else None
+    if events is None:
+        return compute_parts(model, ctx).total
+    caches = kv_caches(model, ctx)
+    n_kv = caches[0].cells if caches[0].kind == "full" else ctx.n_ctx_seq
+    n_kv_swa = next((c.cells for c in caches if c.kind == "swa"), n_kv)
+    return galloc.replay(events, galloc.graph_dims(model, ctx.n_tokens_reserve, n_kv, n_kv_swa), alignment)
+
+
+def compute_buffer_bytes(model: ModelDesc, ctx: ContextParams, offload_copy_bytes: int = 0,
+                         alignment: int = galloc.CPU_ALIGNMENT) -> int:
+    """The compute buffer of the backend running the layers (`graph_bytes`); `offload_copy_bytes`
+    is the largest host-resident weight the GPU copies in for a prompt batch (0 on the CPU, or
+    all on the GPU), which takes the place of one expert and one residual activation."""
+    base = graph_bytes(model, ctx, alignment)
     if offload_copy_bytes and ctx.n_tokens_reserve >= OP_OFFLOAD_MIN_BATCH:
-        with_copy = p.activations - p.expert_act - p.residual_act + offload_copy_bytes
-        return max(p.activations, with_copy) + p.mask + GRAPH_INPUTS_BYTES
-    return p.total
+        p = compute_parts(model, ctx)
+        return max(base, base - p.expert_act - p.residual_act + offload_copy_bytes)
+    return base
 
 
 # ---------------------------------------------------------------------------------- prediction
@@ -350,7 +367,7 @@ def predict(
     """Pure: the GPU memory of ``llama-server -ngl 99 --n-cpu-moe n_cpu_moe`` with `ctx`."""
     pl = placement(model, n_cpu_moe)
     kv = kv_cache_bytes(model, ctx)
-    compute = compute_buffer_bytes(model, ctx, pl.max_host_expert_tensor)
+    compute = compute_buffer_bytes(model, ctx, pl.max_host_expert_tensor, CUDA_ALIGNMENT)
     weights_mib = pl.gpu_bytes / MIB
     kv_mib = kv / MIB
     compute_mib = compute / MIB

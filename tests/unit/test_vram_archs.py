@@ -107,3 +107,42 @@ def test_active_params_count_everything_but_the_unused_routed_experts(name: str)
     assert d.active_params == d.total_params - routed + routed * p.n_expert_used // p.n_expert
     # what every token runs includes the shared experts and the dense leading FFN in full
     assert d.active_params - routed * p.n_expert_used // p.n_expert >= shared + dense_ffn
+
+
+# sched_reserve's "CPU compute buffer size" (MiB) of the CPU llama-server for each reduced preset,
+# -ngl 99 --fit off -np 1 -t 1 -fa on -c C (tests/integration/test_vram_archs.py re-reads them live;
+# the same at every qtype: activations are f32 whatever the weights are)
+PRINTED_COMPUTE_MIB = {
+    "qwen3-30b-a3b-arch-tiny": (10.01, 11.51, 17.51),
+    "gpt-oss-20b-arch-tiny": (9.52, 11.27, 17.27),
+    "phi-3.5-moe-arch-tiny": (6.51, 8.01, 14.01),
+    "deepseek-moe-16b-arch-tiny": (8.51, 10.01, 16.01),
+    "deepseek-v2-lite-arch-tiny": (8.51, 10.01, 16.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRINTED_COMPUTE_MIB))
+def test_compute_buffer_replays_ggml_alloc(name: str) -> None:
+    from abtest.models.vram import compute_buffer_bytes, compute_parts
+
+    d = preset_model(name)
+    got = tuple(round(compute_buffer_bytes(d, ContextParams(n_ctx=c)) / 2**20, 2) for c in (512, 2048, 8192))
+    assert got == PRINTED_COMPUTE_MIB[name]
+    # without flash attention there is no program: the arithmetic (an upper bound) stands in
+    no_fa = ContextParams(n_ctx=2048, flash_attn=False)
+    assert compute_buffer_bytes(d, no_fa) == compute_parts(d, no_fa).total
+
+
+def test_replay_is_ggml_dyn_tallocr() -> None:
+    from abtest.models.galloc import replay
+
+    # best fit among the holes (the smallest that fits; the later of equal ones), else the open end
+    ev = (("A", "a", 100, {}), ("A", "b", 40, {}), ("A", "c", 100, {}), ("A", "d", 8, {}),
+          ("F", 0), ("F", 2), ("A", "e", 64, {}))
+    # 32-byte alignment: a@0 (128) b@128 (64) c@192 (128) d@320 (32); e fits a hole: no growth
+    assert replay(ev, {}) == 352
+    ev2 = (*ev, ("A", "f", 300, {}))  # 320 bytes fit no hole: the open end, 352 + 320
+    assert replay(ev2, {}) == 672
+    # freed neighbours merge: after a and b go, 160 bytes fit at 0
+    ev3 = (("A", "a", 96, {}), ("A", "b", 64, {}), ("A", "c", 32, {}), ("F", 0), ("F", 1), ("A", "e", 160, {"x": 0}))
+    assert replay(ev3, {"x": 1}) == 192
