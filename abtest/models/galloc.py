@@ -41,7 +41,7 @@ _OPEN_END = 1 << 62  # the last free block of the single chunk a CPU or CUDA com
 def program(arch: str) -> tuple[tuple[Any, ...], ...] | None:
     """The recorded allocation program of an architecture; None when abtest has none."""
     try:
-        text = resources.files("abtest").joinpath("data", "graphs", f"{arch}.json").read_text()
+        text = resources.files("abtest").joinpath("data").joinpath("graphs").joinpath(f"{arch}.json").read_text()
     except (FileNotFoundError, OSError):
         return None
     return tuple(tuple(e) for e in json.loads(text)["events"])
