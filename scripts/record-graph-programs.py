@@ -20,7 +20,7 @@ One-off, run by hand when the pinned llama.cpp changes (CI never builds this). I
     python scripts/record-graph-programs.py [--build-dir DIR] [--jobs N] [--arch-preset NAME ...]
 
 The recorded programs reproduce the CPU server's compute buffer to the byte on the variants they
-were fitted to; tests/integration/test_vram_archs.py checks them on the presets at three contexts.
+were fitted to; tests/integration/test_vram_archs_real.py checks them on the presets at three contexts.
 """
 
 from __future__ import annotations

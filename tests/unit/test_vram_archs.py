@@ -2,7 +2,7 @@
 repack rule, routed vs active parameters. Pure: presets' tensor plans, nothing written.
 
 The cache sizes follow llama.cpp's source (llama-kv-cache-iswa.cpp, llama-kv-cache.cpp of the
-pinned llama-cpp-python 0.3.36); tests/integration/test_vram_archs.py checks them, and the
+pinned llama-cpp-python 0.3.36); tests/integration/test_vram_archs_real.py checks them, and the
 compute buffers, against what the CPU llama-server prints for every `*-arch-tiny` preset.
 """
 
@@ -110,7 +110,7 @@ def test_active_params_count_everything_but_the_unused_routed_experts(name: str)
 
 
 # sched_reserve's "CPU compute buffer size" (MiB) of the CPU llama-server for each reduced preset,
-# -ngl 99 --fit off -np 1 -t 1 -fa on -c C (tests/integration/test_vram_archs.py re-reads them live;
+# -ngl 99 --fit off -np 1 -t 1 -fa on -c C (tests/integration/test_vram_archs_real.py re-reads them live;
 # the same at every qtype: activations are f32 whatever the weights are)
 PRINTED_COMPUTE_MIB = {
     "qwen3-30b-a3b-arch-tiny": (10.01, 11.51, 17.51),
