@@ -17,24 +17,26 @@ and each term is a pure function of the tensor list, a few hyper-parameters and 
   `EXPERT_TENSOR_RE`) of layers 0..N-1 in host memory; every other layer tensor goes to the GPU.
 
 Buffers, checked against what the CPU build of llama-server prints with ``-lv 4``
-(tests/unit/test_vram.py holds those figures):
+(tests/unit/test_vram.py and tests/unit/test_vram_archs.py hold those figures;
+tests/integration/test_vram_archs_real.py re-reads them live for every ``*-arch-tiny`` preset):
 
-* KV cache: ``n_layer * n_ctx * n_head_kv * (head_dim_k + head_dim_v) * 2 bytes`` (f16 K and V);
-  n_ctx rounded up to 256 (per sequence, times -np, when the cache is not unified).
-* Compute buffer: the peak of ggml-alloc over the worst-case prompt graph of one micro-batch of
-  T = min(n_ubatch, n_ctx) tokens. For a MoE layer (qwen3moe graph) it is, exactly to 0.01 MiB on
-  seven shapes (tiny-moe with n_ff_exp, n_expert_used, n_embd, n_head, n_vocab, n_expert varied,
-  and gpt-oss-20b-like with 2 layers)::
-
-      T * 4 bytes * (3 * n_ff_exp * n_expert_used + 3 * n_embd + n_head * head_dim)
-      + n_kv * T * 2 bytes        (the f16 KQ mask, with flash attention)
-
-  i.e. three f32 expert activations (gate, up, their GLU product), three residual-width
-  activations and the attention output. For a dense layer (gpt2 graph) ``T * 4 * (n_ff + 4 *
-  n_embd)``. The logits are not in it: this llama-server reserves one output row
-  (``n_outputs_max = 1``), so the n_vocab * n_ubatch * 4 logits of older versions are gone.
-  Without flash attention the f32 KQ matrix and mask, ``n_kv * T * (4 * n_head + 4)``, are added
-  (an upper bound: the CPU build prints 6-10 % less for tiny-moe).
+* KV cache (`kv_caches`): one cache per attention kind. Full-attention layers: ``n_ctx_seq`` cells
+  (n_ctx padded to 256; per sequence, times -np, unless unified) of ``n_head_kv * (head_dim_k +
+  head_dim_v)`` values. Sliding-window layers (gpt-oss: every even block) have their own cache of
+  ``pad256(min(n_ctx_seq, n_swa * (n_seq if unified else 1) + n_ubatch))`` cells (``--swa-full``:
+  n_ctx_seq). MLA (deepseek2): K only, kv_lora_rank + n_rot per token, no V.
+* Compute buffer (`graph_bytes`): the high-water mark of ggml-alloc over the worst-case prompt
+  graph of one micro-batch of T = min(n_ubatch, n_ctx) tokens and one output row. With flash
+  attention, the architecture's recorded allocation program is replayed on a port of ggml's
+  allocator (`galloc`; qwen3moe, gpt-oss, phimoe, deepseek, deepseek2): exact to the byte on
+  every shape checked, because fragmentation is modelled, not summed. Otherwise (gpt2, or flash
+  attention off) the arithmetic of `compute_parts`: for a MoE layer
+  ``T * 4 * (3 * n_ff_exp * n_expert_used + 3 * n_embd + n_head * head_dim) + n_kv * T * 2``, for
+  a dense one ``T * 4 * (n_ff + 4 * n_embd)``; without flash attention the f32 KQ matrix and
+  mask, ``n_kv * T * (4 * n_head + 4)``, are added (an upper bound: 6-10 % over for tiny-moe).
+  That arithmetic misses the routed experts' down-projection output [n_embd, n_expert_used, T],
+  which dominates when n_embd > n_ff_exp (Qwen3-30B-A3B: 90 MiB replayed, 58 by the formula,
+  88 printed by the H100's CUDA build at -c 4096).
 * On the GPU, when some experts stay in host memory, a prompt batch of >= 32 tokens is computed
   on the GPU anyway ("op offload"): ggml's scheduler copies the CPU-resident expert tensor into
   the GPU compute buffer, one tensor per split, so the GPU compute buffer grows by the largest
