@@ -107,13 +107,15 @@ Examples:
   abtest model synth /data/gguf --preset gpt-oss-20b-like           # writes /data/gguf/gpt-oss-20b-like-q4_0-seed0.gguf
   abtest model synth q.gguf --preset qwen3-30b-a3b-like --qtype q8_0 --seed 7
   abtest model synth /data/gguf --preset gpt-oss-20b-arch           # gpt-oss's own graph, MXFP4 experts
+  abtest model synth p.gguf --preset phi-3.5-moe-arch --qtype q4_k_m  # llama-quantize's Q4_K_M mix
 Same preset, qtype and seed -> byte-identical file (same SHA256 on every machine).
 """)
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--preset", required=True, type=click.Choice(list(presets.PRESETS)), help="Architecture to imitate.")
 @click.option("--qtype", type=click.Choice(list(synth.QTYPES)), default=None,
               help="Type of the weight matrices (norms and router stay F32; mxfp4: MXFP4 experts, Q8_0 "
-                   "the rest). Default: the preset's own (q4_0 for the stand-ins, the common file's mix for *-arch).")
+                   "the rest; q4_k_m: llama-quantize's per-tensor Q4_K_M rule). Default: the preset's own "
+                   "(q4_0 for the stand-ins, the common file's mix for *-arch).")
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def synth_cmd(out_path: Path, preset: str, qtype: str | None, seed: int, force: bool) -> None:
@@ -234,6 +236,8 @@ def info_cmd(path_or_name: str, models_dir: str | None, n_cpu_moe: int | None, a
         d = info.to_dict()
         if n_cpu_moe is not None:
             d["gpu_weight_bytes"] = info.gpu_weight_bytes(n_cpu_moe)
+        if info.arch_extras():
+            d["arch_extras"] = info.arch_extras()
         click.echo(json.dumps(d, indent=2))
         return
     _print_info(info, n_cpu_moe)
@@ -249,6 +253,8 @@ def _print_info(i: ModelDesc, n_cpu_moe: int | None) -> None:
     t.add_row("layers", str(i.n_layer))
     t.add_row("d_model", str(i.n_embd))
     t.add_row("heads", f"{i.n_head} (KV {i.n_head_kv}), head_dim {i.head_dim_k}")
+    for label, text in i.arch_rows():
+        t.add_row(label, text)
     if i.n_expert:
         t.add_row("experts", f"{i.n_expert}, {i.n_expert_used} used per token, expert FFN {i.n_ff_exp}")
     else:

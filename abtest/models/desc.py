@@ -217,6 +217,55 @@ class ModelDesc:
         n = max(0, min(n_cpu_moe, self.n_layer))
         return self.tensor_bytes - sum(self.layer_expert_bytes[:n])
 
+    # -- architecture extras ------------------------------------------------------------------
+    def _width(self, suffix: str, dim: int) -> int:
+        return next((t.shape[dim] for t in self.tensors if t.name.endswith(suffix) and len(t.shape) > dim), 0)
+
+    def arch_extras(self) -> dict[str, Any]:
+        """What the plain hyper-parameters do not say about the graph: the sliding-window layers,
+        MLA's ranks, shared experts, dense leading blocks, attention sinks. Empty for a model
+        with none of them (`abtest model info` prints these; to_dict's keys stay as they were)."""
+        out: dict[str, Any] = {}
+        if self.swa_layers:
+            out["sliding_window"] = {"window": self.n_swa, "layers": list(self.swa_layers),
+                                     "n_swa_layers": len(self.swa_layers), "n_full_layers": self.n_layer - len(self.swa_layers)}
+        if self.is_mla:
+            out["mla"] = {"kv_lora_rank": self.kv_lora_rank, "n_rot": self.head_dim_k - self.kv_lora_rank,
+                          "head_dim_k_mla": self.head_dim_k_mla, "head_dim_v_mla": self.head_dim_v_mla,
+                          "cached_per_token": self.n_head_kv * self.head_dim_k}
+        if self.n_expert_shared:
+            out["shared_experts"] = {"count": self.n_expert_shared, "ffn_width": self._width(".ffn_up_shexp.weight", 1)}
+        if self.n_layer_dense_lead:
+            out["dense_leading_blocks"] = {"count": self.n_layer_dense_lead, "ffn_width": self._width(".ffn_up.weight", 1)}
+        if any(t.name.endswith(".attn_sinks.weight") for t in self.tensors):
+            out["attention_sinks"] = True
+        return out
+
+    def arch_rows(self) -> list[tuple[str, str]]:
+        """`arch_extras` as (label, text) rows for `abtest model info`."""
+        x, rows = self.arch_extras(), []
+        if "sliding_window" in x:
+            w = x["sliding_window"]
+            layers = w["layers"]
+            shown = ", ".join(map(str, layers[:4])) + (", ..." if len(layers) > 4 else "")
+            rows.append(("sliding window", f"{w['window']} tokens on {w['n_swa_layers']} of {self.n_layer} blocks "
+                         f"({shown}); their KV cache holds the window + one micro-batch"))
+        if "mla" in x:
+            m = x["mla"]
+            rows.append(("MLA", f"kv_lora_rank {m['kv_lora_rank']} + rope {m['n_rot']} cached per token "
+                         f"({m['cached_per_token']} values, no V); per head K {m['head_dim_k_mla']}, "
+                         f"V {m['head_dim_v_mla']}"))
+        if "shared_experts" in x:
+            e = x["shared_experts"]
+            rows.append(("shared experts", f"{e['count']} (FFN {e['ffn_width']}), every token; "
+                         "stay on the GPU with --cpu-moe"))
+        if "dense_leading_blocks" in x:
+            b = x["dense_leading_blocks"]
+            rows.append(("dense blocks", f"the first {b['count']} (FFN {b['ffn_width']}), no experts"))
+        if x.get("attention_sinks"):
+            rows.append(("attention sinks", "one learned logit per head"))
+        return rows
+
     # -- as data -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """What `abtest model info --json` prints and the manifest's `models` entry holds (its keys

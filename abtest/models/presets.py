@@ -136,7 +136,7 @@ GPT_OSS_20B = Preset(
     # window and fixes the pattern at 2 (SWA on even blocks), creates attn_sinks [n_head],
     # post_attention_norm, q/k/v/o and expert biases, and a router bias. Published totals
     # (OpenAI's model card): 20.91 B parameters, 3.61 B active (embedding table excluded).
-    # The ggml-org file (gpt-oss-20b-mxfp4.gguf, 12.1 GB) holds the experts in MXFP4 as OpenAI
+    # The ggml-org file (gpt-oss-20b-MXFP4.gguf, 12.1 GB) holds the experts in MXFP4 as OpenAI
     # ships them; that the rest is Q8_0 is inferred from its size (unverified tensor by tensor).
     name="gpt-oss-20b-arch", arch="gpt-oss", imitates="gpt-oss-20b (its own gpt-oss graph)",
     n_layer=24, n_embd=2880, n_head=64, n_head_kv=8, head_dim=64, n_ff=2880,
@@ -152,11 +152,13 @@ QWEN3_30B_A3B = Preset(
     # num_experts 128, num_experts_per_tok 8, vocab_size 151936, max_position_embeddings 40960,
     # rope_theta 1e6, rms_norm_eps 1e-6, tie_word_embeddings false. Model card: 30.5 B total,
     # 3.3 B activated. The same tensors as qwen3-30b-a3b-like (that one already used qwen3moe).
-    # Common file: Q4_K_M (not written yet: the default here is Q4_0, all matrices).
+    # Common file: Q4_K_M (Qwen/Qwen3-30B-A3B-GGUF), written with llama-quantize's own per-tensor
+    # rule (kquant.py, checked against llama-quantize: docs/models.md).
     name="qwen3-30b-a3b-arch", arch="qwen3moe", imitates="Qwen3-30B-A3B (its own qwen3moe graph)",
     n_layer=48, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_ff=6144,
     n_expert=128, n_expert_used=8, n_ff_exp=768, n_vocab=151_936, context_length=40_960,
-    rope_freq_base=1_000_000.0, tokenizer_pre="qwen2", tied_embeddings=False, stand_in=False,
+    rope_freq_base=1_000_000.0, tokenizer_pre="qwen2", tied_embeddings=False, default_qtype="q4_k_m",
+    stand_in=False,
 )
 
 PHI_35_MOE = Preset(
@@ -205,14 +207,16 @@ DEEPSEEK_V2_LITE = Preset(
     # writes MLA as MQA: head_count_kv 1, key_length kv_lora_rank + qk_rope (576), value_length
     # kv_lora_rank (512), key_length_mla 192, value_length_mla 128, attn_k_b / attn_v_b split from
     # kv_b_proj (older GGUFs, e.g. bartowski's of 2024, hold one attn_kv_b and run without MLA).
-    # DeepSeek-V2 paper: 15.7 B total, 2.4 B activated. Common file: Q4_K_M (not written yet).
+    # DeepSeek-V2 paper: 15.7 B total, 2.4 B activated. Common file: Q4_K_M (the default here, by
+    # llama-quantize's rule as kquant.py ports it).
     name="deepseek-v2-lite-arch", arch="deepseek2", imitates="DeepSeek-V2-Lite (its own deepseek2 graph, MLA)",
     n_layer=27, n_embd=2048, n_head=16, n_head_kv=1, head_dim=576, n_ff=10_944,
     n_expert=64, n_expert_used=6, n_ff_exp=1408, n_vocab=102_400, context_length=163_840,
     rope_freq_base=10_000.0, tokenizer_pre="deepseek-llm", tied_embeddings=False,
     head_dim_v=512, n_rot=64, n_layer_dense_lead=1, n_expert_shared=2, kv_lora_rank=512,
     head_dim_k_mla=192, head_dim_v_mla=128, rope_scaling="yarn", rope_scaling_factor=40.0,
-    rope_orig_ctx=4096, rope_yarn_log_mul=0.1 * 0.707, expert_weights_scale=1.0, stand_in=False,
+    rope_orig_ctx=4096, rope_yarn_log_mul=0.1 * 0.707, expert_weights_scale=1.0, default_qtype="q4_k_m",
+    stand_in=False,
 )
 
 _ARCH = (GPT_OSS_20B, QWEN3_30B_A3B, PHI_35_MOE, DEEPSEEK_MOE_16B, DEEPSEEK_V2_LITE)

@@ -12,14 +12,24 @@ come out of random bytes):
     Q4_0 block (18 bytes): fp16 d, 16 bytes of nibbles q;  w = (q - 8) * d
     Q8_0 block (34 bytes): fp16 d, 32 int8 q;              w = q * d
     MXFP4 block (17 bytes): u8 e, 16 bytes of nibbles q;   w = kvalues_mxfp4[q] * 2**(e - 128)
+    Q5_0 block (22 bytes): fp16 d, 4 + 16 bytes of 5-bit q; w = (q - 16) * d
+    Q5_1 block (24 bytes): fp16 d, fp16 m = -15.5 d, q;     w = q * d + m
+    Q4_K block (144 bytes, 256 weights): fp16 d, fp16 dmin = 7.5 d, 12 bytes of 6-bit scales
+        sc_j and mins m_j = sc_j (j = 0..7, one per 32 weights), 128 bytes of nibbles;
+        w = d * sc_j * q - dmin * m_j = d * sc_j * (q - 7.5)
+    Q5_K block (176 bytes): as Q4_K with 5-bit q (32 bytes of high bits) and dmin = 15.5 d
+    Q6_K block (210 bytes): 128 + 64 bytes of 6-bit q, 16 int8 scales s_j (one per 16 weights),
+        fp16 d;  w = d * s_j * (q - 32)
 
 q is uniform random, so std(q - 8) = sqrt(21.5) and std(int8) = sqrt(5461.5); d is chosen so the
 weights of a row have std ~ 1/sqrt(fan_in) (activations keep their scale through a layer), with a
 random sign (the -0.5 mean of q - 8 would otherwise be a bias shared by every row) and a +-25 %
 magnitude jitter. |d| is far inside fp16's normal range, so every scale is finite and non-zero.
 MXFP4's scale is a power of two: e is the nearest one, the same for every block of a tensor (the
-e2m1 values are symmetric, so there is no bias to cancel). F16 matrices are uniform floats with
-the same std.
+e2m1 values are symmetric, so there is no bias to cancel). The K-quant sub-block scales are
+uniform in 8..15 (Q6_K's with a random sign, which cancels the -0.5 mean of q - 32; Q4_K and
+Q5_K centre q with their mins instead), well inside their 6- and 8-bit ranges. F16 matrices are
+uniform floats with the same std.
 
 Each architecture's tensor list (`tensor_plan`) follows what its src/models/<arch>.cpp in the
 vendored llama.cpp creates; `qtype` picks the type of the weight matrices (`QTYPES`).
@@ -30,6 +40,7 @@ MB whatever the preset (the 17 GB qwen3-30b-a3b-like included).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -56,9 +67,10 @@ CHUNK_F32 = 1 << 22
 
 # The type of the weight matrices: every matrix the same (q4_0, q8_0, f16), or mxfp4: the routed
 # experts in MXFP4 and the other matrices Q8_0, as ggml-org's gpt-oss GGUF ships them (llama.cpp
-# calls the mix MXFP4_MOE). Norms, biases, the router, sinks and rope factors are F32 in every
+# calls the mix MXFP4_MOE), or q4_k_m: llama-quantize's Q4_K_M mix, tensor by tensor
+# (`kquant.q4_k_m_types`). Norms, biases, the router, sinks and rope factors are F32 in every
 # case, as conversion/base.py keeps them.
-QTYPES = ("q4_0", "q8_0", "f16", "mxfp4")
+QTYPES = ("q4_0", "q8_0", "f16", "mxfp4", "q4_k_m")
 ALIGNMENT = 32  # GGUF default data alignment (gguf.GGUF_DEFAULT_ALIGNMENT)
 
 # GGML type ids and (elements per block, bytes per block), as in ggml.h / gguf-py constants.
@@ -67,17 +79,27 @@ GGML_F16 = 1
 GGML_Q4_0 = 2
 GGML_Q8_0 = 8
 GGML_MXFP4 = 39
-_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34), GGML_MXFP4: (32, 17)}
+GGML_Q5_0, GGML_Q5_1, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K = 6, 7, 12, 13, 14
+_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34), GGML_MXFP4: (32, 17),
+          GGML_Q5_0: (32, 22), GGML_Q5_1: (32, 24), GGML_Q4_K: (256, 144), GGML_Q5_K: (256, 176),
+          GGML_Q6_K: (256, 210)}
 # qtype -> (type of the routed experts, type of every other matrix)
 _QTYPE_IDS = {
     "q4_0": (GGML_Q4_0, GGML_Q4_0), "q8_0": (GGML_Q8_0, GGML_Q8_0), "f16": (GGML_F16, GGML_F16),
     "mxfp4": (GGML_MXFP4, GGML_Q8_0),
+    "q4_k_m": (GGML_F16, GGML_F16),  # the source llama-quantize starts from; kquant picks each type
 }
-# llama_ftype (include/llama.h): MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_F16, MOSTLY_MXFP4_MOE
-_FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1, "mxfp4": 38}
+# llama_ftype (include/llama.h): MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_F16, MOSTLY_MXFP4_MOE, MOSTLY_Q4_K_M
+_FILE_TYPE = {"q4_0": 2, "q8_0": 7, "f16": 1, "mxfp4": 38, "q4_k_m": 15}
 # std of the integer part of a weight with uniform random q: sqrt(E[(q-8)^2]) and sqrt(E[q^2]);
 # MXFP4: the doubled e2m1 values of ggml's kvalues_mxfp4, sqrt(mean(v^2)) = sqrt(34.25).
-_Q_STD = {GGML_Q4_0: math.sqrt(21.5), GGML_Q8_0: math.sqrt(5461.5), GGML_MXFP4: math.sqrt(34.25)}
+_Q_STD = {GGML_Q4_0: math.sqrt(21.5), GGML_Q8_0: math.sqrt(5461.5), GGML_MXFP4: math.sqrt(34.25),
+          GGML_Q5_0: math.sqrt(85.5), GGML_Q5_1: math.sqrt(85.25)}
+# K-quants: E[sc^2] of sub-block scales uniform in 8..15, times E[(q - centre)^2]
+_K_SCALE_LO, _K_SCALE_N = 8, 8
+_K_SC2 = sum(x * x for x in range(_K_SCALE_LO, _K_SCALE_LO + _K_SCALE_N)) / _K_SCALE_N  # 137.5
+_K_STD = {GGML_Q4_K: math.sqrt(_K_SC2 * 21.25), GGML_Q5_K: math.sqrt(_K_SC2 * 85.25),
+          GGML_Q6_K: math.sqrt(_K_SC2 * 341.5)}
 
 # Token types (llama_token_type): NORMAL and CONTROL.
 _TOKEN_NORMAL = 1
@@ -101,7 +123,7 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    ggml_type: int  # GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0 or GGML_MXFP4
+    ggml_type: int  # a ggml type id (GGML_F32 ... GGML_Q6_K)
     fill: str  # "quant" (a weight matrix: random blocks, or uniform F16), "ones" (near-1 norm weights), "uniform" (F32, std ~ 1/sqrt(ne0)), "small"
 
     @property
@@ -149,7 +171,8 @@ def tensor_plan(preset: str | Preset, qtype: str | None = None) -> list[TensorSp
 
     qtype None means the preset's default (`Preset.default_qtype`)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    q_exp, q = _check_qtype(resolve_qtype(p, qtype))
+    resolved = resolve_qtype(p, qtype)
+    q_exp, q = _check_qtype(resolved)
     d, v = p.n_embd, p.n_vocab
     specs: list[TensorSpec] = []
 
@@ -178,6 +201,11 @@ def tensor_plan(preset: str | Preset, qtype: str | None = None) -> list[TensorSp
         raise ConfigError(f"preset {p.name!r} has unsupported arch {p.arch!r}")
     for i in range(p.n_layer):
         layer(p, i, f"blk.{i}.", add, mat)
+    if resolved == "q4_k_m":  # the F16 plan, typed as llama-quantize would type it
+        from .kquant import TensorIn, q4_k_m_types
+
+        types = q4_k_m_types([TensorIn(s.name, s.shape, s.ggml_type) for s in specs], p.n_layer, p.n_expert)
+        specs = [dataclasses.replace(s, ggml_type=types[s.name]) for s in specs]
     return specs
 
 
@@ -489,6 +517,65 @@ def _mxfp4_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
         yield out
 
 
+def _q5_1_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    """Q5_1 block (24 bytes): fp16 d, fp16 m = -15.5 d (centres the 5-bit q), 20 bytes of q."""
+    n_blocks = spec.n_elements // 32
+    d_base = np.float32(scale_for(spec))
+    payload, scales = _tensor_bitgens(seed, spec.name)
+    for start in range(0, n_blocks, CHUNK_BLOCKS):
+        m = min(CHUNK_BLOCKS, n_blocks - start)
+        u = scales.random_raw((m + 3) // 4).view(np.uint16)[:m]
+        d = d_base * (np.float32(0.75) + u.astype(np.float32) * np.float32(0.5 / 65536))
+        out = np.empty((m, 24), dtype=np.uint8)
+        out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(m, 2)
+        out[:, 2:4] = (d * np.float32(-15.5)).astype(np.float16).view(np.uint8).reshape(m, 2)
+        out[:, 4:] = _raw_bytes(payload, m * 20).reshape(m, 20)
+        yield out
+
+
+def k_scale_base(spec: TensorSpec) -> float:
+    """|d| of a K-quant super-block at the centre of its jitter: row std ~ 1/sqrt(fan_in)."""
+    return 1.0 / (math.sqrt(spec.shape[0]) * _K_STD[spec.ggml_type])
+
+
+def _k_scales(scales: np.random.PCG64, m: int, n: int) -> np.ndarray:
+    """m x n sub-block scales, uniform in _K_SCALE_LO .. _K_SCALE_LO + 7."""
+    return (_raw_bytes(scales, m * n).reshape(m, n) & np.uint8(_K_SCALE_N - 1)) + np.uint8(_K_SCALE_LO)
+
+
+def _kquant_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    """Q4_K, Q5_K and Q6_K super-blocks of 256 weights (ggml-common.h layouts, see the module doc)."""
+    t = spec.ggml_type
+    _, block_bytes = _BLOCK[t]
+    n_blocks = spec.n_elements // 256
+    d_base = np.float32(k_scale_base(spec))
+    payload, scales = _tensor_bitgens(seed, spec.name)
+    for start in range(0, n_blocks, CHUNK_BLOCKS // 8):
+        m = min(CHUNK_BLOCKS // 8, n_blocks - start)
+        u = scales.random_raw((m + 3) // 4).view(np.uint16)[:m]
+        d = d_base * (np.float32(0.75) + u.astype(np.float32) * np.float32(0.5 / 65536))
+        d16 = d.astype(np.float16).view(np.uint8).reshape(m, 2)
+        out = np.empty((m, block_bytes), dtype=np.uint8)
+        if t == GGML_Q6_K:
+            sc = _k_scales(scales, m, 16).astype(np.int8)
+            sign = (_raw_bytes(scales, m * 16).reshape(m, 16) & np.uint8(1)).astype(bool)
+            out[:, :192] = _raw_bytes(payload, m * 192).reshape(m, 192)  # ql[128], qh[64]
+            out[:, 192:208] = np.where(sign, -sc, sc).astype(np.int8).view(np.uint8)
+            out[:, 208:210] = d16
+        else:
+            # scales[12] (get_scale_min_k4): bytes 0-3 sc_0..3, 4-7 m_0..3, 8-11 sc_j | m_j << 4 for
+            # j = 4..7; every value < 16, so the two high bits of bytes 0-7 stay zero. m_j = sc_j.
+            sc = _k_scales(scales, m, 8)
+            centre = np.float32(7.5 if t == GGML_Q4_K else 15.5)
+            out[:, 0:2] = d16
+            out[:, 2:4] = (d * centre).astype(np.float16).view(np.uint8).reshape(m, 2)
+            out[:, 4:8] = sc[:, :4]
+            out[:, 8:12] = sc[:, :4]
+            out[:, 12:16] = sc[:, 4:] | (sc[:, 4:] << np.uint8(4))
+            out[:, 16:] = _raw_bytes(payload, m * (block_bytes - 16)).reshape(m, block_bytes - 16)
+        yield out
+
+
 def _f16_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
     """An F16 weight matrix: uniform on [-a, a], std 1/sqrt(fan_in), computed in float32, rounded once."""
     payload, _ = _tensor_bitgens(seed, spec.name)
@@ -506,6 +593,10 @@ def tensor_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
             return _mxfp4_chunks(spec, seed)
         if spec.ggml_type == GGML_F16:
             return _f16_chunks(spec, seed)
+        if spec.ggml_type in _K_STD:
+            return _kquant_chunks(spec, seed)
+        if spec.ggml_type == GGML_Q5_1:
+            return _q5_1_chunks(spec, seed)
         return _quant_chunks(spec, seed)
     return _f32_chunks(spec, seed)
 

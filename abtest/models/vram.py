@@ -17,24 +17,26 @@ and each term is a pure function of the tensor list, a few hyper-parameters and 
   `EXPERT_TENSOR_RE`) of layers 0..N-1 in host memory; every other layer tensor goes to the GPU.
 
 Buffers, checked against what the CPU build of llama-server prints with ``-lv 4``
-(tests/unit/test_vram.py holds those figures):
+(tests/unit/test_vram.py and tests/unit/test_vram_archs.py hold those figures;
+tests/integration/test_vram_archs_real.py re-reads them live for every ``*-arch-tiny`` preset):
 
-* KV cache: ``n_layer * n_ctx * n_head_kv * (head_dim_k + head_dim_v) * 2 bytes`` (f16 K and V);
-  n_ctx rounded up to 256 (per sequence, times -np, when the cache is not unified).
-* Compute buffer: the peak of ggml-alloc over the worst-case prompt graph of one micro-batch of
-  T = min(n_ubatch, n_ctx) tokens. For a MoE layer (qwen3moe graph) it is, exactly to 0.01 MiB on
-  seven shapes (tiny-moe with n_ff_exp, n_expert_used, n_embd, n_head, n_vocab, n_expert varied,
-  and gpt-oss-20b-like with 2 layers)::
-
-      T * 4 bytes * (3 * n_ff_exp * n_expert_used + 3 * n_embd + n_head * head_dim)
-      + n_kv * T * 2 bytes        (the f16 KQ mask, with flash attention)
-
-  i.e. three f32 expert activations (gate, up, their GLU product), three residual-width
-  activations and the attention output. For a dense layer (gpt2 graph) ``T * 4 * (n_ff + 4 *
-  n_embd)``. The logits are not in it: this llama-server reserves one output row
-  (``n_outputs_max = 1``), so the n_vocab * n_ubatch * 4 logits of older versions are gone.
-  Without flash attention the f32 KQ matrix and mask, ``n_kv * T * (4 * n_head + 4)``, are added
-  (an upper bound: the CPU build prints 6-10 % less for tiny-moe).
+* KV cache (`kv_caches`): one cache per attention kind. Full-attention layers: ``n_ctx_seq`` cells
+  (n_ctx padded to 256; per sequence, times -np, unless unified) of ``n_head_kv * (head_dim_k +
+  head_dim_v)`` values. Sliding-window layers (gpt-oss: every even block) have their own cache of
+  ``pad256(min(n_ctx_seq, n_swa * (n_seq if unified else 1) + n_ubatch))`` cells (``--swa-full``:
+  n_ctx_seq). MLA (deepseek2): K only, kv_lora_rank + n_rot per token, no V.
+* Compute buffer (`graph_bytes`): the high-water mark of ggml-alloc over the worst-case prompt
+  graph of one micro-batch of T = min(n_ubatch, n_ctx) tokens and one output row. With flash
+  attention, the architecture's recorded allocation program is replayed on a port of ggml's
+  allocator (`galloc`; qwen3moe, gpt-oss, phimoe, deepseek, deepseek2): exact to the byte on
+  every shape checked, because fragmentation is modelled, not summed. Otherwise (gpt2, or flash
+  attention off) the arithmetic of `compute_parts`: for a MoE layer
+  ``T * 4 * (3 * n_ff_exp * n_expert_used + 3 * n_embd + n_head * head_dim) + n_kv * T * 2``, for
+  a dense one ``T * 4 * (n_ff + 4 * n_embd)``; without flash attention the f32 KQ matrix and
+  mask, ``n_kv * T * (4 * n_head + 4)``, are added (an upper bound: 6-10 % over for tiny-moe).
+  That arithmetic misses the routed experts' down-projection output [n_embd, n_expert_used, T],
+  which dominates when n_embd > n_ff_exp (Qwen3-30B-A3B: 90 MiB replayed, 58 by the formula,
+  88 printed by the H100's CUDA build at -c 4096).
 * On the GPU, when some experts stay in host memory, a prompt batch of >= 32 tokens is computed
   on the GPU anyway ("op offload"): ggml's scheduler copies the CPU-resident expert tensor into
   the GPU compute buffer, one tensor per split, so the GPU compute buffer grows by the largest
@@ -61,6 +63,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..records import GIB, MIB
+from . import galloc
 from .desc import ModelDesc, Tensor
 
 # ---------------------------------------------------------------------------------- constants
@@ -95,9 +98,11 @@ GRAPH_INPUTS_BYTES = 10 * 1024
 # ggml type ids and (elements per block, bytes per block) for the types we size here; anything
 # else falls back to the gguf package's table.
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0 = 0, 1, 2, 8
-# Types this CPU build repacks into interleaved layouts (CPU_REPACK buffer) on x86 with AVX2:
-# seen for Q4_0, not for Q8_0. ggml's source also repacks Q4_K and IQ4_NL (not checked here).
-CPU_REPACK_TYPES = frozenset({GGML_Q4_0})
+GGML_Q4_K, GGML_IQ4_NL, GGML_MXFP4 = 12, 20, 39
+# Types the CPU build repacks into interleaved layouts (CPU_REPACK buffer) on x86 with AVX2
+# (ggml-cpu/repack.cpp, ggml_repack_get_optimal_repack_type): Q4_0, Q4_K, IQ4_NL and MXFP4, each
+# when ne1 % 8 == 0. Q8_0, Q5_K and Q6_K are repacked on ARM only; Q2_K needs AVX-512.
+CPU_REPACK_TYPES = frozenset({GGML_Q4_0, GGML_Q4_K, GGML_IQ4_NL, GGML_MXFP4})
 _KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
              "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}
 
@@ -188,6 +193,7 @@ class ContextParams:
     kv_unified: bool = False
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
+    swa_full: bool = False  # --swa-full: the sliding-window layers get a full-size cache
 
     @property
     def n_ctx_seq(self) -> int:
@@ -213,16 +219,62 @@ def _pad(x: int, to: int) -> int:
     return -(-x // to) * to
 
 
-def kv_cache_bytes(model: ModelDesc, ctx: ContextParams) -> int:
-    """n_layer * cells * n_head_kv * (head_dim_k * bytes_k + head_dim_v * bytes_v)."""
+@dataclass(frozen=True)
+class KvCache:
+    """One of llama.cpp's KV caches: the layers it holds, cells per stream, bytes per cell and layer."""
+
+    kind: str  # "full" (every non-SWA layer) or "swa" (the sliding-window layers)
+    n_layer: int
+    cells: int  # per stream (the n_kv of the worst-case graph's mask)
+    n_stream: int  # -np when the cache is not unified, else 1
+    k_bytes_per_cell: float  # one layer's K row: n_head_kv * head_dim_k in the K type
+    v_bytes_per_cell: float  # 0 for MLA: V is read out of the cached latent
+
+    @property
+    def nbytes(self) -> int:
+        return round(self.n_layer * self.cells * self.n_stream * (self.k_bytes_per_cell + self.v_bytes_per_cell))
+
+
+def _kv_bytes(cache_type: str) -> float:
     try:
-        bk, bv = _KV_BYTES[ctx.cache_type_k], _KV_BYTES[ctx.cache_type_v]
-    except KeyError as exc:
+        return _KV_BYTES[cache_type]
+    except KeyError:
         from ..errors import ConfigError
 
-        raise ConfigError(f"unknown KV cache type {exc.args[0]!r}; known: {', '.join(_KV_BYTES)}") from None
-    per_cell = model.n_head_kv * (model.head_dim_k * bk + model.head_dim_v * bv)
-    return round(model.n_layer * ctx.n_ctx_total * per_cell)
+        raise ConfigError(f"unknown KV cache type {cache_type!r}; known: {', '.join(_KV_BYTES)}") from None
+
+
+def kv_caches(model: ModelDesc, ctx: ContextParams) -> tuple[KvCache, ...]:
+    """The caches llama.cpp creates (llama-kv-cache.cpp, llama-kv-cache-iswa.cpp), in its order.
+
+    * Non-SWA layers: n_ctx_seq cells per stream (n_ctx padded to 256; per sequence unless the
+      cache is unified), K and V of n_head_kv * head_dim each.
+    * Sliding-window layers (gpt-oss: every even block): their own cache of
+      ``pad256(min(n_ctx_seq, n_swa * (n_seq if unified else 1) + n_ubatch))`` cells per stream,
+      or n_ctx_seq with --swa-full.
+    * MLA (deepseek2 with key_length_mla): K only, one "head" of kv_lora_rank + n_rot per token
+      (the latent and the rope part); no V tensor, with or without flash attention.
+    """
+    bk, bv = _kv_bytes(ctx.cache_type_k), _kv_bytes(ctx.cache_type_v)
+    n_stream = 1 if ctx.kv_unified else max(ctx.n_parallel, 1)
+    k_cell = model.n_head_kv * model.head_dim_k * bk
+    v_cell = 0.0 if model.is_mla else model.n_head_kv * model.head_dim_v * bv
+    n_swa_layers = len(model.swa_layers)
+    out = [KvCache("full", model.n_layer - n_swa_layers, ctx.n_ctx_seq, n_stream, k_cell, v_cell)]
+    if n_swa_layers:
+        if ctx.swa_full:
+            cells = ctx.n_ctx_seq
+        else:
+            n_seq = max(ctx.n_parallel, 1) if ctx.kv_unified else 1
+            ubatch = min(ctx.n_ctx, ctx.n_batch, ctx.n_ubatch)  # cparams.n_ubatch (llama-context.cpp)
+            cells = _pad(min(ctx.n_ctx_seq, model.n_swa * n_seq + ubatch), CTX_PAD)
+        out.append(KvCache("swa", n_swa_layers, cells, n_stream, k_cell, v_cell))
+    return tuple(c for c in out if c.n_layer)
+
+
+def kv_cache_bytes(model: ModelDesc, ctx: ContextParams) -> int:
+    """All KV caches: sum over `kv_caches` of layers * cells * streams * (K + V bytes per cell)."""
+    return sum(c.nbytes for c in kv_caches(model, ctx))
 
 
 @dataclass(frozen=True)
@@ -255,14 +307,30 @@ def compute_parts(model: ModelDesc, ctx: ContextParams) -> ComputeParts:
     return ComputeParts(act, mask, expert, residual)
 
 
-def compute_buffer_bytes(model: ModelDesc, ctx: ContextParams, offload_copy_bytes: int = 0) -> int:
-    """The compute buffer of the backend running the layers; `offload_copy_bytes` is the largest
-    host-resident weight the GPU copies in for a prompt batch (0 on the CPU, or all on the GPU)."""
-    p = compute_parts(model, ctx)
+def graph_bytes(model: ModelDesc, ctx: ContextParams, alignment: int = galloc.CPU_ALIGNMENT) -> int:
+    """The worst-case prompt graph's buffer: with flash attention, the architecture's recorded
+    ggml-alloc program replayed (`galloc`: exact on every shape it was checked on, the CPU
+    server's own figure); otherwise, or for an architecture without a program (gpt2), the
+    arithmetic of `compute_parts`."""
+    events = galloc.program(model.arch) if ctx.flash_attn else None
+    if events is None:
+        return compute_parts(model, ctx).total
+    caches = kv_caches(model, ctx)
+    n_kv = caches[0].cells if caches[0].kind == "full" else ctx.n_ctx_seq
+    n_kv_swa = next((c.cells for c in caches if c.kind == "swa"), n_kv)
+    return galloc.replay(events, galloc.graph_dims(model, ctx.n_tokens_reserve, n_kv, n_kv_swa), alignment)
+
+
+def compute_buffer_bytes(model: ModelDesc, ctx: ContextParams, offload_copy_bytes: int = 0,
+                         alignment: int = galloc.CPU_ALIGNMENT) -> int:
+    """The compute buffer of the backend running the layers (`graph_bytes`); `offload_copy_bytes`
+    is the largest host-resident weight the GPU copies in for a prompt batch (0 on the CPU, or
+    all on the GPU), which takes the place of one expert and one residual activation."""
+    base = graph_bytes(model, ctx, alignment)
     if offload_copy_bytes and ctx.n_tokens_reserve >= OP_OFFLOAD_MIN_BATCH:
-        with_copy = p.activations - p.expert_act - p.residual_act + offload_copy_bytes
-        return max(p.activations, with_copy) + p.mask + GRAPH_INPUTS_BYTES
-    return p.total
+        p = compute_parts(model, ctx)
+        return max(base, base - p.expert_act - p.residual_act + offload_copy_bytes)
+    return base
 
 
 # ---------------------------------------------------------------------------------- prediction
@@ -301,7 +369,7 @@ def predict(
     """Pure: the GPU memory of ``llama-server -ngl 99 --n-cpu-moe n_cpu_moe`` with `ctx`."""
     pl = placement(model, n_cpu_moe)
     kv = kv_cache_bytes(model, ctx)
-    compute = compute_buffer_bytes(model, ctx, pl.max_host_expert_tensor)
+    compute = compute_buffer_bytes(model, ctx, pl.max_host_expert_tensor, CUDA_ALIGNMENT)
     weights_mib = pl.gpu_bytes / MIB
     kv_mib = kv / MIB
     compute_mib = compute / MIB
@@ -360,11 +428,11 @@ def cpu_buffers(
 
     `offsets`: tensor name -> offset in the data section (from the GGUF header), for the mapped
     range; without them the mapped size is the sum of the non-repacked tensors (a lower bound).
-    Repacked: tensors of a repack type with ne1 % 8 == 0, except token_embd (a get_rows).
+    Repacked (`is_repacked`): a weight of a repack type with ne1 % 8 == 0 that feeds a 2-D
+    MUL_MAT or, as a routed expert, a 3-D MUL_MAT_ID; never token_embd (a get_rows) nor another
+    3-D weight (deepseek2's per-head attn_k_b / attn_v_b stay in the mapped file).
     """
-    repacked = [t for t in model.tensors
-                if t.ggml_type in repack_types and t.name != "token_embd.weight" and len(t.shape) > 1
-                and t.shape[1] % 8 == 0]
+    repacked = [t for t in model.tensors if is_repacked(model, t, repack_types)]
     names = {t.name for t in repacked}
     rest = [t for t in model.tensors if t.name not in names]
     if offsets and rest:
@@ -379,6 +447,16 @@ def cpu_buffers(
         compute_mib=compute_buffer_bytes(model, ctx) / MIB,
         output_mib=out_rows * model.n_vocab * 4 / MIB,
     )
+
+
+def is_repacked(model: ModelDesc, t: Tensor, repack_types: frozenset[int] = CPU_REPACK_TYPES) -> bool:
+    """Whether the CPU backend moves `t` into its CPU_REPACK buffer (ggml-cpu/repack.cpp
+    extra_buffer_type::supports_op: MUL_MAT with a 2-D weight, MUL_MAT_ID with a 3-D one)."""
+    if t.ggml_type not in repack_types or t.name == "token_embd.weight" or len(t.shape) < 2:
+        return False
+    if t.shape[1] % 8:
+        return False
+    return len(t.shape) == 2 or (len(t.shape) == 3 and model.is_expert(t))
 
 
 def gguf_offsets(path: str | os.PathLike[str]) -> dict[str, int]:

@@ -7,7 +7,8 @@ What is compared, per preset (its default qtype, -c 2048 -np 1 -fa on -lv 4):
   shared, width), dense leading layers, MLA ranks, sliding window, vocabulary, and llama.cpp's own
   parameter count against `ModelDesc.total_params`;
 * ``load_tensors``: the CPU_Mapped and CPU_REPACK model buffers against `vram.cpu_buffers` of the
-  description (Q4_0 and MXFP4 matrices are repacked by this x86 AVX2 build; Q8_0 and F16 are not);
+  description (Q4_0, Q4_K and MXFP4 matrices are repacked by this x86 AVX2 build; Q8_0, Q5_0,
+  Q6_K and F16 are not);
 * ``llama_kv_cache``: one cache per attention kind, its cells, layers, and K / V sizes from the
   preset: sliding-window layers in their own smaller cache (gpt-oss), MLA's single compressed K
   of kv_lora_rank + n_rot per token and no V (deepseek2).
@@ -38,8 +39,8 @@ N_CTX = 2048
 N_UBATCH = 512  # llama.cpp's default -ub
 HEALTH_TIMEOUT_S = 60.0
 MIB = 1024 * 1024
-FILE_TYPE = {"q4_0": "Q4_0", "q8_0": "Q8_0", "f16": "F16", "mxfp4": "MXFP4 MoE"}  # as print_info names them
-REPACKED = frozenset({synth.GGML_Q4_0, synth.GGML_MXFP4})  # by this CPU build (CPU_REPACK buffer)
+FILE_TYPE = {"q4_0": "Q4_0", "q8_0": "Q8_0", "f16": "F16", "mxfp4": "MXFP4 MoE",  # as print_info names them
+             "q4_k_m": "Q4_K - Medium"}
 
 _INFO = re.compile(r"print_info: (\S+(?: \S+)?)\s*= (.*?)\s*$")
 _BUF = re.compile(r"load_tensors:\s+(CPU_Mapped|CPU_REPACK) model buffer size =\s*([0-9.]+) MiB")
@@ -132,14 +133,11 @@ def test_reduced_arch_preset_loads_and_prints_what_it_claims(name: str, tmp_path
     assert _params(info["model params"]) == pytest.approx(desc.total_params, abs=0.006e6)
 
     bufs = {m.group(1): float(m.group(2)) for m in _BUF.finditer(log)}
-    pred = cpu_buffers(desc, ContextParams(n_ctx=N_CTX), gguf_offsets(res.path), repack_types=REPACKED)
-    # ggml-cpu/repack.cpp repacks a 2-D MUL_MAT weight or a 3-D MUL_MAT_ID (expert) weight, never
-    # another 3-D one: deepseek2's per-head attn_k_b / attn_v_b stay in the mapped file.
-    # vram.cpu_buffers does not know that rule yet (it only sees 2-D and expert weights elsewhere).
-    not_repacked = sum(t.nbytes for t in desc.tensors if t.ggml_type in REPACKED and len(t.shape) == 3
-                       and not desc.is_expert(t))
+    # vram.is_repacked: a 2-D MUL_MAT or 3-D MUL_MAT_ID weight of a type this x86 build repacks;
+    # deepseek2's per-head attn_k_b / attn_v_b (3-D, MUL_MAT) stay in the mapped file
+    pred = cpu_buffers(desc, ContextParams(n_ctx=N_CTX), gguf_offsets(res.path))
     assert (bufs.get("CPU_Mapped", 0.0), bufs.get("CPU_REPACK", 0.0)) == (
-        round(pred.model_mapped_mib, 2), round(pred.model_repack_mib - not_repacked / MIB, 2))
+        round(pred.model_mapped_mib, 2), round(pred.model_repack_mib, 2))
 
     kv = [(int(c), int(n), float(k), float(v)) for c, n, k, v in _KV.findall(log)]
     assert kv == _expected_kv(p, desc)

@@ -114,6 +114,8 @@ def test_wheel_holds_the_prompts_and_arm_profiles(wheel: Path) -> None:
     for profile in (REPO / "abtest" / "data" / "servers").glob("*.toml"):
         assert f"abtest/data/servers/{profile.name}" in names
     assert {"abtest/data/servers/llama-server.toml", "abtest/data/servers/shimmy.toml"} <= names
+    for graph in (REPO / "abtest" / "data" / "graphs").glob("*.json"):  # vram's compute-buffer programs
+        assert f"abtest/data/graphs/{graph.name}" in names
     assert wheel.name.startswith(DIST.replace("-", "_") + "-")
 
 

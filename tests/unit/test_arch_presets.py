@@ -44,7 +44,7 @@ PUBLISHED = {
     "deepseek-moe-16b-arch": (16.4, 2.8, 1, False),
     "deepseek-v2-lite-arch": (15.7, 2.4, 1, True),
 }
-# ggml-org/gpt-oss-20b-GGUF, gpt-oss-20b-mxfp4.gguf: 12,109.6 MB (issue 15; decimal MB assumed).
+# ggml-org/gpt-oss-20b-GGUF, gpt-oss-20b-MXFP4.gguf: 12,109.6 MB (issue 15; decimal MB assumed).
 GPT_OSS_MXFP4_FILE_MB = 12_109.6
 
 
@@ -235,3 +235,32 @@ def test_docs_table_has_the_catalog_digests_and_sizes() -> None:
         plan_size = synth.summarize_plan(name).tensor_bytes
         size = int(row.split("|")[3].strip().replace(",", ""))
         assert 0 < size - plan_size < 1e6, name  # the file: tensor data plus a header under 1 MB
+
+
+def test_arch_extras_say_what_the_hyper_parameters_do_not() -> None:
+    oss = preset_model("gpt-oss-20b-arch").arch_extras()
+    assert oss["sliding_window"]["window"] == 128 and oss["sliding_window"]["n_swa_layers"] == 12
+    assert oss["attention_sinks"] is True and "mla" not in oss
+    v2 = preset_model("deepseek-v2-lite-arch").arch_extras()
+    assert v2["mla"] == {"kv_lora_rank": 512, "n_rot": 64, "head_dim_k_mla": 192, "head_dim_v_mla": 128,
+                         "cached_per_token": 576}
+    assert v2["shared_experts"] == {"count": 2, "ffn_width": 2 * 1408}
+    assert v2["dense_leading_blocks"] == {"count": 1, "ffn_width": 10_944}
+    assert preset_model("qwen3-30b-a3b-arch").arch_extras() == {}
+    assert preset_model("phi-3.5-moe-arch").arch_extras() == {}  # its window is ignored by llama.cpp
+
+
+def test_model_info_shows_the_extras(tiny_files: dict[str, synth.SynthResult]) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from abtest.cli import cli
+
+    path = str(tiny_files["deepseek-v2-lite-arch-tiny"].path)
+    res = CliRunner().invoke(cli, ["model", "info", path, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["arch_extras"]["mla"]["kv_lora_rank"] == 512
+    res = CliRunner().invoke(cli, ["model", "info", str(tiny_files["gpt-oss-20b-arch-tiny"].path)])
+    assert res.exit_code == 0, res.output
+    assert "sliding window" in res.output and "attention sinks" in res.output

@@ -38,6 +38,12 @@ def test_catalog_lists_the_known_names_and_cites_every_hash() -> None:
     names = set(catalog.CATALOG)
     assert {"gpt-oss-20b", "qwen3-30b-a3b", "phi-3.5-moe", "deepseek-v2-lite", "tiny-moe"} <= names
     assert {"gpt-oss-20b-like", "qwen3-30b-a3b-like", "dense-small"} <= names
+    # the seed's DeepSeek (arch deepseek) beside deepseek-v2-lite (deepseek2), and file names as the hub has them
+    assert {"deepseek-moe-16b", "deepseek-moe-16b-f16", "phi-3.5-moe-q8_0"} <= names
+    assert catalog.CATALOG["gpt-oss-20b"].file_name == "gpt-oss-20b-MXFP4.gguf"
+    assert catalog.CATALOG["deepseek-moe-16b-f16"].file_name == "deepseek-moe-16b-f16.gguf"
+    # no download entry has a published digest: none could be cited (docs/models.md)
+    assert all(e.sha256 is None for e in catalog.catalog_entries() if e.hf_repo)
     for e in catalog.catalog_entries():
         assert (e.sha256 is None) == (e.sha256_source is None), e.name  # no uncited hashes
         assert e.hf_repo or e.synth_preset or e.wheel, e.name
@@ -71,9 +77,9 @@ def test_missing_download_names_where_it_looked_and_how_to_fetch(tmp_path: Path,
     assert isinstance(found, catalog.Absent)
     msg = str(found.error())
     assert "\n" not in msg
-    assert str(tmp_path / "mine" / "gpt-oss-20b-mxfp4.gguf") in msg
-    assert str(isolated_cache / "models" / "gpt-oss-20b-mxfp4.gguf") in msg
-    assert f"huggingface-cli download ggml-org/gpt-oss-20b-GGUF gpt-oss-20b-mxfp4.gguf --local-dir {isolated_cache / 'models'}" in msg
+    assert str(tmp_path / "mine" / "gpt-oss-20b-MXFP4.gguf") in msg
+    assert str(isolated_cache / "models" / "gpt-oss-20b-MXFP4.gguf") in msg
+    assert f"huggingface-cli download ggml-org/gpt-oss-20b-GGUF gpt-oss-20b-MXFP4.gguf --local-dir {isolated_cache / 'models'}" in msg
 
 
 def test_unknown_name_lists_known_ones() -> None:
