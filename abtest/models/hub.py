@@ -217,9 +217,7 @@ def pull_from_hub(repo: str, filename: str, dest: Path, *, revision: str = "main
         try:
             http_get(info.url, f, resume_size=have, headers=headers, expected_size=info.size_bytes,  # type: ignore[arg-type]
                      displayed_filename=filename, tqdm_class=_quiet_bar())
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # not KeyboardInterrupt: Ctrl-C keeps the part for the next pull
             kept = part.stat().st_size if part.exists() else 0
             raise ProvisionError(f"download of {repo}/{filename} stopped at {kept:,} of {info.size_bytes:,} bytes "
                                  f"({_one_line(exc)}); run the same pull again to resume") from None
