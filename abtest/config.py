@@ -105,6 +105,9 @@ class RunConfig:
     sample_interval_s: float = 0.1
     http_client: str = "raw"  # "raw" (abtest.measure.rawclient) or "httpx" (abtest.measure.stream)
     verbose_log: bool = True  # -lv 4: buffer sizes and the exit memory table in the log
+    # --margins: after the timed runs of each arm's first session, one greedy non-streamed request
+    # per prompt with n_probs 2, so the report can give the logit margin where two arms' outputs part
+    margins: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -225,10 +228,12 @@ def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
 
 
 def resolve_arms(
-    arm_flags: list[str], arms_file: str | None, *, servers: Sequence[str] = (), builds: Sequence[str] = ()
+    arm_flags: list[str], arms_file: str | None, *, servers: Sequence[str] = (), builds: Sequence[str] = (),
+    models: Sequence[str] = (),
 ) -> tuple[ArmSpec, ...]:
     """The run's arms: the profile's, replaced or joined by the --arm flags (else the defaults),
-    then the per-arm binaries of --arm-server (`servers`) and --arm-build (`builds`) applied."""
+    then the per-arm binaries of --arm-server (`servers`) and --arm-build (`builds`) and the
+    per-arm models of --arm-model (`models`) applied."""
     arms: list[ArmSpec] = []
     if arms_file:
         arms.extend(load_arms_file(arms_file))
@@ -241,7 +246,25 @@ def resolve_arms(
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ConfigError(f"arm names must be unique; repeated: {', '.join(sorted(dupes))}")
-    return bind_servers(tuple(arms), servers=servers, builds=builds)
+    return bind_models(bind_servers(tuple(arms), servers=servers, builds=builds), models)
+
+
+def bind_models(arms: tuple[ArmSpec, ...], models: Sequence[str]) -> tuple[ArmSpec, ...]:
+    """Arms with ``ARM=MODEL`` (--arm-model: a name or a GGUF path) applied: that arm runs MODEL
+    instead of the run's --model (MoE vs dense in one run), replacing what the profile said."""
+    by_name = {a.name: a for a in arms}
+    seen: set[str] = set()
+    for text in models:
+        arm, sep, value = (part.strip() for part in text.partition("="))
+        if not sep or not arm or not value:
+            raise ConfigError(f"--arm-model {text!r}: expected ARM=MODEL, e.g. --arm-model dense=smollm2-135m")
+        if arm not in by_name:
+            raise ConfigError(f"--arm-model {text!r}: no arm named {arm!r}; the arms are {', '.join(by_name)}")
+        if arm in seen:
+            raise ConfigError(f"--arm-model {text!r}: arm {arm!r} already has a model from --arm-model")
+        seen.add(arm)
+        by_name[arm] = replace(by_name[arm], model=value)
+    return tuple(by_name[a.name] for a in arms)
 
 
 def bind_servers(

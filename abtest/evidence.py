@@ -362,5 +362,9 @@ def _add(ev: Evidence, record: Any) -> None:
         # Fold late ids into their request (written after the timed runs).
         for i, req in enumerate(ev.requests):
             if req.arm == record.arm and req.seq == record.seq:
-                ev.requests[i] = dataclasses.replace(req, token_ids=list(record.token_ids))
+                if record.top_logprobs is None:
+                    ev.requests[i] = dataclasses.replace(req, token_ids=list(record.token_ids))
+                elif req.token_ids is None or req.token_ids == record.token_ids:  # margins of this very output
+                    ev.requests[i] = dataclasses.replace(req, token_ids=list(record.token_ids),
+                                                         top_logprobs=record.top_logprobs)
                 break

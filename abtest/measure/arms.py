@@ -81,8 +81,26 @@ def resolve_model(name: str, models_dir: str | None, note: Callable[[str], None]
         "path": fields.pop("path"),
         "size_bytes": path.stat().st_size,
         "sha256": sha,
+        **_published(ref, path, sha),
         **fields,
     }
+
+
+def _published(ref: Any, path: Path, sha: str) -> dict[str, Any]:
+    """The digest published for this file and where (recorded when it was pulled from the hub, else
+    the catalog's citation), and whether the file has it; {} when none is known."""
+    from ..models.catalog import CATALOG
+    from ..models.hub import published_checksum
+
+    pub = published_checksum(path)
+    if pub is not None:
+        digest, source = pub.sha256, pub.source
+    elif ref.expected_sha256:
+        entry = CATALOG.get(ref.name)
+        digest, source = ref.expected_sha256, (entry.sha256_source if entry else None) or "abtest's catalog"
+    else:
+        return {}
+    return {"published_sha256": digest, "published_sha256_source": source, "published_sha256_matches": digest == sha}
 
 
 def resolve_arms(cfg: RunConfig, note: Callable[[str], None]) -> list[ResolvedArm]:

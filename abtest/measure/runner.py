@@ -61,7 +61,7 @@ from .load import applied_load, arrival_times, session_order
 from .progress import NullProgress, Progress
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
 from .sampler import Nvml, VramSampler, summarize
-from .stream import StreamLimits, StreamRequest, fetch_token_ids
+from .stream import MARGIN_N_PROBS, StreamLimits, StreamRequest, fetch_token_ids, fetch_top_logprobs
 from .transport import HttpTransport
 
 
@@ -414,6 +414,8 @@ class Runner:
                             break
             if srv.alive():
                 asyncio.run(self._backfill_ids(srv.base_url, records))
+            if srv.alive() and self.cfg.margins and block == 0:  # the first session: greedy is deterministic
+                asyncio.run(self._probe_margins(srv.base_url, records))
         except KeyboardInterrupt:
             ignore_interrupts()  # stopping now: a second Ctrl-C must not cut the cleanup short
             interrupted = True
@@ -548,6 +550,25 @@ class Runner:
                 ids = await fetch_token_ids(client, base_url, req, self.cfg.request_timeout_s)
                 if ids is not None:
                     self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=ids, source="non-streamed return_tokens"))
+
+    async def _probe_margins(self, base_url: str, records: list[RequestRecord]) -> None:
+        """`--margins`: per prompt, one greedy non-streamed request with n_probs 2 after the timed
+        runs of the arm's first session (never timed), written as TokenIds with the top 2 per token; the reader
+        folds it into the prompt's first measured request when the ids are that request's own."""
+        if self.cfg.endpoint != "completion":
+            return
+        first = list({r.prompt_id: r for r in reversed(records) if r.ok and not r.warmup}.values())
+        async with httpx.AsyncClient(timeout=None) as client:
+            for r in first:
+                req = StreamRequest(
+                    arm=r.arm, bucket=r.bucket, prompt_id=r.prompt_id, prompt=self._prompt_text[r.arm][r.prompt_id],
+                    run_index=r.run_index, seq=r.seq, warmup=False, max_tokens=self.cfg.max_tokens,
+                    temperature=self.cfg.temperature, seed=self.cfg.seed,
+                )
+                got = await fetch_top_logprobs(client, base_url, req, self.cfg.request_timeout_s)
+                if got is not None:
+                    self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=got[0], top_logprobs=got[1],
+                                        source=f"non-streamed n_probs={MARGIN_N_PROBS} (--margins)"))
 
     # -- interleaved ---------------------------------------------------------------------------
     def _interleaved(self, arms: list[ResolvedArm], cases: list[PromptCase], ctx: int, evidence: Path,

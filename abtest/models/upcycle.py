@@ -23,7 +23,11 @@ dense matrix's blocks unchanged: no requantisation, for any block type.
 `perturb` > 0 scales each quantisation block of each expert by its own factor 1 + perturb * u,
 u uniform in [-1, 1) (seeded): for Q4_0 / Q8_0 the block's d, for Q4_1 its d and m (so
 w = d * q + m scales as a whole), for F32 / F16 each value. The experts then differ, and the
-model no longer computes the dense function exactly.
+model no longer computes the dense function exactly. `perturb_experts` limits that to the listed
+experts (the rest stay exact copies); each expert's factors are drawn in expert order whether it
+is perturbed or not, so expert e has the same bytes in every file made with the same seed and X.
+That is how the integration test shows every expert receives tokens: perturbing expert e alone
+must change the served probabilities, which it can only do if the router sends a token to e.
 
 The router and the perturbation draw from numpy PCG64 bit-generator streams keyed by (seed,
 tensor name), as `abtest.models.synth` does: same input file and options, same bytes.
@@ -36,6 +40,7 @@ import os
 import re
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,13 +112,27 @@ def _n_units(t: Any) -> int:
     return int(t.n_bytes) // _BLOCK_SCALES[int(t.tensor_type)][0]
 
 
+def _ranges(ids: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5": the perturbed experts as the metadata string names them."""
+    out: list[str] = []
+    for i in ids:
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out)
+
+
 def _field_value(field: Any) -> Any:
     return field.contents()
 
 
 def upcycle(dense: str | os.PathLike[str], out: str | os.PathLike[str], n_expert: int, n_expert_used: int,
-            seed: int = 0, perturb: float = 0.0, progress: ProgressFn | None = None) -> UpcycleResult:
-    """Write the MoE upcycle of a dense llama GGUF to `out` (temp file + rename); ConfigError on bad input."""
+            seed: int = 0, perturb: float = 0.0, progress: ProgressFn | None = None,
+            perturb_experts: Sequence[int] | None = None) -> UpcycleResult:
+    """Write the MoE upcycle of a dense llama GGUF to `out` (temp file + rename); ConfigError on bad input.
+
+    perturb_experts: the experts `perturb` applies to (None: all of them)."""
     import gguf  # deferred: gguf-py's import is slow and only this and synth need it
 
     t0 = time.perf_counter()
@@ -124,6 +143,13 @@ def upcycle(dense: str | os.PathLike[str], out: str | os.PathLike[str], n_expert
         raise ConfigError(f"--used {n_expert_used}: give 1 to --experts ({n_expert})")
     if not (0.0 <= perturb < 1.0) or math.isnan(perturb):
         raise ConfigError(f"--perturb {perturb}: give a relative size in [0, 1) (0: exact copies)")
+    if perturb_experts is not None:
+        bad = sorted({e for e in perturb_experts if not 0 <= e < n_expert})
+        if bad:
+            raise ConfigError(f"--perturb-expert {bad[0]}: experts are numbered 0 to {n_expert - 1}")
+        if not perturb:
+            raise ConfigError("--perturb-expert needs --perturb X > 0 (how much to perturb those experts)")
+    perturbed = sorted(set(range(n_expert) if perturb_experts is None else perturb_experts)) if perturb else []
     check_gguf(src)
     reader = gguf.GGUFReader(src)
     fields = reader.fields
@@ -175,9 +201,12 @@ def upcycle(dense: str | os.PathLike[str], out: str | os.PathLike[str], n_expert
         writer.add_uint32("abtest.upcycle.used", n_expert_used)
         writer.add_uint64("abtest.upcycle.seed", seed)
         writer.add_float32("abtest.upcycle.perturb", perturb)
+        writer.add_string("abtest.upcycle.perturbed_experts", _ranges(perturbed) or "none")  # gguf-py writes no empty array
         writer.add_string("abtest.upcycle.router", "uniform, std 1/sqrt(n_embd), PCG64 keyed by (seed, tensor name); not trained")
         writer.add_string("abtest.upcycle.experts_from", "every expert = the dense ffn_{gate,up,down} blocks"
-                          + (f", each block scaled by 1 + {perturb} * U[-1, 1)" if perturb else ", copied unchanged"))
+                          + (f", each block of experts {_ranges(perturbed)} scaled by 1 + {perturb} * U[-1, 1)"
+                             + (", the others copied unchanged" if len(perturbed) < n_expert else "")
+                             if perturb else ", copied unchanged"))
 
         # The tensor list: dense tensors in file order, the FFN of each block turned into its expert
         # tensors, followed by that block's router.
@@ -213,7 +242,9 @@ def upcycle(dense: str | os.PathLike[str], out: str | os.PathLike[str], n_expert
                 if perturb:
                     bg = _bitgen(seed, name)
                     n = _n_units(t)
-                    parts = [_perturbed(dense_data, int(t.tensor_type), _uniform_pm1(bg, n), perturb) for _ in range(n_expert)]
+                    draws = [_uniform_pm1(bg, n) for _ in range(n_expert)]  # all drawn: expert e's bytes never depend on the others
+                    parts = [_perturbed(dense_data, int(t.tensor_type), u, perturb) if e in perturbed else dense_data
+                             for e, u in enumerate(draws)]
                     stacked = np.stack(parts)
                 else:
                     stacked = np.broadcast_to(dense_data, (n_expert, *dense_data.shape)).copy()

@@ -14,6 +14,7 @@ import numpy as np
 from ..analysis import capacity as cap
 from ..analysis import stats
 from ..analysis.compare import ALPHA
+from ..analysis.equivalence import Divergence
 from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
 from ..analysis.verdict import VerdictLine
@@ -244,6 +245,17 @@ def _memory_section(report: Report) -> Section:
     return mem_sec
 
 
+def _divergence(d: Divergence) -> str:
+    """'tok8-a run 0 @ 5' and, where a `--margins` probe recorded them, the two tokens (this arm's
+    vs the baseline's) and the baseline's logit margin there."""
+    text = f"{d.prompt_id} run {d.run_index} @ {d.position}"
+    if d.token is not None and d.baseline_token is not None:
+        text += f": {d.token!r} vs {d.baseline_token!r}"
+    if d.margin is not None:
+        text += f", margin {'' if d.margin_is_exact else '≥ '}{d.margin:.3g}"
+    return text
+
+
 def _equivalence_section(report: Report) -> Section | None:
     """Exact-match rates of generated tokens against the baseline."""
     if not report.equivalence:
@@ -251,7 +263,7 @@ def _equivalence_section(report: Report) -> Section | None:
     rows = []
     for e in report.equivalence:
         rate = f"{e.identical}/{e.pairs}" + (f" ({e.identical / e.pairs:.0%})" if e.pairs else "")
-        divs = "; ".join(f"{d.prompt_id} run {d.run_index} @ {d.position}" for d in e.divergences[:3])
+        divs = "; ".join(_divergence(d) for d in e.divergences[:3])
         if len(e.divergences) > 3:
             divs += f"; … {len(e.divergences) - 3} more"
         greedy = {True: "yes", False: "no", None: "?"}[e.greedy]
@@ -413,7 +425,8 @@ def to_json(report: Report) -> dict[str, Any]:
         "equivalence": [
             {"arm": e.group, "baseline": e.baseline, "pairs": e.pairs, "identical": e.identical,
              "exact_match_rate": e.identical / e.pairs if e.pairs else None, "compared_by": e.compared_by,
-             "greedy": e.greedy, "divergences": [vars(x) for x in e.divergences]}
+             "greedy": e.greedy,
+             "divergences": [{k: v for k, v in vars(x).items() if v is not None} for x in e.divergences]}
             for e in report.equivalence
         ],
         "cost": [

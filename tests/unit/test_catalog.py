@@ -79,7 +79,7 @@ def test_missing_download_names_where_it_looked_and_how_to_fetch(tmp_path: Path,
     assert "\n" not in msg
     assert str(tmp_path / "mine" / "gpt-oss-20b-MXFP4.gguf") in msg
     assert str(isolated_cache / "models" / "gpt-oss-20b-MXFP4.gguf") in msg
-    assert f"huggingface-cli download ggml-org/gpt-oss-20b-GGUF gpt-oss-20b-MXFP4.gguf --local-dir {isolated_cache / 'models'}" in msg
+    assert msg.endswith("fetch it with: abtest model pull gpt-oss-20b")
 
 
 def test_unknown_name_lists_known_ones() -> None:
@@ -112,7 +112,7 @@ def test_tiny_moe_is_provisioned_into_the_cache_once(isolated_cache: Path) -> No
 def test_a_download_is_never_provisioned(isolated_cache: Path) -> None:
     found = catalog.find_model("gpt-oss-20b")
     assert isinstance(found, catalog.Absent)
-    with pytest.raises(ModelNotFound, match="fetch it with: huggingface-cli download") as e:
+    with pytest.raises(ModelNotFound, match="fetch it with: abtest model pull gpt-oss-20b") as e:
         catalog.provision(found)
     assert str(e.value) == str(found.error())
     assert not isolated_cache.exists()

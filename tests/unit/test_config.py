@@ -178,3 +178,19 @@ def test_run_with_a_bad_arm_server_flag_is_a_usage_error(capsys: pytest.CaptureF
         cli.main(["run", "-m", "x.gguf", "--arm-server", "nope=/x"])
     assert exc.value.code == 2
     assert "no arm named 'nope'" in capsys.readouterr().err
+
+
+def test_arm_model_flag_gives_one_arm_its_own_model() -> None:
+    arms = resolve_arms(["baseline", "cpu-moe", "dense=-ngl 99"], None, models=["dense = smollm2-135m"])
+    assert [(a.name, a.model) for a in arms] == [("baseline", None), ("cpu-moe", None), ("dense", "smollm2-135m")]
+    assert arms[2].args == ("-ngl", "99")
+
+
+@pytest.mark.parametrize("models,match", [
+    (["nope=m.gguf"], "--arm-model 'nope=m.gguf': no arm named 'nope'; the arms are baseline, cpu-moe"),
+    (["baseline"], "expected ARM=MODEL"),
+    (["baseline=a.gguf", "baseline=b.gguf"], "already has a model"),
+])
+def test_arm_model_flag_mistakes(models: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve_arms([], None, models=models)

@@ -286,6 +286,41 @@ def test_equivalence_falls_back_to_text(tmp_path):
     assert all(d.position > 0 for d in e.divergences)
 
 
+def test_margins_probe_names_the_tokens_and_the_logit_margin_at_a_divergence(tmp_path):
+    """A --margins probe (TokenIds with top_logprobs) folded into its request: the divergence then says
+    which token each arm chose and by how many logits the baseline preferred its own; a probe whose
+    ids are not the request's is not folded (its margins belong to another output)."""
+    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], diverge_at=17, diverge_every=2)]
+    path = fabricate(tmp_path / "r.jsonl", arms=arms)
+    objs = read_lines(path)
+    reqs = [o for o in objs if o["kind"] == "request" and not o["warmup"]]
+    base = next(o for o in reqs if o["arm"] == "baseline" and o["prompt_id"] == reqs[0]["prompt_id"])
+    other = next(o for o in reqs if o["arm"] == "cpu-moe" and o["prompt_id"] == base["prompt_id"]
+                 and o["token_ids"] != base["token_ids"])
+    i = next(k for k, (a, b) in enumerate(zip(other["token_ids"], base["token_ids"], strict=False)) if a != b)
+
+    def probe(o, winner, runner_up, gap):
+        top = [[[t, -0.1, f"t{t}"], [t + 1, -5.0, "x"]] for t in o["token_ids"]]
+        top[i] = [[winner, -0.2, f"t{winner}"], [runner_up, -0.2 - gap, f"t{runner_up}"]]
+        return {"kind": "token_ids", "schema": 2, "arm": o["arm"], "seq": o["seq"], "token_ids": o["token_ids"],
+                "source": "non-streamed n_probs=2 (--margins)", "top_logprobs": top}
+
+    a, b = other["token_ids"][i], base["token_ids"][i]
+    stray = dict(probe(base, b, a, 9.0), token_ids=[0, 0, 0])  # another output: not folded
+    write_lines(path, [*objs, probe(base, b, a, 0.25), probe(other, a, b, 0.5), stray])
+    rep = build([path])
+    (e,) = rep.equivalence
+    d = next(d for d in e.divergences if d.prompt_id == base["prompt_id"] and d.run_index == other["run_index"])
+    assert d.position == i and (d.token_id, d.baseline_token_id) == (a, b)
+    assert (d.token, d.baseline_token) == (f"t{a}", f"t{b}")
+    assert d.margin == pytest.approx(0.25) and d.margin_is_exact is True and d.arm_margin == pytest.approx(0.5)
+    unprobed = [x for x in e.divergences if x.prompt_id != base["prompt_id"]]
+    assert unprobed and all(x.margin is None and x.token is None for x in unprobed)
+    md = render_markdown(rep)
+    assert f"@ {i}: 't{a}' vs 't{b}', margin 0.25" in md
+    assert json.loads(render(rep, "json"))["equivalence"][0]["divergences"][0].keys() >= {"position"}
+
+
 def test_first_divergence():
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1

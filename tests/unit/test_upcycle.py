@@ -140,11 +140,32 @@ def test_perturb_scales_blocks_and_keeps_quants(dense: Path, tmp_path: Path) -> 
     assert gguf.GGUFReader(res.path).fields["abtest.upcycle.perturb"].contents() == pytest.approx(0.1)
 
 
+def test_perturb_one_expert_leaves_the_others_exact(dense: Path, tmp_path: Path) -> None:
+    every = upcycle.upcycle(dense, tmp_path / "all.gguf", 3, 1, seed=0, perturb=0.1)
+    one = upcycle.upcycle(dense, tmp_path / "one.gguf", 3, 1, seed=0, perturb=0.1, perturb_experts=[1])
+    d = np.asarray(_tensors(dense)["blk.1.ffn_down.weight"].data).reshape(-1)
+    for name in ("blk.0.ffn_gate_exps.weight", "blk.1.ffn_down_exps.weight"):
+        a = np.asarray(_tensors(every.path)[name].data).reshape(3, -1)
+        o = np.asarray(_tensors(one.path)[name].data).reshape(3, -1)
+        assert np.array_equal(o[1], a[1])  # expert 1: the same bytes as in the all-perturbed file
+        assert not np.array_equal(o[1], o[0])
+    o = np.asarray(_tensors(one.path)["blk.1.ffn_down_exps.weight"].data).reshape(3, -1)
+    assert np.array_equal(o[0], d) and np.array_equal(o[2], d)  # experts 0 and 2: exact copies
+    f = gguf.GGUFReader(one.path).fields
+    assert f["abtest.upcycle.perturbed_experts"].contents() == "1"
+    assert "experts 1 scaled" in f["abtest.upcycle.experts_from"].contents()
+    assert gguf.GGUFReader(every.path).fields["abtest.upcycle.perturbed_experts"].contents() == "0-2"
+    exact = upcycle.upcycle(dense, tmp_path / "exact.gguf", 3, 1, seed=0)
+    assert gguf.GGUFReader(exact.path).fields["abtest.upcycle.perturbed_experts"].contents() == "none"
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"n_expert": 1, "n_expert_used": 1}, "--experts 1"),
     ({"n_expert": 4, "n_expert_used": 5}, "--used 5"),
     ({"n_expert": 4, "n_expert_used": 0}, "--used 0"),
     ({"n_expert": 4, "n_expert_used": 2, "perturb": 1.5}, "--perturb"),
+    ({"n_expert": 4, "n_expert_used": 2, "perturb": 0.1, "perturb_experts": [4]}, "--perturb-expert 4: experts are numbered 0 to 3"),
+    ({"n_expert": 4, "n_expert_used": 2, "perturb_experts": [1]}, "--perturb-expert needs --perturb"),
 ])
 def test_bad_options(dense: Path, tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
