@@ -28,7 +28,7 @@ from abtest.models import catalog, hashing, hub
 
 pytest.importorskip("huggingface_hub")  # the [hub] extra; `.[dev]` installs it
 
-REPO, FILE = "ggml-org/gpt-oss-20b-GGUF", "gpt-oss-20b-mxfp4.gguf"  # the catalog's gpt-oss-20b entry
+REPO, FILE = "ggml-org/gpt-oss-20b-GGUF", "gpt-oss-20b-MXFP4.gguf"  # the catalog's gpt-oss-20b entry
 BLOB = b"GGUF" + bytes(range(256)) * 4096  # 1 MiB + 4 bytes: several of http_get's chunks
 SHA = hashlib.sha256(BLOB).hexdigest()
 
