@@ -255,16 +255,24 @@ def bind_models(arms: tuple[ArmSpec, ...], models: Sequence[str]) -> tuple[ArmSp
     by_name = {a.name: a for a in arms}
     seen: set[str] = set()
     for text in models:
-        arm, sep, value = (part.strip() for part in text.partition("="))
-        if not sep or not arm or not value:
-            raise ConfigError(f"--arm-model {text!r}: expected ARM=MODEL, e.g. --arm-model dense=smollm2-135m")
-        if arm not in by_name:
-            raise ConfigError(f"--arm-model {text!r}: no arm named {arm!r}; the arms are {', '.join(by_name)}")
-        if arm in seen:
-            raise ConfigError(f"--arm-model {text!r}: arm {arm!r} already has a model from --arm-model")
-        seen.add(arm)
+        arm, value = _arm_value("--arm-model", text, by_name, seen, "dense=smollm2-135m",
+                                "a model from --arm-model", "ARM=MODEL")
         by_name[arm] = replace(by_name[arm], model=value)
     return tuple(by_name[a.name] for a in arms)
+
+
+def _arm_value(flag: str, text: str, by_name: dict[str, ArmSpec], seen: set[str], example: str,
+               what: str, form: str = "ARM=VALUE") -> tuple[str, str]:
+    """``ARM=VALUE`` of a per-arm flag, checked: the arm exists and gets `what` only once."""
+    arm, sep, value = (part.strip() for part in text.partition("="))
+    if not sep or not arm or not value:
+        raise ConfigError(f"{flag} {text!r}: expected {form}, e.g. {flag} {example}")
+    if arm not in by_name:
+        raise ConfigError(f"{flag} {text!r}: no arm named {arm!r}; the arms are {', '.join(by_name)}")
+    if arm in seen:
+        raise ConfigError(f"{flag} {text!r}: arm {arm!r} already has {what}")
+    seen.add(arm)
+    return arm, value
 
 
 def bind_servers(
@@ -276,16 +284,8 @@ def bind_servers(
     seen: set[str] = set()
     for flag, values, key in (("--arm-server", servers, "server_bin"), ("--arm-build", builds, "build")):
         for text in values:
-            arm, sep, value = text.partition("=")
-            arm, value = arm.strip(), value.strip()
             example = "cpu-moe=/opt/llama-b2/llama-server" if key == "server_bin" else "cpu-moe=new"
-            if not sep or not arm or not value:
-                raise ConfigError(f"{flag} {text!r}: expected ARM=VALUE, e.g. {flag} {example}")
-            if arm not in by_name:
-                raise ConfigError(f"{flag} {text!r}: no arm named {arm!r}; the arms are {', '.join(by_name)}")
-            if arm in seen:
-                raise ConfigError(f"{flag} {text!r}: arm {arm!r} already has a server from --arm-server/--arm-build")
-            seen.add(arm)
+            arm, value = _arm_value(flag, text, by_name, seen, example, "a server from --arm-server/--arm-build")
             if key == "server_bin":
                 by_name[arm] = replace(by_name[arm], server_bin=value, build=None)
             else:

@@ -542,14 +542,18 @@ class Runner:
             return
         async with httpx.AsyncClient(timeout=None) as client:
             for r in missing:
-                req = StreamRequest(
-                    arm=r.arm, bucket=r.bucket, prompt_id=r.prompt_id, prompt=self._prompt_text[r.arm][r.prompt_id],
-                    run_index=r.run_index, seq=r.seq, warmup=False, max_tokens=self.cfg.max_tokens,
-                    temperature=self.cfg.temperature, seed=self.cfg.seed,
-                )
+                req = self._untimed_request(r)
                 ids = await fetch_token_ids(client, base_url, req, self.cfg.request_timeout_s)
                 if ids is not None:
                     self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=ids, source="non-streamed return_tokens"))
+
+    def _untimed_request(self, r: RequestRecord) -> StreamRequest:
+        """The request `r` was, sent again untimed (token ids, margins): same prompt and sampling."""
+        return StreamRequest(
+            arm=r.arm, bucket=r.bucket, prompt_id=r.prompt_id, prompt=self._prompt_text[r.arm][r.prompt_id],
+            run_index=r.run_index, seq=r.seq, warmup=False, max_tokens=self.cfg.max_tokens,
+            temperature=self.cfg.temperature, seed=self.cfg.seed,
+        )
 
     async def _probe_margins(self, base_url: str, records: list[RequestRecord]) -> None:
         """`--margins`: per prompt, one greedy non-streamed request with n_probs 2 after the timed
@@ -560,11 +564,7 @@ class Runner:
         first = list({r.prompt_id: r for r in reversed(records) if r.ok and not r.warmup}.values())
         async with httpx.AsyncClient(timeout=None) as client:
             for r in first:
-                req = StreamRequest(
-                    arm=r.arm, bucket=r.bucket, prompt_id=r.prompt_id, prompt=self._prompt_text[r.arm][r.prompt_id],
-                    run_index=r.run_index, seq=r.seq, warmup=False, max_tokens=self.cfg.max_tokens,
-                    temperature=self.cfg.temperature, seed=self.cfg.seed,
-                )
+                req = self._untimed_request(r)
                 got = await fetch_top_logprobs(client, base_url, req, self.cfg.request_timeout_s)
                 if got is not None:
                     self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=got[0], top_logprobs=got[1],
