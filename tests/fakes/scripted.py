@@ -725,10 +725,20 @@ class _Listener:
     @classmethod
     async def open(cls, loop: asyncio.AbstractEventLoop, host: str, port: int,
                    protocol: Callable[[_Arrivals], asyncio.BaseProtocol]) -> _Listener:
-        family, _, _, _, addr = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                        flags=socket.AI_PASSIVE))[0]
-        sock = socket.create_server(addr, family=family, backlog=128)
-        sock.setblocking(False)
+        family, kind, proto, _, addr = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE))[0]
+        # proto as getaddrinfo says (IPPROTO_TCP), as loop.create_server does: the accepted sockets
+        # inherit it, and asyncio's transport sets TCP_NODELAY only on a socket whose proto is TCP
+        sock = socket.socket(family, kind, proto)
+        try:
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
         return cls(loop, sock, protocol)
 
     async def _accept(self) -> None:

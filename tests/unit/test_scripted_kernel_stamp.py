@@ -117,3 +117,16 @@ def test_arrivals_pair_each_read_with_its_kernel_time_and_name_a_missing_one() -
     refused = scripted._Arrivals("SO_TIMESTAMPNS refused (x)")
     refused.came(5, 1)
     assert refused.at(0) == (1, None, "SO_TIMESTAMPNS refused (x)")
+
+
+def test_accepted_connections_keep_tcp_nodelay() -> None:
+    """The server accepts by itself now: its connections must still be TCP (proto) with Nagle off,
+    as loop.create_server's were, or small token chunks wait for the previous one's ACK."""
+    with ScriptedServer(Script(schedule=Schedule(ttft_ms=1, itl_ms=1))).start_in_thread() as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+            sock.sendall(_request("nodelay"))
+            _read_response(sock)
+            (writer,) = srv._writers
+            accepted = writer.get_extra_info("socket")
+            assert accepted.proto == socket.IPPROTO_TCP
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
