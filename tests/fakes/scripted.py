@@ -689,13 +689,27 @@ class _StampedSocket(socket.socket):
         t_kernel = None
         for level, kind, raw in ancillary:
             if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
-                m0 = time.perf_counter_ns()
-                real = time.clock_gettime_ns(time.CLOCK_REALTIME)
-                m1 = time.perf_counter_ns()
                 sec, nsec = _TIMESPEC.unpack_from(raw)
-                t_kernel = sec * 1_000_000_000 + nsec - real + (m0 + m1) // 2
+                t_kernel = sec * 1_000_000_000 + nsec + _realtime_to_monotonic_ns()
         self._arrivals.kernel_read(t_kernel)
         return data
+
+
+def _realtime_to_monotonic_ns(tries: int = 4, tight_ns: int = 2_000) -> int:
+    """CLOCK_MONOTONIC - CLOCK_REALTIME now: REALTIME read between two MONOTONIC reads, the
+    tightest of a few pairs: a preemption between the reads of one pair moves the offset by half
+    its length (with a single pair, one arrival of 128 came out 0.28 ms before its send on the busy
+    2-core box)."""
+    best_gap, best = None, 0
+    for _ in range(tries):
+        m0 = time.perf_counter_ns()
+        real = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        m1 = time.perf_counter_ns()
+        if best_gap is None or m1 - m0 < best_gap:
+            best_gap, best = m1 - m0, (m0 + m1) // 2 - real
+        if best_gap <= tight_ns:
+            break
+    return best
 
 
 def _ask_kernel_stamps(sock: socket.socket) -> str:
