@@ -674,9 +674,9 @@ class _StampedSocket(socket.socket):
     the connection's `_Arrivals` on the perf_counter_ns (CLOCK_MONOTONIC) clock: CLOCK_REALTIME
     read between two CLOCK_MONOTONIC reads at each recv gives the offset. asyncio's selector
     transport reads with ``self._sock.recv(max_size)`` on the very object given to
-    `connect_accepted_socket` (Python 3.11 and 3.12, selector_events.py), then calls
-    `data_received`; a loop that reads the fd itself (uvloop) never calls this, and the arrive
-    line says so."""
+    `connect_accepted_socket` (selector_events.py of 3.11 and of a later CPython with 3.12's
+    sendmsg writes: the read path is the same), then calls `data_received`; a loop that reads
+    the fd itself (uvloop) never calls this, and the arrive line says so."""
 
     __slots__ = ("_arrivals",)
 
