@@ -5,12 +5,22 @@
 Each point is one `abtest run --quiet` (a subprocess pinned to CPU 0 with taskset) whose
 `--server-bin` is the scripted llama-server impostor (tests/fakes/scripted.py, pinned to CPU 1)
 with `--chunk-log`: the server logs, on CLOCK_MONOTONIC (the clock abtest stamps with), when each
-request arrived, when each token chunk was written and its own from-arrival TTFT. abtest sends
-`X-Request-Id: abtest-<arm>-b<block>-s<seq>` with every request, so each evidence record pairs
-with its server lines exactly. Per point:
+request arrived (twice: when the kernel received its bytes, SO_TIMESTAMPNS, and when the server's
+event loop read them), when each token chunk was written and its own from-arrival TTFT. abtest
+sends `X-Request-Id: abtest-<arm>-b<block>-s<seq>` with every request, so each evidence record
+pairs with its server lines exactly. Per point:
 
-- TTFT error    = client TTFT (send -> first token event read) - server TTFT (the request's first
-                  bytes in the server process -> first token chunk written);
+- TTFT error    = client TTFT (send -> first token event read) - server TTFT (the kernel's receipt
+                  of the request's bytes -> first token chunk written). It is the send -> kernel
+                  arrival time plus the client's own first-token lag: abtest's error alone. Where
+                  the kernel stamp is missing (not Linux; the server log says why) the server's
+                  read is used, and the point counts those requests (`n_no_kernel`);
+- TTFT error from the server's read = the same against the server loop's read of the request
+                  (the definition before the kernel stamp): it also holds the time the request's
+                  bytes sat unread in the kernel while the single-threaded fake server wrote other
+                  requests' tokens -- a wait of that server, not abtest's error, though a user of
+                  such a server waits it too. Both are printed, and beside them
+- send -> kernel arrival and send -> server read, which the two differ by;
 - arrival lag   = client read time of a token event - server write time of that event;
 - counts        = client token count vs max tokens vs the server's tokens sent;
 - CPU           = user+system CPU of the abtest process itself (from /proc/PID/stat, servers
@@ -80,7 +90,11 @@ class Point:
     ttft_err_ms: dict[str, float] = field(default_factory=dict)
     lag_ms: dict[str, float] = field(default_factory=dict)
     sched_err_ms: dict[str, float] = field(default_factory=dict)
-    transit_ms: dict[str, float] = field(default_factory=dict)  # client send -> server's "arrive"
+    ttft_err_read_ms: dict[str, float] = field(default_factory=dict)  # against the server loop's read
+    transit_ms: dict[str, float] = field(default_factory=dict)  # client send -> server's "arrive" (its read)
+    kernel_transit_ms: dict[str, float] = field(default_factory=dict)  # client send -> the kernel's receipt
+    n_no_kernel: int = 0  # requests whose "arrive" had no kernel stamp (TTFT error against the read)
+    no_kernel_why: str = ""
     first_lag_ms: dict[str, float] = field(default_factory=dict)  # first token: client read - server write
     tokens: int = 0
     cpu_s: float | None = None
@@ -176,7 +190,7 @@ def measure(p: Point, base: Path, client_cpu: int | None, server_cpu: int | None
     for c in sent:
         by_req.setdefault(c.req, []).append(c)
     req_of_id = {c.client_id: c.req for c in sent if c.kind == "request" and c.client_id}
-    ttft_err, lags, sched_err, transit, first_lag = [], [], [], [], []
+    ttft_err, ttft_err_read, lags, sched_err, transit, kernel_transit, first_lag = [], [], [], [], [], [], []
     queue: list[tuple[int, float]] = []  # (due time, the server's arrive -> slot) per measured request
     exact = True
     measured = [r for r in ev.requests if not r.warmup]
@@ -196,10 +210,18 @@ def measure(p: Point, base: Path, client_cpu: int | None, server_cpu: int | None
         if r.completion_tokens != p.max_tokens or sent_tokens != p.max_tokens:
             exact = False
         if summary is not None and summary.ttft_ms is not None and r.ttft_ms is not None:
-            ttft_err.append(r.ttft_ms - summary.ttft_ms)
+            ttft_err_read.append(r.ttft_ms - summary.ttft_ms)
         arrive = next((c for c in lines if c.kind == "arrive"), None)
         if arrive is not None:
             transit.append((arrive.t_ns - r.t_send_ns) / 1e6)
+            if arrive.t_kernel_ns is not None:
+                kernel_transit.append((arrive.t_kernel_ns - r.t_send_ns) / 1e6)
+            else:
+                p.n_no_kernel += 1
+                p.no_kernel_why = p.no_kernel_why or arrive.note
+            if data and r.ttft_ms is not None:  # the server's TTFT from the kernel's receipt (else its read)
+                t_in = arrive.t_kernel_ns if arrive.t_kernel_ns is not None else arrive.t_ns
+                ttft_err.append(r.ttft_ms - (data[0].t_ns - t_in) / 1e6)
         if data and r.events:
             first_lag.append((r.t_send_ns + r.events[0].t_ns - data[0].t_ns) / 1e6)
         if len(data) == len(r.events):
@@ -212,6 +234,7 @@ def measure(p: Point, base: Path, client_cpu: int | None, server_cpu: int | None
             sched_err.append(client - server)
     p.counts_exact = exact if p.n_ok else None
     p.ttft_err_ms, p.lag_ms, p.sched_err_ms = _pcts(ttft_err), _pcts(lags), _pcts(sched_err)
+    p.ttft_err_read_ms, p.kernel_transit_ms = _pcts(ttft_err_read), _pcts(kernel_transit)
     p.transit_ms, p.first_lag_ms = _pcts(transit), _pcts(first_lag)
     if p.rate:
         p.open_loop = _open_loop_view(ev_file, [q for _, q in sorted(queue)])
@@ -277,29 +300,37 @@ def render(res: dict[str, Any]) -> str:
         "each point in the table. Command: `python benchmarks/run_accuracy.py"
         f"{' --quick' if res['quick'] else ''}`.",
         "",
-        "| point | ok/n | counts exact | TTFT err p50 / p99 ms | send → server read p50 / p99 ms | "
-        "first-token lag p99 ms | arrival lag p50 / p99 ms | from-schedule err p99 ms | abtest CPU s | load |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| point | ok/n | counts exact | TTFT err p50 / p99 ms | send → kernel arrival p50 / p99 ms | "
+        "first-token lag p99 ms | TTFT err from server read p50 / p99 ms | send → server read p50 / p99 ms | "
+        "arrival lag p50 / p99 ms | from-schedule err p99 ms | abtest CPU s | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+
+    def pair(d: dict[str, float]) -> str:
+        return f"{d.get('p50', '—')} / {d.get('p99', '—')}"
+
     for p in res["points"]:
-        t, lag, sch = p["ttft_err_ms"], p["lag_ms"], p["sched_err_ms"]
-        tr, fl = p["transit_ms"], p["first_lag_ms"]
         lines.append(
-            f"| {p['name']} | {p['n_ok']}/{p['n']} | {p['counts_exact']} | "
-            f"{t.get('p50', '—')} / {t.get('p99', '—')} | {tr.get('p50', '—')} / {tr.get('p99', '—')} | "
-            f"{fl.get('p99', '—')} | {lag.get('p50', '—')} / {lag.get('p99', '—')} | "
-            f"{sch.get('p99', '—')} | {p['cpu_s']} | {p['load'][0]}–{p['load'][1]} |")
+            f"| {p['name']} | {p['n_ok']}/{p['n']} | {p['counts_exact']} | {pair(p['ttft_err_ms'])} | "
+            f"{pair(p.get('kernel_transit_ms', {}))} | {p['first_lag_ms'].get('p99', '—')} | "
+            f"{pair(p.get('ttft_err_read_ms', {}))} | {pair(p['transit_ms'])} | {pair(p['lag_ms'])} | "
+            f"{p['sched_err_ms'].get('p99', '—')} | {p['cpu_s']} | {p['load'][0]}–{p['load'][1]} |")
     lines.append("")
     cpu = res["cpu_per_1k_tokens_s"]
     lines.append(f"abtest process CPU (its own, servers excluded): start-up (the smallest run: 8 requests, "
                  f"imports, launch, prompt fitting) {cpu.get('startup_cpu_s')} s; marginal at concurrency 32 "
                  f"{cpu.get('marginal_c32_s_per_1k')} s per 1k tokens (cpu-c32-big minus cpu-c32-small).")
-    lines.append("TTFT error = client TTFT − the server's own (the request's first bytes in its process → its "
-                 "write of the first token): it holds the time the request spends between the client's send and "
-                 "the server's recv (column 5: the kernel, and the server's loop busy with other requests' "
-                 "tokens, which a user waits for too) and the client's own lag in reading the first token "
-                 "(column 6).")
+    lines.append("TTFT error = client TTFT − the server's own, counted from the kernel's receipt of the request "
+                 "(SO_TIMESTAMPNS) to its write of the first token: the send → kernel arrival time (column 5) plus "
+                 "the client's own lag in reading the first token (column 6), abtest's error alone. TTFT error from "
+                 "server read = the same counted from the server's event loop reading the request (the definition "
+                 "before): it adds the time the bytes sat unread in the kernel while the single-threaded fake "
+                 "server wrote other requests' tokens (column 8 − column 5), a wait of that server, not of "
+                 "abtest, though a user of such a server waits it too.")
     for p in res["points"]:
+        if p.get("n_no_kernel"):
+            lines.append(f"- {p['name']}: {p['n_no_kernel']} request(s) without a kernel arrival stamp "
+                         f"({p['no_kernel_why']}): their TTFT error is from the server's read")
         if p["errors"]:
             lines.append(f"- {p['name']}: requests failed as: {'; '.join(e[:160] for e in p['errors'])}")
         if p["open_loop"]:
@@ -342,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{p.name}: {exc}", file=sys.stderr)
             continue
         q = done[-1]
-        print(f"{q.name:32s} ok {q.n_ok}/{q.n} exact={q.counts_exact} ttft_err={q.ttft_err_ms} lag={q.lag_ms} "
+        print(f"{q.name:32s} ok {q.n_ok}/{q.n} exact={q.counts_exact} ttft_err={q.ttft_err_ms} "
+              f"ttft_err_read={q.ttft_err_read_ms} send_to_kernel={q.kernel_transit_ms} lag={q.lag_ms} "
               f"sched={q.sched_err_ms} cpu={q.cpu_s} load={q.load} {q.errors[:1]}", flush=True)
     res = {
         "when": datetime.now(timezone.utc).isoformat(timespec="minutes"),

@@ -166,7 +166,12 @@ script (or the slot model) wanted it. Per /completion or chat request ``req`` (a
                connection each request gets the data its own request line starts in (a request
                sent right behind the previous one, in the same data, gets that data's time).
                Time in the kernel's socket buffer is still before "arrive": while the loop is busy
-               writing other requests' tokens the bytes wait there, unread.
+               writing other requests' tokens the bytes wait there, unread. ``t_kernel_ns``: when
+               the kernel received that data (SO_TIMESTAMPNS on the connection, the last segment
+               of that read; CLOCK_REALTIME moved onto ``t_ns``'s clock), which the loop's
+               business does not move; None where it cannot be had (not Linux, the option
+               refused, an event loop such as uvloop that reads the socket without its ``recv``),
+               and then ``note`` says why ("no kernel stamp: ...").
   request      the body was read; ``key`` (`prompt_key`), ``client_id`` (an ``X-Request-Id``
                header), ``peer`` (address:port), ``n_prompt``, ``n_predict``, ``note`` the endpoint
   slot         (slot model) the slot was granted: ``slot`` its id, ``planned_ns`` the step boundary
@@ -210,8 +215,11 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import queue
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -484,6 +492,9 @@ class SentChunk:
     peer: str = ""  # "request": the client's address:port
     ttft_ms: float | None = None  # "summary": arrive -> first token-carrying chunk written
     queue_ms: float | None = None  # "summary": arrive -> slot granted (slot model only)
+    # "arrive": the kernel's receive time of the same data (SO_TIMESTAMPNS), on the t_ns clock;
+    # None where it could not be had ("note" says why)
+    t_kernel_ns: int | None = None
 
 
 _SENT_FIELDS = frozenset(f.name for f in dataclasses.fields(SentChunk))
@@ -599,27 +610,171 @@ async def _sleep_until(t_ns: int) -> None:
 
 
 class _Arrivals:
-    """When a connection's bytes came in: a mark (bytes received so far, perf_counter_ns) per
-    `data_received`, and the time of the data holding a given byte of the stream (a request
-    line's first). Appending a tuple and reading a vDSO clock: no syscall on the loop."""
+    """When a connection's bytes came in: a mark (bytes received so far, perf_counter_ns, the
+    kernel's receive time, why there is none) per `data_received`, and the stamps of the data
+    holding a given byte of the stream (a request line's first). Appending a tuple and reading a
+    vDSO clock: no syscall on the loop.
 
-    __slots__ = ("_marks", "_received")
+    The kernel's time comes from the connection's socket (`_StampedSocket.recv`, which asyncio's
+    transport calls right before it hands the same bytes to `data_received`); `why_no_kernel` is
+    set when the socket could not ask for it (the platform has no SO_TIMESTAMPNS, or it refused)."""
 
-    def __init__(self) -> None:
-        self._marks: deque[tuple[int, int]] = deque()
+    __slots__ = ("_kernel_ns", "_marks", "_read_by_socket", "_received", "why_no_kernel")
+
+    def __init__(self, why_no_kernel: str = "") -> None:
+        self._marks: deque[tuple[int, int, int | None, str]] = deque()
         self._received = 0
+        self._kernel_ns: int | None = None  # the last socket read's kernel time, until data_received
+        self._read_by_socket = False  # has the transport ever read through _StampedSocket.recv
+        self.why_no_kernel = why_no_kernel
+
+    def kernel_read(self, t_kernel_ns: int | None) -> None:
+        """From the socket's recv: the kernel's receive time of the bytes it returns (None: the
+        read carried no timestamp)."""
+        self._kernel_ns = t_kernel_ns
+        self._read_by_socket = True
 
     def came(self, n_bytes: int, t_ns: int) -> None:
+        t_kernel, self._kernel_ns = self._kernel_ns, None
+        why = ""
+        if t_kernel is None:
+            why = self.why_no_kernel or ("the read carried no kernel timestamp" if self._read_by_socket else
+                                         "the event loop reads the socket without socket.recv (uvloop?)")
         self._received += n_bytes
-        self._marks.append((self._received, t_ns))
+        self._marks.append((self._received, t_ns, t_kernel, why))
 
-    def at(self, offset: int) -> int | None:
-        """When the data holding byte `offset` (0-based, of all the connection received) came in;
-        marks of data wholly before it are dropped (the stream is read forward only)."""
+    def at(self, offset: int) -> tuple[int, int | None, str] | None:
+        """(process time, kernel time or None, why none) of the data holding byte `offset`
+        (0-based, of all the connection received); marks of data wholly before it are dropped (the
+        stream is read forward only)."""
         marks = self._marks
         while marks and marks[0][0] <= offset:
             marks.popleft()
-        return marks[0][1] if marks else None
+        return marks[0][1:] if marks else None
+
+
+def _so_timestampns() -> int | None:
+    """SO_TIMESTAMPNS (= SCM_TIMESTAMPNS), which Python's socket module (3.11, 3.12) does not
+    name: Linux's value is 35 (asm-generic, x86, arm, powerpc, s390, riscv), not on the others."""
+    known = getattr(socket, "SO_TIMESTAMPNS", None)
+    if known is not None or not sys.platform.startswith("linux"):
+        return known
+    return None if platform.machine().startswith(("alpha", "mips", "parisc", "sparc")) else 35
+
+
+_SO_TIMESTAMPNS = _so_timestampns()
+_TIMESPEC = struct.Struct("@ll")  # the cmsg's struct timespec (tv_sec, tv_nsec: C longs)
+_ANC_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+class _StampedSocket(socket.socket):
+    """An accepted connection whose `recv` is a `recvmsg` that also takes the kernel's receive
+    time of the bytes (SO_TIMESTAMPNS: one SCM_TIMESTAMPNS cmsg, CLOCK_REALTIME, of the last
+    segment the read returned; Linux TCP, net/ipv4/tcp.c tcp_recv_timestamp) and hands it to
+    the connection's `_Arrivals` on the perf_counter_ns (CLOCK_MONOTONIC) clock: CLOCK_REALTIME
+    read between two CLOCK_MONOTONIC reads at each recv gives the offset. asyncio's selector
+    transport reads with ``self._sock.recv(max_size)`` on the very object given to
+    `connect_accepted_socket` (selector_events.py of 3.11 and of a later CPython with 3.12's
+    sendmsg writes: the read path is the same), then calls `data_received`; a loop that reads
+    the fd itself (uvloop) never calls this, and the arrive line says so."""
+
+    __slots__ = ("_arrivals",)
+
+    def __init__(self, accepted: socket.socket, arrivals: _Arrivals) -> None:
+        super().__init__(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
+        self._arrivals = arrivals
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data, ancillary, _, _ = self.recvmsg(bufsize, _ANC_BYTES, flags)
+        t_kernel = None
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(raw)
+                t_kernel = sec * 1_000_000_000 + nsec + _realtime_to_monotonic_ns()
+        self._arrivals.kernel_read(t_kernel)
+        return data
+
+
+def _realtime_to_monotonic_ns(tries: int = 4, tight_ns: int = 2_000) -> int:
+    """CLOCK_MONOTONIC - CLOCK_REALTIME now: REALTIME read between two MONOTONIC reads, the
+    tightest of a few pairs: a preemption between the reads of one pair moves the offset by half
+    its length (with a single pair, one arrival of 128 came out 0.28 ms before its send on the busy
+    2-core box)."""
+    best_gap, best = None, 0
+    for _ in range(tries):
+        m0 = time.perf_counter_ns()
+        real = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        m1 = time.perf_counter_ns()
+        if best_gap is None or m1 - m0 < best_gap:
+            best_gap, best = m1 - m0, (m0 + m1) // 2 - real
+        if best_gap <= tight_ns:
+            break
+    return best
+
+
+def _ask_kernel_stamps(sock: socket.socket) -> str:
+    """Turn SO_TIMESTAMPNS on; "" when on, else why not (the arrive lines say it)."""
+    if _SO_TIMESTAMPNS is None or not _ANC_BYTES:
+        return "no SO_TIMESTAMPNS on this platform"
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError as exc:
+        return f"SO_TIMESTAMPNS refused ({exc.strerror or exc})"
+    return ""
+
+
+class _Listener:
+    """The listening socket and its accept loop, in place of `loop.create_server`: each accepted
+    connection asks for kernel receive stamps and is read through a `_StampedSocket`, then gets
+    the usual protocol (`protocol(arrivals)`) by `loop.connect_accepted_socket`. Where the stamps
+    cannot be had, it is a plain socket and its arrive lines say why (the process stamp stays)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol: Callable[[_Arrivals], asyncio.BaseProtocol]) -> None:
+        self._loop, self._sock, self._protocol = loop, sock, protocol
+        self.port: int = sock.getsockname()[1]
+        self._why = _ask_kernel_stamps(sock)  # also on the listener: the kernel stamps from now on
+        self._task = loop.create_task(self._accept())
+
+    @classmethod
+    async def open(cls, loop: asyncio.AbstractEventLoop, host: str, port: int,
+                   protocol: Callable[[_Arrivals], asyncio.BaseProtocol]) -> _Listener:
+        family, kind, proto, _, addr = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE))[0]
+        # proto as getaddrinfo says (IPPROTO_TCP), as loop.create_server does: the accepted sockets
+        # inherit it, and asyncio's transport sets TCP_NODELAY only on a socket whose proto is TCP
+        sock = socket.socket(family, kind, proto)
+        try:
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return cls(loop, sock, protocol)
+
+    async def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = await self._loop.sock_accept(self._sock)
+            except OSError:  # out of descriptors, or the client gave up while in the backlog
+                await asyncio.sleep(0.01)
+                continue
+            arrivals = _Arrivals(self._why or _ask_kernel_stamps(conn))
+            sock = conn if arrivals.why_no_kernel else _StampedSocket(conn, arrivals)
+            try:
+                await self._loop.connect_accepted_socket(functools.partial(self._protocol, arrivals), sock)
+            except OSError:
+                sock.close()
+
+    def close(self) -> None:
+        """Stop accepting (a new connection is refused at once); open connections stay."""
+        self._task.cancel()
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
 
 
 class _StampingProtocol(asyncio.StreamReaderProtocol):
@@ -923,12 +1078,13 @@ class ScriptedServer:
         self._chunks = _ChunkLog(chunk_log)
         self.n_parallel = n_parallel  # -np from the command line (the slot model's n when the script has none)
         self._engine: _Engine | None = None
-        self._conn: dict[asyncio.StreamWriter, tuple[int, int, dict[str, str], str]] = {}  # per request read
+        # per request read: arrive (process, kernel, why no kernel), request, headers, peer
+        self._conn: dict[asyncio.StreamWriter, tuple[int, int | None, str, int, dict[str, str], str]] = {}
         self._n_requests = 0
         self._is_loaded = False
         self._t_start = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._server: _Listener | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -990,13 +1146,12 @@ class ScriptedServer:
         self._t_start = time.monotonic()
         loop = self._loop
 
-        def connection() -> _StampingProtocol:  # asyncio.start_server's factory, with the stamps
-            arrivals = _Arrivals()
+        def connection(arrivals: _Arrivals) -> _StampingProtocol:  # asyncio.start_server's, with the stamps
             return _StampingProtocol(arrivals, asyncio.StreamReader(loop=loop),
                                      functools.partial(self._handle, arrivals=arrivals), loop)
 
-        self._server = await loop.create_server(connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._server = await _Listener.open(loop, self.host, self.port, connection)
+        self.port = self._server.port
         self._say(f"srv          init: scripted llama-server (tests/fakes/scripted.py), pid {os.getpid()}")
         self._say(f"main: HTTP server is listening, hostname: {self.host}, port: {self.port}, http threads: 1")
         self._say(f"srv    load_model: loading model '{self.model}'")
@@ -1096,7 +1251,8 @@ class ScriptedServer:
                 if not line:
                     break
                 # "arrive": when the data holding this request line's first byte came in (see the docstring)
-                t_arrive = (arrivals.at(consumed) if arrivals is not None else None) or time.perf_counter_ns()
+                seen = arrivals.at(consumed) if arrivals is not None else None
+                t_arrive, t_kernel, why = seen or (time.perf_counter_ns(), None, "not stamped on arrival")
                 consumed += len(line)
                 parts = line.decode("latin-1").split()
                 if len(parts) != 3:
@@ -1112,7 +1268,7 @@ class ScriptedServer:
                     headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
                 consumed += len(body)
-                self._conn[writer] = (t_arrive, time.perf_counter_ns(), headers, peer_s)
+                self._conn[writer] = (t_arrive, t_kernel, why, time.perf_counter_ns(), headers, peer_s)
                 path = target.split("?", 1)[0]
                 keep = await self._route(method, path, body, reader, writer)
                 self._say(f"srv  log_server_r: request: {method} {path} {self.host}")
@@ -1187,11 +1343,12 @@ class ScriptedServer:
     def _arrived(self, writer: asyncio.StreamWriter, endpoint: str, n_prompt: int, n_predict: int,
                  prompt: Any) -> _Req:
         """A new request: its index (arrival order), its "arrive" and "request" lines."""
-        t_arrive, t_recv, headers, peer = self._conn.get(writer) or (time.perf_counter_ns(),) * 2 + ({}, "")
+        now = time.perf_counter_ns()
+        t_arrive, t_kernel, why, t_recv, headers, peer = self._conn.get(writer) or (now, None, "unknown", now, {}, "")
         index = self._n_requests
         self._n_requests += 1
         r = _Req(index, t_arrive, t_recv, self._chunks.add)
-        r.log("arrive", t_arrive)
+        r.log("arrive", t_arrive, t_kernel_ns=t_kernel, note=f"no kernel stamp: {why}" if t_kernel is None else "")
         r.log("request", t_recv, n_prompt=n_prompt, n_predict=n_predict, key=prompt_key(prompt),
               client_id=headers.get("x-request-id", ""), peer=peer, note=endpoint)
         return r
