@@ -208,8 +208,9 @@ def arm_capacity(g: ArmGroup, slo: Sequence[Objective]) -> list[ArmCapacity]:
     for kind in (CONCURRENCY, RATE):
         if kind not in by_kind:
             continue
-        sessions = [(g.session_label(g.runs[i]), levels) for i, levels in sorted(by_kind[kind].items())]
-        out.append(capacity_over_sessions(g.label, kind, sessions, slo))
+        per_session: list[tuple[str, Mapping[float, Sequence[RequestRecord]]]] = [
+            (g.session_label(g.runs[i]), levels) for i, levels in sorted(by_kind[kind].items())]
+        out.append(capacity_over_sessions(g.label, kind, per_session, slo))
     return out
 
 

@@ -21,6 +21,10 @@ Numbers, per setting:
   `recommend` says whose flags the advice gives. A frontier sweep (``--ctx``) has one report per
   context and a `FrontierPoint` each (`build_frontier`).
 * TTFT ms = `metrics.ttft_ms`, per prompt bucket.
+* Capacity (``--objective capacity``, the SLO in the manifest): per server session the highest
+  concurrency within the SLO and the req/s carried there (`capacity.capacity_from_levels`),
+  over sessions with an interval; the objective's score (`OBJECTIVES`) ranks the settings, none
+  met last, at-least ones by their lower bound; the comparisons are of capacity (`capacity_ratio`).
 * Bytes per decoded token: from GPU memory, every GPU weight a token touches (all non-expert GPU
   tensors, n_expert_used / n_expert of each GPU layer's experts) plus the KV cache up to the mean
   depth (prompt + half the output); from host memory, the same fraction of the CPU layers'

@@ -14,6 +14,10 @@ Where the prediction goes: every candidate's prediction is in the run manifest
 arm's ``arm_end`` (per-PID NVML peak/steady) as for `run`. `sweep_report` reads both back.
 
 The search (`abtest.measure.search`) is a pure function over two callbacks, tested without servers.
+
+With ``--objective capacity`` every arm runs the config's ``--concurrency`` levels (or the
+capacity search) on a server with slots for the highest, and the finalists are the settings that
+carry most within the SLO (`highest_level_met`); the report ranks them by capacity.
 """
 
 from __future__ import annotations
