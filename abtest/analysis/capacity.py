@@ -208,21 +208,32 @@ def arm_capacity(g: ArmGroup, slo: Sequence[Objective]) -> list[ArmCapacity]:
     for kind in (CONCURRENCY, RATE):
         if kind not in by_kind:
             continue
-        caps = []
-        for i, levels in sorted(by_kind[kind].items()):
-            cap = capacity_from_levels(levels, slo, integer=kind == CONCURRENCY)
-            caps.append(SessionCapacity(**{**cap.__dict__, "session": g.session_label(g.runs[i])}))
-        statuses = {c.status for c in caps if c.status != NO_DATA}
-        status = statuses.pop() if len(statuses) == 1 else ("mixed" if statuses else NO_DATA)
-        usable = [c for c in caps if c.load is not None]
-        limits = [c.limited_by for c in caps if c.limited_by]
-        out.append(ArmCapacity(
-            group=g.label, kind=kind, sessions=tuple(caps),
-            load=session_interval([c.load for c in usable if c.load is not None]),
-            req_per_s=session_interval([c.req_per_s for c in usable if c.req_per_s is not None]),
-            status=status, limited_by=max(set(limits), key=limits.count) if limits else "",
-        ))
+        per_session: list[tuple[str, Mapping[float, Sequence[RequestRecord]]]] = [
+            (g.session_label(g.runs[i]), levels) for i, levels in sorted(by_kind[kind].items())]
+        out.append(capacity_over_sessions(g.label, kind, per_session, slo))
     return out
+
+
+def capacity_over_sessions(group: str, kind: str,
+                           sessions: Sequence[tuple[str, Mapping[float, Sequence[RequestRecord]]]],
+                           slo: Sequence[Objective]) -> ArmCapacity:
+    """One arm's capacity from its sessions' requests per load level ((session label, load ->
+    requests) in session order): each session's `capacity_from_levels`, combined with an interval
+    over sessions (`arm_capacity` for a report's groups; the sweep for one setting's arm)."""
+    caps = []
+    for label, levels in sessions:
+        cap = capacity_from_levels(levels, slo, integer=kind == CONCURRENCY)
+        caps.append(SessionCapacity(**{**cap.__dict__, "session": label}))
+    statuses = {c.status for c in caps if c.status != NO_DATA}
+    status = statuses.pop() if len(statuses) == 1 else ("mixed" if statuses else NO_DATA)
+    usable = [c for c in caps if c.load is not None]
+    limits = [c.limited_by for c in caps if c.limited_by]
+    return ArmCapacity(
+        group=group, kind=kind, sessions=tuple(caps),
+        load=session_interval([c.load for c in usable if c.load is not None]),
+        req_per_s=session_interval([c.req_per_s for c in usable if c.req_per_s is not None]),
+        status=status, limited_by=max(set(limits), key=limits.count) if limits else "",
+    )
 
 
 def capacity_delta(arm: ArmCapacity, base: ArmCapacity) -> CapacityDelta:

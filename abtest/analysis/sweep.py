@@ -21,6 +21,10 @@ Numbers, per setting:
   `recommend` says whose flags the advice gives. A frontier sweep (``--ctx``) has one report per
   context and a `FrontierPoint` each (`build_frontier`).
 * TTFT ms = `metrics.ttft_ms`, per prompt bucket.
+* Capacity (``--objective capacity``, the SLO in the manifest): per server session the highest
+  concurrency within the SLO and the req/s carried there (`capacity.capacity_from_levels`),
+  over sessions with an interval; the objective's score (`OBJECTIVES`) ranks the settings, none
+  met last, at-least ones by their lower bound; the comparisons are of capacity (`capacity_ratio`).
 * Bytes per decoded token: from GPU memory, every GPU weight a token touches (all non-expert GPU
   tensors, n_expert_used / n_expert of each GPU layer's experts) plus the KV cache up to the mean
   depth (prompt + half the output); from host memory, the same fraction of the CPU layers'
@@ -37,16 +41,20 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..evidence import SWEEP_SIDECAR_SUFFIX, Evidence, read_evidence
-from ..fmt import fmt_fixed, fmt_gib
+from ..fmt import fmt_fixed, fmt_gib, fmt_num
 from ..records import GIB, MIB, ArmEnd, RequestRecord
+from . import stratified
+from .capacity import AT_LEAST, BRACKETED, NO_DATA, NONE_MET, ArmCapacity, capacity_over_sessions
+from .loadpoint import CONCURRENCY, RATE, is_level_run, load_point
 from .metrics import decode_tps, ttft_ms
+from .slo import Objective, parse_slo
 from .stratified import MeanCI, SessionRatio, mean_ci, mean_ci_stratified, session_ratio
 
 CONFIDENCE = 0.95
@@ -100,6 +108,7 @@ class SettingRow:
     gpu_bytes_per_token: float = math.nan
     host_bytes_per_token: float = math.nan
     pcie_bytes_prefill: float = math.nan  # for the longest bucket's prompt
+    capacity: ArmCapacity | None = None  # --objective capacity: the most load within the SLO, per session
 
     @property
     def vram_mib(self) -> float | None:
@@ -149,6 +158,8 @@ class SweepReport:
     warnings: dict[str, list[str]] = field(default_factory=dict)  # arm -> the server's own warnings
     time_to_advice_s: float | None = None
     n_sessions: int = 0  # server sessions started (every arm, every session)
+    objective: str = "speed"  # what the pick maximises: "speed" (decode tok/s) | "capacity" (load within the SLO)
+    slo: tuple[Objective, ...] = ()  # --objective capacity: the objectives every level is judged by
 
     def row(self, n: int) -> SettingRow | None:
         return next((r for r in self.rows if r.n == n), None)
@@ -168,6 +179,7 @@ class FitRow:
     decode: MeanCI
     sessions: int
     over_budget: bool
+    capacity: ArmCapacity | None = None  # --objective capacity
 
     @property
     def qualified(self) -> bool:
@@ -176,11 +188,13 @@ class FitRow:
 
 @dataclass(frozen=True)
 class Versus:
-    """One comparison of decode tok/s over server sessions: Δ = other / base − 1."""
+    """One comparison over server sessions, Δ = other / base − 1: of decode tok/s, or (metric
+    "capacity") of the capacity at the SLO, one value per session (`capacity_ratio`)."""
 
     base: str  # arm
     other: str
     ratio: SessionRatio
+    metric: str = "decode"  # "decode" | "capacity"
 
     def interval(self) -> tuple[float, float]:
         return self.ratio.interval(CONFIDENCE)
@@ -211,7 +225,7 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
 
     A frontier sweep (``--ctx A,B,C``) holds one stage per context: `n_ctx` picks one (default
     the first); `build_frontier` reads them all."""
-    from ..errors import EvidenceError
+    from ..errors import ConfigError, EvidenceError
 
     if ev.manifest is None:
         raise EvidenceError(f"{ev.path}: no run_start record; not a complete evidence file")
@@ -227,6 +241,15 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
         if str(stage_ctx) not in contexts:
             raise EvidenceError(f"{ev.path}: no stage at -c {stage_ctx}; the sweep ran {keys}")
         sweep = contexts[str(stage_ctx)]
+    objective = str(top.get("objective") or "speed")
+    if objective not in OBJECTIVES:
+        raise EvidenceError(f"{ev.path}: sweep objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    try:
+        slo = parse_slo(str(top["slo"])) if top.get("slo") else ()
+    except ConfigError as exc:
+        raise EvidenceError(f"{ev.path}: the sweep's SLO does not parse: {exc}") from None
+    if objective == "capacity" and not slo:
+        raise EvidenceError(f"{ev.path}: a capacity sweep without an SLO in its manifest")
     layout = sweep.get("layout", {})
     n_layer = int(layout.get("n_layer", 0))
     preds: dict[int, dict[str, Any]] = {int(k): v for k, v in sweep.get("predictions", {}).items()}
@@ -242,9 +265,15 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
             ends.setdefault(e.arm, []).append(e)
     started = {s.arm for s in ev.arm_starts if s.arm in keyed}
     reqs: dict[str, list[RequestRecord]] = {}
+    every: dict[str, list[RequestRecord]] = {}  # failed ones too: a capacity counts them as misses
     for r in ev.requests:
-        if not r.warmup and r.ok and r.arm in keyed:
-            reqs.setdefault(r.arm, []).append(r)
+        if not r.warmup and r.arm in keyed:
+            every.setdefault(r.arm, []).append(r)
+            if r.ok:
+                reqs.setdefault(r.arm, []).append(r)
+
+    def capacity_of(arm: str) -> ArmCapacity | None:
+        return arm_capacity_of(arm, every.get(arm, []), slo) if objective == "capacity" else None
     buckets = sorted({r.bucket for rs in reqs.values() for r in rs})
     # each bucket's share of the plan (the ok measured requests of every setting): decode rates of
     # a setting are compared within buckets and combined, as the report's "all" row is
@@ -295,29 +324,35 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
             ttft={b: mean_ci([v for r in rs if r.bucket == b and (v := ttft_ms(r)) is not None]) for b in buckets},
             prompt_tokens={b: float(np.mean([r.prompt_tokens or 0 for r in rs if r.bucket == b]))
                            for b in buckets if any(r.bucket == b for r in rs)},
-            depth_tokens=depth, sessions=len(set(_rates(rs)[2].tolist())),
+            depth_tokens=depth, sessions=len({r.block for r in rs}), capacity=capacity_of(arm),
         )
         _traffic(row, backend, long_bucket)
         return row
 
     rows = [make_row(n, by_n.get(n, f"ncmoe{n}{suffix}")) for n in shown]
 
-    def versus(base: str, other: str) -> SessionRatio:
+    def decode_versus(base: str, other: str) -> SessionRatio:
         bv, bs, bb = _rates(reqs.get(base, []))
         ov, os_, ob = _rates(reqs.get(other, []))
         return session_ratio(bv, bb, ov, ob, bs, os_, weights=weights)
+
+    def versus(base: str, other: str) -> Versus:
+        """The comparison the objective is about: decode tok/s, or capacity at the SLO."""
+        if objective == "capacity":
+            return Versus(base, other, capacity_ratio(capacity_of(base), capacity_of(other)), "capacity")
+        return Versus(base, other, decode_versus(base, other))
 
     measured = [r for r in rows if r.status == "measured" and r.decode.n > 0]
     reference = max((r.n for r in measured), default=None)
     if reference is not None:
         ref_arm = next(r.arm for r in measured if r.n == reference)
         for row in measured:
-            row.speedup = versus(ref_arm, row.arm)
+            row.speedup = decode_versus(ref_arm, row.arm)
     _mark_frontier(measured)
 
     budget = sweep.get("budget_mib")
     budget = float(budget) if budget is not None else None
-    best = pick_best(rows, budget)
+    best = pick_best(rows, budget, objective)
     rep = SweepReport(
         evidence_path=ev.path, model=str(layout.get("name", sweep.get("model_path", "?"))), backend=backend,
         n_layer=n_layer, n_ctx=int((sweep.get("ctx") or {}).get("n_ctx", 0)), budget_mib=budget,
@@ -325,28 +360,29 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
         reference=reference, best=best, advice="", long_bucket=long_bucket, trail=trail,
         cpu_build=dict(sweep.get("cpu_build") or {}),
         time_to_advice_s=(sidecar or {}).get("time_to_advice_s"),
-        n_sessions=sum(len(v) for v in ends.values()),
+        n_sessions=sum(len(v) for v in ends.values()), objective=objective, slo=slo,
     )
     # the pick's runner-up, fit, and the pick without mmap: the comparisons over sessions
     if best is not None:
         pick = rep.row(best)
         assert pick is not None
-        others = sorted((r for r in measured if r.n != best and r.vram_mib is not None
-                         and (budget is None or r.vram_mib <= budget)), key=lambda r: -r.decode.mean)
+        others = [r for r in ranked(rows, budget, objective) if r.n != best]
         if others:
-            rep.versus.append(Versus(others[0].arm, pick.arm, versus(others[0].arm, pick.arm)))
+            rep.versus.append(versus(others[0].arm, pick.arm))
         lm_arm = next((a for a, k in keyed.items() if k.load_none and k.n == best), None)
         if lm_arm is not None:
             rep.load_none = make_row(best, lm_arm)
             if rep.load_none.status == "measured":
-                rep.versus.append(Versus(pick.arm, lm_arm, versus(pick.arm, lm_arm)))
+                rep.versus.append(versus(pick.arm, lm_arm))
     fit_arm = next((a for a, k in keyed.items() if k.fit), None)
     if fit_arm is not None:
         rep.fit = _fit_row(fit_arm, ends.get(fit_arm, []), reqs.get(fit_arm, []), trail_first.get(fit_arm, {}),
                            weights, budget)
+        if objective == "capacity":
+            rep.fit = replace(rep.fit, capacity=capacity_of(fit_arm))
         if rep.fit.qualified and best is not None:
             pick_arm = next(r.arm for r in rows if r.n == best)
-            rep.versus.append(Versus(fit_arm, pick_arm, versus(fit_arm, pick_arm)))
+            rep.versus.append(versus(fit_arm, pick_arm))
     rep.recommend = recommend(rep)
     rep.warnings = {a: list(dict.fromkeys(w for e in es for w in e.server_warnings))
                     for a, es in ends.items() if any(e.server_warnings for e in es)}
@@ -438,22 +474,86 @@ def decode_score(row: SettingRow) -> float:
     return row.decode.mean
 
 
-# What "best" means. The hook for `abtest sweep --objective capacity --slo ...` (issue 17): a
-# score per setting row -- e.g. the highest load level whose percentiles meet the SLO
-# (analysis/slo.py, levels.py, built in parallel) -- registered here; the measure side then runs
-# each candidate at load levels (RunConfig.levels) instead of at concurrency 1.
-OBJECTIVES: dict[str, Callable[[SettingRow], float]] = {"speed": decode_score}
+def capacity_score(row: SettingRow) -> float:
+    """The "capacity" objective: the setting's capacity at the SLO, the mean over its server
+    sessions of what `capacity.capacity_from_levels` gives each (req/s carried at the highest
+    concurrency within the SLO; the rate offered, for rate levels). An at-least capacity (every
+    level met) scores its lower bound; none met scores −∞ (ranked last, never the pick); no level
+    records: nan (not ranked)."""
+    c = row.capacity
+    if c is None or c.status == NO_DATA:
+        return math.nan
+    if c.status == NONE_MET:
+        return -math.inf
+    v = c.headline.mean
+    return v if math.isfinite(v) else -math.inf
+
+
+# What "best" means: a score per setting row, the higher the better; `pick_best` takes the
+# highest finite one under budget. "capacity" needs level records (the measure side runs every
+# candidate at --concurrency levels) and the SLO in the manifest.
+OBJECTIVES: dict[str, Callable[[SettingRow], float]] = {"speed": decode_score, "capacity": capacity_score}
+
+
+def ranked(rows: Sequence[SettingRow], budget_mib: float | None, objective: str = "speed") -> list[SettingRow]:
+    """The measured settings under budget (VRAM measured peak, else predicted), best first by the
+    objective's score; ties go to the larger N (fewer experts on the GPU). Scores of −∞ (a
+    capacity none of whose levels met the SLO) come last; unscored (nan) rows are left out."""
+    score = OBJECTIVES[objective]
+    ok = [r for r in rows if r.status == "measured" and not math.isnan(score(r)) and r.vram_mib is not None
+          and (budget_mib is None or r.vram_mib <= budget_mib)]
+    return sorted(ok, key=lambda r: (score(r), -r.n), reverse=True)
 
 
 def pick_best(rows: list[SettingRow], budget_mib: float | None, objective: str = "speed") -> int | None:
-    """The best measured setting (the fastest, for "speed") whose VRAM (measured peak, else
-    predicted) is under budget."""
+    """The best measured setting (the fastest, for "speed"; the most load within the SLO, for
+    "capacity") whose VRAM (measured peak, else predicted) is under budget; None when no such
+    setting has a finite score (nothing fits, or no setting met the SLO at any level)."""
     score = OBJECTIVES[objective]
-    ok = [r for r in rows if r.status == "measured" and math.isfinite(score(r)) and r.vram_mib is not None
-          and (budget_mib is None or r.vram_mib <= budget_mib)]
-    if not ok:
+    top = next(iter(ranked(rows, budget_mib, objective)), None)
+    return top.n if top is not None and math.isfinite(score(top)) else None
+
+
+CENSORED = "censored"  # SessionRatio.reason: a capacity beyond (or below) the levels run has no value
+
+
+def arm_capacity_of(arm: str, requests: Sequence[RequestRecord], slo: Sequence[Objective]) -> ArmCapacity | None:
+    """One sweep arm's capacity at the SLO from its measured requests (failed ones included: a
+    miss), per server session (block) as `capacity.capacity_over_sessions` computes it; None when
+    none of them ran at load levels."""
+    lv = [r for r in requests if not r.warmup and is_level_run(r)]
+    if not lv or not slo:
         return None
-    return max(ok, key=lambda r: (score(r), -r.n)).n
+    kind = load_point(lv[0]).kind
+    by: dict[int, dict[float, list[RequestRecord]]] = {}
+    for r in lv:
+        p = load_point(r)
+        if p.kind == kind:
+            by.setdefault(r.block, {}).setdefault(p.value, []).append(r)
+    sessions = [(f"session {b + 1}", levels) for b, levels in sorted(by.items())]
+    return capacity_over_sessions(arm, kind, sessions, slo)
+
+
+def capacity_values(c: ArmCapacity | None) -> list[float]:
+    """Each bracketed session's headline capacity (a censored one has no value to compare)."""
+    if c is None:
+        return []
+    return [v for s in c.sessions if s.status == BRACKETED
+            for v in [s.load if c.kind == RATE else s.req_per_s] if v is not None and v > 0]
+
+
+def capacity_ratio(base: ArmCapacity | None, other: ArmCapacity | None) -> SessionRatio:
+    """other's capacity over base's, one value per server session (`stratified.session_ratio`, as
+    `capacity.capacity_delta` compares report arms). Only bracketed sessions have a value: without
+    one on a side the ratio is nan (reason "censored"); with one session a side, an estimate."""
+    b, a = capacity_values(base), capacity_values(other)
+    nan = math.nan
+    if not a or not b:
+        return SessionRatio(nan, nan, nan, nan, nan, len(b), len(a), CENSORED)
+    if len(a) < 2 or len(b) < 2:
+        mb, ma = float(np.mean(b)), float(np.mean(a))
+        return SessionRatio(mb, ma, math.log(ma / mb), nan, nan, len(b), len(a), stratified.ONE_SESSION)
+    return session_ratio(b, list(range(len(b))), a, list(range(len(a))))
 
 
 # ----------------------------------------------------------------------------- words
@@ -472,12 +572,51 @@ def flag_of(n: int, n_layer: int) -> str:
     return f"--n-cpu-moe {n}"
 
 
+def _load_text(v: float) -> str:
+    return f"{v:g}" if math.isfinite(v) and v == round(v, 3) else fmt_num(v)
+
+
+def capacity_text(c: ArmCapacity | None) -> str:
+    """"carries 3.10 req/s (2.80–3.40) at concurrency 4"; "carries at least 50.0 req/s at
+    concurrency 8 (every level run met the SLO: a lower bound)"; "meets the SLO at none of the
+    levels run (lowest concurrency 1)"."""
+    if c is None or c.status == NO_DATA:
+        return "has no load-level requests to judge"
+    unit = "concurrency " if c.kind == CONCURRENCY else ""
+    if c.status == NONE_MET:
+        lowest = min((s.high for s in c.sessions if s.high is not None), default=math.nan)
+        return (f"meets the SLO at none of the levels run (lowest {unit}{_load_text(lowest)}"
+                + (" req/s)" if c.kind == RATE else ")"))
+    bound = "at least " if c.status in (AT_LEAST, "mixed") else ""
+    iv = c.headline
+    rng = f" ({fmt_num(iv.low)}–{fmt_num(iv.high)})" if math.isfinite(iv.low) else ""
+    text = f"carries {bound}{fmt_num(iv.mean)} req/s{rng}"
+    if c.kind == CONCURRENCY:
+        ld = c.load
+        lrng = f" ({_load_text(ld.low)}–{_load_text(ld.high)})" if math.isfinite(ld.low) else ""
+        text += f" at concurrency {_load_text(ld.mean)}{lrng}"
+    if c.status == AT_LEAST:
+        text += " (every level run met the SLO: a lower bound; add a higher --concurrency level)"
+    elif c.status == "mixed":
+        text += " (some sessions met the SLO at every level run, or at none: a lower bound)"
+    elif c.headline.k == 1:
+        text += " (one session: no interval)"
+    return text
+
+
+def slo_label(rep: SweepReport) -> str:
+    return ", ".join(map(str, rep.slo))
+
+
 def _pct_ci(v: Versus) -> str:
     """'+12 % (95 % CI +4 % … +20 %, 2 vs 2 server sessions)', or the estimate and why there is no interval."""
     d = v.ratio.delta
     lo, hi = v.interval()
     sess = f"{v.ratio.k_base} vs {v.ratio.k_other} server sessions"
     if not math.isfinite(d):
+        if v.ratio.reason == CENSORED:
+            return ("not comparable (a capacity beyond or below the levels run has no value: widen "
+                    "--concurrency)")
         return "not comparable (no common bucket with decode rates)"
     if math.isfinite(lo):
         return f"{d * 100:+.1f} % (95 % CI {lo * 100:+.1f} % … {hi * 100:+.1f} %, {sess})"
@@ -543,7 +682,8 @@ def fit_sentence(rep: SweepReport) -> str:
     if fit.over_budget and rep.budget_mib is not None:
         return (f"llama.cpp's `{fit_flags(fit)}` used {vram} > the {budget_label(rep.budget_mib)} budget: "
                 f"disqualified ({fmt_fixed(fit.decode.mean)} tok/s)")
-    head = f"llama.cpp's `{fit_flags(fit)}`: {vram}, {fmt_fixed(fit.decode.mean)} tok/s"
+    head = f"llama.cpp's `{fit_flags(fit)}`: {vram}, " + (
+        capacity_text(fit.capacity) if rep.objective == "capacity" else f"{fmt_fixed(fit.decode.mean)} tok/s")
     v = next((v for v in rep.versus if v.base == fit.arm), None)
     if v is None or rep.best is None:
         return head
@@ -563,6 +703,8 @@ def advice_line(rep: SweepReport) -> str:
     """'with 9 GiB, use `--n-cpu-moe N`: X GiB, Y ± σ tok/s (Z× the speed of --cpu-moe)'; or fit's
     flags when fit is under budget and abtest's pick is not shown to beat it."""
     head = f"with {budget_label(rep.budget_mib)}" if rep.budget_mib is not None else "with no VRAM budget (no GPU seen)"
+    if rep.objective == "capacity":
+        return _capacity_advice(rep, head)
     if rep.recommend == "fit" and rep.fit is not None:
         fit = rep.fit
         vram = f"{fmt_gib(fit.vram_peak_mib, 1)} GiB" if fit.vram_peak_mib is not None else "VRAM not measured"
@@ -593,11 +735,39 @@ def advice_line(rep: SweepReport) -> str:
     return f"{head}, use `{flags}`: {vram}, {speed}{ref}"
 
 
+def _capacity_advice(rep: SweepReport, head: str) -> str:
+    """'for 9 GiB within TTFT p95 ≤ 500 ms use `--n-cpu-moe 7`: 8.8 GiB, carries 3.10 req/s
+    (2.80–3.40) at concurrency 4'; fit's flags when fit wins or ties, as for speed."""
+    head = f"{head} within {slo_label(rep)}"
+    if rep.recommend == "fit" and rep.fit is not None:
+        fit = rep.fit
+        vram = f"{fmt_gib(fit.vram_peak_mib, 1)} GiB" if fit.vram_peak_mib is not None else "VRAM not measured"
+        why = "no setting abtest tried fits and meets the SLO" if rep.best is None else (
+            f"abtest's pick `{flag_of(rep.best, rep.n_layer)}` is not shown to carry more")
+        return f"{head}, use `{fit_flags(fit)}` (llama.cpp's own placement): {vram}, {capacity_text(fit.capacity)}; {why}"
+    if rep.best is None:
+        fits = [r for r in rep.rows if r.status == "measured" and r.vram_mib is not None
+                and (rep.budget_mib is None or r.vram_mib <= rep.budget_mib)]
+        if not fits:
+            return advice_line(replace(rep, objective="speed"))  # nothing measured or nothing fits
+        lowest = min((s.high for r in fits if r.capacity for s in r.capacity.sessions if s.high is not None),
+                     default=math.nan)
+        if all(capacity_score(r) == -math.inf for r in fits):
+            return (f"{head}: no setting meets the SLO, even at the lowest level run (concurrency "
+                    f"{_load_text(lowest)}): relax the SLO or lower --concurrency")
+        return f"{head}: no setting has load-level requests to judge; see the notes"
+    row = rep.row(rep.best)
+    assert row is not None
+    vram = f"{fmt_gib(row.vram_mib, 1)} GiB" + ("" if row.vram_peak_mib is not None else " predicted")
+    return f"{head}, use `{flag_of(row.n, rep.n_layer)}`: {vram}, {capacity_text(row.capacity)}"
+
+
 def load_mode_sentence(rep: SweepReport) -> str:
     v = next((v for v in rep.versus if rep.load_none is not None and v.other == rep.load_none.arm), None)
     if v is None or rep.best is None:
         return ""
-    return (f"`{flag_of(rep.best, rep.n_layer)} --load-mode none` against the default mmap load: decode "
+    what = "capacity" if v.metric == "capacity" else "decode"
+    return (f"`{flag_of(rep.best, rep.n_layer)} --load-mode none` against the default mmap load: {what} "
             f"{_pct_ci(v)}")
 
 
@@ -740,9 +910,34 @@ def _notes(rep: SweepReport, ev: Evidence) -> list[str]:
         notes.append("one server session each for " + ", ".join(singles) + ": their × and Δ are estimates, "
                      "without an interval (the unit of inference is the server session, docs/report.md "
                      "\"Inference\"); the finalists run --finalist-sessions sessions")
+    if rep.objective == "capacity":
+        notes += capacity_notes(rep)
     if rep.fit is not None and rep.fit.target.get("derivation"):
         notes.append(f"{rep.fit.arm}: --fit-target derived as {rep.fit.target['derivation']}")
     return notes
+
+
+def capacity_notes(rep: SweepReport) -> list[str]:
+    """What a capacity sweep's ranking rests on: settings with no level within the SLO (ranked
+    last), lower bounds (every level met), and the runner-up comparison."""
+    out = [f"objective: capacity within {slo_label(rep)} (per server session: the highest load whose "
+           "requests meet every objective, interpolated between the last level met and the first "
+           "failed; docs/sweep.md \"Capacity objective\"); decode tok/s is over every level's requests"]
+    none = [r for r in rep.rows if r.status == "measured" and capacity_score(r) == -math.inf]
+    if none:
+        out.append(", ".join(f"`{flag_of(r.n, rep.n_layer)}`" for r in none)
+                   + ": meets the SLO at none of the levels run: ranked last, never the pick")
+    low = [r for r in rep.rows if r.capacity is not None and r.capacity.status in (AT_LEAST, "mixed")]
+    if low:
+        out.append(", ".join(f"`{flag_of(r.n, rep.n_layer)}`" for r in low)
+                   + ": every level run met the SLO in some session: the capacity shown is a lower bound "
+                   "(ranked by it); add a higher --concurrency level to bracket it")
+    v = next((v for v in rep.versus if v.metric == "capacity" and rep.best is not None
+              and v.other == (rep.row(rep.best) or rep.rows[0]).arm and (rep.fit is None or v.base != rep.fit.arm)),
+             None)
+    if v is not None:
+        out.append(f"the pick against its runner-up `{v.base}`: capacity {_pct_ci(v)}")
+    return out
 
 
 def report_from_file(path: Path | str, n_ctx: int | None = None) -> SweepReport:

@@ -6,6 +6,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -22,6 +23,8 @@ Examples:
   abtest sweep --report out/sweep/20250101T000000-m.jsonl        # re-make the report only
   abtest sweep --model m.gguf --vram-budget 12GiB --ctx 4096,16384,65536   # the frontier
   abtest sweep --model m.gguf --vram-budget 9GiB --load-mode both --finalist-sessions 3
+  abtest sweep -m m.gguf --objective capacity --slo "ttft_p95<=500ms" --concurrency 1,2,4,8
+  abtest sweep -m m.gguf --objective capacity --slo "tpot_p95<=60ms" --concurrency auto
 
 \b
 Each setting N runs as arm ncmoe<N> (-ngl 99 --n-cpu-moe N; -c, -np, -t, -fa,
@@ -39,6 +42,15 @@ sessions each, so that "pick vs fit" has an interval over sessions. If fit is
 under budget and the pick is not shown faster, the advice is fit's flags.
 With --ctx A,B,C: each context size in turn, and the frontier (fastest
 setting that fits per context) in OUT/sweep-frontier.md and .png.
+
+\b
+--objective capacity --slo S: every setting's server (-np = the highest level)
+runs each --concurrency level in turn (default 1,2,4,8; auto = the capacity
+search of `abtest run --concurrency auto`), and the pick is the setting that
+carries the most req/s within the SLO, per server session as `abtest report`
+computes capacity; the pick and its runner-up are compared over sessions.
+A setting that meets the SLO at no level is ranked last; one that meets it at
+every level is a lower bound ("at least"). Not with --ctx A,B,C.
 """
 
 
@@ -83,8 +95,18 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
               help="How weights load: mmap (the server's default), none (--load-mode none for every arm), "
                    "both (the pick measured again with --load-mode none).")
 @click.option("--objective", type=click.Choice(["speed", "capacity"]), default="speed", show_default=True,
-              help="What the pick maximises: decode tok/s at concurrency 1. capacity (with --slo) is not wired yet.")
-@click.option("--slo", default=None, metavar="SPEC", help="For --objective capacity (not wired yet; issue 17).")
+              help="What the pick maximises: speed = decode tok/s at concurrency 1; capacity = the req/s "
+                   "carried within --slo over --concurrency levels.")
+@click.option("--slo", default=None, metavar="OBJECTIVES",
+              help='For --objective capacity: what every level is judged by, e.g. '
+                   '"ttft_p95<=500ms,tpot_p95<=60ms,e2e_p99<=10s".')
+@click.option("--concurrency", "concurrency", default=None, metavar="N,N,...|auto",
+              help="For --objective capacity: the closed-loop levels each setting runs (default 1,2,4,8), "
+                   "or auto (a capacity search per server session, up to --search-max).")
+@click.option("--search-time-s", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="With --concurrency auto: seconds per server session of the capacity search.")
+@click.option("--search-max", default=16, show_default=True, type=click.IntRange(min=2),
+              help="With --concurrency auto: the highest concurrency probed (also every server's -np).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Server threads (-t). Default: all cores but one.")
 @click.option("--flash-attn", type=click.Choice(["on", "off", "auto"]), default="on", show_default=True)
 @click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
@@ -102,7 +124,8 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
           threads: int | None, flash_attn: str, server_bin: str | None, models_dir: str | None, out_dir: str,
           health_timeout: float, stall_timeout: float, request_timeout: float, report_path: str | None,
           quiet: bool, ctx_list: str | None, fit_competitor: str, finalist_sessions: int, load_mode: str,
-          objective: str, slo: str | None) -> None:
+          objective: str, slo: str | None, concurrency: str | None, search_time_s: float,
+          search_max: int) -> None:
     """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
     from ..analysis.sweep import report_from_file
 
@@ -111,11 +134,7 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
         return
     if not model:
         raise click.UsageError("--model is required (or --report FILE to re-make a report)")
-    if objective == "capacity" or slo:
-        # the hook: analysis.sweep.OBJECTIVES takes a capacity score once analysis/levels.py and
-        # slo.py (issue 17) land; until then say so instead of sweeping for the wrong objective
-        raise click.UsageError("--objective capacity / --slo: not wired into the sweep yet (issue 17: the "
-                               "capacity analysis is being built); the sweep picks by decode tok/s")
+    load = _load_options(objective, slo, concurrency, search_time_s, search_max)
 
     from ..measure.sweep import SweepRunner, parse_ctx_list, parse_ncmoe
     from ..models.vram import CUDA_OVERHEAD_MIB
@@ -136,7 +155,7 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
         model=model, arms=(), runs=runs, blocks=1, warmup=warmup, max_tokens=max_tokens, prompts_path=prompts,
         buckets=tuple(b for b in buckets.split(",") if b), seed=seed, ctx_size=ctx_size, threads=threads,
         flash_attn=flash_attn, out_dir=out_dir, models_dir=models_dir, server_bin=server_bin,
-        health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout,
+        health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout, **load,
     )
     console = Console(stderr=True)
     display = QuietProgress() if quiet else RichProgress(console)
@@ -146,7 +165,7 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
             runner = SweepRunner(cfg, ncmoe, vram_budget, margin if margin is not None else 512.0,
                                  CUDA_OVERHEAD_MIB if cuda_overhead is None else cuda_overhead, display,
                                  argv=["abtest", *sys.argv[1:]], contexts=contexts, fit_competitor=fit_competitor,
-                                 finalist_sessions=finalist_sessions, load_mode=load_mode)
+                                 finalist_sessions=finalist_sessions, load_mode=load_mode, objective=objective)
             result = runner.execute()
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -158,6 +177,38 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
     click.echo(_outputs(result.evidence_path, Path(out_dir), console=None if quiet else console), nl=False)
     if result.arms_failed or result.n_failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _load_options(objective: str, slo: str | None, concurrency: str | None, search_time_s: float,
+                  search_max: int) -> dict[str, Any]:
+    """The RunConfig fields of the load each setting runs at; UsageError/BadParameter in one line."""
+    if objective != "capacity":
+        if slo or concurrency:
+            raise click.UsageError("--slo and --concurrency are for --objective capacity (the speed objective "
+                                   "measures decode at concurrency 1)")
+        return {}
+    if not slo:
+        raise click.UsageError('--objective capacity ranks settings by the most load within an SLO: give --slo, '
+                               'e.g. --slo "ttft_p95<=500ms"')
+    from ..analysis.slo import parse_slo
+    from ..measure.sweep import DEFAULT_CAPACITY_LEVELS
+
+    try:
+        parse_slo(slo)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--slo'") from exc
+    text = (concurrency or "").strip().lower()
+    if text == "auto":
+        return dict(slo=slo, search="concurrency", search_time_s=search_time_s, search_max=float(search_max))
+    try:
+        levels = tuple(int(v) for v in text.split(",") if v.strip()) if text else DEFAULT_CAPACITY_LEVELS
+    except ValueError:
+        raise click.BadParameter(f"{concurrency!r}: use a list such as 1,2,4,8 or auto",
+                                 param_hint="'--concurrency'") from None
+    if any(v < 1 for v in levels) or len(set(levels)) != len(levels) or len(levels) < 2:
+        raise click.BadParameter(f"{concurrency!r}: two or more different levels >= 1, e.g. 1,2,4,8 (or auto)",
+                                 param_hint="'--concurrency'")
+    return dict(slo=slo, concurrency_levels=tuple(sorted(levels)))
 
 
 def _outputs(evidence: str | Path, out_dir: Path, console: Console | None = None) -> str:

@@ -14,6 +14,10 @@ Where the prediction goes: every candidate's prediction is in the run manifest
 arm's ``arm_end`` (per-PID NVML peak/steady) as for `run`. `sweep_report` reads both back.
 
 The search (`abtest.measure.search`) is a pure function over two callbacks, tested without servers.
+
+With ``--objective capacity`` every arm runs the config's ``--concurrency`` levels (or the
+capacity search) on a server with slots for the highest, and the finalists are the settings that
+carry most within the SLO (`highest_level_met`); the report ranks them by capacity.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ FIT_ARM = "fit"  # llama.cpp's own placement (--fit on), the competitor
 LOAD_NONE_SUFFIX = "-lmnone"  # the same setting loaded with --load-mode none (no mmap)
 LOAD_MODES = ("mmap", "none", "both")
 DEFAULT_FINALIST_SESSIONS = 2
+OBJECTIVES = ("speed", "capacity")
+# --objective capacity without --concurrency: the levels every candidate's server runs (docs/sweep.md)
+DEFAULT_CAPACITY_LEVELS = (1, 2, 4, 8)
 # A setting predicted this far over the budget (after the error seen so far) is not launched: the
 # prediction's accuracy bar, max(2 %, 128 MiB) of the budget (docs/sweep.md, "What happens").
 FAR_FRACTION, FAR_MIN_MIB = 0.02, 128.0
@@ -285,7 +292,9 @@ class SweepRunner:
         fit_competitor: str = "auto",
         finalist_sessions: int = DEFAULT_FINALIST_SESSIONS,
         load_mode: str = "mmap",
+        objective: str = "speed",
     ) -> None:
+        check_objective(cfg, objective, contexts)
         if fit_competitor not in ("auto", "on", "off"):
             raise ConfigError(f"--fit-competitor {fit_competitor!r}: use auto, on or off")
         if load_mode not in LOAD_MODES:
@@ -305,6 +314,9 @@ class SweepRunner:
         self.fit_competitor = fit_competitor
         self.finalist_sessions = finalist_sessions
         self.load_mode = load_mode
+        self.objective = objective
+        self.slo = self.runner.slo  # parsed by the Runner (ConfigError on a bad one)
+        self._capacity: dict[str, float] = {}  # arm -> req/s at the highest level met (first session)
         self._arm_ends: dict[str, ArmEnd] = {}
         self._records: dict[str, list[RequestRecord]] = {}
         self._result: SearchResult | None = None
@@ -366,7 +378,10 @@ class SweepRunner:
         self._plan = plan
         extra = plan.to_extra()
         extra.update(fit_competitor=self.fit_competitor, finalist_sessions=self.finalist_sessions,
-                     load_mode=self.load_mode, load_none_args=list(self._load_none_args))
+                     load_mode=self.load_mode, load_none_args=list(self._load_none_args), objective=self.objective)
+        if self.objective == "capacity":
+            extra.update(slo=cfg.slo, concurrency_levels=list(cfg.concurrency_levels), search=cfg.search,
+                         search_max=cfg.search_max, search_time_s=cfg.search_time_s, server_slots=cfg.server_slots)
         if frontier:
             extra["contexts"] = {str(c): p.to_extra() for c, p in plans.items()}
         arms = tuple(ready_made_arm(arm_name(n)) for n in sorted(set(plan.settings) | {0, layout.n_layer}))
@@ -395,8 +410,13 @@ class SweepRunner:
             from ..analysis.metrics import decode_tps, decode_unmeasurable
 
             rates = [v for v in (decode_tps(r) for r in recs) if v is not None]
-            ok = end is not None and end.status == "ok" and bool(rates)
             error = None if end is None else end.error
+            if self.objective == "capacity":  # judged on TTFT/TPOT/e2e per level: no decode rate needed
+                ok = end is not None and end.status == "ok" and any(r.ok for r in recs)
+                if end is not None and end.status == "ok" and not ok:
+                    error = "no request of this setting succeeded at any level"
+                return ok, (statistics.mean(rates) if rates else None), error
+            ok = end is not None and end.status == "ok" and bool(rates)
             if end is not None and end.status == "ok" and not rates:
                 why = next((w for r in recs if (w := decode_unmeasurable(r))), "no successful request")
                 error = (f"no request of this setting has a decode rate ({why}; docs/metrics.md) — "
@@ -453,6 +473,13 @@ class SweepRunner:
             ok, tps, error = outcome(end, recs)
             entry.update(status="measured" if ok else "failed", vram_mib=vram, decode_tps=tps, error=error,
                          device_used_before_mib=self._used_before)
+            if self.objective == "capacity" and ok:
+                level, rps = highest_level_met(recs, self.slo)
+                self._capacity[spec.name] = rps if level is not None and rps is not None else -1.0
+                entry.update(capacity_level=level, capacity_rps=rps)
+                self.progress.note(f"{spec.name}: " + (f"meets the SLO up to concurrency {level}, {rps:.2f} req/s"
+                                                       if level is not None and rps is not None
+                                                       else "meets the SLO at none of the levels"))
             self.trail.append(entry)
             self._write_sidecar(sidecar, plan)
             note = (error or "") if end is not None else "no arm_end"
@@ -470,8 +497,12 @@ class SweepRunner:
         fit_spec, fit_ok = self._fit_arm(plan, n_ctx, suffix, budget, launch, outcome, sidecar, server_bin,
                                          model_path, load_args)
         # the finalists: pick, runner-up, fit (when under budget), the pick loaded without mmap
-        under = sorted((p for p in result.probes if p.under_budget and p.decode_tps is not None),
-                       key=lambda p: -(p.decode_tps or 0.0))
+        if self.objective == "capacity":  # ranked by the load each carried within the SLO
+            under = sorted((p for p in result.probes if p.under_budget and p.status == "measured"),
+                           key=lambda p: (-self._capacity.get(spec_of(p.n).name, -1.0), -p.n))
+        else:
+            under = sorted((p for p in result.probes if p.under_budget and p.decode_tps is not None),
+                           key=lambda p: -(p.decode_tps or 0.0))
         finalists: list[ArmSpec] = [spec_of(p.n) for p in under[:2]]
         if fit_spec is not None and fit_ok:
             finalists.append(fit_spec)
@@ -573,6 +604,49 @@ class SweepRunner:
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(body, indent=1, default=_json_default) + "\n", encoding="utf-8")
         os.replace(tmp, sidecar)
+
+
+def check_objective(cfg: RunConfig, objective: str, contexts: Sequence[int] | None = None) -> None:
+    """What the sweep maximises, and the load each candidate runs at: "speed" at one concurrency
+    (no --slo, no levels); "capacity" with --slo and closed-loop levels (a --concurrency list of
+    two or more, or a concurrency search). ConfigError saying which flag is wrong."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective {objective!r}: use speed or capacity")
+    if objective == "speed":
+        if cfg.slo or cfg.concurrency_levels or cfg.search or cfg.concurrency != 1:
+            raise ConfigError("--slo and --concurrency are for --objective capacity (the speed objective "
+                              "measures decode at concurrency 1)")
+        return
+    if not cfg.slo:
+        raise ConfigError('--objective capacity ranks settings by the most load within an SLO: give --slo, '
+                          'e.g. --slo "ttft_p95<=500ms"')
+    if cfg.rate is not None or cfg.rate_levels or cfg.search == "rate":
+        raise ConfigError("--objective capacity runs closed-loop --concurrency levels; rate levels are not swept")
+    if cfg.search != "concurrency" and len(cfg.concurrency_levels) < 2:
+        raise ConfigError("--objective capacity needs two or more --concurrency levels (e.g. 1,2,4,8) or "
+                          "--concurrency auto: one level cannot show where the SLO starts to fail")
+    if contexts is not None and len(contexts) > 1:
+        raise ConfigError("--ctx A,B,C with --objective capacity: the frontier is of decode tok/s per context; "
+                          "run one capacity sweep per context (--ctx-size N)")
+
+
+def highest_level_met(recs: Sequence[RequestRecord], slo: Sequence[Any]) -> tuple[int | None, float | None]:
+    """One session's highest concurrency level (walking up from the lowest) whose requests meet
+    every objective (`analysis.slo.level_meets`, as the capacity search judges a probe), and the
+    req/s carried there; (None, None) when the lowest fails. The sweep orders its finalists by it;
+    the report's capacity (`analysis.capacity`) interpolates between levels."""
+    from ..analysis.slo import level_meets, level_span
+
+    by: dict[int, list[RequestRecord]] = {}
+    for r in recs:
+        if not r.warmup:
+            by.setdefault(r.concurrency, []).append(r)
+    best: tuple[int | None, float | None] = (None, None)
+    for c in sorted(by):
+        if not level_meets(by[c], slo):
+            break
+        best = (c, level_span(by[c]).req_per_s)
+    return best
 
 
 def _json_default(o: Any) -> Any:

@@ -9,8 +9,11 @@ from ..analysis.stratified import MeanCI
 from ..analysis.sweep import (
     MIB,
     FrontierPoint,
+    SettingRow,
     SweepReport,
     budget_label,
+    capacity_score,
+    capacity_text,
     fit_flags,
     fit_placement_text,
     fit_sentence,
@@ -18,7 +21,7 @@ from ..analysis.sweep import (
     frontier_sentence,
     load_mode_sentence,
 )
-from ..fmt import fmt_fixed, fmt_gib
+from ..fmt import fmt_fixed, fmt_gib, fmt_num
 from .tables import Table, markdown_table
 
 
@@ -42,6 +45,9 @@ def main_table(rep: SweepReport) -> str:
     cpu = rep.backend == "cpu"
     headers = ["N", "flag", "VRAM pred GiB", "VRAM meas GiB", "err MiB", "decode tok/s", f"× {ref}", tt,
                "GPU MiB/tok", "host MiB/tok", "GPU GB/s", "host GB/s", "frontier"]
+    capacity = rep.objective == "capacity"
+    if capacity:
+        headers.insert(5, "capacity req/s")
     rows = []
     for r in rep.rows:
         sp = r.speedup
@@ -69,7 +75,24 @@ def main_table(rep: SweepReport) -> str:
             fmt_fixed(r.host_bw / 1e9, 1) if r.decode.n else "—",
             "★" if r.on_frontier else "",
         ])
-    return _table(headers, rows, set(range(2, 12)))
+        if capacity:
+            rows[-1].insert(5, capacity_cell(r))
+    return _table(headers, rows, set(range(2, 13 if capacity else 12)))
+
+
+def capacity_cell(r: SettingRow) -> str:
+    """'3.10 (2.80–3.40) @c4'; '≥ 50.0 @c8' (every level met: a lower bound); 'none met'."""
+    c = r.capacity
+    if c is None or not math.isfinite(capacity_score(r)):
+        return "none met" if c is not None and capacity_score(r) == -math.inf else "—"
+    iv = c.headline
+    txt = ("≥ " if c.status != "bracketed" else "") + fmt_num(iv.mean)
+    if math.isfinite(iv.low):
+        txt += f" ({fmt_num(iv.low)}–{fmt_num(iv.high)})"
+    if c.kind == "concurrency" and math.isfinite(c.load.mean):
+        v = c.load.mean
+        txt += f" @c{v:g}" if v == round(v, 3) else f" @c{fmt_num(v)}"
+    return txt
 
 
 def frontier_line(rep: SweepReport) -> str:
@@ -131,7 +154,10 @@ def render_markdown(rep: SweepReport) -> str:
                  "± σ within buckets [95 % stratified t-interval]; TTFT = mean ± σ [95 % t-interval]; "
                  "× = ratio of decode rates, compared within buckets, with a 95 % interval over server sessions "
                  "(none with one session a side); MiB/tok = weight (+KV) bytes "
-                 "each decoded token reads; GB/s = that × decode tok/s; ★ = on the VRAM/speed frontier; ← = advice.")
+                 "each decoded token reads; GB/s = that × decode tok/s; ★ = on the VRAM/speed frontier; ← = advice."
+                 + (f" capacity = req/s carried within {', '.join(map(str, rep.slo))} at the concurrency shown, "
+                    "mean (95 % interval) over server sessions; ≥ = every level met (a lower bound); "
+                    "none met = not even the lowest level (ranked last)." if capacity_rows(rep) else ""))
     if rep.explanation:
         parts += ["", "## What limits speed", ""] + [f"- {e}" for e in rep.explanation]
     if len(rep.rows) and any(len(r.ttft) > 1 for r in rep.rows):
@@ -141,7 +167,8 @@ def render_markdown(rep: SweepReport) -> str:
     if rep.fit is not None:
         parts += ["", "## llama.cpp's --fit at the same budget", "", fit_section(rep)]
     if rep.versus:
-        parts += ["", "## Comparisons over server sessions (decode tok/s)", "", versus_table(rep)]
+        what = "capacity within the SLO" if rep.objective == "capacity" else "decode tok/s"
+        parts += ["", f"## Comparisons over server sessions ({what})", "", versus_table(rep)]
     if rep.warnings:
         parts += ["", "## The server's own warnings", ""] + warning_lines(rep)
     bt = buffers_table(rep)
@@ -172,6 +199,8 @@ def fit_section(rep: SweepReport) -> str:
         lines.append(f"- measured: per-PID peak {vram}"
                      + (" — over the budget, disqualified" if fit.over_budget else "")
                      + f"; decode {_pm_ci(fit.decode)} tok/s over {fit.sessions} server session(s)")
+        if rep.objective == "capacity":
+            lines.append(f"- within {', '.join(map(str, rep.slo))}: {capacity_text(fit.capacity)}")
     if fit.placement or fit.plan:
         lines.append(f"- placement: {fit_placement_text(fit)}")
     if fit.plan.get("stdout"):
@@ -181,7 +210,8 @@ def fit_section(rep: SweepReport) -> str:
 
 
 _NO_INTERVAL = {"one-session": "one server session on a side", "no-data": "no common bucket",
-                "no-variance": "nothing varies", "not-positive": "a mean ≤ 0"}
+                "no-variance": "nothing varies", "not-positive": "a mean ≤ 0",
+                "censored": "a capacity beyond/below the levels run"}
 
 
 def versus_table(rep: SweepReport) -> str:
@@ -193,7 +223,12 @@ def versus_table(rep: SweepReport) -> str:
                      f"{lo * 100:+.1f} % … {hi * 100:+.1f} %" if math.isfinite(lo) else "no interval",
                      f"{p:.3f}" if math.isfinite(p) else "n/a", f"{v.ratio.k_other} / {v.ratio.k_base}",
                      _NO_INTERVAL.get(v.ratio.reason, v.ratio.reason)])
-    return _table(["comparison", "Δ decode", "95 % CI", "p", "sessions", "why no interval"], rows, {1, 2, 3})
+    what = "Δ capacity" if rep.objective == "capacity" else "Δ decode"
+    return _table(["comparison", what, "95 % CI", "p", "sessions", "why no interval"], rows, {1, 2, 3})
+
+
+def capacity_rows(rep: SweepReport) -> bool:
+    return rep.objective == "capacity"
 
 
 def warning_lines(rep: SweepReport) -> list[str]:

@@ -324,10 +324,16 @@ def test_frontier_report_from_a_sweep_at_two_contexts(tmp_path: Path) -> None:
     assert write_frontier_plot([(reps[0].budget_mib, points)], tmp_path / "f.png") is not None
 
 
-def test_capacity_objective_is_refused_until_wired() -> None:
+def test_capacity_objective_flags_are_checked_in_one_line() -> None:
     from click.testing import CliRunner
 
     from abtest.cli import cli
 
-    res = CliRunner().invoke(cli, ["sweep", "--model", "tiny-moe", "--objective", "capacity"])
-    assert res.exit_code == 2 and "not wired into the sweep yet" in res.output
+    for args, words in [
+        (["--objective", "capacity"], "give --slo"),
+        (["--slo", "ttft_p95<=1s"], "for --objective capacity"),
+        (["--objective", "capacity", "--slo", "ttft_p95<=1s", "--concurrency", "4"], "two or more different levels"),
+        (["--objective", "capacity", "--slo", "ttft<=1s"], "is not METRIC_pQ<=LIMIT"),
+    ]:
+        res = CliRunner().invoke(cli, ["sweep", "--model", "tiny-moe", *args])
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, (args, res.output)
