@@ -6,7 +6,9 @@ pyplot, so importing this module changes no global backend and no window ever op
 
 from __future__ import annotations
 
+import io
 import math
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +24,14 @@ if TYPE_CHECKING:
 
 DPI = 110
 
+# While set (`_captured`), figures are kept as SVG text under their file's stem instead of written.
+_CAPTURE: ContextVar[list[tuple[str, str]] | None] = ContextVar("_CAPTURE", default=None)
+
 
 def _out_dir(out: Path | str) -> Path:
     d = Path(out)
+    if _CAPTURE.get() is not None:
+        return d
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -34,11 +41,47 @@ def _out_dir(out: Path | str) -> Path:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
+    sink = _CAPTURE.get()
+    if sink is not None:
+        sink.append((path.stem, _svg(fig)))
+        return path
     try:
         fig.savefig(path, dpi=DPI, bbox_inches="tight")
     except OSError as exc:
         raise ConfigError(f"cannot write {path} ({exc.strerror}) — pass another --out") from exc
     return path
+
+
+def _svg(fig: Figure) -> str:
+    """The figure as SVG text, the same bytes for the same figure (no date, fixed ids)."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "abtest", "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # the XML prolog and doctype do not belong inside HTML
+
+
+def report_svgs(report: Report) -> list[tuple[str, str]]:
+    """The figures of `write_report_plots` as (name, SVG text), written nowhere: what the HTML
+    report inlines."""
+    token = _CAPTURE.set([])
+    try:
+        write_report_plots(report, Path("."))
+        return list(_CAPTURE.get() or [])
+    finally:
+        _CAPTURE.reset(token)
+
+
+def history_svgs(result: HistoryResult) -> list[tuple[str, str]]:
+    """The figures of `write_history_plots` as (name, SVG text), written nowhere."""
+    token = _CAPTURE.set([])
+    try:
+        write_history_plots(result, Path("."))
+        return list(_CAPTURE.get() or [])
+    finally:
+        _CAPTURE.reset(token)
 
 
 def _safe(name: str) -> str:
@@ -163,7 +206,7 @@ def _memory_breakdown(report: Report, path: Path) -> Path | None:
     left = np.zeros(len(rows))
     for k in kinds:
         gib = np.array([r.get(k, 0.0) for _, r in rows]) / 1024.0
-        ax.barh(range(len(rows)), gib, left=left, label=k.removesuffix("_mib"))
+        ax.barh(range(len(rows)), gib, left=left, label=_BUFFER_LABEL.get(k, k.removesuffix("_mib")))
         left += gib
     ax.set_yticks(range(len(rows)), [lab for lab, _ in rows])
     ax.invert_yaxis()
@@ -172,6 +215,10 @@ def _memory_breakdown(report: Report, path: Path) -> Path | None:
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+_BUFFER_LABEL = {"model_mib": "model weights", "kv_mib": "KV cache", "compute_mib": "compute buffer",
+                 "output_mib": "output buffer", "rs_mib": "recurrent state"}
 
 
 def write_history_plots(result: HistoryResult, out: Path | str) -> list[Path]:

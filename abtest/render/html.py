@@ -1,0 +1,157 @@
+"""The report as one self-contained HTML page: its sections, tables split to a laptop's width, plots inline."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+
+from ..analysis.report import Report
+from .report import provenance_line, sections
+from .tables import Section, Table, fit_width, table_width, transpose
+
+# Characters of table a laptop's page shows without scrolling (about 1130 px of 13 px text).
+PAGE_WIDTH = 120
+PAGE_PAD = 3  # a cell's padding, in characters
+
+# No request may leave the page: styles inline, images only as data, no scripts, no fonts.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+CSS = """
+:root { color-scheme: light; --fg: #1d1f23; --dim: #5b6270; --line: #d9dde3; --bg-alt: #f5f7fa;
+        --good: #176b35; --bad: #a3231b; --warn: #8a5a00; --accent: #2456a6; }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+       color: var(--fg); margin: 0 auto; padding: 24px 28px 64px; max-width: 1180px; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 19px; margin: 34px 0 8px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 15px; margin: 20px 0 6px; }
+p { margin: 6px 0; }
+.prov, .note, figcaption { color: var(--dim); font-size: 13px; }
+.prov code, td.mono { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; word-break: break-all; }
+nav { margin: 12px 0 0; font-size: 13px; }
+nav a { margin-right: 12px; color: var(--accent); text-decoration: none; }
+.verdict { font-size: 17px; margin: 10px 0; padding: 10px 14px; border-left: 5px solid var(--line); background: var(--bg-alt); }
+.verdict.differs { border-color: var(--bad); }
+.verdict.no-difference-detected, .verdict.cannot-differ { border-color: var(--good); }
+.verdict.no-inference { border-color: var(--warn); }
+.badge { display: inline-block; font-size: 11px; text-transform: uppercase; letter-spacing: .04em;
+         padding: 1px 6px; border-radius: 3px; background: var(--line); margin-right: 6px; vertical-align: 2px; }
+ul.warnings li { color: var(--warn); margin: 4px 0; }
+.scroll { overflow-x: auto; margin: 8px 0 14px; }
+table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; }
+th, td { padding: 3px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { text-align: left; background: var(--bg-alt); font-weight: 600; }
+tbody th { white-space: nowrap; }
+td.num, th.num { text-align: right; white-space: nowrap; }
+tbody tr:hover { background: #eef3fb; }
+figure { margin: 14px 0; }
+figure svg { max-width: 100%; height: auto; display: block; }
+footer { margin-top: 40px; color: var(--dim); font-size: 12px; }
+"""
+
+# Where each figure of `plots.report_svgs` goes, and what it shows.
+FIGURES = {
+    "ttft_ms": ("Latency and throughput per bucket", "TTFT per request, by bucket and arm (box: quartiles)"),
+    "decode_tps": ("Latency and throughput per bucket", "decode tok/s per request, by bucket and arm"),
+    "load_levels": ("Load levels", "throughput against TTFT p95 and against the concurrency"),
+    "vram_over_time": ("Memory", "VRAM of each arm's server process over time"),
+    "memory_breakdown": ("Memory", "llama-server's buffers per device and arm"),
+}
+
+
+def esc(s: str) -> str:
+    return html.escape(s, quote=True)
+
+
+def slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+
+
+def table_html(t: Table, width: int = PAGE_WIDTH) -> str:
+    """One table as HTML tables that fit `width` characters: split by its column groups, or with
+    rows and columns swapped when it has few rows and no groups; else it scrolls."""
+    out = []
+    for part in fit_width(t, width, pad=PAGE_PAD):
+        if table_width(part, pad=PAGE_PAD) > width and not part.groups and len(part.rows) <= 6:
+            part = transpose(part)
+        out.append(_one_table(part))
+    return "\n".join(out)
+
+
+def _one_table(t: Table) -> str:
+    def cls(i: int) -> str:
+        return ' class="num"' if i in t.right else ""
+
+    head = "".join(f"<th{cls(i)} scope=\"col\">{esc(h)}</th>" for i, h in enumerate(t.headers))
+    body = "\n".join("<tr>" + "".join(
+        (f"<th scope=\"row\">{esc(c)}</th>" if i < t.key else f"<td{cls(i)}>{esc(c)}</td>") for i, c in enumerate(r))
+        + "</tr>" for r in t.rows)
+    caption = f"<caption>{esc(t.title)}</caption>" if t.title else ""
+    return (f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead>\n'
+            f"<tbody>\n{body}\n</tbody></table></div>")
+
+
+def figure_html(name: str, svg: str, caption: str) -> str:
+    return f'<figure id="fig-{esc(name)}">{svg}<figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def _section_html(sec: Section, report: Report, figures: Sequence[tuple[str, str, str]]) -> str:
+    out = [f'<section id="{slug(sec.title)}"><h2>{esc(sec.title)}</h2>']
+    if sec.title == "Verdict":
+        status = {v.text: v.status for v in report.verdicts}
+        for p in sec.paragraphs:
+            st = status.get(p, "")
+            badge = f'<span class="badge">{esc(st.replace("-", " "))}</span>' if st else ""
+            out.append(f'<p class="verdict {esc(st)}">{badge}{esc(p)}</p>')
+    else:
+        out += [f'<p class="note">{esc(p)}</p>' for p in sec.paragraphs]
+    if sec.bullets:
+        kind = ' class="warnings"' if sec.title == "Warnings" else ""
+        out.append(f"<ul{kind}>" + "".join(f"<li>{esc(b)}</li>" for b in sec.bullets) + "</ul>")
+    out += [table_html(t) for t in sec.tables]
+    out += [figure_html(name, svg, cap) for name, svg, cap in figures]
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def page(title: str, head_lines: Sequence[str], body: Sequence[str], nav: Sequence[str]) -> str:
+    """A whole page around `body` (HTML fragments): the one style sheet, the policy that keeps
+    every request inside the page."""
+    links = "".join(f'<a href="#{slug(n)}">{esc(n)}</a>' for n in nav)
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+        f"<header><h1>{esc(title)}</h1>", *head_lines, f"<nav>{links}</nav></header>", "<main>",
+        *body, "</main>", "</body>", "</html>", ""])
+
+
+def render_html(report: Report, figures: Sequence[tuple[str, str]] = ()) -> str:
+    """The report as one HTML page that needs nothing else to show: `figures` are (name, SVG text)
+    pairs (`plots.report_svgs`), placed in the section they belong to; the numbers are the cells
+    of the terminal and Markdown tables (`sections`)."""
+    secs = sections(report)
+    titles = [s.title for s in secs]
+    placed: dict[str, list[tuple[str, str, str]]] = {}
+    loose = []
+    for name, svg in figures:
+        where, caption = FIGURES.get(name, ("Plots", name.replace("_", " ")))
+        if where in titles:
+            placed.setdefault(where, []).append((name, svg, caption))
+        else:
+            loose.append((name, svg, caption))
+    if loose:  # figures of sections this page does not have (or new ones): before the provenance
+        at = titles.index("Provenance") if "Provenance" in titles else len(secs)
+        secs.insert(at, Section("Plots"))
+        placed["Plots"] = loose
+        titles = [s.title for s in secs]
+    files = list(dict.fromkeys(f for p in report.provenance for f in p.files))
+    head = [f'<p class="prov">{esc(provenance_line(report))}</p>',
+            f'<p class="prov">evidence: {", ".join(f"<code>{esc(f)}</code>" for f in files) or "—"}</p>']
+    body = [_section_html(s, report, placed.get(s.title, [])) for s in secs]
+    body.append(f"<footer>abtest {esc(report.abtest_version)} · made by <code>abtest report --format html</code> "
+                "from the evidence files above; needs no network.</footer>")
+    return page(f"abtest report: {', '.join(report.groups)}", head, body, titles)
