@@ -178,3 +178,23 @@ def test_ratio_column_matches_the_delta(h100):
     c = next(c for c in h100.comparisons if c.bucket == "all" and c.metric == "decode_tps")
     word = fmt_speed(c.ci.delta, METRIC_BY_KEY["decode_tps"].higher_is_better, c.ci.low, c.ci.high)
     assert word.endswith("slower") and word in render_markdown(h100)
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+def _commands(group, path=()):
+    import click
+
+    yield path, group
+    if isinstance(group, click.Group):
+        for name, sub in group.commands.items():
+            yield from _commands(sub, (*path, name))
+
+
+def test_every_help_has_an_example():
+    for path, _cmd in _commands(cli):
+        res = CliRunner().invoke(cli, [*path, "--help"], terminal_width=80)
+        assert res.exit_code == 0, path
+        assert "Example" in res.output, f"abtest {' '.join(path)} --help has no example"
+        assert any(line.lstrip().startswith(" ".join(("abtest", *path))) for line in res.output.splitlines()), path
