@@ -11,12 +11,12 @@ from rich.console import Console
 
 from ..analysis.arms import load_evidence
 from ..analysis.cost import DEFAULT_GPU_HOUR_COST
-from ..analysis.gate import Thresholds, evaluate_history, raise_for_outcome
+from ..analysis.gate import HistoryResult, Thresholds, evaluate_history, raise_for_outcome
 from ..analysis.nights import load_history
 from ..analysis.report import build_report
 from ..errors import ConfigError
 from ..render.history import history_markdown, history_terminal, render_history
-from ..render.html import render_html
+from ..render.html import render_history_html, render_html
 from ..render.report import render, render_csv, render_markdown, terminal_renderable
 
 EPILOG = """\b
@@ -26,6 +26,7 @@ Examples:
   abtest report evidence/*.jsonl --out out/ --gpu-hour-cost 2.10
   abtest report evidence/*.jsonl --format html > report.html
   abtest report --history evidence/nightly --format markdown --out out/trends
+  abtest report --history evidence/nightly --html evidence/nightly/index.html
 
 \b
 With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; tonight (--night,
@@ -51,6 +52,9 @@ FORMATS = ["terminal", "markdown", "csv", "json", "html"]
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write report.md, report.json, report.csv, report.html (one self-contained page) "
                    "and PNG plots to this directory, and name them.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the page as one self-contained HTML file here (with --history: the nightly "
+                   "index, trends per model and arm and links to each night's report/report.html).")
 @click.option("--gpu-hour-cost", type=click.FloatRange(min=0), default=DEFAULT_GPU_HOUR_COST, show_default=True,
               help="USD per GPU-hour for the cost columns.")
 @click.option("--slo", metavar="OBJECTIVES",
@@ -82,6 +86,7 @@ def report(
     baseline: str | None,
     fmt: str,
     out_dir: Path | None,
+    html_path: Path | None,
     gpu_hour_cost: float,
     slo: str | None,
     allow_mixed_models: bool,
@@ -117,8 +122,12 @@ def report(
                        _write(out_dir / "history.json", render_history(result, "json")),
                        *plots.write_history_plots(result, out_dir)]
             _say_written(err, out_dir, written)
+        if html_path is not None:
+            _say_written(err, html_path.parent, [_write(html_path, _history_page(result, history_dir, html_path))])
         if fmt == "terminal":
             out.print(history_terminal(result))
+        elif fmt == "html":
+            click.echo(_history_page(result, history_dir, Path("index.html")), nl=False)
         else:
             click.echo(render_history(result, fmt), nl=False)
         raise_for_outcome(result)
@@ -145,6 +154,10 @@ def report(
                    *plots.write_report_plots(data, out_dir)]
         written.append(_write(out_dir / "report.html", render_html(data, plots.report_svgs(data))))
         _say_written(err, out_dir, written)
+    if html_path is not None:
+        from ..render import plots
+
+        _say_written(err, html_path.parent, [_write(html_path, render_html(data, plots.report_svgs(data)))])
     if fmt == "terminal":
         out.print(terminal_renderable(data, width=out.width))
     elif fmt == "html":
@@ -164,7 +177,20 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _history_page(result: HistoryResult, history_dir: Path, page: Path) -> str:
+    """The nightly index, linking each night's report page (DIR/NIGHT/report/report.html, as
+    scripts/nightly.sh writes it) where it exists, relative to where the page is written."""
+    from ..render import plots
+
+    links = {}
+    for night in result.nights:
+        target = history_dir / night / "report" / "report.html"
+        if target.is_file():
+            links[night] = Path(os.path.relpath(target, page.parent)).as_posix()
+    return render_history_html(result, plots.history_svgs(result), links)
+
+
 def _say_written(err: Console, out_dir: Path, written: list[Path]) -> None:
     """Name the files `--out` wrote (on stderr: stdout may be the report itself)."""
     names = ", ".join(p.name for p in written)
-    err.print(f"wrote {len(written)} files to {out_dir}/: {names}")
+    err.print(f"wrote {len(written)} file{'s' if len(written) != 1 else ''} to {out_dir}/: {names}")

@@ -1,12 +1,16 @@
-"""The report as one self-contained HTML page: its sections, tables split to a laptop's width, plots inline."""
+"""Self-contained HTML pages: the report (sections, tables split to a laptop's width, plots inline) and the nightly index."""
 
 from __future__ import annotations
 
 import html
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from ..analysis.gate import HistoryResult, check_line
+from ..analysis.nights import key_label
 from ..analysis.report import Report
+from .history import check_tables, headline, summary_lines
 from .report import provenance_line, sections
 from .tables import Section, Table, fit_width, table_width, transpose
 
@@ -155,3 +159,75 @@ def render_html(report: Report, figures: Sequence[tuple[str, str]] = ()) -> str:
     body.append(f"<footer>abtest {esc(report.abtest_version)} · made by <code>abtest report --format html</code> "
                 "from the evidence files above; needs no network.</footer>")
     return page(f"abtest report: {', '.join(report.groups)}", head, body, titles)
+
+
+# ------------------------------------------------------------------------------------------------
+# The nightly index: one page over the history directory
+
+
+def render_history_html(result: HistoryResult, figures: Sequence[tuple[str, str]] = (),
+                        links: Mapping[str, str] | None = None) -> str:
+    """The nightly index page: tonight's gate (headline, lines, the checks per model), each
+    regression with its likely cause, per (model, arm) the trends over the nights
+    (`plots.history_svgs`), and every night with a link to its report page (`links`: night ->
+    relative URL, given by the caller, who knows the files)."""
+    links = dict(links or {})
+    status = {"regression": "differs", "missing": "differs", "no evidence": "differs",
+              "no verdict yet": "no-inference", "ok": "no-difference-detected"}[result.outcome]
+    body = ['<section id="tonight"><h2>Tonight</h2>',
+            f'<p class="verdict {status}"><span class="badge">{esc(result.outcome)}</span>'
+            f"{esc(headline(result))}</p>"]
+    lines = summary_lines(result)
+    if lines:
+        body.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>")
+    body += [table_html(t) for t in check_tables(result)]
+    body.append("</section>")
+
+    regs = result.regressions
+    body.append('<section id="regressions"><h2>Regressions</h2>')
+    if not regs:
+        body.append(f'<p class="note">none tonight ({esc(result.outcome)}).</p>')
+    for c in regs:
+        cause = ("; ".join(str(ch) for ch in c.causes) if c.causes else
+                 "no change of server build, driver or GPU in its window: the box or the load it ran under")
+        body.append(f'<p class="verdict differs">{esc(check_line(c).split(" — likely cause:")[0])}'
+                    f'<br><span class="note">provenance change: {esc(cause)}</span></p>')
+    body.append("</section>")
+
+    body.append('<section id="trends"><h2>Trends</h2>'
+                '<p class="note">Nightly values per (model, arm): decode tok/s and TTFT are the mean over '
+                "buckets of each bucket's median, VRAM the server's peak; dotted: the median of the nights "
+                "tonight was judged against; ✕ a regression; dashed: a change of server build, driver or GPU.</p>")
+    for name, svg in figures:
+        key = next((s.key for s in result.series if name == f"trend_{_safe_name(s.model)}__{_safe_name(s.arm)}"),
+                   None)
+        cap = key_label(key) if key else name
+        empty = [s.metric for s in result.series if s.key == key and not any(math.isfinite(v) for v in s.values)]
+        note = "".join(f"; {_TREND_EMPTY.get(m, f'no {m} on any night')}" for m in empty)
+        body.append(f"<h3>{esc(cap)}</h3>" + figure_html(name, svg, f"the last {len(result.nights)} nights{note}"))
+    body.append("</section>")
+
+    rows = []
+    for night in reversed(result.nights):
+        changed = "; ".join(f"{key_label(ch.key)}: {ch}" for ch in result.changes if ch.night == night)
+        link = links.get(night)
+        report = f'<a href="{esc(link)}">report</a>' if link else "—"
+        mark = " (tonight)" if night == result.tonight else ""
+        rows.append(f"<tr><th scope=\"row\">{esc(night)}{mark}</th><td>{report}</td><td>{esc(changed or '—')}</td></tr>")
+    body.append('<section id="nights"><h2>Nights</h2><div class="scroll"><table><thead><tr><th>night</th>'
+                "<th>report</th><th>provenance changes</th></tr></thead><tbody>" + "".join(rows)
+                + "</tbody></table></div></section>")
+    th = result.thresholds
+    body.append(f"<footer>abtest {esc(result.abtest_version)} · α = {th.alpha:g} · window {th.window} nights, "
+                f"{th.min_nights} needed · made by <code>abtest report --history</code>; needs no network.</footer>")
+    head = [f'<p class="prov">{len(result.nights)} nights, {esc(result.nights[0] if result.nights else "—")} … '
+            f"{esc(result.tonight)}</p>"]
+    return page(f"abtest nightly: {result.tonight}", head, body, ["Tonight", "Regressions", "Trends", "Nights"])
+
+
+_TREND_EMPTY = {"vram_peak_mib": "no VRAM on any night (no GPU, or no NVML, to sample)",
+                "decode_tps": "no decode rate on any night", "ttft_ms": "no TTFT on any night"}
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -75,10 +75,11 @@ def report_svgs(report: Report) -> list[tuple[str, str]]:
 
 
 def history_svgs(result: HistoryResult) -> list[tuple[str, str]]:
-    """The figures of `write_history_plots` as (name, SVG text), written nowhere."""
+    """The figures of `write_history_key_plots` as (name, SVG text), written nowhere: the nightly
+    index inlines them."""
     token = _CAPTURE.set([])
     try:
-        write_history_plots(result, Path("."))
+        write_history_key_plots(result, Path("."))
         return list(_CAPTURE.get() or [])
     finally:
         _CAPTURE.reset(token)
@@ -256,3 +257,40 @@ _METRIC_LABEL: dict[str, Any] = {
     "ttft_ms": "TTFT ms (nightly median)",
     "vram_peak_mib": "peak VRAM MiB",
 }
+
+
+def write_history_key_plots(result: HistoryResult, out: Path | str) -> list[Path]:
+    """One figure per (model, arm): decode tok/s, TTFT and peak VRAM over the nights, each with
+    the trailing-window median tonight was judged against (dotted), tonight's regression marked ✕
+    and every provenance change of the key as a dashed vertical line."""
+    d = _out_dir(out)
+    paths = []
+    keys = list(dict.fromkeys(s.key for s in result.series))
+    for key in keys:
+        mine = {s.metric: s for s in result.series if s.key == key}
+        metrics = [m for m in result.metrics if m in mine and np.isfinite(mine[m].values).any()]
+        if not metrics:
+            continue
+        fig = Figure(figsize=(3.6 * len(metrics), 3.0))
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        changes = [ch for ch in result.changes if ch.key == key]
+        for ax, metric in zip(axes, metrics, strict=True):
+            s = mine[metric]
+            x = np.arange(len(s.nights))
+            ax.plot(x, s.values, "o-", ms=3.5, lw=1.3, color="#2456a6")
+            check = next((c for c in result.checks if c.key == key and c.metric == metric), None)
+            if check is not None and math.isfinite(check.reference):
+                ax.axhline(check.reference, color="#5b6270", ls=":", lw=1)
+                if check.regression and np.isfinite(s.values[-1]):
+                    ax.plot([x[-1]], [s.values[-1]], "x", ms=11, mew=2.5, color="#c0261c")
+            for ch in changes:
+                if ch.night in s.nights:
+                    ax.axvline(s.nights.index(ch.night) - 0.5, color="#8a5a00", ls="--", lw=1)
+            step = max(1, len(s.nights) // 8)
+            ax.set_xticks(range(0, len(s.nights), step), [s.nights[i][5:] for i in range(0, len(s.nights), step)],
+                          rotation=30, fontsize=8)
+            ax.set_title(_METRIC_LABEL.get(metric, metric), fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(axis="y", labelsize=8)
+        paths.append(_save(fig, d / f"trend_{_safe(key[0])}__{_safe(key[1])}.png"))
+    return paths
