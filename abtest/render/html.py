@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from ..analysis.gate import HistoryResult, check_line
 from ..analysis.nights import key_label
 from ..analysis.report import Report
+from ..fmt import fmt_num, fmt_pct
 from .history import check_tables, headline, summary_lines
 from .report import provenance_line, sections
 from .tables import Section, Table, fit_width, table_width, transpose
@@ -181,6 +182,14 @@ def render_history_html(result: HistoryResult, figures: Sequence[tuple[str, str]
     if lines:
         body.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>")
     body += [table_html(t) for t in check_tables(result)]
+    for c in result.checks:  # "−61 %, p < 0.001, ok" needs its reason on the page
+        g = c.gate
+        if g is None or not g.beyond_threshold or g.regression or g.improvement:
+            continue
+        body.append(f'<p class="note">{esc(c.label)} {esc(_METRIC_NAME.get(c.metric, c.metric))}: '
+                    f"{esc(fmt_pct(g.change))} is beyond "
+                    f"the threshold ({esc(c.threshold)}) but within the spread of the nights before it (their "
+                    f"one-sided prediction bound is {esc(fmt_num(g.bound))}): not called a regression.</p>")
     body.append("</section>")
 
     regs = result.regressions
@@ -225,6 +234,7 @@ def render_history_html(result: HistoryResult, figures: Sequence[tuple[str, str]
     return page(f"abtest nightly: {result.tonight}", head, body, ["Tonight", "Regressions", "Trends", "Nights"])
 
 
+_METRIC_NAME = {"decode_tps": "decode tok/s", "ttft_ms": "TTFT", "vram_peak_mib": "peak VRAM"}
 _TREND_EMPTY = {"vram_peak_mib": "no VRAM on any night (no GPU, or no NVML, to sample)",
                 "decode_tps": "no decode rate on any night", "ttft_ms": "no TTFT on any night"}
 

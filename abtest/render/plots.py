@@ -193,7 +193,8 @@ def _memory_breakdown(report: Report, path: Path) -> Path | None:
         if isinstance(buffers, dict) and buffers:
             for dev, kinds in buffers.items():
                 if isinstance(kinds, dict):
-                    rows.append((f"{m.group} · {dev}", {k: float(v) for k, v in kinds.items()
+                    where = "host" if dev.upper().startswith("CPU") or dev.endswith("_Host") else "GPU"
+                    rows.append((f"{m.group} · {where} {dev}", {k: float(v) for k, v in kinds.items()
                                                         if isinstance(v, (int, float))}))
     if not rows:
         for m in report.memory:
@@ -213,7 +214,7 @@ def _memory_breakdown(report: Report, path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("GiB")
     ax.set_title("memory breakdown per arm (llama-server buffers)")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

@@ -107,7 +107,7 @@ def _bucket_section(report: Report) -> Section:
             headers += [g, "p50", "p95"]
         for g in delta_groups:
             col_groups.append(ColumnGroup(f"{g} vs {report.paired_baseline.get(g, report.baseline)}",
-                                          list(range(len(headers), len(headers) + 3)), ["Δ (95 % CI)", "ratio", "p"],
+                                          list(range(len(headers), len(headers) + 3)), [f"Δ vs {report.paired_baseline.get(g, report.baseline)} (95 % CI)", "ratio", "p"],
                                           unit=g))
             headers += [f"Δ {g} (95 % CI)", "ratio", "p"]
         rows = []

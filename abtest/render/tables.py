@@ -133,11 +133,13 @@ def _sub_table(t: Table, groups: list[ColumnGroup]) -> Table:
     key = list(range(t.key))
     several = len(groups) > 1
     cols, heads = [], []
-    for g in groups:
+    for i, g in enumerate(groups):
+        # a group's first header names it, unless the group before is of its unit (the arm, then its Δ)
+        named = several and not (g.unit and i and groups[i - 1].unit == g.unit)
         kept = [(c, h) for c, h in zip(g.columns, g.headers, strict=True) if any(r[c] for r in t.rows)]
         for j, (c, h) in enumerate(kept):  # a column empty in every row (p50 of the "all" row) goes
             cols.append(c)
-            heads.append(f"{g.title} {h}" if several and j == 0 else h)
+            heads.append(f"{g.title} {h}" if named and j == 0 else h)
     headers = [t.headers[i] for i in key] + heads
     rows = [[r[i] for i in key] + [r[c] for c in cols] for r in t.rows if any(r[c] for c in cols)]
     title = " · ".join(g.title for g in groups)
