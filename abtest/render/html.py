@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import re
@@ -50,9 +51,10 @@ th, td { padding: 3px 10px; border-bottom: 1px solid var(--line); vertical-align
 th { text-align: left; background: var(--bg-alt); font-weight: 600; }
 tbody th { white-space: nowrap; }
 td.num, th.num { text-align: right; white-space: nowrap; }
+td code { white-space: nowrap; }
 tbody tr:hover { background: #eef3fb; }
 figure { margin: 14px 0; }
-figure svg { max-width: 100%; height: auto; display: block; }
+figure svg, figure img { max-width: 100%; height: auto; display: block; }
 footer { margin-top: 40px; color: var(--dim); font-size: 12px; }
 """
 
@@ -241,3 +243,61 @@ _TREND_EMPTY = {"vram_peak_mib": "no VRAM on any night (no GPU, or no NVML, to s
 
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# ------------------------------------------------------------------------------------------------
+# The sweep: its Markdown (render/sweep.py) as a page, with its plot inline
+
+
+def _inline(text: str) -> str:
+    """The inline Markdown the sweep writes: `code`, **bold**, _italic_ (escaped first)."""
+    out = esc(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"(?<![\w])_(.+?)_(?![\w])", r"<em>\1</em>", out)
+
+
+def markdown_html(md: str) -> list[str]:
+    """The Markdown abtest's renderers write (headings, paragraphs, bullets, pipe tables) as HTML
+    fragments; nothing else is promised."""
+    out: list[str] = []
+    blocks = re.split(r"\n\s*\n", md.strip())
+    for block in blocks:
+        lines = block.splitlines()
+        if lines[0].startswith("#"):
+            level = len(lines[0]) - len(lines[0].lstrip("#"))
+            out.append(f"<h{min(level + 1, 4)}>{_inline(lines[0].lstrip('#').strip())}</h{min(level + 1, 4)}>")
+            lines = lines[1:]
+            if not lines:
+                continue
+        if all(line.startswith("|") for line in lines) and len(lines) >= 2:
+            def cells(line: str) -> list[str]:
+                return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            align = ["num" if c.endswith(":") else "" for c in cells(lines[1])]
+            head = "".join(f'<th class="{a}">{_inline(h)}</th>' for h, a in zip(cells(lines[0]), align, strict=False))
+            body = "".join("<tr>" + "".join(f'<td class="{a}">{_inline(c)}</td>' for c, a in
+                                            zip(cells(line), align, strict=False)) + "</tr>" for line in lines[2:])
+            out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+        elif all(line.startswith(("- ", "  ")) for line in lines):
+            items = re.split(r"\n(?=- )", "\n".join(lines))
+            out.append("<ul>" + "".join(f"<li>{_inline(' '.join(i[2:].split()))}</li>" for i in items) + "</ul>")
+        else:
+            out.append(f"<p>{_inline(' '.join(lines))}</p>")
+    return out
+
+
+def render_sweep_html(markdown: str, title: str, png: bytes | None = None) -> str:
+    """A sweep's report (`render.sweep.render_markdown` or `frontier_markdown`) as one page, its
+    plot (PNG bytes of `render.sweep.write_plot`) inline as a data URI."""
+    body = markdown_html(markdown)
+    if body and body[0].startswith("<h2>"):
+        body = body[1:]  # the page's own h1 says it
+    if png:
+        uri = "data:image/png;base64," + base64.b64encode(png).decode()
+        body.insert(min(2, len(body)), f'<figure id="fig-sweep"><img src="{uri}" alt="decode tok/s and TTFT '
+                    'against VRAM per setting"><figcaption>decode tok/s and TTFT against VRAM, one point per '
+                    "setting (95 % intervals; ★ frontier)</figcaption></figure>")
+    nav = [re.sub(r"<[^>]+>", "", b)[0:80] for b in body if b.startswith("<h3>")]
+    body = [b.replace("<h3>", f'<h3 id="{slug(re.sub(r"<[^>]+>", "", b))}">', 1) if b.startswith("<h3>") else b
+            for b in body]
+    return page(title, [], ['<section id="sweep">', *body, "</section>"], nav)

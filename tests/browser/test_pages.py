@@ -95,6 +95,23 @@ def test_nightly_index_shows_tonight_trends_and_links(chromium, tmp_path):
     assert view.console_errors == [] and view.requests == []
 
 
+def test_sweep_page_shows_its_advice_and_plot(chromium, tmp_path):
+    from abtest.analysis.sweep import report_from_file
+    from abtest.render.html import render_sweep_html
+    from abtest.render.sweep import render_markdown, write_plot
+
+    rep = report_from_file(DOCS / "results" / "sweep" / "20261122T224604-gpt-oss-20b-like-q4_0-seed0.jsonl")
+    png = write_plot(rep, tmp_path / "plot.png")
+    assert png is not None
+    page = tmp_path / "sweep.html"
+    page.write_text(render_sweep_html(render_markdown(rep), "abtest sweep", png.read_bytes()), encoding="utf-8")
+    view = open_page(page.as_uri())
+    assert "with 9 GiB, use --n-cpu-moe 7" in _squash(view.text)
+    assert "What limits speed" in view.headings
+    assert len(view.graphics) == 1 and view.graphics[0]["width"] > 300 and view.graphics[0]["height"] > 100
+    assert view.console_errors == [] and view.requests == []
+
+
 def test_the_probe_sees_a_console_error_and_a_request(chromium, tmp_path):
     """The checks above can fail: a page that logs an error and fetches an image is caught."""
     page = tmp_path / "bad.html"

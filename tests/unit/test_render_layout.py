@@ -198,3 +198,14 @@ def test_every_help_has_an_example():
         assert res.exit_code == 0, path
         assert "Example" in res.output, f"abtest {' '.join(path)} --help has no example"
         assert any(line.lstrip().startswith(" ".join(("abtest", *path))) for line in res.output.splitlines()), path
+
+
+def test_sweep_markdown_becomes_a_page_with_its_tables():
+    from abtest.render.html import markdown_html, render_sweep_html
+
+    md = "# t\n\n**with 9 GiB, use `--n-cpu-moe 7`**\n\n| N | v |\n|---|---:|\n| 7 | 8.8 |\n\n## more\n\n- a\n- b <x>\n"
+    frags = markdown_html(md)
+    assert frags[0] == "<h2>t</h2>" and "<strong>with 9 GiB, use <code>--n-cpu-moe 7</code></strong>" in frags[1]
+    assert '<td class="num">8.8</td>' in frags[2] and "<li>b &lt;x&gt;</li>" in frags[-1]
+    page = render_sweep_html(md, "abtest sweep", b"\x89PNG")
+    assert page.count("data:image/png;base64,") == 1 and "<script" not in page
