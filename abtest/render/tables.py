@@ -89,8 +89,10 @@ def _words(s: str) -> int:
 
 def may_wrap(cell: str) -> bool:
     """Whether a cell may be broken at its spaces: words may ("H100 80GB HBM3"), a figure never
-    ("170.9 ± 34.94", "+472 % (+398 % … +560 %)", "20 (0)")."""
-    return any("a" <= ch.lower() <= "z" for ch in cell)
+    ("170.9 ± 34.94", "+472 % (+398 % … +560 %)", "20 (0)"), with its unit words neither
+    ("5.6× slower (5.4–5.8×)")."""
+    head = cell.lstrip()[:1]
+    return bool(head) and head.isalpha() and any("a" <= ch.lower() <= "z" for ch in cell)
 
 
 def column_widths(t: Table, *, wrap_headers: bool = True, wrap_text: bool = False) -> list[int]:
@@ -106,19 +108,25 @@ def column_widths(t: Table, *, wrap_headers: bool = True, wrap_text: bool = Fals
 
 def layout_widths(t: Table, width: int, pad: int = 2) -> list[int] | None:
     """Column widths that fit `t` in `width` with no figure broken over lines (headers and words
-    may wrap), the room left shared by the columns that wrap; None when it cannot fit."""
+    may wrap), the room left given to the columns that would wrap most; None when it cannot fit."""
+    full = column_widths(t, wrap_headers=False)
     natural = column_widths(t)
     least = column_widths(t, wrap_text=True)
     gaps = pad * max(0, len(natural) - 1)
+    if sum(full) + gaps <= width:
+        return full
+
+    def spread(base: list[int], top: list[int]) -> list[int]:
+        spare = width - gaps - sum(base)
+        want = [b - a for a, b in zip(base, top, strict=True)]
+        total = sum(want) or 1
+        return [a + min(w, (spare * w) // total) for a, w in zip(base, want, strict=True)]
+
     if sum(natural) + gaps <= width:
-        return natural
-    if sum(least) + gaps > width:
-        return None
-    spare = width - gaps - sum(least)
-    want = [n - m for n, m in zip(natural, least, strict=True)]
-    total = sum(want) or 1
-    out = [m + (spare * w) // total for m, w in zip(least, want, strict=True)]
-    return out
+        return spread(natural, full)
+    if sum(least) + gaps <= width:
+        return spread(least, natural)
+    return None
 
 
 def table_width(t: Table, *, wrap_headers: bool = True, pad: int = 2) -> int:

@@ -87,6 +87,7 @@ def test_a_wide_table_splits_by_its_groups_keeping_an_arm_with_its_comparison():
 
 def test_figures_never_wrap_words_may():
     assert not may_wrap("170.9 ± 34.94") and not may_wrap("+472 % (+398 % … +560 %)") and not may_wrap("20 (0)")
+    assert not may_wrap("5.6× slower (5.4–5.8×)")
     assert may_wrap("H100 80GB HBM3")
     t = Table("", ["item", "a"], [["device", "H100 80GB HBM3"], ["mean", "170.9 ± 34.94"]])
     assert layout_widths(t, 22) is not None  # the device name wraps, the figure does not
@@ -100,7 +101,7 @@ def _terminal(report, width: int) -> list[str]:
     return con.export_text().splitlines()
 
 
-@pytest.mark.parametrize("width", [80, 100])
+@pytest.mark.parametrize("width", [80, 100, 160])
 def test_terminal_report_fits_the_terminal_and_breaks_no_number(h100, width):
     lines = _terminal(h100, width)
     from rich.cells import cell_len
