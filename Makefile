@@ -3,7 +3,8 @@
 #               upcycle them into a 4-expert MoE, run baseline vs --cpu-moe vs the dense original,
 #               print the report (about 7 min on a busy 2-core box with the build cached)
 #   make demo-synth   the same on the random-weight tiny-moe (no download)
-#   make test   the test suite (builds llama-server first if no cached build exists)
+#   make test   the test suite (builds llama-server first if no cached build exists, and installs
+#               Debian's chromium for the browser tests when it is missing and we are root)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,7 +14,7 @@ DEMO_RUNS    ?= 2
 DEMO_BUCKETS ?= tok8,tok128
 DEMO_MAX_TOKENS ?= 64
 
-.PHONY: venv server demo demo-synth test unit check clean
+.PHONY: venv server browser demo demo-synth test unit check clean
 
 # The distribution was called `abtest` before it became `abtest-llm`: an older .venv loses that
 # copy first (-qq: no "not installed" warning on a fresh one). `.[dev]` brings the setuptools
@@ -49,8 +50,19 @@ demo-synth: server
 	$(ABTEST) run --model tiny-moe --runs $(RUNS) --out evidence | tee .last-run
 	$(ABTEST) report "$$(tail -n 1 .last-run)"
 
+# The browser tests (tests/browser) open the HTML pages in Debian's chromium, never a browser a
+# pip package downloads. Installed only when missing and only as root (about a minute and 112 MB
+# of packages, 463 MB on disk, on Debian 12); otherwise it says how. With CI=true the browser
+# tests fail without it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests (apt-get, ~112 MB)"; \
+	    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "no chromium: the browser tests will skip (fail with CI=true); as root: apt-get install -y chromium"; fi; }
+
 # pytest exits 5 when a selection holds no test: that is not a failure of the suite.
-test: server
+test: server browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 unit: venv

@@ -78,3 +78,41 @@ def fmt_gib(mib: float | None, digits: int = 2) -> str:
 
 def fmt_fixed(v: float, digits: int = 1) -> str:
     return f"{v:.{digits}f}" if v is not None and math.isfinite(v) else "—"
+
+
+# A change this large or larger reads better as a factor ("5.9× slower") than as a percentage.
+FACTOR_FROM = 1.5
+
+
+def fmt_factor(f: float) -> str:
+    """A speed factor: 5.94 -> "5.9×", 12.3 -> "12×", 1.52 -> "1.5×"; "—" when missing."""
+    if f is None or not math.isfinite(f) or f <= 0:
+        return "—"
+    return f"{f:.0f}×" if f >= 10 else f"{f:.1f}×"
+
+
+def speed_factor(delta: float, higher_is_better: bool) -> tuple[float, bool]:
+    """A ratio of means minus 1 (Δ) as hyperfine's factor: (how many times, slower?).
+
+    For a rate (higher is better) Δ −0.83 is 1/0.17 = 5.9× slower; for a time (lower is better)
+    Δ +4.72 is 5.7× slower; the factor is always ≥ 1."""
+    ratio = 1.0 + delta
+    if not math.isfinite(ratio) or ratio <= 0:
+        return math.nan, False
+    slower = ratio < 1 if higher_is_better else ratio > 1
+    return (max(ratio, 1 / ratio), slower)
+
+
+def fmt_speed(delta: float, higher_is_better: bool, low: float = math.nan, high: float = math.nan) -> str:
+    """Δ as words a person reads: "5.9× slower (5.6–6.2×)" when the factor is ≥ `FACTOR_FROM`,
+    else "" (the percentage reads better then). The interval (Δ's) is shown when both ends are
+    on the same side of 1."""
+    f, slower = speed_factor(delta, higher_is_better)
+    if not math.isfinite(f) or f < FACTOR_FROM:
+        return ""
+    out = f"{fmt_factor(f)} {'slower' if slower else 'faster'}"
+    ends = [speed_factor(x, higher_is_better) for x in (low, high)]
+    if all(math.isfinite(e[0]) and e[1] == slower and e[0] > 1 for e in ends):
+        lo, hi = sorted(e[0] for e in ends)
+        out += f" ({fmt_factor(lo).rstrip('×')}–{fmt_factor(hi)})"
+    return out

@@ -4,7 +4,9 @@
 #
 # Runs `abtest run` for each configured model into EVIDENCE_DIR/YYYY-MM-DD/, makes tonight's report
 # and gates tonight (`abtest report --history --night`), prunes evidence older than RETENTION_DAYS,
-# logs everything to EVIDENCE_DIR/nightly.log and prints a short summary on stdout.
+# logs everything to EVIDENCE_DIR/nightly.log and prints a short summary on stdout. Writes
+# EVIDENCE_DIR/index.html: trends per (model, arm), tonight's gate, links to each night's report.
+# --night YYYY-MM-DD files tonight under that date instead of today's (a backfill, a test).
 # Exit codes (docs/cli.md): 0 ok or no verdict yet, 1 regression found, 2 usage error, 3 missing
 # binary or model, 4 partial run, 5 no evidence tonight (or a model/arm missing), 75 busy.
 set -uo pipefail
@@ -17,10 +19,16 @@ EXIT_BUSY=75
 here="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)"
 export PATH="$here/.venv/bin:/usr/local/bin:/usr/bin:/bin"
 config="$here/scripts/nightly.conf"
+night="$(date +%Y-%m-%d)"
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --night)
+      case "${2:-}" in
+        [0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]) night="$2"; shift 2 ;;
+        *) echo "nightly: --night needs a date YYYY-MM-DD, got '${2:-}'" >&2; exit "$EXIT_USAGE" ;;
+      esac ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "nightly: unknown argument $1 (see --help)" >&2; exit "$EXIT_USAGE" ;;
   esac
 done
@@ -40,7 +48,6 @@ if ! flock -n 9; then
 fi
 echo $$ > "$EVIDENCE_DIR/.nightly.pid"
 
-night="$(date +%Y-%m-%d)"
 out="$EVIDENCE_DIR/$night"
 log="$EVIDENCE_DIR/nightly.log"
 mkdir -p "$out"
@@ -66,8 +73,10 @@ abtest report "$out" --format markdown --out "$out/report" > "$out/report.md" 2>
 # The gate judges tonight's folder by name: a night whose runs wrote nothing is exit 5, never
 # the previous night judged again. Its one-line verdict (stderr) goes to the log and the summary.
 # shellcheck disable=SC2086  # REPORT_FLAGS is a list of flags
+# It also writes the index page, EVIDENCE_DIR/index.html: tonight's gate, trends per (model, arm),
+# each night linked to its report/report.html.
 abtest report --history "$EVIDENCE_DIR" --night "$night" --format markdown --out "$EVIDENCE_DIR/trends" \
-  $REPORT_FLAGS > "$out/history.md" 2> "$out/history.err"
+  --html "$EVIDENCE_DIR/index.html" $REPORT_FLAGS > "$out/history.md" 2> "$out/history.err"
 hist=$?
 cat "$out/history.err" >> "$log"
 say "history exit $hist"
@@ -76,7 +85,7 @@ say "history exit $hist"
 find "$EVIDENCE_DIR" -mindepth 1 -maxdepth 1 -type d -name '????-??-??' -mtime +"$RETENTION_DAYS" \
   -print -exec rm -rf {} + | sed 's/^/pruned /' >> "$log"
 
-echo "abtest nightly $night: runs exit $status, history exit $hist; evidence $out"
+echo "abtest nightly $night: runs exit $status, history exit $hist; evidence $out; index $EVIDENCE_DIR/index.html"
 head -n 20 "$out/history.md" 2>/dev/null
 tail -n 3 "$out/history.err" 2>/dev/null
 # A regression first; else the runs' own code (it names the cause: 3 a model file gone, 4 a

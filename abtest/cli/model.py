@@ -32,7 +32,12 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
-@click.group()
+@click.group(epilog="""\b
+Examples:
+  abtest model list
+  abtest model synth tiny-moe.gguf --preset tiny-moe
+  abtest model info tiny-moe.gguf
+""")
 def model() -> None:
     """Known models, synthetic random-weight models, SHA256s and GGUF metadata."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,11 +11,12 @@ from rich.console import Console
 
 from ..analysis.arms import load_evidence
 from ..analysis.cost import DEFAULT_GPU_HOUR_COST
-from ..analysis.gate import Thresholds, evaluate_history, raise_for_outcome
+from ..analysis.gate import HistoryResult, Thresholds, evaluate_history, raise_for_outcome
 from ..analysis.nights import load_history
 from ..analysis.report import build_report
 from ..errors import ConfigError
 from ..render.history import history_markdown, history_terminal, render_history
+from ..render.html import render_history_html, render_html
 from ..render.report import render, render_csv, render_markdown, terminal_renderable
 
 EPILOG = """\b
@@ -22,7 +24,9 @@ Examples:
   abtest report evidence/run-2026-11-20.jsonl
   abtest report evidence/ --baseline baseline --format markdown > report.md
   abtest report evidence/*.jsonl --out out/ --gpu-hour-cost 2.10
+  abtest report evidence/*.jsonl --format html > report.html
   abtest report --history evidence/nightly --format markdown --out out/trends
+  abtest report --history evidence/nightly --html evidence/nightly/index.html
 
 \b
 With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; tonight (--night,
@@ -31,7 +35,7 @@ the same configuration. Exits 1 on a regression, 5 when tonight (or a model/arm 
 nights) has no evidence, 0 otherwise: also with too few nights, where it says "no verdict yet".
 """
 
-FORMATS = ["terminal", "markdown", "csv", "json"]
+FORMATS = ["terminal", "markdown", "csv", "json", "html"]
 
 
 @click.command(epilog=EPILOG)
@@ -46,7 +50,11 @@ FORMATS = ["terminal", "markdown", "csv", "json"]
               help="Arm the others are compared with (default: an arm named baseline, else the config's first).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="terminal", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write report.md, report.json, report.csv and PNG plots to this directory.")
+              help="Also write report.md, report.json, report.csv, report.html (one self-contained page) "
+                   "and PNG plots to this directory, and name them.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the page as one self-contained HTML file here (with --history: the nightly "
+                   "index, trends per model and arm and links to each night's report/report.html).")
 @click.option("--gpu-hour-cost", type=click.FloatRange(min=0), default=DEFAULT_GPU_HOUR_COST, show_default=True,
               help="USD per GPU-hour for the cost columns.")
 @click.option("--slo", metavar="OBJECTIVES",
@@ -79,6 +87,7 @@ def report(
     baseline: str | None,
     fmt: str,
     out_dir: Path | None,
+    html_path: Path | None,
     gpu_hour_cost: float,
     slo: str | None,
     allow_mixed_models: bool,
@@ -97,8 +106,10 @@ def report(
     and p95 of TTFT, ITL, decode tok/s and end-to-end time; deltas against the baseline with 95 %
     confidence intervals and p-values; VRAM and host memory; output equivalence; cost per 1M tokens.
     """
-    # Piped or in CI there is no terminal to size from: use a width the tables fit in.
-    out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+    # Piped or in CI there is no terminal to size from: use a width the tables fit in (COLUMNS wins).
+    sized = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    out = Console(highlight=False, soft_wrap=False, width=None if sized else 160)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     if history_dir is not None:
         if files:
             raise click.UsageError("pass evidence FILES or --history DIR, not both")
@@ -108,11 +119,16 @@ def report(
         if out_dir is not None:
             from ..render import plots
 
-            _write(out_dir / "history.md", history_markdown(result))
-            _write(out_dir / "history.json", render_history(result, "json"))
-            plots.write_history_plots(result, out_dir)
+            written = [_write(out_dir / "history.md", history_markdown(result)),
+                       _write(out_dir / "history.json", render_history(result, "json")),
+                       *plots.write_history_plots(result, out_dir)]
+            _say_written(err, out_dir, written)
+        if html_path is not None:
+            _say_written(err, html_path.parent, [_write(html_path, _history_page(result, history_dir, html_path))])
         if fmt == "terminal":
             out.print(history_terminal(result))
+        elif fmt == "html":
+            click.echo(_history_page(result, history_dir, Path("index.html")), nl=False)
         else:
             click.echo(render_history(result, fmt), nl=False)
         raise_for_outcome(result)
@@ -137,19 +153,49 @@ def report(
     if out_dir is not None:
         from ..render import plots
 
-        _write(out_dir / "report.md", render_markdown(data))
-        _write(out_dir / "report.json", render(data, "json"))
-        _write(out_dir / "report.csv", render_csv(data))
-        plots.write_report_plots(data, out_dir)
+        written = [_write(out_dir / "report.md", render_markdown(data)),
+                   _write(out_dir / "report.json", render(data, "json")),
+                   _write(out_dir / "report.csv", render_csv(data)),
+                   *plots.write_report_plots(data, out_dir)]
+        written.append(_write(out_dir / "report.html", render_html(data, plots.report_svgs(data))))
+        _say_written(err, out_dir, written)
+    if html_path is not None:
+        from ..render import plots
+
+        _say_written(err, html_path.parent, [_write(html_path, render_html(data, plots.report_svgs(data)))])
     if fmt == "terminal":
-        out.print(terminal_renderable(data))
+        out.print(terminal_renderable(data, width=out.width))
+    elif fmt == "html":
+        from ..render import plots
+
+        click.echo(render_html(data, plots.report_svgs(data)), nl=False)
     else:
         click.echo(render(data, fmt), nl=False)
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write {path} ({exc.strerror}) — pass another --out") from exc
+    return path
+
+
+def _history_page(result: HistoryResult, history_dir: Path, page: Path) -> str:
+    """The nightly index, linking each night's report page (DIR/NIGHT/report/report.html, as
+    scripts/nightly.sh writes it) where it exists, relative to where the page is written."""
+    from ..render import plots
+
+    links = {}
+    for night in result.nights:
+        target = history_dir / night / "report" / "report.html"
+        if target.is_file():
+            links[night] = Path(os.path.relpath(target, page.parent)).as_posix()
+    return render_history_html(result, plots.history_svgs(result), links)
+
+
+def _say_written(err: Console, out_dir: Path, written: list[Path]) -> None:
+    """Name the files `--out` wrote (on stderr: stdout may be the report itself)."""
+    names = ", ".join(p.name for p in written)
+    err.print(f"wrote {len(written)} file{'s' if len(written) != 1 else ''} to {out_dir}/: {names}")

@@ -24,7 +24,12 @@ err = Console(stderr=True, highlight=False, markup=False)
 out = Console(highlight=False, markup=False)
 
 
-@click.group()
+@click.group(epilog="""\b
+Examples:
+  abtest server install --cpu --if-missing
+  abtest server list
+  abtest server info --json
+""")
 def server() -> None:
     """Build, find and describe llama-server (cached per machine in $ABTEST_CACHE or ~/.cache/abtest)."""
 
@@ -111,7 +116,12 @@ def install_cmd(
     click.echo(str(binary.path))
 
 
-@server.command("info")
+@server.command("info", epilog="""\b
+Examples:
+  abtest server info
+  abtest server info --build new --json     # the build `server install --name new` made
+  abtest server info --server-bin ~/llama.cpp/build/bin/llama-server
+""")
 @click.option(
     "--server-bin",
     type=click.Path(path_type=Path),
@@ -163,7 +173,10 @@ def info_cmd(server_bin: Path | None, build_ref: str | None, backend: str | None
     out.print(t)
 
 
-@server.command("list")
+@server.command("list", epilog="""\b
+Example:
+  abtest server list    # id, backend, version, name and path of each cached build
+""")
 def list_cmd() -> None:
     """The builds in the cache, newest first."""
     found = srv.list_builds()

@@ -218,14 +218,24 @@ def _outputs(evidence: str | Path, out_dir: Path, console: Console | None = None
 
     reps, points = frontier_from_file(evidence)
     md, png = write_outputs(reps[0], out_dir)
+    page = _html_page(out_dir / "sweep-report.html", render_markdown(reps[0]), f"abtest sweep: {reps[0].model}", png)
     if len(reps) == 1:
         if console is not None:
-            console.print(f"report: {md}" + (f", plot: {png}" if png else ""))
+            console.print(f"report: {md}, {page}" + (f", plot: {png}" if png else ""))
         return render_markdown(reps[0])
     text = frontier_markdown(reps, points)
     fmd = out_dir / "sweep-frontier.md"
     fmd.write_text(text, encoding="utf-8")
     fpng = write_frontier_plot([(reps[0].budget_mib, points)], out_dir / "sweep-frontier.png", reps[0].model)
+    fpage = _html_page(out_dir / "sweep-frontier.html", text, f"abtest sweep frontier: {reps[0].model}", fpng)
     if console is not None:
-        console.print(f"report: {fmd}" + (f", plot: {fpng}" if fpng else ""))
+        console.print(f"report: {fmd}, {fpage}" + (f", plot: {fpng}" if fpng else ""))
     return text
+
+
+def _html_page(path: Path, markdown: str, title: str, png: Path | None) -> Path:
+    """The Markdown report beside it as one self-contained page, its plot inline."""
+    from ..render.html import render_sweep_html
+
+    path.write_text(render_sweep_html(markdown, title, png.read_bytes() if png else None), encoding="utf-8")
+    return path

@@ -1,4 +1,4 @@
-"""The nightly gate's result rendered: a chat-sized Markdown summary, the terminal table, JSON and CSV."""
+"""The nightly gate's result rendered: a chat-sized Markdown summary, the terminal table, JSON and CSV (HTML: render/html.py)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def _tables(result: HistoryResult) -> list[Table]:
     """One table per model: the model's name is its title, so the rows stay narrow."""
     models = list(dict.fromkeys(c.model for c in result.checks))
     return [Table(m, HEADERS, _rows([c for c in result.checks if c.model == m]), RIGHT) for m in models]
+
+
+def check_tables(result: HistoryResult) -> list[Table]:
+    """Tonight's checks, one table per model (what every format shows)."""
+    return _tables(result)
+
+
+def summary_lines(result: HistoryResult) -> list[str]:
+    """The lines under the headline, failures first (what every format shows)."""
+    return _bullets(result)
 
 
 def _plural(n: int, word: str) -> str:

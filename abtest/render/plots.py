@@ -6,7 +6,9 @@ pyplot, so importing this module changes no global backend and no window ever op
 
 from __future__ import annotations
 
+import io
 import math
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +24,14 @@ if TYPE_CHECKING:
 
 DPI = 110
 
+# While set (`_captured`), figures are kept as SVG text under their file's stem instead of written.
+_CAPTURE: ContextVar[list[tuple[str, str]] | None] = ContextVar("_CAPTURE", default=None)
+
 
 def _out_dir(out: Path | str) -> Path:
     d = Path(out)
+    if _CAPTURE.get() is not None:
+        return d
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -34,11 +41,48 @@ def _out_dir(out: Path | str) -> Path:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
+    sink = _CAPTURE.get()
+    if sink is not None:
+        sink.append((path.stem, _svg(fig)))
+        return path
     try:
         fig.savefig(path, dpi=DPI, bbox_inches="tight")
     except OSError as exc:
         raise ConfigError(f"cannot write {path} ({exc.strerror}) — pass another --out") from exc
     return path
+
+
+def _svg(fig: Figure) -> str:
+    """The figure as SVG text, the same bytes for the same figure (no date, fixed ids)."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "abtest", "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # the XML prolog and doctype do not belong inside HTML
+
+
+def report_svgs(report: Report) -> list[tuple[str, str]]:
+    """The figures of `write_report_plots` as (name, SVG text), written nowhere: what the HTML
+    report inlines."""
+    token = _CAPTURE.set([])
+    try:
+        write_report_plots(report, Path("."))
+        return list(_CAPTURE.get() or [])
+    finally:
+        _CAPTURE.reset(token)
+
+
+def history_svgs(result: HistoryResult) -> list[tuple[str, str]]:
+    """The figures of `write_history_key_plots` as (name, SVG text), written nowhere: the nightly
+    index inlines them."""
+    token = _CAPTURE.set([])
+    try:
+        write_history_key_plots(result, Path("."))
+        return list(_CAPTURE.get() or [])
+    finally:
+        _CAPTURE.reset(token)
 
 
 def _safe(name: str) -> str:
@@ -195,7 +239,8 @@ def _memory_breakdown(report: Report, path: Path) -> Path | None:
         if isinstance(buffers, dict) and buffers:
             for dev, kinds in buffers.items():
                 if isinstance(kinds, dict):
-                    rows.append((f"{m.group} · {dev}", {k: float(v) for k, v in kinds.items()
+                    where = "host" if dev.upper().startswith("CPU") or dev.endswith("_Host") else "GPU"
+                    rows.append((f"{m.group} · {where} {dev}", {k: float(v) for k, v in kinds.items()
                                                         if isinstance(v, (int, float))}))
     if not rows:
         for m in report.memory:
@@ -209,15 +254,19 @@ def _memory_breakdown(report: Report, path: Path) -> Path | None:
     left = np.zeros(len(rows))
     for k in kinds:
         gib = np.array([r.get(k, 0.0) for _, r in rows]) / 1024.0
-        ax.barh(range(len(rows)), gib, left=left, label=k.removesuffix("_mib"))
+        ax.barh(range(len(rows)), gib, left=left, label=_BUFFER_LABEL.get(k, k.removesuffix("_mib")))
         left += gib
     ax.set_yticks(range(len(rows)), [lab for lab, _ in rows])
     ax.invert_yaxis()
     ax.set_xlabel("GiB")
     ax.set_title("memory breakdown per arm (llama-server buffers)")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+_BUFFER_LABEL = {"model_mib": "model weights", "kv_mib": "KV cache", "compute_mib": "compute buffer",
+                 "output_mib": "output buffer", "rs_mib": "recurrent state"}
 
 
 def write_history_plots(result: HistoryResult, out: Path | str) -> list[Path]:
@@ -255,3 +304,40 @@ _METRIC_LABEL: dict[str, Any] = {
     "ttft_ms": "TTFT ms (nightly median)",
     "vram_peak_mib": "peak VRAM MiB",
 }
+
+
+def write_history_key_plots(result: HistoryResult, out: Path | str) -> list[Path]:
+    """One figure per (model, arm): decode tok/s, TTFT and peak VRAM over the nights, each with
+    the trailing-window median tonight was judged against (dotted), tonight's regression marked ✕
+    and every provenance change of the key as a dashed vertical line."""
+    d = _out_dir(out)
+    paths = []
+    keys = list(dict.fromkeys(s.key for s in result.series))
+    for key in keys:
+        mine = {s.metric: s for s in result.series if s.key == key}
+        metrics = [m for m in result.metrics if m in mine and np.isfinite(mine[m].values).any()]
+        if not metrics:
+            continue
+        fig = Figure(figsize=(3.6 * len(metrics), 3.0))
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        changes = [ch for ch in result.changes if ch.key == key]
+        for ax, metric in zip(axes, metrics, strict=True):
+            s = mine[metric]
+            x = np.arange(len(s.nights))
+            ax.plot(x, s.values, "o-", ms=3.5, lw=1.3, color="#2456a6")
+            check = next((c for c in result.checks if c.key == key and c.metric == metric), None)
+            if check is not None and math.isfinite(check.reference):
+                ax.axhline(check.reference, color="#5b6270", ls=":", lw=1)
+                if check.regression and np.isfinite(s.values[-1]):
+                    ax.plot([x[-1]], [s.values[-1]], "x", ms=11, mew=2.5, color="#c0261c")
+            for ch in changes:
+                if ch.night in s.nights:
+                    ax.axvline(s.nights.index(ch.night) - 0.5, color="#8a5a00", ls="--", lw=1)
+            step = max(1, len(s.nights) // 8)
+            ax.set_xticks(range(0, len(s.nights), step), [s.nights[i][5:] for i in range(0, len(s.nights), step)],
+                          rotation=30, fontsize=8)
+            ax.set_title(_METRIC_LABEL.get(metric, metric), fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(axis="y", labelsize=8)
+        paths.append(_save(fig, d / f"trend_{_safe(key[0])}__{_safe(key[1])}.png"))
+    return paths

@@ -19,8 +19,18 @@ from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
 from ..analysis.verdict import VerdictLine
 from ..errors import ConfigError
-from ..fmt import fmt_count, fmt_gib, fmt_money, fmt_num, fmt_p_cell, fmt_pct
-from .tables import Section, Table, cell, flatten, markdown_table
+from ..fmt import fmt_count, fmt_gib, fmt_money, fmt_num, fmt_p_cell, fmt_pct, fmt_speed
+from .tables import (
+    ColumnGroup,
+    Section,
+    Table,
+    cell,
+    fit_width,
+    flatten,
+    layout_widths,
+    markdown_table,
+    records,
+)
 
 
 def _mean_pm(s: stats.Summary) -> str:
@@ -32,7 +42,7 @@ def _mean_pm(s: stats.Summary) -> str:
 
 
 def provenance_line(report: Report) -> str:
-    shas = sorted({p.model_sha256[:12] for p in report.provenance if p.model_sha256})
+    shas = sorted({p.model_sha256 for p in report.provenance if p.model_sha256})
     builds = sorted({p.server_build for p in report.provenance})
     gpus = sorted({p.gpu for p in report.provenance})
     dates = sorted({d for p in report.provenance for d in p.date.split(", ")})
@@ -73,7 +83,7 @@ def _bucket_section(report: Report) -> Section:
     bucket_order = list(dict.fromkeys(s.bucket for s in report.buckets))
     sec = Section("Latency and throughput per bucket",
                   paragraphs=["mean ± σ, then median and p95 over requests; Δ is the arm's mean over the "
-                              "baseline's. Its 95 % interval and p-value count server sessions, not requests: "
+                              "baseline's, and ratio the same as a factor where it is 1.5× or more. Its 95 % interval and p-value count server sessions, not requests: "
                               "one t statistic on the log ratio whose error is the spread between sessions "
                               "(never less than the spread within them), so the interval excludes 0 exactly "
                               "when p < 0.05. They are unadjusted; the verdict adjusts the ones it quotes "
@@ -90,16 +100,22 @@ def _bucket_section(report: Report) -> Section:
         comps = {(c.group, c.metric): c for c in report.comparisons if c.bucket == bucket}
         delta_groups = [g for g in groups if any((g, m.key) in comps for m in METRICS)]
         headers = ["metric"]
+        col_groups = []
         for g in groups:
+            col_groups.append(ColumnGroup(g, list(range(len(headers), len(headers) + 3)), ["mean ± σ", "p50", "p95"],
+                                          unit=g))
             headers += [g, "p50", "p95"]
         for g in delta_groups:
-            headers += [f"Δ {g} (95 % CI)", "p"]
+            col_groups.append(ColumnGroup(f"{g} vs {report.paired_baseline.get(g, report.baseline)}",
+                                          list(range(len(headers), len(headers) + 3)), [f"Δ vs {report.paired_baseline.get(g, report.baseline)} (95 % CI)", "ratio", "p"],
+                                          unit=g))
+            headers += [f"Δ {g} (95 % CI)", "ratio", "p"]
         rows = []
         n_row = ["n (failed)"]
         for g in groups:
             s = rows_by_group[g]
             n_row += [f"{s.n - s.n_failed} ({s.n_failed})", "", ""]
-        n_row += ["", ""] * len(delta_groups)
+        n_row += ["", "", ""] * len(delta_groups)
         rows.append(n_row)
         for m in METRICS:
             row = [f"{m.label} {m.unit}"]
@@ -111,12 +127,20 @@ def _bucket_section(report: Report) -> Section:
             for g in delta_groups:
                 c = comps.get((g, m.key))
                 if c is None or not math.isfinite(c.ci.delta):
-                    row += ["—", "—"]
+                    row += ["—", "", "—"]
                     continue
                 ci = (f" ({fmt_pct(c.ci.low)} … {fmt_pct(c.ci.high)})" if math.isfinite(c.ci.low) else "")
-                row += [f"{fmt_pct(c.ci.delta)}{ci}", fmt_p_cell(c.p_value, missing="n/a")]
+                row += [f"{fmt_pct(c.ci.delta)}{ci}", fmt_speed(c.ci.delta, m.higher_is_better, c.ci.low, c.ci.high),
+                        fmt_p_cell(c.p_value, missing="n/a")]
             rows.append(row)
-        sec.tables.append(Table(f"bucket: {bucket}", headers, rows, right=set(range(1, len(headers)))))
+        # split narrow as: the baselines, then each arm beside its comparison
+        order = [cg for cg in col_groups[:len(groups)] if cg.title in report.baseline_groups]
+        for cg in col_groups[:len(groups)]:
+            if cg not in order:
+                order += [cg] + [d for d in col_groups[len(groups):] if d.title.startswith(f"{cg.title} vs ")]
+        order += [cg for cg in col_groups if cg not in order]
+        sec.tables.append(Table(f"bucket: {bucket}", headers, rows, right=set(range(1, len(headers))),
+                                groups=order))
     return sec
 
 
@@ -236,12 +260,15 @@ def _memory_section(report: Report) -> Section:
         "anon is heap, file is mmapped model pages resident in RAM."])
     mem_sec.tables.append(Table("", ["arm", "VRAM after load", "VRAM peak", "Δ peak", "device peak",
                                      "RSS anon peak", "RSS file peak", "samples"], mem_rows, right=set(range(1, 8))))
-    keys = list(dict.fromkeys(k for mr in report.memory for k, _ in flatten(mr.breakdown)))
-    if keys:
-        flat = {mr.group: dict(flatten(mr.breakdown)) for mr in report.memory}
-        rows = [[k] + [cell(flat[g].get(k)) for g in report.groups] for k in keys]
-        mem_sec.tables.append(Table("memory breakdown (from the server log)", ["item"] + list(report.groups), rows,
-                                    right=set(range(1, len(report.groups) + 1))))
+    flat = {mr.group: dict(flatten(mr.breakdown)) for mr in report.memory}
+    keys = list(dict.fromkeys(k for mr in report.memory for k in flat[mr.group]))
+    for title, part in (("llama-server's memory table at exit, MiB", "exit_table."),
+                        ("llama-server's buffers at load, MiB", "buffers."), ("load", "")):
+        mine = [k for k in keys if k.startswith(part) and (part or not k.startswith(("exit_table.", "buffers.")))]
+        if mine:
+            rows = [[breakdown_label(k)] + [_breakdown_cell(flat[g].get(k)) for g in report.groups] for k in mine]
+            mem_sec.tables.append(Table(title, ["item"] + list(report.groups), rows,
+                                        right=set(range(1, len(report.groups) + 1))))
     return mem_sec
 
 
@@ -254,6 +281,43 @@ def _divergence(d: Divergence) -> str:
     if d.margin is not None:
         text += f", margin {'' if d.margin_is_exact else '≥ '}{d.margin:.3g}"
     return text
+
+
+# llama-server's names for what a buffer holds (server/log.py's keys) -> what a person calls it
+_KIND_LABEL = {"model_mib": "model weights", "kv_mib": "KV cache", "context_mib": "KV cache (context)",
+               "compute_mib": "compute buffer", "output_mib": "output buffer", "rs_mib": "recurrent state",
+               "unaccounted_mib": "unaccounted", "self_mib": "used by llama-server", "total_mib": "device total",
+               "free_mib": "device free", "description": "device"}
+_TOP_LABEL = {"offloaded_layers": "layers offloaded to the GPU", "total_layers": "layers in the model",
+              "load_mode": "load mode"}
+
+
+def _is_host(device: str) -> bool:
+    """Host memory in llama-server's buffer names: CPU, CPU_Mapped, CPU_REPACK, CUDA_Host, Host."""
+    return device.upper().startswith(("CPU", "HOST")) or device.endswith("_Host")
+
+
+def breakdown_label(key: str) -> str:
+    """A flattened breakdown key as words: "exit_table.CUDA0.model_mib" -> "GPU model weights (CUDA0)",
+    "buffers.CPU_Mapped.model_mib" -> "host model weights (CPU_Mapped)"; unknown keys unchanged."""
+    if key in _TOP_LABEL:
+        return _TOP_LABEL[key]
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] in ("exit_table", "buffers"):
+        _, dev, kind = parts
+        what = _KIND_LABEL.get(kind, kind)
+        if kind in ("model_mib", "kv_mib", "context_mib", "compute_mib", "output_mib", "rs_mib"):
+            return f"{'host' if _is_host(dev) else 'GPU'} {what} ({dev})"
+        return f"{what} ({dev})"
+    if parts[0] == "fit":
+        return "fit: " + " ".join(parts[1:]).replace("_mib", " (MiB)").replace("_", " ")
+    return key
+
+
+def _breakdown_cell(v: object) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return cell(v)
+    return f"{v:,}" if isinstance(v, int) or float(v).is_integer() else fmt_num(float(v))
 
 
 def _equivalence_section(report: Report) -> Section | None:
@@ -274,8 +338,15 @@ def _equivalence_section(report: Report) -> Section | None:
         tables=[Table("", ["arm", "vs", "compared by", "greedy", "exact match", "first divergence"], rows)])
 
 
+def has_gpu(report: Report) -> bool:
+    """Whether any arm ran on a box with a GPU (the cost per GPU-hour means nothing without one)."""
+    return any(not p.gpu.startswith("no GPU") for p in report.provenance)
+
+
 def _cost_section(report: Report) -> Section:
-    """The seed reports' cost table and the throughput projection."""
+    """The seed reports' cost table and the throughput projection (priced per GPU-hour only where
+    there was a GPU)."""
+    priced = has_gpu(report)
     rows = []
     any_experts = any(cr.n_expert for cr in report.cost)
     for cr in report.cost:
@@ -284,41 +355,55 @@ def _cost_section(report: Report) -> Section:
                fmt_count(cr.total_params), fmt_count(cr.active_params)]
         if any_experts:
             row.append(f"{cr.n_expert_used}/{cr.n_expert}" if cr.n_expert else "—")
-        row.append(fmt_money(cr.cost_per_1m))
+        if priced:
+            row.append(fmt_money(cr.cost_per_1m))
         rows.append(row)
     headers = ["Model", "Tokens/sec", "First Token (ms)", "VRAM (GB)", "Total Params", "Active Params"]
     if any_experts:
         headers.append("Experts used/total")
-    headers.append("Cost/1M tokens")
+    if priced:
+        headers.append("Cost/1M tokens")
+    price = (f"cost at ${report.gpu_hour_cost:.2f} per GPU-hour." if priced else
+             "no GPU on the box, so no cost per GPU-hour (--gpu-hour-cost prices a GPU).")
     cost_sec = Section("Cost", paragraphs=[
         f"Tokens/sec is the aggregate output throughput at the concurrency measured (completion tokens over "
         f"the time the arm had requests in flight, prefill included); First Token is the median TTFT; VRAM "
-        f"is the peak of the server process in decimal GB; cost at ${report.gpu_hour_cost:.2f} per GPU-hour."],
+        f"is the peak of the server process in decimal GB; {price}"],
         tables=[Table("", headers, rows, right=set(range(1, len(headers))))])
     if report.cost:
         cols = [f"{c.group}" + (f" c={c.concurrency}" if c.concurrency != 1 else "") for c in report.cost]
         proj = [
             ["Tokens/sec"] + [fmt_num(c.tokens_per_s) for c in report.cost],
             ["Tokens/day"] + [fmt_count(c.tokens_per_day) for c in report.cost],
-            ["GPU-hours per 1B tokens"] + [fmt_num(c.gpu_hours_per_1b, 1) for c in report.cost],
-            [f"Cost per 1B tokens (${report.gpu_hour_cost:.2f}/GPU-hour)"] + [fmt_money(c.cost_per_1b) for c in report.cost],
         ]
-        cost_sec.tables.append(Table("throughput projection", ["Metric"] + cols, proj, right=set(range(1, len(cols) + 1))))
+        if priced:
+            proj += [
+                ["GPU-hours per 1B tokens"] + [fmt_num(c.gpu_hours_per_1b, 1) for c in report.cost],
+                [f"Cost per 1B tokens (${report.gpu_hour_cost:.2f}/GPU-hour)"]
+                + [fmt_money(c.cost_per_1b) for c in report.cost],
+            ]
+        cost_sec.tables.append(Table("throughput projection", ["Metric"] + cols, proj,
+                                     right=set(range(1, len(cols) + 1))))
     return cost_sec
 
 
 def _provenance_section(report: Report) -> Section:
     """Where every number came from: model, build, GPU, host, files."""
-    rows = [[p.group, f"{p.model} ({p.model_sha256[:12] or '?'})", p.server_build, p.gpu, p.host, p.date,
+    rows = [[p.group, p.model, p.model_sha256 or "?", p.server_build, p.gpu, p.host, p.date,
              p.abtest_version, ", ".join(p.files)] for p in report.provenance]
-    return Section("Provenance", tables=[Table("", ["arm", "model (sha256)", "server build", "GPU · driver",
-                                                         "host", "date", "abtest", "files"], rows)],
+    return Section("Provenance", tables=[Table("", ["arm", "model", "model sha256", "server build", "GPU · driver",
+                                                         "host", "date", "abtest", "evidence"], rows)],
                        paragraphs=[f"report by abtest {report.abtest_version}; comparisons over server "
                                    f"sessions (session-t, Holm over the verdict's metrics); drift intervals by "
                                    f"bootstrap, seed {report.seed}, {report.resamples} resamples; baseline arm: "
                                    f"{report.baseline}"
                                    + ("" if report.recognise_identical
                                       else "; arms that cannot differ are not recognised")])
+
+
+# A Markdown table wider than this (characters of its cells) is split by its column groups: what a
+# laptop shows of a rendered page without scrolling sideways.
+MARKDOWN_WIDTH = 120
 
 
 def render_markdown(report: Report) -> str:
@@ -332,15 +417,17 @@ def render_markdown(report: Report) -> str:
         if sec.bullets:
             parts.append("")
         for t in sec.tables:
-            parts.append(markdown_table(t) + "\n")
+            parts += [markdown_table(part) + "\n" for part in fit_width(t, MARKDOWN_WIDTH, pad=3)]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def terminal_renderable(report: Report) -> Any:
-    """A rich renderable of the whole report (the CLI prints it; the library does not)."""
-    from rich import box
+def terminal_renderable(report: Report, width: int | None = None) -> Any:
+    """A rich renderable of the whole report (the CLI prints it; the library does not).
+
+    `width` is the terminal's: a table wider than it is split into its column groups (one arm, or
+    one comparison, per table), and a table that still does not fit is stacked, one block per row
+    (`terminal_tables`), so no number is ever broken over lines."""
     from rich.console import Group
-    from rich.table import Table as RichTable
     from rich.text import Text
 
     items: list[Any] = [Text(f"abtest report — {provenance_line(report)}", style="bold")]
@@ -353,13 +440,41 @@ def terminal_renderable(report: Report) -> Any:
             items.append(Text(f"  ! {b}" if sec.title == "Warnings" else f"  • {b}",
                               style="yellow" if sec.title == "Warnings" else ""))
         for t in sec.tables:
-            rt = RichTable(title=t.title or None, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-            for i, h in enumerate(t.headers):
-                rt.add_column(h, justify="right" if i in t.right else "left", overflow="fold")
-            for r in t.rows:
-                rt.add_row(*r)
-            items.append(rt)
+            items += terminal_tables(t, width)
     return Group(*items)
+
+
+def terminal_tables(t: Table, width: int | None = None) -> list[Any]:
+    """One table as rich renderables no wider than `width` (None: as wide as it is)."""
+    from rich import box
+    from rich.padding import Padding
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    out: list[Any] = []
+    # rich's SIMPLE_HEAD: a space, a blank rule and a space between columns, a space at each edge
+    room = width - 2 if width else None
+    for part in (fit_width(t, room, pad=3) if room else [t]):
+        widths = layout_widths(part, room, pad=3) if room else None
+        if room and widths is None:  # stacked: a block per row, "header  value" lines
+            if part.title:
+                out.append(Text(part.title, style="italic"))
+            for name, pairs in records(part):
+                grid = RichTable.grid(padding=(0, 2))
+                grid.add_column(style="dim", no_wrap=True)
+                grid.add_column(overflow="fold")
+                for h, c in pairs:
+                    grid.add_row(h, c)
+                out += [Text(f"  {name}", style="bold"), Padding(grid, (0, 0, 0, 4))]
+            continue
+        rt = RichTable(title=part.title or None, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        for i, h in enumerate(part.headers):
+            rt.add_column(h, justify="right" if i in part.right else "left", overflow="fold",
+                          width=widths[i] if widths else None)
+        for r in part.rows:
+            rt.add_row(*r)
+        out.append(rt)
+    return out
 
 
 def _jsonable(v: Any) -> Any:

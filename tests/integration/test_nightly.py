@@ -59,6 +59,10 @@ def test_one_night_writes_evidence_and_reports(tmp_path: Path, llama_server: Pat
     nights = list((tmp_path / "nightly").glob("????-??-??"))
     assert len(nights) == 1
     assert list(nights[0].glob("*.jsonl")) and (nights[0] / "report.md").stat().st_size > 0
+    # the index page in the evidence root links tonight's own report page, which exists
+    index = (tmp_path / "nightly" / "index.html").read_text()
+    assert f'href="{nights[0].name}/report/report.html"' in index and (nights[0] / "report" / "report.html").is_file()
+    assert "<h2>Trends</h2>" in index and index.count("<svg") >= 1
     assert "abtest nightly" in proc.stdout
     assert "run " in (tmp_path / "nightly" / "nightly.log").read_text()
 

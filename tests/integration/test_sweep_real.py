@@ -84,6 +84,8 @@ def test_sweep_report_reads_the_evidence(swept: tuple[Path, str]) -> None:
     assert rep.advice in md and rep.advice in stdout
     assert "| N | flag | VRAM pred GiB |" in stdout
     assert (out / "sweep-vram-speed.png").stat().st_size > 1000
+    page = (out / "sweep-report.html").read_text()
+    assert "data:image/png;base64," in page and "<script" not in page
     # the predicted CPU-build buffers equal what each server printed
     for r in rep.rows:
         cpu = r.buffers["CPU"]

@@ -194,7 +194,7 @@ def test_one_session_per_arm_says_so_instead_of_a_p_value(tmp_path):
     rep = build([fabricate(tmp_path / "r.jsonl", seed=1)])
     (v,) = rep.verdicts
     assert v.status == NO_INFERENCE and v.family == ()
-    assert "measures −89 % decode tok/s and +" in v.text
+    assert "measures 8.8× slower decode (−89 %) and " in v.text and "× slower TTFT (+" in v.text
     assert ("no significance claim: one server session per arm: a session difference cannot be told from an arm "
             "difference; run with --blocks 2 or more, or pool more files") in v.text
     # VRAM is a measurement, not a significance claim: 10 GiB apart is a difference the verdict states
@@ -207,7 +207,7 @@ def test_two_blocks_per_arm_claim_a_real_difference_with_holm(tmp_path):
     rep = build([fabricate(tmp_path / "r.jsonl", seed=1, blocks=2)])
     (v,) = rep.verdicts
     assert v.status == DIFFERS and v.claims_difference and v.sessions == (2, 2)
-    assert "costs −89 % decode tok/s (97.5 % CI" in v.text and "p < 0.001, Holm" in v.text
+    assert "has 8.8× slower decode (−89 %; 97.5 % CI " in v.text and "p < 0.001, Holm" in v.text
     assert "2 server sessions per arm" in v.text
     assert [c.comparison.metric for c in v.family] == ["decode_tps", "ttft_ms"]
 
