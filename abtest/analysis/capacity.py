@@ -250,7 +250,7 @@ def capacity_delta(arm: ArmCapacity, base: ArmCapacity) -> CapacityDelta:
                              len(b), len(a), "fewer than 2 server sessions on a side")
     if not a or not b:
         return CapacityDelta(arm.group, base.group, arm.kind, nan, nan, nan, nan, len(b), len(a),
-                             "a capacity beyond the levels run (or below them) has no ratio")
+                             "a capacity outside the levels run, on one side or both")
     if arm.status != BRACKETED or base.status != BRACKETED:
         reason = "some sessions' capacity lies beyond the levels run"
     else:
@@ -285,8 +285,9 @@ def _num(v: float) -> str:
 
 def _value(iv: Interval, unit: str = "", load: bool = False) -> str:
     """"7.80 (7.10–8.40)"; a load that is a whole level with no interval reads as the level: "12"."""
-    show = _num if load and not math.isfinite(iv.low) else fmt_num
-    rng = f" ({show(iv.low)}–{show(iv.high)})" if math.isfinite(iv.low) else ""
+    spread = math.isfinite(iv.low) and not iv.low == iv.high == iv.mean  # sessions agreeing on one level: no range
+    show = _num if load and not spread else fmt_num
+    rng = f" ({show(iv.low)}–{show(iv.high)})" if spread else ""
     return f"{show(iv.mean)}{unit}{rng}"
 
 
