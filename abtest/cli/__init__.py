@@ -25,11 +25,15 @@ from .sweep import sweep
 
 EPILOG = """\b
 Examples:
-  abtest server install                 # build llama-server (cached in ~/.cache/abtest)
+  # build llama-server (cached in ~/.cache/abtest)
+  abtest server install
   abtest model synth tiny.gguf --preset tiny-moe
-  abtest run --model tiny-moe --runs 3  # baseline vs --cpu-moe, evidence/*.jsonl
-  abtest report evidence/*.jsonl        # mean ± σ, deltas, significance
-  abtest sweep --model m.gguf --vram-budget 9GiB   # best --n-cpu-moe for a budget
+  # baseline vs --cpu-moe, evidence/*.jsonl
+  abtest run --model tiny-moe --runs 3
+  # mean ± σ, deltas, significance
+  abtest report evidence/*.jsonl
+  # the best --n-cpu-moe for a VRAM budget
+  abtest sweep --model m.gguf --vram-budget 9GiB
 
 Exit codes: 0 ok, 1 regression found, 2 usage error, 3 missing binary or model,
 4 partial run, 5 no evidence tonight (report --history), 70 internal error,

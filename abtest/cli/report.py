@@ -29,10 +29,12 @@ Examples:
   abtest report --history evidence/nightly --html evidence/nightly/index.html
 
 \b
-With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files; tonight (--night,
-else the newest folder) is gated per (model, arm) against the median of the nights before it of
-the same configuration. Exits 1 on a regression, 5 when tonight (or a model/arm of the trailing
-nights) has no evidence, 0 otherwise: also with too few nights, where it says "no verdict yet".
+With --history DIR, DIR holds YYYY-MM-DD/ sub-directories of evidence files;
+tonight (--night, else the newest folder) is gated per (model, arm) against
+the median of the nights before it of the same configuration. Exits 1 on a
+regression, 5 when tonight (or a model/arm of the trailing nights) has no
+evidence, 0 otherwise: also with too few nights, where it says "no verdict
+yet".
 """
 
 FORMATS = ["terminal", "markdown", "csv", "json", "html"]

@@ -19,24 +19,30 @@ EPILOG = """\b
 Examples:
   abtest run --model tiny-moe --runs 3
   abtest run --model gpt-oss-20b --runs 5 --arm ncmoe12 --arm cpu-moe
-  abtest run --model ./m.gguf --arm a="-ngl 99" --arm b="-ngl 99 --n-cpu-moe 8"
+  abtest run --model ./m.gguf --arm a="-ngl 99" \\
+      --arm b="-ngl 99 --n-cpu-moe 8"
   abtest run --model m.gguf --arms-file llama-server --buckets tok128,tok1024
-  abtest run --model m.gguf --arms-file ./my-arms.toml --prompts ./my-prompts.jsonl
+  abtest run --model m.gguf --arms-file ./my-arms.toml \\
+      --prompts ./my-prompts.jsonl
   abtest run --model m.gguf --concurrency 8 --rate 4 --arrivals poisson
   abtest run --model m.gguf --concurrency 1,2,4,8 --runs 2
   abtest run --model m.gguf --rate 0.5,1,2,4 --parallel 8 --runs 4
   abtest run --model m.gguf --rate auto --slo "ttft_p95<=500ms" --parallel 8
-  abtest run --model m.gguf --concurrency auto --slo "tpot_p95<=60ms" --search-max 16
+  abtest run --model m.gguf --concurrency auto --slo "tpot_p95<=60ms" \\
+      --search-max 16
   abtest run --model tiny-moe --blocks 4 --runs 2
-  abtest run --model m.gguf --arm old="--cpu-moe" --arm new="--cpu-moe" --arm-build new=new
-  abtest run --model moe.gguf --arm baseline --arm cpu-moe --arm dense="-ngl 99" --arm-model dense=smollm2-135m
+  abtest run --model m.gguf --arm old="--cpu-moe" --arm new="--cpu-moe" \\
+      --arm-build new=new
+  abtest run --model moe.gguf --arm baseline --arm cpu-moe \\
+      --arm dense="-ngl 99" --arm-model dense=smollm2-135m
 
 \b
-Default arms: baseline (-ngl 99) and cpu-moe (-ngl 99 --cpu-moe); ncmoe<N> is
--ngl 99 --n-cpu-moe N. Every arm gets the same pinned -ngl, --fit off, -c, -np,
--t and -fa unless it sets them. Each arm runs in --blocks server sessions, in the
-order A B B A, so time and restarts fall on both arms alike. Evidence: OUT/<timestamp>-<model>.jsonl plus one
-server log per arm; read it with `abtest report`.
+Default arms: baseline (-ngl 99) and cpu-moe (-ngl 99 --cpu-moe); ncmoe<N>
+is -ngl 99 --n-cpu-moe N. Every arm gets the same pinned -ngl, --fit off, -c,
+-np, -t and -fa unless it sets them. Each arm runs in --blocks server
+sessions, in the order A B B A, so time and restarts fall on both arms alike.
+Evidence: OUT/<timestamp>-<model>.jsonl plus one server log per arm; read it
+with `abtest report`.
 """
 
 

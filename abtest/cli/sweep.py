@@ -17,22 +17,29 @@ from .progress import QuietProgress, RichProgress, sigterm_as_interrupt
 
 EPILOG = """\b
 Examples:
-  abtest sweep --model gpt-oss-20b --vram-budget 9GiB            # auto: ends, then bisect
+  # auto: ends, then bisect
+  abtest sweep --model gpt-oss-20b --vram-budget 9GiB
   abtest sweep --model m.gguf --ncmoe 0,8,16,24 --runs 5
   abtest sweep --model m.gguf --vram-budget 12GiB --quiet --out out/sweep
-  abtest sweep --report out/sweep/20250101T000000-m.jsonl        # re-make the report only
-  abtest sweep --model m.gguf --vram-budget 12GiB --ctx 4096,16384,65536   # the frontier
-  abtest sweep --model m.gguf --vram-budget 9GiB --load-mode both --finalist-sessions 3
-  abtest sweep -m m.gguf --objective capacity --slo "ttft_p95<=500ms" --concurrency 1,2,4,8
-  abtest sweep -m m.gguf --objective capacity --slo "tpot_p95<=60ms" --concurrency auto
+  # re-make the report only
+  abtest sweep --report out/sweep/20250101T000000-m.jsonl
+  # the frontier
+  abtest sweep --model m.gguf --vram-budget 12GiB --ctx 4096,16384,65536
+  abtest sweep --model m.gguf --vram-budget 9GiB --load-mode both \\
+      --finalist-sessions 3
+  abtest sweep -m m.gguf --objective capacity --slo "ttft_p95<=500ms" \\
+      --concurrency 1,2,4,8
+  abtest sweep -m m.gguf --objective capacity --slo "tpot_p95<=60ms" \\
+      --concurrency auto
 
 \b
-Each setting N runs as arm ncmoe<N> (-ngl 99 --n-cpu-moe N; -c, -np, -t, -fa,
---fit off pinned as in `abtest run`) into one evidence file. Before anything is
-launched, every setting's VRAM is predicted from the GGUF's tensor sizes and
-written into the manifest; a setting predicted over the free VRAM (less
---margin) is skipped, never launched. At the end: the advice line and a
-Markdown table on stdout, OUT/sweep-report.md and OUT/sweep-vram-speed.png.
+Each setting N runs as arm ncmoe<N> (-ngl 99 --n-cpu-moe N; -c, -np, -t,
+-fa, --fit off pinned as in `abtest run`) into one evidence file. Before
+anything is launched, every setting's VRAM is predicted from the GGUF's
+tensor sizes and written into the manifest; a setting predicted over the free
+VRAM (less --margin) is skipped, never launched. At the end: the advice line
+and a Markdown table on stdout, OUT/sweep-report.md and
+OUT/sweep-vram-speed.png.
 
 \b
 Beside the settings: llama.cpp's own placement at the same budget (arm "fit":

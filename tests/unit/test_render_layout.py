@@ -201,6 +201,24 @@ def test_every_help_has_an_example():
         assert any(line.lstrip().startswith(" ".join(("abtest", *path))) for line in res.output.splitlines()), path
 
 
+def test_every_help_fits_80_columns():
+    """COLUMNS=80: click wraps prose, but \\b blocks (examples) and choice lists are printed as written."""
+    too_long = []
+    for path, _cmd in _commands(cli):
+        res = CliRunner().invoke(cli, [*path, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+        assert res.exit_code == 0, path
+        too_long += [f"{' '.join(('abtest', *path))}: {line}" for line in res.output.splitlines() if len(line) > 80]
+    assert not too_long, "\n".join(too_long)
+
+
+def test_synth_help_names_every_preset_whole():
+    from abtest.models import presets
+
+    res = CliRunner().invoke(cli, ["model", "synth", "--help"], terminal_width=80)
+    words = res.output.replace(",", " ").split()
+    assert all(name in words for name in presets.PRESETS)
+
+
 def test_sweep_markdown_becomes_a_page_with_its_tables():
     from abtest.render.html import markdown_html, render_sweep_html
 
