@@ -71,7 +71,8 @@ def test_load_level_report_shows_the_levels_and_their_plot(chromium, tmp_path):
     page.write_text(render_html(report, figures), encoding="utf-8")
     view = open_page(page.as_uri())
     _assert_seen(view, report, len(figures))
-    assert "Load levels" in view.headings and "carries concurrency" in view.text
+    assert "Load levels" in view.headings and "Capacity" in view.headings
+    assert "baseline carries at least" in view.text  # the capacity line (analysis/capacity.py)
 
 
 def test_nightly_index_shows_tonight_trends_and_links(chromium, tmp_path):
