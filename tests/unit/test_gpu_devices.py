@@ -210,3 +210,17 @@ def test_the_report_shows_each_gpus_peak_when_several_gpus_hold_memory(tmp_path)
     assert all(list(mr.gpu_peaks_mib) == [UUID[2]] for mr in rep1.memory)
     assert "VRAM peak per GPU" not in render(rep1, "markdown")  # one GPU: the section as before
 
+
+def test_cost_counts_the_gpus_the_pid_held_memory_on_not_those_read_before_it_allocated(tmp_path):
+    path, objs = _two_gpu_evidence(tmp_path)
+    assert any(o.get("gpus") == [0, 1, 2, 3] for o in objs)  # the early samples read all four
+    assert {c.n_gpus for c in build_report(load_evidence([path])).cost} == {2}
+    one, _ = _two_gpu_evidence(tmp_path, split=None)
+    assert {c.n_gpus for c in build_report(load_evidence([one])).cost} == {1}
+    for o in objs:  # a file from before pid_vram_by_gpu: `gpus` of the samples with PID memory
+        o.pop("pid_vram_by_gpu", None)
+    assert {c.n_gpus for c in build_report(load_evidence([write_lines(path, objs)])).cost} == {2}
+    for o in objs:  # NVML never listed the PID (a PID namespace): the devices the samples read
+        if o.get("kind") == "memory":
+            o["pid_vram_mib"] = None
+    assert {c.n_gpus for c in build_report(load_evidence([write_lines(path, objs)])).cost} == {4}
