@@ -175,6 +175,9 @@ class VramSample:
     # visible one (None: no GPU, or a file written before the field existed)
     gpus: list[int] | None = None
     block: int = 0  # the arm's server session (ArmStart.block)
+    # this PID's own GPU memory per device it holds memory on, MiB, keyed by the device's NVML UUID
+    # (pid_vram_mib is their sum; None: no GPU, not listed, or a file written before the field existed)
+    pid_vram_by_gpu: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,8 @@ def _impossible_memory(s: dict[str, Any]) -> str | None:
             return f"{name!r} is negative"
     if any(i < 0 for i in s.get("gpus") or []):
         return "'gpus' holds a negative index"
+    if any(v < 0 for v in (s.get("pid_vram_by_gpu") or {}).values()):
+        return "'pid_vram_by_gpu' holds a negative value"
     return None
 
 

@@ -95,10 +95,18 @@ def _int_or_none(v: Any) -> int | None:
 
 
 def gpus_used(g: ArmGroup) -> int:
-    """GPUs the arm's server used, at least 1: the most devices one of its memory samples read
-    (`VramSample.gpus`: those its PID held memory on), else the devices the manifest lists (the
-    visible ones; every one NVML saw in files written before `gpus` existed)."""
-    most = max((len(s.gpus) for run in g.runs for s in run.memory if s.gpus), default=0)
+    """GPUs the arm's server used, at least 1: the most devices its PID held memory on in one
+    sample (`VramSample.pid_vram_by_gpu`, else `gpus` of the samples with PID memory); else, where
+    NVML never listed the PID (a PID namespace), the most devices a sample read (the visible ones);
+    else the devices the manifest lists (the visible ones; every one NVML saw in files written
+    before `gpus` existed). Samples taken before the server allocated read every visible device,
+    so they count only when no sample shows where the PID's memory is."""
+    samples = [s for run in g.runs for s in run.memory]
+    held = max((len(s.pid_vram_by_gpu) for s in samples if s.pid_vram_by_gpu), default=0)
+    held = held or max((len(s.gpus) for s in samples if s.gpus and s.pid_vram_mib is not None), default=0)
+    if held:
+        return held
+    most = max((len(s.gpus) for s in samples if s.gpus), default=0)
     if most:
         return most
     manifest = g.runs[0].evidence.manifest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,25 @@ class MemoryRow:
     breakdown: dict[str, Any]
     series: list[tuple[list[float], list[float]]]  # per file: (t_ms, pid VRAM MiB)
     n_samples: int
+    # the PID's own VRAM peak per device, by NVML UUID (mean over the files that have the device);
+    # empty for files without per-device samples
+    gpu_peaks_mib: dict[str, float] = field(default_factory=dict)
+    gpu_nvml_index: dict[str, int] = field(default_factory=dict)  # UUID -> NVML index, from run_start
+
+
+def gpu_peaks(run: ArmRun) -> dict[str, float]:
+    """One file's per-device peaks of the PID's own VRAM, by UUID: the arm_end summary's
+    `peak_by_gpu` and the memory samples' `pid_vram_by_gpu`, whichever is higher."""
+    mem_end = run.end.memory if run.end else {}
+    recorded = mem_end.get("peak_by_gpu") if isinstance(mem_end, dict) else None
+    out: dict[str, float] = {}
+    if isinstance(recorded, dict):
+        out = {str(k): float(v) for k, v in recorded.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    for s in run.memory:
+        for uuid, mib in (s.pid_vram_by_gpu or {}).items():
+            out[uuid] = max(mib, out.get(uuid, mib))
+    return out
 
 
 def _sample_value(d: dict[str, Any] | None, key: str) -> float:
@@ -69,7 +88,17 @@ def memory_row(g: ArmGroup) -> MemoryRow:
         n_samples += len(run.memory)
         if not breakdown and run.end and run.end.breakdown:
             breakdown = run.end.breakdown
+    per_run = [gpu_peaks(run) for run in g.runs]
+    uuids = list(dict.fromkeys(u for p in per_run for u in p))
+    index: dict[str, int] = {}
+    for run in g.runs:
+        manifest = run.evidence.manifest
+        for d in ((manifest.gpu or {}).get("devices") or []) if manifest else []:
+            if isinstance(d, dict) and isinstance(d.get("uuid"), str) and isinstance(d.get("index"), int):
+                index.setdefault(d["uuid"], d["index"])
     return MemoryRow(
+        gpu_peaks_mib={u: _nanmean(p[u] for p in per_run if u in p) for u in uuids},
+        gpu_nvml_index={u: index[u] for u in uuids if u in index},
         group=g.label,
         vram_after_load_mib=_nanmean(after),
         vram_peak_mib=_nanmean(peak),

@@ -12,7 +12,16 @@ per-PID figure is None and `GpuInfo.pid_note` says why (the device total is stil
 NVML ignores ``CUDA_VISIBLE_DEVICES``; the server does not. Only the devices it lets the server see
 are listed and sampled, and of those, each sample reads the devices the server's PID holds memory on
 (`VramSample.gpus`; every visible device until it holds some): an 8-GPU host running one server on
-one GPU counts one GPU, with that GPU's clock and temperature.
+one GPU counts one GPU, with that GPU's clock and temperature. The PID's own memory is looked up on
+every device NVML lists (a PID is one process host-wide), so it is right even where the mapping of
+``CUDA_VISIBLE_DEVICES`` to NVML indices is not, and it is kept per device, by UUID
+(`VramSample.pid_vram_by_gpu`).
+
+Mapping ``CUDA_VISIBLE_DEVICES``: an entry is a CUDA index or a UUID (prefix). UUIDs are exact.
+NVML numbers devices in PCI bus order; CUDA does so only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; its
+default, ``FASTEST_FIRST``, puts faster devices first and breaks ties by PCI bus, so it equals
+NVML's order on a host of one GPU model. abtest assumes index = NVML index; where that may be wrong
+(indices given, the default order, GPUs of more than one model) `GpuInfo.order_note` says so.
 """
 
 from __future__ import annotations
@@ -37,9 +46,24 @@ class GpuInfo:
     devices: list[dict[str, Any]] = field(default_factory=list)  # the visible ones, with their NVML index
     pid_note: str | None = None
     cuda_visible_devices: str | None = None  # as set for the servers (None: unset, every device)
+    cuda_device_order: str | None = None  # CUDA_DEVICE_ORDER as set (None: unset, CUDA's FASTEST_FIRST)
+    order_note: str | None = None  # why the visible devices listed may not be the server's
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def order_note(cuda_visible: str | None, cuda_order: str | None, names: list[str | None]) -> str | None:
+    """Why CUDA's device indices may not be NVML's: CUDA_VISIBLE_DEVICES names a device by index,
+    CUDA_DEVICE_ORDER is not PCI_BUS_ID, and the host's GPUs are not all of one model (then CUDA's
+    default order, fastest first, can differ from NVML's PCI bus order). None when the mapping holds."""
+    if cuda_visible is None or (cuda_order or "").strip().upper() == "PCI_BUS_ID" or len(set(names)) <= 1:
+        return None
+    if not any(e.strip().isdigit() for e in cuda_visible.split(",")):
+        return None
+    return ("CUDA_VISIBLE_DEVICES gives indices and CUDA_DEVICE_ORDER is not PCI_BUS_ID on a host of "
+            "mixed GPUs: the devices listed (NVML's order) may not be the server's; per-process memory "
+            "is still right. Set CUDA_DEVICE_ORDER=PCI_BUS_ID or give UUIDs")
 
 
 def visible_indices(cuda_visible: str | None, uuids: list[str | None]) -> list[int]:
@@ -68,15 +92,20 @@ class Nvml:
     """A thin, failure-tolerant wrapper: every query returns None instead of raising. `nv` stands in
     for the pynvml module (tests hand in a scripted one)."""
 
-    def __init__(self, nv: Any = None, cuda_visible: str | None = None, *, from_env: bool = True) -> None:
+    def __init__(self, nv: Any = None, cuda_visible: str | None = None, *, from_env: bool = True,
+                 cuda_order: str | None = None) -> None:
         self.ok = False
         self.reason: str | None = None
         self._nv: Any = None
         self.handles: list[Any] = []  # every device NVML lists
+        self.uuids: list[str] = []  # per NVML index: its UUID ("nvml-<index>" where NVML gives none)
         self.visible: list[int] = []  # the NVML indices a server started from here can see
         if from_env and cuda_visible is None:
             cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if from_env and cuda_order is None:
+            cuda_order = os.environ.get("CUDA_DEVICE_ORDER")
         self.cuda_visible = cuda_visible
+        self.cuda_order = cuda_order
         try:
             if nv is None:
                 import pynvml as nv  # type: ignore[import-untyped,no-redef]
@@ -85,6 +114,7 @@ class Nvml:
             self._nv = nv
             self.handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
             uuids = [_str(_try(partial(nv.nvmlDeviceGetUUID, h))) for h in self.handles]
+            self.uuids = [u or f"nvml-{i}" for i, u in enumerate(uuids)]
             self.visible = visible_indices(cuda_visible, uuids)
             self.ok = bool(self.visible)
             if not self.handles:
@@ -124,25 +154,32 @@ class Nvml:
             devices=devices,
             pid_note=_pid_namespace_note(),
             cuda_visible_devices=self.cuda_visible,
+            cuda_device_order=self.cuda_order,
+            order_note=order_note(self.cuda_visible, self.cuda_order,
+                                  [_str(_try(partial(nv.nvmlDeviceGetName, h))) for h in self.handles]),
         )
 
-    def pid_memory(self, pid: int) -> tuple[float | None, list[int]]:
-        """The process's own GPU memory summed over the visible devices (None if NVML does not list
-        it), and the NVML indices of the devices it holds memory on."""
+    def pid_memory_by_device(self, pid: int) -> dict[int, float]:
+        """The process's own GPU memory per NVML index, MiB, on each device it holds memory on. Every
+        device NVML lists is asked, visible or not: a PID names one process host-wide, so this holds
+        whatever CUDA's device order did to the mapping of CUDA_VISIBLE_DEVICES."""
         if not self.ok:
-            return None, []
+            return {}
         nv = self._nv
-        total = 0
-        on: list[int] = []
-        for i in self.visible:
+        on: dict[int, int] = {}
+        for i, h in enumerate(self.handles):
             for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                procs = _try(partial(getattr(nv, getter), self.handles[i])) or []
+                procs = _try(partial(getattr(nv, getter), h)) or []
                 for p in procs:
                     if p.pid == pid and p.usedGpuMemory is not None:
-                        total += p.usedGpuMemory
-                        if i not in on:
-                            on.append(i)
-        return (round(total / MIB, 1) if on else None), on
+                        on[i] = on.get(i, 0) + p.usedGpuMemory
+        return {i: round(b / MIB, 1) for i, b in on.items()}
+
+    def pid_memory(self, pid: int) -> tuple[float | None, list[int]]:
+        """The process's own GPU memory summed over its devices (None if NVML does not list it), and
+        the NVML indices of the devices it holds memory on."""
+        by_device = self.pid_memory_by_device(pid)
+        return (round(sum(by_device.values()), 1) if by_device else None), list(by_device)
 
     def pid_memory_mib(self, pid: int) -> float | None:
         """The process's own GPU memory summed over the visible devices; None if NVML does not list it."""
@@ -235,7 +272,9 @@ class VramSampler:
         self._thread = threading.Thread(target=self._loop, name=f"vram-{arm}", daemon=True)
 
     def sample(self) -> VramSample:
-        pid_mib, on = self.nvml.pid_memory(self.pid)
+        by_device = self.nvml.pid_memory_by_device(self.pid)
+        on = list(by_device)
+        pid_mib = round(sum(by_device.values()), 1) if by_device else None
         dev = self.nvml.device_sample(on or None)
         anon, file_ = host_memory_mib(self.pid)
         s = VramSample(
@@ -250,6 +289,7 @@ class VramSampler:
             host_rss_file_mib=file_,
             gpus=dev.get("gpus"),
             block=self.block,
+            pid_vram_by_gpu={self.nvml.uuids[i]: mib for i, mib in by_device.items()} or None,
         )
         self.samples.append(s)
         return s
@@ -275,7 +315,8 @@ def summarize(samples: list[VramSample], after_load: VramSample | None,
               window_ms: tuple[float, float] | None = None) -> dict[str, Any]:
     """after_load, steady and peak, per field. Peak is over every sample; steady is the median over
     the samples inside `window_ms` (the measured requests, `records.measured_window_ms`: warm-up
-    and prompt cutting left out), over every sample when none falls inside or no window is known."""
+    and prompt cutting left out), over every sample when none falls inside or no window is known.
+    `peak_by_gpu`: the PID's own peak on each device, by UUID, where samples had it."""
     fields = ("pid_vram_mib", "device_used_mib", "host_rss_anon_mib", "host_rss_file_mib")
     out: dict[str, Any] = {"after_load": asdict(after_load) if after_load else None, "n_samples": len(samples)}
     inside = [s for s in samples if window_ms is not None and window_ms[0] <= s.t_ms <= window_ms[1]]
@@ -288,6 +329,12 @@ def summarize(samples: list[VramSample], after_load: VramSample | None,
         steady[f] = calm[len(calm) // 2] if calm else None
     out["peak"] = peak
     out["steady"] = steady
+    by_gpu: dict[str, float] = {}
+    for s in samples:
+        for uuid, mib in (s.pid_vram_by_gpu or {}).items():
+            by_gpu[uuid] = max(mib, by_gpu.get(uuid, mib))
+    if by_gpu:  # the PID's own peak per device, by UUID; absent without per-device samples
+        out["peak_by_gpu"] = by_gpu
     return out
 
 

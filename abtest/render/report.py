@@ -260,6 +260,11 @@ def _memory_section(report: Report) -> Section:
         "anon is heap, file is mmapped model pages resident in RAM."])
     mem_sec.tables.append(Table("", ["arm", "VRAM after load", "VRAM peak", "Δ peak", "device peak",
                                      "RSS anon peak", "RSS file peak", "samples"], mem_rows, right=set(range(1, 8))))
+    if len({u for mr in report.memory for u in mr.gpu_peaks_mib}) > 1:  # several GPUs: each one's peak
+        mem_sec.tables.append(Table(
+            "VRAM peak per GPU (this server process's own), GiB; NVML index · UUID", ["arm", "GPU", "VRAM peak"],
+            [[mr.group, f"{mr.gpu_nvml_index.get(u, '?')} · {u[:12]}", fmt_gib(mib)]
+             for mr in report.memory for u, mib in mr.gpu_peaks_mib.items()], right={2}))
     flat = {mr.group: dict(flatten(mr.breakdown)) for mr in report.memory}
     keys = list(dict.fromkeys(k for mr in report.memory for k in flat[mr.group]))
     for title, part in (("llama-server's memory table at exit, MiB", "exit_table."),

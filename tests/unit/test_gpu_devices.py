@@ -93,3 +93,134 @@ def test_cost_counts_the_gpus_the_server_used_not_every_gpu_of_the_host(tmp_path
             o.pop("gpus")
     write_lines(path, objs)  # a file from before VramSample.gpus: the manifest's devices
     assert {c.n_gpus for c in build_report(load_evidence([path])).cost} == {8}
+
+
+# -- several GPUs: per-device memory by UUID, the index mapping, per-device peaks, the cost ---------
+
+UUID = [f"GPU-{i:08x}-aaaa" for i in range(8)]
+
+
+class MixedNvml(ScriptedNvml):
+    """A host of two GPU models: CUDA's default order (fastest first) can differ from NVML's."""
+
+    def nvmlDeviceGetName(self, h: int) -> str: return "NVIDIA H200" if h < 4 else "NVIDIA L4"
+
+
+def test_the_pid_memory_is_kept_per_device_by_uuid_and_summed():
+    nvml = Nvml(ScriptedNvml(procs={2: [(4242, 3000 * MIB), (7, 99 * MIB)], 5: [(4242, 1000 * MIB)]}), "2,5")
+    s = VramSampler(nvml, "a", 4242, 0, [].append).sample()
+    assert s.pid_vram_by_gpu == {UUID[2]: 3000.0, UUID[5]: 1000.0}  # another PID's 99 MiB is not ours
+    assert s.pid_vram_mib == 4000.0 and s.gpus == [2, 5]
+    assert s.device_used_mib == 1200.0 + 1500.0 and s.sm_clock_mhz == 1902 and s.temperature_c == 45
+
+
+def test_the_pid_is_found_on_a_device_the_index_mapping_missed():
+    # CUDA_VISIBLE_DEVICES=1 meant, in CUDA's order, the device NVML numbers 6: memory still counts
+    nvml = Nvml(MixedNvml(procs={6: [(4242, 500 * MIB)]}), "1")
+    s = VramSampler(nvml, "a", 4242, 0, [].append).sample()
+    assert s.pid_vram_by_gpu == {UUID[6]: 500.0} and s.pid_vram_mib == 500.0 and s.gpus == [6]
+
+
+def test_no_pid_memory_is_none_not_an_empty_map():
+    s = VramSampler(Nvml(ScriptedNvml(n=2), None), "a", 4242, 0, [].append).sample()
+    assert s.pid_vram_by_gpu is None and s.pid_vram_mib is None and s.gpus == [0, 1]
+
+
+def test_the_order_note_names_when_cuda_indices_may_not_be_nvml_indices():
+    assert Nvml(MixedNvml(), "0,5", cuda_order=None).info().order_note  # indices, default order, mixed
+    assert "PCI_BUS_ID" in (Nvml(MixedNvml(), "0,5", cuda_order="FASTEST_FIRST").info().order_note or "")
+    info = Nvml(MixedNvml(), "0,5", cuda_order="PCI_BUS_ID").info()
+    assert info.order_note is None and info.cuda_device_order == "PCI_BUS_ID"
+    assert [d["index"] for d in info.devices] == [0, 5]
+    assert Nvml(MixedNvml(), f"{UUID[5][:12]},{UUID[0]}", cuda_order=None).info().order_note is None  # UUIDs
+    assert Nvml(MixedNvml(), None, cuda_order=None).info().order_note is None  # unset: every device
+    assert Nvml(ScriptedNvml(), "0,5", cuda_order=None).info().order_note is None  # one GPU model
+
+
+def test_the_arm_end_summary_keeps_each_devices_peak():
+    from abtest.measure.sampler import summarize
+    from abtest.records import VramSample
+
+    def at(t: float, a: float, b: float) -> VramSample:
+        return VramSample("a", t, a + b, None, None, None, None, None, None, gpus=[0, 1],
+                          pid_vram_by_gpu={UUID[0]: a, UUID[1]: b})
+
+    out = summarize([at(0, 100, 900), at(100, 800, 300), at(200, 500, 500)], None)
+    assert out["peak_by_gpu"] == {UUID[0]: 800.0, UUID[1]: 900.0}
+    assert out["peak"]["pid_vram_mib"] == 1100.0  # the sum's peak is not the sum of the peaks
+    one = VramSample("a", 0, 10.0, None, None, None, None, None, None)
+    assert "peak_by_gpu" not in summarize([one], None)  # no per-device samples: no key, as before
+
+
+def test_per_device_memory_reads_back_and_old_lines_read_as_none(tmp_path):
+    from abtest.evidence import read_evidence
+    from abtest.records import SCHEMA_VERSION
+
+    base = {"kind": "memory", "schema": SCHEMA_VERSION, "arm": "a", "t_ms": 1.0, "pid_vram_mib": 30.0,
+            "device_used_mib": None, "sm_clock_mhz": None, "temperature_c": None, "power_w": None,
+            "host_rss_anon_mib": None, "host_rss_file_mib": None}
+    lines = [dict(base), dict(base, pid_vram_by_gpu={UUID[0]: 10.0, UUID[1]: 20.0}),
+             dict(base, pid_vram_by_gpu={UUID[0]: -1.0}), dict(base, pid_vram_by_gpu={UUID[0]: "x"})]
+    path = write_lines(tmp_path / "m.jsonl", lines)
+    ev = read_evidence(path)
+    assert [s.pid_vram_by_gpu for s in ev.memory] == [None, {UUID[0]: 10.0, UUID[1]: 20.0}]
+    assert ev.bad_lines == 2 and any("negative" in p for p in ev.problems)
+
+
+def _two_gpu_evidence(tmp_path, split: float | None = 0.6):
+    """A fabricated run whose servers held memory on two GPUs (a `split` share on the first), the
+    host listing four; split None: on one GPU only."""
+    path = fabricate(tmp_path / "run.jsonl", seed=1)
+    objs = read_lines(path)
+    for o in objs:
+        if o.get("kind") == "run_start":
+            o["gpu"]["devices"] = [{"index": i, "name": "NVIDIA H200", "uuid": UUID[i]} for i in range(4)]
+        if o.get("kind") == "memory" and o.get("pid_vram_mib") is not None:
+            v = o["pid_vram_mib"]
+            if split is None:
+                o["pid_vram_by_gpu"], o["gpus"] = {UUID[2]: v}, [2]
+            else:
+                o["pid_vram_by_gpu"] = {UUID[1]: round(v * split, 1), UUID[2]: round(v - round(v * split, 1), 1)}
+                o["gpus"] = [1, 2]
+    out, seen = [], set()
+    for o in objs:
+        if o.get("kind") == "memory" and o["arm"] not in seen:  # before the server allocated:
+            seen.add(o["arm"])  # NVML did not list the PID, and every visible device was read
+            out.append(dict(o, pid_vram_mib=None, device_used_mib=None, pid_vram_by_gpu=None, gpus=[0, 1, 2, 3]))
+        out.append(o)
+    return write_lines(path, out), out
+
+
+def test_the_report_shows_each_gpus_peak_when_several_gpus_hold_memory(tmp_path):
+    from abtest.render.report import render
+
+    path, objs = _two_gpu_evidence(tmp_path)
+    rep = build_report(load_evidence([path]))
+    for mr in rep.memory:
+        want = {u: max(o["pid_vram_by_gpu"][u] for o in objs if o.get("kind") == "memory"
+                       and o["arm"] == mr.group and o.get("pid_vram_by_gpu"))
+                for u in (UUID[1], UUID[2])}
+        assert mr.gpu_peaks_mib == want and mr.gpu_nvml_index == {UUID[1]: 1, UUID[2]: 2}
+    md = render(rep, "markdown")
+    assert "VRAM peak per GPU" in md and f"1 · {UUID[1][:12]}" in md and f"2 · {UUID[2][:12]}" in md
+    assert all(len(line) <= 80 for line in md.split("VRAM peak per GPU")[1].split("\n\n")[1].splitlines())
+
+    one, _ = _two_gpu_evidence(tmp_path, split=None)
+    rep1 = build_report(load_evidence([one]))
+    assert all(list(mr.gpu_peaks_mib) == [UUID[2]] for mr in rep1.memory)
+    assert "VRAM peak per GPU" not in render(rep1, "markdown")  # one GPU: the section as before
+
+
+def test_cost_counts_the_gpus_the_pid_held_memory_on_not_those_read_before_it_allocated(tmp_path):
+    path, objs = _two_gpu_evidence(tmp_path)
+    assert any(o.get("gpus") == [0, 1, 2, 3] for o in objs)  # the early samples read all four
+    assert {c.n_gpus for c in build_report(load_evidence([path])).cost} == {2}
+    one, _ = _two_gpu_evidence(tmp_path, split=None)
+    assert {c.n_gpus for c in build_report(load_evidence([one])).cost} == {1}
+    for o in objs:  # a file from before pid_vram_by_gpu: `gpus` of the samples with PID memory
+        o.pop("pid_vram_by_gpu", None)
+    assert {c.n_gpus for c in build_report(load_evidence([write_lines(path, objs)])).cost} == {2}
+    for o in objs:  # NVML never listed the PID (a PID namespace): the devices the samples read
+        if o.get("kind") == "memory":
+            o["pid_vram_mib"] = None
+    assert {c.n_gpus for c in build_report(load_evidence([write_lines(path, objs)])).cost} == {4}
