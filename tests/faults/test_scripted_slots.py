@@ -126,8 +126,10 @@ def test_the_request_past_n_waits_for_a_slot_and_the_log_says_so(endpoint: str) 
         srv = _one(per[idx], "summary")
         assert rec.t_send_ns <= _one(per[idx], "arrive").t_ns
         # the client sent earlier and saw later than the server's stamps, up to the moment between a
-        # write and its stamp (client and server share a GIL here); how much later depends on the box
-        assert rec.ttft_ms is not None and rec.ttft_ms >= srv.ttft_ms - 5
+        # write and its stamp (client and server share a GIL here: a thread waits for it in 5 ms
+        # switch intervals, several on a busy box — 9 ms was seen in CI); a gross stamping error
+        # (the send mark after the server's start, a token read before it was written) is larger
+        assert rec.ttft_ms is not None and rec.ttft_ms >= srv.ttft_ms - 25
         assert rec.headers_ms is not None and rec.headers_ms >= srv.queue_ms - 5
     assert records[pairs.index(2)].ttft_ms >= (n_tokens - 1) * step_ms  # type: ignore[operator]
 
