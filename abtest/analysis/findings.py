@@ -288,9 +288,9 @@ def _first_outlier(run: ArmRun, subj: str) -> list[Finding]:
     same = [r for r in measured if level_of(r) == level_of(first)]
     prompts = np.array([f"{r.bucket}\x00{r.prompt_id}" for r in same])
     warm = [r for r in run.requests if r.warmup]
-    per_level = sum(1 for r in warm if r.concurrency == first.concurrency)
+    per_level = sum(1 for r in warm if level_of(r) == level_of(first))
     # with load levels each level had its own warm-up: quote the first level's, per level
-    warmup = f"{per_level} per load level" if len({r.concurrency for r in warm}) > 1 else str(len(warm))
+    warmup = f"{per_level} per load level" if len({level_of(r) for r in warm}) > 1 else str(len(warm))
     for key, fn in (("ttft_ms", stats.ttft_ms), ("decode_tps", stats.decode_tps)):
         m = METRIC_BY_KEY[key]
         values = np.array([fn(r) for r in same])
