@@ -14,6 +14,9 @@
 #   bench      llama-bench -p 0 -n 128 with the same flags, for the cross-check
 #   qwen       synthesise qwen3-30b-a3b-like and run baseline + cpu-moe briefly
 #   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto (bounded by timeout $SWEEP_LIMIT, 540 s)
+#   sweeparch  abtest sweep on gpt-oss-20b-arch: $SWEEP_BUDGET (9GiB) at contexts $SWEEP_CTX
+#              (4096,65536), the fit competitor, finalists in 2 sessions, --load-mode both
+#              (bounded by $SWEEP_LIMIT, 540 s)
 #   wheel      the README's A/B (tiny-moe) from the carried abtest wheel (.whl/abtest_llm-*.whl),
 #              installed non-editable into /tmp/wheelsite and run from outside the checkout
 #   synth_arch gpt-oss-20b-arch (gpt-oss's own graph, MXFP4 experts, about 12 GB) into $MODELS
@@ -58,7 +61,7 @@ stage_setup() {
     # would shadow the checkout (the wheel stage installs that one apart, into /tmp/wheelsite)
     local deps=()
     for w in "$here"/.whl/*.whl; do case "$(basename "$w")" in abtest_llm-*) ;; *) deps+=("$w") ;; esac; done
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${deps[@]}"
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site "${deps[@]}"
   fi
   python3 -c "import gguf, httpx, httptools, orjson, click, rich, numpy, scipy, matplotlib, pynvml; print('python deps ok')"
   python3 -c "import abtest; print('abtest', abtest.__version__, 'from', abtest.__file__)"
@@ -220,6 +223,16 @@ stage_sweep() {
   timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$GPT" --vram-budget 9GiB --ncmoe auto --runs 2 --buckets seed004,tok128 \
     --ctx-size 4096 --quiet --out "$WORK/evidence-sweep"
   log "sweep exit $?"
+}
+
+stage_sweeparch() {
+  local t0=$SECONDS
+  stage_synth_arch
+  pkill -x llama-server; sleep 1
+  timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$GPTA" --vram-budget "${SWEEP_BUDGET:-9GiB}" \
+    --ctx "${SWEEP_CTX:-4096,65536}" --runs 2 --buckets tok128 --max-tokens 64 --load-mode both \
+    --quiet --out "$WORK/evidence-sweeparch"
+  log "sweeparch exit $?: $((SECONDS - t0)) s"
 }
 
 stage_wheel() {
