@@ -30,6 +30,8 @@ REASON_TEXT = {
     stratified.NO_VARIANCE: "no variance between or within server sessions: nothing to test",
 }
 
+Level = tuple[int, float | None]  # (concurrency, offered rate of a rate-level run, else None)
+
 
 @dataclass
 class BucketStats:
@@ -50,6 +52,12 @@ class BucketStats:
     # pooled rows: each bucket's share of the plan (requests of every arm, failed included); the
     # row's means are Σ share·bucket mean, the same weights its stratified Δ uses
     weights: dict[str, float] | None = None
+    rate_rps: float | None = None  # a run of rate levels (`--rate 0.5,1,2`): this row's offered rate
+
+    @property
+    def level(self) -> Level:
+        """The load level the row is tabled at (`level_of` of its requests)."""
+        return self.concurrency, self.rate_rps
 
 
 @dataclass
@@ -98,9 +106,6 @@ class Comparison:
         return REASON_TEXT.get(code, code)
 
 
-Level = tuple[int, float | None]  # (concurrency, offered rate of a rate-level run, else None)
-
-
 def level_of(r: RequestRecord) -> Level:
     """The level a request is tabled at: its concurrency and, in a run of rate levels (`--rate
     0.5,1,2`, a rate search), its offered rate, so that those levels are not pooled."""
@@ -131,11 +136,11 @@ def bucket_stats(groups: Sequence[ArmGroup]) -> list[BucketStats]:
         for bucket, lv in keys:
             reqs = [r for r in mine if r.bucket == bucket and level_of(r) == lv]
             if reqs or not mine:
-                out.append(_one_bucket(_bucket_label(bucket, lv, all_c1), g.label, lv[0], reqs, session_of))
+                out.append(_one_bucket(_bucket_label(bucket, lv, all_c1), g.label, lv, reqs, session_of))
         for lv in levels:
             if sum(1 for b, c in keys if c == lv) > 1:
                 reqs = [r for r in mine if level_of(r) == lv]
-                out.append(_one_bucket(_bucket_label("all", lv, all_c1), g.label, lv[0], reqs, session_of,
+                out.append(_one_bucket(_bucket_label("all", lv, all_c1), g.label, lv, reqs, session_of,
                                        weights=plan_weights(measured, lv)))
     return out
 
@@ -152,8 +157,9 @@ def plan_weights(measured: Sequence[RequestRecord], level: Level) -> dict[str, f
     return {b: n / total for b, n in counts.items()} if total else {}
 
 
-def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord], session_of: dict[int, int],
+def _one_bucket(label: str, group: str, level: Level, reqs: Sequence[RequestRecord], session_of: dict[int, int],
                 weights: dict[str, float] | None = None) -> BucketStats:
+    conc, rate = level
     ok = [r for r in reqs if r.ok]
     itl_each = [stats.itl_ms(r) for r in ok]
     samples = {
@@ -170,14 +176,14 @@ def _one_bucket(label: str, group: str, conc: int, reqs: Sequence[RequestRecord]
         summaries = {k: stats.summarize(v) for k, v in samples.items()}
         summaries["itl_ms"] = stats.summarize(itl_tokens)
         return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts,
-                           sessions)
+                           sessions, rate_rps=rate)
     # the "all" row: only the stratified mean (a pooled σ, median or p95 would mix the buckets)
     strata = np.array([r.bucket for r in ok])
     nan = math.nan
     summaries = {k: stats.Summary(int(np.isfinite(v).sum()), stratified.stratified_mean(v, strata, weights),
                                   nan, nan, nan, nan, nan) for k, v in samples.items()}
     return BucketStats(label, group, conc, len(reqs), len(reqs) - len(ok), summaries, samples, itl_tokens, prompts,
-                       sessions, pooled=True, strata=strata, weights=weights)
+                       sessions, pooled=True, strata=strata, weights=weights, rate_rps=rate)
 
 
 def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats]) -> list[Comparison]:

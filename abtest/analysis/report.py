@@ -21,7 +21,7 @@ from .arms import (
     resolve_baseline,
 )
 from .capacity import ArmCapacity, CapacityDelta, capacities, capacity_verdict
-from .compare import BucketStats, Comparison, bucket_stats, compare_groups, session_means
+from .compare import BucketStats, Comparison, Level, bucket_stats, compare_groups, session_means
 from .cost import DEFAULT_GPU_HOUR_COST, CostRow, cost_rows
 from .equivalence import Equivalence, equivalence_of
 from .findings import (
@@ -205,15 +205,20 @@ def build_report(
     return report
 
 
+def _level_order(level: Level) -> tuple[int, bool, float]:
+    """Concurrency first, then a rate level's offered rate (plain levels, rate None, first)."""
+    return level[0], level[1] is not None, level[1] or 0.0
+
+
 def _session_rows(groups: Sequence[ArmGroup], buckets: Sequence[BucketStats]) -> list[SessionRow]:
     """Every session of every group, with its means of the headline row (the "all" row of the
-    first concurrency, or the group's only bucket)."""
+    lowest load level, or the group's only bucket there)."""
     out = []
     for g in groups:
         mine = [s for s in buckets if s.group == g.label]
         if mine:  # with load levels: the lowest level's rows (its "all" row, or its only bucket)
-            low = min(s.concurrency for s in mine)
-            mine = [s for s in mine if s.concurrency == low]
+            low = min((s.level for s in mine), key=_level_order)
+            mine = [s for s in mine if s.level == low]
         head = next((s for s in mine if s.pooled), mine[0] if len(mine) == 1 else None)
         means = {key: session_means(head, key, len(g.runs)) if head is not None else [] for key in ("decode_tps", "ttft_ms")}
         for j, run in enumerate(g.runs):

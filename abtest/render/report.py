@@ -229,9 +229,10 @@ def _session_section(report: Report) -> Section:
     """Each server session of each arm: the unit the intervals count, and the drift between them."""
     rows = [[r.group, r.session or "—", ", ".join(r.buckets), f"{r.n - r.n_failed} ({r.n_failed})",
              fmt_num(r.means.get("decode_tps")), fmt_num(r.means.get("ttft_ms"))] for r in report.sessions]
+    lowest = " of the lowest load level" if report.levels else ""
     sec = Section("Server sessions", paragraphs=[
         "Each arm's server sessions in the order they ran (a block of `abtest run --blocks`, or a pooled "
-        "file), with the means of the headline row: these, not the requests, are the samples the "
+        f"file), with the means of the headline row{lowest}: these, not the requests, are the samples the "
         "comparisons count."],
         tables=[Table("", ["arm", "session", "buckets", "n (failed)", "decode tok/s", "TTFT ms"], rows,
                       right={3, 4, 5})])

@@ -558,3 +558,27 @@ def test_sessions_of_a_load_level_run_show_the_lowest_levels_means() -> None:
     # 2 warm-up requests per level, 5 levels: the warm-up advice quotes the level's, not 10
     outlier = [w.text for w in report.warnings if "first measured request" in w.text]
     assert outlier and all("(it was 2 per load level)" in t for t in outlier)
+
+
+def test_sessions_of_a_rate_level_run_show_the_lowest_levels_means(tmp_path) -> None:
+    """`abtest run --rate 0.5,1,2` with one bucket: the levels share one concurrency, so the
+    session rows must tell them apart by rate, and carry the lowest rate's means, not dashes."""
+    rates = (0.5, 1.0, 2.0)
+    path = fabricate(tmp_path / "rates.jsonl", seed=3, buckets=("short",), blocks=2)
+    objs = read_lines(path)
+    for o in objs:
+        if o.get("kind") == "request":
+            i = o["run_index"] % len(rates)
+            o["load"] = {"mode": "open", "concurrency": 1, "rate_rps": rates[i], "level": i, "levels": len(rates)}
+    report = build([write_lines(path, objs)])
+    assert len(report.sessions) == 4
+    for row in report.sessions:
+        assert math.isfinite(row.means["decode_tps"]) and math.isfinite(row.means["ttft_ms"]), row
+        low = next(s for s in report.buckets if s.group == row.group and s.bucket == "short r=0.5")
+        j = [r for r in report.sessions if r.group == row.group].index(row)
+        assert row.means["ttft_ms"] == pytest.approx(float(np.mean(low.samples["ttft_ms"][low.sessions == j])))
+    section = render_markdown(report).split("## Server sessions")[1].split("##")[0]
+    assert "headline row of the lowest load level" in section
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| baseline |")
+            or line.startswith("| cpu-moe |")][:4]
+    assert len(rows) == 4 and all(cell.strip() != "—" for row in rows for cell in row[4:6]), rows
