@@ -26,7 +26,7 @@ _TERM = re.compile(r"^\s*(ttft|tpot|e2e)_p(\d{1,2}(?:\.\d+)?)\s*<=\s*(\d+(?:\.\d
 @dataclass(frozen=True)
 class Objective:
     """`metric_pQ <= limit`: the Q-th percentile of the metric over a level's requests at most
-    `limit_ms`; for goodput the same limit applies to each request (vLLM's and AIPerf's goodput)."""
+    `limit_ms`; for goodput the same limit applies to each request (vLLM's goodput; `judged_value`)."""
 
     metric: str
     percentile: float
@@ -54,25 +54,48 @@ def parse_slo(text: str) -> tuple[Objective, ...]:
     return tuple(out)
 
 
+# Metrics an objective does not judge a successful request by when the request has no value: a
+# TPOT needs a timed decode (`metrics.decode_unmeasurable`), and a 1-token output has none. vLLM's
+# goodput regards such a request's TPOT as 0 (it meets any limit; `calculate_metrics` in
+# vllm/benchmarks/serve.py: "if output_len <= 1, we regard tpot as 0 for goodput") and leaves it out
+# of its TPOT percentiles. A successful request with no TTFT or E2E was not served: a miss.
+NOT_JUDGED_WHEN_UNDEFINED = frozenset({"tpot"})
+
+
+def judged_value(r: RequestRecord, o: Objective) -> float | None:
+    """The request's value for the objective: ∞ for a miss whatever the limit (a failed request,
+    or an undefined TTFT or E2E), None when the objective does not judge it (a successful
+    request with no TPOT)."""
+    if not r.ok:
+        return float("inf")
+    v = METRIC_OF[o.metric](r)
+    if v is None:
+        return None if o.metric in NOT_JUDGED_WHEN_UNDEFINED else float("inf")
+    return v
+
+
 def meets_each(r: RequestRecord, slo: Sequence[Objective]) -> bool:
     """Whether one request meets every objective's limit (goodput's per-request test); a failed
-    request, or one whose metric is undefined, does not."""
+    request does not, an objective that does not judge it (`judged_value` None) does not fail it."""
     if not r.ok:
         return False
     for o in slo:
-        v = METRIC_OF[o.metric](r)
-        if v is None or v > o.limit_ms:
+        v = judged_value(r, o)
+        if v is not None and v > o.limit_ms:
             return False
     return True
 
 
 def observed(requests: Sequence[RequestRecord], o: Objective) -> float:
-    """The objective's percentile over a level's requests, failed ones (and undefined values) as an
-    infinite latency; nan without requests."""
+    """The objective's percentile over a level's requests it judges (`judged_value`), failed ones
+    as an infinite latency; nan without requests, 0.0 when it judges none of them (every one
+    succeeded without a TPOT: nothing exceeded the limit)."""
     if not requests:
         return float("nan")
-    values = [METRIC_OF[o.metric](r) if r.ok else None for r in requests]
-    xs = np.sort(np.array([np.inf if v is None else v for v in values], dtype=float))
+    values = [v for r in requests if (v := judged_value(r, o)) is not None]
+    if not values:
+        return 0.0
+    xs = np.sort(np.array(values, dtype=float))
     # numpy's linear percentile, by hand: its interpolation gives nan next to an infinite value
     h = (xs.size - 1) * o.percentile / 100.0
     i = int(np.floor(h))
@@ -85,8 +108,8 @@ def observed(requests: Sequence[RequestRecord], o: Objective) -> float:
 
 
 def level_meets(requests: Sequence[RequestRecord], slo: Sequence[Objective]) -> bool | None:
-    """Whether a level's requests meet every objective at its percentile (failed requests count as
-    misses: an infinite latency); None without requests."""
+    """Whether a level's requests meet every objective at its percentile (`observed`: failed
+    requests count as misses, an infinite latency); None without requests."""
     if not requests:
         return None
     return all(observed(requests, o) <= o.limit_ms for o in slo)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from factories import streamed
 
@@ -51,3 +53,28 @@ def test_a_percentile_among_failed_requests_is_infinite_not_nan() -> None:
     assert observed(ok, o) == pytest.approx(20 + 17 * 0.95 + 0.0, abs=0.02)
     (med,) = parse_slo("ttft_p50<=50ms")
     assert observed(ok[:2] + failed[:1], med) == pytest.approx(21.0, abs=0.02)  # lands on the finite value
+
+
+def test_a_request_without_a_tpot_is_not_judged_by_a_tpot_objective() -> None:
+    """vLLM's goodput regards the TPOT of a 1-token output as 0 (it meets any TPOT limit) and
+    leaves it out of its TPOT percentiles; abtest does the same for every successful request
+    `metrics.tpot_ms` has no value for. A TTFT or E2E objective still judges it; a failed request
+    still misses."""
+    from abtest.analysis import metrics
+    from abtest.analysis.slo import observed
+
+    slo = parse_slo("ttft_p95<=50ms,tpot_p95<=20ms")
+    one_token = streamed(1, ttft_ms=20, itl_ms=5)
+    burst = streamed(8, ttft_ms=20, itl_ms=0.1)  # the decode window is too short to time
+    assert metrics.tpot_ms(one_token) is None and metrics.tpot_ms(burst) is None
+    assert meets_each(one_token, slo) and meets_each(burst, slo)
+    assert not meets_each(streamed(1, ttft_ms=80, itl_ms=5), slo)  # TTFT still judges it
+    assert not meets_each(streamed(1, ttft_ms=20, itl_ms=5, error="boom"), slo)
+    (tpot,) = parse_slo("tpot_p50<=20ms")
+    timed = [streamed(16, ttft_ms=20, itl_ms=10 + i) for i in range(3)]  # TPOT 10, 11, 12 ms
+    # the percentile is over the requests that have a TPOT (the Load levels table's TPOT p50)
+    assert observed(timed + [one_token] * 5, tpot) == pytest.approx(11.0, abs=0.01)
+    assert level_meets(timed + [one_token] * 5, parse_slo("tpot_p50<=20ms")) is True
+    assert observed([one_token] * 3, tpot) == 0.0  # nothing to judge: met, as vLLM's TPOT of 0
+    failed = streamed(16, ttft_ms=20, itl_ms=5, error="boom")
+    assert observed([one_token, failed], tpot) == math.inf  # the failed one is the only value
