@@ -33,6 +33,9 @@ class LevelRow:
     meets_slo: bool | None = None  # the level's percentiles meet every objective (None: no --slo)
     sessions_meeting: int | None = None  # sessions whose own requests at this level meet them
     rate_rps: float | None = None  # open-loop levels (--rate 1,2,4): the rate offered
+    # with --slo: the level fails only through its failed requests (misses: not served within the
+    # SLO); its served requests alone would meet every objective
+    failed_requests_decide: bool | None = None
 
     @property
     def point(self) -> LoadPoint:
@@ -71,7 +74,9 @@ def level_rows(groups: Sequence[ArmGroup], slo: Sequence[Objective] = ()) -> lis
                 ttft_p50_ms=percentile_or_none(ttft, 50), ttft_p95_ms=percentile_or_none(ttft, 95),
                 tpot_p50_ms=percentile_or_none(tpot, 50), tpot_p95_ms=percentile_or_none(tpot, 95),
                 goodput_rps=good_n / span_s if slo and span_s else None,
-                meets_slo=level_meets(reqs, slo) if slo else None,
+                meets_slo=(meets := level_meets(reqs, slo)) if slo else None,
+                failed_requests_decide=(meets is False and len(ok) < len(reqs) and bool(level_meets(ok, slo))
+                                        ) if slo else None,
                 sessions_meeting=sum(1 for s in sessions.values() if level_meets(s, slo)) if slo else None,
                 rate_rps=point.value if point.kind == RATE else None,
             ))

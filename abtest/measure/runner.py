@@ -456,8 +456,10 @@ class Runner:
                                           time.perf_counter() - t_probe)
             probes.append(probe)
             unit = "" if cfg.search == "concurrency" else " req/s"
+            n_failed = sum(1 for r in mine if not r.ok)
+            misses = f"; {n_failed} of {len(mine)} requests failed, each a miss" if n_failed else ""
             self.progress.note(f"{name}: {cfg.search} {d.load:g}{unit} {'meets' if probe.meets else 'fails'} "
-                               f"{', '.join(map(str, self.slo))} ({d.phase})")
+                               f"{', '.join(map(str, self.slo))} ({d.phase}{misses})")
 
     async def _drive(self, base_url: str, plan: list[tuple[StreamRequest, FittedPrompt]], records: list[RequestRecord],
                      alive: Callable[[], bool] = lambda: True, level: RunConfig | None = None) -> None:

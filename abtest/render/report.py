@@ -157,15 +157,23 @@ def _levels_section(report: Report) -> Section:
         "(first send to last end), summed over sessions; latencies in ms over the level's requests."])
     headers = ["arm", "load", "n (failed)", "req/s", "tok/s", "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95"]
     if report.slo:  # the p50s make way for the goodput and the judgement (80 columns)
-        rows = [[*row[:5], row[6], row[8], fmt_num(lr.goodput_rps), {True: "yes", False: "no", None: "—"}[lr.meets_slo]]
+        rows = [[*row[:5], row[6], row[8], fmt_num(lr.goodput_rps), _slo_ok(lr.meets_slo, lr.failed_requests_decide)]
                 for row, lr in zip(rows, report.levels, strict=True)]
         headers = ["arm", "load", "n (fail)", "req/s", "tok/s", "TTFT p95", "TPOT p95", "good/s", "SLO ok"]
         sec.paragraphs.append(f"SLO: {', '.join(map(str, report.slo))} — a level meets it when its "
-                              "percentiles do (failed requests count as misses); goodput counts the "
-                              "requests that meet every limit themselves, per second (vLLM's and AIPerf's "
-                              "goodput).")
+                              "percentiles do; a failed request is a miss, placed above every served one "
+                              "(the p95 columns are over the served requests): \"no (failed)\" marks a "
+                              "level that its served requests alone would meet. Goodput counts the "
+                              "requests that meet every limit themselves, per second (vLLM's goodput).")
     sec.tables.append(Table("", headers, rows, right=set(range(1, len(headers)))))
     return sec
+
+
+def _slo_ok(meets: bool | None, failed_requests_decide: bool | None) -> str:
+    """The Load levels table's SLO cell: yes, no, or "no (failed)" when failed requests decided it."""
+    if meets is None:
+        return "—"
+    return "yes" if meets else "no (failed)" if failed_requests_decide else "no"
 
 
 def _capacity_section(report: Report) -> Section:

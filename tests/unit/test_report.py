@@ -582,3 +582,37 @@ def test_sessions_of_a_rate_level_run_show_the_lowest_levels_means(tmp_path) -> 
     rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| baseline |")
             or line.startswith("| cpu-moe |")][:4]
     assert len(rows) == 4 and all(cell.strip() != "—" for row in rows for cell in row[4:6]), rows
+
+
+def test_a_level_failed_by_a_failed_request_says_so(tmp_path) -> None:
+    """A failed request is a miss (not served within the SLO): it fails a level whose served
+    requests all meet it when it reaches the percentile (p95 of 12 requests), and the level stays
+    in the tables, its served requests counted. The Load levels table must say that the failure
+    is why (its TTFT p95 is over the served requests and lies within the limit)."""
+    from abtest.analysis.slo import parse_slo
+
+    path = fabricate(tmp_path / "lv.jsonl", seed=5, buckets=("short",), prompts_per_bucket=6, runs=4)
+    objs = read_lines(path)
+    failed_one = False
+    for o in objs:
+        if o.get("kind") == "request" and not o["warmup"]:
+            i = o["run_index"] % 2
+            c = (1, 2)[i]
+            o["concurrency"] = c
+            o["load"] = {"mode": "closed", "concurrency": c, "level": i, "levels": 2}
+            if o["arm"] == "baseline" and i == 1 and not failed_one:
+                failed_one = True
+                o.update(status=500, error="HTTP 500: slot unavailable", ttft_ms=None, events=[], chunk_times_ns=[],
+                         completion_tokens=0, token_ids=None, text="", timings={})
+    slo = parse_slo("ttft_p95<=5s")
+    report = build([write_lines(path, objs)], slo=slo)
+    rows = {(lr.group, lr.point.label): lr for lr in report.levels}
+    hit = rows[("baseline", "c=2")]
+    assert hit.n == 12 and hit.n_failed == 1 and hit.ttft_p95_ms is not None and hit.ttft_p95_ms < 5000
+    assert hit.meets_slo is False and hit.failed_requests_decide is True
+    assert rows[("baseline", "c=1")].meets_slo is True and rows[("baseline", "c=1")].failed_requests_decide is False
+    section = render_markdown(report).split("## Load levels")[1].split("##")[0]
+    line = next(ln for ln in section.splitlines() if ln.startswith("| baseline | c=2"))
+    assert "no (failed)" in line, line
+    assert "| baseline | c=1" in section and "yes" in next(ln for ln in section.splitlines()
+                                                           if ln.startswith("| baseline | c=1"))

@@ -78,3 +78,20 @@ def test_a_request_without_a_tpot_is_not_judged_by_a_tpot_objective() -> None:
     assert observed([one_token] * 3, tpot) == 0.0  # nothing to judge: met, as vLLM's TPOT of 0
     failed = streamed(16, ttft_ms=20, itl_ms=5, error="boom")
     assert observed([one_token, failed], tpot) == math.inf  # the failed one is the only value
+
+
+@pytest.mark.parametrize("n, fails", [(12, True), (20, True), (21, False), (40, False)])
+def test_a_failed_request_fails_a_level_where_a_request_far_over_the_limit_would(n: int, fails: bool) -> None:
+    """A failed request is a miss placed above every served one: at p95 it decides the level when
+    it reaches the percentile (n ≤ 20 with linear interpolation), as a request at 100× the limit
+    does, and not otherwise (docs/report.md, "A failed request")."""
+    from abtest.analysis.slo import observed
+
+    (o,) = parse_slo("ttft_p95<=100ms")
+    served = [streamed(16, ttft_ms=50, itl_ms=5) for _ in range(n - 1)]
+    slow = streamed(16, ttft_ms=10_000, itl_ms=5)
+    failed = streamed(16, ttft_ms=50, itl_ms=5, error="stream stalled")
+    assert level_meets(served + [failed], [o]) is (not fails)
+    assert level_meets(served + [slow], [o]) is (not fails)
+    if n == 12:
+        assert observed(served + [slow], o) == pytest.approx(50 + 0.45 * 9950)  # ≈ 45× the limit
