@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -175,15 +175,9 @@ class Nvml:
                         on[i] = on.get(i, 0) + p.usedGpuMemory
         return {i: round(b / MIB, 1) for i, b in on.items()}
 
-    def pid_memory(self, pid: int) -> tuple[float | None, list[int]]:
-        """The process's own GPU memory summed over its devices (None if NVML does not list it), and
-        the NVML indices of the devices it holds memory on."""
-        by_device = self.pid_memory_by_device(pid)
-        return (round(sum(by_device.values()), 1) if by_device else None), list(by_device)
-
     def pid_memory_mib(self, pid: int) -> float | None:
-        """The process's own GPU memory summed over the visible devices; None if NVML does not list it."""
-        return self.pid_memory(pid)[0]
+        """The process's own GPU memory summed over its devices; None if NVML does not list it."""
+        return pid_total_mib(self.pid_memory_by_device(pid))
 
     def device_sample(self, indices: list[int] | None = None) -> dict[str, Any]:
         """Used memory (summed), SM clock (the slowest), temperature (the hottest) and power (summed)
@@ -207,6 +201,12 @@ class Nvml:
             "power_w": round(sum(power), 2) if power and None not in power else None,  # type: ignore[arg-type]
             "gpus": chosen,
         }
+
+
+def pid_total_mib(by_device: Mapping[int, float]) -> float | None:
+    """A process's GPU memory summed over its devices (`Nvml.pid_memory_by_device`), MiB; None when
+    NVML lists it on none (not yet on a GPU, or a PID NVML cannot see), not 0."""
+    return round(sum(by_device.values()), 1) if by_device else None
 
 
 def _try(fn: Callable[[], Any]) -> Any:
@@ -274,7 +274,7 @@ class VramSampler:
     def sample(self) -> VramSample:
         by_device = self.nvml.pid_memory_by_device(self.pid)
         on = list(by_device)
-        pid_mib = round(sum(by_device.values()), 1) if by_device else None
+        pid_mib = pid_total_mib(by_device)
         dev = self.nvml.device_sample(on or None)
         anon, file_ = host_memory_mib(self.pid)
         s = VramSample(

@@ -224,3 +224,13 @@ def test_cost_counts_the_gpus_the_pid_held_memory_on_not_those_read_before_it_al
         if o.get("kind") == "memory":
             o["pid_vram_mib"] = None
     assert {c.n_gpus for c in build_report(load_evidence([write_lines(path, objs)])).cost} == {4}
+
+
+def test_the_pid_total_has_one_definition_for_the_sampler_and_the_nvml_query():
+    from abtest.measure.sampler import pid_total_mib
+
+    assert pid_total_mib({}) is None and pid_total_mib({2: 3000.04, 5: 1000.04}) == 4000.1
+    nvml = Nvml(ScriptedNvml(procs={2: [(4242, 3000 * MIB)], 5: [(4242, 1000 * MIB + 50_000)]}), "2,5")
+    s = VramSampler(nvml, "a", 4242, 0, [].append).sample()
+    assert s.pid_vram_mib == nvml.pid_memory_mib(4242) == pid_total_mib(nvml.pid_memory_by_device(4242))
+    assert nvml.pid_memory_mib(7) is None
