@@ -278,7 +278,7 @@ def capacities(groups: Sequence[ArmGroup], slo: Sequence[Objective],
     return caps, deltas
 
 
-def _num(v: float) -> str:
+def load_text(v: float) -> str:
     """A load as the levels name it (4, 0.5) when it is one, else `fmt_num`."""
     return f"{v:g}" if math.isfinite(v) and v == round(v, 3) else fmt_num(v)
 
@@ -286,31 +286,38 @@ def _num(v: float) -> str:
 def _value(iv: Interval, unit: str = "", load: bool = False) -> str:
     """"7.80 (7.10–8.40)"; a load that is a whole level with no interval reads as the level: "12"."""
     spread = math.isfinite(iv.low) and not iv.low == iv.high == iv.mean  # sessions agreeing on one level: no range
-    show = _num if load and not spread else fmt_num
+    show = load_text if load and not spread else fmt_num
     rng = f" ({show(iv.low)}–{show(iv.high)})" if spread else ""
     return f"{show(iv.mean)}{unit}{rng}"
 
 
-def arm_phrase(c: ArmCapacity) -> str:
-    """"baseline carries 7.8 req/s (7.1–8.4) at concurrency 5.2 (4.8–5.6)" and the like."""
+def capacity_clause(c: ArmCapacity, objective: str = "it") -> str:
+    """What an arm carries within the SLO, without its name: "carries 7.8 req/s (7.1–8.4) at
+    concurrency 5.2 (4.8–5.6)", "meets `objective` at none of the levels run (lowest concurrency
+    1)" and the like. The one wording of a capacity: the report's verdict (`arm_phrase`) and the
+    sweep's advice (`analysis.sweep.capacity_text`, objective "the SLO") both use it."""
     if c.status == NONE_MET:
         lowest = min((s.high for s in c.sessions if s.high is not None), default=math.nan)
         unit = "concurrency " if c.kind == CONCURRENCY else ""
-        return f"{c.group} meets it at none of the levels run (lowest {unit}{_num(lowest)}" + (
+        return f"meets {objective} at none of the levels run (lowest {unit}{load_text(lowest)}" + (
             " req/s)" if c.kind == RATE else ")")
     bound = "at least " if c.status in (AT_LEAST, "mixed") else ""
     if c.kind == RATE:
-        text = f"{c.group} carries {bound}{_value(c.load, ' req/s', load=c.status != BRACKETED)}"
+        text = f"carries {bound}{_value(c.load, ' req/s', load=c.status != BRACKETED)}"
     else:
-        text = (f"{c.group} carries {bound}{_value(c.req_per_s, ' req/s')} at concurrency "
-                f"{_value(c.load, load=True)}")
+        text = f"carries {bound}{_value(c.req_per_s, ' req/s')} at concurrency {_value(c.load, load=True)}"
     if c.status == AT_LEAST:
-        text += " (every level run met it)"
+        text += f" (every level run met {objective})"
     elif c.status == "mixed":
-        text += " (some sessions met it at every level run)"
+        text += f" (some sessions met {objective} at every level run, or at none)"
     elif c.load.k == 1:
         text += " (one session: no interval)"
     return text
+
+
+def arm_phrase(c: ArmCapacity) -> str:
+    """"baseline carries 7.8 req/s (7.1–8.4) at concurrency 5.2 (4.8–5.6)" and the like."""
+    return f"{c.group} {capacity_clause(c)}"
 
 
 def delta_phrase(d: CapacityDelta) -> str:

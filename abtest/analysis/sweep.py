@@ -48,11 +48,20 @@ from typing import Any
 import numpy as np
 
 from ..evidence import SWEEP_SIDECAR_SUFFIX, Evidence, read_evidence
-from ..fmt import fmt_fixed, fmt_gib, fmt_num
+from ..fmt import fmt_fixed, fmt_gib
 from ..records import GIB, MIB, ArmEnd, RequestRecord
 from . import stratified
-from .capacity import AT_LEAST, BRACKETED, NO_DATA, NONE_MET, ArmCapacity, capacity_over_sessions
-from .loadpoint import CONCURRENCY, RATE, is_level_run, load_point
+from .capacity import (
+    AT_LEAST,
+    BRACKETED,
+    NO_DATA,
+    NONE_MET,
+    ArmCapacity,
+    capacity_clause,
+    capacity_over_sessions,
+    load_text,
+)
+from .loadpoint import RATE, is_level_run, load_point
 from .metrics import decode_tps, ttft_ms
 from .slo import Objective, parse_slo
 from .stratified import MeanCI, SessionRatio, mean_ci, mean_ci_stratified, session_ratio
@@ -572,36 +581,13 @@ def flag_of(n: int, n_layer: int) -> str:
     return f"--n-cpu-moe {n}"
 
 
-def _load_text(v: float) -> str:
-    return f"{v:g}" if math.isfinite(v) and v == round(v, 3) else fmt_num(v)
-
-
 def capacity_text(c: ArmCapacity | None) -> str:
-    """"carries 3.10 req/s (2.80–3.40) at concurrency 4"; "carries at least 50.0 req/s at
-    concurrency 8 (every level run met the SLO: a lower bound)"; "meets the SLO at none of the
-    levels run (lowest concurrency 1)"."""
+    """The sweep's words for a setting's capacity: `capacity.capacity_clause` ("carries 3.10 req/s
+    (2.80–3.40) at concurrency 4", "meets the SLO at none of the levels run (lowest concurrency
+    1)"), the report's wording; the notes say what a lower bound asks for."""
     if c is None or c.status == NO_DATA:
         return "has no load-level requests to judge"
-    unit = "concurrency " if c.kind == CONCURRENCY else ""
-    if c.status == NONE_MET:
-        lowest = min((s.high for s in c.sessions if s.high is not None), default=math.nan)
-        return (f"meets the SLO at none of the levels run (lowest {unit}{_load_text(lowest)}"
-                + (" req/s)" if c.kind == RATE else ")"))
-    bound = "at least " if c.status in (AT_LEAST, "mixed") else ""
-    iv = c.headline
-    rng = f" ({fmt_num(iv.low)}–{fmt_num(iv.high)})" if math.isfinite(iv.low) else ""
-    text = f"carries {bound}{fmt_num(iv.mean)} req/s{rng}"
-    if c.kind == CONCURRENCY:
-        ld = c.load
-        lrng = f" ({_load_text(ld.low)}–{_load_text(ld.high)})" if math.isfinite(ld.low) else ""
-        text += f" at concurrency {_load_text(ld.mean)}{lrng}"
-    if c.status == AT_LEAST:
-        text += " (every level run met the SLO: a lower bound; add a higher --concurrency level)"
-    elif c.status == "mixed":
-        text += " (some sessions met the SLO at every level run, or at none: a lower bound)"
-    elif c.headline.k == 1:
-        text += " (one session: no interval)"
-    return text
+    return capacity_clause(c, "the SLO")
 
 
 def slo_label(rep: SweepReport) -> str:
@@ -754,7 +740,7 @@ def _capacity_advice(rep: SweepReport, head: str) -> str:
                      default=math.nan)
         if all(capacity_score(r) == -math.inf for r in fits):
             return (f"{head}: no setting meets the SLO, even at the lowest level run (concurrency "
-                    f"{_load_text(lowest)}): relax the SLO or lower --concurrency")
+                    f"{load_text(lowest)}): relax the SLO or lower --concurrency")
         return f"{head}: no setting has load-level requests to judge; see the notes"
     row = rep.row(rep.best)
     assert row is not None

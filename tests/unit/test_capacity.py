@@ -120,3 +120,20 @@ def test_a_concurrency_capacity_is_a_whole_concurrency() -> None:
     wide = session_capacity([lv(8, 0.5, rps=8.0), lv(16, 1.5, rps=12.0)], SLO, integer=True)
     assert wide.load == 12 and wide.req_per_s == pytest.approx(10.0)  # crossing at 12 exactly
     assert session_capacity([lv(8, 0.5), lv(16, 1.6)], SLO, integer=True).load == 11  # 8 + 0.5/1.1·8 = 11.6
+
+
+@pytest.mark.parametrize("kind, values, status", [
+    (CONCURRENCY, [4.0, 4.0], BRACKETED), (CONCURRENCY, [4.0, 5.0], BRACKETED), (RATE, [3.0], BRACKETED),
+    (CONCURRENCY, [8.0, 8.0], AT_LEAST), (RATE, [2.0, 2.5], "mixed"), (CONCURRENCY, [1.0, 1.0], NONE_MET)])
+def test_the_sweep_and_the_report_word_a_capacity_alike(kind: str, values: list[float], status: str) -> None:
+    """One wording of an arm's capacity: the report's verdict (`arm_phrase`) and the sweep's advice
+    (`analysis.sweep.capacity_text`) differ only in naming the arm and the objective."""
+    from abtest.analysis.sweep import capacity_text
+
+    c = _arm("x", kind, values, status)
+    if status == NONE_MET:
+        c = ArmCapacity("x", kind, tuple(SessionCapacity(None, None, NONE_MET, high=v) for v in values),
+                        session_interval([]), session_interval([]), NONE_MET, "TTFT p95 ≤ 100 ms")
+    assert arm_phrase(c) == "x " + capacity_text(c).replace("the SLO", "it")
+    if values == [4.0, 4.0]:  # sessions agreeing on one level: the level, not a range "(4–4)"
+        assert "at concurrency 4" in capacity_text(c) and "4–4" not in capacity_text(c)

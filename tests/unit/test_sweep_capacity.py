@@ -109,7 +109,7 @@ def test_capacity_ranks_settings_none_met_last_and_names_the_capacity(tmp_path: 
     assert rep.best == 2 == pick_best(rep.rows, None, "capacity")
     assert re.fullmatch(r"with no VRAM budget \(no GPU seen\) within TTFT p95 ≤ 500 ms, use `--n-cpu-moe 2`: "
                         r"[0-9.]+ GiB predicted, carries 4\.50 req/s \([0-9.]+–[0-9.]+\) at concurrency "
-                        r"4\.5 \([0-9.]+–[0-9.]+\)", rep.advice), rep.advice
+                        r"4\.50 \([0-9.]+–[0-9.]+\)", rep.advice), rep.advice
     # the pick against its runner-up: capacity over sessions, with an interval (2 vs 2)
     (v,) = rep.versus
     assert (v.base, v.other, v.metric) == ("ncmoe4", "ncmoe2", "capacity")
@@ -127,7 +127,7 @@ def test_an_at_least_capacity_is_flagged_as_a_lower_bound(tmp_path: Path) -> Non
     r0 = rep.row(0)
     assert r0 is not None and r0.capacity is not None and r0.capacity.status == AT_LEAST
     assert rep.best == 0
-    assert "carries at least 8.00 req/s at concurrency 8 (every level run met the SLO: a lower bound" in rep.advice
+    assert "carries at least 8.00 req/s at concurrency 8 (every level run met the SLO)" in rep.advice
     assert any("`--n-cpu-moe 0`: every level run met the SLO" in n and "lower bound" in n for n in rep.notes)
     # a censored capacity has no value to compare: no ratio, said so
     (v,) = rep.versus
