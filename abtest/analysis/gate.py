@@ -74,6 +74,10 @@ class GateResult:
     significant: bool
     regression: bool
     improvement: bool
+    # the bound in the bad direction could not be crossed: a higher-is-better rate whose lower
+    # prediction bound fell to 0 or below (a window spread so widely that no drop tonight can lie
+    # beyond it; `bound` is then clamped at 0, the least a rate can be)
+    blind: bool = False
 
 
 def gate_samples(
@@ -132,7 +136,12 @@ def gate_samples(
     p_bad = rank_test(bad_alt)
     lo = stats.prediction_bound(meds, alpha=alpha, upper=False)
     hi = stats.prediction_bound(meds, alpha=alpha, upper=True)
+    blind = False
     if higher_is_better:
+        # a rate is never below 0: a lower bound at or below it can never be crossed (three nights
+        # of 80, 20, 90 tok/s give −241) — clamp it there, and say the gate is blind
+        blind = bool(lo <= 0)
+        lo = max(lo, 0.0)
         beyond_bad, beyond_good = change < -thr, change > thr
         out_bad, out_good = value < lo, value > hi
         bound = lo
@@ -146,7 +155,7 @@ def gate_samples(
     return GateResult(
         value=value, reference=ref, change=change, p_value=p_bad, bound=bound,
         beyond_threshold=bool(beyond_bad), significant=sig_bad,
-        regression=bool(beyond_bad and sig_bad), improvement=bool(beyond_good and sig_good),
+        regression=bool(beyond_bad and sig_bad), improvement=bool(beyond_good and sig_good), blind=blind,
     )
 
 
@@ -426,6 +435,11 @@ def evaluate_history(nights: Sequence[Night], thresholds: Thresholds | None = No
         for spec in GATE_METRICS:
             status, g = check_night(na, past, spec.key, th)
             c = Check(model, arm, spec.key, tonight.night, status, g, window_nights, threshold_text(spec.key, th))
+            if g is not None and g.blind:
+                notes.append(f"{key_label(key)} {spec.label}: the last {len(window_nights)} nights spread so "
+                             "widely that their lower prediction bound is at or below 0 "
+                             f"{spec.unit}: the gate cannot call any drop a regression tonight (a steadier box, "
+                             "or more nights: --window, narrows it)")
             if c.regression:
                 c.causes = _causes(changes, key, window_nights, tonight.night)
             checks.append(c)

@@ -68,8 +68,9 @@ FORMATS = ["terminal", "markdown", "csv", "json", "html"]
 @click.option("--no-recognise-identical", "no_recognise", is_flag=True,
               help="Rank arms even when they cannot differ (the same effective command line, or only offload "
                    "flags on a server without a GPU): what an A/A calibration needs.")
-@click.option("--decode-threshold", type=click.FloatRange(min=0), default=Thresholds.decode_pct,
-              show_default=True, help="History: % decode tok/s drop that counts as a regression.")
+@click.option("--decode-threshold", type=click.FloatRange(min=0, max=100, max_open=True), default=Thresholds.decode_pct,
+              show_default=True, help="History: % decode tok/s drop that counts as a regression (below 100: a rate "
+                                      "cannot drop by more, so 100 would never trigger).")
 @click.option("--ttft-threshold", type=click.FloatRange(min=0), default=Thresholds.ttft_pct,
               show_default=True, help="History: % TTFT rise that counts as a regression.")
 @click.option("--vram-threshold", type=click.FloatRange(min=0), default=Thresholds.vram_pct,

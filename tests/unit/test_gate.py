@@ -445,3 +445,48 @@ def test_an_arm_dropped_from_tonights_configuration_is_not_missing(tmp_path):
     f = tonight / "run.jsonl"  # configured, but the file ends before its arm (a crash)
     f.write_text(f.read_text().replace('"arms":[{"name":"baseline"', '"arms":[{"name":"cpu-moe","args":[]},{"name":"baseline"'))
     assert [c.label for c in evaluate_history(load_history(root)).missing] == ["tiny-moe · cpu-moe"]
+
+
+def _spread_nights(values, tonight_value):
+    """Nights of one key whose decode values are exactly `values`, then tonight's."""
+    out = []
+    for i, v in enumerate([*values, tonight_value]):
+        night = f"2026-10-{i + 1:02d}"
+        decode = np.full(24, float(v)) + np.linspace(-0.5, 0.5, 24)
+        out.append(Night(night, [], {KEY: NightArm(night, "cpu-moe", decode, np.full(24, 120.0), 11800.0, model="m",
+                                                    provenance={"server_build": "b6000"})}))
+    return out
+
+
+def test_a_decode_bound_below_zero_is_clamped_and_the_gate_says_it_cannot_fire():
+    """Three nights of 80, 20 and 90 tok/s: their lower prediction bound (mean − t·s·√(1+1/n),
+    t(0.99, 2) = 6.96) is −241 tok/s, a decode rate that cannot exist, and no drop tonight
+    can fall below it. The bound is clamped at 0 and the result says the gate is blind."""
+    g = gate_samples(np.full(24, 10.0), [np.full(24, v) for v in (80.0, 20.0, 90.0)], higher_is_better=True,
+                     threshold_pct=5.0)
+    from abtest.analysis.stats import prediction_bound
+
+    assert prediction_bound([80.0, 20.0, 90.0], alpha=0.01, upper=False) == pytest.approx(-241.1, abs=0.05)
+    assert g.bound == 0.0 and g.blind and not g.regression and g.beyond_threshold
+    quiet = gate_samples(np.full(24, 79.0), [np.full(24, v) for v in (80.0, 81.0, 79.5)], higher_is_better=True,
+                         threshold_pct=5.0)
+    assert quiet.bound > 0 and not quiet.blind
+    result = evaluate_history(_spread_nights([80.0, 20.0, 90.0], 10.0))
+    (c,) = [c for c in result.checks if c.metric == "decode_tps"]
+    assert c.gate is not None and c.gate.bound >= 0 and c.status == "ok"
+    assert any("cannot call any drop a regression" in n for n in result.notes), result.notes
+    text = history_markdown(result)
+    assert "cannot call any drop a regression" in _flat(text) and "−1" not in text
+    from abtest.render.html import render_history_html
+
+    page = render_history_html(result)  # the page quotes the bound beside a move beyond the threshold
+    assert "prediction bound is 0" in page and "bound is −" not in page
+
+
+@pytest.mark.parametrize("value", ["100", "150"])
+def test_a_decode_threshold_of_100_percent_or_more_is_refused(tmp_path, capsys, value):
+    """decode tok/s cannot fall by 100 % or more: such a threshold would never trigger."""
+    (tmp_path / "2026-10-01").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--history", str(tmp_path), "--decode-threshold", value])
+    assert e.value.code == 2 and "--decode-threshold" in capsys.readouterr().err
