@@ -245,21 +245,17 @@ def capacity_delta(arm: ArmCapacity, base: ArmCapacity) -> CapacityDelta:
 
     a, b = values(arm), values(base)
     nan = math.nan
-    if a and b and (len(a) < 2 or len(b) < 2):
-        return CapacityDelta(arm.group, base.group, arm.kind, float(np.mean(a) / np.mean(b)), nan, nan, nan,
-                             len(b), len(a), "fewer than 2 server sessions on a side")
     if not a or not b:
         return CapacityDelta(arm.group, base.group, arm.kind, nan, nan, nan, nan, len(b), len(a),
                              "a capacity outside the levels run, on one side or both")
-    if arm.status != BRACKETED or base.status != BRACKETED:
-        reason = "some sessions' capacity lies beyond the levels run"
-    else:
-        reason = ""
+    # one session a side: session_ratio gives the ratio of the means and no interval (ONE_SESSION)
     sr = stratified.session_ratio(b, list(range(len(b))), a, list(range(len(a))))
     ratio = 1.0 + sr.delta
-    if sr.reason or reason:
-        why = reason or ("fewer than 2 server sessions on a side" if sr.reason == stratified.ONE_SESSION
-                         else "no variance between sessions" if sr.reason == stratified.NO_VARIANCE else sr.reason)
+    censored = arm.status != BRACKETED or base.status != BRACKETED
+    if sr.reason or censored:
+        why = ("fewer than 2 server sessions on a side" if sr.reason == stratified.ONE_SESSION
+               else "some sessions' capacity lies beyond the levels run" if censored
+               else "no variance between sessions" if sr.reason == stratified.NO_VARIANCE else sr.reason)
         return CapacityDelta(arm.group, base.group, arm.kind, ratio, nan, nan, nan, len(b), len(a), why)
     lo, hi = sr.interval(CONFIDENCE)
     return CapacityDelta(arm.group, base.group, arm.kind, ratio, 1.0 + lo, 1.0 + hi, sr.p_value, len(b), len(a), "")

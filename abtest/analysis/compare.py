@@ -25,7 +25,7 @@ ALPHA = 0.05  # a delta is "significant" when p < ALPHA, which is when its 95 % 
 ONE_SESSION_TEXT = ("{who}: a session difference cannot be told from an arm difference; run with --blocks 2 "
                     "or more, or pool more files")
 REASON_TEXT = {
-    stratified.NO_DATA: "no bucket with 2 or more values in both arms",
+    stratified.NO_DATA: "no bucket with values in both arms",
     stratified.NOT_POSITIVE: "a mean that is not positive has no ratio",
     stratified.NO_VARIANCE: "no variance between or within server sessions: nothing to test",
 }
@@ -204,7 +204,7 @@ def compare_groups(g: ArmGroup, b: ArmGroup, buckets: Sequence[BucketStats]) -> 
                                            s.weights if pooled else None)
             lo, hi = inf.interval(0.95)
             base_mean, other_mean = inf.base_mean, inf.other_mean
-            if inf.reason == stratified.NO_DATA and not pooled:  # a value a side: the plain ratio, no more
+            if inf.reason == stratified.NO_DATA and not pooled:  # no values on a side: each side's own mean
                 fx, fy = x[np.isfinite(x)], y[np.isfinite(y)]
                 base_mean = float(fx.mean()) if fx.size else math.nan
                 other_mean = float(fy.mean()) if fy.size else math.nan

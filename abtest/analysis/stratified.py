@@ -224,7 +224,7 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> M
 # Comparisons over server sessions: the report's inference
 
 # Why a comparison has no interval or p-value (SessionRatio.reason); "" when it has both.
-NO_DATA = "no-data"  # no bucket with ≥ 2 finite values in both arms
+NO_DATA = "no-data"  # no bucket with a finite value in both arms
 ONE_SESSION = "one-session"  # fewer than 2 server sessions on a side
 NO_VARIANCE = "no-variance"  # nothing varies, between sessions or within them: not testable
 NOT_POSITIVE = "not-positive"  # a mean ≤ 0 has no log ratio
@@ -324,6 +324,9 @@ def session_ratio(
     s²_p = ((k_b−1)·k_b·U_b + (k_o−1)·k_o·U_o)/(k_b + k_o − 2), se² = s²_p·(1/k_b + 1/k_o),
     df = k_b + k_o − 2: the t-test of a nested (sessions within arms) random-effects model, which
     in a balanced design is the F-test of the arms against the between-session mean square.
+    Where no stratum has 2 values on both sides but some have one (one value per session and one
+    session on a side, as a capacity is), M over those is an estimate with reason ONE_SESSION: no
+    interval, no p-value. NO_DATA only when no stratum has a value on both sides.
     """
     x, y = np.asarray(base, dtype=float).ravel(), np.asarray(other, dtype=float).ravel()
     xs = np.asarray(base_sessions).ravel()
@@ -334,7 +337,18 @@ def session_ratio(
     nan = math.nan
     found = _common_strata_labels(x, xh, y, yh, min_n=2, weights=w)
     if not found:
-        return SessionRatio(nan, nan, nan, nan, nan, 0, 0, NO_DATA)
+        # a single value on a side (one value per session, one session: a capacity): the means'
+        # ratio is an estimate, with no interval (ONE_SESSION: one session cannot show a spread)
+        single = _common_strata_labels(x, xh, y, yh, min_n=1, weights=w)
+        if not single:
+            return SessionRatio(nan, nan, nan, nan, nan, 0, 0, NO_DATA)
+        ma, _, _, ka, ka_any = _session_parts(x, xs, xh, single)
+        mb, _, _, kb, kb_any = _session_parts(y, ys, yh, single)
+        # every stratum has one value on some side, so that side has one session there: k < 2
+        if ma <= 0 or mb <= 0:
+            return SessionRatio(ma, mb, nan, nan, nan, ka, kb, NOT_POSITIVE, k_base_any=ka_any, k_other_any=kb_any)
+        return SessionRatio(ma, mb, float(np.log(mb / ma)), nan, nan, ka, kb, ONE_SESSION,
+                            k_base_any=ka_any, k_other_any=kb_any)
     ma, va, wa, ka, ka_any = _session_parts(x, xs, xh, found)
     mb, vb, wb, kb, kb_any = _session_parts(y, ys, yh, found)
     if ma <= 0 or mb <= 0:

@@ -524,6 +524,10 @@ def pick_best(rows: list[SettingRow], budget_mib: float | None, objective: str =
 
 
 CENSORED = "censored"  # SessionRatio.reason: a capacity beyond (or below) the levels run has no value
+# why a comparison has no interval (SessionRatio.reason), in the sweep's words
+NO_INTERVAL_TEXT = {stratified.ONE_SESSION: "one server session on a side", stratified.NO_DATA: "no common bucket",
+                    stratified.NO_VARIANCE: "nothing varies", stratified.NOT_POSITIVE: "a mean ≤ 0",
+                    CENSORED: "a capacity beyond/below the levels run"}
 
 
 def arm_capacity_of(arm: str, requests: Sequence[RequestRecord], slo: Sequence[Objective]) -> ArmCapacity | None:
@@ -554,14 +558,12 @@ def capacity_values(c: ArmCapacity | None) -> list[float]:
 def capacity_ratio(base: ArmCapacity | None, other: ArmCapacity | None) -> SessionRatio:
     """other's capacity over base's, one value per server session (`stratified.session_ratio`, as
     `capacity.capacity_delta` compares report arms). Only bracketed sessions have a value: without
-    one on a side the ratio is nan (reason "censored"); with one session a side, an estimate."""
+    one on a side the ratio is nan (reason "censored"); with one session a side, an estimate and no
+    interval (`session_ratio`'s ONE_SESSION)."""
     b, a = capacity_values(base), capacity_values(other)
     nan = math.nan
     if not a or not b:
         return SessionRatio(nan, nan, nan, nan, nan, len(b), len(a), CENSORED)
-    if len(a) < 2 or len(b) < 2:
-        mb, ma = float(np.mean(b)), float(np.mean(a))
-        return SessionRatio(mb, ma, math.log(ma / mb), nan, nan, len(b), len(a), stratified.ONE_SESSION)
     return session_ratio(b, list(range(len(b))), a, list(range(len(a))))
 
 
@@ -606,7 +608,10 @@ def _pct_ci(v: Versus) -> str:
         return "not comparable (no common bucket with decode rates)"
     if math.isfinite(lo):
         return f"{d * 100:+.1f} % (95 % CI {lo * 100:+.1f} % … {hi * 100:+.1f} %, {sess})"
-    return f"{d * 100:+.1f} % (estimate only: {sess}, no interval — --finalist-sessions 2 or more)"
+    if v.ratio.reason == stratified.ONE_SESSION:
+        return f"{d * 100:+.1f} % (estimate only: {sess}, no interval — --finalist-sessions 2 or more)"
+    why = NO_INTERVAL_TEXT.get(v.ratio.reason, v.ratio.reason)
+    return f"{d * 100:+.1f} % (estimate only: {sess}, no interval: {why})"
 
 
 def fit_flags(fit: FitRow) -> str:

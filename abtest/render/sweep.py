@@ -8,6 +8,7 @@ from pathlib import Path
 from ..analysis.stratified import MeanCI
 from ..analysis.sweep import (
     MIB,
+    NO_INTERVAL_TEXT,
     FrontierPoint,
     SettingRow,
     SweepReport,
@@ -209,11 +210,6 @@ def fit_section(rep: SweepReport) -> str:
     return "\n".join(lines)
 
 
-_NO_INTERVAL = {"one-session": "one server session on a side", "no-data": "no common bucket",
-                "no-variance": "nothing varies", "not-positive": "a mean ≤ 0",
-                "censored": "a capacity beyond/below the levels run"}
-
-
 def versus_table(rep: SweepReport) -> str:
     rows = []
     for v in rep.versus:
@@ -222,7 +218,7 @@ def versus_table(rep: SweepReport) -> str:
         rows.append([f"`{v.other}` vs `{v.base}`", f"{v.ratio.delta * 100:+.1f} %" if math.isfinite(v.ratio.delta) else "—",
                      f"{lo * 100:+.1f} % … {hi * 100:+.1f} %" if math.isfinite(lo) else "no interval",
                      f"{p:.3f}" if math.isfinite(p) else "n/a", f"{v.ratio.k_other} / {v.ratio.k_base}",
-                     _NO_INTERVAL.get(v.ratio.reason, v.ratio.reason)])
+                     NO_INTERVAL_TEXT.get(v.ratio.reason, v.ratio.reason)])
     what = "Δ capacity" if rep.objective == "capacity" else "Δ decode"
     return _table(["comparison", what, "95 % CI", "p", "sessions", "why no interval"], rows, {1, 2, 3})
 

