@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import gguf  # noqa: E402
+from _llama_build import build_tool  # noqa: E402  (scripts/, this script's directory)
 
 from abtest.cache import cache_root  # noqa: E402
 from abtest.models import kquant, presets, synth  # noqa: E402
 from abtest.models.gguf import read_header  # noqa: E402
-from abtest.server.build import NO_AMX_FLAGS  # noqa: E402
 from abtest.server.builds import LLAMA_CPP_PYTHON_VERSION  # noqa: E402
-from abtest.server.source import extract_llama_source, sdist_filename  # noqa: E402
 
 RECORD = ROOT / "tests" / "unit" / "data" / "q4_k_m_llama_quantize.json"
 
@@ -67,23 +65,7 @@ def _variants() -> list[presets.Preset]:
 
 
 def build_quantize(build_dir: Path, jobs: int) -> Path:
-    exe = build_dir / "bin" / "llama-quantize"
-    if exe.is_file():
-        return exe
-    sdist = cache_root() / "sdist" / sdist_filename("llama-cpp-python", LLAMA_CPP_PYTHON_VERSION)
-    if not sdist.is_file():
-        sys.exit(f"no sdist at {sdist}: run `abtest server install` first (it downloads it)")
-    src = extract_llama_source(sdist, build_dir / "src")
-    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-             "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF",
-             f"-DCMAKE_C_FLAGS={' '.join(NO_AMX_FLAGS)}", f"-DCMAKE_CXX_FLAGS={' '.join(NO_AMX_FLAGS)}"]
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir / "build"), *flags], check=True)
-    subprocess.run(["cmake", "--build", str(build_dir / "build"), "--target", "llama-quantize", "-j", str(jobs)],
-                   check=True)
-    exe.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(build_dir / "build" / "bin" / "llama-quantize", exe)
-    return exe
+    return build_tool(build_dir, "llama-quantize", jobs)
 
 
 def quantized_types(exe: Path, p: presets.Preset, work: Path) -> tuple[list[synth.TensorSpec], dict[str, int]]:

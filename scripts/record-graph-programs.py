@@ -30,7 +30,6 @@ import dataclasses
 import itertools
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,11 +40,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _llama_build import build_tool  # noqa: E402  (scripts/, this script's directory)
+
 from abtest.cache import cache_root  # noqa: E402
 from abtest.models import presets, synth  # noqa: E402
-from abtest.server.build import NO_AMX_FLAGS  # noqa: E402
 from abtest.server.builds import LLAMA_CPP_PYTHON_VERSION  # noqa: E402
-from abtest.server.source import extract_llama_source, sdist_filename  # noqa: E402
 
 OUT = ROOT / "abtest" / "data" / "graphs"
 
@@ -76,30 +75,19 @@ _REUSE = re.compile(r"^reusing parent (.+?) for (.+)$|^reusing view parent (.+?)
 _EXTRA = re.compile(r"freeing extra (\d+) bytes from parent (.+?) for (.+)$")
 
 
-def build_fit_params(build_dir: Path, jobs: int) -> Path:
-    exe = build_dir / "bin" / "llama-fit-params"
-    if exe.is_file():
-        return exe
-    sdist = cache_root() / "sdist" / sdist_filename("llama-cpp-python", LLAMA_CPP_PYTHON_VERSION)
-    if not sdist.is_file():
-        sys.exit(f"no sdist at {sdist}: run `abtest server install` first (it downloads it)")
-    src = extract_llama_source(sdist, build_dir / "src")
+def _trace_patches(src: Path) -> None:
+    """ggml-alloc.c's AT_PRINTF prints the allocator's trace; fit-params reserves one output row
+    per slot as llama-server does (n_outputs_max = -np)."""
     alloc = src / "ggml" / "src" / "ggml-alloc.c"
     alloc.write_text(alloc.read_text().replace("#define AT_PRINTF(...)\n",
                                                "#define AT_PRINTF(...) fprintf(stderr, __VA_ARGS__)\n", 1))
     fit = src / "tools" / "fit-params" / "fit-params.cpp"
     line = "    auto cparams = common_context_params_to_llama(params);\n"
     fit.write_text(fit.read_text().replace(line, line + "    cparams.n_outputs_max = params.n_parallel;\n", 1))
-    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-             "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=OFF",
-             f"-DCMAKE_C_FLAGS={' '.join(NO_AMX_FLAGS)}", f"-DCMAKE_CXX_FLAGS={' '.join(NO_AMX_FLAGS)}"]
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir / "build"), *flags], check=True)
-    subprocess.run(["cmake", "--build", str(build_dir / "build"), "--target", "llama-fit-params", "-j", str(jobs)],
-                   check=True)
-    exe.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(build_dir / "build" / "bin" / "llama-fit-params", exe)
-    return exe
+
+
+def build_fit_params(build_dir: Path, jobs: int) -> Path:
+    return build_tool(build_dir, "llama-fit-params", jobs, patch=_trace_patches)
 
 
 def _variant(base: str, change: dict[str, Any]) -> presets.Preset:
