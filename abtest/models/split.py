@@ -265,18 +265,34 @@ def tensor_devices(model: ModelDesc, split: Split) -> dict[str, int]:
     matching override decides."""
     by_layer = layer_devices(model.n_layer, split)
     out_dev = by_layer[model.n_layer]
-    compiled = [(re.compile(p), b) for p, b in split.overrides]
+    rules = _rules(split.overrides)
     place: dict[str, int] = {}
     for t in model.tensors:
         layer = model.layer_of(t)
         dev = HOST if t.name == "token_embd.weight" else by_layer[layer] if layer is not None else out_dev
-        for rx, buft in compiled:
-            if rx.search(t.name):
+        for rx, layers, buft in rules:
+            hit = (layer in layers and model.is_expert(t)) if rx is None else rx.search(t.name) is not None
+            if hit:
                 m = _CUDA_BUFFER.match(buft)
                 dev = int(m.group(1)) if m else HOST
                 break
         place[t.name] = dev
     return place
+
+
+def _rules(overrides: Sequence[tuple[str, str]]) -> list[tuple[re.Pattern[str] | None, frozenset[int], str]]:
+    """The overrides in order, each --n-cpu-moe pattern run (``blk\\.i`` + the expert regex, to one
+    buffer) folded into one rule on the layer numbers: the same first match, without a regex per layer."""
+    out: list[tuple[re.Pattern[str] | None, frozenset[int], str]] = []
+    for pattern, buft in overrides:
+        m = _NCMOE_PATTERN.match(pattern)
+        if m and out and out[-1][0] is None and out[-1][2] == buft:
+            out[-1] = (None, out[-1][1] | {int(m.group(1))}, buft)
+        elif m:
+            out.append((None, frozenset({int(m.group(1))}), buft))
+        else:
+            out.append((re.compile(pattern), frozenset(), buft))
+    return out
 
 
 def predict_devices(model: ModelDesc, split: Split, ctx: ContextParams,
