@@ -83,6 +83,8 @@ class DeviceSweepReport:
     versus: list[DeviceVersus] = field(default_factory=list)
     fit_target: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    time_to_advice_s: float | None = None
+    n_sessions: int = 0  # server sessions started (every arm, every session)
 
     def row(self, arm: str) -> DeviceRow | None:
         return next((r for r in self.rows if r.arm == arm), None)
@@ -164,7 +166,8 @@ def build_device_sweep(ev: Evidence, sidecar: dict[str, Any] | None = None) -> D
         evidence_path=Path(ev.path), model=str((ev.manifest.config["extra"]["sweep"].get("layout") or {}).get("name") or "?"),
         budgets_mib=budgets, free_mib=dev.get("free_mib"), uuids=uuids, grid=dev.get("grid", []), rows=rows,
         best=best, recommend=recommend, advice="", versus=versus,
-        fit_target=dict(first.get(FIT_ARM, {}).get("fit_target") or {}))
+        fit_target=dict(first.get(FIT_ARM, {}).get("fit_target") or {}),
+        time_to_advice_s=(sidecar or {}).get("time_to_advice_s"), n_sessions=len(ev.arm_starts))
     rep.advice = advice_line(rep)
     rep.notes = _notes(rep)
     return rep

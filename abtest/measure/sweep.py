@@ -623,6 +623,8 @@ class SweepRunner:
                                 "elapsed_s": round(time.perf_counter() - self.t0, 2)}
         if self.time_to_advice_s is not None:
             body["time_to_advice_s"] = self.time_to_advice_s
+        if self.device_budgets is not None:
+            body["budgets_mib"] = list(self.device_budgets)
         if self._device_results:
             body["results_by_ts"] = {ts: r.to_dict() for ts, r in self._device_results.items()}
         if not entry_only and self._result is not None:

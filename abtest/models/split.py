@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from ..argv import EXPERT_REGEX, gpu_placement
+from ..argv import EXPERT_REGEX, FLAGS, gpu_placement, int_flag
 from ..errors import ConfigError
 from ..records import MIB
 from .desc import ModelDesc
@@ -122,10 +122,7 @@ class Split:
         mg = p["main_gpu"]
         if not isinstance(mg, int):
             raise ConfigError(f"-mg {mg!r}: the main GPU is a device index, e.g. -mg 0")
-        ngl = 99
-        for i, a in enumerate(argv):
-            if a in ("-ngl", "--gpu-layers", "--n-gpu-layers") and i + 1 < len(argv) and argv[i + 1].isdigit():
-                ngl = int(argv[i + 1])
+        ngl = int_flag(argv, FLAGS["gpu_layers"], 99)  # "all"/"auto" read as every layer
         overrides = p["overrides"]
         assert isinstance(overrides, list)
         return cls(n_devices, str(p["split_mode"]), tuple(float(x) for x in ts), mg,

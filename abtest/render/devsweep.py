@@ -52,6 +52,9 @@ def render_device_markdown(rep: DeviceSweepReport) -> str:
             parts.append(f"- {v.other} vs {v.base}: decode {d * 100:+.1f} %{iv}")
     if rep.versus:
         parts.append("")
+    if rep.time_to_advice_s is not None:
+        parts += [f"Time to advice: {rep.time_to_advice_s:.0f} s from the sweep's start ({rep.n_sessions} "
+                  "server sessions).", ""]
     if rep.fit_target.get("margins_mib"):
         parts += [f"fit: --fit-target {','.join(map(str, rep.fit_target['margins_mib']))} "
                   f"({rep.fit_target.get('derivation', '')})", ""]
