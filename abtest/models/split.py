@@ -341,7 +341,8 @@ def predict_devices(model: ModelDesc, split: Split, ctx: ContextParams,
     held = {d for d in by_layer if d != HOST} | {d for d in place.values() if d != HOST}
     shares: list[DeviceShare] = []
     offload = bool(max_host_expert) and ctx.n_tokens_reserve >= OP_OFFLOAD_MIN_BATCH
-    for i, d in enumerate(devs):
+    # the model's devices, and any other an -ot names (its buffer is allocated there all the same)
+    for i, d in enumerate(devs + sorted(held - set(devs))):
         if i == 0 and (d in held or offload):
             compute = first + (extra if d in held else 0)
         else:

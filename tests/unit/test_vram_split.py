@@ -158,3 +158,12 @@ def test_the_prediction_reads_as_data() -> None:
     assert [x["layers"] for x in d["devices"]] == ["0-2", "3-4"]
     assert p.per_device_mib(3)[2] == 0.0 and p.total_mib == pytest.approx(sum(p.per_device_mib(2)), abs=0.2)
     assert p.over([p.devices[0].total_mib, p.devices[1].total_mib - 1]) == [1]
+
+
+def test_an_override_to_a_device_outside_the_model_list_still_counts() -> None:
+    m = preset_model("qwen3-30b-a3b-arch-tiny")
+    split = Split.from_argv(["-sm", "none", "-mg", "1", "-ot", r"blk\.0\.ffn_.*_exps=CUDA0"], 2)
+    p = predict_devices(m, split, CTX)
+    assert [d.device for d in p.devices] == [1, 0]
+    assert sum(d.weights_bytes for d in p.devices) == placement(m, 0).gpu_bytes
+    assert p.share(0) is not None and p.share(0).expert_mib > 0 and p.share(0).layers == ()  # type: ignore[union-attr]
