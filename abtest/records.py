@@ -81,6 +81,9 @@ class ArmStart:
     # absolute time is spawn_ns + t_ms * 1e6 (0 in files written before this field existed).
     spawn_ns: int = 0
     block: int = 0  # which of the arm's server sessions (0-based; --blocks restarts the server per block)
+    # how the argv places the model over GPUs (`argv.gpu_placement`: split_mode, tensor_split,
+    # main_gpu, overrides, n_cpu_moe, devices); {} in files written before this field existed
+    placement: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,15 @@ class MemoryRow:
     # empty for files without per-device samples
     gpu_peaks_mib: dict[str, float] = field(default_factory=dict)
     gpu_nvml_index: dict[str, int] = field(default_factory=dict)  # UUID -> NVML index, from run_start
+    # the PID's own VRAM over time per device, by UUID: per file (t_ms, MiB), as `series` is for the sum;
+    # empty for files without per-device samples
+    gpu_series: dict[str, list[tuple[list[float], list[float]]]] = field(default_factory=dict)
+
+
+def several_gpus(rows: Iterable[MemoryRow]) -> bool:
+    """Whether the servers held memory on more than one GPU: then the report shows each GPU's peak
+    and line (one GPU: the output as before the per-device figures existed)."""
+    return len({u for mr in rows for u in mr.gpu_peaks_mib}) > 1
 
 
 def gpu_peaks(run: ArmRun) -> dict[str, float]:
@@ -89,6 +98,11 @@ def memory_row(g: ArmGroup) -> MemoryRow:
         if not breakdown and run.end and run.end.breakdown:
             breakdown = run.end.breakdown
     per_run = [gpu_peaks(run) for run in g.runs]
+    gpu_series: dict[str, list[tuple[list[float], list[float]]]] = {}
+    for run in g.runs:
+        for u in dict.fromkeys(u for s in run.memory for u in (s.pid_vram_by_gpu or {})):
+            pts = [(s.t_ms, s.pid_vram_by_gpu[u]) for s in run.memory if s.pid_vram_by_gpu and u in s.pid_vram_by_gpu]
+            gpu_series.setdefault(u, []).append(([t for t, _ in pts], [v for _, v in pts]))
     uuids = list(dict.fromkeys(u for p in per_run for u in p))
     index: dict[str, int] = {}
     for run in g.runs:
@@ -99,6 +113,7 @@ def memory_row(g: ArmGroup) -> MemoryRow:
     return MemoryRow(
         gpu_peaks_mib={u: _nanmean(p[u] for p in per_run if u in p) for u in uuids},
         gpu_nvml_index={u: index[u] for u in uuids if u in index},
+        gpu_series=gpu_series,
         group=g.label,
         vram_after_load_mib=_nanmean(after),
         vram_peak_mib=_nanmean(peak),

@@ -31,6 +31,9 @@ Examples:
       --concurrency 1,2,4,8
   abtest sweep -m m.gguf --objective capacity --slo "tpot_p95<=60ms" \\
       --concurrency auto
+  # two GPUs, a budget each: -ts x --n-cpu-moe
+  abtest sweep -m m.gguf --vram-budget 24GiB,24GiB
+  abtest sweep -m m.gguf --vram-budget 24GiB,20GiB --ts "1,1;3,2;2,1"
 
 \b
 Each setting N runs as arm ncmoe<N> (-ngl 99 --n-cpu-moe N; -c, -np, -t,
@@ -58,7 +61,28 @@ carries the most req/s within the SLO, per server session as `abtest report`
 computes capacity; the pick and its runner-up are compared over sessions.
 A setting that meets the SLO at no level is ranked last; one that meets it at
 every level is a lower bound ("at least"). Not with --ctx A,B,C.
+
+\b
+--vram-budget A,B (a budget per GPU, CUDA order): each -ts of the grid
+(--ts) is searched over --n-cpu-moe as above, every setting predicted per
+GPU first (abtest/models/split.py) and skipped when over any GPU's free
+memory or far over its budget; arms ncmoe<N>-ts<a>-<b>. A setting fits when
+its per-PID peak on every GPU is within that GPU's budget. The fit arm gets
+--fit-target M0,M1 (free - budget per GPU). Report: OUT/sweep-report.md.
 """
+
+
+def _budgets(ctx: click.Context, param: click.Parameter, value: str | None) -> float | tuple[float, ...] | None:
+    """One size (the single-GPU sweep), or one per GPU in CUDA order (24GiB,24GiB)."""
+    if value is None:
+        return None
+    from ..measure.devsweep import parse_budgets
+
+    try:
+        budgets = parse_budgets(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return budgets[0] if len(budgets) == 1 else tuple(budgets)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -74,8 +98,11 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 
 @click.command(epilog=EPILOG)
 @click.option("--model", "-m", help="Model name (see `abtest model list`) or path to a MoE GGUF file.")
-@click.option("--vram-budget", callback=_size, default=None, metavar="SIZE",
-              help="GPU memory the server may use, e.g. 9GiB, 12000MiB. Default: the free VRAM at start.")
+@click.option("--vram-budget", callback=_budgets, default=None, metavar="SIZE[,SIZE...]",
+              help="GPU memory the server may use, e.g. 9GiB, 12000MiB; one per GPU (24GiB,24GiB, CUDA order) "
+                   "searches -ts x --n-cpu-moe. Default: the free VRAM at start.")
+@click.option("--ts", "ts_grid", default=None, metavar="auto|A,B;C,D",
+              help="With a budget per GPU: the -ts proportions searched (auto: even, 3:2 and 2:1 each way).")
 @click.option("--ncmoe", default="auto", show_default=True, metavar="auto|N,N,...",
               help="Settings to run: a list (0,8,16,24; ranges 0-24:4; 'all' = every layer) or auto.")
 @click.option("--margin", callback=_size, default="512MiB", show_default=True, metavar="SIZE",
@@ -126,7 +153,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Only re-make the report from this sweep evidence file (nothing is launched).")
 @click.option("--quiet", "-q", is_flag=True, help="No live display; errors still go to stderr.")
-def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: float, cuda_overhead: float | None,
+def sweep(model: str | None, vram_budget: float | tuple[float, ...] | None, ts_grid: str | None, ncmoe: str, margin: float, cuda_overhead: float | None,
           runs: int, warmup: int, max_tokens: int, prompts: str | None, buckets: str, seed: int, ctx_size: int | None,
           threads: int | None, flash_attn: str, server_bin: str | None, models_dir: str | None, out_dir: str,
           health_timeout: float, stall_timeout: float, request_timeout: float, report_path: str | None,
@@ -172,13 +199,19 @@ def sweep(model: str | None, vram_budget: float | None, ncmoe: str, margin: floa
             runner = SweepRunner(cfg, ncmoe, vram_budget, margin if margin is not None else 512.0,
                                  CUDA_OVERHEAD_MIB if cuda_overhead is None else cuda_overhead, display,
                                  argv=["abtest", *sys.argv[1:]], contexts=contexts, fit_competitor=fit_competitor,
-                                 finalist_sessions=finalist_sessions, load_mode=load_mode, objective=objective)
+                                 finalist_sessions=finalist_sessions, load_mode=load_mode, objective=objective,
+                                 ts_grid=ts_grid)
             result = runner.execute()
     finally:
         signal.signal(signal.SIGTERM, previous)
     # time to advice: the sweep's start to the advice built from the evidence (printed, and kept in
     # the trail so that a re-made report shows it too)
-    report_from_file(result.evidence_path)
+    if runner.device_budgets is not None:
+        from ..analysis.devsweep import device_report_from_file
+
+        device_report_from_file(result.evidence_path)
+    else:
+        report_from_file(result.evidence_path)
     runner.record_time_to_advice(time.perf_counter() - runner.t0)
     click.echo(str(result.evidence_path))
     click.echo(_outputs(result.evidence_path, Path(out_dir), console=None if quiet else console), nl=False)
@@ -220,9 +253,22 @@ def _load_options(objective: str, slo: str | None, concurrency: str | None, sear
 
 def _outputs(evidence: str | Path, out_dir: Path, console: Console | None = None) -> str:
     """Write the report files (and, for a frontier sweep, the frontier's); return the Markdown to print."""
-    from ..analysis.sweep import frontier_from_file
+    from ..analysis.devsweep import build_device_sweep, is_device_sweep
+    from ..analysis.sweep import frontier_from_file, read_sidecar
+    from ..evidence import read_evidence
     from ..render.sweep import frontier_markdown, render_markdown, write_frontier_plot, write_outputs
 
+    ev = read_evidence(Path(evidence))
+    if is_device_sweep(ev):  # a budget per GPU: the -ts x --n-cpu-moe report
+        from ..render.devsweep import render_device_markdown, write_device_outputs
+
+        drep = build_device_sweep(ev, read_sidecar(Path(evidence)))
+        dmd = write_device_outputs(drep, out_dir)
+        text = render_device_markdown(drep)
+        dpage = _html_page(out_dir / "sweep-report.html", text, f"abtest sweep: {drep.model}", None)
+        if console is not None:
+            console.print(f"report: {dmd}, {dpage}")
+        return text
     reps, points = frontier_from_file(evidence)
     md, png = write_outputs(reps[0], out_dir)
     page = _html_page(out_dir / "sweep-report.html", render_markdown(reps[0]), f"abtest sweep: {reps[0].model}", png)

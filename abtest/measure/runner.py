@@ -39,6 +39,7 @@ import numpy as np
 from .. import __version__
 from ..analysis import metrics
 from ..analysis.slo import Objective, level_meets, level_span, parse_slo
+from ..argv import gpu_placement
 from ..config import ArmSpec, RunConfig, auto_ctx_size, final_argv, validate
 from ..errors import EvidenceError, LaunchError
 from ..evidence import EvidenceWriter, check_writable, reserve_new
@@ -260,6 +261,7 @@ class Runner:
                 prompt_tokens={f.case.id: f.n_tokens for f in fitted},
                 memory_after_load=asdict(after_load),
                 block=block,
+                placement=gpu_placement(srv.argv),
             )
         )
         sampler.start()

@@ -52,6 +52,7 @@ from ..models.vram import (
 from ..records import ArmEnd, RequestRecord
 from .arms import ResolvedArm, evidence_path, longest_prompt_estimate
 from .arms import resolve_arms as resolve_run_arms
+from .devsweep import DevicePlan, arm_spec, free_by_device, make_device_plan, run_device_stage
 from .progress import Progress
 from .runner import Runner, closing_writer
 from .search import Measurement, SearchResult, search
@@ -283,7 +284,7 @@ class SweepRunner:
         self,
         cfg: RunConfig,
         ncmoe: str | Sequence[int] | None,
-        budget_mib: float | None,
+        budget_mib: float | Sequence[float] | None,
         margin_mib: float = DEFAULT_MARGIN_MIB,
         overhead_mib: float = CUDA_OVERHEAD_MIB,
         progress: Progress | None = None,
@@ -293,8 +294,19 @@ class SweepRunner:
         finalist_sessions: int = DEFAULT_FINALIST_SESSIONS,
         load_mode: str = "mmap",
         objective: str = "speed",
+        ts_grid: str | None = None,
     ) -> None:
         check_objective(cfg, objective, contexts)
+        # several budgets: one per GPU, the -ts x --n-cpu-moe search of `measure.devsweep`
+        self.device_budgets: tuple[float, ...] | None = None
+        if budget_mib is not None and not isinstance(budget_mib, (int, float)):
+            budgets = tuple(float(b) for b in budget_mib)
+            if len(budgets) > 1:
+                self.device_budgets = budgets
+            budget_mib = sum(budgets)
+        check_devices(self.device_budgets, ts_grid, contexts, objective, load_mode)
+        self.ts_grid = ts_grid
+        self._device_results: dict[str, SearchResult] = {}
         if fit_competitor not in ("auto", "on", "off"):
             raise ConfigError(f"--fit-competitor {fit_competitor!r}: use auto, on or off")
         if load_mode not in LOAD_MODES:
@@ -377,6 +389,12 @@ class SweepRunner:
         plan = plans[contexts[0]]
         self._plan = plan
         extra = plan.to_extra()
+        dplan: DevicePlan | None = None
+        if self.device_budgets is not None:
+            dplan = make_device_plan(layout, context_params(cfg, contexts[0]), self.device_budgets,
+                                     free_by_device(runner.nvml), self.settings, self.ts_grid, self.margin_mib,
+                                     self.overhead_mib)
+            extra["devices"] = dplan.to_extra()
         extra.update(fit_competitor=self.fit_competitor, finalist_sessions=self.finalist_sessions,
                      load_mode=self.load_mode, load_none_args=list(self._load_none_args), objective=self.objective)
         if self.objective == "capacity":
@@ -385,6 +403,8 @@ class SweepRunner:
         if frontier:
             extra["contexts"] = {str(c): p.to_extra() for c, p in plans.items()}
         arms = tuple(ready_made_arm(arm_name(n)) for n in sorted(set(plan.settings) | {0, layout.n_layer}))
+        if dplan is not None:  # the first probe of each -ts (or the list)
+            arms = tuple(arm_spec(ts, n) for ts in dplan.grid for n in (self.settings or [layout.n_layer]))
         cfg = replace(cfg, ctx_size=contexts[0], arms=arms, blocks=1, extra={**cfg.extra, "sweep": extra})
         runner.cfg = cfg
         runner.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
@@ -425,12 +445,18 @@ class SweepRunner:
 
         with closing_writer(runner.writer):
             runner.write(runner.manifest(path, [resolved.model], arms))
-            for n_ctx in contexts:
+            if dplan is not None:
+                run_device_stage(self, dplan, contexts[0], layout.n_layer, launch, outcome, sidecar,
+                                 resolved.server["path"], model_path,
+                                 self._load_none_args if self.load_mode == "none" else ())
+            for n_ctx in contexts if dplan is None else []:
                 self._stage(plans[n_ctx], n_ctx, ctx_suffix(n_ctx, frontier), layout.n_layer, budget, launch,
                             outcome, sidecar, resolved.server["path"], model_path)
             runner.write(runner.run_end(t0))
             self._write_sidecar(sidecar, plan)
         first = self._results.get(contexts[0], {}).get("search")
+        if dplan is not None:  # the first -ts's search
+            first = next(iter(self._device_results.values()), SearchResult((), None, None, None))
         assert isinstance(first, SearchResult)
         return SweepResult(path, sidecar, plan, first, runner.n_requests, runner.n_failed, runner.arms_failed,
                            time.perf_counter() - t0, self.trail)
@@ -597,6 +623,10 @@ class SweepRunner:
                                 "elapsed_s": round(time.perf_counter() - self.t0, 2)}
         if self.time_to_advice_s is not None:
             body["time_to_advice_s"] = self.time_to_advice_s
+        if self.device_budgets is not None:
+            body["budgets_mib"] = list(self.device_budgets)
+        if self._device_results:
+            body["results_by_ts"] = {ts: r.to_dict() for ts, r in self._device_results.items()}
         if not entry_only and self._result is not None:
             body["result"] = self._result.to_dict()
             if len(self._results) > 1:
@@ -604,6 +634,23 @@ class SweepRunner:
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps(body, indent=1, default=_json_default) + "\n", encoding="utf-8")
         os.replace(tmp, sidecar)
+
+
+def check_devices(budgets: tuple[float, ...] | None, ts_grid: str | None, contexts: Sequence[int] | None,
+                  objective: str, load_mode: str) -> None:
+    """What a multi-device sweep (a budget per GPU) does not do, in one line each."""
+    if budgets is None:
+        if ts_grid is not None:
+            raise ConfigError("--ts searches -ts proportions over several GPUs: give a budget per GPU, "
+                              "e.g. --vram-budget 24GiB,24GiB")
+        return
+    if contexts is not None and len(contexts) > 1:
+        raise ConfigError("--ctx A,B,C with a budget per GPU: run one multi-device sweep per context (--ctx-size N)")
+    if objective != "speed":
+        raise ConfigError("--objective capacity with a budget per GPU is not supported: the multi-device search "
+                          "ranks by decode tok/s")
+    if load_mode == "both":
+        raise ConfigError("--load-mode both with a budget per GPU is not supported; use mmap or none")
 
 
 def check_objective(cfg: RunConfig, objective: str, contexts: Sequence[int] | None = None) -> None:

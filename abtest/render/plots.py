@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..analysis.memory import several_gpus
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -211,20 +212,37 @@ def _distribution(report: Report, key: str, ylabel: str, path: Path) -> Path | N
     return _save(fig, path)
 
 
+def vram_lines(report: Report) -> list[tuple[str, list[float], list[float]]]:
+    """The lines of the VRAM-over-time plot, (label, t_ms, MiB): one per arm (and file), the PID's
+    own VRAM; with several GPUs one per arm and GPU ("arm · GPU <NVML index>"), each GPU's share."""
+    out: list[tuple[str, list[float], list[float]]] = []
+    multi = several_gpus(report.memory)
+    for m in report.memory:
+        if multi and m.gpu_series:
+            for u, per_file in m.gpu_series.items():
+                gpu = f"GPU {m.gpu_nvml_index[u]}" if u in m.gpu_nvml_index else u[:12]
+                for i, (t, v) in enumerate(per_file):
+                    if t:
+                        out.append((f"{m.group} · {gpu}" + (f" #{i + 1}" if len(per_file) > 1 else ""), t, v))
+            continue
+        for i, (t, v) in enumerate(m.series):
+            if t:
+                out.append((m.group if len(m.series) == 1 else f"{m.group} #{i + 1}", t, v))
+    return out
+
+
 def _vram_over_time(report: Report, path: Path) -> Path | None:
-    if not any(len(t) for m in report.memory for t, _ in m.series):
+    lines = vram_lines(report)
+    if not lines:
         return None
+    multi = several_gpus(report.memory)
     fig = Figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
-    for m in report.memory:
-        for i, (t, v) in enumerate(m.series):
-            if not t:
-                continue
-            label = m.group if len(m.series) == 1 else f"{m.group} #{i + 1}"
-            ax.plot(np.asarray(t) / 1000.0, np.asarray(v) / 1024.0, label=label, lw=1.2)
+    for label, t, v in lines:
+        ax.plot(np.asarray(t) / 1000.0, np.asarray(v) / 1024.0, label=label, lw=1.2)
     ax.set_xlabel("seconds since the server was spawned")
-    ax.set_ylabel("VRAM of the server process (GiB)")
-    ax.set_title("VRAM over time per arm")
+    ax.set_ylabel("VRAM of the server process" + (" per GPU" if multi else "") + " (GiB)")
+    ax.set_title("VRAM over time per arm" + (" and GPU" if multi else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

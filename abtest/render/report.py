@@ -15,6 +15,7 @@ from ..analysis import capacity as cap
 from ..analysis import stats
 from ..analysis.compare import ALPHA
 from ..analysis.equivalence import Divergence
+from ..analysis.memory import several_gpus
 from ..analysis.metrics import METRIC_BY_KEY, METRICS
 from ..analysis.report import Report
 from ..analysis.verdict import VerdictLine
@@ -269,7 +270,7 @@ def _memory_section(report: Report) -> Section:
         "anon is heap, file is mmapped model pages resident in RAM."])
     mem_sec.tables.append(Table("", ["arm", "VRAM after load", "VRAM peak", "Δ peak", "device peak",
                                      "RSS anon peak", "RSS file peak", "samples"], mem_rows, right=set(range(1, 8))))
-    if len({u for mr in report.memory for u in mr.gpu_peaks_mib}) > 1:  # several GPUs: each one's peak
+    if several_gpus(report.memory):  # several GPUs: each one's peak
         mem_sec.tables.append(Table(
             "VRAM peak per GPU (this server process's own), GiB; NVML index · UUID", ["arm", "GPU", "VRAM peak"],
             [[mr.group, f"{mr.gpu_nvml_index.get(u, '?')} · {u[:12]}", fmt_gib(mib)]
@@ -514,6 +515,7 @@ def _summary_dict(s: stats.Summary) -> dict[str, Any]:
 
 def to_json(report: Report) -> dict[str, Any]:
     """The report as one JSON-able dict (NaN becomes null); raw per-request samples included."""
+    multi_gpu = several_gpus(report.memory)
     d: dict[str, Any] = {
         "abtest_version": report.abtest_version,
         "baseline": report.baseline,
@@ -548,7 +550,10 @@ def to_json(report: Report) -> dict[str, Any]:
         "memory": [
             {"arm": m.group, "vram_after_load_mib": m.vram_after_load_mib, "vram_peak_mib": m.vram_peak_mib,
              "device_peak_mib": m.device_peak_mib, "rss_anon_peak_mib": m.rss_anon_peak_mib,
-             "rss_file_peak_mib": m.rss_file_peak_mib, "breakdown": m.breakdown, "samples": m.n_samples}
+             "rss_file_peak_mib": m.rss_file_peak_mib, "breakdown": m.breakdown, "samples": m.n_samples,
+             # several GPUs: the PID's own peak on each, by UUID, with its NVML index (absent for one GPU)
+             **({"vram_peak_by_gpu": [{"uuid": u, "nvml_index": m.gpu_nvml_index.get(u), "vram_peak_mib": mib}
+                                      for u, mib in m.gpu_peaks_mib.items()]} if multi_gpu else {})}
             for m in report.memory
         ],
         "equivalence": [
