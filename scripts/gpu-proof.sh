@@ -257,5 +257,8 @@ stage_aa() {
 for stage in "$@"; do
   log "stage $stage"
   "stage_$stage" 2>&1 | tee -a "$WORK/stages.log"
+  # after every stage, not once at the end: a call cut at its time limit still brings back
+  # what the stages before the cut measured
+  tar czf "$OUT/results.tgz.part" -C "$WORK" . && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
 done
-tar czf "$OUT/results.tgz" -C "$WORK" . && ls -la "$OUT"
+ls -la "$OUT"
