@@ -108,6 +108,10 @@ class RunConfig:
     # --margins: after the timed runs of each arm's first session, one greedy non-streamed request
     # per prompt with n_probs 2, so the report can give the logit margin where two arms' outputs part
     margins: bool = False
+    # after the timed runs, one untimed non-streamed request per prompt supplies the token ids a
+    # streamed request lacked (for `report`'s output comparison); the sweep turns it off: it
+    # compares no outputs, and on a slow setting the backfill costs as much as the requests
+    backfill_token_ids: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -169,6 +169,7 @@ class SweepReport:
     n_sessions: int = 0  # server sessions started (every arm, every session)
     objective: str = "speed"  # what the pick maximises: "speed" (decode tok/s) | "capacity" (load within the SLO)
     slo: tuple[Objective, ...] = ()  # --objective capacity: the objectives every level is judged by
+    session_log: list[dict[str, Any]] = field(default_factory=list)  # the session rule's decisions (trail)
 
     def row(self, n: int) -> SettingRow | None:
         return next((r for r in self.rows if r.n == n), None)
@@ -352,7 +353,7 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
         return Versus(base, other, decode_versus(base, other))
 
     measured = [r for r in rows if r.status == "measured" and r.decode.n > 0]
-    reference = max((r.n for r in measured), default=None)
+    reference = reference_setting([r.n for r in measured], n_layer, str(sweep.get("mode", "auto")))
     if reference is not None:
         ref_arm = next(r.arm for r in measured if r.n == reference)
         for row in measured:
@@ -393,6 +394,8 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
             pick_arm = next(r.arm for r in rows if r.n == best)
             rep.versus.append(versus(fit_arm, pick_arm))
     rep.recommend = recommend(rep)
+    rep.session_log = [e for e in (sidecar or {}).get("next_sessions", [])
+                       if isinstance(e, dict) and e.get("n_ctx") == rep.n_ctx]
     rep.warnings = {a: list(dict.fromkeys(w for e in es for w in e.server_warnings))
                     for a, es in ends.items() if any(e.server_warnings for e in es)}
     rep.advice = advice_line(rep)
@@ -428,6 +431,17 @@ def _fit_row(arm: str, es: list[ArmEnd], rs: list[RequestRecord], t: dict[str, A
                   plan=dict(t.get("fit_params") or {}), vram_peak_mib=peak,
                   decode=mean_ci_stratified(*_rates(rs)[:2], weights), sessions=len(set(_rates(rs)[2].tolist())),
                   over_budget=budget is not None and peak is not None and peak > budget)
+
+
+def reference_setting(measured: Sequence[int], n_layer: int, mode: str) -> int | None:
+    """The setting the × column is relative to: the all-on-CPU end (N = n_layer) when it was
+    measured; in a list sweep the largest N measured; in an auto sweep that did not measure the
+    all-on-CPU end (it does only with --cpu-moe-reference or when nothing smaller fits), none."""
+    if n_layer in measured:
+        return n_layer
+    if mode == "list" and measured:
+        return max(measured)
+    return None
 
 
 def recommend(rep: SweepReport) -> str:
@@ -609,7 +623,8 @@ def _pct_ci(v: Versus) -> str:
     if math.isfinite(lo):
         return f"{d * 100:+.1f} % (95 % CI {lo * 100:+.1f} % … {hi * 100:+.1f} %, {sess})"
     if v.ratio.reason == stratified.ONE_SESSION:
-        return f"{d * 100:+.1f} % (estimate only: {sess}, no interval — --finalist-sessions 2 or more)"
+        return (f"{d * 100:+.1f} % (estimate only: {sess}, no interval — a side with one session; "
+                "--session-rule fixed runs every finalist --finalist-sessions times)")
     why = NO_INTERVAL_TEXT.get(v.ratio.reason, v.ratio.reason)
     return f"{d * 100:+.1f} % (estimate only: {sess}, no interval: {why})"
 
@@ -897,10 +912,26 @@ def _notes(rep: SweepReport, ev: Evidence) -> list[str]:
         if r.status in ("failed", "skipped", "not run"):
             notes.append(f"{r.arm}: {r.status}" + (f" — {r.reason}" if r.reason else ""))
     singles = [r.arm for r in rep.rows if r.status == "measured" and r.sessions == 1]
+    if rep.fit is not None and rep.fit.status == "measured" and rep.fit.sessions == 1:
+        singles.append(rep.fit.arm)
     if singles:
         notes.append("one server session each for " + ", ".join(singles) + ": their × and Δ are estimates, "
                      "without an interval (the unit of inference is the server session, docs/report.md "
-                     "\"Inference\"); the finalists run --finalist-sessions sessions")
+                     "\"Inference\"); a further session runs only for a comparison the advice rests on "
+                     "(docs/sweep.md, \"The session rule\")")
+    if rep.reference is None and any(r.status == "measured" for r in rep.rows):
+        notes.append("× --cpu-moe: not measured — the search did not need the all-on-CPU setting "
+                     "(--cpu-moe-reference measures it: one server session more)")
+    for e in rep.session_log:
+        k = e.get("session")
+        for label, why in (e.get("stopped") or {}).items():
+            notes.append(f"session {k}, {label}: {why}")
+        if e.get("arms"):
+            notes.append(f"session {k} ({e.get('rule')} rule): " + ", ".join(map(str, e["arms"])))
+        idle = [a for a in e.get("idle") or [] if a]
+        if idle and e.get("rule") == "sequential":
+            notes.append(f"session {k}: none for " + ", ".join(map(str, idle))
+                         + " (in no comparison the advice still rests on)")
     if rep.objective == "capacity":
         notes += capacity_notes(rep)
     if rep.fit is not None and rep.fit.target.get("derivation"):

@@ -15,6 +15,8 @@ from ..config import RunConfig
 from ..errors import EXIT_PARTIAL, ConfigError
 from .progress import QuietProgress, RichProgress, sigterm_as_interrupt
 
+DEFAULT_BUCKETS = "tok128"  # the sweep's prompts without --buckets/--prompts (docs/sweep.md, "Time to advice")
+
 EPILOG = """\b
 Examples:
   # auto: ends, then bisect
@@ -109,13 +111,16 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
               help="Skip a setting predicted within this much of the free VRAM.")
 @click.option("--cuda-overhead", type=click.FloatRange(min=0), default=None, metavar="MIB",
               help="Per-process CUDA memory beyond llama.cpp's buffers (default: abtest.vram.CUDA_OVERHEAD_MIB).")
-@click.option("--runs", default=3, show_default=True, type=click.IntRange(min=1), help="Repetitions of every prompt.")
+@click.option("--runs", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Repetitions of every prompt per server session.")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Warm-up requests per setting.")
-@click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(min=2),
+@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(min=2),
               help="Tokens generated per request.")
 @click.option("--prompts", type=click.Path(dir_okay=False),
               help="Prompt JSONL (default: the shipped set, abtest/data/prompts/default.jsonl).")
-@click.option("--buckets", default="", help="Comma-separated buckets to run (default: all), e.g. seed004,tok128.")
+@click.option("--buckets", default=None,
+              help=f"Comma-separated buckets to run, e.g. seed004,tok128 (default: {DEFAULT_BUCKETS} of the "
+                   "built-in prompts; every bucket of --prompts FILE).")
 @click.option("--seed", default=42, show_default=True, help="Sampling seed sent with every request.")
 @click.option("--ctx-size", type=click.IntRange(min=64), default=None,
               help="Server context (-c). Default: longest prompt + max tokens.")
@@ -123,6 +128,13 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
               help="Context sizes for the frontier, e.g. 4096,16384,65536 (or 4k,16k,64k); one sweep per size.")
 @click.option("--fit-competitor", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Measure llama.cpp's --fit at the same budget: auto = when a GPU is seen; on = also on a CPU build.")
+@click.option("--session-rule", type=click.Choice(["sequential", "fixed"]), default="sequential", show_default=True,
+              help="sequential: a further finalist session only while the comparison the advice rests on is "
+                   "undecided (pick vs fit, --load-mode none vs mmap) and its estimate favours the challenger; "
+                   "fixed: every finalist --finalist-sessions times.")
+@click.option("--cpu-moe-reference", is_flag=True,
+              help="Also measure the all-on-CPU setting (--cpu-moe) for the × column; without it, the search "
+                   "measures it only when nothing smaller fits.")
 @click.option("--finalist-sessions", type=click.IntRange(min=1), default=2, show_default=True,
               help="Server sessions for the pick, its runner-up and fit (1: estimates, no intervals).")
 @click.option("--load-mode", type=click.Choice(["mmap", "none", "both"]), default="mmap", show_default=True,
@@ -159,7 +171,7 @@ def sweep(model: str | None, vram_budget: float | tuple[float, ...] | None, ts_g
           health_timeout: float, stall_timeout: float, request_timeout: float, report_path: str | None,
           quiet: bool, ctx_list: str | None, fit_competitor: str, finalist_sessions: int, load_mode: str,
           objective: str, slo: str | None, concurrency: str | None, search_time_s: float,
-          search_max: int) -> None:
+          search_max: int, session_rule: str, cpu_moe_reference: bool) -> None:
     """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
     from ..analysis.sweep import report_from_file
 
@@ -187,7 +199,7 @@ def sweep(model: str | None, vram_budget: float | tuple[float, ...] | None, ts_g
         ctx_size, contexts = contexts[0], None
     cfg = RunConfig(
         model=model, arms=(), runs=runs, blocks=1, warmup=warmup, max_tokens=max_tokens, prompts_path=prompts,
-        buckets=tuple(b for b in buckets.split(",") if b), seed=seed, ctx_size=ctx_size, threads=threads,
+        buckets=_buckets(buckets, prompts), seed=seed, ctx_size=ctx_size, threads=threads,
         flash_attn=flash_attn, out_dir=out_dir, models_dir=models_dir, server_bin=server_bin,
         health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout, **load,
     )
@@ -200,7 +212,7 @@ def sweep(model: str | None, vram_budget: float | tuple[float, ...] | None, ts_g
                                  CUDA_OVERHEAD_MIB if cuda_overhead is None else cuda_overhead, display,
                                  argv=["abtest", *sys.argv[1:]], contexts=contexts, fit_competitor=fit_competitor,
                                  finalist_sessions=finalist_sessions, load_mode=load_mode, objective=objective,
-                                 ts_grid=ts_grid)
+                                 ts_grid=ts_grid, session_rule=session_rule, cpu_moe_reference=cpu_moe_reference)
             result = runner.execute()
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -217,6 +229,15 @@ def sweep(model: str | None, vram_budget: float | tuple[float, ...] | None, ts_g
     click.echo(_outputs(result.evidence_path, Path(out_dir), console=None if quiet else console), nl=False)
     if result.arms_failed or result.n_failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _buckets(text: str | None, prompts: str | None) -> tuple[str, ...]:
+    """--buckets as given; without it the sweep's default (one 128-token bucket of the built-in
+    prompts: the speed objective is decode at one depth, docs/sweep.md "Time to advice"), or every
+    bucket of a --prompts file."""
+    if text is None:
+        return () if prompts else tuple(DEFAULT_BUCKETS.split(","))
+    return tuple(b for b in text.split(",") if b)
 
 
 def _load_options(objective: str, slo: str | None, concurrency: str | None, search_time_s: float,

@@ -31,6 +31,7 @@ from ..models.desc import ModelDesc
 from ..models.split import Split, SplitPrediction, parse_tensor_split_grid, predict_devices
 from ..models.vram import ContextParams
 from ..records import ArmEnd
+from .finalists import Comparison, SessionResult
 from .search import Measurement, SearchResult, search
 
 FAR_FRACTION, FAR_MIN_MIB = 0.02, 128.0  # as measure.sweep: the prediction's accuracy bar per device
@@ -236,20 +237,17 @@ def run_device_stage(sweeper: Any, plan: DevicePlan, n_ctx: int, n_layer: int, l
         parsed = parse_arm(a)
         assert parsed is not None
         finalists.append(arm_spec(parsed[0], parsed[1], load_args))
+    comparisons: list[Comparison] = []
     if fit_spec is not None and fit_ok:
         finalists.append(fit_spec)
-    order = list(finalists)
-    for k in range(1, sweeper.finalist_sessions):
-        order.reverse()
-        for spec in order:
-            sweeper.progress.note(f"{spec.name}: server session {k + 1} of {sweeper.finalist_sessions} (finalist)")
-            end, recs, vram, _ = launch(spec, n_ctx)
-            ok, tps, error = outcome(end, recs)
-            sweeper.trail.append({"arm": spec.name, "n_ctx": n_ctx, "block": k, "role": "finalist",
-                                  "status": "measured" if ok else "failed", "vram_mib": vram,
-                                  "vram_by_device_mib": measured_by_device(end, device_uuids(nvml), nd),
-                                  "decode_tps": tps, "error": error, "at": _now()})
-            sweeper._write_sidecar(sidecar, sweeper._plan)
+        if ranked:
+            comparisons.append(Comparison(default=fit_spec.name, challenger=finalists[0].name))
+
+    def record(spec: ArmSpec, s: SessionResult) -> dict[str, Any]:
+        return {"arm": spec.name, "n_ctx": n_ctx, "role": "finalist", **s.trail_fields(),
+                "vram_by_device_mib": measured_by_device(s.end, device_uuids(nvml), nd), "at": _now()}
+
+    sweeper.run_finalists(finalists, comparisons, n_ctx, launch, outcome, sidecar, record)
     return {"by_ts": by_ts, "best": ranked[0] if ranked else None}
 
 

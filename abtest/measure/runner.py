@@ -535,8 +535,9 @@ class Runner:
 
     async def _backfill_ids(self, base_url: str, records: list[RequestRecord]) -> None:
         """For requests whose streamed ids were incomplete (multi-token events), one extra
-        non-streamed request with return_tokens, after the timed runs, supplies the ids."""
-        if self.cfg.endpoint != "completion":
+        non-streamed request with return_tokens, after the timed runs, supplies the ids (not with
+        `backfill_token_ids` off: the sweep compares no outputs)."""
+        if self.cfg.endpoint != "completion" or not self.cfg.backfill_token_ids:
             return
         # One extra request per (arm, prompt), not per repetition: on a slow arm a backfill costs as
         # much as the request itself. Other repetitions keep token_ids None (compared by text).

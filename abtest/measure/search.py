@@ -101,6 +101,7 @@ def search(
     measure: Callable[[int], Measurement | None],
     predict_mib: Callable[[int], float] | None = None,
     settings: Sequence[int] | None = None,
+    top_first: bool = True,
 ) -> SearchResult:
     """Run the settings (a given list, or auto) and pick the fastest one under budget.
 
@@ -110,6 +111,11 @@ def search(
     bisect between the largest N known over budget and the smallest known under, until they are
     neighbours. The answer is the fastest measured setting under budget (with a monotone speed,
     the boundary); its neighbour one step toward the GPU is known to be over budget.
+
+    ``top_first=False`` (with a prediction and a budget): N = n_layer is not measured first but
+    taken as the upper end of the bisection, and measured only if the search ends there (nothing
+    smaller fits). With an accurate prediction the search then launches N = 0 only when it is
+    not ruled out, the boundary, and its neighbour only when it is not ruled out either.
     """
     probes: list[Probe] = []
     by_n: dict[int, Probe] = {}
@@ -123,28 +129,38 @@ def search(
         by_n[n] = p
         return p
 
+    def bisect(lo: int, hi: int) -> int:
+        """Between lo (over budget) and hi (under, or not yet measured), until neighbours; the new hi."""
+        assert budget_mib is not None
+        guided = True
+        while hi - lo > 1:
+            n = next_probe(lo, hi, budget_mib, predict_mib, probes, guided)
+            p = run(n)
+            if predict_mib is not None and guided:
+                expected_under = predict_mib(n) + _bias(probes[:-1]) <= budget_mib
+                guided = expected_under == p.under_budget
+            else:
+                guided = True
+            if p.under_budget:
+                hi = n
+            else:
+                lo = n
+        return hi
+
     if settings is not None:
         for n in settings:
             run(n)
+    elif not top_first and predict_mib is not None and budget_mib is not None and n_layer > 0:
+        if not run(0).under_budget:
+            hi = bisect(0, n_layer)
+            if hi == n_layer:  # nothing smaller fits: the all-on-CPU end decides
+                run(n_layer)
     else:
         top = run(n_layer)
         if top.under_budget and n_layer > 0:
             bottom = run(0)
             if not bottom.under_budget and budget_mib is not None:
-                lo, hi = 0, n_layer
-                guided = True
-                while hi - lo > 1:
-                    n = next_probe(lo, hi, budget_mib, predict_mib, probes, guided)
-                    p = run(n)
-                    if predict_mib is not None and guided:
-                        expected_under = predict_mib(n) + _bias(probes[:-1]) <= budget_mib
-                        guided = expected_under == p.under_budget
-                    else:
-                        guided = True
-                    if p.under_budget:
-                        hi = n
-                    else:
-                        lo = n
+                bisect(0, n_layer)
     return summarize_search(probes)
 
 

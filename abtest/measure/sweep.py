@@ -27,7 +27,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +53,7 @@ from ..records import ArmEnd, RequestRecord
 from .arms import ResolvedArm, evidence_path, longest_prompt_estimate
 from .arms import resolve_arms as resolve_run_arms
 from .devsweep import DevicePlan, arm_spec, free_by_device, make_device_plan, run_device_stage
+from .finalists import SESSION_RULES, Comparison, SessionResult, next_session
 from .progress import Progress
 from .runner import Runner, closing_writer
 from .search import Measurement, SearchResult, search
@@ -67,6 +68,7 @@ FIT_ARM = "fit"  # llama.cpp's own placement (--fit on), the competitor
 LOAD_NONE_SUFFIX = "-lmnone"  # the same setting loaded with --load-mode none (no mmap)
 LOAD_MODES = ("mmap", "none", "both")
 DEFAULT_FINALIST_SESSIONS = 2
+DEFAULT_CTX = 4096  # -c without --ctx-size/--ctx, unless the prompts need more
 OBJECTIVES = ("speed", "capacity")
 # --objective capacity without --concurrency: the levels every candidate's server runs (docs/sweep.md)
 DEFAULT_CAPACITY_LEVELS = (1, 2, 4, 8)
@@ -295,6 +297,8 @@ class SweepRunner:
         load_mode: str = "mmap",
         objective: str = "speed",
         ts_grid: str | None = None,
+        session_rule: str = "sequential",
+        cpu_moe_reference: bool = False,
     ) -> None:
         check_objective(cfg, objective, contexts)
         # several budgets: one per GPU, the -ts x --n-cpu-moe search of `measure.devsweep`
@@ -313,8 +317,12 @@ class SweepRunner:
             raise ConfigError(f"--load-mode {load_mode!r}: use one of {', '.join(LOAD_MODES)}")
         if finalist_sessions < 1:
             raise ConfigError("--finalist-sessions must be at least 1")
+        if session_rule not in SESSION_RULES:
+            raise ConfigError(f"--session-rule {session_rule!r}: use one of {', '.join(SESSION_RULES)}")
         probe_arm = ready_made_arm("ncmoe0")
-        self.runner = Runner(replace(cfg, arms=(probe_arm,), blocks=1), progress, argv)
+        # no token-id backfill: the sweep compares no outputs, and on a slow setting one extra request
+        # per prompt costs as much as the measured ones (docs/sweep.md, "Time to advice")
+        self.runner = Runner(replace(cfg, arms=(probe_arm,), blocks=1, backfill_token_ids=False), progress, argv)
         self.runner.subscribe(self._observe)
         self.progress = self.runner.progress
         self.ncmoe = ncmoe
@@ -325,6 +333,11 @@ class SweepRunner:
         self.contexts = list(contexts) if contexts else None
         self.fit_competitor = fit_competitor
         self.finalist_sessions = finalist_sessions
+        # capacity: the comparisons are of req/s at the SLO, which the first session's futility check
+        # does not read; every finalist runs every session there
+        self.session_rule = session_rule if objective == "speed" else "fixed"
+        self.cpu_moe_reference = cpu_moe_reference
+        self.session_log: list[dict[str, Any]] = []  # the session rule's decisions, into the trail
         self.load_mode = load_mode
         self.objective = objective
         self.slo = self.runner.slo  # parsed by the Runner (ConfigError on a bad one)
@@ -377,7 +390,10 @@ class SweepRunner:
             else:
                 raise ConfigError(f"--load-mode {self.load_mode}: {resolved.server['path']} has neither --load-mode "
                                   "nor --no-mmap; use --load-mode mmap")
-        auto_ctx = cfg.ctx_size or auto_ctx_size(longest_prompt_estimate(cases), cfg.max_tokens, cfg.server_slots)
+        # without --ctx-size / --ctx: the prompts' need, but at least DEFAULT_CTX (advice for a 256-token
+        # context, which the sweep's one short bucket would give, is advice for no real deployment)
+        auto_ctx = cfg.ctx_size or max(DEFAULT_CTX, auto_ctx_size(longest_prompt_estimate(cases), cfg.max_tokens,
+                                                                  cfg.server_slots))
         frontier = self.contexts is not None and len(self.contexts) > 1
         contexts = self.contexts or [auto_ctx]
         free = free_vram_mib(runner.nvml)
@@ -396,6 +412,7 @@ class SweepRunner:
                                      self.overhead_mib)
             extra["devices"] = dplan.to_extra()
         extra.update(fit_competitor=self.fit_competitor, finalist_sessions=self.finalist_sessions,
+                     session_rule=self.session_rule, cpu_moe_reference=self.cpu_moe_reference,
                      load_mode=self.load_mode, load_none_args=list(self._load_none_args), objective=self.objective)
         if self.objective == "capacity":
             extra.update(slo=cfg.slo, concurrency_levels=list(cfg.concurrency_levels), search=cfg.search,
@@ -514,7 +531,9 @@ class SweepRunner:
         def pred(n: int) -> float:
             return plan.predictions[n].total_mib
 
-        result = search(n_layer, budget, measure, pred, self.settings)
+        # the all-on-CPU end is measured first only for the × column (--cpu-moe-reference); else the
+        # search starts at the prediction's boundary and reaches N = L only if nothing smaller fits
+        result = search(n_layer, budget, measure, pred, self.settings, top_first=self.cpu_moe_reference)
         stage: dict[str, Any] = {"search": result}
         self._results[n_ctx] = stage
         if self._result is None:
@@ -532,6 +551,9 @@ class SweepRunner:
         finalists: list[ArmSpec] = [spec_of(p.n) for p in under[:2]]
         if fit_spec is not None and fit_ok:
             finalists.append(fit_spec)
+        comparisons: list[Comparison] = []
+        if fit_spec is not None and fit_ok and under:
+            comparisons.append(Comparison(default=fit_spec.name, challenger=spec_of(under[0].n).name))
         if self.load_mode == "both" and under and under[0].n > 0:
             lm = spec_of(under[0].n, load_none=True)
             end, recs, vram, free_now = launch(lm, n_ctx)
@@ -543,20 +565,52 @@ class SweepRunner:
             self._write_sidecar(sidecar, plan)
             if ok:
                 finalists.append(lm)
-        # further sessions in reverse order of the first ones (A B C, then C B A, ...): the
-        # comparisons count server sessions (analysis.stratified.session_ratio)
+                comparisons.append(Comparison(default=spec_of(under[0].n).name, challenger=lm.name))
+
+        def record(spec: ArmSpec, s: SessionResult) -> dict[str, Any]:
+            return {"n": n_of_arm(spec.name.split("-")[0]), "arm": spec.name, "n_ctx": n_ctx, **s.trail_fields(),
+                    "free_mib_before": s.free_mib_before, "role": "finalist", "at": _now()}
+
+        self.run_finalists(finalists, comparisons, n_ctx, launch, outcome, sidecar, record)
+
+    def run_finalists(self, finalists: Sequence[ArmSpec], comparisons: Sequence[Comparison], n_ctx: int,
+                      launch: Callable[[ArmSpec, int], tuple[ArmEnd | None, list[RequestRecord], float | None,
+                                                             float | None]],
+                      outcome: Callable[[ArmEnd | None, list[RequestRecord]], tuple[bool, float | None, str | None]],
+                      sidecar: Path, record: Callable[[ArmSpec, SessionResult], dict[str, Any]]) -> None:
+        """The finalists' further server sessions, in reverse order of the ones before (A B C, then
+        C B A, ...): the comparisons count sessions (analysis.stratified.session_ratio). Before each,
+        the session rule (`measure.finalists.next_session`) says which finalists still need one;
+        `record` makes each session's trail entry (the single- and the multi-device sweep differ
+        there). Used by both."""
+        plan = self._plan
+        assert plan is not None, "run_finalists runs inside execute(), after the plan is made"
+        names = [s.name for s in finalists]
+        rates: dict[str, list[float]] = {
+            a: [float(t["decode_tps"]) for t in self.trail if t.get("arm") == a and t.get("n_ctx") == n_ctx
+                and t.get("status") == "measured" and isinstance(t.get("decode_tps"), (int, float))]
+            for a in names}
         order = list(finalists)
         for k in range(1, self.finalist_sessions):
             order.reverse()
+            step = next_session(names, comparisons, rates, k, self.finalist_sessions, self.session_rule)
+            self.session_log.append({"n_ctx": n_ctx, "session": step.session, "rule": self.session_rule,
+                                     "arms": list(step.arms), "stopped": step.stopped, "idle": list(step.idle)})
+            for label, why in step.stopped.items():
+                self.progress.note(f"{label}: {why}")
             for spec in order:
+                if spec.name not in step.arms:
+                    continue
                 self.progress.note(f"{spec.name}: server session {k + 1} of {self.finalist_sessions} (finalist)")
                 end, recs, vram, free_now = launch(spec, n_ctx)
                 ok, tps, error = outcome(end, recs)
-                self.trail.append({"n": n_of_arm(spec.name.split("-")[0]), "arm": spec.name, "n_ctx": n_ctx,
-                                   "block": k, "status": "measured" if ok else "failed", "vram_mib": vram,
-                                   "decode_tps": tps, "error": error, "free_mib_before": free_now,
-                                   "role": "finalist", "at": _now()})
+                self.trail.append(record(spec, SessionResult(k, end, ok, tps, error, vram, free_now)))
+                if tps is not None:
+                    rates[spec.name].append(tps)
                 self._write_sidecar(sidecar, plan)
+            if not step.arms:
+                self._write_sidecar(sidecar, plan)
+                break
 
     def _fit_arm(self, plan: SweepPlan, n_ctx: int, suffix: str, budget: float | None, launch: Any, outcome: Any,
                  sidecar: Path, server_bin: str, model_path: str,
@@ -623,6 +677,8 @@ class SweepRunner:
                                 "elapsed_s": round(time.perf_counter() - self.t0, 2)}
         if self.time_to_advice_s is not None:
             body["time_to_advice_s"] = self.time_to_advice_s
+        if self.session_log:
+            body["next_sessions"] = self.session_log
         if self.device_budgets is not None:
             body["budgets_mib"] = list(self.device_budgets)
         if self._device_results:

@@ -354,4 +354,4 @@ def test_the_sweeps_words_for_no_interval_name_the_reason() -> None:
     text = _pct_ci(Versus("a", "b", flat, "capacity"))
     assert text.startswith("-20.0 %") and "--finalist-sessions" not in text and "nothing varies" in text
     one = stratified.session_ratio([5.0], [0], [4.0], [0])
-    assert "--finalist-sessions 2 or more" in _pct_ci(Versus("a", "b", one, "capacity"))
+    assert "a side with one session; --session-rule fixed" in _pct_ci(Versus("a", "b", one, "capacity"))
