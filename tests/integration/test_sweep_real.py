@@ -55,6 +55,8 @@ def test_sweep_writes_one_evidence_file_with_an_arm_per_setting(swept: tuple[Pat
     measured = [r for r in ev.requests if not r.warmup]
     n_prompts = len(ev.arm_starts[0].prompt_tokens)  # the seed004 bucket, 1 run each
     assert len(measured) == 3 * n_prompts and all(r.ok for r in measured)
+    # no token-id backfill in a sweep (one untimed request per prompt, for outputs it never compares)
+    assert not any(json.loads(line).get("kind") == "token_ids" for line in files[0].read_text().splitlines())
     # the predictions are in the manifest, i.e. on the first line, before any arm starts
     first = json.loads(files[0].read_text().splitlines()[0])
     assert first["kind"] == "run_start"
@@ -131,7 +133,7 @@ def test_fit_competitor_load_mode_and_frontier_on_the_cpu_build(tmp_path: Path, 
         # (n > 0); on a CPU build which one is fastest is noise, so neither may be 0
         ["sweep", "--model", str(tiny_moe), "--ncmoe", "3,6", "--runs", "2", "--max-tokens", "128",
          "--buckets", "seed004", "--server-bin", str(llama_server), "--threads", "1", "--out", str(out), "--quiet",
-         "--fit-competitor", "on", "--load-mode", "both", "--ctx", "256,1024"],
+         "--fit-competitor", "on", "--load-mode", "both", "--ctx", "256,1024", "--session-rule", "fixed"],
         catch_exceptions=False,
     )
     assert res.exit_code in (0, 4), res.output
@@ -155,9 +157,10 @@ def test_fit_competitor_load_mode_and_frontier_on_the_cpu_build(tmp_path: Path, 
     assert any(mmap_warning in w for w in ends[("ncmoe6-c256", 0)].server_warnings)
     assert not any(mmap_warning in w for w in ends[(lm.arm, 0)].server_warnings)
     assert not any(mmap_warning in w for w in ends[("fit-c256", 0)].server_warnings)  # no overrides
-    # finalists ran a second session
+    # finalists ran a second session (--session-rule fixed: every finalist, whatever session 1 said)
     assert {a for a, b in starts if b == 1} >= {"fit-c256", "fit-c1024"}
     side = read_sidecar(path)
+    assert side is not None and {e["rule"] for e in side["next_sessions"]} == {"fixed"}
     assert side is not None and side["time_to_advice_s"] > 0
     plan = next(t for t in side["trail"] if t["arm"] == "fit-c256")["fit_params"]
     assert plan["exit_code"] == 0 and plan["stdout"].startswith("-c 256 -ngl ")

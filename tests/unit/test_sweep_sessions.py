@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_sweep import FakeBench, L, linear_vram
 
 from abtest.analysis import stratified
 from abtest.analysis.sweep import reference_setting
@@ -16,8 +17,6 @@ from abtest.config import ArmSpec
 from abtest.measure.finalists import Comparison, SessionResult, next_session
 from abtest.measure.search import search
 from abtest.measure.sweep import FAR_FRACTION, FAR_MIN_MIB, SweepRunner
-
-from test_sweep import L, FakeBench, linear_vram
 
 FIT_VS_PICK = Comparison(default="fit", challenger="ncmoe7")
 PICK_VS_LMNONE = Comparison(default="ncmoe7", challenger="ncmoe7-lmnone")
@@ -79,7 +78,7 @@ def _claims(effect: float, drift_sd: float, n_sim: int = 1500) -> tuple[float, f
     fixed = seq = cont = 0
     for _ in range(n_sim):
         means = [85.0 * (1 + effect), 85.0, 85.0 * (1 + effect), 85.0]  # pick s1, fit s1, pick s2, fit s2
-        vals = [m * (1 + d) * (1 + rng.normal(0.0, 0.02, size=8)) for m, d in zip(means, rng.normal(0, drift_sd, 4))]
+        vals = [m * (1 + d) * (1 + rng.normal(0.0, 0.02, size=8)) for m, d in zip(means, rng.normal(0, drift_sd, 4), strict=True)]
         first = next_session(["pick", "fit"], [Comparison("fit", "pick")],
                              {"pick": [float(vals[0].mean())], "fit": [float(vals[1].mean())]}, 1, 2)
         r = stratified.session_ratio(np.r_[vals[1], vals[3]], [0] * 8 + [1] * 8,
