@@ -912,7 +912,7 @@ def _notes(rep: SweepReport, ev: Evidence) -> list[str]:
         if r.status in ("failed", "skipped", "not run"):
             notes.append(f"{r.arm}: {r.status}" + (f" — {r.reason}" if r.reason else ""))
     singles = [r.arm for r in rep.rows if r.status == "measured" and r.sessions == 1]
-    if rep.fit is not None and rep.fit.status == "measured" and rep.fit.sessions == 1:
+    if rep.fit is not None and rep.fit.qualified and rep.fit.sessions == 1:
         singles.append(rep.fit.arm)
     if singles:
         notes.append("one server session each for " + ", ".join(singles) + ": their × and Δ are estimates, "

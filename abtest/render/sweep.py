@@ -41,7 +41,7 @@ def _pm_ci(c: MeanCI, digits: int = 1) -> str:
 
 
 def main_table(rep: SweepReport) -> str:
-    ref = flag_of(rep.reference, rep.n_layer) if rep.reference is not None else "ref"
+    ref = flag_of(rep.reference, rep.n_layer) if rep.reference is not None else "--cpu-moe"  # blank: not measured
     tt = f"TTFT ms ({rep.long_bucket})" if rep.long_bucket else "TTFT ms"
     cpu = rep.backend == "cpu"
     headers = ["N", "flag", "VRAM pred GiB", "VRAM meas GiB", "err MiB", "decode tok/s", f"× {ref}", tt,
