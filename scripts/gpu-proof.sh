@@ -14,9 +14,12 @@
 #   bench      llama-bench -p 0 -n 128 with the same flags, for the cross-check
 #   qwen       synthesise qwen3-30b-a3b-like and run baseline + cpu-moe briefly
 #   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto (bounded by timeout $SWEEP_LIMIT, 540 s)
-#   sweeparch  abtest sweep on gpt-oss-20b-arch: $SWEEP_BUDGET (9GiB) at contexts $SWEEP_CTX
-#              (4096,65536), the fit competitor, finalists in 2 sessions, --load-mode both
-#              (bounded by $SWEEP_LIMIT, 540 s)
+#   sweeparch  abtest sweep on $SWEEP_MODEL (gpt-oss-20b-arch): $SWEEP_BUDGET (9GiB) at contexts
+#              $SWEEP_CTX (4096,65536), the sweep's defaults (fit competitor, session rule) plus
+#              $SWEEP_EXTRA, into $WORK/evidence-sweeparch-$SWEEP_TAG (bounded by $SWEEP_LIMIT, 540 s)
+#   sweeptime  benchmarks/sweep_time.py: gpt-oss-20b-arch, $SWEEP_BUDGET at -c 4096, the defaults,
+#              1 repeat, into $WORK/sweep-time.json
+#   synth_qwen3 qwen3-30b-a3b-arch Q4_K_M (about 18.5 GB) into $MODELS (for SWEEP_MODEL)
 #   wheel      the README's A/B (tiny-moe) from the carried abtest wheel (.whl/abtest_llm-*.whl),
 #              installed non-editable into /tmp/wheelsite and run from outside the checkout
 #   synth_arch gpt-oss-20b-arch (gpt-oss's own graph, MXFP4 experts, about 12 GB) into $MODELS
@@ -229,10 +232,27 @@ stage_sweeparch() {
   local t0=$SECONDS
   stage_synth_arch
   pkill -x llama-server; sleep 1
-  timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$GPTA" --vram-budget "${SWEEP_BUDGET:-9GiB}" \
-    --ctx "${SWEEP_CTX:-4096,65536}" --runs 2 --buckets tok128 --max-tokens 64 --load-mode both \
-    --quiet --out "$WORK/evidence-sweeparch"
+  local model="${SWEEP_MODEL:-$GPTA}" extra=()
+  [ "$model" = "$GPTA" ] || [ -f "$model" ] || { log "no $model (stage synth_qwen3?)"; return 1; }
+  [ -n "${SWEEP_EXTRA:-}" ] && read -r -a extra <<< "$SWEEP_EXTRA"
+  timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$model" --vram-budget "${SWEEP_BUDGET:-9GiB}" \
+    --ctx "${SWEEP_CTX:-4096,65536}" "${extra[@]}" --quiet --out "$WORK/evidence-sweeparch-${SWEEP_TAG:-gptoss-9g}"
   log "sweeparch exit $?: $((SECONDS - t0)) s"
+}
+
+stage_sweeptime() {
+  stage_synth_arch
+  pkill -x llama-server; sleep 1
+  timeout "${SWEEP_LIMIT:-540}" python3 "$here/benchmarks/sweep_time.py" --model "$GPTA" \
+    --vram-budget "${SWEEP_BUDGET:-9GiB}" --ctx 4096 --repeats 1 --json "$WORK/sweep-time.json"
+  log "sweeptime exit $?"
+}
+
+stage_synth_qwen3() {
+  local t0=$SECONDS
+  [ -f "$MODELS/qwen3-30b-a3b-arch-q4_k_m-seed0.gguf" ] ||
+    "${ABTEST[@]}" model synth "$MODELS" --preset qwen3-30b-a3b-arch --qtype q4_k_m
+  log "synth-qwen3 stage: $((SECONDS - t0)) s"; ls -la "$MODELS"; df -h "$MODELS" | tail -1
 }
 
 stage_wheel() {
