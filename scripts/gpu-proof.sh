@@ -24,6 +24,7 @@
 #              installed non-editable into /tmp/wheelsite and run from outside the checkout
 #   synth_arch gpt-oss-20b-arch (gpt-oss's own graph, MXFP4 experts, about 12 GB) into $MODELS
 #   buildarch  build and synth_arch at once
+#   buildboth  build, synth_arch and synth_qwen3 at once
 #   smolparts  append the carried parts of SmolLM2's GGUF (.carry/smol*/part*) under $MODELS and,
 #              once all are there, assemble and check its SHA256 (it is larger than one transfer)
 #   acc        benchmarks/run_accuracy.py --write-doc, client and server on CPUs 2 and 3
@@ -109,6 +110,16 @@ stage_buildarch() {
   local synth_pid=$!
   stage_build
   wait "$synth_pid"; cat "$WORK/synth-arch.log"
+}
+
+stage_buildboth() {
+  # build with both sweep models written alongside (16 cores: the synths are mostly I/O)
+  stage_synth_arch > "$WORK/synth-arch.log" 2>&1 &
+  local a=$!
+  stage_synth_qwen3 > "$WORK/synth-qwen3.log" 2>&1 &
+  local q=$!
+  stage_build
+  wait "$a" "$q"; cat "$WORK/synth-arch.log" "$WORK/synth-qwen3.log"
 }
 
 stage_smolparts() {
