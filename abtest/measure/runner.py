@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from .. import __version__
 from ..analysis import metrics
@@ -453,6 +452,8 @@ class Runner:
             asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
             mine = [r for r in records[n_before:] if not r.warmup]
             ttft = [v for r in mine if r.ok and (v := metrics.ttft_ms(r)) is not None]
+            import numpy as np  # here, not at the top: a capacity search only, off the start-up of every run
+
             probe = capsearch.ProbeResult(d.load, bool(level_meets(mine, self.slo)), level_span(mine).req_per_s,
                                           float(np.percentile(ttft, 95)) if ttft else None,
                                           time.perf_counter() - t_probe)
