@@ -130,6 +130,22 @@ class _Cursor:
         self.pos += n
         return s
 
+    def _strings(self, count: int) -> list[str]:
+        """`count` strings in a row: `string` inlined (a vocabulary's tokens and merges)."""
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        u64 = struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                raise _Truncated
+            (n,) = u64(buf, pos)
+            pos += 8
+            if pos + n > size:
+                raise _Truncated
+            out.append(bytes(buf[pos : pos + n]).decode("utf-8", errors="replace"))
+            pos += n
+        self.pos = pos
+        return out
+
     def skip_string(self) -> None:
         n = self.unpack("<Q")
         if self.pos + n > self.size:
@@ -145,6 +161,16 @@ class _Cursor:
             item_type = self.unpack("<I")
             count = self.unpack("<Q")
             if count <= _DECODE_ARRAY_MAX:
+                if item_type in _SCALAR:  # one unpack for the whole array (a vocabulary's token types)
+                    fmt = f"<{count}{_SCALAR[item_type][1]}"
+                    n = struct.calcsize(fmt)
+                    if self.pos + n > self.size:
+                        raise _Truncated
+                    items = list(struct.unpack_from(fmt, self.buf, self.pos))
+                    self.pos += n
+                    return items
+                if item_type == _STRING:
+                    return self._strings(count)
                 return [self.value(item_type) for _ in range(count)]
             if item_type == _STRING:
                 for _ in range(count):
