@@ -59,8 +59,8 @@ from .arms import ResolvedArm, evidence_path, host_info, longest_prompt_estimate
 from .load import applied_load, arrival_times, session_order
 from .progress import NullProgress, Progress
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
-from .sampler import Nvml, VramSampler, summarize
 from .protocol import StreamLimits, StreamRequest
+from .sampler import Nvml, VramSampler, summarize
 from .transport import HttpTransport
 from .untimed import MARGIN_N_PROBS, fetch_token_ids, fetch_top_logprobs
 
@@ -430,6 +430,8 @@ class Runner:
         """A capacity search in one session: probe the loads `capsearch.next_probe` picks, each a
         load level with its own warm-up, judged against the run's SLO; every probe's plan is added
         to `done` as it starts (what arm_end counts as planned)."""
+        import numpy as np  # here, not at the top: only a search needs it, every run's start-up would pay
+
         cfg = self.cfg
         assert cfg.search is not None
         spec = capsearch.SearchSpec(cfg.search, start=cfg.search_start or 1.0, max_load=cfg.search_max
@@ -452,8 +454,6 @@ class Runner:
             asyncio.run(self._drive(srv.base_url, level_plan, records, srv.alive, lv))
             mine = [r for r in records[n_before:] if not r.warmup]
             ttft = [v for r in mine if r.ok and (v := metrics.ttft_ms(r)) is not None]
-            import numpy as np  # here, not at the top: a capacity search only, off the start-up of every run
-
             probe = capsearch.ProbeResult(d.load, bool(level_meets(mine, self.slo)), level_span(mine).req_per_s,
                                           float(np.percentile(ttft, 95)) if ttft else None,
                                           time.perf_counter() - t_probe)

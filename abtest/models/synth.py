@@ -727,8 +727,8 @@ def write_synth(
     qtype None means the preset's default. progress(bytes_written, bytes_total) is called after
     each chunk. Returns the size and the SHA256, computed while writing (no second read).
     """
-    import numpy as np
     import gguf
+    import numpy as np
 
     p = get_preset(preset)
     qtype = resolve_qtype(p, qtype)
