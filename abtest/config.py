@@ -29,12 +29,8 @@ from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
     from importlib.resources.abc import Traversable
-
-    import tomllib
 else:  # pragma: no cover
     from importlib.abc import Traversable
-
-    import tomli as tomllib
 
 DEFAULT_ARMS: dict[str, tuple[str, ...]] = {
     "baseline": ("-ngl", "99"),
@@ -185,6 +181,10 @@ def _profile_source(path: str | os.PathLike[str]) -> tuple[str, Path | Traversab
 
 def load_arms_file(path: str | os.PathLike[str]) -> list[ArmSpec]:
     """Arms from an arm profile: a TOML file, or the name of a shipped one (see `shipped_profiles`)."""
+    if sys.version_info >= (3, 11):
+        import tomllib  # here, not at the top: only a profile is TOML (a part of `abtest run`'s start-up)
+    else:  # pragma: no cover
+        import tomli as tomllib
     p, source = _profile_source(path)
     try:
         data = tomllib.loads(source.read_text(encoding="utf-8"))

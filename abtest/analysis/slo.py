@@ -7,8 +7,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..errors import ConfigError
 from ..records import RequestRecord
 from . import metrics
@@ -95,6 +93,8 @@ def observed(requests: Sequence[RequestRecord], o: Objective) -> float:
     values = [v for r in requests if (v := judged_value(r, o)) is not None]
     if not values:
         return 0.0
+    import numpy as np  # here: `abtest run` imports this module (--slo), its start-up need not pay for numpy
+
     xs = np.sort(np.array(values, dtype=float))
     # numpy's linear percentile, by hand: its interpolation gives nan next to an infinite value
     h = (xs.size - 1) * o.percentile / 100.0

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..analysis.metrics import decode_tps, decode_unmeasurable
 from ..records import RequestRecord
+
+# rich is imported by the live display when it is made, not here: with --quiet (cron, the
+# benchmarks) a run never loads it, a part of `abtest run`'s start-up CPU (docs/performance.md).
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 
 class RichProgress:
     """Live display: arm, bucket, run i/N, the last request's decode tok/s (or why it has none)."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.console = console
         self.bar = Progress(
             TextColumn("[bold]{task.fields[arm]}[/]"),
@@ -63,6 +69,8 @@ class RichProgress:
         self.bar.update(task, advance=1, detail=f"{r.bucket} {what} {rate}{fails}")
 
     def arm_end(self, arm: str, ok: bool, message: str) -> None:
+        from rich.markup import escape
+
         # Server log lines hold brackets ("[MiB]"): escape them, and keep an error on one line.
         if ok:
             self.console.print(f"[green]{escape(arm)}[/]: {escape(message)}", soft_wrap=True)
@@ -70,6 +78,8 @@ class RichProgress:
             self.console.print(f"[red]abtest: arm {escape(arm)} failed:[/] {escape(message)}", soft_wrap=True)
 
     def note(self, message: str) -> None:
+        from rich.markup import escape
+
         self.console.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
 
 

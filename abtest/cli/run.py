@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from ..config import RunConfig, resolve_arms, shipped_profiles
 from ..errors import EXIT_INTERRUPTED, EXIT_PARTIAL, ConfigError
@@ -214,8 +212,13 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
         health_timeout_s=health_timeout, stall_timeout_s=stall_timeout, request_timeout_s=request_timeout,
         margins=margins,
     )
-    console = Console(stderr=True)
-    display = QuietProgress() if quiet else RichProgress(console)
+    display: QuietProgress | RichProgress
+    if quiet:
+        display = QuietProgress()  # rich is never imported: a part of the start-up CPU
+    else:
+        from rich.console import Console
+
+        display = RichProgress(Console(stderr=True))
     previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     runner = None
     try:
@@ -233,7 +236,9 @@ def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int
     signal.signal(signal.SIGTERM, previous)  # not on the way out of an interrupt: that ignores it
     click.echo(str(result.evidence_path))
     if not quiet:
-        console.print(
+        from rich.markup import escape
+
+        display.console.print(
             f"{result.n_requests} requests, {result.n_failed} failed, {result.duration_s:.1f} s; "
             f"report: abtest report {escape(str(result.evidence_path))}",
             soft_wrap=True,  # a command to copy: never wrapped inside the path

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-import httpx
-
 from ..errors import ConfigError
+from ..server.api import ApiClient
 
 if sys.version_info >= (3, 11):
     from importlib.resources.abc import Traversable
@@ -93,44 +92,41 @@ def load_prompts(path: str | Path | None = None, buckets: list[str] | None = Non
     return cases
 
 
-def _tokenize(client: httpx.Client, base_url: str, text: str) -> list[int]:
-    resp = client.post(base_url + "/tokenize", json={"content": text, "add_special": True})
-    resp.raise_for_status()
-    return [t if isinstance(t, int) else int(t["id"]) for t in resp.json()["tokens"]]
+def _tokenize(client: ApiClient, text: str) -> list[int]:
+    answer = client.post_json("/tokenize", {"content": text, "add_special": True})
+    return [t if isinstance(t, int) else int(t["id"]) for t in answer["tokens"]]
 
 
-def _detokenize(client: httpx.Client, base_url: str, tokens: list[int]) -> str:
-    resp = client.post(base_url + "/detokenize", json={"tokens": tokens})
-    resp.raise_for_status()
-    return str(resp.json()["content"])
+def _detokenize(client: ApiClient, tokens: list[int]) -> str:
+    return str(client.post_json("/detokenize", {"tokens": tokens})["content"])
 
 
 def fit_prompts(cases: list[PromptCase], base_url: str, timeout_s: float = 60.0) -> list[FittedPrompt]:
     """Cut every case to its target with this server's tokenizer and count it exactly."""
     fitted: list[FittedPrompt] = []
-    with httpx.Client(timeout=timeout_s) as client:
-        n_special = len(_tokenize(client, base_url, ""))  # BOS etc. that the server adds
+    with ApiClient(base_url, timeout_s) as client:
+        n_special = len(_tokenize(client, ""))  # BOS etc. that the server adds
         for case in cases:
             if case.target_tokens is None:
-                fitted.append(FittedPrompt(case, case.text, len(_tokenize(client, base_url, case.text))))
+                fitted.append(FittedPrompt(case, case.text, len(_tokenize(client, case.text))))
                 continue
-            fitted.append(_fit_one(client, base_url, case, case.target_tokens, n_special))
+            fitted.append(_fit_one(client, case, case.target_tokens, n_special))
     return fitted
 
 
-def _fit_one(client: httpx.Client, base_url: str, case: PromptCase, target: int, n_special: int) -> FittedPrompt:
+def _fit_one(client: ApiClient, case: PromptCase, target: int, n_special: int) -> FittedPrompt:
     source = case.text
     part = 2
-    while len(_tokenize(client, base_url, source)) < target + 8:
+    while len(_tokenize(client, source)) < target + 8:
         source += f"\n\nPart {part}. " + case.text
         part += 1
-    body = _tokenize(client, base_url, source)[n_special:]
+    body = _tokenize(client, source)[n_special:]
     want = max(target - n_special, 1)
     best: FittedPrompt | None = None
     # Detokenize-then-retokenize can merge across the cut; step the cut until the count is exact.
     for _ in range(8):
-        text = _detokenize(client, base_url, body[:want])
-        n = len(_tokenize(client, base_url, text))
+        text = _detokenize(client, body[:want])
+        n = len(_tokenize(client, text))
         if best is None or abs(n - target) < abs(best.n_tokens - target):
             best = FittedPrompt(case, text, n)
         if n == target:

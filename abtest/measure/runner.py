@@ -33,9 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
-
 from .. import __version__
 from ..analysis import metrics
 from ..analysis.slo import Objective, level_meets, level_span, parse_slo
@@ -45,6 +42,7 @@ from ..errors import EvidenceError, LaunchError
 from ..evidence import EvidenceWriter, check_writable, reserve_new
 from ..interrupts import ignore_interrupts, signals_deferred
 from ..records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenIds, measured_window_ms
+from ..server.api import ApiClient, ApiError
 from ..server.log import parse_memory_breakdown, server_warnings
 from ..server.process import (
     LaunchSpec,
@@ -61,9 +59,10 @@ from .arms import ResolvedArm, evidence_path, host_info, longest_prompt_estimate
 from .load import applied_load, arrival_times, session_order
 from .progress import NullProgress, Progress
 from .prompts import FittedPrompt, PromptCase, fit_prompts, load_prompts
+from .protocol import StreamLimits, StreamRequest
 from .sampler import Nvml, VramSampler, summarize
-from .stream import MARGIN_N_PROBS, StreamLimits, StreamRequest, fetch_token_ids, fetch_top_logprobs
 from .transport import HttpTransport
+from .untimed import MARGIN_N_PROBS, fetch_token_ids, fetch_top_logprobs
 
 
 @dataclass(frozen=True)
@@ -233,7 +232,7 @@ class Runner:
         after_load = sampler.sample()
         try:
             fitted = fit_prompts(cases, srv.base_url)
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
+        except (ApiError, KeyError, ValueError) as exc:
             died = "" if srv.alive() else f" (the server {describe_exit(srv.proc.returncode if srv.proc else 0)})"
             srv.stop()
             self._arm_failed(name, f"cutting prompts with /tokenize failed on arm '{name}'{died}: {exc}",
@@ -415,9 +414,9 @@ class Runner:
                         if not srv.alive():
                             break
             if srv.alive():
-                asyncio.run(self._backfill_ids(srv.base_url, records))
+                self._backfill_ids(srv.base_url, records)
             if srv.alive() and self.cfg.margins and block == 0:  # the first session: greedy is deterministic
-                asyncio.run(self._probe_margins(srv.base_url, records))
+                self._probe_margins(srv.base_url, records)
         except KeyboardInterrupt:
             ignore_interrupts()  # stopping now: a second Ctrl-C must not cut the cleanup short
             interrupted = True
@@ -431,6 +430,8 @@ class Runner:
         """A capacity search in one session: probe the loads `capsearch.next_probe` picks, each a
         load level with its own warm-up, judged against the run's SLO; every probe's plan is added
         to `done` as it starts (what arm_end counts as planned)."""
+        import numpy as np  # here, not at the top: only a search needs it, every run's start-up would pay
+
         cfg = self.cfg
         assert cfg.search is not None
         spec = capsearch.SearchSpec(cfg.search, start=cfg.search_start or 1.0, max_load=cfg.search_max
@@ -533,7 +534,7 @@ class Runner:
 
         await asyncio.gather(*(send_at(t, r) for t, r in zip(times, reqs, strict=True)))
 
-    async def _backfill_ids(self, base_url: str, records: list[RequestRecord]) -> None:
+    def _backfill_ids(self, base_url: str, records: list[RequestRecord]) -> None:
         """For requests whose streamed ids were incomplete (multi-token events), one extra
         non-streamed request with return_tokens, after the timed runs, supplies the ids (not with
         `backfill_token_ids` off: the sweep compares no outputs)."""
@@ -545,10 +546,9 @@ class Runner:
                         if r.ok and r.token_ids is None and not r.warmup}.values())
         if not missing:
             return
-        async with httpx.AsyncClient(timeout=None) as client:
+        with ApiClient(base_url, self.cfg.request_timeout_s) as client:
             for r in missing:
-                req = self._untimed_request(r)
-                ids = await fetch_token_ids(client, base_url, req, self.cfg.request_timeout_s)
+                ids = fetch_token_ids(client, self._untimed_request(r))
                 if ids is not None:
                     self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=ids, source="non-streamed return_tokens"))
 
@@ -560,17 +560,16 @@ class Runner:
             temperature=self.cfg.temperature, seed=self.cfg.seed,
         )
 
-    async def _probe_margins(self, base_url: str, records: list[RequestRecord]) -> None:
+    def _probe_margins(self, base_url: str, records: list[RequestRecord]) -> None:
         """`--margins`: per prompt, one greedy non-streamed request with n_probs 2 after the timed
         runs of the arm's first session (never timed), written as TokenIds with the top 2 per token; the reader
         folds it into the prompt's first measured request when the ids are that request's own."""
         if self.cfg.endpoint != "completion":
             return
         first = list({r.prompt_id: r for r in reversed(records) if r.ok and not r.warmup}.values())
-        async with httpx.AsyncClient(timeout=None) as client:
+        with ApiClient(base_url, self.cfg.request_timeout_s) as client:
             for r in first:
-                req = self._untimed_request(r)
-                got = await fetch_top_logprobs(client, base_url, req, self.cfg.request_timeout_s)
+                got = fetch_top_logprobs(client, self._untimed_request(r))
                 if got is not None:
                     self.write(TokenIds(arm=r.arm, seq=r.seq, token_ids=got[0], top_logprobs=got[1],
                                         source=f"non-streamed n_probs={MARGIN_N_PROBS} (--margins)"))
@@ -599,7 +598,7 @@ class Runner:
                 asyncio.run(self._drive_interleaved(urls, plans, records, alive))
             for a, srv, _, _ in ups:
                 if srv.alive():
-                    asyncio.run(self._backfill_ids(srv.base_url, records[a.spec.name]))
+                    self._backfill_ids(srv.base_url, records[a.spec.name])
         except KeyboardInterrupt:
             ignore_interrupts()  # stopping now: a second Ctrl-C must not cut the cleanup short
             interrupted = True

@@ -1,7 +1,7 @@
 """The stream client on httpx: one streamed request -> a `RequestRecord` (the protocol is `abtest.measure.protocol`).
 
 The transport `abtest.measure.rawclient` replaces for timed requests by default (docs/performance.md);
-kept for ``--http-client httpx`` and for `fetch_token_ids`. What it adds to the protocol:
+kept for ``--http-client httpx``. What it adds to the protocol:
 - "sent" is httpcore's ``http11.send_request_body.started`` trace event: taken just before the
   body's write, never after awaiting it (``.complete`` comes after anyio has yielded to the loop,
   so on a busy box it can be later than the server's own start: a TTFT below the server's prompt
@@ -42,7 +42,7 @@ from .protocol import (
     timed_out,
 )
 
-__all__ = ["CHAT_PATH", "COMPLETION_PATH", "StreamLimits", "StreamRequest", "fetch_token_ids", "stream_request"]
+__all__ = ["CHAT_PATH", "COMPLETION_PATH", "StreamLimits", "StreamRequest", "stream_request"]
 
 _DEFAULT_LIMITS = StreamLimits()
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
@@ -114,45 +114,3 @@ async def stream_request(
     except Exception as exc:  # never raises: anything else is a failed record that names it
         error = f"client error ({type(exc).__name__}: {exc}) — please report it"
     return assemble(req, tracker, status, error, time.perf_counter_ns(), sent_at)
-
-
-async def fetch_token_ids(client: httpx.AsyncClient, base_url: str, req: StreamRequest, timeout_s: float = 600.0) -> list[int] | None:
-    """One extra non-streamed /completion with return_tokens, for when streamed ids were incomplete."""
-    path, body = request_body(req)
-    if path != COMPLETION_PATH:
-        return None
-    body = {**body, "stream": False, "return_tokens": True}
-    try:
-        resp = await client.post(base_url + path, json=body, timeout=timeout_s)
-        resp.raise_for_status()
-        tokens = resp.json().get("tokens")
-        if isinstance(tokens, list) and all(type(t) is int for t in tokens):
-            return tokens
-        return None
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return None
-
-
-MARGIN_N_PROBS = 2  # the top 2: enough for the margin between the chosen token and the runner-up
-
-
-async def fetch_top_logprobs(client: httpx.AsyncClient, base_url: str, req: StreamRequest,
-                             timeout_s: float = 600.0) -> tuple[list[int], list[list[list[Any]]]] | None:
-    """One extra non-streamed /completion with n_probs 2 (`--margins`): the generated ids and, per
-    token, the top 2 as [id, logprob, piece]; None when the server does not give them."""
-    path, body = request_body(req)
-    if path != COMPLETION_PATH:
-        return None
-    body = {**body, "stream": False, "return_tokens": True, "n_probs": MARGIN_N_PROBS}
-    try:
-        resp = await client.post(base_url + path, json=body, timeout=timeout_s)
-        resp.raise_for_status()
-        data = resp.json()
-        tokens, steps = data.get("tokens"), data.get("completion_probabilities")
-        if not (isinstance(tokens, list) and all(type(t) is int for t in tokens) and isinstance(steps, list)):
-            return None
-        top = [[[int(t["id"]), float(t["logprob"]), str(t.get("token", ""))] for t in step["top_logprobs"]]
-               for step in steps]
-        return (tokens, top) if len(top) == len(tokens) else None
-    except (httpx.HTTPError, ValueError, AttributeError, KeyError, TypeError):
-        return None

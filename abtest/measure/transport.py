@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
 from ..records import RequestRecord
 from . import rawclient
 from .protocol import StreamLimits, StreamRequest
-from .stream import stream_request as httpx_stream_request
 
 
 class HttpTransport:
@@ -29,12 +26,16 @@ class HttpTransport:
         """A connection pool of at most `n_connections` (None: no cap, for an open loop)."""
         if self.kind == "raw":
             return rawclient.RawClient(max_connections=n_connections)
+        import httpx  # only for --http-client httpx: the default run never imports it (start-up CPU)
+
         pool = httpx.Limits(max_connections=n_connections, max_keepalive_connections=n_connections)
         return httpx.AsyncClient(limits=pool, timeout=None)
 
     async def stream(self, client: Any, base_url: str, req: StreamRequest, limits: StreamLimits) -> RequestRecord:
         if self.kind == "raw":
             return await rawclient.stream_request(client, base_url, req, limits)
+        from .stream import stream_request as httpx_stream_request
+
         return await httpx_stream_request(client, base_url, req, limits)
 
     async def open_connections(self, client: Any, base_url: str, n: int) -> None:

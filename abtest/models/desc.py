@@ -24,9 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
-import gguf
-
-from .gguf import EXPERT_TENSOR_RE, LAYER_RE, arch_int, check_gguf, model_arch, vocab_size
+from .gguf import EXPERT_TENSOR_RE, LAYER_RE, arch_int, check_gguf, gguf_constants, model_arch, vocab_size
 
 
 class TensorLike(Protocol):
@@ -145,7 +143,7 @@ class ModelDesc:
                 (layer_expert if is_expert else layer_other)[layer] += t.nbytes
         main_type = max(by_type, key=lambda k: by_type[k]) if by_type else 0
         try:
-            quant = gguf.GGMLQuantizationType(main_type).name
+            quant = gguf_constants().GGMLQuantizationType(main_type).name
         except ValueError:
             quant = f"type{main_type}"
         return _Split(total, expert, sum(by_type.values()), nonlayer, tuple(layer_expert), tuple(layer_other), quant)

@@ -7,7 +7,8 @@ Only the header is read (key/values and tensor infos, a few MB even for a 200k-t
 never the tensor data. We parse the header here rather than through `gguf.GGUFReader`: the
 reader builds numpy views for every element of every array, which costs ~3.5 s for a 50k-token
 vocabulary and ~4x that for gpt-oss's 201k; this walk takes a fraction of a second. Type sizes
-and names still come from the `gguf` package's constants.
+and names still come from the `gguf` package's constants (`gguf_constants`: that module alone,
+not the package, whose import pulls in numpy, its reader and writer -- `abtest run`'s start-up).
 
 Format (GGUF v2/v3, little-endian): magic "GGUF", u32 version, u64 n_tensors, u64 n_kv; n_kv
 key/values (string key, u32 type, value); n_tensors infos (string name, u32 n_dims, u64 ne[n_dims],
@@ -17,15 +18,16 @@ then the tensor data.
 
 from __future__ import annotations
 
+import importlib.util
 import mmap
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import gguf
 
 from ..errors import ConfigError, ModelNotFound
 
@@ -40,6 +42,33 @@ _SCALAR = {  # GGUFValueType -> struct format
     0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+
+
+def gguf_constants() -> ModuleType:
+    """gguf-py's `gguf.constants` (type ids, block sizes, names), without the `gguf` package's
+    __init__, which imports numpy, its reader, writer and metadata (~0.4 s of CPU on a small box,
+    most of `abtest run`'s start-up before it). The module is registered as ``gguf.constants``, so a
+    later ``import gguf`` takes this very module: one `GGMLQuantizationType`, not two. Where the
+    package cannot be read this way (a zip, a version whose constants import siblings), the package."""
+    mod = sys.modules.get("gguf.constants")
+    if mod is not None:
+        return mod
+    spec = importlib.util.find_spec("gguf")  # a top-level name: found, not imported
+    where = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(where[0]) / "constants.py" if where else None
+    if path is not None and path.is_file():
+        sub = importlib.util.spec_from_file_location("gguf.constants", path)
+        if sub is not None and sub.loader is not None:
+            mod = importlib.util.module_from_spec(sub)
+            sys.modules["gguf.constants"] = mod
+            try:
+                sub.loader.exec_module(mod)
+                return mod
+            except Exception:
+                del sys.modules["gguf.constants"]
+    import gguf
+
+    return gguf.constants
 
 
 class _Truncated(Exception):
@@ -101,6 +130,22 @@ class _Cursor:
         self.pos += n
         return s
 
+    def _strings(self, count: int) -> list[str]:
+        """`count` strings in a row: `string` inlined (a vocabulary's tokens and merges)."""
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        u64 = struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                raise _Truncated
+            (n,) = u64(buf, pos)
+            pos += 8
+            if pos + n > size:
+                raise _Truncated
+            out.append(bytes(buf[pos : pos + n]).decode("utf-8", errors="replace"))
+            pos += n
+        self.pos = pos
+        return out
+
     def skip_string(self) -> None:
         n = self.unpack("<Q")
         if self.pos + n > self.size:
@@ -116,6 +161,16 @@ class _Cursor:
             item_type = self.unpack("<I")
             count = self.unpack("<Q")
             if count <= _DECODE_ARRAY_MAX:
+                if item_type in _SCALAR:  # one unpack for the whole array (a vocabulary's token types)
+                    fmt = f"<{count}{_SCALAR[item_type][1]}"
+                    n = struct.calcsize(fmt)
+                    if self.pos + n > self.size:
+                        raise _Truncated
+                    items = list(struct.unpack_from(fmt, self.buf, self.pos))
+                    self.pos += n
+                    return items
+                if item_type == _STRING:
+                    return self._strings(count)
                 return [self.value(item_type) for _ in range(count)]
             if item_type == _STRING:
                 for _ in range(count):
@@ -133,8 +188,9 @@ class _Cursor:
 
 
 def _tensor_nbytes(name: str, shape: tuple[int, ...], ggml_type: int, path: Path) -> int:
+    c = gguf_constants()
     try:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+        block, type_size = c.GGML_QUANT_SIZES[c.GGMLQuantizationType(ggml_type)]
     except (ValueError, KeyError):
         raise ConfigError(
             f"{path}: tensor {name!r} has ggml type {ggml_type}, unknown to the installed gguf package; "
@@ -199,7 +255,7 @@ def _parse(buf: Any, path: Path, size: int) -> GGUFHeader:
         ggml_type = c.unpack("<I")
         offset = c.unpack("<Q")
         tensors.append(TensorInfo(name, shape, ggml_type, offset, _tensor_nbytes(name, shape, ggml_type, path)))
-    alignment = kv.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    alignment = kv.get("general.alignment", gguf_constants().GGUF_DEFAULT_ALIGNMENT)
     data_offset = c.pos + (-c.pos % alignment)
     return GGUFHeader(version, kv, tuple(tensors), data_offset, size)
 

@@ -49,13 +49,17 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import ConfigError
 from .gguf import EXPERT_TENSOR_RE
 from .presets import Preset, get_preset
+
+# numpy is imported by the functions that make tensor data, not here: the catalog imports this
+# module for its tensor plans (sizes), and so does `abtest run`, whose start-up CPU numpy's import
+# would be a third of (docs/performance.md).
+if TYPE_CHECKING:
+    import numpy as np
 
 # Bump when the bytes a given (preset, qtype, seed) produce change; it is stored in the file.
 SYNTH_VERSION = 1
@@ -406,6 +410,7 @@ def build_vocab(n_vocab: int, specials: tuple[str, ...] = SPECIAL_TOKENS) -> Voc
     the merge list holds "A B" for each in order; the last tokens are `specials` (CONTROL).
     Texts are unique (llama.cpp asserts it). Depends only on n_vocab.
     """
+    import numpy as np
     base = bytes_to_unicode()
     n_merges = n_vocab - len(base) - len(specials)
     if n_merges < 0:
@@ -442,17 +447,20 @@ def build_vocab(n_vocab: int, specials: tuple[str, ...] = SPECIAL_TOKENS) -> Voc
 
 def _tensor_bitgens(seed: int, name: str) -> tuple[np.random.PCG64, np.random.PCG64]:
     """Two independent streams per tensor (payload, scales), keyed by the seed and the tensor name."""
+    import numpy as np
     ss = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, zlib.crc32(name.encode())])
     a, b = ss.spawn(2)
     return np.random.PCG64(a), np.random.PCG64(b)
 
 
 def _raw_bytes(bitgen: np.random.PCG64, n: int) -> np.ndarray:
+    import numpy as np
     return bitgen.random_raw((n + 7) // 8).view(np.uint8)[:n]
 
 
 def _unit_f32(bitgen: np.random.PCG64, n: int) -> np.ndarray:
     """n float32 values uniform in [0, 1), exact (24-bit integers times 2**-24)."""
+    import numpy as np
     u = bitgen.random_raw((n + 1) // 2).view(np.uint32)[:n] >> np.uint32(8)
     return u.astype(np.float32) * np.float32(2.0**-24)
 
@@ -463,6 +471,7 @@ def scale_for(spec: TensorSpec) -> float:
 
 
 def _quant_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    import numpy as np
     per_block, block_bytes = _BLOCK[spec.ggml_type]
     qbytes = block_bytes - 2
     n_blocks = spec.n_elements // per_block
@@ -481,6 +490,7 @@ def _quant_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
 
 
 def _f32_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
+    import numpy as np
     payload, _ = _tensor_bitgens(seed, spec.name)
     n = spec.n_elements
     # uniform on [-a, a] has std a/sqrt(3)
@@ -506,6 +516,7 @@ def mxfp4_exponent(spec: TensorSpec) -> int:
 
 def _mxfp4_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
     """MXFP4 block (17 bytes): u8 E8M0 exponent e, 16 bytes of e2m1 nibbles (ggml-common.h block_mxfp4)."""
+    import numpy as np
     n_blocks = spec.n_elements // 32
     e = np.uint8(mxfp4_exponent(spec))
     payload, _ = _tensor_bitgens(seed, spec.name)
@@ -519,6 +530,7 @@ def _mxfp4_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
 
 def _q5_1_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
     """Q5_1 block (24 bytes): fp16 d, fp16 m = -15.5 d (centres the 5-bit q), 20 bytes of q."""
+    import numpy as np
     n_blocks = spec.n_elements // 32
     d_base = np.float32(scale_for(spec))
     payload, scales = _tensor_bitgens(seed, spec.name)
@@ -540,11 +552,13 @@ def k_scale_base(spec: TensorSpec) -> float:
 
 def _k_scales(scales: np.random.PCG64, m: int, n: int) -> np.ndarray:
     """m x n sub-block scales, uniform in _K_SCALE_LO .. _K_SCALE_LO + 7."""
+    import numpy as np
     return (_raw_bytes(scales, m * n).reshape(m, n) & np.uint8(_K_SCALE_N - 1)) + np.uint8(_K_SCALE_LO)
 
 
 def _kquant_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
     """Q4_K, Q5_K and Q6_K super-blocks of 256 weights (ggml-common.h layouts, see the module doc)."""
+    import numpy as np
     t = spec.ggml_type
     _, block_bytes = _BLOCK[t]
     n_blocks = spec.n_elements // 256
@@ -578,6 +592,7 @@ def _kquant_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
 
 def _f16_chunks(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
     """An F16 weight matrix: uniform on [-a, a], std 1/sqrt(fan_in), computed in float32, rounded once."""
+    import numpy as np
     payload, _ = _tensor_bitgens(seed, spec.name)
     a = math.sqrt(3.0 / spec.shape[0])
     n = spec.n_elements
@@ -713,6 +728,7 @@ def write_synth(
     each chunk. Returns the size and the SHA256, computed while writing (no second read).
     """
     import gguf
+    import numpy as np
 
     p = get_preset(preset)
     qtype = resolve_qtype(p, qtype)

@@ -65,6 +65,7 @@ from typing import Any
 from ..records import GIB, MIB
 from . import galloc
 from .desc import ModelDesc, Tensor
+from .gguf import gguf_constants
 
 # ---------------------------------------------------------------------------------- constants
 
@@ -115,9 +116,8 @@ def _row_bytes(t: Tensor, n_elements: int) -> int:
         return 4 * n_elements
     if t.ggml_type == GGML_F16:
         return 2 * n_elements
-    import gguf
-
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.ggml_type)]
+    c = gguf_constants()
+    block, size = c.GGML_QUANT_SIZES[c.GGMLQuantizationType(t.ggml_type)]
     return n_elements // block * size
 
 

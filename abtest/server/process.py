@@ -25,9 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from ..errors import LaunchError
+from .api import ApiClient, ApiError
 
 # Log lines that mean "the port was taken between choosing and binding": retry on another port.
 _BIND_FAILURES = ("couldn't bind", "could not bind", "address already in use", "failed to bind")
@@ -192,8 +191,7 @@ class ServerProcess:
     def _wait_healthy(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + self.spec.health_timeout_s
-        url = self.base_url + "/health"
-        with httpx.Client(timeout=2.0) as client:
+        with ApiClient(self.base_url, timeout_s=2.0) as client:
             while True:
                 code = self.proc.poll()
                 if code is not None:
@@ -202,10 +200,10 @@ class ServerProcess:
                 try:
                     # A 200 from a process outside our group is someone else's server on the port we
                     # chose (taken before ours could bind): ours will exit with a bind error, retried.
-                    if client.get(url).status_code == 200 and group_listens_on(self.pid, self.port) is not False:
+                    if client.status("/health") == 200 and group_listens_on(self.pid, self.port) is not False:
                         self.ready_ms = (time.perf_counter_ns() - self.t_spawn_ns) / 1e6
                         return
-                except httpx.HTTPError:
+                except ApiError:
                     pass  # not listening yet
                 if time.monotonic() > deadline:
                     raise LaunchError(

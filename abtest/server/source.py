@@ -16,11 +16,12 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ProvisionError
+
+if TYPE_CHECKING:
+    import httpx
 
 # PyPI's JSON API (https://docs.pypi.org/api/json/): <base>/<project>/<version>/json lists the
 # release's files with their sha256. $ABTEST_PYPI_URL replaces the base (a mirror that serves the
@@ -221,6 +222,8 @@ def download_sdist(
     digest matches, so `target` is either the verified sdist or absent. `on_bytes(done, total)` is
     called as bytes arrive. Every failure is one `ProvisionError` line naming the offline routes.
     """
+    import httpx  # here: every command imports this package (abtest.server), few download
+
     base = (base_url or os.environ.get(ENV_PYPI_URL) or PYPI_JSON_URL).rstrip("/")
     where = base
     target.parent.mkdir(parents=True, exist_ok=True)

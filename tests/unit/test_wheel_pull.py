@@ -44,7 +44,7 @@ def fake_entry(monkeypatch: pytest.MonkeyPatch) -> catalog.CatalogEntry:
     real = catalog.CATALOG["smollm2-135m"]
     src = _src()
     fake = catalog.CatalogEntry(
-        name=real.name, file_name=real.file_name, quant=real.quant, approx_size_gb=0.0, description="fake",
+        name=real.name, file_name=real.file_name, quant=real.quant, download_size_gb=0.0, description="fake",
         sha256=src.sha256, sha256_source="test", wheel=src,
     )
     monkeypatch.setitem(catalog.CATALOG, real.name, fake)
