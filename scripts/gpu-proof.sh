@@ -29,7 +29,8 @@
 #              once all are there, assemble and check its SHA256 (it is larger than one transfer)
 #   acc        benchmarks/run_accuracy.py --write-doc, client and server on CPUs 2 and 3
 #   smol       SmolLM2 real weights: upcycled 4x2 and 64x2 MoEs, baseline vs cpu-moe (blocks 2), and
-#              the dense original; greedy outputs compared across arms
+#              the dense original; greedy outputs compared across arms, with --margins (the top-2
+#              logprobs of every output, so the report names the logit margin at each divergence)
 #   cap        load levels: gpt-oss-20b-arch, baseline / ncmoe12 / cpu-moe at concurrency 1-16
 #              (-np 16), 24 requests of tok128 per level, 64 tokens each, blocks 2 ($RUN_LIMIT)
 #   seedsys    one seed system at full size on its own graph ($PRESET, e.g. phi-3.5-moe-arch;
@@ -149,11 +150,11 @@ stage_smol() {
   pkill -x llama-server; sleep 1
   for m in "$m4" "$m64"; do
     timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$m" --arm baseline --arm cpu-moe --runs 3 \
-      --buckets seed004,tok8,tok128 --quiet --out "$WORK/evidence-smol"
+      --buckets seed004,tok8,tok128 --margins --quiet --out "$WORK/evidence-smol"
     log "smol run $(basename "$m") exit $?: $((SECONDS - t0)) s"
   done
   timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$SMOL" --arm baseline --runs 3 \
-    --buckets seed004,tok8,tok128 --quiet --out "$WORK/evidence-smol"
+    --buckets seed004,tok8,tok128 --margins --quiet --out "$WORK/evidence-smol"
   log "smol dense exit $?: $((SECONDS - t0)) s"
   smi_stop
 }

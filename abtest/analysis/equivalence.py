@@ -48,6 +48,9 @@ class Equivalence:
     compared_by: str  # "token_ids", "text" or "token_ids+text"
     greedy: bool | None
     divergences: list[Divergence]
+    # ok outputs of this arm with no baseline output of the same prompt and run (the baseline's
+    # session was cut, or ran fewer runs): not pairs, counted so that the rate does not hide them
+    unpaired: int = 0
 
 
 def _find_key(obj: Any, key: str) -> Any:
@@ -162,7 +165,7 @@ def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
                 base_index.setdefault((run.evidence.path, run.block, r.prompt_id, r.run_index), r)
                 base_index.setdefault((run.evidence.path, None, r.prompt_id, r.run_index), r)
                 base_index.setdefault((None, None, r.prompt_id, r.run_index), r)
-    pairs = identical = 0
+    pairs = identical = unpaired = 0
     used: set[str] = set()
     divs: list[Divergence] = []
     mine: list[RequestRecord] | None = None  # the groups' records, for the margins: read once, on the first divergence
@@ -175,6 +178,7 @@ def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
                      or base_index.get((run.evidence.path, None, r.prompt_id, r.run_index))
                      or base_index.get((None, None, r.prompt_id, r.run_index)))
             if other is None:
+                unpaired += 1
                 continue
             pairs += 1
             if r.token_ids is not None and other.token_ids is not None:
@@ -194,4 +198,4 @@ def equivalence_of(g: ArmGroup, b: ArmGroup) -> Equivalence:
     temps = [_find_key(run.evidence.manifest.config, "temperature") for run in g.runs + b.runs if run.evidence.manifest]
     temps = [t for t in temps if isinstance(t, (int, float))]
     greedy = (all(t == 0 for t in temps)) if temps else None
-    return Equivalence(g.label, b.label, pairs, identical, "+".join(sorted(used)) or "-", greedy, divs)
+    return Equivalence(g.label, b.label, pairs, identical, "+".join(sorted(used)) or "-", greedy, divs, unpaired)

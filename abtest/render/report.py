@@ -342,6 +342,8 @@ def _equivalence_section(report: Report) -> Section | None:
     rows = []
     for e in report.equivalence:
         rate = f"{e.identical}/{e.pairs}" + (f" ({e.identical / e.pairs:.0%})" if e.pairs else "")
+        if e.unpaired:
+            rate += f"; {e.unpaired} without a baseline partner"
         divs = "; ".join(_divergence(d) for d in e.divergences[:3])
         if len(e.divergences) > 3:
             divs += f"; … {len(e.divergences) - 3} more"
@@ -349,7 +351,8 @@ def _equivalence_section(report: Report) -> Section | None:
         rows.append([e.group, e.baseline, e.compared_by, greedy, rate, divs or "—"])
     return Section("Output equivalence", paragraphs=[
         "Same prompt_id and run_index in both arms; generated token ids compared (text when ids are "
-        "absent). First divergence is the index of the first differing token (or character)."],
+        "absent); an output whose prompt and run the baseline never ran is not a pair, and is counted "
+        "apart. First divergence is the index of the first differing token (or character)."],
         tables=[Table("", ["arm", "vs", "compared by", "greedy", "exact match", "first divergence"], rows)])
 
 
@@ -557,7 +560,7 @@ def to_json(report: Report) -> dict[str, Any]:
             for m in report.memory
         ],
         "equivalence": [
-            {"arm": e.group, "baseline": e.baseline, "pairs": e.pairs, "identical": e.identical,
+            {"arm": e.group, "baseline": e.baseline, "pairs": e.pairs, "identical": e.identical, "unpaired": e.unpaired,
              "exact_match_rate": e.identical / e.pairs if e.pairs else None, "compared_by": e.compared_by,
              "greedy": e.greedy,
              "divergences": [{k: v for k, v in vars(x).items() if v is not None} for x in e.divergences]}
@@ -647,6 +650,7 @@ def render_csv(report: Report) -> str:
     for e in report.equivalence:
         w.writerow(["equivalence", e.group, "", e.compared_by, "pairs", e.pairs, ""])
         w.writerow(["equivalence", e.group, "", e.compared_by, "identical", e.identical, ""])
+        w.writerow(["equivalence", e.group, "", e.compared_by, "unpaired", e.unpaired, ""])
     for cr in report.cost:
         for stat, v, unit in (("tokens_per_s", cr.tokens_per_s, "tok/s"), ("first_token_ms", cr.first_token_ms, "ms"),
                               ("vram_gb", cr.vram_gb, "GB"), ("total_params", cr.total_params, ""),

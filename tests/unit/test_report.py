@@ -325,6 +325,25 @@ def test_margins_probe_names_the_tokens_and_the_logit_margin_at_a_divergence(tmp
     assert json.loads(render(rep, "json"))["equivalence"][0]["divergences"][0].keys() >= {"position"}
 
 
+def test_outputs_without_a_baseline_partner_are_counted_not_hidden(tmp_path):
+    """An arm output whose (prompt_id, run_index) the baseline never ran (its session cut, say) is not a
+    pair: the rate stays over the pairs, and the section says how many outputs were left unpaired."""
+    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], diverge_at=5)]
+    path = fabricate(tmp_path / "r.jsonl", arms=arms)
+    objs = read_lines(path)
+    measured = [o for o in objs if o["kind"] == "request" and not o["warmup"]]
+    cut = max(o["run_index"] for o in measured)
+    keep = [o for o in objs if not (o["kind"] == "request" and o["arm"] == "baseline" and o["run_index"] == cut)]
+    write_lines(path, keep)
+    rep = build([path])
+    (e,) = rep.equivalence
+    n_arm = sum(1 for o in measured if o["arm"] == "cpu-moe")
+    n_cut = sum(1 for o in measured if o["arm"] == "cpu-moe" and o["run_index"] == cut)
+    assert n_cut > 0 and e.pairs == n_arm - n_cut and e.unpaired == n_cut and e.identical == 0
+    assert f"0/{e.pairs} (0%); {n_cut} without a baseline partner" in render_markdown(rep)
+    assert json.loads(render(rep, "json"))["equivalence"][0]["unpaired"] == n_cut
+
+
 def test_first_divergence():
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
