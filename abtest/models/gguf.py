@@ -44,29 +44,33 @@ _SCALAR = {  # GGUFValueType -> struct format
 _STRING, _ARRAY = 8, 9
 
 
+_CONSTANTS = "_abtest_gguf_constants"  # its name in sys.modules when loaded alone
+
+
 def gguf_constants() -> ModuleType:
     """gguf-py's `gguf.constants` (type ids, block sizes, names), without the `gguf` package's
     __init__, which imports numpy, its reader, writer and metadata (~0.4 s of CPU on a small box,
-    most of `abtest run`'s start-up before it). The module is registered as ``gguf.constants``, so a
-    later ``import gguf`` takes this very module: one `GGMLQuantizationType`, not two. Where the
-    package cannot be read this way (a zip, a version whose constants import siblings), the package."""
-    mod = sys.modules.get("gguf.constants")
+    most of `abtest run`'s start-up before it). Loaded alone under a name of its own, so the package
+    itself is untouched: a later ``import gguf`` loads its own copy, whose `GGMLQuantizationType` (an
+    IntEnum) equals this one's member for member. The package's own module once it is imported; the
+    package where its constants cannot be read alone (a zip, a version whose constants import siblings)."""
+    mod = sys.modules.get("gguf.constants") or sys.modules.get(_CONSTANTS)
     if mod is not None:
         return mod
     spec = importlib.util.find_spec("gguf")  # a top-level name: found, not imported
     where = list(spec.submodule_search_locations or []) if spec is not None else []
     path = Path(where[0]) / "constants.py" if where else None
     if path is not None and path.is_file():
-        sub = importlib.util.spec_from_file_location("gguf.constants", path)
+        sub = importlib.util.spec_from_file_location(_CONSTANTS, path)
         if sub is not None and sub.loader is not None:
             mod = importlib.util.module_from_spec(sub)
-            sys.modules["gguf.constants"] = mod
+            sys.modules[_CONSTANTS] = mod  # enum and dataclass machinery look their module up by name
             try:
                 sub.loader.exec_module(mod)
                 return mod
             except Exception:
-                del sys.modules["gguf.constants"]
-    import gguf
+                del sys.modules[_CONSTANTS]
+    import gguf.constants
 
     return gguf.constants
 

@@ -50,7 +50,7 @@ def _run(tmp_path: Path, model: Path, *flags: str) -> tuple[list[str], Path]:
 
 def test_a_quiet_run_imports_none_of_the_heavy_packages(tmp_path: Path, tiny_moe: Path) -> None:
     modules, evidence = _run(tmp_path, tiny_moe, "--quiet")
-    assert "abtest.measure.runner" in modules and "gguf.constants" in modules  # it did run, and read the header
+    assert {"abtest.measure.runner", "abtest.models.gguf"} <= set(modules)  # it did run, and read the header
     assert [m for m in modules if m in HEAVY] == []
     # the untimed requests went out too (multi-token events: ids back-filled over abtest.server.api)
     kinds = [json.loads(line)["kind"] for line in evidence.read_text().splitlines()]
