@@ -20,15 +20,9 @@ def fd(a,b):
         if x!=y: return i
     return None
 model, label = sys.argv[1], sys.argv[2]
-s=socket.socket(); s.bind(('127.0.0.1',0)); port=s.getsockname()[1]; s.close()
-proc=subprocess.Popen([SRV,'-m',model,'-c','512','-np','1','-t','2','-ngl','0','-fa','on','--host','127.0.0.1','--port',str(port)],stdout=subprocess.DEVNULL,stderr=open(f'{HERE}/{label}.log','w'))
-base=f'http://127.0.0.1:{port}'
+sys.path.insert(0, str(HERE)); import _cpu_server
+proc, base = _cpu_server.start(SRV, model, f'{HERE}/{label}.log')
 try:
-    for _ in range(240):
-        try:
-            if httpx.get(base+'/health').status_code==200: break
-        except httpx.HTTPError: pass
-        time.sleep(0.5)
     fitted=fit_prompts(load_prompts(buckets=['seed004','tok8','tok128']), base)
     texts={f.case.id if hasattr(f.case,'id') else f.case.prompt_id: f.text for f in fitted}
     counts={k: f.n_tokens if hasattr(f,'n_tokens') else None for k,f in zip(texts, fitted)}

@@ -14,15 +14,9 @@ for m,p in F.items():
     for d in map(json.loads, gzip.open(p,'rt')):
         if d.get('kind')=='request': outs.setdefault(m+'/'+d['arm'],{}).setdefault(d['prompt_id'],d['token_ids'])
 model, label, arms = sys.argv[1], sys.argv[2], sys.argv[3].split(',')
-s=socket.socket(); s.bind(('127.0.0.1',0)); port=s.getsockname()[1]; s.close()
-proc=subprocess.Popen([SRV,'-m',model,'-c','512','-np','1','-t','2','-ngl','0','-fa','on','--host','127.0.0.1','--port',str(port)],stdout=subprocess.DEVNULL,stderr=open(f'{HERE}/tf-{label}.log','w'))
-base=f'http://127.0.0.1:{port}'
+sys.path.insert(0, str(HERE)); import _cpu_server
+proc, base = _cpu_server.start(SRV, model, f'{HERE}/tf-{label}.log')
 try:
-    for _ in range(240):
-        try:
-            if httpx.get(base+'/health').status_code==200: break
-        except httpx.HTTPError: pass
-        time.sleep(0.5)
     texts={f.case.id: f.text for f in fit_prompts(load_prompts(buckets=['seed004','tok8','tok128']), base)}
     c=httpx.Client(base_url=base, timeout=600)
     res={}
