@@ -605,7 +605,7 @@ class SweepRunner:
                 end, recs, vram, free_now = launch(spec, n_ctx)
                 ok, tps, error = outcome(end, recs)
                 self.trail.append(record(spec, SessionResult(k, end, ok, tps, error, vram, free_now)))
-                if tps is not None:
+                if ok and tps is not None:  # as the first sessions' rates above: measured ones only
                     rates[spec.name].append(tps)
                 self._write_sidecar(sidecar, plan)
             if not step.arms:
