@@ -28,6 +28,7 @@
 #   synth_arch gpt-oss-20b-arch (gpt-oss's own graph, MXFP4 experts, about 12 GB) into $MODELS
 #   buildarch  build and synth_arch at once
 #   buildboth  build, synth_arch and synth_qwen3 at once
+#   buildpreset build, and $PRESET ($QTYPE optional) synthesised alongside (for seedsys next call)
 #   smolparts  append the carried parts of SmolLM2's GGUF (.carry/smol*/part*) under $MODELS and,
 #              once all are there, assemble and check its SHA256 (it is larger than one transfer)
 #   acc        benchmarks/run_accuracy.py --write-doc, client and server on CPUs 2 and 3
@@ -38,7 +39,9 @@
 #              (-np 16), 24 requests of tok128 per level, 64 tokens each, blocks 2 ($RUN_LIMIT)
 #   seedsys    one seed system at full size on its own graph ($PRESET, e.g. phi-3.5-moe-arch;
 #              $QTYPE optional): synth, then baseline / ncmoe$NCMOE / cpu-moe on seed004,tok128,
-#              2 runs, blocks 2 ($RUN_LIMIT); the GGUF is deleted after unless KEEP=1 (64 GiB disk)
+#              $RUNS runs (2), blocks 2, plus $RUN_EXTRA (e.g. "--max-tokens 64 --warmup 1"), bounded by
+#              $RUN_LIMIT; writes `abtest model info --json` of the file to $WORK/info-$PRESET.json; the
+#              GGUF is deleted after unless KEEP=1 (64 GiB disk). A file synthesised before is reused.
 #   aa         benchmarks/aa_rate.py: A/A runs of tiny-moe (a="-ngl 99" vs b="-ngl 99"), bounded by
 #              $AA_LIMIT seconds (420), into $WORK/aa-$AA_TAG
 # Results land in $OUT (tarred: the device tool brings back at most 8 files).
@@ -136,6 +139,16 @@ stage_buildboth() {
   wait "$a" "$q"; cat "$WORK/synth-arch.log" "$WORK/synth-qwen3.log"
 }
 
+stage_buildpreset() {
+  local preset="${PRESET:?set PRESET}" q=()
+  [ -n "${QTYPE:-}" ] && q=(--qtype "$QTYPE")
+  ( t0=$SECONDS; "${ABTEST[@]}" model synth "$MODELS" --preset "$preset" "${q[@]}"
+    log "synth $preset: $((SECONDS - t0)) s"; ls -la "$MODELS"; df -h "$MODELS" | tail -1 ) > "$WORK/synth-$preset.log" 2>&1 &
+  local s=$!
+  stage_build
+  wait "$s"; cat "$WORK/synth-$preset.log"
+}
+
 stage_smolparts() {
   mkdir -p "$MODELS/smolparts"
   for p in "$here"/.carry/smol*/part*; do [ -f "$p" ] && cp "$p" "$MODELS/smolparts/"; done
@@ -192,8 +205,11 @@ stage_seedsys() {
   [ -f "$m" ] || return 1
   smi_start
   pkill -x llama-server; sleep 1
+  local extra=()
+  [ -n "${RUN_EXTRA:-}" ] && read -r -a extra <<< "$RUN_EXTRA"
+  "${ABTEST[@]}" model info "$m" --json > "$WORK/info-$preset.json"
   timeout "${RUN_LIMIT:-480}" "${ABTEST[@]}" run --model "$m" --arm baseline --arm "ncmoe${NCMOE:-12}" --arm cpu-moe \
-    --runs 2 --buckets seed004,tok128 --quiet --out "$WORK/evidence-$preset"
+    --runs "${RUNS:-2}" --buckets seed004,tok128 "${extra[@]}" --quiet --out "$WORK/evidence-$preset"
   log "seedsys $preset exit $?: $((SECONDS - t0)) s"
   smi_stop
   [ "${KEEP:-0}" = 1 ] || rm -f "$m"
