@@ -175,11 +175,11 @@ stage_smol() {
   smi_start
   pkill -x llama-server; sleep 1
   for m in "$m4" "$m64"; do
-    timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$m" --arm baseline --arm cpu-moe --runs 3 \
+    timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$m" --arm baseline --arm cpu-moe --runs "${SMOL_RUNS:-3}" \
       --buckets seed004,tok8,tok128 --margins --quiet --out "$WORK/evidence-smol"
     log "smol run $(basename "$m") exit $?: $((SECONDS - t0)) s"
   done
-  timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$SMOL" --arm baseline --runs 3 \
+  timeout "${RUN_LIMIT:-200}" "${ABTEST[@]}" run --model "$SMOL" --arm baseline --runs "${SMOL_RUNS:-3}" \
     --buckets seed004,tok8,tok128 --margins --quiet --out "$WORK/evidence-smol"
   log "smol dense exit $?: $((SECONDS - t0)) s"
   smi_stop
