@@ -102,7 +102,7 @@ class RunConfig:
     http_client: str = "raw"  # "raw" (abtest.measure.rawclient) or "httpx" (abtest.measure.stream)
     verbose_log: bool = True  # -lv 4: buffer sizes and the exit memory table in the log
     # --margins: after the timed runs of each arm's first session, one greedy non-streamed request
-    # per prompt with n_probs 2, so the report can give the logit margin where two arms' outputs part
+    # per prompt with n_probs 3, so the report can give the logit margin where two arms' outputs part
     margins: bool = False
     # after the timed runs, one untimed non-streamed request per prompt supplies the token ids a
     # streamed request lacked (for `report`'s output comparison); the sweep turns it off: it

@@ -32,8 +32,9 @@ class Divergence:
     token: str | None = None  # its text piece (from a margins probe)
     baseline_token: str | None = None
     # the logit margin at `position`: the baseline's chosen token minus its runner-up, from its
-    # top-2 logprobs (a logprob difference is a logit difference); `margin_is_exact` when the
-    # runner-up is this arm's token (else this arm's token is further behind than `margin`)
+    # top logprobs (a logprob difference is a logit difference; an end-of-generation token listed
+    # above the chosen one is skipped: ignore_eos bars it); `margin_is_exact` when the runner-up is
+    # this arm's token (else this arm's token is further behind than `margin`)
     margin: float | None = None
     margin_is_exact: bool | None = None
     arm_margin: float | None = None  # the same from this arm's side: its token minus its runner-up
@@ -126,6 +127,18 @@ def _probed(groups_records: list[RequestRecord], r: RequestRecord, i: int) -> li
     return None
 
 
+def _chosen_rank(top: list[list[Any]] | None, chosen: int | None) -> int | None:
+    """Where the chosen token stands in a probe's top list: 0, or later when every entry above it is
+    a token greedy decoding could not take (an end-of-generation token that ignore_eos bars: the
+    server lists it, the sampler skips it). None when the chosen token is not listed."""
+    if not top or chosen is None:
+        return None
+    for k, entry in enumerate(top):
+        if int(entry[0]) == chosen:
+            return k
+    return None
+
+
 def _explain(d: Divergence, r: RequestRecord, other: RequestRecord, mine: list[RequestRecord],
              theirs: list[RequestRecord]) -> Divergence:
     """The divergence with the two tokens and the logit margins there, as far as the evidence says."""
@@ -138,19 +151,25 @@ def _explain(d: Divergence, r: RequestRecord, other: RequestRecord, mine: list[R
     d.token_id = r.token_ids[i] if i < len(r.token_ids) else None
     d.baseline_token_id = other.token_ids[i] if i < len(other.token_ids) else None
     for top, side in ((top_b, "baseline"), (top_a, "arm")):
-        if not top or len(top) < 2:
-            continue
-        (id1, lp1, piece1), (id2, _lp2, piece2) = top[0][:3], top[1][:3]
-        gap = float(lp1) - float(top[1][1])
         mine_id, their_id = (d.baseline_token_id, d.token_id) if side == "baseline" else (d.token_id, d.baseline_token_id)
-        if int(id1) != mine_id:
-            continue  # not the output it was probed for: no margin from this side
+        k = _chosen_rank(top, mine_id)
+        if top is None or k is None:
+            continue  # not the output it was probed for: nothing from this side
+        piece1 = str(top[k][2])
         if side == "baseline":
-            d.margin, d.margin_is_exact, d.baseline_token = gap, int(id2) == their_id, str(piece1)
-            if int(id2) == their_id:
+            d.baseline_token = piece1
+        else:
+            d.token = piece1
+        if k + 1 >= len(top):
+            continue  # no runner-up listed (the top held barred tokens): no margin from this side
+        (id2, lp2, piece2) = top[k + 1][:3]
+        gap = float(top[k][1]) - float(lp2)
+        if side == "baseline":
+            d.margin, d.margin_is_exact = gap, int(id2) == their_id
+            if int(id2) == their_id and d.token is None:
                 d.token = str(piece2)
         else:
-            d.arm_margin, d.token = gap, str(piece1)
+            d.arm_margin = gap
             if int(id2) == their_id and d.baseline_token is None:
                 d.baseline_token = str(piece2)
     return d

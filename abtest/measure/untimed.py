@@ -12,7 +12,9 @@ from typing import Any
 from ..server.api import ApiClient, ApiError
 from .protocol import COMPLETION_PATH, StreamRequest, request_body
 
-MARGIN_N_PROBS = 2  # the top 2: enough for the margin between the chosen token and the runner-up
+# the top 3: the margin between the chosen token and its runner-up, also where the raw top-1 is an
+# end-of-generation token that ignore_eos bars (greedy then picks the second; seen on SmolLM2, H200)
+MARGIN_N_PROBS = 3
 
 
 def fetch_token_ids(client: ApiClient, req: StreamRequest) -> list[int] | None:
@@ -30,7 +32,7 @@ def fetch_token_ids(client: ApiClient, req: StreamRequest) -> list[int] | None:
 
 
 def fetch_top_logprobs(client: ApiClient, req: StreamRequest) -> tuple[list[int], list[list[list[Any]]]] | None:
-    """One extra non-streamed /completion with n_probs 2 (`--margins`): the generated ids and, per
+    """One extra non-streamed /completion with n_probs 3 (`--margins`): the generated ids and, per
     token, the top 2 as [id, logprob, piece]; None when the server does not give them."""
     path, body = request_body(req)
     if path != COMPLETION_PATH:

@@ -325,6 +325,38 @@ def test_margins_probe_names_the_tokens_and_the_logit_margin_at_a_divergence(tmp
     assert json.loads(render(rep, "json"))["equivalence"][0]["divergences"][0].keys() >= {"position"}
 
 
+def test_margin_skips_an_end_of_generation_token_listed_above_the_chosen_one(tmp_path):
+    """With ignore_eos the server's top list can start with an end-of-generation token greedy decoding
+    could not take (SmolLM2 on the H200): the margin is then the chosen token's over the entry after
+    it, and with only two entries listed ([EOS, chosen], the n_probs 2 of older files) the tokens are
+    named but no margin is claimed."""
+    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], diverge_at=9, diverge_every=2)]
+    path = fabricate(tmp_path / "r.jsonl", arms=arms)
+    objs = read_lines(path)
+    reqs = [o for o in objs if o["kind"] == "request" and not o["warmup"]]
+    base = next(o for o in reqs if o["arm"] == "baseline" and o["prompt_id"] == reqs[0]["prompt_id"])
+    other = next(o for o in reqs if o["arm"] == "cpu-moe" and o["prompt_id"] == base["prompt_id"]
+                 and o["token_ids"] != base["token_ids"])
+    i = next(k for k, (a, b) in enumerate(zip(other["token_ids"], base["token_ids"], strict=False)) if a != b)
+    a, b = other["token_ids"][i], base["token_ids"][i]
+    eos = max(a, b) + 1000
+
+    def probe(o, at_i):
+        top = [[[t, -0.1, f"t{t}"], [t + 1, -5.0, "x"], [t + 2, -6.0, "y"]] for t in o["token_ids"]]
+        top[i] = at_i
+        return {"kind": "token_ids", "schema": 2, "arm": o["arm"], "seq": o["seq"], "token_ids": o["token_ids"],
+                "source": "non-streamed n_probs=3 (--margins)", "top_logprobs": top}
+
+    base_top = [[eos, -1.0, ""], [b, -1.5, f"t{b}"], [a, -1.8, f"t{a}"]]
+    arm_top = [[eos, -1.0, ""], [a, -1.4, f"t{a}"]]  # two entries: no runner-up after the chosen one
+    write_lines(path, [*objs, probe(base, base_top), probe(other, arm_top)])
+    (e,) = build([path]).equivalence
+    d = next(d for d in e.divergences if d.prompt_id == base["prompt_id"] and d.run_index == other["run_index"])
+    assert (d.token_id, d.baseline_token_id) == (a, b) and (d.token, d.baseline_token) == (f"t{a}", f"t{b}")
+    assert d.margin == pytest.approx(0.3) and d.margin_is_exact is True
+    assert d.arm_margin is None
+
+
 def test_outputs_without_a_baseline_partner_are_counted_not_hidden(tmp_path):
     """An arm output whose (prompt_id, run_index) the baseline never ran (its session cut, say) is not a
     pair: the rate stays over the pairs, and the section says how many outputs were left unpaired."""

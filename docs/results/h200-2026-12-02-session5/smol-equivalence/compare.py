@@ -1,10 +1,13 @@
 """Per-prompt token-id agreement of the SmolLM2 H200 evidence: repeats within an arm, and every pair of arms.
 
-usage: python compare.py   (reads the three .jsonl.gz beside this folder; warm-ups included in the repeat check)"""
+usage: python compare.py [4X2 64X2 DENSE]   (default: the three .jsonl.gz beside this folder; warm-ups
+included in the repeat check)"""
 import sys, json, gzip, collections
 import pathlib
 D=str(pathlib.Path(__file__).resolve().parent.parent)+'/'
 F={'4x2':D+'20261202T080342-smollm2-135m-4x2.jsonl.gz','64x2':D+'20261202T080452-smollm2-135m-64x2.jsonl.gz','dense':D+'20261202T080603-SmolLM2-135M-Instruct.Q4_1.jsonl.gz'}
+if len(sys.argv) == 4:
+    F = dict(zip(F, sys.argv[1:]))
 def load(p):
     return [d for d in map(json.loads, gzip.open(p,'rt')) if d.get('kind')=='request']
 def fd(a,b):
