@@ -19,7 +19,10 @@
 #   sweep      abtest sweep --vram-budget 9GiB --ncmoe auto (bounded by timeout $SWEEP_LIMIT, 540 s)
 #   sweeparch  abtest sweep on $SWEEP_MODEL (gpt-oss-20b-arch): $SWEEP_BUDGET (9GiB) at contexts
 #              $SWEEP_CTX (4096,65536), the sweep's defaults (fit competitor, session rule) plus
-#              $SWEEP_EXTRA, into $WORK/evidence-sweeparch-$SWEEP_TAG (bounded by $SWEEP_LIMIT, 540 s)
+#              $SWEEP_EXTRA, into $WORK/evidence-sweeparch-$SWEEP_TAG (bounded by $SWEEP_LIMIT, 540 s);
+#              gpt-oss-20b-arch is synthesised only when SWEEP_MODEL is unset
+#   sweepseed  sweeparch on $PRESET ($QTYPE): synthesised unless there, into
+#              $WORK/evidence-sweeparch-$SWEEP_TAG ($PRESET); deleted after unless KEEP=1
 #   sweeptime  benchmarks/sweep_time.py: gpt-oss-20b-arch, $SWEEP_BUDGET at -c 4096, the defaults,
 #              1 repeat, into $WORK/sweep-time.json
 #   synth_qwen3 qwen3-30b-a3b-arch Q4_K_M (about 18.5 GB) into $MODELS (for SWEEP_MODEL)
@@ -196,11 +199,20 @@ stage_cap() {
   smi_stop
 }
 
-stage_seedsys() {
-  local t0=$SECONDS preset="${PRESET:?set PRESET}" q=() m
+preset_file() {  # $PRESET ($QTYPE) under $MODELS: synthesised unless a file of it is there; prints its path
+  local preset="${PRESET:?set PRESET}" q=() m
   [ -n "${QTYPE:-}" ] && q=(--qtype "$QTYPE")
-  m="$("${ABTEST[@]}" model synth "$MODELS" --preset "$preset" "${q[@]}" 2>&1 | tee -a "$WORK/synth-$preset.log" | awk '/^[0-9a-f]{64}  /{print $2}')"
-  [ -z "$m" ] && m="$(ls "$MODELS/$preset"-*.gguf 2>/dev/null | head -1)"
+  m="$(ls "$MODELS/$preset-${QTYPE:-}"*.gguf 2>/dev/null | head -1)"
+  if [ -z "$m" ]; then  # `<sha256>  <path>` on its last line (awk without {64}: mawk lacks intervals)
+    "${ABTEST[@]}" model synth "$MODELS" --preset "$preset" "${q[@]}" >> "$WORK/synth-$preset.log" 2>&1
+    m="$(ls "$MODELS/$preset-${QTYPE:-}"*.gguf 2>/dev/null | head -1)"
+  fi
+  echo "$m"
+}
+
+stage_seedsys() {
+  local t0=$SECONDS preset="${PRESET:?set PRESET}" m
+  m="$(preset_file)"
   log "seedsys $preset synth: $((SECONDS - t0)) s -> $m"; df -h "$MODELS" | tail -1
   [ -f "$m" ] || return 1
   smi_start
@@ -271,7 +283,7 @@ stage_sweep() {
 
 stage_sweeparch() {
   local t0=$SECONDS
-  stage_synth_arch
+  [ -n "${SWEEP_MODEL:-}" ] || stage_synth_arch  # the default model; another one is the caller's
   pkill -x llama-server; sleep 1
   local model="${SWEEP_MODEL:-$GPTA}" extra=()
   [ "$model" = "$GPTA" ] || [ -f "$model" ] || { log "no $model (stage synth_qwen3?)"; return 1; }
@@ -279,6 +291,15 @@ stage_sweeparch() {
   timeout "${SWEEP_LIMIT:-540}" "${ABTEST[@]}" sweep --model "$model" --vram-budget "${SWEEP_BUDGET:-9GiB}" \
     --ctx "${SWEEP_CTX:-4096,65536}" "${extra[@]}" --quiet --out "$WORK/evidence-sweeparch-${SWEEP_TAG:-gptoss-9g}"
   log "sweeparch exit $?: $((SECONDS - t0)) s"
+}
+
+stage_sweepseed() {
+  local t0=$SECONDS m
+  m="$(preset_file)"
+  log "sweepseed $PRESET: $((SECONDS - t0)) s -> $m"
+  [ -f "$m" ] || return 1
+  SWEEP_MODEL="$m" SWEEP_TAG="${SWEEP_TAG:-$PRESET}" stage_sweeparch
+  [ "${KEEP:-0}" = 1 ] || rm -f "$m"
 }
 
 stage_sweeptime() {
