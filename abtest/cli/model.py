@@ -96,16 +96,28 @@ def list_cmd(models_dir: str | None, as_json: bool) -> None:
             for e, local in rows
         ], indent=2))
         return
-    t = Table(title_justify="left", title="known models (a name resolves in --models-dir, $ABTEST_MODELS, then "
-              f"{catalog.cache_models_dir()})")
-    for col in ("name", "file", "quant", "size", "published sha256", "get it from", "local"):
-        t.add_column(col, overflow="fold")
-    for e, local in rows:
-        t.add_row(
-            e.name, e.file_name, e.quant, f"~{_gb(e.approx_size_gb * 1e9)}", (e.sha256[:16] + "…") if e.sha256 else "",
-            e.source if e.synth_preset is None else "synthesised on first use", "yes" if local else "",
-        )
-    out.print(t)
+    title = f"known models (a name resolves in --models-dir, $ABTEST_MODELS, then {catalog.cache_models_dir()})"
+    cells = [(e.name, e.file_name, e.quant, f"~{_gb(e.approx_size_gb * 1e9)}",
+              (e.sha256[:16] + "…") if e.sha256 else "",
+              e.source if e.synth_preset is None else "synthesised on first use", "yes" if local else "")
+             for e, local in rows]
+    if out.width >= 140:
+        t = Table(title_justify="left", title=title)
+        for col in ("name", "file", "quant", "size", "published sha256", "get it from", "local"):
+            t.add_column(col, overflow="fold")
+        for c in cells:
+            t.add_row(*c)
+        out.print(t)
+        return
+    # narrower (80 columns, or piped): a line per model with what fits, then its file and source
+    click.echo("\n".join(textwrap.wrap(title, width=78, break_on_hyphens=False)))
+    w = max(len(c[0]) for c in cells)
+    for (e, _), (name, file_name, quant, size, sha, source, here) in zip(rows, cells, strict=True):
+        click.echo(f"  {name:<{w}}  {quant:<6} {size:>10}{'  (local)' if here else ''}")
+        click.echo(f"      {file_name}")
+        click.echo(f"      {source}" if e.synth_preset is not None else f"      from {source}")
+        if sha:
+            click.echo(f"      published sha256 {sha}")
 
 
 # The preset names carry hyphens: wrapped here, whole, since click's wrapper would split them.

@@ -203,3 +203,15 @@ def test_cli_synth_hash_info_list(tmp_path: Path) -> None:
 def test_every_subcommand_help_has_an_example(sub: str) -> None:
     res = CliRunner().invoke(cli, ["model", sub, "--help"])
     assert res.exit_code == 0 and "Examples:" in res.output and f"abtest model {sub}" in res.output
+
+
+def test_cli_list_fits_80_columns_and_names_every_model() -> None:
+    """Piped (the CliRunner has no terminal: 80 columns), the list keeps every line within 80 characters
+    and gives each known model its file and where it comes from, whole (no name broken over lines)."""
+    res = CliRunner().invoke(cli, ["model", "list"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines and max(len(x) for x in lines) <= 80
+    for e in catalog.catalog_entries():
+        assert any(x.split()[:1] == [e.name] for x in lines), e.name
+        assert any(x.strip() == e.file_name for x in lines), e.file_name
