@@ -287,7 +287,8 @@ def bootstrap_t_bounds(theta: Any, se: Any, th_star: np.ndarray, se_star: np.nda
     th = np.expand_dims(theta, axis) if np.ndim(theta) else theta
     with np.errstate(divide="ignore", invalid="ignore"):
         t_star = (th_star - th) / se_star
-    q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=axis)
+        # interpolating between two infinite t* gives nan (inf − inf): that bound is unbounded anyway
+        q_lo, q_hi = np.nanquantile(t_star, [alpha / 2, 1 - alpha / 2], axis=axis)
     with np.errstate(over="ignore", invalid="ignore"):  # a degenerate sample: an unbounded interval
         return np.expm1(theta - q_hi * se), np.expm1(theta - q_lo * se)
 
