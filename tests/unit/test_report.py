@@ -290,11 +290,10 @@ def test_equivalence_falls_back_to_text(tmp_path):
     assert all(d.position > 0 for d in e.divergences)
 
 
-def test_margins_probe_names_the_tokens_and_the_logit_margin_at_a_divergence(tmp_path):
-    """A --margins probe (TokenIds with top_logprobs) folded into its request: the divergence then says
-    which token each arm chose and by how many logits the baseline preferred its own; a probe whose
-    ids are not the request's is not folded (its margins belong to another output)."""
-    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], diverge_at=17, diverge_every=2)]
+def _divergent_pair(tmp_path, diverge_at):
+    """A fabricated baseline vs cpu-moe file whose outputs part at `diverge_at` on every other prompt:
+    (path, its records, a baseline request, the cpu-moe request of its prompt that differs, where)."""
+    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], diverge_at=diverge_at, diverge_every=2)]
     path = fabricate(tmp_path / "r.jsonl", arms=arms)
     objs = read_lines(path)
     reqs = [o for o in objs if o["kind"] == "request" and not o["warmup"]]
@@ -302,6 +301,14 @@ def test_margins_probe_names_the_tokens_and_the_logit_margin_at_a_divergence(tmp
     other = next(o for o in reqs if o["arm"] == "cpu-moe" and o["prompt_id"] == base["prompt_id"]
                  and o["token_ids"] != base["token_ids"])
     i = next(k for k, (a, b) in enumerate(zip(other["token_ids"], base["token_ids"], strict=False)) if a != b)
+    return path, objs, base, other, i
+
+
+def test_margins_probe_names_the_tokens_and_the_logit_margin_at_a_divergence(tmp_path):
+    """A --margins probe (TokenIds with top_logprobs) folded into its request: the divergence then says
+    which token each arm chose and by how many logits the baseline preferred its own; a probe whose
+    ids are not the request's is not folded (its margins belong to another output)."""
+    path, objs, base, other, i = _divergent_pair(tmp_path, diverge_at=17)
 
     def probe(o, winner, runner_up, gap):
         top = [[[t, -0.1, f"t{t}"], [t + 1, -5.0, "x"]] for t in o["token_ids"]]
@@ -330,14 +337,7 @@ def test_margin_skips_an_end_of_generation_token_listed_above_the_chosen_one(tmp
     could not take (SmolLM2 on the H200): the margin is then the chosen token's over the entry after
     it, and with only two entries listed ([EOS, chosen], the n_probs 2 of older files) the tokens are
     named but no margin is claimed."""
-    arms = [Arm("baseline", ["-ngl", "99"]), Arm("cpu-moe", ["--cpu-moe"], diverge_at=9, diverge_every=2)]
-    path = fabricate(tmp_path / "r.jsonl", arms=arms)
-    objs = read_lines(path)
-    reqs = [o for o in objs if o["kind"] == "request" and not o["warmup"]]
-    base = next(o for o in reqs if o["arm"] == "baseline" and o["prompt_id"] == reqs[0]["prompt_id"])
-    other = next(o for o in reqs if o["arm"] == "cpu-moe" and o["prompt_id"] == base["prompt_id"]
-                 and o["token_ids"] != base["token_ids"])
-    i = next(k for k, (a, b) in enumerate(zip(other["token_ids"], base["token_ids"], strict=False)) if a != b)
+    path, objs, base, other, i = _divergent_pair(tmp_path, diverge_at=9)
     a, b = other["token_ids"][i], base["token_ids"][i]
     eos = max(a, b) + 1000
 
