@@ -71,7 +71,7 @@ def rows(recs: list[dict[str, Any]], model: ModelDesc) -> list[dict[str, Any]]:
             n_ctx=int_flag(argv, FLAGS["ctx_size"], 4096), n_parallel=int_flag(argv, FLAGS["parallel"], 1),
             n_batch=int_flag(argv, FLAGS["batch_size"], DEFAULT_N_BATCH),
             n_ubatch=int_flag(argv, FLAGS["ubatch_size"], DEFAULT_N_UBATCH),
-            flash_attn=not any(a in ("-fa", "--flash-attn") and b == "off" for a, b in zip(argv, argv[1:])),
+            flash_attn=flag_value(argv, ("-fa", "--flash-attn")) != "off",
         )
         p = predict(model, n, ctx)
         err = p.total_mib - peak
