@@ -127,16 +127,27 @@ def _probed(groups_records: list[RequestRecord], r: RequestRecord, i: int) -> li
     return None
 
 
-def _chosen_rank(top: list[list[Any]] | None, chosen: int | None) -> int | None:
+def _top_entries(top: Any) -> list[tuple[int, float, str]] | None:
+    """A probe's top list at one position as (id, logprob, piece), or None when the file's list is
+    not one (a hand-edited or damaged file: no margin from it, never a traceback)."""
+    if not isinstance(top, list):
+        return None
+    out = []
+    for entry in top:
+        if not isinstance(entry, list | tuple) or len(entry) < 3:
+            return None
+        try:
+            out.append((int(entry[0]), float(entry[1]), str(entry[2])))
+        except (TypeError, ValueError):
+            return None
+    return out
+
+
+def _chosen_rank(top: list[tuple[int, float, str]], chosen: int | None) -> int | None:
     """Where the chosen token stands in a probe's top list: 0, or later when every entry above it is
     a token greedy decoding could not take (an end-of-generation token that ignore_eos bars: the
     server lists it, the sampler skips it). None when the chosen token is not listed."""
-    if not top or chosen is None:
-        return None
-    for k, entry in enumerate(top):
-        if int(entry[0]) == chosen:
-            return k
-    return None
+    return next((k for k, (tid, _, _) in enumerate(top) if tid == chosen), None)
 
 
 def _explain(d: Divergence, r: RequestRecord, other: RequestRecord, mine: list[RequestRecord],
@@ -150,28 +161,28 @@ def _explain(d: Divergence, r: RequestRecord, other: RequestRecord, mine: list[R
         return d  # no probe: the position is all the report says (as it did before --margins)
     d.token_id = r.token_ids[i] if i < len(r.token_ids) else None
     d.baseline_token_id = other.token_ids[i] if i < len(other.token_ids) else None
-    for top, side in ((top_b, "baseline"), (top_a, "arm")):
+    for raw, side in ((top_b, "baseline"), (top_a, "arm")):
         mine_id, their_id = (d.baseline_token_id, d.token_id) if side == "baseline" else (d.token_id, d.baseline_token_id)
-        k = _chosen_rank(top, mine_id)
+        top = _top_entries(raw)
+        k = None if top is None else _chosen_rank(top, mine_id)
         if top is None or k is None:
-            continue  # not the output it was probed for: nothing from this side
-        piece1 = str(top[k][2])
+            continue  # not the output it was probed for (or no usable list): nothing from this side
+        _, lp1, piece1 = top[k]
         if side == "baseline":
             d.baseline_token = piece1
         else:
             d.token = piece1
         if k + 1 >= len(top):
             continue  # no runner-up listed (the top held barred tokens): no margin from this side
-        (id2, lp2, piece2) = top[k + 1][:3]
-        gap = float(top[k][1]) - float(lp2)
+        id2, lp2, piece2 = top[k + 1]
         if side == "baseline":
-            d.margin, d.margin_is_exact = gap, int(id2) == their_id
-            if int(id2) == their_id and d.token is None:
-                d.token = str(piece2)
+            d.margin, d.margin_is_exact = lp1 - lp2, id2 == their_id
+            if id2 == their_id and d.token is None:
+                d.token = piece2
         else:
-            d.arm_margin = gap
-            if int(id2) == their_id and d.baseline_token is None:
-                d.baseline_token = str(piece2)
+            d.arm_margin = lp1 - lp2
+            if id2 == their_id and d.baseline_token is None:
+                d.baseline_token = piece2
     return d
 
 

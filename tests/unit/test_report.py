@@ -357,6 +357,23 @@ def test_margin_skips_an_end_of_generation_token_listed_above_the_chosen_one(tmp
     assert d.arm_margin is None
 
 
+def test_a_damaged_margins_probe_gives_no_margin_and_no_traceback(tmp_path):
+    """A probe whose top list at the divergence is not [id, logprob, piece] entries (a damaged or
+    hand-edited file) is left out: the divergence is still reported, without a margin."""
+    path, objs, base, other, i = _divergent_pair(tmp_path, diverge_at=5)
+
+    def probe(o, at_i):
+        top = [[[t, -0.1, f"t{t}"], [t + 1, -5.0, "x"]] for t in o["token_ids"]]
+        top[i] = at_i
+        return {"kind": "token_ids", "schema": 2, "arm": o["arm"], "seq": o["seq"], "token_ids": o["token_ids"],
+                "source": "non-streamed n_probs=3 (--margins)", "top_logprobs": top}
+
+    write_lines(path, [*objs, probe(base, [["not an id", "x", "y"], [1, 2]]), probe(other, "junk")])
+    (e,) = build([path]).equivalence
+    d = next(d for d in e.divergences if d.prompt_id == base["prompt_id"] and d.run_index == other["run_index"])
+    assert d.position == i and d.margin is None and d.arm_margin is None
+
+
 def test_outputs_without_a_baseline_partner_are_counted_not_hidden(tmp_path):
     """An arm output whose (prompt_id, run_index) the baseline never ran (its session cut, say) is not a
     pair: the rate stays over the pairs, and the section says how many outputs were left unpaired."""
