@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..models import catalog, hashing, hub, presets, synth, upcycle
 from ..models.desc import ModelDesc, read_model
 from ..models.hashing import ProgressFn
+from ..render.tables import listing
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -110,14 +111,13 @@ def list_cmd(models_dir: str | None, as_json: bool) -> None:
         out.print(t)
         return
     # narrower (80 columns, or piped): a line per model with what fits, then its file and source
-    click.echo("\n".join(textwrap.wrap(title, width=78, break_on_hyphens=False)))
     w = max(len(c[0]) for c in cells)
-    for (e, _), (name, file_name, quant, size, sha, source, here) in zip(rows, cells, strict=True):
-        click.echo(f"  {name:<{w}}  {quant:<6} {size:>10}{'  (local)' if here else ''}")
-        click.echo(f"      {file_name}")
-        click.echo(f"      {source}" if e.synth_preset is not None else f"      from {source}")
-        if sha:
-            click.echo(f"      published sha256 {sha}")
+    click.echo(listing(title, [
+        (f"{name:<{w}}  {quant:<6} {size:>10}{'  (local)' if here else ''}",
+         [file_name, source if e.synth_preset is not None else f"from {source}",
+          f"published sha256 {sha}" if sha else ""])
+        for (e, _), (name, file_name, quant, size, sha, source, here) in zip(rows, cells, strict=True)
+    ]))
 
 
 # The preset names carry hyphens: wrapped here, whole, since click's wrapper would split them.

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from .. import server as srv
+from ..render.tables import listing
 from ..server import BuildEvent, ServerBinary
 
 # markup=False: cmake lines and --version text contain "[...]" that rich must not read as markup.
@@ -187,12 +188,20 @@ def list_cmd() -> None:
     if not found:
         err.print(f"no builds in {root}; run: abtest server install")
         return
-    t = Table(title=str(root), title_justify="left")
-    for col in ("build id", "name", "backend", "built at", "build time", "source"):
-        t.add_column(col, overflow="fold")
-    for b in found:
-        t.add_row(b.build_id, b.name or "", b.backend, b.built_at, _dur(b.build_seconds), b.source)
-    out.print(t)
+    if out.width >= 140:
+        t = Table(title=str(root), title_justify="left")
+        for col in ("build id", "name", "backend", "built at", "build time", "source"):
+            t.add_column(col, overflow="fold")
+        for b in found:
+            t.add_row(b.build_id, b.name or "", b.backend, b.built_at, _dur(b.build_seconds), b.source)
+        out.print(t)
+        return
+    # narrower (80 columns, or piped): a line per build, its provenance beneath
+    click.echo(listing(str(root), [
+        (f"{b.build_id}  {b.backend}" + (f"  (name: {b.name})" if b.name else ""),
+         [f"built {b.built_at} in {_dur(b.build_seconds)}", f"from {b.source}"])
+        for b in found
+    ]))
 
 
 # -------------------------------------------------------------------------------------------- helpers

@@ -202,3 +202,15 @@ def transpose(t: Table) -> Table:
     names = [" ".join(c for c in r[:t.key] if c) for r in t.rows]
     rows = [[h] + [r[i] if i < len(r) else "" for r in t.rows] for i, h in enumerate(t.headers) if i >= t.key]
     return Table(t.title, [" ".join(t.headers[:t.key])] + names, rows, key=1)
+
+
+def listing(title: str, entries: list[tuple[str, list[str]]], width: int = 78) -> str:
+    """A table too wide for the terminal as a list: the title wrapped to `width`, then per entry its
+    head line and, indented beneath it, its detail lines (paths and names whole, never folded)."""
+    import textwrap
+
+    lines = textwrap.wrap(title, width=width, break_on_hyphens=False)
+    for head, details in entries:
+        lines.append(f"  {head}")
+        lines.extend(f"      {d}" for d in details if d)
+    return "\n".join(lines)

