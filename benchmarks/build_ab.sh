@@ -24,6 +24,7 @@
 #               (build-to-build regressions are reported with experts on the CPU, e.g.
 #               "TG regression ~36 % with n-cpu-moe=99", ik_llama.cpp issue 2199)
 #   RUNS [3]  BLOCKS [2]  BUCKETS [seed004,tok128]  RUN_LIMIT [520 s per configuration]
+#   EXTRA       [""]  more `abtest run` options, e.g. "--margins --max-tokens 64"
 # Results: $OUT/build-ab-<config>/ (evidence JSONL, server logs, report.md, report/ with plots)
 # and $OUT/server-{pinned,new}.txt (abtest server info of each build).
 set -uo pipefail
@@ -79,7 +80,8 @@ stage_synth() {
 
 stage_ab() {
   stage_synth
-  local cfg name args
+  local cfg name args extra=()
+  [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
   IFS=';' read -r -a cfgs <<< "$CONFIGS"
   for cfg in "${cfgs[@]}"; do
     name="${cfg%%=*}"; args="${cfg#*=}"
@@ -87,7 +89,7 @@ stage_ab() {
     log "A/B $name: pinned vs new, both with: $args"
     timeout "${RUN_LIMIT:-520}" "${ABTEST[@]}" run --model "$MODEL" \
       --arm "pinned=$args" --arm "new=$args" --arm-build pinned=pinned --arm-build new=new \
-      --blocks "$BLOCKS" --runs "$RUNS" --buckets "$BUCKETS" --out "$dir" --quiet
+      --blocks "$BLOCKS" --runs "$RUNS" --buckets "$BUCKETS" "${extra[@]}" --out "$dir" --quiet
     log "run $name exit $?: $((SECONDS - t0)) s"
     "${ABTEST[@]}" report "$dir" --baseline pinned --format markdown --out "$dir/report" > "$dir/report.md"
     sed -n '/^## Verdict/,/^## [^V]/p' "$dir/report.md" | head -12
