@@ -93,7 +93,7 @@ stage_ab() {
     log "run $name exit $?: $((SECONDS - t0)) s"
     "${ABTEST[@]}" report "$dir" --baseline pinned --format markdown --out "$dir/report" > "$dir/report.md"
     sed -n '/^## Verdict/,/^## [^V]/p' "$dir/report.md" | head -12
-    sed -n '/^## Provenance/,$p' "$dir/report.md" | grep '^| ' | cut -d'|' -f2,4  # each arm's server build
+    sed -n '/^## Provenance/,$p' "$dir/report.md" | grep '^| ' | cut -d'|' -f2,5  # each arm's server build
   done
 }
 
