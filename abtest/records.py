@@ -123,7 +123,7 @@ class RequestRecord:
     # "rate_rps": float|None, "arrivals": str|None, "connection_cap": int|None}
     load: dict[str, Any] = field(default_factory=dict)
     suspect: list[str] = field(default_factory=list)  # measure.protocol.implausible(self) when measured
-    # `--margins`: per generated token, the server's top 2 as [token id, logprob, piece] (logprob
+    # `--margins`: per generated token, the server's top 3 as [token id, logprob, piece] (logprob
     # differences are logit differences), from the non-streamed probe after the timed runs (a
     # TokenIds record folded in); None when not probed
     top_logprobs: list[list[list[Any]]] | None = None
@@ -149,14 +149,14 @@ def measured_window_ms(requests: Iterable[RequestRecord], spawn_ns: int) -> tupl
 class TokenIds:
     """Generated token ids for a request whose streamed ids were incomplete (an event carried
     several tokens but only the last id), from one extra non-streamed request after the timed runs;
-    or (`--margins`) that request's ids and top-2 logprobs per token. The reader folds them into the
+    or (`--margins`) that request's ids and top-3 logprobs per token. The reader folds them into the
     matching RequestRecord (arm, seq)."""
 
     arm: str
     seq: int
     token_ids: list[int]
     source: str
-    # `--margins` probe: the top 2 per generated token (RequestRecord.top_logprobs); folded into the
+    # `--margins` probe: the top 3 per generated token (RequestRecord.top_logprobs); folded into the
     # request only when the probe generated the request's own token ids
     top_logprobs: list[list[list[Any]]] | None = None
 

@@ -3,7 +3,7 @@
 `cannot_differ` recognises arms whose servers compute the same thing (the same effective command
 line, or only offload flags apart on a server with no GPU to offload to): the verdict says so
 instead of ranking them. `equivalence_of` compares the generated tokens for the same prompt and run;
-at a divergence it names both tokens and, where a `--margins` probe recorded the top-2 logprobs of
+at a divergence it names both tokens and, where a `--margins` probe recorded the top logprobs of
 that output, the logit margin there (how close the call was).
 """
 
@@ -114,7 +114,7 @@ def cannot_differ(g: ArmGroup, b: ArmGroup) -> str | None:
 
 
 def _probed(groups_records: list[RequestRecord], r: RequestRecord, i: int) -> list[list[Any]] | None:
-    """The top 2 at position i of an output that shares r's first i + 1 tokens (the same prompt),
+    """The probe's top list at position i of an output that shares r's first i + 1 tokens (the same prompt),
     from a `--margins` probe folded into one of the group's records; None when there is none."""
     ids = r.token_ids
     if ids is None:

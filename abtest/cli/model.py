@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..models import catalog, hashing, hub, presets, synth, upcycle
 from ..models.desc import ModelDesc, read_model
 from ..models.hashing import ProgressFn
-from ..render.tables import listing
+from ..render.tables import WIDE_TABLE_COLUMNS, listing
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -102,7 +102,7 @@ def list_cmd(models_dir: str | None, as_json: bool) -> None:
               (e.sha256[:16] + "…") if e.sha256 else "",
               e.source if e.synth_preset is None else "synthesised on first use", "yes" if local else "")
              for e, local in rows]
-    if out.width >= 140:
+    if out.width >= WIDE_TABLE_COLUMNS:
         t = Table(title_justify="left", title=title)
         for col in ("name", "file", "quant", "size", "published sha256", "get it from", "local"):
             t.add_column(col, overflow="fold")

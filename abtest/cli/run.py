@@ -158,7 +158,7 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 @click.option("--request-timeout", default=600.0, show_default=True, type=_SECONDS,
               help="Seconds for a whole request.")
 @click.option("--margins", is_flag=True,
-              help="After each arm's first session, one untimed greedy request per prompt with the top-2 "
+              help="After each arm's first session, one untimed greedy request per prompt with the top-3 "
                    "logprobs: the report gives the tokens and logit margin where two arms' outputs part.")
 @click.option("--quiet", "-q", is_flag=True, help="No live display (for cron); errors still go to stderr.")
 def run(model: str, arm_flags: tuple[str, ...], arms_file: str | None, runs: int, blocks: int, warmup: int, max_tokens: int,

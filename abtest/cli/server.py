@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from .. import server as srv
-from ..render.tables import listing
+from ..render.tables import WIDE_TABLE_COLUMNS, listing
 from ..server import BuildEvent, ServerBinary
 
 # markup=False: cmake lines and --version text contain "[...]" that rich must not read as markup.
@@ -188,7 +188,7 @@ def list_cmd() -> None:
     if not found:
         err.print(f"no builds in {root}; run: abtest server install")
         return
-    if out.width >= 140:
+    if out.width >= WIDE_TABLE_COLUMNS:
         t = Table(title=str(root), title_justify="left")
         for col in ("build id", "name", "backend", "built at", "build time", "source"):
             t.add_column(col, overflow="fold")

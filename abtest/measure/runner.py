@@ -561,8 +561,8 @@ class Runner:
         )
 
     def _probe_margins(self, base_url: str, records: list[RequestRecord]) -> None:
-        """`--margins`: per prompt, one greedy non-streamed request with n_probs 2 after the timed
-        runs of the arm's first session (never timed), written as TokenIds with the top 2 per token; the reader
+        """`--margins`: per prompt, one greedy non-streamed request with n_probs 3 after the timed
+        runs of the arm's first session (never timed), written as TokenIds with the top 3 per token; the reader
         folds it into the prompt's first measured request when the ids are that request's own."""
         if self.cfg.endpoint != "completion":
             return

@@ -1,4 +1,4 @@
-"""The untimed requests after a session's timed runs: a request's token ids, and its top-2 logprobs (`--margins`).
+"""The untimed requests after a session's timed runs: a request's token ids, and its top-3 logprobs (`--margins`).
 
 Each is the timed request sent again, non-streamed (`abtest.measure.protocol.request_body`, so the
 same prompt and sampling), over `abtest.server.api` rather than a timed transport: nothing here is
@@ -33,7 +33,7 @@ def fetch_token_ids(client: ApiClient, req: StreamRequest) -> list[int] | None:
 
 def fetch_top_logprobs(client: ApiClient, req: StreamRequest) -> tuple[list[int], list[list[list[Any]]]] | None:
     """One extra non-streamed /completion with n_probs 3 (`--margins`): the generated ids and, per
-    token, the top 2 as [id, logprob, piece]; None when the server does not give them."""
+    token, the top 3 as [id, logprob, piece]; None when the server does not give them."""
     path, body = request_body(req)
     if path != COMPLETION_PATH:
         return None

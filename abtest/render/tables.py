@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,11 +205,13 @@ def transpose(t: Table) -> Table:
     return Table(t.title, [" ".join(t.headers[:t.key])] + names, rows, key=1)
 
 
+# a listing command's table needs this many columns; narrower (80, or piped) it prints `listing`
+WIDE_TABLE_COLUMNS = 140
+
+
 def listing(title: str, entries: list[tuple[str, list[str]]], width: int = 78) -> str:
     """A table too wide for the terminal as a list: the title wrapped to `width`, then per entry its
     head line and, indented beneath it, its detail lines (paths and names whole, never folded)."""
-    import textwrap
-
     lines = textwrap.wrap(title, width=width, break_on_hyphens=False)
     for head, details in entries:
         lines.append(f"  {head}")
