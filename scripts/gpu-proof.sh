@@ -143,10 +143,9 @@ stage_buildboth() {
 }
 
 stage_buildpreset() {
-  local preset="${PRESET:?set PRESET}" q=()
-  [ -n "${QTYPE:-}" ] && q=(--qtype "$QTYPE")
-  ( t0=$SECONDS; "${ABTEST[@]}" model synth "$MODELS" --preset "$preset" "${q[@]}"
-    log "synth $preset: $((SECONDS - t0)) s"; ls -la "$MODELS"; df -h "$MODELS" | tail -1 ) > "$WORK/synth-$preset.log" 2>&1 &
+  local preset="${PRESET:?set PRESET}"
+  ( t0=$SECONDS; m="$(preset_file)"
+    log "synth $preset: $((SECONDS - t0)) s -> $m"; ls -la "$MODELS"; df -h "$MODELS" | tail -1 ) >> "$WORK/synth-$preset.log" 2>&1 &
   local s=$!
   stage_build
   wait "$s"; cat "$WORK/synth-$preset.log"
@@ -203,7 +202,7 @@ preset_file() {  # $PRESET ($QTYPE) under $MODELS: synthesised unless a file of 
   local preset="${PRESET:?set PRESET}" q=() m
   [ -n "${QTYPE:-}" ] && q=(--qtype "$QTYPE")
   m="$(ls "$MODELS/$preset-${QTYPE:-}"*.gguf 2>/dev/null | head -1)"
-  if [ -z "$m" ]; then  # `<sha256>  <path>` on its last line (awk without {64}: mawk lacks intervals)
+  if [ -z "$m" ]; then  # the file is found by name after, not parsed from synth's output
     "${ABTEST[@]}" model synth "$MODELS" --preset "$preset" "${q[@]}" >> "$WORK/synth-$preset.log" 2>&1
     m="$(ls "$MODELS/$preset-${QTYPE:-}"*.gguf 2>/dev/null | head -1)"
   fi
