@@ -368,3 +368,13 @@ def _add(ev: Evidence, record: Any) -> None:
                     ev.requests[i] = dataclasses.replace(req, token_ids=list(record.token_ids),
                                                          top_logprobs=record.top_logprobs)
                 break
+
+
+def sweep_sidecar_path(evidence_path: Path | str) -> Path:
+    """The sweep trail beside an evidence file: <run>.jsonl, or <run>.jsonl.gz as committed under
+    docs/results, -> <run>.sweep.json."""
+    p = Path(evidence_path)
+    name = p.name
+    for suffix in (".gz", ".jsonl"):
+        name = name.removesuffix(suffix)
+    return p.with_name(name + SWEEP_SIDECAR_SUFFIX)

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evidence import SWEEP_SIDECAR_SUFFIX, Evidence, read_evidence
+from ..evidence import Evidence, read_evidence, sweep_sidecar_path
 from ..fmt import fmt_fixed, fmt_gib
 from ..records import GIB, MIB, ArmEnd, RequestRecord
 from . import stratified
@@ -165,8 +165,10 @@ class SweepReport:
     versus: list[Versus] = field(default_factory=list)  # the comparisons the advice rests on
     recommend: str = "pick"  # "pick" | "fit" | "none"
     warnings: dict[str, list[str]] = field(default_factory=dict)  # arm -> the server's own warnings
-    time_to_advice_s: float | None = None
-    n_sessions: int = 0  # server sessions started (every arm, every session)
+    time_to_advice_s: float | None = None  # the whole sweep's, every context size of it
+    n_sessions: int = 0  # server sessions started (every arm, every session) at this context size
+    contexts: tuple[int, ...] = ()  # the sweep's context sizes, when it has several (--ctx A,B)
+    sweep_sessions: int = 0  # server sessions at every context size (with `contexts`)
     objective: str = "speed"  # what the pick maximises: "speed" (decode tok/s) | "capacity" (load within the SLO)
     slo: tuple[Objective, ...] = ()  # --objective capacity: the objectives every level is judged by
     session_log: list[dict[str, Any]] = field(default_factory=list)  # the session rule's decisions (trail)
@@ -214,8 +216,7 @@ class Versus:
 
 
 def read_sidecar(evidence_path: Path) -> dict[str, Any] | None:
-    p = Path(evidence_path)
-    side = p.with_name(p.stem + SWEEP_SIDECAR_SUFFIX)
+    side = sweep_sidecar_path(evidence_path)
     try:
         data = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -822,6 +823,10 @@ def build_frontier(ev: Evidence, sidecar: dict[str, Any] | None = None) -> tuple
     top = ((ev.manifest.config.get("extra") or {}).get("sweep") if ev.manifest else None) or {}
     ctxs: list[int | None] = [int(k) for k in (top.get("contexts") or {})] or [None]
     reps = [build_sweep_report(ev, sidecar, c) for c in ctxs]
+    if len(reps) > 1:  # the time to advice is the whole sweep's: each stage says so
+        total = sum(r.n_sessions for r in reps)
+        for r in reps:
+            r.contexts, r.sweep_sessions = tuple(x.n_ctx for x in reps), total
     points = []
     for rep in reps:
         preds = {r.n: float(r.predicted["total_mib"]) for r in rep.rows if r.predicted}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 
 from ..config import RunConfig
@@ -158,7 +159,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 @click.option("--server-bin", type=click.Path(), help="llama-server to use (else $ABTEST_LLAMA_SERVER, PATH, cache).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Where model names are looked up first.")
 @click.option("--out", "out_dir", default="evidence", show_default=True, type=click.Path(file_okay=False),
-              help="Evidence directory; the report files go here too.")
+              help="Evidence directory; the report files go here too (with --report: beside the evidence unless given).")
 @click.option("--health-timeout", default=600.0, show_default=True, help="Seconds to wait for /health to answer 200.")
 @click.option("--stall-timeout", default=60.0, show_default=True, help="Seconds without data mid-stream = failed.")
 @click.option("--request-timeout", default=600.0, show_default=True, help="Seconds for a whole request.")
@@ -175,8 +176,9 @@ def sweep(model: str | None, vram_budget: float | tuple[float, ...] | None, ts_g
     """Find the fastest --n-cpu-moe N for a VRAM budget: predict, skip what cannot fit, measure, advise."""
     from ..analysis.sweep import report_from_file
 
-    if report_path:
-        click.echo(_outputs(report_path, Path(report_path).parent), nl=False)
+    if report_path:  # into --out when it is given, else beside the evidence
+        given = click.get_current_context().get_parameter_source("out_dir") is not ParameterSource.DEFAULT
+        click.echo(_outputs(report_path, Path(out_dir) if given else Path(report_path).parent), nl=False)
         return
     if not model:
         raise click.UsageError("--model is required (or --report FILE to re-make a report)")

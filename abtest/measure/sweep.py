@@ -37,7 +37,7 @@ from .. import __version__
 from ..argv import FLAGS, int_flag
 from ..config import ArmSpec, RunConfig, auto_ctx_size, ready_made_arm
 from ..errors import ConfigError
-from ..evidence import SWEEP_SIDECAR_SUFFIX, EvidenceWriter, check_writable
+from ..evidence import EvidenceWriter, check_writable, sweep_sidecar_path
 from ..models.desc import ModelDesc
 from ..models.vram import (
     CUDA_OVERHEAD_MIB,
@@ -426,7 +426,7 @@ class SweepRunner:
         runner.cfg = cfg
         runner.writer = EvidenceWriter(evidence_path(cfg, cfg.model), new=True)
         path = runner.writer.path  # the name taken (unique, see EvidenceWriter)
-        sidecar = path.with_name(path.stem + SWEEP_SIDECAR_SUFFIX)
+        sidecar = sweep_sidecar_path(path)
         self.sidecar = sidecar
         sessions: dict[str, int] = {}  # arm -> sessions run so far (the next one's block)
 

@@ -130,23 +130,41 @@ def buffers_table(rep: SweepReport) -> str:
     return _table(headers, rows, set(range(2, 8)))
 
 
-def render_markdown(rep: SweepReport) -> str:
+def time_to_advice_line(rep: SweepReport) -> str:
+    """'Time to advice: 98 s from the sweep's start (2 server sessions).' ('' when not recorded)."""
+    if rep.time_to_advice_s is None:
+        return ""
+    if len(rep.contexts) > 1:
+        return (f"Time to advice: {rep.time_to_advice_s:.0f} s from the sweep's start, for all {len(rep.contexts)} "
+                f"context sizes ({rep.sweep_sessions} server sessions).")
+    return f"Time to advice: {rep.time_to_advice_s:.0f} s from the sweep's start ({rep.n_sessions} server sessions)."
+
+
+def render_markdown(rep: SweepReport, *, in_frontier: bool = False) -> str:
+    """One context size's report; in_frontier: a section of sweep-frontier.md, which says the time once."""
     parts = [f"# abtest sweep: {rep.model}", ""]
     bits = [f"backend {rep.backend}", f"{rep.n_layer} layers", f"-c {rep.n_ctx}"]
     if rep.budget_mib is not None:
         bits.append(f"budget {budget_label(rep.budget_mib)}")
     if rep.free_mib is not None:
         bits.append(f"free at start {fmt_gib(rep.free_mib)} GiB")
-    parts += [f"_{', '.join(bits)}; evidence {rep.evidence_path.name}_", "", f"**{rep.advice}**", ""]
+    if len(rep.contexts) > 1:
+        bits.append(f"{rep.n_sessions} server sessions at this size")
+    parts += [f"_{', '.join(bits)}; evidence {rep.evidence_path.name}_", ""]
+    if len(rep.contexts) > 1 and not in_frontier:
+        sizes = ", ".join(str(c) for c in rep.contexts)
+        parts += [f"_This is -c {rep.n_ctx}, one of the sweep's {len(rep.contexts)} context sizes ({sizes}); "
+                  "sweep-frontier.md has every one._", ""]
+    parts += [f"**{rep.advice}**", ""]
     fs = fit_sentence(rep)
     if fs:
         parts += [f"vs llama.cpp's own placement: {fs}.", ""]
     ls = load_mode_sentence(rep)
     if ls:
         parts += [f"{ls}.", ""]
-    if rep.time_to_advice_s is not None:
-        parts += [f"Time to advice: {rep.time_to_advice_s:.0f} s from the sweep's start ({rep.n_sessions} "
-                  "server sessions).", ""]
+    ta = time_to_advice_line(rep)
+    if ta and not in_frontier:
+        parts += [ta, ""]
     parts += [main_table(rep), ""]
     fl = frontier_line(rep)
     if fl:
@@ -256,8 +274,11 @@ def frontier_markdown(reps: list[SweepReport], points: list[FrontierPoint]) -> s
              f"**{frontier_sentence(points, rep0.budget_mib, rep0.n_layer)}**", "",
              _table(["-c", "predicted boundary", "fastest measured", "VRAM GiB", "decode tok/s", "fit tok/s", "advice"],
                     rows, {3, 4, 5}), ""]
+    ta = time_to_advice_line(rep0)
+    if ta:
+        parts += [ta, ""]
     for r in reps:
-        parts.append(render_markdown(r).replace("# abtest sweep:", f"## -c {r.n_ctx}:", 1))
+        parts.append(render_markdown(r, in_frontier=True).replace("# abtest sweep:", f"## -c {r.n_ctx}:", 1))
     return "\n".join(parts)
 
 

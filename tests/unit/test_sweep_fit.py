@@ -321,7 +321,47 @@ def test_frontier_report_from_a_sweep_at_two_contexts(tmp_path: Path) -> None:
     assert [(pt.n_ctx, pt.n) for pt in points] == [(4096, 7), (16384, 10)]
     md = frontier_markdown(reps, points)
     assert "4k ctx → --n-cpu-moe 7, 80.0 tok/s; 16k → 10, 70.0 tok/s" in md and "## -c 16384" in md
+    # the recorded time to advice is the whole sweep's: said once, for both sizes, with every session
+    assert md.count("Time to advice") == 1
+    assert "Time to advice: 42 s from the sweep's start, for all 2 context sizes (4 server sessions)." in md
+    assert md.count("2 server sessions at this size") == 2
+    # sweep-report.md holds the first size only, and says so
+    first = render_markdown(reps[0])
+    assert "one of the sweep's 2 context sizes (4096, 16384)" in first and "sweep-frontier.md" in first
+    assert "for all 2 context sizes" in first and "## -c 16384" not in first
     assert write_frontier_plot([(reps[0].budget_mib, points)], tmp_path / "f.png") is not None
+
+
+def test_a_gzipped_sweep_keeps_its_trail_and_its_report_goes_to_out(tmp_path: Path) -> None:
+    """docs/results commits <run>.jsonl.gz beside <run>.sweep.json: the re-made report reads the trail
+    (fit's target, the time to advice, the search order), and --report writes where --out says."""
+    import gzip
+
+    from click.testing import CliRunner
+
+    from abtest.analysis.sweep import read_sidecar
+    from abtest.cli import cli
+    from abtest.evidence import sweep_sidecar_path
+
+    ev_dir = tmp_path / "committed"
+    ev_dir.mkdir()
+    p = _write_sweep(ev_dir / "20261202T000000-m.jsonl", {"ncmoe24": [30.0], "ncmoe7": [80.0, 81.0], "fit": [70.0, 70.5]})
+    gz = p.with_name(p.name + ".gz")
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    p.unlink()
+    assert sweep_sidecar_path(gz) == sweep_sidecar_path(p) == ev_dir / "20261202T000000-m.sweep.json"
+    side = read_sidecar(gz)
+    assert side is not None and side["time_to_advice_s"] == 42.0
+    md = render_markdown(build_sweep_report(read_evidence(gz), side))
+    assert "Time to advice: 42 s" in md and "--fit-target 70784" in md and "## Search order" in md
+    out = tmp_path / "remade"
+    res = CliRunner().invoke(cli, ["sweep", "--report", str(gz), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Time to advice: 42 s" in (out / "sweep-report.md").read_text()
+    assert sorted(f.name for f in ev_dir.iterdir()) == ["20261202T000000-m.jsonl.gz", "20261202T000000-m.sweep.json"]
+    # without --out the files go beside the evidence, as before
+    res = CliRunner().invoke(cli, ["sweep", "--report", str(gz)])
+    assert res.exit_code == 0 and (ev_dir / "sweep-report.md").is_file()
 
 
 def test_capacity_objective_flags_are_checked_in_one_line() -> None:
