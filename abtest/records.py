@@ -204,6 +204,24 @@ class ArmEnd:
     server_warnings: list[str] = field(default_factory=list)
 
 
+# Warning lines a server prints because of what abtest did, not because of the arm: "no API key"
+# (abtest binds its servers to 127.0.0.1 and sends no key, server/process.py) and "cancel task"
+# (tools/server/server-queue.cpp, server_response_reader::stop: a client closed a request before
+# it ended, which in a run is abtest's own request timeout or an interrupt; the request's record
+# already says so). Dropped when the log is read, and when a report reads older files.
+ABTEST_CAUSED_WARNINGS = ("security: no API key is set", "cancel task, id_task = ")
+
+
+def caused_by_abtest(warning: str) -> bool:
+    """Whether a server warning line (ArmEnd.server_warnings) is one that abtest's own actions cause."""
+    return any(marker in warning for marker in ABTEST_CAUSED_WARNINGS)
+
+
+def arm_warnings(end: "ArmEnd") -> list[str]:
+    """The server warnings of an arm session that say something about the arm."""
+    return [w for w in end.server_warnings if not caused_by_abtest(w)]
+
+
 @dataclass(frozen=True)
 class RunEnd:
     """Last record. A file without it is a partial run."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..fmt import fmt_num, fmt_pct
+from ..records import arm_warnings
 from . import stats, stratified
 from .arms import (
     ArmGroup,
@@ -95,10 +96,7 @@ class ReportWarning(enum.Enum):
         "or --blocks"
     )
 
-    SERVER_WARNING = (
-        "the server's own log says: {text} ({sessions} server session(s)); its words say what to change — "
-        "for the mmap one, `abtest sweep --load-mode both` measures --load-mode none"
-    )
+    SERVER_WARNING = "the server's own log says: {text} ({sessions} server session(s)){hint}"
 
     def format(self, **kw: Any) -> str:
         return self.value.format(**kw)
@@ -261,16 +259,28 @@ def _server_warnings(groups: Sequence[ArmGroup]) -> list[Finding]:
     count: Counter[str] = Counter()
     for g in groups:
         for run in g.runs:
-            for w in (run.end.server_warnings if run.end else []):
+            for w in (arm_warnings(run.end) if run.end else []):
                 if g.label not in by_text.setdefault(w, []):
                     by_text[w].append(g.label)
                 count[w] += 1
     out = []
     for text, labels in by_text.items():
         subj = "every arm" if len(labels) == len(groups) and len(groups) > 1 else ", ".join(labels)
-        out.append(Finding(ReportWarning.SERVER_WARNING, subj,
-                           ReportWarning.SERVER_WARNING.format(text=text, sessions=count[text])))
+        out.append(Finding(ReportWarning.SERVER_WARNING, subj, ReportWarning.SERVER_WARNING.format(
+            text=text, sessions=count[text], hint=_warning_hint(text))))
     return out
+
+
+# What abtest can do about a server warning, where it can do something (matched on the words
+# the server prints; a warning without an entry is quoted as it is).
+_WARNING_HINTS = (
+    # src/llama-model-loader.cpp, with -ot/--cpu-moe/--n-cpu-moe and mmap on
+    ("--load-mode none", " — `abtest sweep --load-mode both` measures --load-mode none against mmap"),
+)
+
+
+def _warning_hint(text: str) -> str:
+    return next((hint for marker, hint in _WARNING_HINTS if marker in text), "")
 
 
 def _bucket_list(names: Sequence[str]) -> str:

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..evidence import Evidence, read_evidence, sweep_sidecar_path
 from ..fmt import fmt_fixed, fmt_gib
-from ..records import GIB, MIB, ArmEnd, RequestRecord
+from ..records import GIB, MIB, ArmEnd, RequestRecord, arm_warnings
 from . import stratified
 from .capacity import (
     AT_LEAST,
@@ -165,6 +165,7 @@ class SweepReport:
     versus: list[Versus] = field(default_factory=list)  # the comparisons the advice rests on
     recommend: str = "pick"  # "pick" | "fit" | "none"
     warnings: dict[str, list[str]] = field(default_factory=dict)  # arm -> the server's own warnings
+    arms_ended: int = 0  # arms with a server session that ended (those `warnings` can name)
     time_to_advice_s: float | None = None  # the whole sweep's, every context size of it
     n_sessions: int = 0  # server sessions started (every arm, every session) at this context size
     contexts: tuple[int, ...] = ()  # the sweep's context sizes, when it has several (--ctx A,B)
@@ -397,8 +398,9 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
     rep.recommend = recommend(rep)
     rep.session_log = [e for e in (sidecar or {}).get("next_sessions", [])
                        if isinstance(e, dict) and e.get("n_ctx") == rep.n_ctx]
-    rep.warnings = {a: list(dict.fromkeys(w for e in es for w in e.server_warnings))
-                    for a, es in ends.items() if any(e.server_warnings for e in es)}
+    rep.warnings = {a: list(dict.fromkeys(w for e in es for w in arm_warnings(e)))
+                    for a, es in ends.items() if any(arm_warnings(e) for e in es)}
+    rep.arms_ended = len(ends)
     rep.advice = advice_line(rep)
     rep.explanation = explain(rep)
     rep.notes = _notes(rep, ev)

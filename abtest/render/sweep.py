@@ -253,7 +253,7 @@ def warning_lines(rep: SweepReport) -> list[str]:
             by_text.setdefault(w, []).append(arm)
     out = []
     for w, arms in by_text.items():
-        who = "every arm" if len(arms) == len(rep.warnings) and len(arms) > 1 else ", ".join(arms)
+        who = "every arm" if len(arms) == max(rep.arms_ended, len(rep.warnings)) > 1 else ", ".join(arms)
         out.append(f"- `{w}` ({who})")
     return out
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..records import caused_by_abtest
+
 _BUFFER = re.compile(
     r"(?P<where>load_tensors|llama_kv_cache|sched_reserve|llama_context|graph_reserve)\s*:\s*"
     r"(?P<buf>[A-Za-z0-9_\-]+)\s+(?P<what>model|KV|compute|output|RS)\s+buffer size\s*=\s*(?P<mib>[0-9.]+)\s*MiB"
@@ -98,9 +100,6 @@ def parse_memory_breakdown(log_text: str) -> dict[str, Any]:
 # level letter when prefixes are on, as llama-server sets them); a bare "W ..." line also counts.
 _LEVEL_LINE = re.compile(r"^\s*(?:\d+(?:\.\d+)*\s+)?(?P<level>[WE])\s+(?P<text>\S.*?)\s*$")
 MAX_WARNINGS = 40  # per log: a server that warns on every request must not bloat the evidence
-# Warnings every server abtest starts prints and that say nothing about the arm: abtest binds its
-# servers to 127.0.0.1 and sends no key (server/process.py), so "no API key" is by design.
-_EXPECTED = ("security: no API key is set",)
 
 
 def server_warnings(log_text: str, limit: int = MAX_WARNINGS) -> list[str]:
@@ -116,7 +115,7 @@ def server_warnings(log_text: str, limit: int = MAX_WARNINGS) -> list[str]:
         if not m:
             continue
         text = f"{m['level']} {m['text']}"
-        if text in seen or any(e in text for e in _EXPECTED):
+        if text in seen or caused_by_abtest(text):
             continue
         if len(seen) >= limit:
             more += 1

@@ -24,7 +24,7 @@ from abtest.measure.sweep import arm_name, far_over_budget, make_plan, parse_ctx
 from abtest.models.desc import preset_model
 from abtest.models.vram import ContextParams
 from abtest.records import ArmEnd, ArmStart, RequestRecord, RunEnd, RunManifest, TokenEvent
-from abtest.render.sweep import frontier_markdown, render_markdown, write_frontier_plot
+from abtest.render.sweep import frontier_markdown, render_markdown, warning_lines, write_frontier_plot
 from abtest.server.fit import fit_args, fit_target_for_budget, parse_fit_params_stdout
 from abtest.server.log import parse_fit_log, parse_memory_breakdown, server_warnings
 
@@ -119,7 +119,8 @@ def test_parse_fit_log_no_change_and_failure() -> None:
 def test_server_warnings_keeps_w_and_e_lines_once() -> None:
     text = FIT_LOG + "0.02 W llama_model_loader: tensor overrides to CPU are used with mmap enabled - consider using " \
                      "--load-mode none for better performance\n0.03 E srv  boom\n# abtest: starting [...]\n" \
-                     "0.04 W srv  llama_server: security: no API key is set and CORS allows all origins\n"
+                     "0.04 W srv  llama_server: security: no API key is set and CORS allows all origins\n" \
+                     "0.05 W srv          stop: cancel task, id_task = 7\n"
     ws = server_warnings(text)
     assert ws == ["W llama_model_loader: tensor overrides to CPU are used with mmap enabled - consider using "
                   "--load-mode none for better performance", "E srv  boom"]
@@ -236,6 +237,16 @@ def test_pick_beats_fit_with_an_interval_over_sessions(tmp_path: Path) -> None:
     # the runner-up comparison is there too, and the warnings name the arms that printed them
     assert any(v.base == "ncmoe8" for v in rep.versus)
     assert "tensor overrides to CPU are used with mmap enabled" in md and "ncmoe7" in rep.warnings
+
+
+def test_a_warning_only_some_arms_printed_names_them(tmp_path: Path) -> None:
+    """The mmap warning comes with CPU experts only: the all-GPU arm did not print it, so the
+    warning names the arms that did instead of saying "every arm"."""
+    p = _write_sweep(tmp_path / "s.jsonl", {"ncmoe0": [90.0], "ncmoe7": [80.0, 81.0], "ncmoe8": [76.0, 77.0]})
+    rep = _report(p)
+    assert set(rep.warnings) == {"ncmoe7", "ncmoe8"} and rep.arms_ended == 3
+    line = next(x for x in warning_lines(rep) if "mmap" in x)
+    assert line.endswith("(ncmoe7, ncmoe8)") and "every arm" not in line
 
 
 def test_fit_that_ties_is_the_advice(tmp_path: Path) -> None:
