@@ -217,7 +217,7 @@ def caused_by_abtest(warning: str) -> bool:
     return any(marker in warning for marker in ABTEST_CAUSED_WARNINGS)
 
 
-def arm_warnings(end: "ArmEnd") -> list[str]:
+def arm_warnings(end: ArmEnd) -> list[str]:
     """The server warnings of an arm session that say something about the arm."""
     return [w for w in end.server_warnings if not caused_by_abtest(w)]
 

@@ -265,10 +265,16 @@ def _server_warnings(groups: Sequence[ArmGroup]) -> list[Finding]:
                 count[w] += 1
     out = []
     for text, labels in by_text.items():
-        subj = "every arm" if len(labels) == len(groups) and len(groups) > 1 else ", ".join(labels)
-        out.append(Finding(ReportWarning.SERVER_WARNING, subj, ReportWarning.SERVER_WARNING.format(
-            text=text, sessions=count[text], hint=_warning_hint(text))))
+        out.append(Finding(ReportWarning.SERVER_WARNING, warned_by(labels, len(groups)),
+                           ReportWarning.SERVER_WARNING.format(text=text, sessions=count[text],
+                                                               hint=_warning_hint(text))))
     return out
+
+
+def warned_by(arms: Sequence[str], n_arms: int) -> str:
+    """Who printed a server warning: "every arm" when all `n_arms` arms that ran did (and there
+    are several), else their names. The report's findings and the sweep's list both use it."""
+    return "every arm" if len(arms) == n_arms > 1 else ", ".join(arms)
 
 
 # What abtest can do about a server warning, where it can do something (matched on the words

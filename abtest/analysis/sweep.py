@@ -398,8 +398,8 @@ def build_sweep_report(ev: Evidence, sidecar: dict[str, Any] | None = None, n_ct
     rep.recommend = recommend(rep)
     rep.session_log = [e for e in (sidecar or {}).get("next_sessions", [])
                        if isinstance(e, dict) and e.get("n_ctx") == rep.n_ctx]
-    rep.warnings = {a: list(dict.fromkeys(w for e in es for w in arm_warnings(e)))
-                    for a, es in ends.items() if any(arm_warnings(e) for e in es)}
+    per_arm = {a: list(dict.fromkeys(w for e in es for w in arm_warnings(e))) for a, es in ends.items()}
+    rep.warnings = {a: ws for a, ws in per_arm.items() if ws}
     rep.arms_ended = len(ends)
     rep.advice = advice_line(rep)
     rep.explanation = explain(rep)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..analysis.findings import warned_by
 from ..analysis.stratified import MeanCI
 from ..analysis.sweep import (
     MIB,
@@ -253,8 +254,7 @@ def warning_lines(rep: SweepReport) -> list[str]:
             by_text.setdefault(w, []).append(arm)
     out = []
     for w, arms in by_text.items():
-        who = "every arm" if len(arms) == max(rep.arms_ended, len(rep.warnings)) > 1 else ", ".join(arms)
-        out.append(f"- `{w}` ({who})")
+        out.append(f"- `{w}` ({warned_by(arms, rep.arms_ended)})")
     return out
 
 
