@@ -3,7 +3,8 @@
 # air-gapped GPU box. Every stage is idempotent: it rebuilds or re-synthesises what is missing.
 #
 # usage: scripts/gpu-proof.sh STAGE [STAGE...]
-#   setup      install carried wheels (.whl/) into /tmp/site
+#   setup      install carried wheels (.whl/) into /tmp/site; the image's python3 is 3.12, so carry
+#              cp312 wheels (pip download --only-binary=:all: --python-version 3.12 --platform ...)
 #   build      abtest server install --cuda --source .carry/llama.cpp.tgz (about 5.5 min, 16 cores)
 #   synth      the gpt-oss-20b-like Q4_0 GGUF (about 12 GB) into $MODELS
 #   buildsynth build and synth at once
@@ -73,9 +74,14 @@ stage_setup() {
   if [ -d "$here/.whl" ]; then
     # every carried dependency, not abtest's own wheel: /tmp/site comes first on PYTHONPATH and
     # would shadow the checkout (the wheel stage installs that one apart, into /tmp/wheelsite)
-    local deps=()
-    for w in "$here"/.whl/*.whl; do case "$(basename "$w")" in abtest_llm-*) ;; *) deps+=("$w") ;; esac; done
-    python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site "${deps[@]}"
+    # one wheel at a time: pip refuses a whole list for one wheel of another Python (the image's
+    # python3 is 3.12; a cp311 wheel there once left gguf uninstalled too)
+    local w
+    for w in "$here"/.whl/*.whl; do
+      case "$(basename "$w")" in abtest_llm-*) continue ;; esac
+      python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site "$w" \
+        || log "setup: $(basename "$w") did not install (python3 is $(python3 -V 2>&1))"
+    done
   fi
   python3 -c "import gguf, httpx, httptools, orjson, click, rich, numpy, scipy, matplotlib, pynvml; print('python deps ok')"
   python3 -c "import abtest; print('abtest', abtest.__version__, 'from', abtest.__file__)"

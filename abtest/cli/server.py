@@ -7,6 +7,7 @@ so `SERVER=$(abtest server install --if-missing --cpu)` works.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from rich.table import Table
 from .. import server as srv
 from ..render.tables import WIDE_TABLE_COLUMNS, listing
 from ..server import BuildEvent, ServerBinary
+from .progress import sigterm_as_interrupt
 
 # markup=False: cmake lines and --version text contain "[...]" that rich must not read as markup.
 err = Console(stderr=True, highlight=False, markup=False)
@@ -68,7 +70,8 @@ def server() -> None:
 )
 @click.option("--force", is_flag=True, help="Rebuild even when this exact build is cached.")
 @click.option(
-    "--keep-build-dir", is_flag=True, help="Keep <cache>/work/<build id>/ (sources, objects) after."
+    "--keep-build-dir", is_flag=True, help="Keep <cache>/work/<build id>/ (sources, objects) after a "
+    "build that succeeded. A stopped or failed build always keeps it, and the next install goes on from it."
 )
 def install_cmd(
     cuda: bool | None,
@@ -94,22 +97,28 @@ def install_cmd(
     """
     backend = None if cuda is None else ("cuda" if cuda else "cpu")
     t0 = time.perf_counter_ns()
-    with _ProgressView() as view:
-        binary = srv.install(
-            backend=backend,
-            jobs=jobs,
-            source=source,
-            cuda_arch=cuda_arch,
-            if_missing=if_missing,
-            force=force,
-            keep_build_dir=keep_build_dir,
-            progress=view.on_event,
-            name=name,
-        )
+    # SIGTERM (timeout, a scheduler) stops cmake and the compilers as Ctrl-C does; the objects stay
+    # in the work dir and the next install goes on from them
+    previous = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+    try:
+        with _ProgressView() as view:
+            binary = srv.install(
+                backend=backend,
+                jobs=jobs,
+                source=source,
+                cuda_arch=cuda_arch,
+                if_missing=if_missing,
+                force=force,
+                keep_build_dir=keep_build_dir,
+                progress=view.on_event,
+                name=name,
+            )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     total_s = (time.perf_counter_ns() - t0) / 1e9
     info = binary.build_info
     if view.built:
-        build_s = f", cmake {_dur(info.build_seconds)}" if info else ""
+        build_s = f", cmake {_dur(info.build_seconds)}{' (resumed)' if info.resumed else ''}" if info else ""
         err.print(f"built {binary.build_id} in {_dur(total_s)} total{build_s} ({binary.backend})")
     else:
         err.print(f"using cached build {binary.build_id} ({binary.backend})")
@@ -168,7 +177,8 @@ def info_cmd(server_bin: Path | None, build_ref: str | None, backend: str | None
     bi = binary.build_info
     if bi is not None:
         t.add_row("source", f"{bi.source} (sha256 {bi.sha256[:16]}…)")
-        t.add_row("built", f"{bi.built_at} on {bi.host} in {_dur(bi.build_seconds)} with -j {bi.jobs}")
+        last = ", the part after a resume" if bi.resumed else ""
+        t.add_row("built", f"{bi.built_at} on {bi.host} in {_dur(bi.build_seconds)}{last} with -j {bi.jobs}")
         t.add_row("cmake flags", " ".join(bi.cmake_flags))
         native = "on" if bi.ggml_native else "off"
         arch = f", CUDA arch {bi.cuda_arch}" if bi.cuda_arch else ""

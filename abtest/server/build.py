@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import platform
 import re
@@ -98,7 +99,7 @@ _NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 class BuildEvent:
     """One step of `install`, for a progress display. `percent` is set for build lines cmake numbered."""
 
-    phase: str  # "download", "hash", "extract", "configure", "build", "install", "cached", "name"
+    phase: str  # "download", "hash", "extract", "resume", "configure", "build", "install", "cached", "name"
     message: str  # a human line: what is happening, or the raw cmake line
     percent: int | None = None  # 0..100 during "build"
 
@@ -267,16 +268,30 @@ def install(
             emit(BuildEvent("cached", f"cached build {build_id} found; nothing to do (--force rebuilds)"))
             return finish(build_id)
 
-        work = root / "work" / f"{build_id}.{os.getpid()}"
+        # One work dir per build id (the lock makes it this process's): a build that was stopped
+        # (Ctrl-C, SIGTERM, a time limit) or failed keeps its objects there, and the next install
+        # of the same id with the same cmake flags goes on from them instead of starting again.
+        work = root / "work" / build_id
         log_path = root / "logs" / f"{build_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        flags = cmake_flags(backend, cuda_arch=cuda_arch, nvcc=tools.get("nvcc"), ninja="ninja" in tools)
+        done = False
         try:
+            resumed = not force and _resumable(work, archive, flags)
+            if not resumed:
+                shutil.rmtree(work, ignore_errors=True)
             if archive.is_dir():
                 llama_src = locate_llama_source(archive)
+            elif resumed:
+                llama_src = locate_llama_source(work / "src")
             else:
                 emit(BuildEvent("extract", f"extracting {archive.name}"))
                 llama_src = extract_llama_source(archive, work / "src")
-            flags = cmake_flags(backend, cuda_arch=cuda_arch, nvcc=tools.get("nvcc"), ninja="ninja" in tools)
+                (work / _EXTRACTED).write_text(str(archive) + "\n")
+            work.mkdir(parents=True, exist_ok=True)
+            (work / _FLAGS).write_text(json.dumps(flags) + "\n")
+            if resumed:
+                emit(BuildEvent("resume", f"going on from the stopped build's objects in {work}"))
             commit, number, git_checkout = llama_commit(llama_src)
             if commit and not git_checkout:
                 # Without git objects cmake would stamp "build 0, commit unknown". Stamp what llama.cpp's
@@ -288,7 +303,7 @@ def install(
                 flags.append(f"-DLLAMA_BUILD_NUMBER={tag}")
             build_dir = work / "build"
             t0 = time.perf_counter_ns()
-            with log_path.open("w") as log:
+            with log_path.open("a" if resumed else "w") as log:
                 log.write(f"# abtest build {build_id} from {label}\n")
                 emit(BuildEvent("configure", "configuring with cmake"))
                 _run_logged(
@@ -325,12 +340,34 @@ def install(
                 host=os.uname().nodename,
                 recipe=BUILD_RECIPE,
                 binaries=BUILD_TARGETS,
+                resumed=resumed,
             )
             _install_binaries(build_dir / "bin", dest, info, log_path)
+            done = True
+        except ProvisionError as exc:
+            if (work / "build").is_dir():
+                raise ProvisionError(f"{exc}; its objects stay in {work} for the next install (--force starts "
+                                     "clean)") from exc
+            raise
         finally:
-            if not keep_build_dir:
+            if done and not keep_build_dir:
                 shutil.rmtree(work, ignore_errors=True)
     return finish(build_id)
+
+
+_EXTRACTED = "extracted"  # in a work dir: the source archive was extracted completely into src/
+_FLAGS = "cmake-flags.json"  # in a work dir: the cmake flags its build/ was configured with
+
+
+def _resumable(work: Path, archive: Path, flags: Sequence[str]) -> bool:
+    """Whether `work` holds a stopped build that the same flags can go on from: configured, with its
+    source extracted completely (or a source directory given again)."""
+    try:
+        same_flags = json.loads((work / _FLAGS).read_text()) == list(flags)
+    except (OSError, ValueError):
+        return False
+    configured = (work / "build" / "CMakeCache.txt").is_file()
+    return same_flags and configured and (archive.is_dir() or (work / _EXTRACTED).is_file())
 
 
 def _namer(root: Path, name: str | None, emit: ProgressCallback) -> Callable[[str], ServerBinary]:

@@ -94,6 +94,7 @@ class BuildInfo:
     recipe: int = 1  # BUILD_RECIPE at build time; build.json files before recipe 2 have none
     binaries: tuple[str, ...] = BUILD_TARGETS  # installed in bin/; before recipe 3: server + bench
     name: str | None = None  # `install --name`: a label an arm's `build =` can use; unique in the cache
+    resumed: bool = False  # went on from a stopped build's objects: build_seconds is the last part only
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,6 +122,7 @@ class BuildInfo:
             recipe=int(d.get("recipe", 1)),
             binaries=tuple(str(b) for b in d.get("binaries", _TARGETS_BEFORE_RECIPE_3)),
             name=None if d.get("name") is None else str(d["name"]),
+            resumed=bool(d.get("resumed", False)),
         )
 
     def write(self, path: Path) -> None:

@@ -390,11 +390,11 @@ FAKE_CMAKE = r"""#!/bin/sh
 # its own percent from 0 again, as cmake's Makefile generator does).
 if [ "$1" = "-S" ]; then
   [ -f "$2/CMakeLists.txt" ] || { echo "CMake Error: The source directory does not contain CMakeLists.txt" ; exit 1; }
-  mkdir -p "$4" && echo "-- Configuring done" && echo "$@" > "$4/configure-args"
+  mkdir -p "$4" && echo "-- Configuring done" && echo "$@" > "$4/configure-args" && touch "$4/CMakeCache.txt"
   exit 0
 fi
 if [ "$1" = "--build" ]; then
-  [ -n "$FAKE_CMAKE_FAIL" ] && { echo "/src/ggml.c:1:1: error: boom"; exit 2; }
+  [ -n "$FAKE_CMAKE_FAIL" ] && { touch "$2/ggml.c.o"; echo "/src/ggml.c:1:1: error: boom"; exit 2; }
   dir="$2"; shift 2
   mkdir -p "$dir/bin"
   echo "$@" > "$dir/build-args"
@@ -530,6 +530,40 @@ def test_install_from_sdist_extracts_vendor_only(fake_toolchain: dict[str, Path]
     extracted = work / "src" / "llama_cpp_python-0.3.36"
     assert not (extracted / "llama_cpp").exists()
     assert not (extracted / git / "objects").exists() and (extracted / git / "shallow").is_file()
+
+
+def test_a_stopped_build_goes_on_from_its_objects(
+    fake_toolchain: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _llama_src(fake_toolchain["tmp"] / "stage" / "llama.cpp")
+    (src / source.VERSION_MARKER).write_text(f"llama-cpp-python 0.3.36\nllama.cpp commit {COMMIT}\n")
+    tgz = fake_toolchain["tmp"] / "llama-src.tgz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(src, arcname="llama.cpp")
+    monkeypatch.setenv("FAKE_CMAKE_FAIL", "1")  # stopped half-way: one object made
+    with pytest.raises(ProvisionError, match=r"error: boom; full log: .*; its objects stay in .*--force"):
+        build.install(backend="cpu", jobs=1, source=tgz)
+    work = next((fake_toolchain["cache"] / "work").iterdir())
+    assert (work / "build" / "ggml.c.o").is_file() and builds.list_builds() == []
+    monkeypatch.delenv("FAKE_CMAKE_FAIL")
+    events: list[BuildEvent] = []
+    b = build.install(backend="cpu", jobs=1, source=tgz, keep_build_dir=True, progress=events.append)
+    phases = [e.phase for e in events]
+    assert "resume" in phases and "extract" not in phases  # the same objects, not a fresh tree
+    assert (work / "build" / "ggml.c.o").is_file()
+    assert b.build_info is not None and b.build_info.resumed
+    assert builds.BuildInfo.from_dict(b.build_info.to_dict()).resumed
+    log = (fake_toolchain["cache"] / "logs" / f"{b.build_id}.log").read_text()
+    assert "error: boom" in log and "Built target llama-server" in log  # both parts, appended
+
+    # Other cmake flags, or --force: a clean start (extracted again, the old objects gone).
+    (work / "cmake-flags.json").write_text('["-DOTHER=ON"]\n')
+    events.clear()
+    b = build.install(backend="cpu", jobs=1, source=tgz, force=True, progress=events.append)
+    phases = [e.phase for e in events]
+    assert "extract" in phases and "resume" not in phases
+    assert b.build_info is not None and not b.build_info.resumed
+    assert not work.exists()  # a build that succeeded leaves no work dir
 
 
 def test_if_missing_needs_no_download(
