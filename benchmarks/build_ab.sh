@@ -8,9 +8,10 @@
 #   pinned   abtest server install $BACKEND --source $PINNED_SRC --name pinned (CUDA: ~5.5 min on 16 cores)
 #   new      abtest server install $BACKEND --source $NEW_SRC --name new
 #            Give each build its own call on a box with a 10-minute limit: on the H200 one CUDA build
-#            took 237-347 s, both in one call 517 s once and past 600 s once (2026-12-03: pinned
-#            347 s with the model written beside it, new at 70 % when the call was cut). Calls:
-#            1) gpu-proof.sh setup + build_ab.sh pinned; 2) build_ab.sh new + synth; 3) ab.
+#            took 237-364 s, both in one call 517 s once and past 600 s twice. A stopped build keeps
+#            its objects and the next install with the same flags goes on from them, so two calls
+#            do: 1) gpu-proof.sh setup + synth_arch beside build_ab.sh pinned, then
+#            `timeout <rest> abtest server install ... --name new`; 2) build_ab.sh new (resumes) + ab.
 #   synth    the model ($MODEL; default the gpt-oss-20b-like Q4_0 GGUF, ~12 GB, into $MODELS)
 #   ab       per configuration of $CONFIGS: abtest run --arm pinned=ARGS --arm new=ARGS
 #            --arm-build pinned=pinned --arm-build new=new --blocks $BLOCKS, then abtest report
@@ -47,7 +48,7 @@ CONFIGS="${CONFIGS:-gpu=-ngl 99;cpumoe=-ngl 99 --cpu-moe}"
 RUNS="${RUNS:-3}"
 BLOCKS="${BLOCKS:-2}"
 BUCKETS="${BUCKETS:-seed004,tok128}"
-[ $# -gt 0 ] || { sed -n '7,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -gt 0 ] || { sed -n '7,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 mkdir -p "$OUT" "$WORK" "$MODELS"
 
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -63,7 +64,7 @@ install_named() {  # $1 = name, $2 = source ("" = the pinned default)
 }
 
 stage_pinned() {
-  local src="${PINNED_SRC:-$(first "$here/.carry/llama.cpp-*.tgz")}"
+  local src="${PINNED_SRC:-$(first "$here/.carry/llama.cpp*.tgz")}"  # llama.cpp.tgz or llama.cpp-<v>.tgz
   install_named pinned "$src"
 }
 
