@@ -8,7 +8,7 @@
 #   pinned   abtest server install $BACKEND --source $PINNED_SRC --name pinned (CUDA: ~5.5 min on 16 cores)
 #   new      abtest server install $BACKEND --source $NEW_SRC --name new
 #            Give each build its own call on a box with a 10-minute limit: on the H200 one CUDA build
-#            took 237-364 s, both in one call 517 s once and past 600 s twice. A stopped build keeps
+#            took 237-384 s, both in one call 517 s once and past 600 s twice. A stopped build keeps
 #            its objects and the next install with the same flags goes on from them, so two calls
 #            do: 1) gpu-proof.sh setup + synth_arch beside build_ab.sh pinned, then
 #            `timeout <rest> abtest server install ... --name new`; 2) build_ab.sh new (resumes) + ab.
