@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -395,6 +399,11 @@ if [ "$1" = "-S" ]; then
 fi
 if [ "$1" = "--build" ]; then
   [ -n "$FAKE_CMAKE_FAIL" ] && { touch "$2/ggml.c.o"; echo "/src/ggml.c:1:1: error: boom"; exit 2; }
+  if [ -n "$FAKE_CMAKE_HANG" ]; then  # one object made, then a "compiler" that runs until stopped
+    touch "$2/ggml.c.o"; echo "[ 10%] Building C object ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o"
+    sleep 300 & echo $! > "$FAKE_CMAKE_HANG.tmp" && mv "$FAKE_CMAKE_HANG.tmp" "$FAKE_CMAKE_HANG"
+    wait; exit 2
+  fi
   dir="$2"; shift 2
   mkdir -p "$dir/bin"
   echo "$@" > "$dir/build-args"
@@ -564,6 +573,51 @@ def test_a_stopped_build_goes_on_from_its_objects(
     assert "extract" in phases and "resume" not in phases
     assert b.build_info is not None and not b.build_info.resumed
     assert not work.exists()  # a build that succeeded leaves no work dir
+
+
+def test_sigterm_stops_cmake_and_its_compilers_and_the_next_install_resumes(
+    fake_toolchain: dict[str, Path],
+) -> None:
+    """`timeout abtest server install` (SIGTERM): exit 130, no compiler left running, objects kept."""
+    src = _llama_src(fake_toolchain["tmp"] / "llama.cpp")
+    compiler_pid = fake_toolchain["tmp"] / "compiler.pid"
+    cmd = [sys.executable, "-m", "abtest", "server", "install", "--cpu", "-j", "1", "--source", str(src)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "FAKE_CMAKE_HANG": str(compiler_pid)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # a busy box: the interpreter start and the fake configure
+        while not compiler_pid.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert compiler_pid.is_file(), proc.communicate(timeout=30)
+        pid = int(compiler_pid.read_text())
+        os.kill(pid, 0)  # the "compiler" runs
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "abtest: interrupted" in err and "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:  # a zombie until init reaps it
+        time.sleep(0.05)
+    assert not _alive(pid)
+    work = next((fake_toolchain["cache"] / "work").iterdir())
+    assert (work / "build" / "ggml.c.o").is_file() and builds.list_builds() == []
+
+    events: list[BuildEvent] = []
+    b = build.install(backend="cpu", jobs=1, source=src, progress=events.append)
+    assert "resume" in [e.phase for e in events]
+    assert b.build_info is not None and b.build_info.resumed
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is a running process (a zombie, stopped but not reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_if_missing_needs_no_download(
