@@ -118,8 +118,9 @@ def install_cmd(
     total_s = (time.perf_counter_ns() - t0) / 1e9
     info = binary.build_info
     if view.built:
-        build_s = f", cmake {_dur(info.build_seconds)}{' (resumed)' if info.resumed else ''}" if info else ""
-        err.print(f"built {binary.build_id} in {_dur(total_s)} total{build_s} ({binary.backend})")
+        build_s = f", cmake {_dur(info.build_seconds)}" if info else ""
+        resumed = ", resumed" if info and info.resumed else ""
+        err.print(f"built {binary.build_id} in {_dur(total_s)} total{build_s} ({binary.backend}{resumed})")
     else:
         err.print(f"using cached build {binary.build_id} ({binary.backend})")
     if name:
